@@ -1,0 +1,1 @@
+//! efa-sys (under construction).

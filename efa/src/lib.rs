@@ -1,0 +1,1 @@
+//! efa (under construction).
