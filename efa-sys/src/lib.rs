@@ -1,1 +1,59 @@
-//! efa-sys (under construction).
+//! Raw bindings to libibverbs and the EFA direct verbs (`efadv`) of
+//! rdma-core, loaded at run time, with the header's static-inline fast path
+//! re-implemented in Rust.
+//!
+//! - Types and constants come from bindgen over rdma-core's
+//!   `infiniband/verbs.h` and `infiniband/efadv.h` (see `VERSION`), at the
+//!   crate root, enums as plain constants (`IBV_WC_SUCCESS: ibv_wc_status`).
+//! - [`pfn`] holds one `unsafe extern "C" fn` type per exported C function.
+//! - [`verbs()`] and [`efadv()`] `dlopen` libibverbs and libefa once and
+//!   return the [`Verbs`] and [`Efadv`] symbol tables; nothing links against
+//!   rdma-core at build time.
+//! - The header inlines (`ibv_post_send`, `ibv_poll_cq`, `ibv_wr_*`,
+//!   `ibv_start_poll`, `ibv_wc_read_*`, `efadv_wc_read_sgid`, the
+//!   `verbs_context` ops, and the `ibv_query_port` / `ibv_reg_mr` macro logic)
+//!   are `#[inline] unsafe fn`s of the same names.
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!(
+    "efa-sys bindings are generated for x86_64 Linux (glibc); run efa-sys/regen-bindings for this target"
+);
+
+#[allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    missing_docs,
+    dead_code,
+    clippy::all,
+    clippy::pedantic,
+    rustdoc::all
+)]
+mod bindings;
+
+pub use bindings::*;
+pub use newer::{efadv_cq_attr, efadv_wq_attr};
+
+/// One `unsafe extern "C" fn` type alias per C function the headers declare,
+/// named after the C symbol; these are the field types of [`Verbs`] and
+/// [`Efadv`].
+#[allow(non_camel_case_types, missing_docs, clippy::all, rustdoc::all)]
+pub mod pfn {
+    include!("pfn.rs");
+    pub use crate::newer::pfn::*;
+}
+
+mod dl;
+mod error;
+mod loader;
+#[allow(non_camel_case_types)]
+mod newer;
+mod once;
+
+pub use error::{DlErrorText, FixedStr, LibraryName, LoadError};
+pub use loader::{efadv, verbs, Efadv, Verbs, LIBEFA, LIBIBVERBS};
