@@ -19,9 +19,15 @@ impl Library {
         // SAFETY: `name` is NUL-terminated; dlopen has no other precondition.
         let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if handle.is_null() {
-            return Err(LoadError::LibraryNotFound { library, detail: last_dlerror() });
+            return Err(LoadError::LibraryNotFound {
+                library,
+                detail: last_dlerror(name.to_bytes()),
+            });
         }
-        Ok(Self { handle, name: library })
+        Ok(Self {
+            handle,
+            name: library,
+        })
     }
 
     pub(crate) fn name(&self) -> LibraryName {
@@ -32,7 +38,11 @@ impl Library {
     /// several versions binds to the ABI the headers describe; falls back to
     /// the default version for libraries built without symbol versioning.
     /// Both strings must end in NUL.
-    pub(crate) fn symbol(&self, symbol: &'static str, version: &'static str) -> Option<*mut c_void> {
+    pub(crate) fn symbol(
+        &self,
+        symbol: &'static str,
+        version: &'static str,
+    ) -> Option<*mut c_void> {
         debug_assert!(symbol.ends_with('\0') && version.ends_with('\0'));
         let sym = symbol.as_ptr().cast::<c_char>();
         // SAFETY: `handle` came from a successful dlopen and is never closed;
@@ -48,7 +58,9 @@ impl Library {
     }
 }
 
-fn last_dlerror() -> DlErrorText {
+/// The pending `dlerror()` text, minus the "<library>: " prefix glibc puts
+/// in front (the error names the library already).
+fn last_dlerror(library: &[u8]) -> DlErrorText {
     // SAFETY: dlerror returns NULL or a NUL-terminated thread-local string,
     // which is copied before any other dl* call can overwrite it.
     unsafe {
@@ -56,7 +68,12 @@ fn last_dlerror() -> DlErrorText {
         if e.is_null() {
             DlErrorText::new(b"unknown dlopen error")
         } else {
-            DlErrorText::new(CStr::from_ptr(e).to_bytes())
+            let text = CStr::from_ptr(e).to_bytes();
+            let text = text
+                .strip_prefix(library)
+                .and_then(|t| t.strip_prefix(b": "))
+                .unwrap_or(text);
+            DlErrorText::new(text)
         }
     }
 }

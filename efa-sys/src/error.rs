@@ -9,7 +9,7 @@ use core::fmt;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FixedStr<const N: usize> {
     buf: [u8; N],
-    len: usize,
+    len: u8,
 }
 
 impl<const N: usize> FixedStr<N> {
@@ -17,6 +17,7 @@ impl<const N: usize> FixedStr<N> {
     /// bytes that are not UTF-8 become `?` so that [`as_str`](Self::as_str)
     /// is total.
     pub fn new(bytes: &[u8]) -> Self {
+        const { assert!(N <= u8::MAX as usize, "FixedStr holds at most 255 bytes") };
         let mut buf = [0u8; N];
         let mut len = 0;
         let mut rest = bytes;
@@ -32,7 +33,10 @@ impl<const N: usize> FixedStr<N> {
             for ch in good.chars() {
                 let w = ch.len_utf8();
                 if len + w > N {
-                    return Self { buf, len };
+                    return Self {
+                        buf,
+                        len: len as u8,
+                    };
                 }
                 ch.encode_utf8(&mut buf[len..len + w]);
                 len += w;
@@ -46,13 +50,16 @@ impl<const N: usize> FixedStr<N> {
                 rest = &rest[1..];
             }
         }
-        Self { buf, len }
+        Self {
+            buf,
+            len: len as u8,
+        }
     }
 
     /// The stored text.
     pub fn as_str(&self) -> &str {
         // `new` writes whole UTF-8 characters only.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        core::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
     }
 }
 
@@ -68,10 +75,13 @@ impl<const N: usize> fmt::Display for FixedStr<N> {
     }
 }
 
-/// Name of a shared library as given to `dlopen`.
-pub type LibraryName = FixedStr<128>;
-/// Text of `dlerror()`.
-pub type DlErrorText = FixedStr<256>;
+// The buffers are sized so that `LoadError` stays under 128 bytes: callers
+// wrap it in their own error enums and return it in `Result`s.
+
+/// Name of a shared library as given to `dlopen` (cut at 40 bytes).
+pub type LibraryName = FixedStr<40>;
+/// Text of `dlerror()` without the leading library name (cut at 72 bytes).
+pub type DlErrorText = FixedStr<72>;
 
 /// Why libibverbs or libefa could not be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +109,8 @@ impl LoadError {
     /// The library this error is about.
     pub fn library(&self) -> &str {
         match self {
-            LoadError::LibraryNotFound { library, .. } | LoadError::SymbolMissing { library, .. } => {
-                library.as_str()
-            }
+            LoadError::LibraryNotFound { library, .. }
+            | LoadError::SymbolMissing { library, .. } => library.as_str(),
         }
     }
 }

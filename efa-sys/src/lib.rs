@@ -50,10 +50,12 @@ pub mod pfn {
 
 mod dl;
 mod error;
+mod fast;
 mod loader;
 #[allow(non_camel_case_types)]
 mod newer;
 mod once;
 
 pub use error::{DlErrorText, FixedStr, LibraryName, LoadError};
+pub use fast::*;
 pub use loader::{efadv, verbs, Efadv, Verbs, LIBEFA, LIBIBVERBS};

@@ -35,7 +35,10 @@ impl Drop for ResetOnUnwind<'_> {
 
 impl<T> OnceLoad<T> {
     pub(crate) const fn new() -> Self {
-        Self { state: AtomicU8::new(EMPTY), slot: UnsafeCell::new(MaybeUninit::uninit()) }
+        Self {
+            state: AtomicU8::new(EMPTY),
+            slot: UnsafeCell::new(MaybeUninit::uninit()),
+        }
     }
 
     pub(crate) fn get_or_init(
@@ -44,7 +47,10 @@ impl<T> OnceLoad<T> {
     ) -> Result<&'static T, LoadError> {
         let mut init = Some(init);
         loop {
-            match self.state.compare_exchange(EMPTY, RUNNING, Ordering::Acquire, Ordering::Acquire) {
+            match self
+                .state
+                .compare_exchange(EMPTY, RUNNING, Ordering::Acquire, Ordering::Acquire)
+            {
                 Ok(_) => {
                     let guard = ResetOnUnwind(&self.state);
                     // `init` is taken exactly once: only the winner of the
