@@ -1,0 +1,236 @@
+//! The benchmark driver: runs a sweep of sizes through a [`Runner`], prints perftest-shaped rows as they
+//! come, and produces the machine-readable document and the chart.
+
+use crate::cli::{Metric, Verb};
+use crate::progress::Progress;
+use crate::record::{BwRow, Document, LatRow, Rows, RunInfo};
+use crate::report;
+use crate::runner::{Amount, Point, Runner};
+use crate::stats::{BandwidthStats, BwUnit, LatencyStats};
+use crate::svg::{Chart, Series};
+use anyhow::Context;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Where results go on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// perftest-shaped table (banner included).
+    Table,
+    /// CSV, banner on stderr.
+    Csv,
+    /// JSON, banner on stderr.
+    Json,
+    /// Nothing on stdout, banner on stderr (for callers that print their own summary).
+    Quiet,
+}
+
+/// A whole test: what to measure and how to report it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Operation.
+    pub verb: Verb,
+    /// Bandwidth or latency.
+    pub metric: Metric,
+    /// Sizes, in order.
+    pub sizes: Vec<u64>,
+    /// Count or time per size.
+    pub amount: Amount,
+    /// Parallel streams.
+    pub streams: u32,
+    /// In flight per stream.
+    pub depth: u32,
+    /// Both directions.
+    pub bidirectional: bool,
+    /// Measure CPU use.
+    pub cpu: bool,
+    /// Bandwidth unit.
+    pub unit: BwUnit,
+    /// Output form.
+    pub format: Format,
+    /// Chart file.
+    pub plot: Option<PathBuf>,
+}
+
+/// Sizes of perftest's -a: 2 bytes to 8 MiB, powers of two.
+pub fn all_sizes() -> Vec<u64> {
+    (1..=23).map(|e| 1u64 << e).collect()
+}
+
+impl Plan {
+    /// The test's name (`write_bw`).
+    pub fn test_name(&self) -> String {
+        let m = match self.metric {
+            Metric::Bw => "bw",
+            Metric::Lat => "lat",
+        };
+        format!("{}_{m}", self.verb.name())
+    }
+
+    fn iterations_label(&self, measured: u64) -> u64 {
+        match self.amount {
+            Amount::Iterations(n) => n,
+            Amount::Duration(_) => measured,
+        }
+    }
+}
+
+/// Runs the plan and returns its document (already printed in the chosen format, chart written).
+pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
+    let setup = runner.setup();
+    let info = RunInfo {
+        test: plan.test_name(),
+        verb: plan.verb,
+        metric: plan.metric,
+        fabric: setup.fabric,
+        device: setup.device,
+        transport_type: setup.transport_type,
+        connection_type: setup.connection_type,
+        mode: setup.mode,
+        fabric_reason: setup.reason,
+        queue_pairs: plan.streams,
+        tx_depth: plan.depth,
+        bidirectional: plan.bidirectional,
+        bw_unit: plan.unit,
+    };
+    let table = plan.format == Format::Table;
+    let mut out = std::io::stdout().lock();
+    let head = format!("{}{}", report::banner(&info), report::header(plan.metric, plan.unit, plan.cpu));
+    if table {
+        writeln!(out, "{head}")?;
+    } else {
+        eprintln!("{head}");
+    }
+    let progress = Progress::new(&info.test, plan.sizes.len());
+    let mut bw_rows = Vec::new();
+    let mut lat_rows = Vec::new();
+    for (i, &size) in plan.sizes.iter().enumerate() {
+        progress.step(i, size);
+        let point = Point {
+            verb: plan.verb,
+            size,
+            amount: plan.amount,
+            streams: plan.streams,
+            depth: plan.depth,
+            bidirectional: plan.bidirectional,
+            cpu: plan.cpu,
+        };
+        let line = match plan.metric {
+            Metric::Bw => {
+                let m = runner.bandwidth(&point).with_context(|| format!("{} at {size} bytes", info.test))?;
+                let s = BandwidthStats::compute(m.total, &m.windows, plan.unit)
+                    .with_context(|| format!("{} at {size} bytes: no operation completed", info.test))?;
+                let row = BwRow {
+                    bytes: size,
+                    iterations: plan.iterations_label(m.total.ops),
+                    bw_peak: s.peak,
+                    bw_average: s.average,
+                    msg_rate_mpps: s.msg_rate_mpps,
+                    cpu_util_client: m.cpu_client,
+                    cpu_util_server: m.cpu_server,
+                };
+                let line = report::bw_row(&row, plan.cpu);
+                bw_rows.push(row);
+                line
+            }
+            Metric::Lat => {
+                let m = runner.latency(&point).with_context(|| format!("{} at {size} bytes", info.test))?;
+                let s = LatencyStats::from_samples(&m.samples_us)
+                    .with_context(|| format!("{} at {size} bytes", info.test))?;
+                let row = LatRow {
+                    bytes: size,
+                    iterations: plan.iterations_label(m.samples_us.len() as u64),
+                    t_min_us: s.min,
+                    t_max_us: s.max,
+                    t_typical_us: s.typical,
+                    t_avg_us: s.avg,
+                    t_stdev_us: s.stdev,
+                    p99_us: s.p99,
+                    p99_9_us: s.p99_9,
+                    cpu_util_client: m.cpu_client,
+                    cpu_util_server: m.cpu_server,
+                };
+                let line = report::lat_row(&row, plan.cpu);
+                lat_rows.push(row);
+                line
+            }
+        };
+        progress.clear();
+        if table {
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    drop(progress);
+    if table {
+        writeln!(out, "{}", report::RESULT_LINE)?;
+    } else {
+        eprintln!("{}", report::RESULT_LINE);
+    }
+    let rows = match plan.metric {
+        Metric::Bw => Rows::Bw(bw_rows),
+        Metric::Lat => Rows::Lat(lat_rows),
+    };
+    let doc = Document::new(info, rows);
+    match plan.format {
+        Format::Csv => write!(out, "{}", doc.to_csv())?,
+        Format::Json => writeln!(out, "{}", doc.to_json())?,
+        Format::Table | Format::Quiet => {}
+    }
+    if let Some(path) = &plan.plot {
+        write_chart(path, &chart_of(&[&doc]))?;
+        eprintln!("chart written to {}", path.display());
+    }
+    Ok(doc)
+}
+
+/// Writes a chart to a file.
+pub fn write_chart(path: &std::path::Path, chart: &Chart) -> anyhow::Result<()> {
+    std::fs::write(path, chart.to_svg()).with_context(|| format!("writing chart {}", path.display()))
+}
+
+/// A chart of one or more runs of the same test: bandwidth (average and peak) or latency percentiles
+/// against size, one series per figure and fabric.
+pub fn chart_of(docs: &[&Document]) -> Chart {
+    let Some(first) = docs.first() else {
+        return Chart { title: "no results".into(), y_label: String::new(), series: Vec::new() };
+    };
+    let mut series = Vec::new();
+    for doc in docs {
+        let fabric = &doc.info.fabric;
+        match &doc.results {
+            Rows::Bw(rows) => {
+                series.push(Series {
+                    name: format!("{fabric} average"),
+                    points: rows.iter().map(|r| (r.bytes as f64, r.bw_average)).collect(),
+                });
+                series.push(Series {
+                    name: format!("{fabric} peak"),
+                    points: rows.iter().map(|r| (r.bytes as f64, r.bw_peak)).collect(),
+                });
+            }
+            Rows::Lat(rows) => {
+                let figs: [(&str, fn(&LatRow) -> f64); 4] = [
+                    ("typical", |r| r.t_typical_us),
+                    ("avg", |r| r.t_avg_us),
+                    ("99%", |r| r.p99_us),
+                    ("99.9%", |r| r.p99_9_us),
+                ];
+                for (name, f) in figs {
+                    series.push(Series {
+                        name: format!("{fabric} {name}"),
+                        points: rows.iter().map(|r| (r.bytes as f64, f(r))).collect(),
+                    });
+                }
+            }
+        }
+    }
+    let fabrics: Vec<&str> = docs.iter().map(|d| d.info.fabric.as_str()).collect();
+    let y_label = match first.info.metric {
+        Metric::Bw => format!("bandwidth [{}]", first.info.bw_unit.label()),
+        Metric::Lat => "latency [usec]".to_string(),
+    };
+    Chart { title: format!("efa-perf {} ({})", first.info.test, fabrics.join(" vs ")), y_label, series }
+}

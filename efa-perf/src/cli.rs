@@ -1,0 +1,355 @@
+//! Command line: subcommands and the perftest-compatible options.
+//!
+//! Flags keep perftest's letters and meanings where they mean something here; the help text of each says
+//! what it really does in this tool.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// perftest's default control port.
+pub const DEFAULT_PORT: u16 = 18515;
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "efa-perf",
+    version,
+    about = "perftest-style benchmarks for the EFA stack (send/write/read x bandwidth/latency, compare) and device info",
+    long_about = "perftest-style benchmarks for the EFA stack.\n\n\
+        Run `efa-perf write-bw` on one host (server) and `efa-perf write-bw HOST` on the other (client). \
+        With no peer and no RDMA device the test runs both sides in this process over the software SRD \
+        model (`sim`), so it works on any machine. Tables use perftest's columns so scripts that parse \
+        perftest output parse these too."
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List RDMA devices (EFA or not), ports, GIDs, EFA capabilities and counters, and the fabric the transport would select.
+    Info(InfoArgs),
+    /// SEND bandwidth (perftest ib_send_bw).
+    SendBw(TestArgs),
+    /// SEND latency (perftest ib_send_lat).
+    SendLat(TestArgs),
+    /// RDMA WRITE bandwidth (perftest ib_write_bw).
+    WriteBw(TestArgs),
+    /// RDMA WRITE latency (perftest ib_write_lat).
+    WriteLat(TestArgs),
+    /// RDMA READ bandwidth (perftest ib_read_bw).
+    ReadBw(TestArgs),
+    /// RDMA READ latency (perftest ib_read_lat).
+    ReadLat(TestArgs),
+    /// Run the same sweep over the fast fabric (efa, else verbs, else sim) and over tcp; print ratios and draw a chart.
+    Compare(CompareArgs),
+}
+
+/// Options of `info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Show only this device (default: all).
+    #[arg(short = 'd', long = "ib-dev", value_name = "DEV")]
+    pub device: Option<String>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which operation a test measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    /// Two-sided SEND/RECV.
+    Send,
+    /// One-sided RDMA WRITE.
+    Write,
+    /// One-sided RDMA READ.
+    Read,
+}
+
+impl Verb {
+    /// perftest's name of the verb in its banner.
+    pub fn perftest_name(self) -> &'static str {
+        match self {
+            Self::Send => "Send",
+            Self::Write => "RDMA_Write",
+            Self::Read => "RDMA_Read",
+        }
+    }
+
+    /// Lower-case name used in test names (`write_bw`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Write => "write",
+            Self::Read => "read",
+        }
+    }
+}
+
+/// Bandwidth or latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Throughput with many operations in flight.
+    Bw,
+    /// Time of one operation at a time.
+    Lat,
+}
+
+/// Fabric to run over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FabricChoice {
+    /// The best present: efa, else verbs, else sim (in loopback).
+    Auto,
+    /// AWS EFA, SRD queue pairs.
+    Efa,
+    /// Any other verbs device (Soft-RoCE, ConnectX), RC queue pairs.
+    Verbs,
+    /// The software SRD model, in this process only.
+    Sim,
+    /// Plain TCP sockets.
+    Tcp,
+}
+
+/// Options shared by the six tests (perftest letters and meanings where they apply).
+#[derive(Clone, Debug, Args)]
+pub struct TestArgs {
+    /// Peer to connect to: makes this side the client. Without it this side is the server (or runs in loopback,
+    /// see --loopback).
+    #[arg(value_name = "HOST")]
+    pub peer: Option<String>,
+
+    /// TCP port the server listens on and the client connects to, for the connection setup (perftest -p).
+    #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Run server and client in this process, over the chosen fabric (automatic when there is no peer and no
+    /// RDMA device).
+    #[arg(long, conflicts_with = "peer")]
+    pub loopback: bool,
+
+    /// Fabric: auto picks efa, else verbs, else sim. Replaces perftest's -c (connection type): efa means SRD,
+    /// verbs means RC.
+    #[arg(long, value_enum, default_value_t = FabricChoice::Auto)]
+    pub fabric: FabricChoice,
+
+    /// perftest's connection type, accepted for scripts: SRD selects --fabric efa, RC selects --fabric verbs;
+    /// other types (UC, UD, XRC, DC) are not offered. Prefer --fabric.
+    #[arg(short = 'c', long = "connection", value_name = "TYPE", value_parser = parse_connection)]
+    pub connection: Option<FabricChoice>,
+
+    /// RDMA device to use, e.g. efa_0 or rxe0 (perftest -d; default: first device of the fabric).
+    #[arg(short = 'd', long = "ib-dev", value_name = "DEV")]
+    pub device: Option<String>,
+
+    /// Port of the RDMA device (perftest -i; EFA devices have only port 1).
+    #[arg(short = 'i', long = "ib-port", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub ib_port: u8,
+
+    /// GID index to address the port with (perftest -x; EFA uses index 0, RoCE v2 usually needs the IPv4 GID).
+    #[arg(short = 'x', long = "gid-index", value_name = "INDEX")]
+    pub gid_index: Option<u32>,
+
+    /// Message size in bytes; K, M, G suffixes are powers of 1024 (perftest -s; default 65536 for bandwidth,
+    /// 2 for latency).
+    #[arg(short = 's', long = "size", value_name = "BYTES", value_parser = parse_size, conflicts_with = "all")]
+    pub size: Option<u64>,
+
+    /// Run all sizes from 2 bytes to 8 MiB in powers of two (perftest -a).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+
+    /// Number of operations per size (perftest -n; at least 5; default 5000 for write bandwidth, else 1000).
+    #[arg(short = 'n', long = "iters", value_name = "ITERS", value_parser = clap::value_parser!(u64).range(5..),
+          conflicts_with = "duration")]
+    pub iters: Option<u64>,
+
+    /// Run each size for this many seconds instead of a fixed count (perftest -D).
+    #[arg(short = 'D', long = "duration", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..3600))]
+    pub duration: Option<u64>,
+
+    /// Queue pairs: parallel streams, striped over the fabric's rails (perftest -q).
+    #[arg(short = 'q', long = "qp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub qps: u32,
+
+    /// Measure both directions at once and report their sum (perftest -b).
+    #[arg(short = 'b', long = "bidirectional")]
+    pub bidirectional: bool,
+
+    /// Operations in flight per queue pair (perftest -t; default 128 for bandwidth, 1 for latency).
+    #[arg(short = 't', long = "tx-depth", value_name = "DEPTH", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub tx_depth: Option<u32>,
+
+    /// Report bandwidth in Gb/sec (10^9 bits) instead of MB/sec (2^20 bytes), as perftest's --report_gbits.
+    #[arg(long = "report_gbits", alias = "report-gbits")]
+    pub report_gbits: bool,
+
+    /// Accepted for perftest compatibility: perftest's -F silences its warning about CPU frequency scaling. This
+    /// tool times with a monotonic clock, not CPU cycles, so there is no such check and the flag changes nothing.
+    #[arg(short = 'F', long = "CPU-freq")]
+    pub cpu_freq: bool,
+
+    /// perftest's -R connects queue pairs through RDMA-CM. Not supported: connection setup here is the
+    /// transport's own descriptor exchange over TCP (-p), which also serves EFA's connectionless SRD, where
+    /// RDMA-CM does not apply. Giving it is an error.
+    #[arg(short = 'R', long = "rdma_cm")]
+    pub rdma_cm: bool,
+
+    /// Report CPU utilisation of each side (user+system CPU time over wall time, from getrusage).
+    #[arg(long = "cpu-util", alias = "cpu_util")]
+    pub cpu_util: bool,
+
+    /// Print results as CSV on stdout (schema in the README of efa-perf); banners go to stderr.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+
+    /// Print results as JSON on stdout (schema in the README of efa-perf); banners go to stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write an SVG chart to FILE: bandwidth against size, or latency percentiles against size.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Seconds to wait for the peer to connect or answer before giving up.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// Options of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Operation to compare.
+    #[arg(long, value_enum, default_value_t = CompareTest::WriteBw)]
+    pub test: CompareTest,
+    /// Fast fabric to compare with tcp (default: efa, else verbs, else sim).
+    #[arg(long, value_enum, default_value_t = FabricChoice::Auto)]
+    pub fabric: FabricChoice,
+    /// Message size in bytes (default: sweep 2 B to 8 MiB in powers of two).
+    #[arg(short = 's', long = "size", value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Smallest size of the sweep.
+    #[arg(long, default_value = "64", value_parser = parse_size, value_name = "BYTES")]
+    pub min_size: u64,
+    /// Largest size of the sweep.
+    #[arg(long, default_value = "8M", value_parser = parse_size, value_name = "BYTES")]
+    pub max_size: u64,
+    /// Operations per size and fabric.
+    #[arg(short = 'n', long = "iters", value_parser = clap::value_parser!(u64).range(5..))]
+    pub iters: Option<u64>,
+    /// Queue pairs (parallel streams).
+    #[arg(short = 'q', long = "qp", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub qps: u32,
+    /// Operations in flight per queue pair.
+    #[arg(short = 't', long = "tx-depth", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub tx_depth: Option<u32>,
+    /// Report bandwidth in Gb/sec instead of MB/sec.
+    #[arg(long = "report_gbits", alias = "report-gbits")]
+    pub report_gbits: bool,
+    /// Where to write the chart.
+    #[arg(long, value_name = "FILE.svg", default_value = "efa-perf-compare.svg")]
+    pub plot: PathBuf,
+    /// Print the comparison as CSV on stdout.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// Print the comparison as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Tests `compare` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompareTest {
+    /// RDMA WRITE bandwidth.
+    WriteBw,
+    /// RDMA READ bandwidth.
+    ReadBw,
+    /// SEND bandwidth.
+    SendBw,
+    /// RDMA WRITE latency.
+    WriteLat,
+    /// RDMA READ latency.
+    ReadLat,
+    /// SEND latency.
+    SendLat,
+}
+
+impl CompareTest {
+    /// The verb and metric of the test.
+    pub fn split(self) -> (Verb, Metric) {
+        match self {
+            Self::WriteBw => (Verb::Write, Metric::Bw),
+            Self::ReadBw => (Verb::Read, Metric::Bw),
+            Self::SendBw => (Verb::Send, Metric::Bw),
+            Self::WriteLat => (Verb::Write, Metric::Lat),
+            Self::ReadLat => (Verb::Read, Metric::Lat),
+            Self::SendLat => (Verb::Send, Metric::Lat),
+        }
+    }
+}
+
+/// Parses a size: a number with an optional K/M/G suffix (powers of 1024), at least 1.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 8M)"))?;
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("size '{text}' is too large"))?;
+    if bytes == 0 {
+        return Err("size must be at least 1 byte".into());
+    }
+    if bytes > 1 << 32 {
+        return Err(format!("size '{text}' is larger than 4 GiB, the largest message this tool sends"));
+    }
+    Ok(bytes)
+}
+
+/// Maps perftest's connection types onto fabrics.
+fn parse_connection(text: &str) -> Result<FabricChoice, String> {
+    match text.to_ascii_uppercase().as_str() {
+        "SRD" => Ok(FabricChoice::Efa),
+        "RC" => Ok(FabricChoice::Verbs),
+        "UC" | "UD" | "XRC" | "DC" | "RAWETH" => Err(format!(
+            "connection type '{text}' is not offered: use --fabric (SRD = efa, RC = verbs, or sim, tcp)"
+        )),
+        _ => Err(format!("unknown connection type '{text}' (perftest types here: SRD, RC; prefer --fabric)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes_and_reject_nonsense() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("8m"), Ok(8 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12x").unwrap_err().contains("12x"));
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn connection_types_map_to_fabrics() {
+        assert_eq!(parse_connection("srd"), Ok(FabricChoice::Efa));
+        assert_eq!(parse_connection("RC"), Ok(FabricChoice::Verbs));
+        assert!(parse_connection("UD").unwrap_err().contains("--fabric"));
+    }
+}

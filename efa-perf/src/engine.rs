@@ -1,0 +1,82 @@
+//! Runners over the transport engine, and the device probes behind `info` and the fabric choice.
+
+use crate::bench::Plan;
+use crate::cli::TestArgs;
+use crate::info::DeviceReport;
+use crate::record::Document;
+use crate::select::{FabricKind, SeenDevice, Selection};
+
+/// Fabrics the transport offers in this build.
+pub fn fabrics_built() -> Vec<FabricKind> {
+    Vec::new()
+}
+
+/// RDMA devices on this machine, or why they cannot be listed.
+pub fn probe_devices() -> Result<Vec<SeenDevice>, String> {
+    let dir = std::path::Path::new("/sys/class/infiniband");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut v: Vec<SeenDevice> = entries
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let driver = std::fs::read_link(e.path().join("device/driver"))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            SeenDevice { is_efa: driver.as_deref() == Some("efa"), name }
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// Full descriptions of every device.
+pub fn describe_devices() -> Vec<DeviceReport> {
+    Vec::new()
+}
+
+/// The EFA kernel driver's version, when the module is loaded.
+pub fn efa_driver_version() -> Option<String> {
+    std::fs::read_to_string("/sys/module/efa/version").ok().map(|s| s.trim().to_string())
+}
+
+/// Options for an in-process run with perftest's defaults.
+pub fn loopback_args() -> TestArgs {
+    TestArgs {
+        peer: None,
+        port: crate::cli::DEFAULT_PORT,
+        loopback: true,
+        fabric: crate::cli::FabricChoice::Auto,
+        connection: None,
+        device: None,
+        ib_port: 1,
+        gid_index: None,
+        size: None,
+        all: false,
+        iters: None,
+        duration: None,
+        qps: 1,
+        bidirectional: false,
+        tx_depth: None,
+        report_gbits: false,
+        cpu_freq: false,
+        rdma_cm: false,
+        cpu_util: false,
+        csv: false,
+        json: false,
+        plot: None,
+        timeout: 60,
+    }
+}
+
+/// Runs a plan on the selected fabric and returns its document.
+pub fn run_selected(selection: &Selection, _args: &TestArgs, _plan: &Plan) -> anyhow::Result<Document> {
+    anyhow::bail!("fabric {} is not available in this build", selection.fabric)
+}
+
+/// Runs a test from the command line.
+pub fn execute(selection: &Selection, args: &TestArgs, plan: &Plan) -> anyhow::Result<()> {
+    run_selected(selection, args, plan).map(|_| ())
+}
