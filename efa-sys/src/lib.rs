@@ -59,3 +59,6 @@ mod once;
 pub use error::{DlErrorText, FixedStr, LibraryName, LoadError};
 pub use fast::*;
 pub use loader::{efadv, verbs, Efadv, Verbs, LIBEFA, LIBIBVERBS};
+
+#[cfg(test)]
+mod tests;
