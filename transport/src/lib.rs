@@ -1,1 +1,68 @@
-//! transport (under construction).
+//! A segment-addressed batch transfer engine, in the spirit of Mooncake's Transfer Engine, over
+//! pluggable fabrics ([`fabric::sim`] here; `tcp`, `verbs`, `efa` implement the same
+//! [`fabric::Fabric`] trait).
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
+//! use transport::*;
+//!
+//! let net = SimNetwork::new();
+//! let meta = Arc::new(LocalRegistry::new());
+//! let engine = |name: &str| {
+//!     let fabric = SimFabric::new(&net, SimConfig::default()).unwrap();
+//!     Engine::new(EngineConfig::new(name), fabric, meta.clone()).unwrap()
+//! };
+//! let (a, b) = (engine("a"), engine("b"));
+//!
+//! // b exposes a writable buffer; a writes into it from its own buffer.
+//! let target = b
+//!     .register_owned("b/kv", OwnedMemory::zeroed(4096, 4096)?, "cpu:0".parse()?, Access::REMOTE_WRITE)?;
+//! let src = a.register_owned("a/src", OwnedMemory::from_vec(vec![7; 4096])?, Location::Cpu(0), Access::NONE)?;
+//! let remote = a.open_segment("b/kv")?;
+//!
+//! let mut worker = a.worker()?;
+//! let batch = a.allocate_batch(8)?;
+//! worker.submit(batch, &[Request::write(src, 0, remote, 100, 16).with_op(Opcode::WriteWithNotify(3))])?;
+//! let status = worker.wait(batch, Duration::from_secs(1))?;
+//! assert!(status.all_completed());
+//! assert_eq!(b.notifications().count(3)?, 1);
+//!
+//! let mut out = [0u8; 16];
+//! b.read_owned(target, 100, &mut out)?;
+//! assert_eq!(out, [7; 16]);
+//! a.free_batch(batch)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod access;
+mod batch;
+pub mod descriptor;
+mod engine;
+mod error;
+pub mod fabric;
+mod location;
+mod memory;
+pub mod metadata;
+mod notify;
+mod request;
+mod slab;
+mod slice;
+mod topology;
+mod worker;
+
+pub use access::Access;
+pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
+pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
+pub use engine::{Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo};
+pub use error::{FabricError, FailReason, TransportError};
+pub use location::{Location, LocationParseError};
+pub use memory::{AllocError, OwnedMemory};
+pub use metadata::{LocalRegistry, Metadata, MetadataError};
+pub use notify::Notifications;
+pub use request::{LocalAddr, Opcode, Request};
+pub use slice::SlicePlan;
+pub use topology::{AffinityTable, AllRails, RailPolicy, RailSet};
+pub use worker::Worker;

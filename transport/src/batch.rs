@@ -1,0 +1,485 @@
+//! Batches: pre-allocated slots of per-request state, updated with atomics only.
+//!
+//! A work request's token names its batch slot, slot generation, rail and request index, so a
+//! completion goes straight to its counters: no map, no lock.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::OnceLock;
+
+use crate::{FailReason, TransportError};
+
+/// Handle of an allocated batch. Stale after [`Engine::free_batch`](crate::Engine::free_batch)
+/// or [`Engine::recycle_batch`](crate::Engine::recycle_batch): using it then is a
+/// [`TransportError::StaleBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// The state of one request of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestStatus {
+    /// Reserved, not yet submitted.
+    Waiting,
+    /// Submitted, work requests in flight.
+    Pending,
+    /// All bytes transferred (and the notification counted, for write-with-notify).
+    Completed,
+    /// A work request failed; the first failure's reason.
+    Failed(FailReason),
+    /// The wait deadline passed first; late completions are absorbed.
+    TimedOut,
+    /// Cancelled before it finished; late completions are absorbed.
+    Cancelled,
+}
+
+impl RequestStatus {
+    /// Whether the request has reached a final state.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RequestStatus::Waiting | RequestStatus::Pending)
+    }
+}
+
+/// Counters of a batch, read without locks from any thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchStatus {
+    /// Capacity given at allocation.
+    pub capacity: u32,
+    /// Requests submitted so far.
+    pub submitted: u32,
+    /// Submitted and not yet terminal.
+    pub pending: u32,
+    /// Completed.
+    pub completed: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Timed out.
+    pub timed_out: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+    /// Work requests still owned by the fabric (the batch can be freed when 0).
+    pub in_flight: u32,
+}
+
+impl BatchStatus {
+    /// Every submitted request is terminal.
+    pub fn is_done(&self) -> bool {
+        self.pending == 0
+    }
+
+    /// Every submitted request completed successfully.
+    pub fn all_completed(&self) -> bool {
+        self.completed == self.submitted
+    }
+}
+
+const ST_WAITING: u32 = 0;
+const ST_PENDING: u32 = 1;
+const ST_COMPLETED: u32 = 2;
+const ST_FAILED: u32 = 3;
+const ST_TIMED_OUT: u32 = 4;
+const ST_CANCELLED: u32 = 5;
+
+/// Per-request state, all atomics.
+#[derive(Debug, Default)]
+pub(crate) struct RequestSlot {
+    /// `ST_*` in the low byte, failure reason code in the second.
+    pub status: AtomicU32,
+    /// Work requests (plus the notification, if any) not yet completed.
+    pub remaining: AtomicU32,
+    /// Reason code of the first failed work request, 0 if none.
+    pub error: AtomicU32,
+    /// Local segment slot pinned for the request.
+    pub segment: AtomicU32,
+    /// Notification tag + 1, or 0.
+    pub notify: AtomicU32,
+    /// Peer and remote rail for the notification.
+    pub peer: AtomicU32,
+    pub remote_rail: AtomicU32,
+}
+
+impl RequestSlot {
+    pub(crate) fn status(&self) -> RequestStatus {
+        let s = self.status.load(Acquire);
+        match s & 0xff {
+            ST_WAITING => RequestStatus::Waiting,
+            ST_PENDING => RequestStatus::Pending,
+            ST_COMPLETED => RequestStatus::Completed,
+            ST_FAILED => RequestStatus::Failed(
+                FailReason::from_code((s >> 8) as u8).unwrap_or(FailReason::Injected),
+            ),
+            ST_TIMED_OUT => RequestStatus::TimedOut,
+            _ => RequestStatus::Cancelled,
+        }
+    }
+
+    /// Moves Pending to a final state; false if it already left Pending.
+    #[inline]
+    fn finish(&self, to: u32) -> bool {
+        self.status
+            .compare_exchange(ST_PENDING, to, AcqRel, Relaxed)
+            .is_ok()
+    }
+}
+
+const SLOT_FREE: u64 = 0;
+const SLOT_USED: u64 = 1;
+const SLOT_CLOSING: u64 = 2;
+
+/// One batch slot. Request storage is allocated once per slot and reused.
+#[derive(Debug, Default)]
+pub(crate) struct BatchSlot {
+    state: AtomicU64,
+    pub capacity: AtomicU32,
+    pub submitted: AtomicU32,
+    /// Work requests owned by the fabric, plus one per submit call in progress.
+    pub in_flight: AtomicU32,
+    pub open: AtomicU32,
+    pub completed: AtomicU32,
+    pub failed: AtomicU32,
+    pub timed_out: AtomicU32,
+    pub cancelled: AtomicU32,
+    pub requests: OnceLock<Box<[RequestSlot]>>,
+}
+
+#[inline]
+fn slot_state(generation: u32, st: u64) -> u64 {
+    ((generation as u64) << 2) | st
+}
+
+impl BatchSlot {
+    pub(crate) fn generation(&self) -> u32 {
+        (self.state.load(Acquire) >> 2) as u32
+    }
+
+    pub(crate) fn is(&self, id: BatchId) -> bool {
+        self.state.load(SeqCst) == slot_state(id.generation, SLOT_USED)
+    }
+
+    pub(crate) fn requests(&self) -> &[RequestSlot] {
+        self.requests.get().map(|b| &b[..]).unwrap_or(&[])
+    }
+
+    pub(crate) fn status(&self) -> BatchStatus {
+        BatchStatus {
+            capacity: self.capacity.load(Acquire),
+            submitted: self.submitted.load(Acquire),
+            pending: self.open.load(Acquire),
+            completed: self.completed.load(Acquire),
+            failed: self.failed.load(Acquire),
+            timed_out: self.timed_out.load(Acquire),
+            cancelled: self.cancelled.load(Acquire),
+            in_flight: self.in_flight.load(Acquire),
+        }
+    }
+
+    /// Enters a submit call: holds the batch against free/recycle. Undo with `leave`.
+    pub(crate) fn enter(&self, id: BatchId) -> Result<(), TransportError> {
+        self.in_flight.fetch_add(1, SeqCst);
+        if !self.is(id) {
+            self.in_flight.fetch_sub(1, SeqCst);
+            return Err(TransportError::StaleBatch(id));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn leave(&self) {
+        self.in_flight.fetch_sub(1, Release);
+    }
+
+    /// Reserves `n` request indices; returns the first.
+    pub(crate) fn reserve(&self, id: BatchId, n: usize) -> Result<u32, TransportError> {
+        let cap = self.capacity.load(Acquire);
+        let mut cur = self.submitted.load(Acquire);
+        loop {
+            if n as u64 + cur as u64 > cap as u64 {
+                return Err(TransportError::BatchFull {
+                    batch: id,
+                    submitted: cur as usize,
+                    adding: n,
+                    capacity: cap as usize,
+                });
+            }
+            match self
+                .submitted
+                .compare_exchange_weak(cur, cur + n as u32, AcqRel, Acquire)
+            {
+                Ok(_) => return Ok(cur),
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Gives back reserved indices `first..first+n` when validation failed. Only succeeds if
+    /// nothing was reserved after them; otherwise they stay `Waiting` forever (harmless:
+    /// they count as not submitted in `open` and never pend).
+    pub(crate) fn unreserve(&self, first: u32, n: usize) {
+        let _ = self
+            .submitted
+            .compare_exchange(first + n as u32, first, AcqRel, Relaxed);
+    }
+
+    /// Ends a request with `error` (or success) when its last work request completed.
+    /// Returns whether this call moved it out of Pending.
+    #[inline]
+    pub(crate) fn finish(&self, req: &RequestSlot) -> bool {
+        let err = req.error.load(Acquire);
+        let moved = if err == 0 {
+            req.finish(ST_COMPLETED)
+        } else {
+            req.finish(ST_FAILED | (err << 8))
+        };
+        if moved {
+            if err == 0 {
+                self.completed.fetch_add(1, Relaxed);
+            } else {
+                self.failed.fetch_add(1, Relaxed);
+            }
+            self.open.fetch_sub(1, Release);
+        }
+        moved
+    }
+
+    /// Moves every Pending request to TimedOut (or Cancelled); returns how many moved.
+    pub(crate) fn abandon(&self, cancelled: bool) -> u32 {
+        let n = self.submitted.load(Acquire) as usize;
+        let to = if cancelled {
+            ST_CANCELLED
+        } else {
+            ST_TIMED_OUT
+        };
+        let mut moved = 0;
+        for r in self.requests().iter().take(n) {
+            if r.finish(to) {
+                moved += 1;
+                self.open.fetch_sub(1, Release);
+            }
+        }
+        if cancelled {
+            self.cancelled.fetch_add(moved, Relaxed);
+        } else {
+            self.timed_out.fetch_add(moved, Relaxed);
+        }
+        moved
+    }
+
+    /// Marks request `i` pending with `remaining` work requests.
+    #[inline]
+    pub(crate) fn start(&self, req: &RequestSlot, remaining: u32) {
+        req.error.store(0, Relaxed);
+        req.remaining.store(remaining, Relaxed);
+        req.status.store(ST_PENDING, Release);
+    }
+}
+
+/// All batch slots of an engine.
+#[derive(Debug)]
+pub(crate) struct BatchTable {
+    pub slots: Box<[BatchSlot]>,
+}
+
+impl BatchTable {
+    pub(crate) fn new(max: usize) -> Self {
+        BatchTable {
+            slots: (0..max).map(|_| BatchSlot::default()).collect(),
+        }
+    }
+
+    pub(crate) fn get(&self, id: BatchId) -> Result<&BatchSlot, TransportError> {
+        let slot = self
+            .slots
+            .get(id.index as usize)
+            .ok_or(TransportError::StaleBatch(id))?;
+        if slot.is(id) {
+            Ok(slot)
+        } else {
+            Err(TransportError::StaleBatch(id))
+        }
+    }
+
+    pub(crate) fn allocate(&self, capacity: u32) -> Result<BatchId, TransportError> {
+        if capacity == 0 || capacity > MAX_BATCH_CAPACITY {
+            return Err(TransportError::Config(format!(
+                "batch capacity {capacity} not in 1..={MAX_BATCH_CAPACITY}"
+            )));
+        }
+        // Prefer a slot whose storage already fits, so reuse allocates nothing.
+        let fits = |s: &BatchSlot| {
+            s.requests
+                .get()
+                .is_some_and(|r| r.len() >= capacity as usize)
+        };
+        let fresh = |s: &BatchSlot| s.requests.get().is_none();
+        for pass in 0..2 {
+            for (i, slot) in self.slots.iter().enumerate() {
+                let ok = if pass == 0 { fits(slot) } else { fresh(slot) };
+                if !ok {
+                    continue;
+                }
+                let s = slot.state.load(SeqCst);
+                if s & 3 != SLOT_FREE {
+                    continue;
+                }
+                let generation = (s >> 2) as u32;
+                if slot
+                    .state
+                    .compare_exchange(s, slot_state(generation, SLOT_CLOSING), SeqCst, SeqCst)
+                    .is_err()
+                {
+                    continue;
+                }
+                let reqs = slot.requests.get_or_init(|| {
+                    (0..capacity.next_power_of_two())
+                        .map(|_| RequestSlot::default())
+                        .collect()
+                });
+                if reqs.len() < capacity as usize {
+                    // Lost a race with a smaller initialisation; put the slot back.
+                    slot.state.store(slot_state(generation, SLOT_FREE), SeqCst);
+                    continue;
+                }
+                slot.reset(capacity);
+                slot.state.store(slot_state(generation, SLOT_USED), SeqCst);
+                return Ok(BatchId {
+                    index: i as u32,
+                    generation,
+                });
+            }
+        }
+        Err(TransportError::Exhausted {
+            what: "batch slots with enough capacity",
+            max: self.slots.len(),
+        })
+    }
+
+    /// Frees (`reuse == false`) or recycles the batch. Refused while work requests are in flight.
+    pub(crate) fn release(&self, id: BatchId, reuse: bool) -> Result<BatchId, TransportError> {
+        let slot = self
+            .slots
+            .get(id.index as usize)
+            .ok_or(TransportError::StaleBatch(id))?;
+        slot.state
+            .compare_exchange(
+                slot_state(id.generation, SLOT_USED),
+                slot_state(id.generation, SLOT_CLOSING),
+                SeqCst,
+                SeqCst,
+            )
+            .map_err(|_| TransportError::StaleBatch(id))?;
+        let in_flight = slot.in_flight.load(SeqCst);
+        if in_flight != 0 {
+            slot.state
+                .store(slot_state(id.generation, SLOT_USED), SeqCst);
+            return Err(TransportError::BatchBusy {
+                batch: id,
+                in_flight,
+            });
+        }
+        // Token generations are 12 bits wide; skip none, the full generation is checked too.
+        let generation = id.generation.wrapping_add(1);
+        if reuse {
+            let cap = slot.capacity.load(Acquire);
+            slot.reset(cap);
+            slot.state.store(slot_state(generation, SLOT_USED), SeqCst);
+        } else {
+            slot.state.store(slot_state(generation, SLOT_FREE), SeqCst);
+        }
+        Ok(BatchId {
+            index: id.index,
+            generation,
+        })
+    }
+}
+
+impl BatchSlot {
+    fn reset(&self, capacity: u32) {
+        let used = self.submitted.load(Acquire) as usize;
+        for r in self.requests().iter().take(used) {
+            r.status.store(ST_WAITING, Relaxed);
+        }
+        self.capacity.store(capacity, Relaxed);
+        self.submitted.store(0, Relaxed);
+        self.open.store(0, Relaxed);
+        self.completed.store(0, Relaxed);
+        self.failed.store(0, Relaxed);
+        self.timed_out.store(0, Relaxed);
+        self.cancelled.store(0, Relaxed);
+        self.in_flight.store(0, Release);
+    }
+}
+
+/// Largest batch capacity (request indices are 32-bit in tokens; kept far lower so a slot's
+/// storage stays reasonable).
+pub const MAX_BATCH_CAPACITY: u32 = 1 << 20;
+
+/// Token layout: batch index (16 bits) | generation (12) | rail (4) | request index (32).
+pub(crate) mod token {
+    #[inline]
+    pub fn encode(batch: u32, generation: u32, rail: u16, request: u32) -> u64 {
+        ((batch as u64 & 0xffff) << 48)
+            | ((generation as u64 & 0xfff) << 36)
+            | ((rail as u64 & 0xf) << 32)
+            | request as u64
+    }
+
+    #[inline]
+    pub fn decode(t: u64) -> (u32, u32, u16, u32) {
+        (
+            (t >> 48) as u32,
+            ((t >> 36) & 0xfff) as u32,
+            ((t >> 32) & 0xf) as u16,
+            t as u32,
+        )
+    }
+
+    /// Same token on another rail.
+    #[inline]
+    pub fn with_rail(t: u64, rail: u16) -> u64 {
+        (t & !(0xf << 32)) | ((rail as u64 & 0xf) << 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip() {
+        let t = token::encode(65535, 4095 + 4096, 15, u32::MAX);
+        assert_eq!(token::decode(t), (65535, 4095, 15, u32::MAX));
+        assert_eq!(token::decode(token::with_rail(t, 3)).2, 3);
+    }
+
+    #[test]
+    fn allocate_free_reuse_and_stale() {
+        let t = BatchTable::new(2);
+        let a = t.allocate(4).unwrap();
+        let b = t.allocate(8).unwrap();
+        assert!(matches!(
+            t.allocate(1),
+            Err(TransportError::Exhausted { .. })
+        ));
+        let a2 = t.release(a, true).unwrap();
+        assert_ne!(a, a2);
+        assert!(matches!(t.get(a), Err(TransportError::StaleBatch(_))));
+        assert!(t.get(a2).is_ok());
+        let slot = t.get(b).unwrap();
+        assert_eq!(slot.reserve(b, 8).unwrap(), 0);
+        assert!(matches!(
+            slot.reserve(b, 1),
+            Err(TransportError::BatchFull { .. })
+        ));
+        slot.in_flight.store(2, SeqCst);
+        assert_eq!(
+            t.release(b, false),
+            Err(TransportError::BatchBusy {
+                batch: b,
+                in_flight: 2
+            })
+        );
+        slot.in_flight.store(0, SeqCst);
+        t.release(b, false).unwrap();
+        assert!(t.allocate(0).is_err());
+    }
+}

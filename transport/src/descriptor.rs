@@ -1,0 +1,407 @@
+//! Segment descriptors: what a peer needs to address a segment, and their binary encoding.
+//!
+//! # Wire format (format version 1.0)
+//!
+//! All integers little-endian. `str`/`bytes` are a `u16` length followed by that many bytes.
+//!
+//! ```text
+//! magic    4  b"EFSD"
+//! major    1  must equal 1 (incompatible changes bump it)
+//! minor    1  compatible additions bump it; decoders skip trailing bytes of a newer minor
+//! length   4  bytes that follow this field (the whole body), checked exactly
+//! revision 8  descriptor revision (a re-registered name gets a higher one)
+//! name     str, fabric str, engine str
+//! location 1 kind (1 cpu, 2 gpu) + 4 index
+//! access   1  bits (1 read, 2 write)
+//! base     8, len 8 (base + len must not overflow)
+//! rails    2  count, then per rail: address bytes, key bytes
+//! ```
+//!
+//! Decoding checks every length against the input and the limits below and never panics; it
+//! is fuzzed (`fuzz/fuzz_targets/descriptor_decode.rs`).
+
+use crate::{Access, Location};
+
+const MAGIC: &[u8; 4] = b"EFSD";
+/// Major format version written and accepted.
+pub const FORMAT_MAJOR: u8 = 1;
+/// Minor format version written.
+pub const FORMAT_MINOR: u8 = 0;
+/// Longest name (segment, fabric, engine) in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Most rails a descriptor may list.
+pub const MAX_RAILS: usize = 64;
+/// Longest per-rail address or key in bytes.
+pub const MAX_BLOB_LEN: usize = 1024;
+
+/// The fabric-specific part of a descriptor for one rail: opaque to the engine, meaningful to
+/// the fabric that produced it (e.g. EFA: GID + QPN + QKey, and an rkey; TCP: host:port and a
+/// region id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct RailDescriptor {
+    /// The owner's address on this rail.
+    pub address: Vec<u8>,
+    /// The remote key of the segment on this rail.
+    pub key: Vec<u8>,
+}
+
+/// Everything a peer needs to open a segment: published through [`Metadata`](crate::Metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SegmentDescriptor {
+    /// Revision, increasing each time the name is (re)published by its owner.
+    pub revision: u64,
+    /// Segment name (unique within the metadata namespace).
+    pub name: String,
+    /// Name of the fabric the segment is registered with (`sim`, `tcp`, `verbs`, `efa`).
+    pub fabric: String,
+    /// Name of the owning engine.
+    pub engine: String,
+    /// Where the memory lives.
+    pub location: Location,
+    /// What peers may do.
+    pub access: Access,
+    /// Base address in the owner's address space (remote offsets are added to it).
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Per-rail address and key.
+    pub rails: Vec<RailDescriptor>,
+}
+
+/// Why a descriptor could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    /// The input ended early.
+    #[error("descriptor truncated: need {need} bytes at offset {at}, have {have}")]
+    Truncated {
+        /// Offset of the field.
+        at: usize,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// The magic bytes are wrong.
+    #[error("bad descriptor magic {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// An unknown major version.
+    #[error("unsupported descriptor format version {major}.{minor}")]
+    UnsupportedVersion {
+        /// Major.
+        major: u8,
+        /// Minor.
+        minor: u8,
+    },
+    /// The length field disagrees with the input.
+    #[error("descriptor length field says {declared} bytes, input has {actual}")]
+    LengthMismatch {
+        /// Declared body length.
+        declared: usize,
+        /// Actual body length.
+        actual: usize,
+    },
+    /// Bytes left over in a body of the current minor version.
+    #[error("{0} trailing bytes after descriptor")]
+    TrailingBytes(usize),
+    /// A string that is not UTF-8.
+    #[error("field {0} is not UTF-8")]
+    BadUtf8(&'static str),
+    /// A field over its limit.
+    #[error("field {field} has {len} entries/bytes, limit {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An unknown location kind.
+    #[error("unknown location kind {0}")]
+    BadLocation(u8),
+    /// Unknown access bits.
+    #[error("unknown access bits {0:#x}")]
+    BadAccess(u8),
+    /// `base + len` overflows.
+    #[error("segment range {base:#x}+{len} overflows")]
+    RangeOverflow {
+        /// Base.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DescriptorError> {
+        let have = self.buf.len() - self.at;
+        if n > have {
+            return Err(DescriptorError::Truncated {
+                at: self.at,
+                need: n,
+                have,
+            });
+        }
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DescriptorError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, DescriptorError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DescriptorError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DescriptorError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DescriptorError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DescriptorError> {
+        let len = self.u16()? as usize;
+        if len > max {
+            return Err(DescriptorError::TooLong { field, len, max });
+        }
+        self.take(len)
+    }
+
+    fn str(&mut self, field: &'static str) -> Result<String, DescriptorError> {
+        let b = self.blob(field, MAX_NAME_LEN)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| DescriptorError::BadUtf8(field))
+    }
+}
+
+fn put_blob(
+    out: &mut Vec<u8>,
+    field: &'static str,
+    b: &[u8],
+    max: usize,
+) -> Result<(), DescriptorError> {
+    if b.len() > max {
+        return Err(DescriptorError::TooLong {
+            field,
+            len: b.len(),
+            max,
+        });
+    }
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+impl SegmentDescriptor {
+    /// Encodes to the versioned binary form. Fails only when a field exceeds its limit.
+    pub fn encode(&self) -> Result<Vec<u8>, DescriptorError> {
+        if self.rails.len() > MAX_RAILS {
+            return Err(DescriptorError::TooLong {
+                field: "rails",
+                len: self.rails.len(),
+                max: MAX_RAILS,
+            });
+        }
+        if self.base.checked_add(self.len).is_none() {
+            return Err(DescriptorError::RangeOverflow {
+                base: self.base,
+                len: self.len,
+            });
+        }
+        let mut out = Vec::with_capacity(64 + self.name.len() + self.rails.len() * 32);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_MAJOR);
+        out.push(FORMAT_MINOR);
+        out.extend_from_slice(&[0; 4]); // body length, patched below
+        out.extend_from_slice(&self.revision.to_le_bytes());
+        put_blob(&mut out, "name", self.name.as_bytes(), MAX_NAME_LEN)?;
+        put_blob(&mut out, "fabric", self.fabric.as_bytes(), MAX_NAME_LEN)?;
+        put_blob(&mut out, "engine", self.engine.as_bytes(), MAX_NAME_LEN)?;
+        out.push(self.location.kind_code());
+        out.extend_from_slice(&self.location.index().to_le_bytes());
+        out.push(self.access.bits());
+        out.extend_from_slice(&self.base.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&(self.rails.len() as u16).to_le_bytes());
+        for r in &self.rails {
+            put_blob(&mut out, "rail address", &r.address, MAX_BLOB_LEN)?;
+            put_blob(&mut out, "rail key", &r.key, MAX_BLOB_LEN)?;
+        }
+        let body = (out.len() - 10) as u32;
+        out[6..10].copy_from_slice(&body.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Decodes the binary form. Never panics; every malformed input is a [`DescriptorError`].
+    pub fn decode(buf: &[u8]) -> Result<SegmentDescriptor, DescriptorError> {
+        let mut r = Reader { buf, at: 0 };
+        let magic = r.array::<4>()?;
+        if &magic != MAGIC {
+            return Err(DescriptorError::BadMagic(magic));
+        }
+        let major = r.u8()?;
+        let minor = r.u8()?;
+        if major != FORMAT_MAJOR {
+            return Err(DescriptorError::UnsupportedVersion { major, minor });
+        }
+        let declared = r.u32()? as usize;
+        let actual = buf.len() - r.at;
+        if declared != actual {
+            return Err(DescriptorError::LengthMismatch { declared, actual });
+        }
+        let revision = r.u64()?;
+        let name = r.str("name")?;
+        let fabric = r.str("fabric")?;
+        let engine = r.str("engine")?;
+        let kind = r.u8()?;
+        let index = r.u32()?;
+        let location =
+            Location::from_code(kind, index).ok_or(DescriptorError::BadLocation(kind))?;
+        let bits = r.u8()?;
+        let access = Access::from_bits(bits).ok_or(DescriptorError::BadAccess(bits))?;
+        let base = r.u64()?;
+        let len = r.u64()?;
+        if base.checked_add(len).is_none() {
+            return Err(DescriptorError::RangeOverflow { base, len });
+        }
+        let n = r.u16()? as usize;
+        if n > MAX_RAILS {
+            return Err(DescriptorError::TooLong {
+                field: "rails",
+                len: n,
+                max: MAX_RAILS,
+            });
+        }
+        let mut rails = Vec::with_capacity(n);
+        for _ in 0..n {
+            let address = r.blob("rail address", MAX_BLOB_LEN)?.to_vec();
+            let key = r.blob("rail key", MAX_BLOB_LEN)?.to_vec();
+            rails.push(RailDescriptor { address, key });
+        }
+        let rest = buf.len() - r.at;
+        // A newer minor version may append fields this decoder does not know; skip them.
+        if rest != 0 && minor <= FORMAT_MINOR {
+            return Err(DescriptorError::TrailingBytes(rest));
+        }
+        Ok(SegmentDescriptor {
+            revision,
+            name,
+            fabric,
+            engine,
+            location,
+            access,
+            base,
+            len,
+            rails,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SegmentDescriptor {
+        SegmentDescriptor {
+            revision: 3,
+            name: "kv/0".into(),
+            fabric: "sim".into(),
+            engine: "node-a".into(),
+            location: Location::Gpu(2),
+            access: Access::REMOTE_READ_WRITE,
+            base: 0x7000_0000,
+            len: 1 << 20,
+            rails: vec![
+                RailDescriptor {
+                    address: vec![1, 2, 3],
+                    key: vec![9; 8],
+                },
+                RailDescriptor::default(),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let d = sample();
+        let bytes = d.encode().unwrap();
+        assert_eq!(SegmentDescriptor::decode(&bytes).unwrap(), d);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(
+                SegmentDescriptor::decode(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_header_fields() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[0] = b'X';
+        assert!(matches!(
+            SegmentDescriptor::decode(&bytes),
+            Err(DescriptorError::BadMagic(_))
+        ));
+        let mut bytes = sample().encode().unwrap();
+        bytes[4] = 2;
+        assert_eq!(
+            SegmentDescriptor::decode(&bytes),
+            Err(DescriptorError::UnsupportedVersion { major: 2, minor: 0 })
+        );
+        let mut bytes = sample().encode().unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            SegmentDescriptor::decode(&bytes),
+            Err(DescriptorError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn newer_minor_may_append_fields() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[5] = FORMAT_MINOR + 1;
+        bytes.extend_from_slice(&[0xAA; 5]);
+        let body = (bytes.len() - 10) as u32;
+        bytes[6..10].copy_from_slice(&body.to_le_bytes());
+        assert_eq!(SegmentDescriptor::decode(&bytes).unwrap(), sample());
+        bytes[5] = FORMAT_MINOR;
+        assert_eq!(
+            SegmentDescriptor::decode(&bytes),
+            Err(DescriptorError::TrailingBytes(5))
+        );
+    }
+
+    #[test]
+    fn encode_refuses_oversized_fields() {
+        let mut d = sample();
+        d.name = "x".repeat(MAX_NAME_LEN + 1);
+        assert!(matches!(
+            d.encode(),
+            Err(DescriptorError::TooLong { field: "name", .. })
+        ));
+        let mut d = sample();
+        d.base = u64::MAX;
+        assert!(matches!(
+            d.encode(),
+            Err(DescriptorError::RangeOverflow { .. })
+        ));
+    }
+}

@@ -1,0 +1,609 @@
+//! The engine: segments, names, remote segments, batches. Shared by all threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::batch::{BatchTable, MAX_BATCH_CAPACITY};
+use crate::descriptor::{RailDescriptor, SegmentDescriptor};
+use crate::fabric::{Capabilities, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS};
+use crate::metadata::{Metadata, MetadataError};
+use crate::slab::Slab;
+use crate::slice::SlicePlan;
+use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
+use crate::{
+    Access, BatchId, BatchStatus, FabricError, Location, Notifications, OwnedMemory, RequestStatus,
+    TransportError, Worker,
+};
+
+/// Handle of a local segment. Stale after [`Engine::unregister`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SegmentId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// Handle of an opened remote segment. Stale after [`Engine::close_segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemoteSegment {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// Public facts about a local segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Name it is published under.
+    pub name: String,
+    /// Start address.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Where it lives.
+    pub location: Location,
+    /// Rights of peers.
+    pub access: Access,
+    /// Rails its transfers use.
+    pub rails: RailSet,
+    /// Whether the engine owns the memory.
+    pub owned: bool,
+}
+
+pub(crate) struct LocalEntry {
+    pub base: u64,
+    pub len: u64,
+    pub lkeys: [u64; MAX_RAILS],
+    pub rails: RailSet,
+    pub name: String,
+    pub location: Location,
+    pub access: Access,
+    pub registration: Registration,
+    pub owned: Option<OwnedMemory>,
+}
+
+pub(crate) struct RemoteEntry {
+    pub base: u64,
+    pub len: u64,
+    pub access: Access,
+    pub peer: PeerId,
+    pub rkeys: [u64; MAX_RAILS],
+    pub rails: u16,
+    pub desc: SegmentDescriptor,
+}
+
+/// Engine settings.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Engine name (owner of its segments in the metadata service).
+    pub name: String,
+    /// Slice size for splitting requests (clamped to the fabric's `max_transfer_size`).
+    pub slice_size: u64,
+    /// Most local segments.
+    pub max_segments: usize,
+    /// Most remote segments open at once.
+    pub max_remote_segments: usize,
+    /// Most batches allocated at once.
+    pub max_batches: usize,
+    /// Notification tags (`0..notify_tags`).
+    pub notify_tags: u32,
+    /// How long a submit keeps retrying against a full send queue before failing the rest of
+    /// its work requests with `FLUSHED`.
+    pub submit_timeout: Duration,
+    /// Rail choice per location.
+    pub rail_policy: Arc<dyn RailPolicy>,
+}
+
+impl EngineConfig {
+    /// Defaults for an engine called `name`: 64 KiB slices, 256 segments, 1024 remote segments,
+    /// 1024 batches, 1024 tags, 10 s submit timeout, all rails for all memory.
+    pub fn new(name: impl Into<String>) -> Self {
+        EngineConfig {
+            name: name.into(),
+            slice_size: 64 << 10,
+            max_segments: 256,
+            max_remote_segments: 1024,
+            max_batches: 1024,
+            notify_tags: 1024,
+            submit_timeout: Duration::from_secs(10),
+            rail_policy: Arc::new(AllRails),
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("name", &self.name)
+            .field("slice_size", &self.slice_size)
+            .field("max_segments", &self.max_segments)
+            .field("max_remote_segments", &self.max_remote_segments)
+            .field("max_batches", &self.max_batches)
+            .field("notify_tags", &self.notify_tags)
+            .field("submit_timeout", &self.submit_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub name: String,
+    pub fabric: Arc<dyn Fabric>,
+    pub caps: Capabilities,
+    pub metadata: Arc<dyn Metadata>,
+    pub segments: Slab<LocalEntry>,
+    pub remotes: Slab<RemoteEntry>,
+    pub batches: BatchTable,
+    pub notifications: Arc<Notifications>,
+    pub plan: SlicePlan,
+    pub policy: Arc<dyn RailPolicy>,
+    pub submit_timeout: Duration,
+    names: Mutex<HashMap<String, SegmentId>>,
+    revision: AtomicU64,
+}
+
+/// A transfer engine: registers memory as named segments, opens peers' segments, allocates
+/// batches and reports their status. Cheap to clone (shared state); `Send + Sync`.
+///
+/// Requests are submitted and completions polled through a [`Worker`] (one per thread).
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.inner.name)
+            .field("fabric", &self.inner.fabric.name())
+            .field("rails", &self.inner.caps.rails)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Creates an engine over `fabric` (one fabric instance per engine), publishing segments in
+    /// `metadata`.
+    pub fn new(
+        config: EngineConfig,
+        fabric: Arc<dyn Fabric>,
+        metadata: Arc<dyn Metadata>,
+    ) -> Result<Engine, TransportError> {
+        let caps = fabric.capabilities();
+        if caps.rails == 0 || caps.rails as usize > MAX_RAILS {
+            return Err(TransportError::Config(format!(
+                "fabric {} reports {} rails; 1..={MAX_RAILS} supported",
+                fabric.name(),
+                caps.rails
+            )));
+        }
+        if config.slice_size == 0 {
+            return Err(TransportError::Config("slice_size 0".into()));
+        }
+        if config.max_batches == 0 || config.max_batches > 1 << 16 {
+            return Err(TransportError::Config(format!(
+                "max_batches {} not in 1..=65536",
+                config.max_batches
+            )));
+        }
+        let notifications = Arc::new(Notifications::new(config.notify_tags));
+        fabric.bind_notifications(notifications.clone());
+        let plan = SlicePlan::new(config.slice_size, caps.max_transfer_size);
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                name: config.name,
+                fabric,
+                caps,
+                metadata,
+                segments: Slab::new(config.max_segments),
+                remotes: Slab::new(config.max_remote_segments),
+                batches: BatchTable::new(config.max_batches),
+                notifications,
+                plan,
+                policy: config.rail_policy,
+                submit_timeout: config.submit_timeout,
+                names: Mutex::new(HashMap::new()),
+                revision: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The engine's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The fabric.
+    pub fn fabric(&self) -> &Arc<dyn Fabric> {
+        &self.inner.fabric
+    }
+
+    /// The fabric's capabilities as read at construction.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    /// The slicing in force.
+    pub fn slice_plan(&self) -> SlicePlan {
+        self.inner.plan
+    }
+
+    /// Arrival counters of notifications sent to this engine.
+    pub fn notifications(&self) -> &Notifications {
+        &self.inner.notifications
+    }
+
+    /// A worker for submitting and completing requests on the calling thread.
+    pub fn worker(&self) -> Result<Worker, TransportError> {
+        Worker::new(self.inner.clone())
+    }
+
+    /// Registers memory the engine does not own and publishes it as segment `name`.
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr+len` must stay valid for reads and writes until [`Engine::unregister`]
+    /// succeeds: local transfers and peers (as `access` allows) read and write it at any time in
+    /// between, so the caller must not rely on its contents while transfers may touch it.
+    pub unsafe fn register_memory(
+        &self,
+        name: &str,
+        addr: *mut u8,
+        len: usize,
+        location: Location,
+        access: Access,
+    ) -> Result<SegmentId, TransportError> {
+        self.register_inner(name, addr as u64, len as u64, location, access, None)
+    }
+
+    /// Registers engine-owned memory as segment `name`. The memory is reachable only through
+    /// [`Engine::read_owned`], [`Engine::write_owned`] and transfers until
+    /// [`Engine::unregister`] returns it.
+    pub fn register_owned(
+        &self,
+        name: &str,
+        memory: OwnedMemory,
+        location: Location,
+        access: Access,
+    ) -> Result<SegmentId, TransportError> {
+        let (addr, len) = (memory.addr(), memory.len() as u64);
+        self.register_inner(name, addr, len, location, access, Some(memory))
+    }
+
+    fn register_inner(
+        &self,
+        name: &str,
+        addr: u64,
+        len: u64,
+        location: Location,
+        access: Access,
+        owned: Option<OwnedMemory>,
+    ) -> Result<SegmentId, TransportError> {
+        let inner = &*self.inner;
+        if len == 0 {
+            return Err(TransportError::Config(format!(
+                "segment {name:?} has length 0"
+            )));
+        }
+        if addr.checked_add(len).is_none() {
+            return Err(TransportError::Config(format!(
+                "segment {name:?} range {addr:#x}+{len} overflows"
+            )));
+        }
+        let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
+        if names.contains_key(name) {
+            return Err(TransportError::DuplicateName(name.to_string()));
+        }
+        let region = MemoryRegion { addr, len, access };
+        // SAFETY: the caller of `register_memory` promised validity until unregister; owned
+        // memory is kept in the entry and dropped only after `deregister`.
+        let registration = unsafe { inner.fabric.register(region)? };
+        let rails = inner.caps.rails as usize;
+        if registration.local_keys.len() != rails || registration.remote_keys.len() != rails {
+            let _ = inner.fabric.deregister(&registration);
+            return Err(FabricError::Io(format!(
+                "fabric returned {} local / {} remote keys for {rails} rails",
+                registration.local_keys.len(),
+                registration.remote_keys.len()
+            ))
+            .into());
+        }
+        let desc = SegmentDescriptor {
+            revision: inner.revision.fetch_add(1, Ordering::Relaxed),
+            name: name.to_string(),
+            fabric: inner.fabric.name().to_string(),
+            engine: inner.name.clone(),
+            location,
+            access,
+            base: addr,
+            len,
+            rails: inner
+                .fabric
+                .local_addresses()
+                .into_iter()
+                .zip(registration.remote_keys.iter().cloned())
+                .map(|(address, key)| RailDescriptor { address, key })
+                .collect(),
+        };
+        if let Err(e) = inner.metadata.publish(&desc) {
+            let _ = inner.fabric.deregister(&registration);
+            return Err(e.into());
+        }
+        let mut lkeys = [0u64; MAX_RAILS];
+        lkeys[..rails].copy_from_slice(&registration.local_keys);
+        let entry = LocalEntry {
+            base: addr,
+            len,
+            lkeys,
+            rails: effective_rails(&*inner.policy, location, inner.caps.rails),
+            name: name.to_string(),
+            location,
+            access,
+            registration,
+            owned,
+        };
+        match inner.segments.insert(entry) {
+            Ok((index, generation)) => {
+                let id = SegmentId { index, generation };
+                names.insert(name.to_string(), id);
+                Ok(id)
+            }
+            Err(entry) => {
+                let _ = inner.metadata.remove(name);
+                let _ = inner.fabric.deregister(&entry.registration);
+                Err(TransportError::Exhausted {
+                    what: "local segments",
+                    max: inner.segments.capacity(),
+                })
+            }
+        }
+    }
+
+    /// Unregisters a segment and removes its descriptor. Refused with
+    /// [`TransportError::SegmentBusy`] while requests of this engine use it (wait for them,
+    /// then retry); peers' later requests fail with `REMOTE_BAD_ADDRESS`. Returns the memory if
+    /// the engine owned it.
+    pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
+        let inner = &*self.inner;
+        let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = inner
+            .segments
+            .retire(segment.index, segment.generation)
+            .map_err(|busy| match busy {
+                Some(in_flight) => TransportError::SegmentBusy { segment, in_flight },
+                None => TransportError::UnknownSegment(segment),
+            })?;
+        names.remove(&entry.name);
+        // A descriptor the service failed to drop only misleads peers into REMOTE_BAD_ADDRESS
+        // completions; the local teardown must go on regardless.
+        let _ = inner.metadata.remove(&entry.name);
+        inner.fabric.deregister(&entry.registration)?;
+        Ok(entry.owned)
+    }
+
+    fn with_segment<R>(
+        &self,
+        segment: SegmentId,
+        f: impl FnOnce(&LocalEntry) -> R,
+    ) -> Result<R, TransportError> {
+        let segs = &self.inner.segments;
+        let e = segs
+            .pin(segment.index, segment.generation)
+            .ok_or(TransportError::UnknownSegment(segment))?;
+        let r = f(e);
+        segs.unpin(segment.index);
+        Ok(r)
+    }
+
+    /// Facts about a local segment.
+    pub fn segment_info(&self, segment: SegmentId) -> Result<SegmentInfo, TransportError> {
+        self.with_segment(segment, |e| SegmentInfo {
+            name: e.name.clone(),
+            base: e.base,
+            len: e.len,
+            location: e.location,
+            access: e.access,
+            rails: e.rails,
+            owned: e.owned.is_some(),
+        })
+    }
+
+    fn owned_range(
+        e: &LocalEntry,
+        segment: SegmentId,
+        offset: u64,
+        len: usize,
+    ) -> Result<*mut u8, TransportError> {
+        let owned = e.owned.as_ref().ok_or(TransportError::NotOwned(segment))?;
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > e.len) {
+            return Err(TransportError::OwnedOutOfRange {
+                segment,
+                offset,
+                len: len as u64,
+                seg_len: e.len,
+            });
+        }
+        // `offset < len` of the allocation, checked above.
+        Ok(owned.as_mut_ptr().wrapping_add(offset as usize))
+    }
+
+    /// Copies bytes out of an engine-owned segment. Bytes that a transfer in flight is changing
+    /// read as either their old or new value.
+    pub fn read_owned(
+        &self,
+        segment: SegmentId,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), TransportError> {
+        self.with_segment(segment, |e| {
+            let src = Self::owned_range(e, segment, offset, out.len())?;
+            // SAFETY: `src..src+out.len()` lies inside the owned allocation (checked), which the
+            // pin keeps alive; `out` is a distinct Rust buffer.
+            unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+            Ok(())
+        })?
+    }
+
+    /// Copies bytes into an engine-owned segment.
+    pub fn write_owned(
+        &self,
+        segment: SegmentId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        self.with_segment(segment, |e| {
+            let dst = Self::owned_range(e, segment, offset, data.len())?;
+            // SAFETY: as in `read_owned`, with the roles swapped.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+            Ok(())
+        })?
+    }
+
+    /// Opens the segment published as `name`: looks up its descriptor, connects to its owner on
+    /// every rail, decodes its keys.
+    pub fn open_segment(&self, name: &str) -> Result<RemoteSegment, TransportError> {
+        let inner = &*self.inner;
+        let desc = inner.metadata.lookup(name).map_err(|e| match e {
+            MetadataError::NotFound(n) => TransportError::SegmentNotFound(n),
+            other => other.into(),
+        })?;
+        if desc.fabric != inner.fabric.name() {
+            return Err(TransportError::FabricMismatch {
+                name: name.to_string(),
+                remote: desc.fabric.clone(),
+                local: inner.fabric.name().to_string(),
+            });
+        }
+        if desc.rails.is_empty() || desc.rails.len() > MAX_RAILS {
+            return Err(FabricError::BadAddress {
+                rail: 0,
+                reason: format!("segment {name:?} lists {} rails", desc.rails.len()),
+            }
+            .into());
+        }
+        let addresses: Vec<Vec<u8>> = desc.rails.iter().map(|r| r.address.clone()).collect();
+        let peer = inner.fabric.connect(&addresses)?;
+        let mut rkeys = [0u64; MAX_RAILS];
+        for (i, r) in desc.rails.iter().enumerate() {
+            rkeys[i] = inner.fabric.decode_remote_key(i as u16, &r.key)?;
+        }
+        let entry = RemoteEntry {
+            base: desc.base,
+            len: desc.len,
+            access: desc.access,
+            peer,
+            rkeys,
+            rails: desc.rails.len() as u16,
+            desc,
+        };
+        let (index, generation) =
+            inner
+                .remotes
+                .insert(entry)
+                .map_err(|_| TransportError::Exhausted {
+                    what: "remote segments",
+                    max: inner.remotes.capacity(),
+                })?;
+        Ok(RemoteSegment { index, generation })
+    }
+
+    /// The descriptor an open remote segment was opened with.
+    pub fn remote_descriptor(
+        &self,
+        remote: RemoteSegment,
+    ) -> Result<SegmentDescriptor, TransportError> {
+        let r = &self.inner.remotes;
+        let e = r
+            .pin(remote.index, remote.generation)
+            .ok_or(TransportError::UnknownRemote(remote))?;
+        let d = e.desc.clone();
+        r.unpin(remote.index);
+        Ok(d)
+    }
+
+    /// Closes a remote segment handle. Requests already submitted are unaffected (they carry
+    /// what they need); new ones using the handle fail validation.
+    pub fn close_segment(&self, remote: RemoteSegment) -> Result<(), TransportError> {
+        // Pins on remote segments last only for the length of a submit call, so a short bounded
+        // retry rides them out.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.inner.remotes.retire(remote.index, remote.generation) {
+                Ok(_) => return Ok(()),
+                Err(None) => return Err(TransportError::UnknownRemote(remote)),
+                Err(Some(_)) if Instant::now() < deadline => std::thread::yield_now(),
+                Err(Some(in_flight)) => {
+                    return Err(TransportError::RemoteBusy { remote, in_flight })
+                }
+            }
+        }
+    }
+
+    /// This engine's per-rail fabric addresses (for a discovery layer's handshake).
+    pub fn local_addresses(&self) -> Vec<Vec<u8>> {
+        self.inner.fabric.local_addresses()
+    }
+
+    /// Accepts requests from the peer with these per-rail addresses (target side of a
+    /// handshake; see [`Fabric::accept`]).
+    pub fn accept_peer(&self, addresses: &[Vec<u8>]) -> Result<(), TransportError> {
+        Ok(self.inner.fabric.accept(addresses)?)
+    }
+
+    /// Allocates a batch for up to `capacity` requests. Reusing slots allocates nothing once a
+    /// slot of that capacity exists.
+    pub fn allocate_batch(&self, capacity: usize) -> Result<BatchId, TransportError> {
+        let cap = u32::try_from(capacity)
+            .ok()
+            .filter(|&c| c <= MAX_BATCH_CAPACITY)
+            .ok_or_else(|| {
+                TransportError::Config(format!(
+                    "batch capacity {capacity} not in 1..={MAX_BATCH_CAPACITY}"
+                ))
+            })?;
+        self.inner.batches.allocate(cap)
+    }
+
+    /// Frees a batch. Refused with [`TransportError::BatchBusy`] while its work requests are in
+    /// flight (also after a timeout or cancel: drain it with [`Worker::drain`] first).
+    pub fn free_batch(&self, batch: BatchId) -> Result<(), TransportError> {
+        self.inner.batches.release(batch, false).map(|_| ())
+    }
+
+    /// Empties a batch for reuse and returns its new handle (the old one becomes stale).
+    /// Refused like [`Engine::free_batch`].
+    pub fn recycle_batch(&self, batch: BatchId) -> Result<BatchId, TransportError> {
+        self.inner.batches.release(batch, true)
+    }
+
+    /// Status of request `index` (in submission order) of a batch.
+    pub fn request_status(
+        &self,
+        batch: BatchId,
+        index: usize,
+    ) -> Result<RequestStatus, TransportError> {
+        let slot = self.inner.batches.get(batch)?;
+        if index >= slot.submitted.load(Ordering::Acquire) as usize {
+            return Err(TransportError::NoSuchRequest { batch, index });
+        }
+        let st = slot.requests()[index].status();
+        // The slot could have been recycled between the checks and the read.
+        self.inner.batches.get(batch)?;
+        Ok(st)
+    }
+
+    /// Counters of a batch.
+    pub fn batch_status(&self, batch: BatchId) -> Result<BatchStatus, TransportError> {
+        let slot = self.inner.batches.get(batch)?;
+        let st = slot.status();
+        self.inner.batches.get(batch)?;
+        // The submit guard counts as one in-flight unit while a submit runs; hide it.
+        Ok(st)
+    }
+
+    /// Cancels every pending request of a batch; returns how many were cancelled. Their work
+    /// requests still complete in the fabric (and are absorbed), so drain before freeing.
+    pub fn cancel(&self, batch: BatchId) -> Result<u32, TransportError> {
+        Ok(self.inner.batches.get(batch)?.abandon(true))
+    }
+}

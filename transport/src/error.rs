@@ -1,0 +1,359 @@
+//! Typed errors: validation and API errors ([`TransportError`]) and completion failures
+//! ([`FailReason`], named after the EFA completion statuses).
+
+use crate::{BatchId, RemoteSegment, SegmentId};
+
+/// Why a work request or a transfer request failed. The EFA-style names follow the provider's
+/// `vendor_err` values so a failure reads the same on the sim, on verbs and on EFA hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FailReason {
+    /// The work request was flushed (QP in error state, fabric shut down).
+    Flushed = 1,
+    /// The address handle is invalid.
+    InvalidAh = 4,
+    /// The local key is invalid.
+    InvalidLkey = 5,
+    /// The local length is invalid (e.g. above `max_rdma_size` / `max_msg_sz`).
+    BadLength = 6,
+    /// The remote key or range is not valid at the target (unregistered, out of bounds, no
+    /// permission).
+    RemoteBadAddress = 7,
+    /// The target aborted the operation.
+    RemoteAbort = 8,
+    /// The destination QP number is wrong.
+    BadDestQpn = 9,
+    /// The target had no receive buffer.
+    RemoteRnr = 10,
+    /// The target's buffer was too short.
+    RemoteBadLength = 11,
+    /// The target did not answer in time (dead or unreachable peer).
+    UnresponsiveRemote = 13,
+    /// The target has no address handle for the initiator.
+    UnknownPeer = 14,
+    /// The target is unreachable.
+    UnreachableRemote = 15,
+    /// The two sides disagree on features.
+    FeatureMismatch = 18,
+    /// A transport-level failure with no EFA equivalent (e.g. a TCP connection reset).
+    Io = 200,
+    /// A fault injected by a test fabric without a more specific name.
+    Injected = 201,
+}
+
+impl FailReason {
+    /// Every reason, for iteration in tests and tools.
+    pub const ALL: [FailReason; 15] = [
+        FailReason::Flushed,
+        FailReason::InvalidAh,
+        FailReason::InvalidLkey,
+        FailReason::BadLength,
+        FailReason::RemoteBadAddress,
+        FailReason::RemoteAbort,
+        FailReason::BadDestQpn,
+        FailReason::RemoteRnr,
+        FailReason::RemoteBadLength,
+        FailReason::UnresponsiveRemote,
+        FailReason::UnknownPeer,
+        FailReason::UnreachableRemote,
+        FailReason::FeatureMismatch,
+        FailReason::Io,
+        FailReason::Injected,
+    ];
+
+    /// The EFA completion-status name (`REMOTE_BAD_ADDRESS`, `UNKNOWN_PEER`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailReason::Flushed => "FLUSHED",
+            FailReason::InvalidAh => "INVALID_AH",
+            FailReason::InvalidLkey => "INVALID_LKEY",
+            FailReason::BadLength => "BAD_LENGTH",
+            FailReason::RemoteBadAddress => "REMOTE_BAD_ADDRESS",
+            FailReason::RemoteAbort => "REMOTE_ABORT",
+            FailReason::BadDestQpn => "BAD_DEST_QPN",
+            FailReason::RemoteRnr => "REMOTE_RNR",
+            FailReason::RemoteBadLength => "REMOTE_BAD_LENGTH",
+            FailReason::UnresponsiveRemote => "UNRESP_REMOTE",
+            FailReason::UnknownPeer => "UNKNOWN_PEER",
+            FailReason::UnreachableRemote => "UNREACH_REMOTE",
+            FailReason::FeatureMismatch => "FEATURE_MISMATCH",
+            FailReason::Io => "IO",
+            FailReason::Injected => "INJECTED",
+        }
+    }
+
+    /// The EFA `vendor_err` code, or `None` for reasons EFA has no code for.
+    pub const fn vendor_err(self) -> Option<u32> {
+        match self {
+            FailReason::Io | FailReason::Injected => None,
+            other => Some(other as u32),
+        }
+    }
+
+    /// The reason for an EFA `vendor_err` code, if the code is known.
+    pub fn from_vendor_err(code: u32) -> Option<FailReason> {
+        FailReason::ALL
+            .into_iter()
+            .find(|r| r.vendor_err() == Some(code))
+    }
+
+    pub(crate) const fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An error reported by a fabric outside the completion path (setup, registration, posting).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FabricError {
+    /// The send queue of `rail` is full; poll completions and post again.
+    #[error("send queue of rail {rail} is full")]
+    QueueFull {
+        /// The rail whose queue is full.
+        rail: u16,
+    },
+    /// The fabric cannot do this operation.
+    #[error("fabric does not support {what}")]
+    Unsupported {
+        /// What is missing.
+        what: &'static str,
+    },
+    /// An opaque peer address could not be parsed or reached.
+    #[error("bad peer address on rail {rail}: {reason}")]
+    BadAddress {
+        /// The rail.
+        rail: u16,
+        /// Why.
+        reason: String,
+    },
+    /// An opaque remote key could not be parsed.
+    #[error("bad remote key on rail {rail}")]
+    BadKey {
+        /// The rail.
+        rail: u16,
+    },
+    /// A rail index beyond the fabric's rails.
+    #[error("rail {rail} out of range (fabric has {rails} rails)")]
+    BadRail {
+        /// The rail given.
+        rail: u16,
+        /// The rail count.
+        rails: u16,
+    },
+    /// A peer id that the fabric never handed out.
+    #[error("unknown peer id {0}")]
+    UnknownPeerId(u32),
+    /// A resource limit (regions, peers, queues) was reached.
+    #[error("fabric resource exhausted: {0}")]
+    Exhausted(&'static str),
+    /// An OS or device error.
+    #[error("fabric I/O error: {0}")]
+    Io(String),
+}
+
+/// Errors of the transport API. Each names the offending value(s).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// A request of zero bytes.
+    #[error("request {index}: zero length")]
+    ZeroLength {
+        /// Index of the request in the submitted slice.
+        index: usize,
+    },
+    /// Local memory not inside any registered segment.
+    #[error("request {index}: local range {addr:#x}+{len} is not inside a registered segment")]
+    LocalNotRegistered {
+        /// Index of the request.
+        index: usize,
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A local range that runs past its segment.
+    #[error("request {index}: local range offset {offset}+{len} exceeds segment {segment:?} of {seg_len} bytes")]
+    LocalOutOfRange {
+        /// Index of the request.
+        index: usize,
+        /// The segment.
+        segment: SegmentId,
+        /// Offset in the segment.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Segment length.
+        seg_len: u64,
+    },
+    /// A remote range that runs past the remote segment.
+    #[error(
+        "request {index}: remote range {offset}+{len} exceeds segment {name:?} of {seg_len} bytes"
+    )]
+    RemoteOutOfRange {
+        /// Index of the request.
+        index: usize,
+        /// Remote segment name.
+        name: String,
+        /// Offset in the remote segment.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Remote segment length.
+        seg_len: u64,
+    },
+    /// A remote segment handle that is not open (closed or stale).
+    #[error("unknown or closed remote segment {0:?}")]
+    UnknownRemote(RemoteSegment),
+    /// A remote segment handle still used by a submit in progress.
+    #[error("remote segment {remote:?} is used by {in_flight} submits in progress")]
+    RemoteBusy {
+        /// The handle.
+        remote: RemoteSegment,
+        /// Submits using it.
+        in_flight: u32,
+    },
+    /// A local segment handle that is not registered (unregistered or stale).
+    #[error("unknown or unregistered local segment {0:?}")]
+    UnknownSegment(SegmentId),
+    /// The remote segment does not grant the access the op needs.
+    #[error("request {index}: remote segment {name:?} grants {granted}, {op} needs {needed}")]
+    AccessDenied {
+        /// Index of the request.
+        index: usize,
+        /// Remote segment name.
+        name: String,
+        /// The op.
+        op: &'static str,
+        /// Rights granted.
+        granted: crate::Access,
+        /// Rights needed.
+        needed: crate::Access,
+    },
+    /// No segment of this name is published.
+    #[error("no segment named {0:?}")]
+    SegmentNotFound(String),
+    /// The segment was published by a fabric this engine does not speak.
+    #[error("segment {name:?} is on fabric {remote:?}, this engine uses {local:?}")]
+    FabricMismatch {
+        /// Segment name.
+        name: String,
+        /// The segment's fabric.
+        remote: String,
+        /// This engine's fabric.
+        local: String,
+    },
+    /// A local segment name already registered in this engine.
+    #[error("segment name {0:?} already registered")]
+    DuplicateName(String),
+    /// The batch cannot take that many more requests.
+    #[error("batch {batch:?} full: {submitted} submitted + {adding} new > capacity {capacity}")]
+    BatchFull {
+        /// The batch.
+        batch: BatchId,
+        /// Already submitted.
+        submitted: usize,
+        /// Requests in this call.
+        adding: usize,
+        /// Capacity.
+        capacity: usize,
+    },
+    /// A batch handle whose slot was freed or reused.
+    #[error("stale or unknown batch handle {0:?}")]
+    StaleBatch(BatchId),
+    /// A request index beyond what was submitted.
+    #[error("batch {batch:?} has no request {index}")]
+    NoSuchRequest {
+        /// The batch.
+        batch: BatchId,
+        /// The index.
+        index: usize,
+    },
+    /// The batch still has work requests in flight.
+    #[error("batch {batch:?} has {in_flight} work requests in flight")]
+    BatchBusy {
+        /// The batch.
+        batch: BatchId,
+        /// Work requests still owned by the fabric.
+        in_flight: u32,
+    },
+    /// The segment is still used by requests in flight.
+    #[error("segment {segment:?} is used by {in_flight} requests in flight")]
+    SegmentBusy {
+        /// The segment.
+        segment: SegmentId,
+        /// Requests in flight.
+        in_flight: u32,
+    },
+    /// The operation needs an engine-owned segment.
+    #[error("segment {0:?} is not owned by the engine")]
+    NotOwned(SegmentId),
+    /// Out of range access to an owned segment through the engine.
+    #[error("offset {offset}+{len} exceeds segment {segment:?} of {seg_len} bytes")]
+    OwnedOutOfRange {
+        /// The segment.
+        segment: SegmentId,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Segment length.
+        seg_len: u64,
+    },
+    /// A notification tag beyond the configured table.
+    #[error("notification tag {tag} out of range (table has {tags} tags)")]
+    BadTag {
+        /// The tag.
+        tag: u32,
+        /// Table size.
+        tags: u32,
+    },
+    /// A configured limit (segments, batches, remote segments) was reached.
+    #[error("limit reached: {what} (max {max})")]
+    Exhausted {
+        /// What ran out.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// A bad configuration value.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// A fabric error.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// A metadata-service error.
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_codes_round_trip() {
+        for r in FailReason::ALL {
+            assert_eq!(FailReason::from_code(r.code()), Some(r));
+            if let Some(v) = r.vendor_err() {
+                assert_eq!(FailReason::from_vendor_err(v), Some(r));
+            }
+        }
+        assert_eq!(
+            FailReason::from_vendor_err(14),
+            Some(FailReason::UnknownPeer)
+        );
+        assert_eq!(
+            FailReason::from_vendor_err(13).unwrap().name(),
+            "UNRESP_REMOTE"
+        );
+        assert_eq!(FailReason::from_vendor_err(2), None);
+    }
+}

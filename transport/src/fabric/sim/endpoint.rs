@@ -1,0 +1,205 @@
+//! The sim's per-worker queues: execution at post, delayed and reordered completion at poll.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::node::Need;
+use super::rng::Rng;
+use super::Shared;
+use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest, MAX_RAILS};
+use crate::{Access, FailReason};
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    token: u64,
+    error: Option<FailReason>,
+    rail: u16,
+    ready_step: u64,
+    ready_at: Option<Instant>,
+}
+
+enum Outcome {
+    Done(Option<FailReason>),
+    Unresponsive,
+}
+
+pub(crate) struct SimEndpoint {
+    shared: Arc<Shared>,
+    rng: Rng,
+    step: u64,
+    outstanding: [u32; MAX_RAILS],
+    pending: Vec<Pending>,
+    /// Pending entries with a wall-clock deadline (0 means polls never read the clock).
+    timed: usize,
+}
+
+impl SimEndpoint {
+    pub(crate) fn new(shared: Arc<Shared>, seed: u64) -> Self {
+        let cap = shared.config.rails as usize * shared.config.queue_depth as usize;
+        SimEndpoint {
+            shared,
+            rng: Rng::new(seed),
+            step: 0,
+            outstanding: [0; MAX_RAILS],
+            pending: Vec::with_capacity(cap),
+            timed: 0,
+        }
+    }
+
+    #[inline]
+    fn execute(&mut self, wr: &WorkRequest) -> Outcome {
+        let sh = &*self.shared;
+        let me = &*sh.node;
+        let Some(target) = sh.peers.get(wr.peer as usize).and_then(|p| p.get()) else {
+            return Outcome::Done(Some(FailReason::InvalidAh));
+        };
+        if wr.remote_rail >= target.rails {
+            return Outcome::Done(Some(FailReason::BadDestQpn));
+        }
+        if !target.alive.load(std::sync::atomic::Ordering::Relaxed) {
+            return Outcome::Unresponsive;
+        }
+        if !target.knows(me.id) {
+            return Outcome::Done(Some(FailReason::UnknownPeer));
+        }
+        if sh.error_threshold != 0 && self.rng.next_u64() <= sh.error_threshold {
+            let reasons = &sh.config.faults.error_reasons;
+            let r = if reasons.is_empty() {
+                FailReason::Injected
+            } else {
+                reasons[self.rng.below(reasons.len())]
+            };
+            return Outcome::Done(Some(r));
+        }
+        let (write, need) = match wr.op {
+            WorkOp::Notify { tag } => {
+                if wr.len > sh.config.max_msg_size {
+                    return Outcome::Done(Some(FailReason::BadLength));
+                }
+                return Outcome::Done(match target.notifications.get() {
+                    Some(n) if n.record(tag) => None,
+                    Some(_) => Some(FailReason::RemoteAbort),
+                    None => Some(FailReason::RemoteRnr),
+                });
+            }
+            WorkOp::Read => (false, Access::REMOTE_READ),
+            WorkOp::Write => (true, Access::REMOTE_WRITE),
+        };
+        if wr.len > sh.config.max_rdma_size || wr.len == 0 {
+            return Outcome::Done(Some(FailReason::BadLength));
+        }
+        let Some(ls) = me.acquire(wr.local_key, wr.local_addr, wr.len, Need::Local) else {
+            return Outcome::Done(Some(FailReason::InvalidLkey));
+        };
+        let Some(rs) = target.acquire(wr.remote_key, wr.remote_addr, wr.len, Need::Remote(need))
+        else {
+            me.release(ls);
+            return Outcome::Done(Some(FailReason::RemoteBadAddress));
+        };
+        let (src, dst) = if write {
+            (wr.local_addr, wr.remote_addr)
+        } else {
+            (wr.remote_addr, wr.local_addr)
+        };
+        // SAFETY: both ranges lie inside regions registered with the sim (checked by `acquire`,
+        // which also pins them so deregistration waits for this copy). Registration is an
+        // `unsafe` promise that the memory stays valid while registered. `copy` tolerates
+        // overlap (loopback between two segments of one process may alias).
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, wr.len as usize) };
+        target.release(rs);
+        me.release(ls);
+        Outcome::Done(None)
+    }
+}
+
+impl Endpoint for SimEndpoint {
+    fn post(&mut self, wrs: &[WorkRequest]) -> usize {
+        let depth = self.shared.config.queue_depth;
+        let rails = self.shared.config.rails;
+        let faults_delay_steps = self.shared.config.faults.max_delay_steps;
+        let faults_delay = self.shared.config.faults.max_delay;
+        for (i, wr) in wrs.iter().enumerate() {
+            // Invalid rails still occupy (and are charged to) rail 0 so they complete once.
+            let valid_rail = wr.rail < rails;
+            let rail = if valid_rail { wr.rail } else { 0 };
+            if self.outstanding[rail as usize] >= depth {
+                return i;
+            }
+            let outcome = if valid_rail {
+                self.execute(wr)
+            } else {
+                Outcome::Done(Some(FailReason::InvalidAh))
+            };
+            let mut p = Pending {
+                token: wr.token,
+                error: None,
+                rail,
+                ready_step: self.step,
+                ready_at: None,
+            };
+            match outcome {
+                Outcome::Done(e) => {
+                    p.error = e;
+                    if faults_delay_steps > 0 {
+                        p.ready_step += self.rng.below(faults_delay_steps as usize + 1) as u64;
+                    }
+                    if let Some(d) = faults_delay {
+                        let nanos = d.as_nanos().min(u64::MAX as u128) as u64;
+                        let wait = std::time::Duration::from_nanos(
+                            self.rng.below(nanos as usize + 1) as u64,
+                        );
+                        p.ready_at = Some(Instant::now() + wait);
+                    }
+                }
+                Outcome::Unresponsive => {
+                    p.error = Some(FailReason::UnresponsiveRemote);
+                    p.ready_at = Some(Instant::now() + self.shared.config.faults.unresp_timeout);
+                }
+            }
+            if p.ready_at.is_some() {
+                self.timed += 1;
+            }
+            self.outstanding[rail as usize] += 1;
+            self.pending.push(p);
+        }
+        wrs.len()
+    }
+
+    fn poll(&mut self, out: &mut [Completion]) -> usize {
+        self.step += 1;
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let now = (self.timed > 0).then(Instant::now);
+        let mut n = 0;
+        let mut misses = 0;
+        while n < out.len() && !self.pending.is_empty() && misses < self.pending.len() {
+            let i = self.rng.below(self.pending.len());
+            let p = self.pending[i];
+            let ready = p.ready_step <= self.step
+                && match (p.ready_at, now) {
+                    (Some(t), Some(now)) => now >= t,
+                    _ => true,
+                };
+            if !ready {
+                misses += 1;
+                continue;
+            }
+            out[n] = Completion {
+                token: p.token,
+                error: p.error,
+            };
+            n += 1;
+            self.outstanding[p.rail as usize] -= 1;
+            if p.ready_at.is_some() {
+                self.timed -= 1;
+            }
+            self.pending.swap_remove(i);
+        }
+        n
+    }
+
+    fn outstanding(&self) -> usize {
+        self.pending.len()
+    }
+}

@@ -1,0 +1,456 @@
+//! Per-thread submission and completion (the hot path).
+
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{token, BatchSlot};
+use crate::engine::Inner;
+use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
+use crate::{
+    Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
+    TransportError,
+};
+
+/// Work requests gathered before one bulk post.
+const POST_BATCH: usize = 64;
+/// Completions taken per poll.
+const POLL_BATCH: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Resolved {
+    local_index: u32,
+    local_addr: u64,
+    remote_index: u32,
+    remote_addr: u64,
+    len: u64,
+    slices: u32,
+    notify: u32,
+}
+
+/// Submits requests and drives completions for one thread. Owns the fabric [`Endpoint`], so
+/// posting and polling need no lock. `Send` (it may move between threads) but not `Sync`.
+///
+/// A batch is progressed by the worker that submitted it: [`Worker::wait`] polls this worker's
+/// endpoint only. Several threads may submit concurrently, each through its own worker (and
+/// then best into their own batches). Status reads through the [`Engine`](crate::Engine) work
+/// from any thread.
+pub struct Worker {
+    inner: Arc<Inner>,
+    ep: Box<dyn Endpoint>,
+    wrs: Vec<WorkRequest>,
+    comps: Box<[Completion]>,
+    resolved: Vec<Resolved>,
+    rr: u32,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("engine", &self.inner.name)
+            .field("outstanding", &self.ep.outstanding())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(inner: Arc<Inner>) -> Result<Worker, TransportError> {
+        let ep = inner.fabric.endpoint()?;
+        Ok(Worker {
+            inner,
+            ep,
+            wrs: Vec::with_capacity(POST_BATCH),
+            comps: vec![Completion::default(); POLL_BATCH].into_boxed_slice(),
+            resolved: Vec::with_capacity(POST_BATCH),
+            rr: 0,
+        })
+    }
+
+    /// Work requests posted by this worker and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        self.ep.outstanding()
+    }
+
+    /// Validates every request, then posts them all (all-or-nothing: on a validation error
+    /// nothing is posted and the batch is unchanged). Returns the batch index of the first
+    /// request; request `i` of `requests` has index `first + i`.
+    ///
+    /// Slices larger requests (see [`SlicePlan`](crate::SlicePlan)) and stripes slices over the
+    /// local segment's rails. When a send queue is full it polls completions and retries
+    /// (backpressure, never loss) for up to the engine's `submit_timeout`.
+    pub fn submit(
+        &mut self,
+        batch: BatchId,
+        requests: &[Request],
+    ) -> Result<usize, TransportError> {
+        let inner = self.inner.clone();
+        let slot = inner.batches.get(batch)?;
+        slot.enter(batch)?;
+        let result = self.submit_entered(&inner, slot, batch, requests);
+        slot.leave();
+        result
+    }
+
+    fn submit_entered(
+        &mut self,
+        inner: &Inner,
+        slot: &BatchSlot,
+        batch: BatchId,
+        requests: &[Request],
+    ) -> Result<usize, TransportError> {
+        let first = slot.reserve(batch, requests.len())?;
+        self.resolved.clear();
+        // Grows only when a submit is larger than any before it.
+        self.resolved.reserve(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            match resolve(inner, i, r) {
+                Ok(res) => self.resolved.push(res),
+                Err(e) => {
+                    for res in &self.resolved {
+                        inner.segments.unpin(res.local_index);
+                        inner.remotes.unpin(res.remote_index);
+                    }
+                    self.resolved.clear();
+                    slot.unreserve(first, requests.len());
+                    return Err(e);
+                }
+            }
+        }
+        let total: u32 = self.resolved.iter().map(|r| r.slices).sum();
+        slot.open.fetch_add(requests.len() as u32, AcqRel);
+        slot.in_flight.fetch_add(total, AcqRel);
+        let reqs = slot.requests();
+        let generation = slot.generation();
+        for k in 0..self.resolved.len() {
+            let res = self.resolved[k];
+            let index = first + k as u32;
+            let req = &reqs[index as usize];
+            let Some(local) = inner.segments.get_pinned(res.local_index) else {
+                continue;
+            };
+            let Some(remote) = inner.remotes.get_pinned(res.remote_index) else {
+                continue;
+            };
+            req.segment.store(res.local_index, Relaxed);
+            req.notify.store(res.notify, Relaxed);
+            req.peer.store(remote.peer, Relaxed);
+            slot.start(req, res.slices + (res.notify != 0) as u32);
+            let op = match requests[k].op {
+                Opcode::Read => WorkOp::Read,
+                _ => WorkOp::Write,
+            };
+            let rails = local.rails.as_slice();
+            let n = res.slices as u64;
+            for s in 0..n {
+                let (off, len) = inner.plan.slice(res.len, s, n);
+                let rail = rails[self.rr as usize % rails.len()];
+                self.rr = self.rr.wrapping_add(1);
+                let remote_rail = rail % remote.rails;
+                if s + 1 == n {
+                    req.remote_rail.store(remote_rail as u32, Relaxed);
+                }
+                self.wrs.push(WorkRequest {
+                    token: token::encode(batch.index, generation, rail, index),
+                    op,
+                    rail,
+                    peer: remote.peer,
+                    remote_rail,
+                    local_addr: res.local_addr + off,
+                    local_key: local.lkeys[rail as usize],
+                    remote_addr: res.remote_addr + off,
+                    remote_key: remote.rkeys[remote_rail as usize],
+                    len,
+                });
+                if self.wrs.len() == POST_BATCH {
+                    self.flush();
+                }
+            }
+            inner.remotes.unpin(res.remote_index);
+        }
+        self.flush();
+        Ok(first as usize)
+    }
+
+    /// Posts the gathered work requests, polling while queues are full.
+    fn flush(&mut self) {
+        let mut pos = 0;
+        let mut deadline: Option<Instant> = None;
+        while pos < self.wrs.len() {
+            let n = self.ep.post(&self.wrs[pos..]);
+            pos += n;
+            if pos == self.wrs.len() {
+                break;
+            }
+            if self.progress() == 0 && n == 0 {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + self.inner.submit_timeout);
+                if Instant::now() >= d {
+                    // The fabric made no room in time: fail what is left rather than hang.
+                    for i in pos..self.wrs.len() {
+                        let c = Completion {
+                            token: self.wrs[i].token,
+                            error: Some(FailReason::Flushed),
+                        };
+                        complete(&self.inner, &mut *self.ep, c);
+                    }
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        self.wrs.clear();
+    }
+
+    /// Polls the fabric once and applies the completions; returns how many there were.
+    pub fn progress(&mut self) -> usize {
+        let n = self.ep.poll(&mut self.comps);
+        for i in 0..n {
+            let c = self.comps[i];
+            complete(&self.inner, &mut *self.ep, c);
+        }
+        n
+    }
+
+    /// Drives completions until every submitted request of `batch` is terminal or `timeout`
+    /// passes; requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    pub fn wait(
+        &mut self,
+        batch: BatchId,
+        timeout: Duration,
+    ) -> Result<BatchStatus, TransportError> {
+        let inner = self.inner.clone();
+        let slot = inner.batches.get(batch)?;
+        self.drive(timeout, || slot.open.load(Acquire) == 0);
+        if slot.open.load(Acquire) != 0 {
+            slot.abandon(false);
+        }
+        inner.batches.get(batch)?;
+        Ok(slot.status())
+    }
+
+    /// Drives completions until no work request of `batch` is in flight (so it can be freed or
+    /// recycled) or `timeout` passes; returns the status either way.
+    pub fn drain(
+        &mut self,
+        batch: BatchId,
+        timeout: Duration,
+    ) -> Result<BatchStatus, TransportError> {
+        let inner = self.inner.clone();
+        let slot = inner.batches.get(batch)?;
+        self.drive(timeout, || slot.in_flight.load(Acquire) == 0);
+        inner.batches.get(batch)?;
+        Ok(slot.status())
+    }
+
+    fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
+        let mut deadline: Option<Instant> = None;
+        let mut idle = 0u32;
+        while !done() {
+            if self.progress() != 0 {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle % 32 == 0 {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                if Instant::now() >= d {
+                    return;
+                }
+                if idle > 1024 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Requests still in flight would pin segments and batches forever; give the fabric a
+        // bounded chance to return them.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.ep.outstanding() > 0 && Instant::now() < deadline {
+            if self.progress() == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+fn resolve(inner: &Inner, index: usize, r: &Request) -> Result<Resolved, TransportError> {
+    if r.len == 0 {
+        return Err(TransportError::ZeroLength { index });
+    }
+    let caps = &inner.caps;
+    let (needed, supported, what) = match r.op {
+        Opcode::Read => (Access::REMOTE_READ, caps.supports_read, "READ"),
+        Opcode::Write => (Access::REMOTE_WRITE, caps.supports_write, "WRITE"),
+        Opcode::WriteWithNotify(_) => (
+            Access::REMOTE_WRITE,
+            caps.supports_write && caps.supports_notify,
+            "WRITE_WITH_NOTIFY",
+        ),
+    };
+    if !supported {
+        return Err(FabricError::Unsupported { what }.into());
+    }
+    let notify = match r.op {
+        Opcode::WriteWithNotify(tag) => {
+            inner.notifications.check(tag)?;
+            tag + 1
+        }
+        _ => 0,
+    };
+    let remote = inner
+        .remotes
+        .pin(r.remote.index, r.remote.generation)
+        .ok_or(TransportError::UnknownRemote(r.remote))?;
+    let remote_index = r.remote.index;
+    let check_remote = || {
+        if r.remote_offset
+            .checked_add(r.len)
+            .is_none_or(|end| end > remote.len)
+        {
+            return Err(TransportError::RemoteOutOfRange {
+                index,
+                name: remote.desc.name.clone(),
+                offset: r.remote_offset,
+                len: r.len,
+                seg_len: remote.len,
+            });
+        }
+        let granted = remote.access;
+        if (needed.can_read() && !granted.can_read())
+            || (needed.can_write() && !granted.can_write())
+        {
+            return Err(TransportError::AccessDenied {
+                index,
+                name: remote.desc.name.clone(),
+                op: r.op.name(),
+                granted,
+                needed,
+            });
+        }
+        Ok(())
+    };
+    if let Err(e) = check_remote() {
+        inner.remotes.unpin(remote_index);
+        return Err(e);
+    }
+    let remote_addr = remote.base + r.remote_offset;
+    let local = match r.local {
+        LocalAddr::Segment { segment, offset } => {
+            match inner.segments.pin(segment.index, segment.generation) {
+                None => Err(TransportError::UnknownSegment(segment)),
+                Some(e) => {
+                    if offset.checked_add(r.len).is_none_or(|end| end > e.len) {
+                        inner.segments.unpin(segment.index);
+                        Err(TransportError::LocalOutOfRange {
+                            index,
+                            segment,
+                            offset,
+                            len: r.len,
+                            seg_len: e.len,
+                        })
+                    } else {
+                        Ok((segment.index, e.base + offset))
+                    }
+                }
+            }
+        }
+        LocalAddr::Raw(addr) => inner
+            .segments
+            .find_pinned(|e| {
+                let inside = addr >= e.base
+                    && addr
+                        .checked_add(r.len)
+                        .is_some_and(|end| end <= e.base + e.len);
+                inside.then_some(addr)
+            })
+            .ok_or(TransportError::LocalNotRegistered {
+                index,
+                addr,
+                len: r.len,
+            }),
+    };
+    match local {
+        Ok((local_index, local_addr)) => Ok(Resolved {
+            local_index,
+            local_addr,
+            remote_index,
+            remote_addr,
+            len: r.len,
+            slices: inner.plan.count(r.len) as u32,
+            notify,
+        }),
+        Err(e) => {
+            inner.remotes.unpin(remote_index);
+            Err(e)
+        }
+    }
+}
+
+/// Applies one completion to its request and batch counters.
+#[inline]
+fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion) {
+    let (bi, gen12, rail, ri) = token::decode(c.token);
+    let Some(slot) = inner.batches.slots.get(bi as usize) else {
+        return;
+    };
+    // Free/recycle are refused while work requests are in flight, so a mismatch means a fabric
+    // returned a token it was never given; ignore it rather than corrupt another batch.
+    if slot.generation() & 0xfff != gen12 {
+        return;
+    }
+    let Some(req) = slot.requests().get(ri as usize) else {
+        return;
+    };
+    if let Some(e) = c.error {
+        let _ = req
+            .error
+            .compare_exchange(0, e.code() as u32, AcqRel, Relaxed);
+    }
+    let prev = req.remaining.fetch_sub(1, AcqRel);
+    let last = match prev {
+        1 => true,
+        2 => {
+            let tag1 = req.notify.load(Relaxed);
+            if tag1 == 0 {
+                false
+            } else {
+                // All data is placed; now (and only now) tell the target.
+                if req.error.load(Acquire) == 0 {
+                    let wr = WorkRequest {
+                        token: token::with_rail(c.token, rail),
+                        op: WorkOp::Notify { tag: tag1 - 1 },
+                        rail,
+                        peer: req.peer.load(Relaxed),
+                        remote_rail: req.remote_rail.load(Relaxed) as u16,
+                        local_addr: 0,
+                        local_key: 0,
+                        remote_addr: 0,
+                        remote_key: 0,
+                        len: 0,
+                    };
+                    // The completion just taken freed a slot on `rail`, so this post fits.
+                    if ep.post(std::slice::from_ref(&wr)) == 1 {
+                        return;
+                    }
+                    let _ = req.error.compare_exchange(
+                        0,
+                        FailReason::Flushed.code() as u32,
+                        AcqRel,
+                        Relaxed,
+                    );
+                }
+                req.remaining.fetch_sub(1, AcqRel);
+                true
+            }
+        }
+        _ => false,
+    };
+    if last {
+        slot.finish(req);
+        inner.segments.unpin(req.segment.load(Relaxed));
+    }
+    slot.in_flight.fetch_sub(1, Release);
+}
