@@ -1,0 +1,572 @@
+//! Extended completion queues and allocation-free polling.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::caps::EfaCaps;
+use crate::context::Context;
+use crate::error::{Error, Limit, Result};
+use crate::gid::Gid;
+use crate::pd::ThreadDomain;
+use crate::status::{EfaStatus, WcOpcode, WcStatus};
+
+/// Fields every CQ of this crate reports (`IBV_WC_STANDARD_FLAGS` minus the InfiniBand-only ones).
+const WC_FLAGS: u64 = (efa_sys::IBV_WC_EX_WITH_BYTE_LEN
+    | efa_sys::IBV_WC_EX_WITH_IMM
+    | efa_sys::IBV_WC_EX_WITH_QP_NUM
+    | efa_sys::IBV_WC_EX_WITH_SRC_QP) as u64;
+
+/// The CQ object shared by a [`Cq`] and the QPs that complete into it; destroyed last.
+pub(crate) struct CqInner {
+    ctx: Arc<Context>,
+    raw: NonNull<efa_sys::ibv_cq_ex>,
+    _td: Option<Arc<ThreadDomain>>,
+}
+
+// SAFETY: CqInner is only a keep-alive handle for QPs (which read the pointer at creation);
+// polling goes through the unique `Cq` with &mut.
+unsafe impl Send for CqInner {}
+// SAFETY: as above; no method touches the CQ through a shared reference.
+unsafe impl Sync for CqInner {}
+
+impl CqInner {
+    pub(crate) fn as_cq(&self) -> *mut efa_sys::ibv_cq {
+        efa_sys::ibv_cq_ex_to_cq(self.raw.as_ptr())
+    }
+}
+
+impl Drop for CqInner {
+    fn drop(&mut self) {
+        // SAFETY: the Cq and every QP using this CQ are gone (they hold this Arc); destroyed once.
+        unsafe { (self.ctx.verbs().ibv_destroy_cq)(self.as_cq()) };
+    }
+}
+
+/// Options for a [`Cq`].
+#[derive(Debug)]
+#[must_use]
+pub struct CqBuilder<'c> {
+    ctx: &'c Arc<Context>,
+    cqe: u32,
+    single_threaded: bool,
+    source_gid: Option<bool>,
+    unsolicited: bool,
+    td: Option<Arc<ThreadDomain>>,
+}
+
+impl<'c> CqBuilder<'c> {
+    /// Ask the provider to skip the CQ lock (`IBV_CREATE_CQ_ATTR_SINGLE_THREADED`); on by default,
+    /// since polling takes `&mut Cq`. Libraries that reject the flag (EFA before rdma-core 52)
+    /// get a CQ without it.
+    pub fn single_threaded(mut self, on: bool) -> Self {
+        self.single_threaded = on;
+        self
+    }
+
+    /// Report the source GID of receives from peers without an AH (EFA `CQ_WITH_SGID`).
+    /// Default: on when the device has the capability. Asking for it on a device without it
+    /// fails at [`build`](Self::build).
+    pub fn source_gid(mut self, on: bool) -> Self {
+        self.source_gid = Some(on);
+        self
+    }
+
+    /// Report whether a write-with-immediate arrived without a receive (EFA
+    /// `UNSOLICITED_WRITE_RECV`). Off by default.
+    pub fn unsolicited_flag(mut self, on: bool) -> Self {
+        self.unsolicited = on;
+        self
+    }
+
+    /// Create the CQ on a thread domain, so it and the QPs on the same domain run lock-free.
+    ///
+    /// # Safety
+    /// The CQ and every QP created on `td` must not be used from two threads at the same time:
+    /// polling this CQ and posting to those QPs must happen on one thread at a time (move them
+    /// together, never share them). The provider takes no lock to protect them.
+    pub unsafe fn thread_domain(mut self, td: &Arc<ThreadDomain>) -> Self {
+        self.td = Some(Arc::clone(td));
+        self
+    }
+
+    /// Create the CQ.
+    pub fn build(self) -> Result<Cq> {
+        let ctx = self.ctx;
+        let max = ctx.device_attr().max_cqe;
+        if self.cqe == 0 || (max != 0 && self.cqe > max) {
+            return Err(Error::limit(Limit::CqDepth, self.cqe.into(), max.into()));
+        }
+        let caps = ctx.efa_caps();
+        let sgid = match self.source_gid {
+            Some(true) if !caps.contains(EfaCaps::CQ_WITH_SGID) => {
+                return Err(Error::Unsupported {
+                    what: "source GID in completions",
+                    why: "device lacks the CQ_WITH_SGID capability",
+                })
+            }
+            Some(on) => on,
+            None => caps.contains(EfaCaps::CQ_WITH_SGID),
+        };
+        if self.unsolicited && !caps.contains(EfaCaps::UNSOLICITED_WRITE_RECV) {
+            return Err(Error::Unsupported {
+                what: "unsolicited write-receive flag",
+                why: "device lacks the UNSOLICITED_WRITE_RECV capability",
+            });
+        }
+        let mut efa_wc = 0u64;
+        if sgid {
+            efa_wc |= u64::from(efa_sys::EFADV_WC_EX_WITH_SGID);
+        }
+        if self.unsolicited {
+            efa_wc |= u64::from(efa_sys::EFADV_WC_EX_WITH_IS_UNSOLICITED);
+        }
+
+        let raw = match create(
+            ctx,
+            self.cqe,
+            self.single_threaded,
+            efa_wc,
+            self.td.as_deref(),
+        ) {
+            Err(Error::Verbs { errno, .. })
+                if self.single_threaded
+                    && self.td.is_none()
+                    && (errno == libc::EOPNOTSUPP || errno == libc::EINVAL) =>
+            {
+                create(ctx, self.cqe, false, efa_wc, None)?
+            }
+            r => r?,
+        };
+        let efa_cq = if ctx.is_efa() && efa_wc != 0 {
+            efa_sys::efadv()
+                .ok()
+                .and_then(|dv| dv.efadv_cq_from_ibv_cq_ex)
+                // SAFETY: the CQ was created by efadv_create_cq on an EFA context.
+                .and_then(|f| NonNull::new(unsafe { f(raw.as_ptr()) }))
+        } else {
+            None
+        };
+        Ok(Cq {
+            inner: Arc::new(CqInner {
+                ctx: Arc::clone(ctx),
+                raw,
+                _td: self.td,
+            }),
+            efa_cq,
+            sgid: sgid && efa_cq.is_some(),
+            unsolicited: self.unsolicited && efa_cq.is_some(),
+            is_efa: ctx.is_efa(),
+        })
+    }
+}
+
+fn create(
+    ctx: &Context,
+    cqe: u32,
+    single_threaded: bool,
+    efa_wc: u64,
+    td: Option<&ThreadDomain>,
+) -> Result<NonNull<efa_sys::ibv_cq_ex>> {
+    // SAFETY: plain C struct; zero means no channel, no flags, no parent domain.
+    let mut attr: efa_sys::ibv_cq_init_attr_ex = unsafe { std::mem::zeroed() };
+    attr.cqe = cqe;
+    attr.wc_flags = WC_FLAGS;
+    if single_threaded {
+        attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_FLAGS as u32;
+        attr.flags |= efa_sys::IBV_CREATE_CQ_ATTR_SINGLE_THREADED as u32;
+    }
+    if let Some(td) = td {
+        attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_PD as u32;
+        attr.parent_domain = td.parent_raw();
+    }
+    let efadv_create = if ctx.is_efa() {
+        efa_sys::efadv().ok().and_then(|dv| dv.efadv_create_cq)
+    } else {
+        None
+    };
+    let (raw, call) = match efadv_create {
+        Some(f) => {
+            let mut efa_attr = efa_sys::efadv_cq_init_attr {
+                comp_mask: 0,
+                wc_flags: efa_wc,
+            };
+            // SAFETY: the context is open; both attrs are initialised and the efadv one is
+            // passed with its full size, which every libefa with this symbol accepts.
+            let p = unsafe {
+                f(
+                    ctx.as_raw(),
+                    &mut attr,
+                    &mut efa_attr,
+                    std::mem::size_of::<efa_sys::efadv_cq_init_attr>() as u32,
+                )
+            };
+            (p, "efadv_create_cq")
+        }
+        None if efa_wc != 0 => {
+            return Err(Error::Unsupported {
+                what: "EFA completion fields",
+                why: "libefa lacks efadv_create_cq",
+            })
+        }
+        // SAFETY: the context is open and `attr` initialised.
+        None => (
+            unsafe { efa_sys::ibv_create_cq_ex(ctx.as_raw(), &mut attr) },
+            "ibv_create_cq_ex",
+        ),
+    };
+    NonNull::new(raw)
+        .ok_or_else(|| Error::verbs_arg(call, crate::error::last_errno(), "cqe", cqe.into()))
+}
+
+/// An extended completion queue (`ibv_cq_ex`).
+///
+/// Polling takes `&mut self`: one poller at a time, so the provider's CQ lock is not needed.
+/// QPs keep the underlying CQ alive, so dropping a `Cq` before its QPs is safe.
+pub struct Cq {
+    inner: Arc<CqInner>,
+    efa_cq: Option<NonNull<efa_sys::efadv_cq>>,
+    sgid: bool,
+    unsolicited: bool,
+    is_efa: bool,
+}
+
+// SAFETY: the CQ has no thread affinity; polling needs &mut, so moving it between threads
+// hands over the only poller. Thread-domain CQs carry the caller's promise made in
+// `CqBuilder::thread_domain`.
+unsafe impl Send for Cq {}
+
+impl std::fmt::Debug for Cq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cq")
+            .field("cqe", &self.capacity())
+            .field("source_gid", &self.sgid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cq {
+    /// A builder for a CQ with at least `cqe` entries.
+    pub fn builder(ctx: &Arc<Context>, cqe: u32) -> CqBuilder<'_> {
+        CqBuilder {
+            ctx,
+            cqe,
+            single_threaded: true,
+            source_gid: None,
+            unsolicited: false,
+            td: None,
+        }
+    }
+
+    /// A CQ with at least `cqe` entries and the defaults of [`CqBuilder`].
+    pub fn new(ctx: &Arc<Context>, cqe: u32) -> Result<Self> {
+        Self::builder(ctx, cqe).build()
+    }
+
+    /// Entries the provider granted (may exceed what was asked).
+    pub fn capacity(&self) -> u32 {
+        // SAFETY: the CQ is live; cqe is set at creation.
+        u32::try_from(unsafe { (*self.inner.raw.as_ptr()).cqe }).unwrap_or(0)
+    }
+
+    /// Whether completions carry the source GID of unknown senders.
+    pub fn has_source_gid(&self) -> bool {
+        self.sgid
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<CqInner> {
+        &self.inner
+    }
+
+    /// The raw extended CQ; valid while `self` (or a QP using it) lives.
+    pub fn as_raw(&self) -> *mut efa_sys::ibv_cq_ex {
+        self.inner.raw.as_ptr()
+    }
+
+    /// Start a polling pass. `Ok(None)` when the CQ is empty.
+    ///
+    /// The returned [`Poll`] lends one [`Completion`] at a time and ends the pass on drop.
+    pub fn poll(&mut self) -> Result<Option<Poll<'_>>> {
+        let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
+        // SAFETY: the CQ is live and this is its only poller (&mut self).
+        let rc = unsafe { efa_sys::ibv_start_poll(self.as_raw(), &mut attr) };
+        match rc {
+            0 => Ok(Some(Poll {
+                cq: self,
+                fresh: true,
+                exhausted: false,
+            })),
+            libc::ENOENT => Ok(None),
+            e => Err(Error::verbs("ibv_start_poll", e)),
+        }
+    }
+
+    /// Poll up to `out.len()` completions into `out`; returns how many were written.
+    pub fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let Some(mut p) = self.poll()? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        while n < out.len() {
+            match p.next()? {
+                Some(c) => out[n] = c.to_owned(),
+                None => break,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Poll until `want` completions arrived or `timeout` passed, writing them into `out`
+    /// (`want` is capped at `out.len()`). Returns how many arrived.
+    pub fn wait_into(
+        &mut self,
+        out: &mut [WorkCompletion],
+        want: usize,
+        timeout: std::time::Duration,
+    ) -> Result<usize> {
+        let want = want.min(out.len());
+        let deadline = std::time::Instant::now() + timeout;
+        let mut got = 0;
+        while got < want {
+            got += self.poll_into(&mut out[got..want])?;
+            if got < want && std::time::Instant::now() >= deadline {
+                break;
+            }
+            if got < want {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// One polling pass over a [`Cq`]; ends the pass (`ibv_end_poll`) on drop.
+pub struct Poll<'c> {
+    cq: &'c mut Cq,
+    fresh: bool,
+    exhausted: bool,
+}
+
+impl std::fmt::Debug for Poll<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poll")
+            .field("exhausted", &self.exhausted)
+            .finish()
+    }
+}
+
+impl Poll<'_> {
+    /// The next completion, borrowed until the following call; `Ok(None)` when the CQ is empty.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Completion<'_>>> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        if self.fresh {
+            self.fresh = false;
+        } else {
+            // SAFETY: inside a pass started by a successful ibv_start_poll.
+            match unsafe { efa_sys::ibv_next_poll(self.cq.as_raw()) } {
+                0 => {}
+                libc::ENOENT => {
+                    self.exhausted = true;
+                    return Ok(None);
+                }
+                e => {
+                    self.exhausted = true;
+                    return Err(Error::verbs("ibv_next_poll", e));
+                }
+            }
+        }
+        Ok(Some(Completion { cq: self.cq }))
+    }
+}
+
+impl Drop for Poll<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the pass was started by a successful ibv_start_poll and is ended once.
+        unsafe { efa_sys::ibv_end_poll(self.cq.as_raw()) };
+    }
+}
+
+/// The current completion of a [`Poll`]. Per verbs rules only `wr_id`, `status`, `vendor_err`
+/// and `qp_num` are meaningful when the status is an error.
+pub struct Completion<'p> {
+    cq: &'p Cq,
+}
+
+impl std::fmt::Debug for Completion<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_owned().fmt(f)
+    }
+}
+
+impl Completion<'_> {
+    fn raw(&self) -> *mut efa_sys::ibv_cq_ex {
+        self.cq.as_raw()
+    }
+
+    /// The `wr_id` given at posting.
+    pub fn wr_id(&self) -> u64 {
+        // SAFETY: a completion is current while `self` borrows the pass.
+        unsafe { (*self.raw()).wr_id }
+    }
+
+    /// The outcome.
+    pub fn status(&self) -> WcStatus {
+        // SAFETY: as for wr_id.
+        WcStatus::from_raw(unsafe { (*self.raw()).status } as u32)
+    }
+
+    /// Whether the work request succeeded.
+    pub fn is_success(&self) -> bool {
+        self.status().is_success()
+    }
+
+    /// The provider's vendor error code.
+    pub fn vendor_err(&self) -> u32 {
+        // SAFETY: current completion; every provider sets read_vendor_err.
+        unsafe { efa_sys::ibv_wc_read_vendor_err(self.raw()) }
+    }
+
+    /// The EFA completion status by name; `None` on other devices, where `vendor_err` means
+    /// something else.
+    pub fn efa_status(&self) -> Option<EfaStatus> {
+        self.cq
+            .is_efa
+            .then(|| EfaStatus::from_raw(self.vendor_err()))
+    }
+
+    /// What completed.
+    pub fn opcode(&self) -> WcOpcode {
+        // SAFETY: current completion; every provider sets read_opcode.
+        WcOpcode::from_raw(unsafe { efa_sys::ibv_wc_read_opcode(self.raw()) } as u32)
+    }
+
+    /// Bytes received (receives) or transferred.
+    pub fn byte_len(&self) -> u32 {
+        // SAFETY: current completion; the CQ was created with IBV_WC_EX_WITH_BYTE_LEN.
+        unsafe { efa_sys::ibv_wc_read_byte_len(self.raw()) }
+    }
+
+    /// `wc_flags` (`IBV_WC_GRH`, `IBV_WC_WITH_IMM`, ...).
+    pub fn wc_flags(&self) -> u32 {
+        // SAFETY: current completion; every provider sets read_wc_flags.
+        unsafe { efa_sys::ibv_wc_read_wc_flags(self.raw()) }
+    }
+
+    /// Immediate data (host order), when the completion carries it.
+    pub fn imm(&self) -> Option<u32> {
+        if self.wc_flags() & efa_sys::IBV_WC_WITH_IMM as u32 == 0 {
+            return None;
+        }
+        // SAFETY: current completion; the CQ was created with IBV_WC_EX_WITH_IMM.
+        Some(u32::from_be(unsafe {
+            efa_sys::ibv_wc_read_imm_data(self.raw())
+        }))
+    }
+
+    /// The local QP number the completion belongs to.
+    pub fn qp_num(&self) -> u32 {
+        // SAFETY: current completion; the CQ was created with IBV_WC_EX_WITH_QP_NUM.
+        unsafe { efa_sys::ibv_wc_read_qp_num(self.raw()) }
+    }
+
+    /// The sender's QP number (datagram receives).
+    pub fn src_qp(&self) -> u32 {
+        // SAFETY: current completion; the CQ was created with IBV_WC_EX_WITH_SRC_QP.
+        unsafe { efa_sys::ibv_wc_read_src_qp(self.raw()) }
+    }
+
+    /// The sender's GID, reported by EFA for receives from peers this side has no AH for.
+    pub fn source_gid(&self) -> Option<Gid> {
+        let efa_cq = self.cq.efa_cq.filter(|_| self.cq.sgid)?;
+        let mut raw = efa_sys::ibv_gid { raw: [0; 16] };
+        // SAFETY: current completion of a CQ created with EFADV_WC_EX_WITH_SGID.
+        let rc = unsafe { efa_sys::efadv_wc_read_sgid(efa_cq.as_ptr(), &mut raw) };
+        (rc == 0).then(|| Gid::from_raw(&raw))
+    }
+
+    /// Whether a write-with-immediate completed without consuming a receive (EFA).
+    pub fn is_unsolicited(&self) -> bool {
+        match self.cq.efa_cq.filter(|_| self.cq.unsolicited) {
+            // SAFETY: current completion of a CQ created with EFADV_WC_EX_WITH_IS_UNSOLICITED.
+            Some(c) => unsafe { efa_sys::efadv_wc_is_unsolicited(c.as_ptr()) },
+            None => false,
+        }
+    }
+
+    /// Copy the completion out.
+    pub fn to_owned(&self) -> WorkCompletion {
+        let status = self.status();
+        let ok = status.is_success();
+        WorkCompletion {
+            wr_id: self.wr_id(),
+            status,
+            vendor_err: self.vendor_err(),
+            efa_status: self.efa_status(),
+            qp_num: self.qp_num(),
+            opcode: if ok { Some(self.opcode()) } else { None },
+            byte_len: if ok { self.byte_len() } else { 0 },
+            imm: if ok { self.imm() } else { None },
+            src_qp: if ok { self.src_qp() } else { 0 },
+            source_gid: if ok { self.source_gid() } else { None },
+            unsolicited: ok && self.is_unsolicited(),
+        }
+    }
+}
+
+/// A completion copied out of the CQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkCompletion {
+    /// The `wr_id` given at posting.
+    pub wr_id: u64,
+    /// The outcome.
+    pub status: WcStatus,
+    /// The provider's vendor error.
+    pub vendor_err: u32,
+    /// The EFA status by name (EFA devices only).
+    pub efa_status: Option<EfaStatus>,
+    /// The local QP number.
+    pub qp_num: u32,
+    /// What completed (successful completions only).
+    pub opcode: Option<WcOpcode>,
+    /// Bytes transferred or received (successful completions only).
+    pub byte_len: u32,
+    /// Immediate data, host order.
+    pub imm: Option<u32>,
+    /// The sender's QP number (datagram receives).
+    pub src_qp: u32,
+    /// The sender's GID, when EFA reports it.
+    pub source_gid: Option<Gid>,
+    /// A write-with-immediate that consumed no receive (EFA).
+    pub unsolicited: bool,
+}
+
+impl Default for WorkCompletion {
+    fn default() -> Self {
+        WorkCompletion {
+            wr_id: 0,
+            status: WcStatus::Success,
+            vendor_err: 0,
+            efa_status: None,
+            qp_num: 0,
+            opcode: None,
+            byte_len: 0,
+            imm: None,
+            src_qp: 0,
+            source_gid: None,
+            unsolicited: false,
+        }
+    }
+}
+
+impl WorkCompletion {
+    /// Whether the work request succeeded.
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+}

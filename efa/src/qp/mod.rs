@@ -1,0 +1,928 @@
+//! Queue pairs typed by transport: [`SrdQp`], [`UdQp`], [`RcQp`].
+
+mod post;
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use post::SendCore;
+pub use post::{check_wr, Batch, Dest, Payload, RemoteAddr, SendLimits, SendOp};
+
+use crate::caps::EfaCaps;
+use crate::cq::{Cq, CqInner};
+use crate::error::{Error, Limit, Result};
+use crate::gid::{Gid, GidEntry};
+use crate::mr::Sge;
+use crate::pd::{Pd, ThreadDomain};
+
+/// Bytes of the Global Routing Header that UD receives on RoCE place before the payload.
+pub const GRH_BYTES: usize = 40;
+
+/// Largest Q_Key a user may choose; higher ones are privileged.
+pub const MAX_QKEY: u32 = 0x7fff_ffff;
+
+/// The transport of a queue pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// EFA Scalable Reliable Datagram: reliable, unordered, connectionless.
+    Srd,
+    /// Unreliable datagram.
+    Ud,
+    /// Reliable connected (not on EFA).
+    Rc,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A queue pair transport, as a type parameter of [`Qp`].
+pub trait Transport: sealed::Sealed + Send + Sync + 'static {
+    /// Which transport.
+    const KIND: TransportKind;
+}
+
+/// Transports whose work requests name a destination ([`Dest`]).
+pub trait Datagram: Transport {}
+
+/// EFA SRD.
+#[derive(Debug, Clone, Copy)]
+pub enum Srd {}
+/// Unreliable datagram.
+#[derive(Debug, Clone, Copy)]
+pub enum Ud {}
+/// Reliable connected.
+#[derive(Debug, Clone, Copy)]
+pub enum Rc {}
+
+impl sealed::Sealed for Srd {}
+impl sealed::Sealed for Ud {}
+impl sealed::Sealed for Rc {}
+impl Transport for Srd {
+    const KIND: TransportKind = TransportKind::Srd;
+}
+impl Transport for Ud {
+    const KIND: TransportKind = TransportKind::Ud;
+}
+impl Transport for Rc {
+    const KIND: TransportKind = TransportKind::Rc;
+}
+impl Datagram for Srd {}
+impl Datagram for Ud {}
+
+/// An EFA SRD queue pair.
+pub type SrdQp = Qp<Srd>;
+/// A UD queue pair.
+pub type UdQp = Qp<Ud>;
+/// An RC queue pair.
+pub type RcQp = Qp<Rc>;
+
+/// `enum ibv_qp_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QpState {
+    /// Reset.
+    Reset,
+    /// Initialized: receives may be posted.
+    Init,
+    /// Ready to receive.
+    Rtr,
+    /// Ready to send.
+    Rts,
+    /// Send queue drained.
+    Sqd,
+    /// Send queue error.
+    Sqe,
+    /// Error: outstanding work is flushed.
+    Err,
+    /// Anything else.
+    Unknown(u32),
+}
+
+impl QpState {
+    /// Name the raw value.
+    pub fn from_raw(v: u32) -> Self {
+        match v {
+            0 => QpState::Reset,
+            1 => QpState::Init,
+            2 => QpState::Rtr,
+            3 => QpState::Rts,
+            4 => QpState::Sqd,
+            5 => QpState::Sqe,
+            6 => QpState::Err,
+            o => QpState::Unknown(o),
+        }
+    }
+
+    /// The raw value.
+    pub fn raw(self) -> u32 {
+        match self {
+            QpState::Reset => 0,
+            QpState::Init => 1,
+            QpState::Rtr => 2,
+            QpState::Rts => 3,
+            QpState::Sqd => 4,
+            QpState::Sqe => 5,
+            QpState::Err => 6,
+            QpState::Unknown(o) => o,
+        }
+    }
+}
+
+/// Queue sizes of a QP: requested at creation, then what the provider granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QpCaps {
+    /// Send-queue depth.
+    pub max_send_wr: u32,
+    /// Receive-queue depth.
+    pub max_recv_wr: u32,
+    /// SGEs per send WR.
+    pub max_send_sge: u32,
+    /// SGEs per receive WR.
+    pub max_recv_sge: u32,
+    /// Inline bytes per send WR.
+    pub max_inline_data: u32,
+}
+
+impl Default for QpCaps {
+    fn default() -> Self {
+        QpCaps {
+            max_send_wr: 256,
+            max_recv_wr: 256,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 0,
+        }
+    }
+}
+
+/// Check requested queue sizes against the device's limits.
+pub fn check_caps(
+    c: &QpCaps,
+    max_sq_wr: u32,
+    max_rq_wr: u32,
+    max_sq_sge: u32,
+    max_rq_sge: u32,
+    max_inline: u32,
+) -> Result<()> {
+    let checks = [
+        (c.max_send_wr, max_sq_wr, Limit::SendQueueDepth),
+        (c.max_recv_wr, max_rq_wr, Limit::RecvQueueDepth),
+        (c.max_send_sge, max_sq_sge, Limit::SendSges),
+        (c.max_recv_sge, max_rq_sge, Limit::RecvSges),
+        (c.max_inline_data, max_inline, Limit::InlineBytes),
+    ];
+    for (value, max, limit) in checks {
+        if value > max {
+            return Err(Error::limit(limit, value.into(), max.into()));
+        }
+    }
+    if c.max_send_wr == 0 {
+        return Err(Error::Invalid {
+            what: "send queue depth",
+            value: 0,
+        });
+    }
+    Ok(())
+}
+
+/// The address of a datagram QP, to hand to peers: GID, QP number and Q_Key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The port GID.
+    pub gid: Gid,
+    /// The QP number.
+    pub qpn: u32,
+    /// The Q_Key (datagram) or initial PSN (RC).
+    pub qkey_or_psn: u32,
+    /// The port LID (InfiniBand; 0 on RoCE and EFA).
+    pub lid: u16,
+}
+
+/// RC connection parameters beyond the peer's endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RcOptions {
+    /// Local ACK timeout exponent (4.096 us * 2^timeout).
+    pub timeout: u8,
+    /// Transport retries.
+    pub retry_cnt: u8,
+    /// RNR retries (7 = forever).
+    pub rnr_retry: u8,
+    /// Minimum RNR NAK timer code.
+    pub min_rnr_timer: u8,
+    /// Outstanding RDMA reads, each direction.
+    pub max_rd_atomic: u8,
+}
+
+impl Default for RcOptions {
+    fn default() -> Self {
+        RcOptions {
+            timeout: 14,
+            retry_cnt: 7,
+            rnr_retry: 7,
+            min_rnr_timer: 12,
+            max_rd_atomic: 1,
+        }
+    }
+}
+
+/// Options for a QP; finish with [`build_srd`](Self::build_srd), [`build_ud`](Self::build_ud)
+/// or [`build_rc`](Self::build_rc).
+#[derive(Debug)]
+#[must_use]
+pub struct QpBuilder<'a> {
+    pd: &'a Arc<Pd>,
+    send_cq: &'a Cq,
+    recv_cq: &'a Cq,
+    caps: QpCaps,
+    qkey: u32,
+    psn: u32,
+    port: u8,
+    gid_index: Option<u32>,
+    rnr_retry: u8,
+    unsolicited_write_recv: bool,
+    rc: RcOptions,
+    remote_access: crate::mr::Access,
+    td: Option<Arc<ThreadDomain>>,
+}
+
+impl<'a> QpBuilder<'a> {
+    /// Queue sizes to request.
+    pub fn caps(mut self, caps: QpCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// Send-queue depth.
+    pub fn max_send_wr(mut self, n: u32) -> Self {
+        self.caps.max_send_wr = n;
+        self
+    }
+
+    /// Receive-queue depth.
+    pub fn max_recv_wr(mut self, n: u32) -> Self {
+        self.caps.max_recv_wr = n;
+        self
+    }
+
+    /// SGEs per send WR.
+    pub fn max_send_sge(mut self, n: u32) -> Self {
+        self.caps.max_send_sge = n;
+        self
+    }
+
+    /// SGEs per receive WR.
+    pub fn max_recv_sge(mut self, n: u32) -> Self {
+        self.caps.max_recv_sge = n;
+        self
+    }
+
+    /// Inline bytes per send WR.
+    pub fn max_inline_data(mut self, n: u32) -> Self {
+        self.caps.max_inline_data = n;
+        self
+    }
+
+    /// Q_Key of a datagram QP (below `0x8000_0000`; default `0x11111111`).
+    pub fn qkey(mut self, qkey: u32) -> Self {
+        self.qkey = qkey;
+        self
+    }
+
+    /// Initial send PSN (24 bits).
+    pub fn psn(mut self, psn: u32) -> Self {
+        self.psn = psn;
+        self
+    }
+
+    /// Local port (default 1).
+    pub fn port(mut self, port: u8) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Local GID index to address this QP by (default: [`Context::preferred_gid`](crate::Context::preferred_gid)).
+    pub fn gid_index(mut self, index: u32) -> Self {
+        self.gid_index = Some(index);
+        self
+    }
+
+    /// SRD RNR retry count, applied only when the device has `RNR_RETRY` (default 7: retry
+    /// forever, as libfabric does).
+    pub fn rnr_retry(mut self, n: u8) -> Self {
+        self.rnr_retry = n;
+        self
+    }
+
+    /// Let RDMA write with immediate complete without a posted receive (EFA
+    /// `UNSOLICITED_WRITE_RECV`; refused at build on devices without it).
+    pub fn unsolicited_write_recv(mut self, on: bool) -> Self {
+        self.unsolicited_write_recv = on;
+        self
+    }
+
+    /// RC connection options.
+    pub fn rc_options(mut self, rc: RcOptions) -> Self {
+        self.rc = rc;
+        self
+    }
+
+    /// Remote operations an RC QP accepts (default remote read and write; each MR still
+    /// grants its own rights).
+    pub fn remote_access(mut self, access: crate::mr::Access) -> Self {
+        self.remote_access = access;
+        self
+    }
+
+    /// Create the QP on a thread domain (both CQs must be on the same one for a lock-free path).
+    ///
+    /// # Safety
+    /// As [`CqBuilder::thread_domain`](crate::CqBuilder::thread_domain): the QP and the CQs on
+    /// `td` must never be used from two threads at the same time.
+    pub unsafe fn thread_domain(mut self, td: &Arc<ThreadDomain>) -> Self {
+        self.td = Some(Arc::clone(td));
+        self
+    }
+
+    fn local_gid(&self) -> Result<GidEntry> {
+        let ctx = self.pd.context();
+        match self.gid_index {
+            Some(index) => Ok(GidEntry {
+                port: self.port,
+                index,
+                gid: ctx.query_gid(self.port, index)?,
+                gid_type: crate::sysfs::gid_type(&ctx.info().ibdev_path, self.port, index),
+            }),
+            None => ctx.preferred_gid(self.port),
+        }
+    }
+
+    fn pd_raw(&self) -> *mut efa_sys::ibv_pd {
+        match &self.td {
+            Some(td) => td.parent_raw(),
+            None => self.pd.as_raw(),
+        }
+    }
+
+    fn init_attr(&self, qp_type: u32, ops: u64, sig_all: bool) -> efa_sys::ibv_qp_init_attr_ex {
+        // SAFETY: plain C struct; zero means no SRQ, no XRC, no RSS.
+        let mut a: efa_sys::ibv_qp_init_attr_ex = unsafe { std::mem::zeroed() };
+        a.send_cq = self.send_cq.inner().as_cq();
+        a.recv_cq = self.recv_cq.inner().as_cq();
+        a.cap.max_send_wr = self.caps.max_send_wr;
+        a.cap.max_recv_wr = self.caps.max_recv_wr;
+        a.cap.max_send_sge = self.caps.max_send_sge;
+        a.cap.max_recv_sge = self.caps.max_recv_sge;
+        a.cap.max_inline_data = self.caps.max_inline_data;
+        a.qp_type = qp_type as _;
+        a.sq_sig_all = sig_all.into();
+        a.comp_mask =
+            (efa_sys::IBV_QP_INIT_ATTR_PD | efa_sys::IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) as u32;
+        a.pd = self.pd_raw();
+        a.send_ops_flags = ops;
+        a
+    }
+
+    fn check_limits(&self) -> Result<()> {
+        let ctx = self.pd.context();
+        match ctx.efa_attr() {
+            Some(e) => check_caps(
+                &self.caps,
+                e.max_sq_wr,
+                e.max_rq_wr,
+                e.max_sq_sge.into(),
+                e.max_rq_sge.into(),
+                e.max_inline(),
+            ),
+            None => {
+                let d = ctx.device_attr();
+                check_caps(
+                    &self.caps,
+                    d.max_qp_wr,
+                    d.max_qp_wr,
+                    d.max_sge,
+                    d.max_sge,
+                    u32::MAX,
+                )
+            }
+        }
+    }
+
+    fn check_qkey(&self) -> Result<()> {
+        if self.qkey > MAX_QKEY {
+            return Err(Error::limit(Limit::QKey, self.qkey.into(), MAX_QKEY.into()));
+        }
+        if self.psn > 0x00ff_ffff {
+            return Err(Error::limit(Limit::Bits24, self.psn.into(), 0x00ff_ffff));
+        }
+        Ok(())
+    }
+
+    /// Create an SRD QP and bring it to RTS (EFA only).
+    pub fn build_srd(self) -> Result<SrdQp> {
+        let ctx = Arc::clone(self.pd.context());
+        let efa = *ctx.require_efa()?;
+        self.check_qkey()?;
+        self.check_limits()?;
+        if self.unsolicited_write_recv && !efa.caps.contains(EfaCaps::UNSOLICITED_WRITE_RECV) {
+            return Err(Error::Unsupported {
+                what: "unsolicited write-receive",
+                why: "device lacks the UNSOLICITED_WRITE_RECV capability",
+            });
+        }
+        let dv = efa_sys::efadv()?;
+        let gid = self.local_gid()?;
+        let port = ctx.query_port(self.port)?;
+        let ops = efa.srd_send_ops();
+        let mut attr = self.init_attr(efa_sys::IBV_QPT_DRIVER as u32, ops, true);
+        // Zeroed, with only the fields this library generation knows set: flags stay zero unless
+        // the capability (and so a library that has the field) is present.
+        let mut efa_attr = efa_sys::efadv_qp_init_attr::default();
+        efa_attr.driver_qp_type = efa_sys::EFADV_QP_DRIVER_TYPE_SRD as u32;
+        if self.unsolicited_write_recv {
+            efa_attr.flags = efa_sys::EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV as u16;
+        }
+        // SAFETY: the context is open, attrs initialised, and the efadv struct's full size is
+        // passed: older libraries check the tail is zero, newer ones copy what they get.
+        let raw = unsafe {
+            (dv.efadv_create_qp_ex)(
+                ctx.as_raw(),
+                &mut attr,
+                &mut efa_attr,
+                std::mem::size_of::<efa_sys::efadv_qp_init_attr>() as u32,
+            )
+        };
+        let raw = NonNull::new(raw).ok_or_else(|| {
+            Error::verbs_arg(
+                "efadv_create_qp_ex",
+                crate::error::last_errno(),
+                "send_ops_flags",
+                ops,
+            )
+        })?;
+        let limits = SendLimits {
+            max_send_bytes: port.max_msg_sz.into(),
+            max_rdma_bytes: efa.max_rdma_size.into(),
+            max_send_sge: attr.cap.max_send_sge,
+            max_rdma_sge: 1,
+            max_inline: attr.cap.max_inline_data,
+            inline_rdma: false,
+            max_batch: attr.cap.max_send_wr,
+            ops,
+            signal_required: true,
+        };
+        let mut qp = Qp::<Srd>::wrap(self, raw, attr.cap, limits, gid)?;
+        qp.modify(
+            QpState::Init,
+            efa_sys::IBV_QP_PKEY_INDEX | efa_sys::IBV_QP_PORT | efa_sys::IBV_QP_QKEY,
+            |_| {},
+        )?;
+        qp.modify(QpState::Rtr, 0, |_| {})?;
+        let rnr = efa.caps.contains(EfaCaps::RNR_RETRY);
+        let (psn, rnr_retry) = (qp.psn, qp.rnr_retry);
+        qp.modify(
+            QpState::Rts,
+            efa_sys::IBV_QP_SQ_PSN | if rnr { efa_sys::IBV_QP_RNR_RETRY } else { 0 },
+            |a| {
+                a.sq_psn = psn;
+                a.rnr_retry = rnr_retry;
+            },
+        )?;
+        Ok(qp)
+    }
+
+    /// Create a UD QP and bring it to RTS.
+    pub fn build_ud(self) -> Result<UdQp> {
+        let ctx = Arc::clone(self.pd.context());
+        self.check_qkey()?;
+        self.check_limits()?;
+        let gid = self.local_gid()?;
+        let port = ctx.query_port(self.port)?;
+        let ops = u64::from(efa_sys::IBV_QP_EX_WITH_SEND | efa_sys::IBV_QP_EX_WITH_SEND_WITH_IMM);
+        let mut attr = self.init_attr(efa_sys::IBV_QPT_UD as u32, ops, ctx.is_efa());
+        // SAFETY: the context is open and `attr` initialised; NULL reports failure via errno.
+        let raw = unsafe { efa_sys::ibv_create_qp_ex(ctx.verbs(), ctx.as_raw(), &mut attr) };
+        let raw = NonNull::new(raw).ok_or_else(|| {
+            Error::verbs_arg(
+                "ibv_create_qp_ex",
+                crate::error::last_errno(),
+                "max_send_wr",
+                self.caps.max_send_wr.into(),
+            )
+        })?;
+        let max_send = if ctx.is_efa() {
+            port.max_msg_sz
+        } else {
+            port.active_mtu.bytes()
+        };
+        let limits = SendLimits {
+            max_send_bytes: max_send.into(),
+            max_rdma_bytes: 0,
+            max_send_sge: attr.cap.max_send_sge,
+            max_rdma_sge: 0,
+            max_inline: attr.cap.max_inline_data,
+            inline_rdma: false,
+            max_batch: attr.cap.max_send_wr,
+            ops,
+            signal_required: ctx.is_efa(),
+        };
+        let mut qp = Qp::<Ud>::wrap(self, raw, attr.cap, limits, gid)?;
+        qp.modify(
+            QpState::Init,
+            efa_sys::IBV_QP_PKEY_INDEX | efa_sys::IBV_QP_PORT | efa_sys::IBV_QP_QKEY,
+            |_| {},
+        )?;
+        qp.modify(QpState::Rtr, 0, |_| {})?;
+        let psn = qp.psn;
+        qp.modify(QpState::Rts, efa_sys::IBV_QP_SQ_PSN, |a| a.sq_psn = psn)?;
+        Ok(qp)
+    }
+
+    /// Create an RC QP in INIT; [`Qp::connect`] takes it to RTS. Not on EFA.
+    pub fn build_rc(self) -> Result<RcQp> {
+        let ctx = Arc::clone(self.pd.context());
+        if ctx.is_efa() {
+            return Err(Error::Unsupported {
+                what: "RC queue pairs",
+                why: "EFA offers SRD and UD only",
+            });
+        }
+        self.check_qkey()?;
+        self.check_limits()?;
+        let gid = self.local_gid()?;
+        let port = ctx.query_port(self.port)?;
+        let ops = u64::from(
+            efa_sys::IBV_QP_EX_WITH_SEND
+                | efa_sys::IBV_QP_EX_WITH_SEND_WITH_IMM
+                | efa_sys::IBV_QP_EX_WITH_RDMA_WRITE
+                | efa_sys::IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
+                | efa_sys::IBV_QP_EX_WITH_RDMA_READ,
+        );
+        let mut attr = self.init_attr(efa_sys::IBV_QPT_RC as u32, ops, false);
+        // SAFETY: as in build_ud.
+        let raw = unsafe { efa_sys::ibv_create_qp_ex(ctx.verbs(), ctx.as_raw(), &mut attr) };
+        let raw = NonNull::new(raw).ok_or_else(|| {
+            Error::verbs_arg(
+                "ibv_create_qp_ex",
+                crate::error::last_errno(),
+                "max_send_wr",
+                self.caps.max_send_wr.into(),
+            )
+        })?;
+        let limits = SendLimits {
+            max_send_bytes: port.max_msg_sz.into(),
+            max_rdma_bytes: port.max_msg_sz.into(),
+            max_send_sge: attr.cap.max_send_sge,
+            max_rdma_sge: attr.cap.max_send_sge,
+            max_inline: attr.cap.max_inline_data,
+            inline_rdma: true,
+            max_batch: attr.cap.max_send_wr,
+            ops,
+            signal_required: false,
+        };
+        let access = self.remote_access.bits() | crate::mr::Access::LOCAL_WRITE.bits();
+        let mut qp = Qp::<Rc>::wrap(self, raw, attr.cap, limits, gid)?;
+        qp.active_mtu = port.active_mtu;
+        qp.modify(
+            QpState::Init,
+            efa_sys::IBV_QP_PKEY_INDEX | efa_sys::IBV_QP_PORT | efa_sys::IBV_QP_ACCESS_FLAGS,
+            |a| a.qp_access_flags = access,
+        )?;
+        Ok(qp)
+    }
+}
+
+/// A queue pair of transport `T`, destroyed on drop (outstanding work is discarded; its CQs,
+/// PD and thread domain stay alive until then).
+pub struct Qp<T: Transport> {
+    core: SendCore,
+    raw: NonNull<efa_sys::ibv_qp>,
+    pd: Arc<Pd>,
+    _send_cq: Arc<CqInner>,
+    _recv_cq: Arc<CqInner>,
+    _td: Option<Arc<ThreadDomain>>,
+    caps: QpCaps,
+    state: QpState,
+    qkey: u32,
+    psn: u32,
+    port: u8,
+    gid: GidEntry,
+    rnr_retry: u8,
+    rc: RcOptions,
+    active_mtu: crate::context::Mtu,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: a QP has no thread affinity; posting needs &mut. QPs on a thread domain carry the
+// caller's promise made in `QpBuilder::thread_domain`.
+unsafe impl<T: Transport> Send for Qp<T> {}
+// SAFETY: &self methods only read immutable fields.
+unsafe impl<T: Transport> Sync for Qp<T> {}
+
+impl<T: Transport> std::fmt::Debug for Qp<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qp")
+            .field("transport", &T::KIND)
+            .field("qpn", &self.qp_num())
+            .field("state", &self.state)
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Qp<T> {
+    /// A builder for a QP on `pd` completing sends into `send_cq` and receives into `recv_cq`.
+    pub fn builder<'a>(pd: &'a Arc<Pd>, send_cq: &'a Cq, recv_cq: &'a Cq) -> QpBuilder<'a> {
+        QpBuilder {
+            pd,
+            send_cq,
+            recv_cq,
+            caps: QpCaps::default(),
+            qkey: 0x1111_1111,
+            psn: 0,
+            port: 1,
+            gid_index: None,
+            rnr_retry: 7,
+            unsolicited_write_recv: false,
+            rc: RcOptions::default(),
+            remote_access: crate::mr::Access::REMOTE_READ | crate::mr::Access::REMOTE_WRITE,
+            td: None,
+        }
+    }
+
+    fn wrap(
+        b: QpBuilder<'_>,
+        raw: NonNull<efa_sys::ibv_qp>,
+        cap: efa_sys::ibv_qp_cap,
+        limits: SendLimits,
+        gid: GidEntry,
+    ) -> Result<Self> {
+        let ctx = b.pd.context();
+        // SAFETY: the QP is live and was created with IBV_QP_INIT_ATTR_SEND_OPS_FLAGS.
+        let qpx = unsafe { (ctx.verbs().ibv_qp_to_qp_ex)(raw.as_ptr()) };
+        if qpx.is_null() {
+            let e = Error::last_os("ibv_qp_to_qp_ex");
+            // SAFETY: created above, not yet wrapped, destroyed once.
+            unsafe { (ctx.verbs().ibv_destroy_qp)(raw.as_ptr()) };
+            return Err(e);
+        }
+        Ok(Qp {
+            core: SendCore {
+                qpx,
+                kind: T::KIND,
+                limits,
+            },
+            raw,
+            pd: Arc::clone(b.pd),
+            _send_cq: Arc::clone(b.send_cq.inner()),
+            _recv_cq: Arc::clone(b.recv_cq.inner()),
+            _td: b.td,
+            caps: QpCaps {
+                max_send_wr: cap.max_send_wr,
+                max_recv_wr: cap.max_recv_wr,
+                max_send_sge: cap.max_send_sge,
+                max_recv_sge: cap.max_recv_sge,
+                max_inline_data: cap.max_inline_data,
+            },
+            state: QpState::Reset,
+            qkey: b.qkey,
+            psn: b.psn,
+            port: b.port,
+            gid,
+            rnr_retry: b.rnr_retry,
+            rc: b.rc,
+            active_mtu: crate::context::Mtu::Mtu1024,
+            _t: PhantomData,
+        })
+    }
+
+    /// Move to `to`, setting `mask` attributes (besides the state) through `set`.
+    fn modify(
+        &mut self,
+        to: QpState,
+        mask: u32,
+        set: impl FnOnce(&mut efa_sys::ibv_qp_attr),
+    ) -> Result<()> {
+        // SAFETY: plain C struct; zero is a valid starting point.
+        let mut a: efa_sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = to.raw() as _;
+        a.port_num = self.port;
+        a.qkey = self.qkey;
+        set(&mut a);
+        let mask = mask | efa_sys::IBV_QP_STATE;
+        // SAFETY: the QP is live and `a` initialised for every bit in `mask`.
+        let rc = unsafe {
+            (self.pd.context().verbs().ibv_modify_qp)(
+                self.raw.as_ptr(),
+                &mut a,
+                mask as libc::c_int,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::verbs_arg(
+                "ibv_modify_qp",
+                rc,
+                "target state",
+                to.raw().into(),
+            ));
+        }
+        self.state = to;
+        Ok(())
+    }
+
+    /// The QP number.
+    pub fn qp_num(&self) -> u32 {
+        // SAFETY: the QP is live; qp_num is immutable.
+        unsafe { self.raw.as_ref().qp_num }
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> TransportKind {
+        T::KIND
+    }
+
+    /// Queue sizes the provider granted.
+    pub fn caps(&self) -> &QpCaps {
+        &self.caps
+    }
+
+    /// What a work request may carry on this QP.
+    pub fn limits(&self) -> &SendLimits {
+        &self.core.limits
+    }
+
+    /// The state this handle last moved the QP to (asynchronous errors are not reflected; see
+    /// [`query_state`](Self::query_state)).
+    pub fn state(&self) -> QpState {
+        self.state
+    }
+
+    /// Ask the device for the QP's current state.
+    pub fn query_state(&self) -> Result<QpState> {
+        // SAFETY: plain C structs; zero is valid.
+        let mut a: efa_sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut init: efa_sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the QP is live; both out pointers are valid.
+        let rc = unsafe {
+            (self.pd.context().verbs().ibv_query_qp)(
+                self.raw.as_ptr(),
+                &mut a,
+                efa_sys::IBV_QP_STATE as libc::c_int,
+                &mut init,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::verbs("ibv_query_qp", rc));
+        }
+        Ok(QpState::from_raw(a.qp_state as u32))
+    }
+
+    /// The address peers use for this QP: GID, QP number and Q_Key (datagram) or PSN (RC).
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            gid: self.gid.gid,
+            qpn: self.qp_num(),
+            qkey_or_psn: if T::KIND == TransportKind::Rc {
+                self.psn
+            } else {
+                self.qkey
+            },
+            lid: 0,
+        }
+    }
+
+    /// The local GID entry this QP is addressed by.
+    pub fn gid_entry(&self) -> &GidEntry {
+        &self.gid
+    }
+
+    /// The Q_Key (datagram QPs).
+    pub fn qkey(&self) -> u32 {
+        self.qkey
+    }
+
+    /// Open a batch of send work requests. Needs RTS.
+    pub fn batch(&mut self) -> Result<Batch<'_, T>> {
+        if self.state != QpState::Rts {
+            return Err(Error::QpState {
+                op: "post sends",
+                state: self.state,
+            });
+        }
+        // SAFETY: the QP is live, in RTS, and the batch borrows it exclusively.
+        Ok(unsafe { Batch::start(&mut self.core) })
+    }
+
+    /// Post one receive of `sges` (on UD over RoCE the first [`GRH_BYTES`] receive the GRH).
+    pub fn post_recv(&mut self, wr_id: u64, sges: &[Sge]) -> Result<()> {
+        if self.state == QpState::Reset {
+            return Err(Error::QpState {
+                op: "post receives",
+                state: self.state,
+            });
+        }
+        if sges.len() as u64 > u64::from(self.caps.max_recv_sge) {
+            return Err(Error::limit(
+                Limit::RecvSges,
+                sges.len() as u64,
+                self.caps.max_recv_sge.into(),
+            ));
+        }
+        let mut wr = efa_sys::ibv_recv_wr {
+            wr_id,
+            next: std::ptr::null_mut(),
+            sg_list: Sge::as_raw_slice(sges) as *mut _,
+            num_sge: sges.len() as libc::c_int,
+        };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the QP is live; the WR and SGEs are valid for the call (providers copy them).
+        let rc = unsafe { efa_sys::ibv_post_recv(self.raw.as_ptr(), &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(Error::verbs_arg("ibv_post_recv", rc, "wr_id", wr_id));
+        }
+        Ok(())
+    }
+
+    /// Move the QP to the error state: outstanding work completes with `WrFlushErr`.
+    pub fn set_error(&mut self) -> Result<()> {
+        self.modify(QpState::Err, 0, |_| {})
+    }
+
+    /// The raw QP; valid while `self` lives.
+    pub fn as_raw(&self) -> *mut efa_sys::ibv_qp {
+        self.raw.as_ptr()
+    }
+}
+
+impl Qp<Rc> {
+    /// Connect to the peer at `remote` (INIT -> RTR -> RTS).
+    ///
+    /// Fails with [`Error::QpState`] unless the QP is in INIT (freshly built).
+    pub fn connect(&mut self, remote: &Endpoint) -> Result<()> {
+        if self.state != QpState::Init {
+            return Err(Error::QpState {
+                op: "connect",
+                state: self.state,
+            });
+        }
+        if remote.qpn > 0x00ff_ffff || remote.qkey_or_psn > 0x00ff_ffff {
+            return Err(Error::limit(
+                Limit::Bits24,
+                remote.qpn.max(remote.qkey_or_psn).into(),
+                0x00ff_ffff,
+            ));
+        }
+        let rc = self.rc;
+        let sgid = u8::try_from(self.gid.index)
+            .map_err(|_| Error::limit(Limit::GidIndex, self.gid.index.into(), 255))?;
+        let mtu = self.active_mtu;
+        let port = self.port;
+        self.modify(
+            QpState::Rtr,
+            efa_sys::IBV_QP_AV
+                | efa_sys::IBV_QP_PATH_MTU
+                | efa_sys::IBV_QP_DEST_QPN
+                | efa_sys::IBV_QP_RQ_PSN
+                | efa_sys::IBV_QP_MAX_DEST_RD_ATOMIC
+                | efa_sys::IBV_QP_MIN_RNR_TIMER,
+            |a| {
+                a.path_mtu = mtu.raw() as _;
+                a.dest_qp_num = remote.qpn;
+                a.rq_psn = remote.qkey_or_psn;
+                a.max_dest_rd_atomic = rc.max_rd_atomic;
+                a.min_rnr_timer = rc.min_rnr_timer;
+                a.ah_attr.is_global = 1;
+                a.ah_attr.dlid = remote.lid;
+                a.ah_attr.port_num = port;
+                a.ah_attr.grh.dgid = remote.gid.to_raw();
+                a.ah_attr.grh.sgid_index = sgid;
+                a.ah_attr.grh.hop_limit = 64;
+            },
+        )?;
+        let psn = self.psn;
+        self.modify(
+            QpState::Rts,
+            efa_sys::IBV_QP_TIMEOUT
+                | efa_sys::IBV_QP_RETRY_CNT
+                | efa_sys::IBV_QP_RNR_RETRY
+                | efa_sys::IBV_QP_SQ_PSN
+                | efa_sys::IBV_QP_MAX_QP_RD_ATOMIC,
+            |a| {
+                a.timeout = rc.timeout;
+                a.retry_cnt = rc.retry_cnt;
+                a.rnr_retry = rc.rnr_retry;
+                a.sq_psn = psn;
+                a.max_rd_atomic = rc.max_rd_atomic;
+            },
+        )
+    }
+}
+
+impl<T: Transport> Drop for Qp<T> {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once; no batch can be open (it would borrow self).
+        // The CQs outlive this call through the Arcs held until after it.
+        unsafe { (self.pd.context().verbs().ibv_destroy_qp)(self.raw.as_ptr()) };
+    }
+}

@@ -1,0 +1,552 @@
+//! Posting: the device-limit checks and the batch guard over `ibv_wr_*`.
+
+use std::marker::PhantomData;
+
+use crate::ah::Ah;
+use crate::error::{Error, Limit, Result};
+use crate::mr::{sge_total, Sge};
+use crate::qp::{Rc, Srd, TransportKind};
+
+/// A send-queue operation, for limit checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SendOp {
+    /// SEND.
+    Send,
+    /// SEND with immediate.
+    SendImm,
+    /// RDMA write.
+    Write,
+    /// RDMA write with immediate.
+    WriteImm,
+    /// RDMA read.
+    Read,
+}
+
+impl SendOp {
+    /// The `IBV_QP_EX_WITH_*` bit the QP must have been created with.
+    pub fn ops_bit(self) -> u64 {
+        u64::from(match self {
+            SendOp::Send => efa_sys::IBV_QP_EX_WITH_SEND,
+            SendOp::SendImm => efa_sys::IBV_QP_EX_WITH_SEND_WITH_IMM,
+            SendOp::Write => efa_sys::IBV_QP_EX_WITH_RDMA_WRITE,
+            SendOp::WriteImm => efa_sys::IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM,
+            SendOp::Read => efa_sys::IBV_QP_EX_WITH_RDMA_READ,
+        })
+    }
+
+    /// Whether the op moves data by RDMA.
+    pub fn is_rdma(self) -> bool {
+        matches!(self, SendOp::Write | SendOp::WriteImm | SendOp::Read)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SendOp::Send => "SEND",
+            SendOp::SendImm => "SEND with immediate",
+            SendOp::Write => "RDMA write",
+            SendOp::WriteImm => "RDMA write with immediate",
+            SendOp::Read => "RDMA read",
+        }
+    }
+}
+
+/// What a QP may post, fixed at creation from the device, port and granted capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimits {
+    /// Largest SEND payload (SRD/RC: port `max_msg_sz`; UD on RoCE: the path MTU).
+    pub max_send_bytes: u64,
+    /// Largest RDMA read/write (EFA: `max_rdma_size`; RC: `max_msg_sz`).
+    pub max_rdma_bytes: u64,
+    /// Most SGEs of a SEND.
+    pub max_send_sge: u32,
+    /// Most SGEs of an RDMA read/write.
+    pub max_rdma_sge: u32,
+    /// Most inline bytes.
+    pub max_inline: u32,
+    /// Whether inline data is allowed on RDMA writes.
+    pub inline_rdma: bool,
+    /// Most WRs in one batch (the send-queue depth).
+    pub max_batch: u32,
+    /// `send_ops_flags` the QP was created with.
+    pub ops: u64,
+    /// Whether every WR must be signaled (EFA).
+    pub signal_required: bool,
+}
+
+/// The data of a work request.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// Scatter/gather entries in registered memory.
+    Sges(&'a [Sge]),
+    /// Bytes copied into the WQE at posting time; no registration needed.
+    Inline(&'a [u8]),
+}
+
+impl Payload<'_> {
+    fn bytes(&self) -> u64 {
+        match self {
+            Payload::Sges(s) => sge_total(s),
+            Payload::Inline(d) => d.len() as u64,
+        }
+    }
+}
+
+/// Check one work request against the limits; what the device would reject is refused here,
+/// with the offending value.
+pub fn check_wr(
+    l: &SendLimits,
+    kind: TransportKind,
+    op: SendOp,
+    payload: &Payload<'_>,
+) -> Result<()> {
+    if l.ops & op.ops_bit() == 0 {
+        return Err(Error::Unsupported {
+            what: op.name(),
+            why: match (kind, op) {
+                (TransportKind::Ud, _) => "UD queue pairs only send",
+                (TransportKind::Srd, SendOp::Read) => "device lacks the RDMA_READ capability",
+                (TransportKind::Srd, _) => "device lacks the RDMA_WRITE capability",
+                _ => "the queue pair was not created with this operation",
+            },
+        });
+    }
+    let bytes = payload.bytes();
+    if op.is_rdma() {
+        if bytes > l.max_rdma_bytes {
+            return Err(Error::limit(Limit::RdmaBytes, bytes, l.max_rdma_bytes));
+        }
+    } else if bytes > l.max_send_bytes {
+        let which = if kind == TransportKind::Ud {
+            Limit::DatagramBytes
+        } else {
+            Limit::SendBytes
+        };
+        return Err(Error::limit(which, bytes, l.max_send_bytes));
+    }
+    match payload {
+        Payload::Sges(s) => {
+            let (max, which) = if op.is_rdma() {
+                (l.max_rdma_sge, Limit::RdmaSges)
+            } else {
+                (l.max_send_sge, Limit::SendSges)
+            };
+            if s.len() as u64 > u64::from(max) {
+                return Err(Error::limit(which, s.len() as u64, max.into()));
+            }
+        }
+        Payload::Inline(d) => {
+            if op == SendOp::Read || (op.is_rdma() && !l.inline_rdma) {
+                return Err(Error::Unsupported {
+                    what: "inline data",
+                    why: "only sends (and RDMA writes where the device allows) carry inline data",
+                });
+            }
+            if d.len() as u64 > u64::from(l.max_inline) {
+                return Err(Error::limit(
+                    Limit::InlineBytes,
+                    d.len() as u64,
+                    l.max_inline.into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a datagram (SRD or UD) work request goes: an AH plus the peer's QP number and Q_Key.
+#[derive(Debug, Clone, Copy)]
+pub struct Dest<'a> {
+    /// Address handle of the peer port.
+    pub ah: &'a Ah,
+    /// The peer's QP number.
+    pub qpn: u32,
+    /// The peer's Q_Key.
+    pub qkey: u32,
+}
+
+impl<'a> Dest<'a> {
+    /// A destination.
+    pub fn new(ah: &'a Ah, qpn: u32, qkey: u32) -> Self {
+        Dest { ah, qpn, qkey }
+    }
+}
+
+/// A remote RDMA target: address and key (see [`RemoteMr::at`](crate::RemoteMr::at)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemoteAddr {
+    /// Address in the peer's region.
+    pub addr: u64,
+    /// The region's remote key.
+    pub rkey: u32,
+}
+
+/// The posting half of a QP: the raw extended QP and its limits.
+pub(crate) struct SendCore {
+    pub(crate) qpx: *mut efa_sys::ibv_qp_ex,
+    pub(crate) kind: TransportKind,
+    pub(crate) limits: SendLimits,
+}
+
+impl SendCore {
+    /// Append one WR to the open batch. Nothing reaches the QP unless every check passes, so a
+    /// refused WR leaves the batch as it was.
+    ///
+    /// # Safety
+    /// `self.qpx` must be live and inside `ibv_wr_start`; `dest`'s AH must be live.
+    unsafe fn push(
+        &mut self,
+        wr_id: u64,
+        signaled: bool,
+        op: SendOp,
+        imm: u32,
+        remote: RemoteAddr,
+        dest: Option<&Dest<'_>>,
+        payload: Payload<'_>,
+    ) -> Result<()> {
+        check_wr(&self.limits, self.kind, op, &payload)?;
+        let q = self.qpx;
+        // SAFETY (whole block): `q` is live inside a batch (caller), the op is in the QP's
+        // send_ops_flags (checked above, so the provider set its pointer), SGE and inline
+        // pointers are valid for the call (providers copy them into the WQE).
+        unsafe {
+            (*q).wr_id = wr_id;
+            (*q).wr_flags = if signaled {
+                efa_sys::IBV_SEND_SIGNALED as u32
+            } else {
+                0
+            };
+            let imm_be = imm.to_be();
+            match op {
+                SendOp::Send => efa_sys::ibv_wr_send(q),
+                SendOp::SendImm => efa_sys::ibv_wr_send_imm(q, imm_be),
+                SendOp::Write => efa_sys::ibv_wr_rdma_write(q, remote.rkey, remote.addr),
+                SendOp::WriteImm => {
+                    efa_sys::ibv_wr_rdma_write_imm(q, remote.rkey, remote.addr, imm_be)
+                }
+                SendOp::Read => efa_sys::ibv_wr_rdma_read(q, remote.rkey, remote.addr),
+            }
+            if let Some(d) = dest {
+                efa_sys::ibv_wr_set_ud_addr(q, d.ah.as_raw(), d.qpn, d.qkey);
+            }
+            match payload {
+                Payload::Sges([one]) => {
+                    efa_sys::ibv_wr_set_sge(q, one.lkey(), one.addr(), one.len())
+                }
+                Payload::Sges(list) => {
+                    efa_sys::ibv_wr_set_sge_list(q, list.len(), Sge::as_raw_slice(list))
+                }
+                Payload::Inline(data) => {
+                    efa_sys::ibv_wr_set_inline_data(q, data.as_ptr() as *mut _, data.len())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An open batch of send work requests (`ibv_wr_start` .. `ibv_wr_complete`).
+///
+/// Holds the QP mutably, so nothing else can post while it is open. [`commit`](Self::commit)
+/// rings the doorbell once for the whole batch; dropping an uncommitted batch calls
+/// `ibv_wr_abort` and posts nothing.
+///
+/// ```compile_fail
+/// # fn f(qp: &mut efa::RcQp) {
+/// let a = qp.batch().unwrap();
+/// let b = qp.batch().unwrap(); // a batch is exclusive: the first one is still open
+/// drop(a);
+/// # }
+/// ```
+#[must_use = "an uncommitted batch is aborted on drop"]
+pub struct Batch<'q, T> {
+    core: &'q mut SendCore,
+    count: u32,
+    signaled: bool,
+    open: bool,
+    _t: PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for Batch<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("len", &self.count)
+            .field("signaled", &self.signaled)
+            .finish()
+    }
+}
+
+impl<'q, T> Batch<'q, T> {
+    /// Open a batch.
+    ///
+    /// # Safety
+    /// `core.qpx` must be a live extended QP in RTS.
+    pub(crate) unsafe fn start(core: &'q mut SendCore) -> Self {
+        // SAFETY: forwarded from the caller; every QP of this crate sets wr_start.
+        unsafe { efa_sys::ibv_wr_start(core.qpx) };
+        Batch {
+            core,
+            count: 0,
+            signaled: true,
+            open: true,
+            _t: PhantomData,
+        }
+    }
+
+    /// Work requests added so far.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether no work request was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the following work requests generate a completion (default: yes).
+    ///
+    /// Unsignaled work requests are refused on EFA (every WR must complete).
+    pub fn set_signaled(&mut self, signaled: bool) -> Result<()> {
+        if !signaled && self.core.limits.signal_required {
+            return Err(Error::Unsupported {
+                what: "unsignaled work requests",
+                why: "EFA completes every work request",
+            });
+        }
+        self.signaled = signaled;
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        wr_id: u64,
+        op: SendOp,
+        imm: u32,
+        remote: RemoteAddr,
+        dest: Option<&Dest<'_>>,
+        payload: Payload<'_>,
+    ) -> Result<()> {
+        if self.count >= self.core.limits.max_batch {
+            return Err(Error::limit(
+                Limit::BatchLength,
+                u64::from(self.count) + 1,
+                self.core.limits.max_batch.into(),
+            ));
+        }
+        // SAFETY: the batch is open on a live QP (Batch::start); `dest` borrows a live AH.
+        unsafe {
+            self.core
+                .push(wr_id, self.signaled, op, imm, remote, dest, payload)?
+        };
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Post the batch: one doorbell for every work request added.
+    pub fn commit(mut self) -> Result<()> {
+        self.open = false;
+        // SAFETY: the batch is open on a live QP; closed exactly once.
+        let rc = unsafe { efa_sys::ibv_wr_complete(self.core.qpx) };
+        if rc != 0 {
+            return Err(Error::verbs_arg(
+                "ibv_wr_complete",
+                rc,
+                "batch length",
+                self.count.into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drop every work request added; same as dropping the batch.
+    pub fn abort(self) {}
+}
+
+impl<T> Drop for Batch<'_, T> {
+    fn drop(&mut self) {
+        if self.open {
+            // SAFETY: the batch is open on a live QP; closed exactly once.
+            unsafe { efa_sys::ibv_wr_abort(self.core.qpx) };
+        }
+    }
+}
+
+const NO_REMOTE: RemoteAddr = RemoteAddr { addr: 0, rkey: 0 };
+
+/// Operations of datagram queue pairs (SRD and UD): every WR names its destination.
+impl<T: super::Datagram> Batch<'_, T> {
+    /// SEND `sges` to `dest`.
+    pub fn send(&mut self, wr_id: u64, dest: &Dest<'_>, sges: &[Sge]) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::Send,
+            0,
+            NO_REMOTE,
+            Some(dest),
+            Payload::Sges(sges),
+        )
+    }
+
+    /// SEND `sges` to `dest` with immediate data `imm`.
+    pub fn send_imm(&mut self, wr_id: u64, dest: &Dest<'_>, sges: &[Sge], imm: u32) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::SendImm,
+            imm,
+            NO_REMOTE,
+            Some(dest),
+            Payload::Sges(sges),
+        )
+    }
+
+    /// SEND `data` inline (copied now, no registration) to `dest`, with optional immediate.
+    pub fn send_inline(
+        &mut self,
+        wr_id: u64,
+        dest: &Dest<'_>,
+        data: &[u8],
+        imm: Option<u32>,
+    ) -> Result<()> {
+        let op = if imm.is_some() {
+            SendOp::SendImm
+        } else {
+            SendOp::Send
+        };
+        self.push(
+            wr_id,
+            op,
+            imm.unwrap_or(0),
+            NO_REMOTE,
+            Some(dest),
+            Payload::Inline(data),
+        )
+    }
+}
+
+/// RDMA on SRD: like every SRD WR, it carries the destination's address.
+impl Batch<'_, Srd> {
+    /// RDMA write `local` to `remote` at `dest`.
+    pub fn write(
+        &mut self,
+        wr_id: u64,
+        dest: &Dest<'_>,
+        local: &[Sge],
+        remote: RemoteAddr,
+    ) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::Write,
+            0,
+            remote,
+            Some(dest),
+            Payload::Sges(local),
+        )
+    }
+
+    /// RDMA write with immediate data, which completes a receive (or an unsolicited
+    /// completion) at the target.
+    pub fn write_imm(
+        &mut self,
+        wr_id: u64,
+        dest: &Dest<'_>,
+        local: &[Sge],
+        remote: RemoteAddr,
+        imm: u32,
+    ) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::WriteImm,
+            imm,
+            remote,
+            Some(dest),
+            Payload::Sges(local),
+        )
+    }
+
+    /// RDMA read `remote` at `dest` into `local`.
+    pub fn read(
+        &mut self,
+        wr_id: u64,
+        dest: &Dest<'_>,
+        local: &[Sge],
+        remote: RemoteAddr,
+    ) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::Read,
+            0,
+            remote,
+            Some(dest),
+            Payload::Sges(local),
+        )
+    }
+}
+
+/// Operations of connected RC queue pairs: the peer is fixed at connect time.
+impl Batch<'_, Rc> {
+    /// SEND `sges`.
+    pub fn send(&mut self, wr_id: u64, sges: &[Sge]) -> Result<()> {
+        self.push(wr_id, SendOp::Send, 0, NO_REMOTE, None, Payload::Sges(sges))
+    }
+
+    /// SEND `sges` with immediate data.
+    pub fn send_imm(&mut self, wr_id: u64, sges: &[Sge], imm: u32) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::SendImm,
+            imm,
+            NO_REMOTE,
+            None,
+            Payload::Sges(sges),
+        )
+    }
+
+    /// SEND `data` inline, with optional immediate.
+    pub fn send_inline(&mut self, wr_id: u64, data: &[u8], imm: Option<u32>) -> Result<()> {
+        let op = if imm.is_some() {
+            SendOp::SendImm
+        } else {
+            SendOp::Send
+        };
+        self.push(
+            wr_id,
+            op,
+            imm.unwrap_or(0),
+            NO_REMOTE,
+            None,
+            Payload::Inline(data),
+        )
+    }
+
+    /// RDMA write `local` to `remote`.
+    pub fn write(&mut self, wr_id: u64, local: &[Sge], remote: RemoteAddr) -> Result<()> {
+        self.push(wr_id, SendOp::Write, 0, remote, None, Payload::Sges(local))
+    }
+
+    /// RDMA write `data` inline to `remote`.
+    pub fn write_inline(&mut self, wr_id: u64, data: &[u8], remote: RemoteAddr) -> Result<()> {
+        self.push(wr_id, SendOp::Write, 0, remote, None, Payload::Inline(data))
+    }
+
+    /// RDMA write with immediate data (consumes a receive at the target).
+    pub fn write_imm(
+        &mut self,
+        wr_id: u64,
+        local: &[Sge],
+        remote: RemoteAddr,
+        imm: u32,
+    ) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::WriteImm,
+            imm,
+            remote,
+            None,
+            Payload::Sges(local),
+        )
+    }
+
+    /// RDMA read `remote` into `local`.
+    pub fn read(&mut self, wr_id: u64, local: &[Sge], remote: RemoteAddr) -> Result<()> {
+        self.push(wr_id, SendOp::Read, 0, remote, None, Payload::Sges(local))
+    }
+}
