@@ -19,9 +19,13 @@
 #[cfg(test)]
 extern crate std;
 
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 compile_error!(
-    "efa-sys bindings are generated for x86_64 Linux (glibc); run efa-sys/regen-bindings for this target"
+    "efa-sys bindings are generated for x86_64 and aarch64 Linux (glibc); extend efa-sys/regen-bindings for this target"
 );
 
 #[allow(
@@ -34,6 +38,8 @@ compile_error!(
     clippy::pedantic,
     rustdoc::all
 )]
+#[cfg_attr(target_arch = "x86_64", path = "bindings/x86_64.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "bindings/aarch64.rs")]
 mod bindings;
 
 pub use bindings::*;

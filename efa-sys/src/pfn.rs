@@ -2,7 +2,7 @@
 // rdma-core: 55.0 (vendored in ibverbs-sys 0.3.2+55.0)
 // headers: infiniband/verbs.h, infiniband/efadv.h, rdma/efa-abi.h
 // generator: bindgen 0.73.2
-// target: x86_64-unknown-linux-gnu (glibc)
+// target: any (signatures are spelled in core::ffi types)
 //
 // One alias per function the headers declare, named after the C symbol.
 
