@@ -1,0 +1,55 @@
+//! Shared setup: engines on one sim network with one registry.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
+use transport::*;
+
+pub struct Cluster {
+    pub net: Arc<SimNetwork>,
+    pub meta: Arc<LocalRegistry>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Cluster {
+            net: SimNetwork::new(),
+            meta: Arc::new(LocalRegistry::new()),
+        }
+    }
+
+    pub fn engine(&self, name: &str, sim: SimConfig) -> (Engine, Arc<SimFabric>) {
+        self.engine_with(EngineConfig::new(name), sim)
+    }
+
+    pub fn engine_with(&self, cfg: EngineConfig, sim: SimConfig) -> (Engine, Arc<SimFabric>) {
+        let fabric = SimFabric::new(&self.net, sim).unwrap();
+        let engine = Engine::new(cfg, fabric.clone(), self.meta.clone()).unwrap();
+        (engine, fabric)
+    }
+}
+
+/// Registers `len` engine-owned bytes filled with `fill(i)`.
+pub fn owned(
+    engine: &Engine,
+    name: &str,
+    len: usize,
+    access: Access,
+    fill: impl Fn(usize) -> u8,
+) -> SegmentId {
+    let mut m = OwnedMemory::zeroed(len, 64).unwrap();
+    for (i, b) in m.as_mut_slice().iter_mut().enumerate() {
+        *b = fill(i);
+    }
+    engine
+        .register_owned(name, m, Location::Cpu(0), access)
+        .unwrap()
+}
+
+pub fn read_all(engine: &Engine, seg: SegmentId) -> Vec<u8> {
+    let len = engine.segment_info(seg).unwrap().len as usize;
+    let mut v = vec![0; len];
+    engine.read_owned(seg, 0, &mut v).unwrap();
+    v
+}
