@@ -48,9 +48,8 @@ pub use newer::{efadv_cq_attr, efadv_wq_attr};
 /// One `unsafe extern "C" fn` type alias per C function the headers declare,
 /// named after the C symbol; these are the field types of [`Verbs`] and
 /// [`Efadv`].
-#[allow(non_camel_case_types, missing_docs, clippy::all, rustdoc::all)]
 pub mod pfn {
-    include!("pfn.rs");
+    pub use crate::bindings::pfn::*;
     pub use crate::newer::pfn::*;
 }
 

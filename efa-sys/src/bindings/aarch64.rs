@@ -9755,3 +9755,307 @@ pub use self::IB_UVERBS_FLOW_ACTION_ESP_REPLAY_BMP as IBV_FLOW_ACTION_ESP_REPLAY
 pub use self::IB_UVERBS_FLOW_ACTION_ESP_REPLAY_NONE as IBV_FLOW_ACTION_ESP_REPLAY_NONE;
 pub use self::IB_UVERBS_FLOW_ACTION_IV_ALGO_SEQ as IBV_FLOW_ACTION_IV_ALGO_SEQ;
 pub use self::IB_UVERBS_QPF_GRH_REQUIRED as IBV_QPF_GRH_REQUIRED;
+
+/// One `unsafe extern "C" fn` type alias per function the headers
+/// declare, named after the C symbol.
+pub mod pfn {
+    use super::*;
+    pub type ibv_wc_status_str =
+        unsafe extern "C" fn(status: ibv_wc_status) -> *const ::core::ffi::c_char;
+    #[doc = " ibv_rate_to_mult - Convert the IB rate enum to a multiple of the\n base rate of 2.5 Gbit/sec.  For example, IBV_RATE_5_GBPS will be\n converted to 2, since 5 Gbit/sec is 2 * 2.5 Gbit/sec.\n @rate: rate to convert."]
+    pub type ibv_rate_to_mult = unsafe extern "C" fn(rate: ibv_rate) -> ::core::ffi::c_int;
+    #[doc = " mult_to_ibv_rate - Convert a multiple of 2.5 Gbit/sec to an IB rate enum.\n @mult: multiple to convert."]
+    pub type mult_to_ibv_rate = unsafe extern "C" fn(mult: ::core::ffi::c_int) -> ibv_rate;
+    #[doc = " ibv_rate_to_mbps - Convert the IB rate enum to Mbit/sec.\n For example, IBV_RATE_5_GBPS will return the value 5000.\n @rate: rate to convert."]
+    pub type ibv_rate_to_mbps = unsafe extern "C" fn(rate: ibv_rate) -> ::core::ffi::c_int;
+    #[doc = " mbps_to_ibv_rate - Convert a Mbit/sec value to an IB rate enum.\n @mbps: value to convert."]
+    pub type mbps_to_ibv_rate = unsafe extern "C" fn(mbps: ::core::ffi::c_int) -> ibv_rate;
+    pub type ibv_wr_opcode_str =
+        unsafe extern "C" fn(opcode: ibv_wr_opcode) -> *const ::core::ffi::c_char;
+    pub type ibv_qp_to_qp_ex = unsafe extern "C" fn(qp: *mut ibv_qp) -> *mut ibv_qp_ex;
+    #[doc = " ibv_get_device_list - Get list of IB devices currently available\n @num_devices: optional.  if non-NULL, set to the number of devices\n returned in the array.\n\n Return a NULL-terminated array of IB devices.  The array can be\n released with ibv_free_device_list()."]
+    pub type ibv_get_device_list =
+        unsafe extern "C" fn(num_devices: *mut ::core::ffi::c_int) -> *mut *mut ibv_device;
+    #[doc = " ibv_free_device_list - Free list from ibv_get_device_list()\n\n Free an array of devices returned from ibv_get_device_list().  Once\n the array is freed, pointers to devices that were not opened with\n ibv_open_device() are no longer valid.  Client code must open all\n devices it intends to use before calling ibv_free_device_list()."]
+    pub type ibv_free_device_list = unsafe extern "C" fn(list: *mut *mut ibv_device);
+    #[doc = " ibv_get_device_name - Return kernel device name"]
+    pub type ibv_get_device_name =
+        unsafe extern "C" fn(device: *mut ibv_device) -> *const ::core::ffi::c_char;
+    #[doc = " ibv_get_device_index - Return kernel device index\n\n Available for the kernel with support of IB device query\n over netlink interface. For the unsupported kernels, the\n relevant -1 will be returned."]
+    pub type ibv_get_device_index =
+        unsafe extern "C" fn(device: *mut ibv_device) -> ::core::ffi::c_int;
+    #[doc = " ibv_get_device_guid - Return device's node GUID"]
+    pub type ibv_get_device_guid = unsafe extern "C" fn(device: *mut ibv_device) -> __be64;
+    #[doc = " ibv_open_device - Initialize device for use"]
+    pub type ibv_open_device = unsafe extern "C" fn(device: *mut ibv_device) -> *mut ibv_context;
+    #[doc = " ibv_close_device - Release device"]
+    pub type ibv_close_device =
+        unsafe extern "C" fn(context: *mut ibv_context) -> ::core::ffi::c_int;
+    #[doc = " ibv_import_device - Import device"]
+    pub type ibv_import_device =
+        unsafe extern "C" fn(cmd_fd: ::core::ffi::c_int) -> *mut ibv_context;
+    #[doc = " ibv_import_pd - Import a protetion domain"]
+    pub type ibv_import_pd =
+        unsafe extern "C" fn(context: *mut ibv_context, pd_handle: u32) -> *mut ibv_pd;
+    #[doc = " ibv_unimport_pd - Unimport a protetion domain"]
+    pub type ibv_unimport_pd = unsafe extern "C" fn(pd: *mut ibv_pd);
+    #[doc = " ibv_import_mr - Import a memory region"]
+    pub type ibv_import_mr = unsafe extern "C" fn(pd: *mut ibv_pd, mr_handle: u32) -> *mut ibv_mr;
+    #[doc = " ibv_unimport_mr - Unimport a memory region"]
+    pub type ibv_unimport_mr = unsafe extern "C" fn(mr: *mut ibv_mr);
+    #[doc = " ibv_import_dm - Import a device memory"]
+    pub type ibv_import_dm =
+        unsafe extern "C" fn(context: *mut ibv_context, dm_handle: u32) -> *mut ibv_dm;
+    #[doc = " ibv_unimport_dm - Unimport a device memory"]
+    pub type ibv_unimport_dm = unsafe extern "C" fn(dm: *mut ibv_dm);
+    #[doc = " ibv_get_async_event - Get next async event\n @event: Pointer to use to return async event\n\n All async events returned by ibv_get_async_event() must eventually\n be acknowledged with ibv_ack_async_event()."]
+    pub type ibv_get_async_event = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        event: *mut ibv_async_event,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_ack_async_event - Acknowledge an async event\n @event: Event to be acknowledged.\n\n All async events which are returned by ibv_get_async_event() must\n be acknowledged.  To avoid races, destroying an object (CQ, SRQ or\n QP) will wait for all affiliated events to be acknowledged, so\n there should be a one-to-one correspondence between acks and\n successful gets."]
+    pub type ibv_ack_async_event = unsafe extern "C" fn(event: *mut ibv_async_event);
+    #[doc = " ibv_query_device - Get device properties"]
+    pub type ibv_query_device = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        device_attr: *mut ibv_device_attr,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_query_port - Get port properties"]
+    pub type ibv_query_port = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        port_num: u8,
+        port_attr: *mut _compat_ibv_port_attr,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_query_gid - Get a GID table entry"]
+    pub type ibv_query_gid = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        port_num: u8,
+        index: ::core::ffi::c_int,
+        gid: *mut ibv_gid,
+    ) -> ::core::ffi::c_int;
+    pub type _ibv_query_gid_ex = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        port_num: u32,
+        gid_index: u32,
+        entry: *mut ibv_gid_entry,
+        flags: u32,
+        entry_size: usize,
+    ) -> ::core::ffi::c_int;
+    pub type _ibv_query_gid_table = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        entries: *mut ibv_gid_entry,
+        max_entries: usize,
+        flags: u32,
+        entry_size: usize,
+    ) -> isize;
+    #[doc = " ibv_query_pkey - Get a P_Key table entry"]
+    pub type ibv_query_pkey = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        port_num: u8,
+        index: ::core::ffi::c_int,
+        pkey: *mut __be16,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_get_pkey_index - Translate a P_Key into a P_Key index"]
+    pub type ibv_get_pkey_index = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        port_num: u8,
+        pkey: __be16,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_alloc_pd - Allocate a protection domain"]
+    pub type ibv_alloc_pd = unsafe extern "C" fn(context: *mut ibv_context) -> *mut ibv_pd;
+    #[doc = " ibv_dealloc_pd - Free a protection domain"]
+    pub type ibv_dealloc_pd = unsafe extern "C" fn(pd: *mut ibv_pd) -> ::core::ffi::c_int;
+    #[doc = " ibv_reg_mr_iova2 - Register memory region with a virtual offset address\n\n This version will be called if ibv_reg_mr or ibv_reg_mr_iova were called\n with at least one optional access flag from the IBV_ACCESS_OPTIONAL_RANGE\n bits flag range. The optional access flags will be masked if running over\n kernel that does not support passing them."]
+    pub type ibv_reg_mr_iova2 = unsafe extern "C" fn(
+        pd: *mut ibv_pd,
+        addr: *mut ::core::ffi::c_void,
+        length: usize,
+        iova: u64,
+        access: ::core::ffi::c_uint,
+    ) -> *mut ibv_mr;
+    #[doc = " ibv_reg_mr - Register a memory region"]
+    pub type ibv_reg_mr = unsafe extern "C" fn(
+        pd: *mut ibv_pd,
+        addr: *mut ::core::ffi::c_void,
+        length: usize,
+        access: ::core::ffi::c_int,
+    ) -> *mut ibv_mr;
+    #[doc = " ibv_reg_mr_iova - Register a memory region with a virtual offset\n address"]
+    pub type ibv_reg_mr_iova = unsafe extern "C" fn(
+        pd: *mut ibv_pd,
+        addr: *mut ::core::ffi::c_void,
+        length: usize,
+        iova: u64,
+        access: ::core::ffi::c_int,
+    ) -> *mut ibv_mr;
+    #[doc = " ibv_reg_dmabuf_mr - Register a dmabuf-based memory region"]
+    pub type ibv_reg_dmabuf_mr = unsafe extern "C" fn(
+        pd: *mut ibv_pd,
+        offset: u64,
+        length: usize,
+        iova: u64,
+        fd: ::core::ffi::c_int,
+        access: ::core::ffi::c_int,
+    ) -> *mut ibv_mr;
+    #[doc = " ibv_rereg_mr - Re-Register a memory region"]
+    pub type ibv_rereg_mr = unsafe extern "C" fn(
+        mr: *mut ibv_mr,
+        flags: ::core::ffi::c_int,
+        pd: *mut ibv_pd,
+        addr: *mut ::core::ffi::c_void,
+        length: usize,
+        access: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_dereg_mr - Deregister a memory region"]
+    pub type ibv_dereg_mr = unsafe extern "C" fn(mr: *mut ibv_mr) -> ::core::ffi::c_int;
+    #[doc = " ibv_create_comp_channel - Create a completion event channel"]
+    pub type ibv_create_comp_channel =
+        unsafe extern "C" fn(context: *mut ibv_context) -> *mut ibv_comp_channel;
+    #[doc = " ibv_destroy_comp_channel - Destroy a completion event channel"]
+    pub type ibv_destroy_comp_channel =
+        unsafe extern "C" fn(channel: *mut ibv_comp_channel) -> ::core::ffi::c_int;
+    #[doc = " ibv_create_cq - Create a completion queue\n @context - Context CQ will be attached to\n @cqe - Minimum number of entries required for CQ\n @cq_context - Consumer-supplied context returned for completion events\n @channel - Completion channel where completion events will be queued.\n     May be NULL if completion events will not be used.\n @comp_vector - Completion vector used to signal completion events.\n     Must be >= 0 and < context->num_comp_vectors."]
+    pub type ibv_create_cq = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        cqe: ::core::ffi::c_int,
+        cq_context: *mut ::core::ffi::c_void,
+        channel: *mut ibv_comp_channel,
+        comp_vector: ::core::ffi::c_int,
+    ) -> *mut ibv_cq;
+    #[doc = " ibv_resize_cq - Modifies the capacity of the CQ.\n @cq: The CQ to resize.\n @cqe: The minimum size of the CQ.\n\n Users can examine the cq structure to determine the actual CQ size."]
+    pub type ibv_resize_cq =
+        unsafe extern "C" fn(cq: *mut ibv_cq, cqe: ::core::ffi::c_int) -> ::core::ffi::c_int;
+    #[doc = " ibv_destroy_cq - Destroy a completion queue"]
+    pub type ibv_destroy_cq = unsafe extern "C" fn(cq: *mut ibv_cq) -> ::core::ffi::c_int;
+    #[doc = " ibv_get_cq_event - Read next CQ event\n @channel: Channel to get next event from.\n @cq: Used to return pointer to CQ.\n @cq_context: Used to return consumer-supplied CQ context.\n\n All completion events returned by ibv_get_cq_event() must\n eventually be acknowledged with ibv_ack_cq_events()."]
+    pub type ibv_get_cq_event = unsafe extern "C" fn(
+        channel: *mut ibv_comp_channel,
+        cq: *mut *mut ibv_cq,
+        cq_context: *mut *mut ::core::ffi::c_void,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_ack_cq_events - Acknowledge CQ completion events\n @cq: CQ to acknowledge events for\n @nevents: Number of events to acknowledge.\n\n All completion events which are returned by ibv_get_cq_event() must\n be acknowledged.  To avoid races, ibv_destroy_cq() will wait for\n all completion events to be acknowledged, so there should be a\n one-to-one correspondence between acks and successful gets.  An\n application may accumulate multiple completion events and\n acknowledge them in a single call to ibv_ack_cq_events() by passing\n the number of events to ack in @nevents."]
+    pub type ibv_ack_cq_events =
+        unsafe extern "C" fn(cq: *mut ibv_cq, nevents: ::core::ffi::c_uint);
+    #[doc = " ibv_create_srq - Creates a SRQ associated with the specified protection\n   domain.\n @pd: The protection domain associated with the SRQ.\n @srq_init_attr: A list of initial attributes required to create the SRQ.\n\n srq_attr->max_wr and srq_attr->max_sge are read the determine the\n requested size of the SRQ, and set to the actual values allocated\n on return.  If ibv_create_srq() succeeds, then max_wr and max_sge\n will always be at least as large as the requested values."]
+    pub type ibv_create_srq = unsafe extern "C" fn(
+        pd: *mut ibv_pd,
+        srq_init_attr: *mut ibv_srq_init_attr,
+    ) -> *mut ibv_srq;
+    #[doc = " ibv_modify_srq - Modifies the attributes for the specified SRQ.\n @srq: The SRQ to modify.\n @srq_attr: On input, specifies the SRQ attributes to modify.  On output,\n   the current values of selected SRQ attributes are returned.\n @srq_attr_mask: A bit-mask used to specify which attributes of the SRQ\n   are being modified.\n\n The mask may contain IBV_SRQ_MAX_WR to resize the SRQ and/or\n IBV_SRQ_LIMIT to set the SRQ's limit and request notification when\n the number of receives queued drops below the limit."]
+    pub type ibv_modify_srq = unsafe extern "C" fn(
+        srq: *mut ibv_srq,
+        srq_attr: *mut ibv_srq_attr,
+        srq_attr_mask: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_query_srq - Returns the attribute list and current values for the\n   specified SRQ.\n @srq: The SRQ to query.\n @srq_attr: The attributes of the specified SRQ."]
+    pub type ibv_query_srq =
+        unsafe extern "C" fn(srq: *mut ibv_srq, srq_attr: *mut ibv_srq_attr) -> ::core::ffi::c_int;
+    #[doc = " ibv_destroy_srq - Destroys the specified SRQ.\n @srq: The SRQ to destroy."]
+    pub type ibv_destroy_srq = unsafe extern "C" fn(srq: *mut ibv_srq) -> ::core::ffi::c_int;
+    #[doc = " ibv_create_qp - Create a queue pair."]
+    pub type ibv_create_qp =
+        unsafe extern "C" fn(pd: *mut ibv_pd, qp_init_attr: *mut ibv_qp_init_attr) -> *mut ibv_qp;
+    #[doc = " ibv_modify_qp - Modify a queue pair."]
+    pub type ibv_modify_qp = unsafe extern "C" fn(
+        qp: *mut ibv_qp,
+        attr: *mut ibv_qp_attr,
+        attr_mask: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_query_qp_data_in_order - Checks whether the data is guaranteed to be\n   written in-order.\n @qp: The QP to query.\n @op: Operation type.\n @flags: Flags are used to select a query type.\n For IBV_QUERY_QP_DATA_IN_ORDER_RETURN_CAPS, the function will return a\n capabilities vector. If 0, will query for IBV_QUERY_QP_DATA_IN_ORDER_WHOLE_MSG\n support and return 0/1 result.\n\n Return Value\n ibv_query_qp_data_in_order() return value is determined by flags.\n For each capability bit, 1 is returned if the data is guaranteed to be\n written in-order for selected operation and type, 0 otherwise."]
+    pub type ibv_query_qp_data_in_order =
+        unsafe extern "C" fn(qp: *mut ibv_qp, op: ibv_wr_opcode, flags: u32) -> ::core::ffi::c_int;
+    #[doc = " ibv_query_qp - Returns the attribute list and current values for the\n   specified QP.\n @qp: The QP to query.\n @attr: The attributes of the specified QP.\n @attr_mask: A bit-mask used to select specific attributes to query.\n @init_attr: Additional attributes of the selected QP.\n\n The qp_attr_mask may be used to limit the query to gathering only the\n selected attributes."]
+    pub type ibv_query_qp = unsafe extern "C" fn(
+        qp: *mut ibv_qp,
+        attr: *mut ibv_qp_attr,
+        attr_mask: ::core::ffi::c_int,
+        init_attr: *mut ibv_qp_init_attr,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_destroy_qp - Destroy a queue pair."]
+    pub type ibv_destroy_qp = unsafe extern "C" fn(qp: *mut ibv_qp) -> ::core::ffi::c_int;
+    #[doc = " ibv_create_ah - Create an address handle."]
+    pub type ibv_create_ah =
+        unsafe extern "C" fn(pd: *mut ibv_pd, attr: *mut ibv_ah_attr) -> *mut ibv_ah;
+    #[doc = " ibv_init_ah_from_wc - Initializes address handle attributes from a\n   work completion.\n @context: Device context on which the received message arrived.\n @port_num: Port on which the received message arrived.\n @wc: Work completion associated with the received message.\n @grh: References the received global route header.  This parameter is\n   ignored unless the work completion indicates that the GRH is valid.\n @ah_attr: Returned attributes that can be used when creating an address\n   handle for replying to the message."]
+    pub type ibv_init_ah_from_wc = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        port_num: u8,
+        wc: *mut ibv_wc,
+        grh: *mut ibv_grh,
+        ah_attr: *mut ibv_ah_attr,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_create_ah_from_wc - Creates an address handle associated with the\n   sender of the specified work completion.\n @pd: The protection domain associated with the address handle.\n @wc: Work completion information associated with a received message.\n @grh: References the received global route header.  This parameter is\n   ignored unless the work completion indicates that the GRH is valid.\n @port_num: The outbound port number to associate with the address.\n\n The address handle is used to reference a local or global destination\n in all UD QP post sends."]
+    pub type ibv_create_ah_from_wc = unsafe extern "C" fn(
+        pd: *mut ibv_pd,
+        wc: *mut ibv_wc,
+        grh: *mut ibv_grh,
+        port_num: u8,
+    ) -> *mut ibv_ah;
+    #[doc = " ibv_destroy_ah - Destroy an address handle."]
+    pub type ibv_destroy_ah = unsafe extern "C" fn(ah: *mut ibv_ah) -> ::core::ffi::c_int;
+    #[doc = " ibv_attach_mcast - Attaches the specified QP to a multicast group.\n @qp: QP to attach to the multicast group.  The QP must be a UD QP.\n @gid: Multicast group GID.\n @lid: Multicast group LID in host byte order.\n\n In order to route multicast packets correctly, subnet\n administration must have created the multicast group and configured\n the fabric appropriately.  The port associated with the specified\n QP must also be a member of the multicast group."]
+    pub type ibv_attach_mcast =
+        unsafe extern "C" fn(qp: *mut ibv_qp, gid: *const ibv_gid, lid: u16) -> ::core::ffi::c_int;
+    #[doc = " ibv_detach_mcast - Detaches the specified QP from a multicast group.\n @qp: QP to detach from the multicast group.\n @gid: Multicast group GID.\n @lid: Multicast group LID in host byte order."]
+    pub type ibv_detach_mcast =
+        unsafe extern "C" fn(qp: *mut ibv_qp, gid: *const ibv_gid, lid: u16) -> ::core::ffi::c_int;
+    #[doc = " ibv_fork_init - Prepare data structures so that fork() may be used\n safely.  If this function is not called or returns a non-zero\n status, then libibverbs data structures are not fork()-safe and the\n effect of an application calling fork() is undefined."]
+    pub type ibv_fork_init = unsafe extern "C" fn() -> ::core::ffi::c_int;
+    #[doc = " ibv_is_fork_initialized - Check if fork support\n (ibv_fork_init) was enabled."]
+    pub type ibv_is_fork_initialized = unsafe extern "C" fn() -> ibv_fork_status;
+    #[doc = " ibv_node_type_str - Return string describing node_type enum value"]
+    pub type ibv_node_type_str =
+        unsafe extern "C" fn(node_type: ibv_node_type) -> *const ::core::ffi::c_char;
+    #[doc = " ibv_port_state_str - Return string describing port_state enum value"]
+    pub type ibv_port_state_str =
+        unsafe extern "C" fn(port_state: ibv_port_state) -> *const ::core::ffi::c_char;
+    #[doc = " ibv_event_type_str - Return string describing event_type enum value"]
+    pub type ibv_event_type_str =
+        unsafe extern "C" fn(event: ibv_event_type) -> *const ::core::ffi::c_char;
+    pub type ibv_resolve_eth_l2_from_gid = unsafe extern "C" fn(
+        context: *mut ibv_context,
+        attr: *mut ibv_ah_attr,
+        eth_mac: *mut u8,
+        vid: *mut u16,
+    ) -> ::core::ffi::c_int;
+    #[doc = " ibv_set_ece - Set ECE options"]
+    pub type ibv_set_ece =
+        unsafe extern "C" fn(qp: *mut ibv_qp, ece: *mut ibv_ece) -> ::core::ffi::c_int;
+    #[doc = " ibv_query_ece - Get accepted ECE options"]
+    pub type ibv_query_ece =
+        unsafe extern "C" fn(qp: *mut ibv_qp, ece: *mut ibv_ece) -> ::core::ffi::c_int;
+    pub type efadv_create_driver_qp = unsafe extern "C" fn(
+        ibvpd: *mut ibv_pd,
+        attr: *mut ibv_qp_init_attr,
+        driver_qp_type: u32,
+    ) -> *mut ibv_qp;
+    pub type efadv_create_qp_ex = unsafe extern "C" fn(
+        ibvctx: *mut ibv_context,
+        attr_ex: *mut ibv_qp_init_attr_ex,
+        efa_attr: *mut efadv_qp_init_attr,
+        inlen: u32,
+    ) -> *mut ibv_qp;
+    pub type efadv_query_device = unsafe extern "C" fn(
+        ibvctx: *mut ibv_context,
+        attr: *mut efadv_device_attr,
+        inlen: u32,
+    ) -> ::core::ffi::c_int;
+    pub type efadv_query_ah = unsafe extern "C" fn(
+        ibvah: *mut ibv_ah,
+        attr: *mut efadv_ah_attr,
+        inlen: u32,
+    ) -> ::core::ffi::c_int;
+    pub type efadv_create_cq = unsafe extern "C" fn(
+        ibvctx: *mut ibv_context,
+        attr_ex: *mut ibv_cq_init_attr_ex,
+        efa_attr: *mut efadv_cq_init_attr,
+        inlen: u32,
+    ) -> *mut ibv_cq_ex;
+    pub type efadv_cq_from_ibv_cq_ex =
+        unsafe extern "C" fn(ibvcqx: *mut ibv_cq_ex) -> *mut efadv_cq;
+    pub type efadv_query_mr = unsafe extern "C" fn(
+        ibvmr: *mut ibv_mr,
+        attr: *mut efadv_mr_attr,
+        inlen: u32,
+    ) -> ::core::ffi::c_int;
+}
