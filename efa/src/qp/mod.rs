@@ -926,3 +926,6 @@ impl<T: Transport> Drop for Qp<T> {
         unsafe { (self.pd.context().verbs().ibv_destroy_qp)(self.raw.as_ptr()) };
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -154,20 +154,38 @@ pub fn check_wr(
 }
 
 /// Where a datagram (SRD or UD) work request goes: an AH plus the peer's QP number and Q_Key.
+///
+/// Borrows the AH, so it stays alive while work requests are built from it.
 #[derive(Debug, Clone, Copy)]
 pub struct Dest<'a> {
-    /// Address handle of the peer port.
-    pub ah: &'a Ah,
+    ah: *mut efa_sys::ibv_ah,
     /// The peer's QP number.
     pub qpn: u32,
     /// The peer's Q_Key.
     pub qkey: u32,
+    _ah: PhantomData<&'a Ah>,
 }
 
 impl<'a> Dest<'a> {
-    /// A destination.
+    /// A destination through `ah`.
     pub fn new(ah: &'a Ah, qpn: u32, qkey: u32) -> Self {
-        Dest { ah, qpn, qkey }
+        Dest {
+            ah: ah.as_raw(),
+            qpn,
+            qkey,
+            _ah: PhantomData,
+        }
+    }
+
+    /// A destination whose AH pointer is only a marker, for posting tests against fake ops.
+    #[cfg(test)]
+    pub(crate) fn fake(marker: usize, qpn: u32, qkey: u32) -> Dest<'static> {
+        Dest {
+            ah: marker as *mut efa_sys::ibv_ah,
+            qpn,
+            qkey,
+            _ah: PhantomData,
+        }
     }
 }
 
@@ -226,7 +244,7 @@ impl SendCore {
                 SendOp::Read => efa_sys::ibv_wr_rdma_read(q, remote.rkey, remote.addr),
             }
             if let Some(d) = dest {
-                efa_sys::ibv_wr_set_ud_addr(q, d.ah.as_raw(), d.qpn, d.qkey);
+                efa_sys::ibv_wr_set_ud_addr(q, d.ah, d.qpn, d.qkey);
             }
             match payload {
                 Payload::Sges([one]) => {
