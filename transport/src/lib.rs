@@ -40,6 +40,7 @@
 mod access;
 mod batch;
 pub mod descriptor;
+pub mod discovery;
 mod engine;
 mod error;
 pub mod fabric;
@@ -56,6 +57,7 @@ mod worker;
 pub use access::Access;
 pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
+pub use discovery::{DiscoveryConfig, PeerMetadata};
 pub use engine::{Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo};
 pub use error::{FabricError, FailReason, TransportError};
 pub use location::{Location, LocationParseError};

@@ -52,7 +52,9 @@
 //! Fabrics whose target side needs CPU work (TCP service threads, EFA receive CQs) run it on their
 //! own threads; the transport never polls on behalf of a target.
 
+pub mod auto;
 pub mod sim;
+pub mod tcp;
 
 use std::sync::Arc;
 

@@ -1,0 +1,432 @@
+//! Peer-to-peer discovery, the embedded default: no external service.
+//!
+//! Every engine runs a [`PeerMetadata`]: a [`Metadata`] implementation that keeps the
+//! descriptors this engine publishes and serves them over TCP from a small server thread.
+//! Opening `host:port/segment` asks that server directly; opening a plain name looks in the
+//! local store, then asks the configured peers in order. Each connection starts with a
+//! handshake carrying the requester's fabric addresses, which the target hands to
+//! [`Fabric::accept`] (for EFA: the reverse address handle). The frames are versioned and
+//! length-checked ([`wire`]); every read has a deadline, connections are bounded in number,
+//! and a hostile or broken client is logged and dropped without disturbing others.
+//!
+//! A cluster-wide store (etcd) would be another [`Metadata`] implementation; fabrics and the
+//! engine do not change.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use transport::discovery::{DiscoveryConfig, PeerMetadata};
+//! use transport::fabric::tcp::{TcpConfig, TcpFabric};
+//! use transport::{Engine, EngineConfig};
+//!
+//! let fabric = TcpFabric::new(TcpConfig::default())?;
+//! let meta = PeerMetadata::bind(DiscoveryConfig::new("node-a"))?;
+//! meta.attach_fabric(fabric.clone());
+//! let engine = Engine::new(EngineConfig::new("node-a"), fabric, meta.clone())?;
+//! let remote = engine.open_segment("10.0.0.2:7000/kv/0")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod conn;
+mod server;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::descriptor::SegmentDescriptor;
+use crate::fabric::Fabric;
+use crate::metadata::{Metadata, MetadataError};
+use conn::{read_frame, write_frame, FrameError};
+use wire::{ErrorCode, Message, PeerHello};
+
+/// Settings of a [`PeerMetadata`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Engine name (the owner of published descriptors, sent in hellos).
+    pub engine: String,
+    /// Where the server binds (`127.0.0.1:0` by default).
+    pub bind: SocketAddr,
+    /// Discovery servers (`host:port`) asked, in order, for names not published locally.
+    pub peers: Vec<String>,
+    /// Bound on connecting to a peer's server.
+    pub connect_timeout: Duration,
+    /// A frame, once begun, must arrive whole within this (defeats slow-drip clients).
+    pub frame_timeout: Duration,
+    /// An idle connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Largest frame body accepted.
+    pub max_frame: usize,
+    /// Most connections served at once; more are refused.
+    pub max_connections: usize,
+}
+
+impl DiscoveryConfig {
+    /// Defaults for engine `engine`: loopback any port, no peers, 2 s connect and frame
+    /// timeouts, 10 s idle timeout, 64 KiB frames, 64 connections.
+    pub fn new(engine: impl Into<String>) -> Self {
+        DiscoveryConfig {
+            engine: engine.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peers: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            frame_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            max_frame: wire::DEFAULT_MAX_BODY,
+            max_connections: 64,
+        }
+    }
+}
+
+/// Counters of a discovery server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiscoveryStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections or handshakes rejected (malformed, hostile, refused, over the limit).
+    pub rejected: u64,
+    /// Descriptors served.
+    pub served: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    served: AtomicU64,
+}
+
+pub(crate) struct State {
+    config: DiscoveryConfig,
+    store: Mutex<HashMap<String, SegmentDescriptor>>,
+    fabric: RwLock<Option<Arc<dyn Fabric>>>,
+    peers: RwLock<Vec<String>>,
+    stop: AtomicBool,
+    active: AtomicUsize,
+    stats: Stats,
+}
+
+impl State {
+    fn find(&self, name: &str) -> Option<SegmentDescriptor> {
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    fn fabric(&self) -> Option<Arc<dyn Fabric>> {
+        self.fabric
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn own_hello(&self) -> PeerHello {
+        let f = self.fabric();
+        PeerHello {
+            engine: self.config.engine.clone(),
+            fabric: f.as_ref().map(|f| f.name().to_string()).unwrap_or_default(),
+            addresses: f.map(|f| f.local_addresses()).unwrap_or_default(),
+        }
+    }
+
+    /// Target side of the handshake: let the fabric accept the requester.
+    fn accept(&self, hello: &PeerHello) -> Result<(), String> {
+        let Some(f) = self.fabric() else {
+            return Ok(());
+        };
+        if hello.fabric.is_empty() || hello.addresses.is_empty() {
+            return Ok(());
+        }
+        if hello.fabric != f.name() {
+            return Err(format!(
+                "engine {:?} speaks fabric {:?}, this engine {:?}",
+                hello.engine,
+                hello.fabric,
+                f.name()
+            ));
+        }
+        f.accept(&hello.addresses)
+            .map_err(|e| format!("fabric refused engine {:?}: {e}", hello.engine))
+    }
+}
+
+/// The embedded discovery service of one engine. See the [module docs](self).
+pub struct PeerMetadata {
+    state: Arc<State>,
+    local: SocketAddr,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PeerMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerMetadata")
+            .field("engine", &self.state.config.engine)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits `host:port/segment` into the server address and the segment name; `None` for a
+/// plain name (no `/`, or no `:port` before the first `/`).
+pub fn split_remote_name(name: &str) -> Option<(&str, &str)> {
+    let (host, seg) = name.split_once('/')?;
+    let (h, port) = host.rsplit_once(':')?;
+    if h.is_empty()
+        || seg.is_empty()
+        || port.is_empty()
+        || !port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    port.parse::<u16>().ok()?;
+    Some((host, seg))
+}
+
+impl PeerMetadata {
+    /// Binds the server and starts its thread.
+    pub fn bind(config: DiscoveryConfig) -> Result<Arc<PeerMetadata>, MetadataError> {
+        let listener = TcpListener::bind(config.bind).map_err(|e| {
+            MetadataError::Unavailable(format!("discovery: cannot bind {}: {e}", config.bind))
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| MetadataError::Unavailable(format!("discovery: local address: {e}")))?;
+        let state = Arc::new(State {
+            peers: RwLock::new(config.peers.clone()),
+            config,
+            store: Mutex::new(HashMap::new()),
+            fabric: RwLock::new(None),
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            stats: Stats::default(),
+        });
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || server::run(listener, st))
+            .map_err(|e| MetadataError::Unavailable(format!("discovery: thread: {e}")))?;
+        log::info!(
+            "discovery: engine {:?} serving on {local}",
+            state.config.engine
+        );
+        Ok(Arc::new(PeerMetadata {
+            state,
+            local,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Where the server listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Uses `fabric` for handshakes: its addresses go into this engine's hellos, and hellos
+    /// from others are handed to its [`Fabric::accept`].
+    pub fn attach_fabric(&self, fabric: Arc<dyn Fabric>) {
+        *self
+            .state
+            .fabric
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fabric);
+    }
+
+    /// Adds a discovery server (`host:port`) to ask for plain names.
+    pub fn add_peer(&self, peer: impl Into<String>) {
+        self.state
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(peer.into());
+    }
+
+    /// Server counters.
+    pub fn stats(&self) -> DiscoveryStats {
+        let s = &self.state.stats;
+        DiscoveryStats {
+            accepted: s.accepted.load(Relaxed),
+            rejected: s.rejected.load(Relaxed),
+            served: s.served.load(Relaxed),
+        }
+    }
+
+    fn connect(&self, server: &str) -> Result<(TcpStream, PeerHello), MetadataError> {
+        let c = &self.state.config;
+        let unavailable = |why: String| MetadataError::Unavailable(format!("{server}: {why}"));
+        let addrs: Vec<SocketAddr> = server
+            .to_socket_addrs()
+            .map_err(|e| unavailable(format!("cannot resolve: {e}")))?
+            .collect();
+        let mut last = String::from("no addresses");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, c.connect_timeout) {
+                Ok(mut sock) => {
+                    let _ = sock.set_nodelay(true);
+                    let hello = Message::Hello(self.state.own_hello());
+                    write_frame(&mut sock, &hello, c.frame_timeout)
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    return match read_frame(
+                        &mut sock,
+                        c.max_frame,
+                        c.frame_timeout,
+                        c.frame_timeout,
+                    ) {
+                        Ok(Message::Welcome(w)) => Ok((sock, w)),
+                        Ok(Message::Error { code, message }) => Err(unavailable(format!(
+                            "handshake refused ({code:?}): {message}"
+                        ))),
+                        Ok(_) => Err(unavailable("unexpected reply to hello".into())),
+                        Err(e) => Err(unavailable(e.to_string())),
+                    };
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(unavailable(last))
+    }
+
+    /// Handshakes with the discovery server at `server` (`host:port`) and returns what it
+    /// says about itself. The server's fabric accepts this engine's addresses.
+    pub fn hello(&self, server: &str) -> Result<PeerHello, MetadataError> {
+        self.connect(server).map(|(_, w)| w)
+    }
+
+    /// Asks the server at `server` for segment `name`.
+    pub fn fetch(&self, server: &str, name: &str) -> Result<SegmentDescriptor, MetadataError> {
+        let c = &self.state.config;
+        let (mut sock, _) = self.connect(server)?;
+        let unavailable = |why: String| MetadataError::Unavailable(format!("{server}: {why}"));
+        write_frame(
+            &mut sock,
+            &Message::Lookup(name.to_string()),
+            c.frame_timeout,
+        )
+        .map_err(|e| unavailable(e.to_string()))?;
+        match read_frame(&mut sock, c.max_frame, c.frame_timeout, c.frame_timeout) {
+            Ok(Message::Found(d)) if d.name == name => Ok(d),
+            Ok(Message::Found(d)) => {
+                Err(unavailable(format!("asked for {name:?}, got {:?}", d.name)))
+            }
+            Ok(Message::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }) => Err(MetadataError::NotFound(name.to_string())),
+            Ok(Message::Error { code, message }) => {
+                Err(unavailable(format!("{code:?}: {message}")))
+            }
+            Ok(_) => Err(unavailable("unexpected reply to lookup".into())),
+            Err(FrameError::Wire(e)) => Err(unavailable(format!("malformed reply: {e}"))),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+
+    /// Stops the server (also on drop). Lookups by this instance still work.
+    pub fn shutdown(&self) {
+        if self.state.stop.swap(true, AcqRel) {
+            return;
+        }
+        let _ = TcpStream::connect_timeout(&self.local, Duration::from_millis(200));
+        let t = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PeerMetadata {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Metadata for PeerMetadata {
+    fn publish(&self, desc: &SegmentDescriptor) -> Result<(), MetadataError> {
+        // Encode once so a descriptor this engine could not send is refused here.
+        desc.encode().map_err(|source| MetadataError::Corrupt {
+            name: desc.name.clone(),
+            source,
+        })?;
+        let mut store = self
+            .state
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = store.get(&desc.name) {
+            if old.engine != desc.engine {
+                return Err(MetadataError::Conflict {
+                    name: desc.name.clone(),
+                    owner: old.engine.clone(),
+                });
+            }
+        }
+        store.insert(desc.name.clone(), desc.clone());
+        Ok(())
+    }
+
+    fn lookup(&self, name: &str) -> Result<SegmentDescriptor, MetadataError> {
+        if let Some((server, seg)) = split_remote_name(name) {
+            return self.fetch(server, seg);
+        }
+        if let Some(d) = self.state.find(name) {
+            return Ok(d);
+        }
+        let peers = self
+            .state
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut failures = Vec::new();
+        for p in &peers {
+            match self.fetch(p, name) {
+                Ok(d) => return Ok(d),
+                Err(MetadataError::NotFound(_)) => {}
+                Err(e) => {
+                    log::warn!("discovery: peer {p} unavailable: {e}");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        if !peers.is_empty() && failures.len() == peers.len() {
+            return Err(MetadataError::Unavailable(failures.join("; ")));
+        }
+        Err(MetadataError::NotFound(name.to_string()))
+    }
+
+    fn remove(&self, name: &str) -> Result<bool, MetadataError> {
+        Ok(self
+            .state
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_names_split_at_the_first_slash() {
+        assert_eq!(
+            split_remote_name("127.0.0.1:7000/kv/0"),
+            Some(("127.0.0.1:7000", "kv/0"))
+        );
+        assert_eq!(split_remote_name("node-b:80/w"), Some(("node-b:80", "w")));
+        assert_eq!(split_remote_name("[::1]:9/x"), Some(("[::1]:9", "x")));
+        for plain in ["kv/0", "kv", "a:b/c", "h:99999/x", "h:1/", ":1/x"] {
+            assert_eq!(split_remote_name(plain), None, "{plain}");
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The discovery protocol's frames and their versioned, length-checked encoding.
+//!
+//! # Wire format (version 1.0)
+//!
+//! All integers little-endian; `str`/`bytes` are a `u16` length and that many bytes.
+//!
+//! ```text
+//! header   magic "EFPD" | major u8 | minor u8 | kind u8 | 0 u8 | body length u32   (12 bytes)
+//! body     Hello / Welcome: engine str | fabric str | rails u16 | per rail: address bytes
+//!          Lookup:          name str
+//!          Found:           descriptor bytes (a SegmentDescriptor, u32 length)
+//!          Error:           code u8 | message str
+//! ```
+//!
+//! A connection starts with the requester's `Hello` (its engine, fabric and per-rail
+//! addresses, so the target can accept it, e.g. create the reverse EFA address handle) and the
+//! target's `Welcome`; then `Lookup`s, each answered by `Found` or `Error`. The body length is
+//! checked against a maximum before anything is allocated. A different major version is
+//! refused; a newer minor may append fields, which are skipped. Decoding never panics
+//! (fuzzed by `fuzz/fuzz_targets/handshake.rs`).
+
+use crate::descriptor::{DescriptorError, SegmentDescriptor, MAX_BLOB_LEN, MAX_NAME_LEN};
+use crate::fabric::MAX_RAILS;
+
+/// Frame magic.
+pub const MAGIC: [u8; 4] = *b"EFPD";
+/// Major version written and accepted.
+pub const VERSION_MAJOR: u8 = 1;
+/// Minor version written.
+pub const VERSION_MINOR: u8 = 0;
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 12;
+/// Default largest body accepted.
+pub const DEFAULT_MAX_BODY: usize = 64 << 10;
+/// Largest descriptor carried in a `Found` frame.
+const MAX_DESCRIPTOR: usize = 1 << 20;
+
+/// A frame kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// The requester introduces itself.
+    Hello = 1,
+    /// The target introduces itself in reply.
+    Welcome = 2,
+    /// Asks for a descriptor by name.
+    Lookup = 3,
+    /// A descriptor.
+    Found = 4,
+    /// A refusal or failure.
+    Error = 5,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Welcome,
+            3 => Kind::Lookup,
+            4 => Kind::Found,
+            5 => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Who an engine is, as told in `Hello` and `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerHello {
+    /// Engine name.
+    pub engine: String,
+    /// Fabric name (`tcp`, `efa`, ...), empty when no fabric is attached.
+    pub fabric: String,
+    /// The engine's per-rail fabric addresses.
+    pub addresses: Vec<Vec<u8>>,
+}
+
+/// Error codes of `Error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// No descriptor of that name.
+    NotFound = 1,
+    /// The request made no sense in this state.
+    BadRequest = 2,
+    /// The hello was refused (fabric mismatch, addresses the fabric rejects).
+    Refused = 3,
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The requester's hello.
+    Hello(PeerHello),
+    /// The target's reply to a hello.
+    Welcome(PeerHello),
+    /// A lookup by segment name.
+    Lookup(String),
+    /// The descriptor looked up.
+    Found(SegmentDescriptor),
+    /// A refusal or failure.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Details.
+        message: String,
+    },
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The input ended early.
+    #[error("truncated: need {need} bytes, have {have}")]
+    Truncated {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// Wrong magic.
+    #[error("bad magic {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// Another major version.
+    #[error("unsupported version {major}.{minor}")]
+    Version {
+        /// Major.
+        major: u8,
+        /// Minor.
+        minor: u8,
+    },
+    /// An unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    /// Reserved header bits set.
+    #[error("reserved header byte is {0:#x}")]
+    Reserved(u8),
+    /// A body over the limit.
+    #[error("frame body of {len} bytes exceeds the limit of {max}")]
+    Oversized {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field over its limit.
+    #[error("field {field} has {len} entries/bytes, limit {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A string that is not UTF-8.
+    #[error("field {0} is not UTF-8")]
+    BadUtf8(&'static str),
+    /// An unknown error code.
+    #[error("unknown error code {0}")]
+    ErrorCode(u8),
+    /// Bytes left over in a body of this minor version.
+    #[error("{0} trailing bytes in frame body")]
+    Trailing(usize),
+    /// The embedded descriptor is invalid.
+    #[error("bad descriptor: {0}")]
+    Descriptor(#[from] DescriptorError),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let have = self.buf.len() - self.at;
+        if n > have {
+            return Err(WireError::Truncated { need: n, have });
+        }
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], WireError> {
+        let len = self.u16()? as usize;
+        if len > max {
+            return Err(WireError::TooLong { field, len, max });
+        }
+        self.take(len)
+    }
+    fn str(&mut self, field: &'static str) -> Result<String, WireError> {
+        let b = self.blob(field, MAX_NAME_LEN)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| WireError::BadUtf8(field))
+    }
+}
+
+fn put_blob(out: &mut Vec<u8>, field: &'static str, b: &[u8], max: usize) -> Result<(), WireError> {
+    if b.len() > max {
+        return Err(WireError::TooLong {
+            field,
+            len: b.len(),
+            max,
+        });
+    }
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn put_hello(out: &mut Vec<u8>, h: &PeerHello) -> Result<(), WireError> {
+    put_blob(out, "engine", h.engine.as_bytes(), MAX_NAME_LEN)?;
+    put_blob(out, "fabric", h.fabric.as_bytes(), MAX_NAME_LEN)?;
+    if h.addresses.len() > MAX_RAILS {
+        return Err(WireError::TooLong {
+            field: "rails",
+            len: h.addresses.len(),
+            max: MAX_RAILS,
+        });
+    }
+    out.extend_from_slice(&(h.addresses.len() as u16).to_le_bytes());
+    for a in &h.addresses {
+        put_blob(out, "address", a, MAX_BLOB_LEN)?;
+    }
+    Ok(())
+}
+
+fn get_hello(r: &mut Reader<'_>) -> Result<PeerHello, WireError> {
+    let engine = r.str("engine")?;
+    let fabric = r.str("fabric")?;
+    let n = r.u16()? as usize;
+    if n > MAX_RAILS {
+        return Err(WireError::TooLong {
+            field: "rails",
+            len: n,
+            max: MAX_RAILS,
+        });
+    }
+    let mut addresses = Vec::with_capacity(n);
+    for _ in 0..n {
+        addresses.push(r.blob("address", MAX_BLOB_LEN)?.to_vec());
+    }
+    Ok(PeerHello {
+        engine,
+        fabric,
+        addresses,
+    })
+}
+
+/// Encodes a frame (header and body).
+pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION_MAJOR);
+    out.push(VERSION_MINOR);
+    out.push(kind_of(msg) as u8);
+    out.push(0);
+    out.extend_from_slice(&[0; 4]);
+    match msg {
+        Message::Hello(h) | Message::Welcome(h) => put_hello(&mut out, h)?,
+        Message::Lookup(name) => put_blob(&mut out, "name", name.as_bytes(), MAX_NAME_LEN)?,
+        Message::Found(d) => {
+            let bytes = d.encode()?;
+            if bytes.len() > MAX_DESCRIPTOR {
+                return Err(WireError::TooLong {
+                    field: "descriptor",
+                    len: bytes.len(),
+                    max: MAX_DESCRIPTOR,
+                });
+            }
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        Message::Error { code, message } => {
+            out.push(*code as u8);
+            let m = message.as_bytes();
+            put_blob(
+                &mut out,
+                "message",
+                &m[..m.len().min(MAX_NAME_LEN)],
+                MAX_NAME_LEN,
+            )?;
+        }
+    }
+    let body = (out.len() - HEADER_LEN) as u32;
+    out[8..12].copy_from_slice(&body.to_le_bytes());
+    Ok(out)
+}
+
+fn kind_of(msg: &Message) -> Kind {
+    match msg {
+        Message::Hello(_) => Kind::Hello,
+        Message::Welcome(_) => Kind::Welcome,
+        Message::Lookup(_) => Kind::Lookup,
+        Message::Found(_) => Kind::Found,
+        Message::Error { .. } => Kind::Error,
+    }
+}
+
+/// A checked frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Frame kind.
+    pub kind: Kind,
+    /// Minor version of the sender.
+    pub minor: u8,
+    /// Body length (at most the limit given to [`decode_header`]).
+    pub len: usize,
+}
+
+/// Checks a header: magic, major version, kind, reserved byte and the body length against
+/// `max_body`.
+pub fn decode_header(h: &[u8], max_body: usize) -> Result<Header, WireError> {
+    let mut r = Reader { buf: h, at: 0 };
+    let magic = r.take(4)?;
+    if magic != MAGIC {
+        return Err(WireError::BadMagic([
+            magic[0], magic[1], magic[2], magic[3],
+        ]));
+    }
+    let major = r.u8()?;
+    let minor = r.u8()?;
+    if major != VERSION_MAJOR {
+        return Err(WireError::Version { major, minor });
+    }
+    let k = r.u8()?;
+    let kind = Kind::from_u8(k).ok_or(WireError::Kind(k))?;
+    let reserved = r.u8()?;
+    if reserved != 0 {
+        return Err(WireError::Reserved(reserved));
+    }
+    let len = r.u32()? as usize;
+    if len > max_body {
+        return Err(WireError::Oversized { len, max: max_body });
+    }
+    Ok(Header { kind, minor, len })
+}
+
+/// Decodes a body of the kind and minor version a header announced.
+pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
+    if body.len() != header.len {
+        return Err(WireError::Truncated {
+            need: header.len,
+            have: body.len(),
+        });
+    }
+    let mut r = Reader { buf: body, at: 0 };
+    let msg = match header.kind {
+        Kind::Hello => Message::Hello(get_hello(&mut r)?),
+        Kind::Welcome => Message::Welcome(get_hello(&mut r)?),
+        Kind::Lookup => Message::Lookup(r.str("name")?),
+        Kind::Found => {
+            let n = r.u32()? as usize;
+            if n > MAX_DESCRIPTOR {
+                return Err(WireError::TooLong {
+                    field: "descriptor",
+                    len: n,
+                    max: MAX_DESCRIPTOR,
+                });
+            }
+            Message::Found(SegmentDescriptor::decode(r.take(n)?)?)
+        }
+        Kind::Error => {
+            let c = r.u8()?;
+            let code = match c {
+                1 => ErrorCode::NotFound,
+                2 => ErrorCode::BadRequest,
+                3 => ErrorCode::Refused,
+                other => return Err(WireError::ErrorCode(other)),
+            };
+            Message::Error {
+                code,
+                message: r.str("message")?,
+            }
+        }
+    };
+    let rest = body.len() - r.at;
+    if rest != 0 && header.minor <= VERSION_MINOR {
+        return Err(WireError::Trailing(rest));
+    }
+    Ok(msg)
+}
+
+/// Decodes one whole frame that fills `frame` exactly.
+pub fn decode(frame: &[u8], max_body: usize) -> Result<Message, WireError> {
+    let header = decode_header(frame, max_body)?;
+    let body = &frame[HEADER_LEN.min(frame.len())..];
+    if body.len() != header.len {
+        return Err(WireError::Truncated {
+            need: header.len,
+            have: body.len(),
+        });
+    }
+    decode_body(&header, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Access, Location, RailDescriptor};
+
+    fn samples() -> Vec<Message> {
+        let hello = PeerHello {
+            engine: "node-a".into(),
+            fabric: "tcp".into(),
+            addresses: vec![b"TCP1xyz".to_vec(), vec![]],
+        };
+        vec![
+            Message::Hello(hello.clone()),
+            Message::Welcome(hello),
+            Message::Lookup("kv/0".into()),
+            Message::Found(SegmentDescriptor {
+                revision: 2,
+                name: "kv/0".into(),
+                fabric: "tcp".into(),
+                engine: "node-a".into(),
+                location: Location::Cpu(0),
+                access: Access::REMOTE_READ,
+                base: 4096,
+                len: 100,
+                rails: vec![RailDescriptor {
+                    address: vec![1],
+                    key: vec![2; 8],
+                }],
+            }),
+            Message::Error {
+                code: ErrorCode::NotFound,
+                message: "no".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips_and_every_truncation_fails() {
+        for m in samples() {
+            let f = encode(&m).unwrap();
+            assert_eq!(decode(&f, DEFAULT_MAX_BODY).unwrap(), m);
+            for cut in 0..f.len() {
+                assert!(
+                    decode(&f[..cut], DEFAULT_MAX_BODY).is_err(),
+                    "{m:?} cut {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let f = encode(&Message::Lookup("x".into())).unwrap();
+        let mut b = f.clone();
+        b[0] = b'X';
+        assert!(matches!(decode(&b, 1024), Err(WireError::BadMagic(_))));
+        let mut b = f.clone();
+        b[4] = 9;
+        assert_eq!(
+            decode(&b, 1024),
+            Err(WireError::Version { major: 9, minor: 0 })
+        );
+        let mut b = f.clone();
+        b[6] = 77;
+        assert_eq!(decode(&b, 1024), Err(WireError::Kind(77)));
+        let mut b = f.clone();
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&b, 1024), Err(WireError::Oversized { .. })));
+        let mut b = f.clone();
+        b.push(0);
+        b[8] += 1;
+        assert_eq!(decode(&b, 1024), Err(WireError::Trailing(1)));
+        b[5] = VERSION_MINOR + 1;
+        assert_eq!(decode(&b, 1024).unwrap(), Message::Lookup("x".into()));
+    }
+}
