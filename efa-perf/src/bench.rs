@@ -95,7 +95,11 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
     };
     let table = plan.format == Format::Table;
     let mut out = std::io::stdout().lock();
-    let head = format!("{}{}", report::banner(&info), report::header(plan.metric, plan.unit, plan.cpu));
+    let head = format!(
+        "{}{}",
+        report::banner(&info),
+        report::header(plan.metric, plan.unit, plan.cpu)
+    );
     if table {
         writeln!(out, "{head}")?;
     } else {
@@ -117,9 +121,13 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
         };
         let line = match plan.metric {
             Metric::Bw => {
-                let m = runner.bandwidth(&point).with_context(|| format!("{} at {size} bytes", info.test))?;
-                let s = BandwidthStats::compute(m.total, &m.windows, plan.unit)
-                    .with_context(|| format!("{} at {size} bytes: no operation completed", info.test))?;
+                let m = runner
+                    .bandwidth(&point)
+                    .with_context(|| format!("{} at {size} bytes", info.test))?;
+                let s =
+                    BandwidthStats::compute(m.total, &m.windows, plan.unit).with_context(|| {
+                        format!("{} at {size} bytes: no operation completed", info.test)
+                    })?;
                 let row = BwRow {
                     bytes: size,
                     iterations: plan.iterations_label(m.total.ops),
@@ -134,7 +142,9 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
                 line
             }
             Metric::Lat => {
-                let m = runner.latency(&point).with_context(|| format!("{} at {size} bytes", info.test))?;
+                let m = runner
+                    .latency(&point)
+                    .with_context(|| format!("{} at {size} bytes", info.test))?;
                 let s = LatencyStats::from_samples(&m.samples_us)
                     .with_context(|| format!("{} at {size} bytes", info.test))?;
                 let row = LatRow {
@@ -188,14 +198,19 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
 
 /// Writes a chart to a file.
 pub fn write_chart(path: &std::path::Path, chart: &Chart) -> anyhow::Result<()> {
-    std::fs::write(path, chart.to_svg()).with_context(|| format!("writing chart {}", path.display()))
+    std::fs::write(path, chart.to_svg())
+        .with_context(|| format!("writing chart {}", path.display()))
 }
 
 /// A chart of one or more runs of the same test: bandwidth (average and peak) or latency percentiles
 /// against size, one series per figure and fabric.
 pub fn chart_of(docs: &[&Document]) -> Chart {
     let Some(first) = docs.first() else {
-        return Chart { title: "no results".into(), y_label: String::new(), series: Vec::new() };
+        return Chart {
+            title: "no results".into(),
+            y_label: String::new(),
+            series: Vec::new(),
+        };
     };
     let mut series = Vec::new();
     for doc in docs {
@@ -204,7 +219,10 @@ pub fn chart_of(docs: &[&Document]) -> Chart {
             Rows::Bw(rows) => {
                 series.push(Series {
                     name: format!("{fabric} average"),
-                    points: rows.iter().map(|r| (r.bytes as f64, r.bw_average)).collect(),
+                    points: rows
+                        .iter()
+                        .map(|r| (r.bytes as f64, r.bw_average))
+                        .collect(),
                 });
                 series.push(Series {
                     name: format!("{fabric} peak"),
@@ -232,5 +250,9 @@ pub fn chart_of(docs: &[&Document]) -> Chart {
         Metric::Bw => format!("bandwidth [{}]", first.info.bw_unit.label()),
         Metric::Lat => "latency [usec]".to_string(),
     };
-    Chart { title: format!("efa-perf {} ({})", first.info.test, fabrics.join(" vs ")), y_label, series }
+    Chart {
+        title: format!("efa-perf {} ({})", first.info.test, fabrics.join(" vs ")),
+        y_label,
+        series,
+    }
 }

@@ -303,13 +303,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 8M)"))?;
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("size '{text}' is too large"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 8M)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size '{text}' is too large"))?;
     if bytes == 0 {
         return Err("size must be at least 1 byte".into());
     }
     if bytes > 1 << 32 {
-        return Err(format!("size '{text}' is larger than 4 GiB, the largest message this tool sends"));
+        return Err(format!(
+            "size '{text}' is larger than 4 GiB, the largest message this tool sends"
+        ));
     }
     Ok(bytes)
 }

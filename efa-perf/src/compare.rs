@@ -47,11 +47,19 @@ pub fn ratios(fast: &Document, tcp: &Document) -> Vec<CompareRow> {
     let pairs: Vec<(u64, f64, f64)> = match (&fast.results, &tcp.results) {
         (Rows::Bw(f), Rows::Bw(t)) => f
             .iter()
-            .filter_map(|a| t.iter().find(|b| b.bytes == a.bytes).map(|b| (a.bytes, a.bw_average, b.bw_average)))
+            .filter_map(|a| {
+                t.iter()
+                    .find(|b| b.bytes == a.bytes)
+                    .map(|b| (a.bytes, a.bw_average, b.bw_average))
+            })
             .collect(),
         (Rows::Lat(f), Rows::Lat(t)) => f
             .iter()
-            .filter_map(|a| t.iter().find(|b| b.bytes == a.bytes).map(|b| (a.bytes, a.t_typical_us, b.t_typical_us)))
+            .filter_map(|a| {
+                t.iter()
+                    .find(|b| b.bytes == a.bytes)
+                    .map(|b| (a.bytes, a.t_typical_us, b.t_typical_us))
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -60,7 +68,12 @@ pub fn ratios(fast: &Document, tcp: &Document) -> Vec<CompareRow> {
         .into_iter()
         .map(|(bytes, f, t)| {
             let speedup = if bw { f / t } else { t / f };
-            CompareRow { bytes, fast: f, tcp: t, speedup: if speedup.is_finite() { speedup } else { 0.0 } }
+            CompareRow {
+                bytes,
+                fast: f,
+                tcp: t,
+                speedup: if speedup.is_finite() { speedup } else { 0.0 },
+            }
         })
         .collect()
 }
@@ -71,23 +84,41 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         bail!("compare measures a fast fabric against tcp; --fabric tcp leaves nothing to compare (use efa, verbs or sim)");
     }
     if args.min_size > args.max_size {
-        bail!("--min-size {} is larger than --max-size {}", args.min_size, args.max_size);
+        bail!(
+            "--min-size {} is larger than --max-size {}",
+            args.min_size,
+            args.max_size
+        );
     }
     let (verb, metric) = args.test.split();
     let sizes: Vec<u64> = match args.size {
         Some(s) => vec![s],
-        None => bench::all_sizes().into_iter().filter(|s| (args.min_size..=args.max_size).contains(s)).collect(),
+        None => bench::all_sizes()
+            .into_iter()
+            .filter(|s| (args.min_size..=args.max_size).contains(s))
+            .collect(),
     };
     if sizes.is_empty() {
-        bail!("no power-of-two size between --min-size {} and --max-size {}", args.min_size, args.max_size);
+        bail!(
+            "no power-of-two size between --min-size {} and --max-size {}",
+            args.min_size,
+            args.max_size
+        );
     }
     let env = crate::info::environment();
     let fast = select::select(args.fabric, None, true, None, &env)?;
     if fast.fabric == FabricKind::Tcp {
-        bail!("no fast fabric available to compare with tcp (built: {:?})", env.fabrics_built);
+        bail!(
+            "no fast fabric available to compare with tcp (built: {:?})",
+            env.fabrics_built
+        );
     }
     let tcp = select::select(FabricChoice::Tcp, None, true, None, &env)?;
-    let unit = if args.report_gbits { BwUnit::GigabitsPerSec } else { BwUnit::MebibytesPerSec };
+    let unit = if args.report_gbits {
+        BwUnit::GigabitsPerSec
+    } else {
+        BwUnit::MebibytesPerSec
+    };
     let plan = Plan {
         verb,
         metric,
@@ -108,8 +139,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         plot: None,
     };
     let test_args = crate::engine::loopback_args();
-    eprintln!("efa-perf: compare {} on {} ({}) and tcp", plan.test_name(), fast.fabric, fast.reason);
-    let fast_doc = crate::engine::run_selected(&fast, &test_args, &plan).context("fast fabric run")?;
+    eprintln!(
+        "efa-perf: compare {} on {} ({}) and tcp",
+        plan.test_name(),
+        fast.fabric,
+        fast.reason
+    );
+    let fast_doc =
+        crate::engine::run_selected(&fast, &test_args, &plan).context("fast fabric run")?;
     let tcp_doc = crate::engine::run_selected(&tcp, &test_args, &plan).context("tcp run")?;
     let rows = ratios(&fast_doc, &tcp_doc);
     let (figure, unit_label) = match metric {
@@ -130,7 +167,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     } else if args.csv {
         println!("bytes,fabric_fast,{figure}_fast,{figure}_tcp,speedup,unit");
         for r in &doc.rows {
-            println!("{},{},{:.6},{:.6},{:.4},{}", r.bytes, doc.fast_fabric, r.fast, r.tcp, r.speedup, doc.unit);
+            println!(
+                "{},{},{:.6},{:.6},{:.4},{}",
+                r.bytes, doc.fast_fabric, r.fast, r.tcp, r.speedup, doc.unit
+            );
         }
     } else {
         print!("{}", table(&doc));
@@ -148,7 +188,10 @@ pub fn table(doc: &CompareDoc) -> String {
         _ => "t_typical",
     };
     let mut s = format!("{}\n", crate::report::RESULT_LINE);
-    s.push_str(&format!(" {} : {} vs tcp ({})\n", doc.test, doc.fast_fabric, doc.figure));
+    s.push_str(&format!(
+        " {} : {} vs tcp ({})\n",
+        doc.test, doc.fast_fabric, doc.figure
+    ));
     s.push_str(&format!("{}\n", crate::report::RESULT_LINE));
     s.push_str(&format!(
         " {:<10} {:>24} {:>24} {:>10}\n",
@@ -158,7 +201,10 @@ pub fn table(doc: &CompareDoc) -> String {
         "speedup"
     ));
     for r in &doc.rows {
-        s.push_str(&format!(" {:<10} {:>24.2} {:>24.2} {:>9.2}x\n", r.bytes, r.fast, r.tcp, r.speedup));
+        s.push_str(&format!(
+            " {:<10} {:>24.2} {:>24.2} {:>9.2}x\n",
+            r.bytes, r.fast, r.tcp, r.speedup
+        ));
     }
     s.push_str(&format!("{}\n", crate::report::RESULT_LINE));
     s
@@ -205,7 +251,15 @@ mod tests {
         let f = Document::new(info(Metric::Bw), Rows::Bw(vec![bw(2, 10.0), bw(4, 30.0)]));
         let t = Document::new(info(Metric::Bw), Rows::Bw(vec![bw(4, 10.0)]));
         let r = ratios(&f, &t);
-        assert_eq!(r, vec![CompareRow { bytes: 4, fast: 30.0, tcp: 10.0, speedup: 3.0 }]);
+        assert_eq!(
+            r,
+            vec![CompareRow {
+                bytes: 4,
+                fast: 30.0,
+                tcp: 10.0,
+                speedup: 3.0
+            }]
+        );
     }
 
     #[test]

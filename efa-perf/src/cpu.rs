@@ -3,7 +3,9 @@
 //! perftest reports CPU use from /proc/stat (the whole machine); here each side measures its own use, so two
 //! sides in one process (loopback) can still be told apart when they run on their own threads.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(test)]
+use std::time::Instant;
 
 /// What a CPU reading covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,14 +14,6 @@ pub enum Scope {
     Process,
     /// The calling thread only.
     Thread,
-}
-
-/// A point-in-time reading of CPU time and wall time.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuMark {
-    scope: Scope,
-    cpu: Duration,
-    wall: Instant,
 }
 
 fn timeval(tv: libc::timeval) -> Duration {
@@ -42,21 +36,22 @@ fn cpu_time(scope: Scope) -> Duration {
     timeval(usage.ru_utime) + timeval(usage.ru_stime)
 }
 
-impl CpuMark {
-    /// Reads CPU and wall time now.
-    pub fn now(scope: Scope) -> Self {
-        Self { scope, cpu: cpu_time(scope), wall: Instant::now() }
-    }
+/// CPU time (user + system) used so far by the calling thread.
+pub fn thread_cpu() -> Duration {
+    cpu_time(Scope::Thread)
+}
 
-    /// CPU utilisation in percent of one core since this mark (above 100 when several threads were busy).
-    pub fn percent_since(&self) -> f64 {
-        let cpu = cpu_time(self.scope).saturating_sub(self.cpu);
-        let wall = self.wall.elapsed();
-        if wall.is_zero() {
-            0.0
-        } else {
-            cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
-        }
+/// CPU time (user + system) used so far by the whole process.
+pub fn process_cpu() -> Duration {
+    cpu_time(Scope::Process)
+}
+
+/// CPU time over wall time, in percent of one core.
+pub fn percent(cpu: Duration, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        0.0
+    } else {
+        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
     }
 }
 
@@ -66,18 +61,23 @@ mod tests {
 
     #[test]
     fn busy_thread_uses_cpu_and_sleeping_thread_does_not() {
-        let busy = CpuMark::now(Scope::Thread);
-        let t0 = Instant::now();
+        let (c0, t0) = (thread_cpu(), Instant::now());
         let mut x = 0u64;
         while t0.elapsed() < Duration::from_millis(200) {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
-        let spun = busy.percent_since();
-        assert!(spun > 20.0, "a spinning thread should show CPU use, got {spun:.1}%");
+        let spun = percent(thread_cpu() - c0, t0.elapsed());
+        assert!(
+            spun > 20.0,
+            "a spinning thread should show CPU use, got {spun:.1}%"
+        );
 
-        let idle = CpuMark::now(Scope::Thread);
+        let (c0, t0) = (thread_cpu(), Instant::now());
         std::thread::sleep(Duration::from_millis(200));
-        let slept = idle.percent_since();
-        assert!(slept < spun, "sleeping ({slept:.1}%) should use less CPU than spinning ({spun:.1}%)");
+        let slept = percent(thread_cpu() - c0, t0.elapsed());
+        assert!(
+            slept < spun,
+            "sleeping ({slept:.1}%) should use less CPU than spinning ({spun:.1}%)"
+        );
     }
 }

@@ -1,14 +1,48 @@
 //! Runners over the transport engine, and the device probes behind `info` and the fabric choice.
 
-use crate::bench::Plan;
+use crate::bench::{self, Plan};
 use crate::cli::TestArgs;
 use crate::info::DeviceReport;
+use crate::loopback::Loopback;
+use crate::measure;
 use crate::record::Document;
+use crate::runner::Setup;
 use crate::select::{FabricKind, SeenDevice, Selection};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
+use transport::fabric::Fabric;
 
 /// Fabrics the transport offers in this build.
 pub fn fabrics_built() -> Vec<FabricKind> {
-    Vec::new()
+    vec![FabricKind::Sim]
+}
+
+/// Two fabric instances that reach each other, for a loopback run, and the banner's facts about them.
+fn fabric_pair(selection: &Selection) -> anyhow::Result<(Arc<dyn Fabric>, Arc<dyn Fabric>, Setup)> {
+    match selection.fabric {
+        FabricKind::Sim => {
+            let net = SimNetwork::new();
+            let a =
+                SimFabric::new(&net, SimConfig::default()).context("creating the sim fabric")?;
+            let b =
+                SimFabric::new(&net, SimConfig::default()).context("creating the sim fabric")?;
+            Ok((
+                a,
+                b,
+                Setup {
+                    fabric: "sim".into(),
+                    device: "sim".into(),
+                    transport_type: "sim".into(),
+                    connection_type: "SRD".into(),
+                    mode: "loopback".into(),
+                    reason: selection.reason.clone(),
+                },
+            ))
+        }
+        other => anyhow::bail!("fabric {other} is not available in this build"),
+    }
 }
 
 /// RDMA devices on this machine, or why they cannot be listed.
@@ -25,7 +59,10 @@ pub fn probe_devices() -> Result<Vec<SeenDevice>, String> {
             let driver = std::fs::read_link(e.path().join("device/driver"))
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-            SeenDevice { is_efa: driver.as_deref() == Some("efa"), name }
+            SeenDevice {
+                is_efa: driver.as_deref() == Some("efa"),
+                name,
+            }
         })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -39,7 +76,9 @@ pub fn describe_devices() -> Vec<DeviceReport> {
 
 /// The EFA kernel driver's version, when the module is loaded.
 pub fn efa_driver_version() -> Option<String> {
-    std::fs::read_to_string("/sys/module/efa/version").ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string("/sys/module/efa/version")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Options for an in-process run with perftest's defaults.
@@ -72,8 +111,23 @@ pub fn loopback_args() -> TestArgs {
 }
 
 /// Runs a plan on the selected fabric and returns its document.
-pub fn run_selected(selection: &Selection, _args: &TestArgs, _plan: &Plan) -> anyhow::Result<Document> {
-    anyhow::bail!("fabric {} is not available in this build", selection.fabric)
+pub fn run_selected(
+    selection: &Selection,
+    args: &TestArgs,
+    plan: &Plan,
+) -> anyhow::Result<Document> {
+    let timeout = Duration::from_secs(args.timeout);
+    let max_size = plan.sizes.iter().copied().max().unwrap_or(1);
+    let stripe = measure::stripe_len(max_size, plan.depth, plan.streams);
+    if !selection.loopback {
+        anyhow::bail!(
+            "client/server runs over {} are not available in this build",
+            selection.fabric
+        );
+    }
+    let (server, client, setup) = fabric_pair(selection)?;
+    let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout)?;
+    bench::run(&mut runner, plan)
 }
 
 /// Runs a test from the command line.

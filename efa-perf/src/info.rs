@@ -93,12 +93,19 @@ pub struct InfoReport {
 }
 
 /// What to check when no EFA device shows up.
-pub fn hints(report_devices: &[DeviceReport], device_error: Option<&str>, driver_version: Option<&str>) -> Vec<String> {
+pub fn hints(
+    report_devices: &[DeviceReport],
+    device_error: Option<&str>,
+    driver_version: Option<&str>,
+) -> Vec<String> {
     let mut h = Vec::new();
     if report_devices.iter().any(|d| d.is_efa) {
         for d in report_devices.iter().filter(|d| d.is_efa) {
             for p in d.ports.iter().filter(|p| p.state != "ACTIVE") {
-                h.push(format!("{} port {} is {}: check the ENI is attached and up", d.name, p.port, p.state));
+                h.push(format!(
+                    "{} port {} is {}: check the ENI is attached and up",
+                    d.name, p.port, p.state
+                ));
             }
         }
         h.push("EFA traffic needs a security group that allows all traffic to and from itself (inbound and outbound)".into());
@@ -125,7 +132,11 @@ pub fn environment() -> Environment {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    Environment { devices, fabrics_built: crate::engine::fabrics_built(), device_error }
+    Environment {
+        devices,
+        fabrics_built: crate::engine::fabrics_built(),
+        device_error,
+    }
 }
 
 fn render(r: &InfoReport) -> String {
@@ -134,13 +145,20 @@ fn render(r: &InfoReport) -> String {
     s.push_str(&format!("{line}\n efa-perf info\n{line}\n"));
     s.push_str(&format!(
         " EFA driver version : {}\n",
-        r.efa_driver_version.as_deref().unwrap_or("(not loaded: /sys/module/efa/version missing)")
+        r.efa_driver_version
+            .as_deref()
+            .unwrap_or("(not loaded: /sys/module/efa/version missing)")
     ));
     if r.devices.is_empty() {
         s.push_str(" RDMA devices       : none found\n");
     }
     for d in &r.devices {
-        s.push_str(&format!("{line}\n device {}  ({}{})\n", d.name, d.kind, if d.is_efa { ", EFA" } else { "" }));
+        s.push_str(&format!(
+            "{line}\n device {}  ({}{})\n",
+            d.name,
+            d.kind,
+            if d.is_efa { ", EFA" } else { "" }
+        ));
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         s.push_str(&format!("   driver           : {}\n", opt(&d.driver)));
         s.push_str(&format!("   firmware         : {}\n", opt(&d.fw_ver)));
@@ -149,21 +167,37 @@ fn render(r: &InfoReport) -> String {
             s.push_str(&format!("   {k:<17}: {v}\n"));
         }
         for p in &d.ports {
-            let mtu = p.active_mtu.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-            let msg = p.max_msg_sz.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+            let mtu = p
+                .active_mtu
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into());
+            let msg = p
+                .max_msg_sz
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into());
             s.push_str(&format!(
                 "   port {}           : {}  mtu {}  max_msg_sz {}  link {}\n",
                 p.port, p.state, mtu, msg, p.link_layer
             ));
             for g in &p.gids {
-                s.push_str(&format!("     GID[{:>3}]       : {}  {}\n", g.index, g.gid, g.kind));
+                s.push_str(&format!(
+                    "     GID[{:>3}]       : {}  {}\n",
+                    g.index, g.gid, g.kind
+                ));
             }
             for (k, v) in &p.hw_counters {
                 s.push_str(&format!("     {k:<30} {v}\n"));
             }
         }
         if let Some(e) = &d.efa {
-            s.push_str(&format!("   efadv caps       : {}\n", if e.caps.is_empty() { "none".into() } else { e.caps.join(" ") }));
+            s.push_str(&format!(
+                "   efadv caps       : {}\n",
+                if e.caps.is_empty() {
+                    "none".into()
+                } else {
+                    e.caps.join(" ")
+                }
+            ));
             for (k, v) in &e.limits {
                 s.push_str(&format!("   {k:<17}: {v}\n"));
             }
@@ -178,13 +212,27 @@ fn render(r: &InfoReport) -> String {
             s.push_str(&format!("   could not read   : {e}\n"));
         }
     }
-    s.push_str(&format!("{line}\n transport fabrics built : {}\n", r.fabrics_built.join(", ")));
+    s.push_str(&format!(
+        "{line}\n transport fabrics built : {}\n",
+        r.fabrics_built.join(", ")
+    ));
     let sel = |x: &Result<Selection, String>| match x {
-        Ok(s) => format!("{}{} ({})", s.fabric, if s.loopback { ", loopback" } else { "" }, s.reason),
+        Ok(s) => format!(
+            "{}{} ({})",
+            s.fabric,
+            if s.loopback { ", loopback" } else { "" },
+            s.reason
+        ),
         Err(e) => format!("none: {e}"),
     };
-    s.push_str(&format!(" auto, no peer           : {}\n", sel(&r.selection_without_peer)));
-    s.push_str(&format!(" auto, towards a peer    : {}\n", sel(&r.selection_with_peer)));
+    s.push_str(&format!(
+        " auto, no peer           : {}\n",
+        sel(&r.selection_without_peer)
+    ));
+    s.push_str(&format!(
+        " auto, towards a peer    : {}\n",
+        sel(&r.selection_with_peer)
+    ));
     if !r.hints.is_empty() {
         s.push_str(&format!("{line}\n what to check:\n"));
         for h in &r.hints {
@@ -205,7 +253,11 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         if devices.is_empty() {
             anyhow::bail!(
                 "device '{name}' not found (devices: {})",
-                env.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                env.devices
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -217,7 +269,8 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         devices,
         device_error: env.device_error.clone(),
         fabrics_built: env.fabrics_built.iter().map(|f| f.to_string()).collect(),
-        selection_without_peer: select::select(FabricChoice::Auto, None, false, None, &env).map_err(|e| e.to_string()),
+        selection_without_peer: select::select(FabricChoice::Auto, None, false, None, &env)
+            .map_err(|e| e.to_string()),
         selection_with_peer: select::select(FabricChoice::Auto, Some("PEER"), false, None, &env)
             .map_err(|e| e.to_string()),
     };
@@ -236,7 +289,14 @@ mod tests {
     #[test]
     fn hints_without_devices_name_the_usual_suspects() {
         let h = hints(&[], Some("libibverbs.so.1 not found"), None).join("\n");
-        for needle in ["lsmod | grep efa", "libibverbs", "libefa", "instance type", "security group", "libibverbs.so.1"] {
+        for needle in [
+            "lsmod | grep efa",
+            "libibverbs",
+            "libefa",
+            "instance type",
+            "security group",
+            "libibverbs.so.1",
+        ] {
             assert!(h.contains(needle), "missing hint about {needle}: {h}");
         }
     }
@@ -246,7 +306,11 @@ mod tests {
         let d = DeviceReport {
             name: "efa_0".into(),
             is_efa: true,
-            ports: vec![PortReport { port: 1, state: "DOWN".into(), ..Default::default() }],
+            ports: vec![PortReport {
+                port: 1,
+                state: "DOWN".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let h = hints(&[d], None, Some("2.10.0g")).join("\n");

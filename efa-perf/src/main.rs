@@ -9,6 +9,8 @@ mod compare;
 mod cpu;
 mod engine;
 mod info;
+mod loopback;
+mod measure;
 mod progress;
 mod record;
 mod report;
@@ -68,13 +70,22 @@ fn validate(verb: Verb, metric: Metric, a: &TestArgs) {
         );
     }
     if a.connection.is_some() && a.fabric != cli::FabricChoice::Auto {
-        usage_error(ErrorKind::ArgumentConflict, "give either -c/--connection or --fabric, not both".into());
+        usage_error(
+            ErrorKind::ArgumentConflict,
+            "give either -c/--connection or --fabric, not both".into(),
+        );
     }
     if metric == Metric::Lat && a.bidirectional {
-        usage_error(ErrorKind::ArgumentConflict, "-b/--bidirectional applies to bandwidth tests only".into());
+        usage_error(
+            ErrorKind::ArgumentConflict,
+            "-b/--bidirectional applies to bandwidth tests only".into(),
+        );
     }
     if metric == Metric::Lat && a.qps > 1 {
-        usage_error(ErrorKind::ArgumentConflict, "-q/--qp applies to bandwidth tests only (as in perftest)".into());
+        usage_error(
+            ErrorKind::ArgumentConflict,
+            "-q/--qp applies to bandwidth tests only (as in perftest)".into(),
+        );
     }
     if verb == Verb::Read && a.bidirectional {
         // perftest allows it; the engine's READ pulls in one direction per initiator, so say what -b means.
@@ -95,7 +106,11 @@ fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
     let amount = match (a.duration, a.iters) {
         (Some(secs), _) => Amount::Duration(Duration::from_secs(secs)),
         (None, Some(n)) => Amount::Iterations(n),
-        (None, None) => Amount::Iterations(if verb == Verb::Write && metric == Metric::Bw { 5000 } else { 1000 }),
+        (None, None) => Amount::Iterations(if verb == Verb::Write && metric == Metric::Bw {
+            5000
+        } else {
+            1000
+        }),
     };
     let depth = a.tx_depth.unwrap_or(match metric {
         Metric::Bw => 128,
@@ -117,13 +132,26 @@ fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
         depth,
         bidirectional: a.bidirectional,
         cpu: a.cpu_util,
-        unit: if a.report_gbits { stats::BwUnit::GigabitsPerSec } else { stats::BwUnit::MebibytesPerSec },
+        unit: if a.report_gbits {
+            stats::BwUnit::GigabitsPerSec
+        } else {
+            stats::BwUnit::MebibytesPerSec
+        },
         format,
         plot: a.plot.clone(),
     };
     let choice = a.connection.unwrap_or(a.fabric);
     let env = info::environment();
-    let selection = select::select(choice, a.peer.as_deref(), a.loopback, a.device.as_deref(), &env)?;
-    eprintln!("efa-perf: fabric {} ({})", selection.fabric, selection.reason);
+    let selection = select::select(
+        choice,
+        a.peer.as_deref(),
+        a.loopback,
+        a.device.as_deref(),
+        &env,
+    )?;
+    eprintln!(
+        "efa-perf: fabric {} ({})",
+        selection.fabric, selection.reason
+    );
     engine::execute(&selection, &a, &plan)
 }

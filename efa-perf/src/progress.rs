@@ -14,7 +14,12 @@ pub struct Progress {
 impl Progress {
     /// A display for `total` steps; silent unless stderr is a terminal and there is more than one step.
     pub fn new(label: &str, total: usize) -> Self {
-        Self { enabled: total > 1 && std::io::stderr().is_terminal(), total, label: label.into(), start: Instant::now() }
+        Self {
+            enabled: total > 1 && std::io::stderr().is_terminal(),
+            total,
+            label: label.into(),
+            start: Instant::now(),
+        }
     }
 
     /// Shows that step `index` (from 0) is starting, on a message of `bytes`.

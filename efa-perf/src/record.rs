@@ -130,7 +130,11 @@ fn opt(v: Option<f64>) -> String {
 impl Document {
     /// Builds a document.
     pub fn new(info: RunInfo, results: Rows) -> Self {
-        Self { schema: SCHEMA.into(), info, results }
+        Self {
+            schema: SCHEMA.into(),
+            info,
+            results,
+        }
     }
 
     /// Renders as pretty JSON.
@@ -141,8 +145,13 @@ impl Document {
     /// Renders as CSV with a header line.
     pub fn to_csv(&self) -> String {
         let i = &self.info;
-        let lead =
-            format!("{},{},{},{}", csv_field(&i.test), csv_field(&i.fabric), csv_field(&i.device), csv_field(&i.mode));
+        let lead = format!(
+            "{},{},{},{}",
+            csv_field(&i.test),
+            csv_field(&i.fabric),
+            csv_field(&i.device),
+            csv_field(&i.mode)
+        );
         let mut out = String::new();
         match &self.results {
             Rows::Bw(rows) => {
@@ -256,7 +265,10 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(lines.next(), Some(BW_CSV_HEADER));
         let row = lines.next().unwrap();
-        assert!(row.starts_with("write_bw,sim,\"dev,1\",loopback,2,5,"), "{row}");
+        assert!(
+            row.starts_with("write_bw,sim,\"dev,1\",loopback,2,5,"),
+            "{row}"
+        );
         assert!(row.ends_with(",Gb/sec,2,64,false,50.00,"), "{row}");
         assert_eq!(lines.next(), None);
     }

@@ -21,12 +21,28 @@ pub fn banner(info: &RunInfo) -> String {
     let mut s = String::new();
     s.push_str(RESULT_LINE);
     s.push('\n');
-    s.push_str(&format!("                    {} {} Test\n", info.verb.perftest_name(), kind));
-    s.push_str(&format!(" Dual-port       : OFF\t\tDevice         : {}\n", info.device));
-    s.push_str(&format!(" Number of qps   : {}\t\tTransport type : {}\n", info.queue_pairs, info.transport_type));
-    s.push_str(&format!(" Connection type : {}\t\tUsing SRQ      : OFF\n", info.connection_type));
+    s.push_str(&format!(
+        "                    {} {} Test\n",
+        info.verb.perftest_name(),
+        kind
+    ));
+    s.push_str(&format!(
+        " Dual-port       : OFF\t\tDevice         : {}\n",
+        info.device
+    ));
+    s.push_str(&format!(
+        " Number of qps   : {}\t\tTransport type : {}\n",
+        info.queue_pairs, info.transport_type
+    ));
+    s.push_str(&format!(
+        " Connection type : {}\t\tUsing SRQ      : OFF\n",
+        info.connection_type
+    ));
     s.push_str(&format!(" TX depth        : {}\n", info.tx_depth));
-    s.push_str(&format!(" Fabric          : {}\t\tMode           : {}\n", info.fabric, info.mode));
+    s.push_str(&format!(
+        " Fabric          : {}\t\tMode           : {}\n",
+        info.fabric, info.mode
+    ));
     s.push_str(&format!(" Fabric choice   : {}\n", info.fabric_reason));
     s.push_str(RESULT_LINE);
     s.push('\n');
@@ -95,7 +111,9 @@ mod tests {
     #[test]
     fn headers_match_perftest_and_switch_units() {
         let mb = header(Metric::Bw, BwUnit::MebibytesPerSec, false);
-        assert!(mb.ends_with(" #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]"));
+        assert!(mb.ends_with(
+            " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]"
+        ));
         let gb = header(Metric::Bw, BwUnit::GigabitsPerSec, false);
         assert!(gb.contains("BW peak[Gb/sec]    BW average[Gb/sec]"));
         let lat = header(Metric::Lat, BwUnit::MebibytesPerSec, true);
@@ -116,7 +134,10 @@ mod tests {
         };
         let line = bw_row(&r, false);
         let fields: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(fields, ["65536", "5000", "11126.65", "11124.91", "0.177999"]);
+        assert_eq!(
+            fields,
+            ["65536", "5000", "11126.65", "11124.91", "0.177999"]
+        );
         let l = LatRow {
             bytes: 2,
             iterations: 1000,
@@ -132,6 +153,9 @@ mod tests {
         };
         let line = lat_row(&l, true);
         let fields: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(fields, ["2", "1000", "1.00", "9.50", "2.00", "2.25", "0.50", "7.00", "9.00", "99.00", "-"]);
+        assert_eq!(
+            fields,
+            ["2", "1000", "1.00", "9.50", "2.00", "2.25", "0.50", "7.00", "9.00", "99.00", "-"]
+        );
     }
 }

@@ -66,7 +66,9 @@ pub struct Selection {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
     /// No device of the wanted kind.
-    #[error("--fabric {fabric}: no {what} device found{detail}; run `efa-perf info` for what to check")]
+    #[error(
+        "--fabric {fabric}: no {what} device found{detail}; run `efa-perf info` for what to check"
+    )]
     NoDevice {
         /// Requested fabric.
         fabric: FabricKind,
@@ -100,7 +102,11 @@ impl Environment {
         }
     }
 
-    fn pick(&self, want_efa: bool, device: Option<&str>) -> Result<Option<&SeenDevice>, SelectError> {
+    fn pick(
+        &self,
+        want_efa: bool,
+        device: Option<&str>,
+    ) -> Result<Option<&SeenDevice>, SelectError> {
         if let Some(name) = device {
             let names: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
             let d = self
@@ -122,7 +128,11 @@ pub fn select(
     device: Option<&str>,
     env: &Environment,
 ) -> Result<Selection, SelectError> {
-    let detail = env.device_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+    let detail = env
+        .device_error
+        .as_ref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
     let explicit = |fabric: FabricKind| -> Result<Selection, SelectError> {
         if !env.built(fabric) {
             return Err(SelectError::NotBuilt(fabric, env.built_list()));
@@ -181,7 +191,10 @@ pub fn select(
                             ),
                         });
                     }
-                    skipped.push(format!("{} device {} present but no {fabric} fabric in this build", fabric, d.name));
+                    skipped.push(format!(
+                        "{} device {} present but no {fabric} fabric in this build",
+                        fabric, d.name
+                    ));
                 }
             }
             let why = if skipped.is_empty() {
@@ -226,8 +239,19 @@ mod tests {
 
     fn env(devs: &[(&str, bool)]) -> Environment {
         Environment {
-            devices: devs.iter().map(|&(n, e)| SeenDevice { name: n.into(), is_efa: e }).collect(),
-            fabrics_built: vec![FabricKind::Efa, FabricKind::Verbs, FabricKind::Sim, FabricKind::Tcp],
+            devices: devs
+                .iter()
+                .map(|&(n, e)| SeenDevice {
+                    name: n.into(),
+                    is_efa: e,
+                })
+                .collect(),
+            fabrics_built: vec![
+                FabricKind::Efa,
+                FabricKind::Verbs,
+                FabricKind::Sim,
+                FabricKind::Tcp,
+            ],
             device_error: None,
         }
     }
@@ -236,8 +260,18 @@ mod tests {
     fn auto_prefers_efa_then_verbs_then_sim_or_tcp() {
         let e = env(&[("rxe0", false), ("efa_0", true)]);
         let s = select(FabricChoice::Auto, None, false, None, &e).unwrap();
-        assert_eq!((s.fabric, s.device.as_deref(), s.loopback), (FabricKind::Efa, Some("efa_0"), false));
-        let s = select(FabricChoice::Auto, Some("h"), false, None, &env(&[("rxe0", false)])).unwrap();
+        assert_eq!(
+            (s.fabric, s.device.as_deref(), s.loopback),
+            (FabricKind::Efa, Some("efa_0"), false)
+        );
+        let s = select(
+            FabricChoice::Auto,
+            Some("h"),
+            false,
+            None,
+            &env(&[("rxe0", false)]),
+        )
+        .unwrap();
         assert_eq!(s.fabric, FabricKind::Verbs);
         let s = select(FabricChoice::Auto, None, false, None, &env(&[])).unwrap();
         assert_eq!((s.fabric, s.loopback), (FabricKind::Sim, true));
@@ -262,12 +296,18 @@ mod tests {
     #[test]
     fn explicit_choices_are_checked() {
         let e = env(&[("rxe0", false)]);
-        assert!(matches!(select(FabricChoice::Efa, None, false, None, &e), Err(SelectError::NoDevice { .. })));
+        assert!(matches!(
+            select(FabricChoice::Efa, None, false, None, &e),
+            Err(SelectError::NoDevice { .. })
+        ));
         assert!(matches!(
             select(FabricChoice::Verbs, None, false, Some("mlx5_0"), &e),
             Err(SelectError::UnknownDevice(..))
         ));
-        assert!(matches!(select(FabricChoice::Sim, Some("h"), false, None, &e), Err(SelectError::SimWithPeer(_))));
+        assert!(matches!(
+            select(FabricChoice::Sim, Some("h"), false, None, &e),
+            Err(SelectError::SimWithPeer(_))
+        ));
         let s = select(FabricChoice::Tcp, None, true, None, &e).unwrap();
         assert_eq!((s.fabric, s.loopback), (FabricKind::Tcp, true));
     }

@@ -61,7 +61,11 @@ impl LatencyStats {
         sorted.sort_by(f64::total_cmp);
         let len = sorted.len();
         // Keep perftest's tail rule only when something is left after it.
-        let kept = if len > LAT_MEASURE_TAIL { len - LAT_MEASURE_TAIL } else { len };
+        let kept = if len > LAT_MEASURE_TAIL {
+            len - LAT_MEASURE_TAIL
+        } else {
+            len
+        };
         let at = |i: usize| sorted[i.min(len - 1)];
         let typical = if kept % 2 == 0 {
             (sorted[kept / 2] + sorted[kept / 2 - 1]) / 2.0
@@ -69,7 +73,11 @@ impl LatencyStats {
             sorted[kept / 2]
         };
         let avg = sorted[..kept].iter().sum::<f64>() / kept as f64;
-        let var = sorted[..kept].iter().map(|x| (x - avg) * (x - avg)).sum::<f64>() / kept as f64;
+        let var = sorted[..kept]
+            .iter()
+            .map(|x| (x - avg) * (x - avg))
+            .sum::<f64>()
+            / kept as f64;
         Ok(Self {
             min: sorted[0],
             max: at(kept),
@@ -148,8 +156,45 @@ impl BandwidthStats {
             .filter(|w| !w.elapsed.is_zero() && w.ops > 0)
             .map(rate)
             .fold(average, f64::max);
-        Some(Self { peak, average, msg_rate_mpps: total.ops as f64 / secs / 1e6 })
+        Some(Self {
+            peak,
+            average,
+            msg_rate_mpps: total.ops as f64 / secs / 1e6,
+        })
     }
+}
+
+/// A completion seen during a bandwidth run: when (since the run's start) and how much completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// Time since the run's start.
+    pub at: Duration,
+    /// Operations completed.
+    pub ops: u64,
+    /// Bytes they moved.
+    pub bytes: u64,
+}
+
+/// Cuts a run's completion events (from one or many streams, any order) into consecutive windows of at
+/// least `min_ops` operations each, for the peak. Merging the streams' timelines first keeps the peak an
+/// aggregate rate rather than one stream's burst.
+pub fn windows_of(events: &mut [Event], min_ops: u64) -> Vec<Window> {
+    events.sort_by_key(|e| e.at);
+    let mut out = Vec::new();
+    let (mut start, mut ops, mut bytes) = (Duration::ZERO, 0u64, 0u64);
+    for e in events.iter() {
+        ops += e.ops;
+        bytes += e.bytes;
+        if ops >= min_ops.max(1) {
+            out.push(Window {
+                bytes,
+                ops,
+                elapsed: e.at.saturating_sub(start),
+            });
+            (start, ops, bytes) = (e.at, 0, 0);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -163,11 +208,17 @@ mod tests {
     #[test]
     fn latency_follows_perftest_rules_on_known_samples() {
         // 1..=12 shuffled; the two largest (11, 12) are the tail.
-        let samples = [7.0, 3.0, 12.0, 1.0, 9.0, 5.0, 11.0, 2.0, 8.0, 4.0, 10.0, 6.0];
+        let samples = [
+            7.0, 3.0, 12.0, 1.0, 9.0, 5.0, 11.0, 2.0, 8.0, 4.0, 10.0, 6.0,
+        ];
         let s = LatencyStats::from_samples(&samples).unwrap();
         assert_eq!(s.min, 1.0);
         assert_eq!(s.max, 11.0, "first sample past the trimmed range");
-        assert!(close(s.typical, 5.5), "median of 1..=10 is 5.5, got {}", s.typical);
+        assert!(
+            close(s.typical, 5.5),
+            "median of 1..=10 is 5.5, got {}",
+            s.typical
+        );
         assert!(close(s.avg, 5.5));
         // population stdev of 1..=10 = sqrt(8.25)
         assert!(close(s.stdev, 8.25f64.sqrt()), "stdev {}", s.stdev);
@@ -199,7 +250,10 @@ mod tests {
     fn tiny_and_bad_inputs() {
         assert_eq!(LatencyStats::from_samples(&[]), Err(StatsError::Empty));
         let one = LatencyStats::from_samples(&[4.0]).unwrap();
-        assert_eq!((one.min, one.max, one.typical, one.stdev), (4.0, 4.0, 4.0, 0.0));
+        assert_eq!(
+            (one.min, one.max, one.typical, one.stdev),
+            (4.0, 4.0, 4.0, 0.0)
+        );
         assert!(matches!(
             LatencyStats::from_samples(&[1.0, f64::NAN]),
             Err(StatsError::NotFinite { index: 1, .. })
@@ -208,9 +262,21 @@ mod tests {
 
     #[test]
     fn bandwidth_units_and_peak() {
-        let total = Window { bytes: 1 << 30, ops: 1 << 14, elapsed: Duration::from_secs(1) };
-        let fast = Window { bytes: 1 << 20, ops: 16, elapsed: Duration::from_millis(0) };
-        let peak = Window { bytes: 1 << 20, ops: 16, elapsed: Duration::from_micros(500) };
+        let total = Window {
+            bytes: 1 << 30,
+            ops: 1 << 14,
+            elapsed: Duration::from_secs(1),
+        };
+        let fast = Window {
+            bytes: 1 << 20,
+            ops: 16,
+            elapsed: Duration::from_millis(0),
+        };
+        let peak = Window {
+            bytes: 1 << 20,
+            ops: 16,
+            elapsed: Duration::from_micros(500),
+        };
         let mb = BandwidthStats::compute(total, &[fast, peak], BwUnit::MebibytesPerSec).unwrap();
         assert!(close(mb.average, 1024.0));
         assert!(close(mb.peak, 2000.0), "peak {}", mb.peak);
@@ -219,10 +285,58 @@ mod tests {
         assert!(close(gb.average, (1u64 << 30) as f64 * 8.0 / 1e9));
         assert!(close(gb.peak, gb.average));
         assert!(BandwidthStats::compute(
-            Window { bytes: 0, ops: 0, elapsed: Duration::ZERO },
+            Window {
+                bytes: 0,
+                ops: 0,
+                elapsed: Duration::ZERO
+            },
             &[],
             BwUnit::GigabitsPerSec
         )
         .is_none());
+    }
+
+    #[test]
+    fn windows_merge_streams_and_group_by_ops() {
+        let ms = Duration::from_millis;
+        let mut ev = vec![
+            Event {
+                at: ms(4),
+                ops: 2,
+                bytes: 200,
+            },
+            Event {
+                at: ms(1),
+                ops: 2,
+                bytes: 200,
+            },
+            Event {
+                at: ms(2),
+                ops: 2,
+                bytes: 200,
+            },
+            Event {
+                at: ms(10),
+                ops: 2,
+                bytes: 200,
+            },
+        ];
+        let w = windows_of(&mut ev, 4);
+        assert_eq!(
+            w,
+            vec![
+                Window {
+                    bytes: 400,
+                    ops: 4,
+                    elapsed: ms(2)
+                },
+                Window {
+                    bytes: 400,
+                    ops: 4,
+                    elapsed: ms(8)
+                },
+            ]
+        );
+        assert_eq!(windows_of(&mut ev, 100), vec![]);
     }
 }

@@ -31,7 +31,9 @@ const LEFT: f64 = 90.0;
 const RIGHT: f64 = 200.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 70.0;
-const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// Escapes text for XML content and attributes.
 pub fn escape(text: &str) -> String {
@@ -96,7 +98,12 @@ fn fmt_value(v: f64) -> String {
 impl Chart {
     /// Renders the chart as a standalone SVG document.
     pub fn to_svg(&self) -> String {
-        let points = || self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| *x > 0.0 && y.is_finite());
+        let points = || {
+            self.series
+                .iter()
+                .flat_map(|s| s.points.iter())
+                .filter(|(x, y)| *x > 0.0 && y.is_finite())
+        };
         let (mut xmin, mut xmax, mut ymax) = (f64::MAX, f64::MIN, 0.0f64);
         for &(x, y) in points() {
             xmin = xmin.min(x.log2());
@@ -126,7 +133,10 @@ impl Chart {
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(s, "<title>{}</title>", escape(&self.title));
-        let _ = writeln!(s, r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#
+        );
         let _ = writeln!(
             s,
             r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
@@ -138,7 +148,11 @@ impl Chart {
         let mut v = 0.0;
         while v <= ytop * 1.0001 {
             let y = py(v);
-            let _ = writeln!(s, r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/>"#, LEFT + pw);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/>"#,
+                LEFT + pw
+            );
             let _ = writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end" stroke="none" fill="black">{}</text>"#,
@@ -155,7 +169,11 @@ impl Chart {
         let _ = writeln!(s, r##"<g class="x-axis" stroke="#ddd">"##);
         for e in (lo..=hi).step_by(every as usize) {
             let x = px(2f64.powi(e));
-            let _ = writeln!(s, r#"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}"/>"#, TOP + ph);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}"/>"#,
+                TOP + ph
+            );
             let _ = writeln!(
                 s,
                 r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle" stroke="none" fill="black">{}</text>"#,
@@ -183,12 +201,23 @@ impl Chart {
         // Series and legend.
         for (i, series) in self.series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let mut pts: Vec<(f64, f64)> =
-                series.points.iter().copied().filter(|(x, y)| *x > 0.0 && y.is_finite()).collect();
+            let mut pts: Vec<(f64, f64)> = series
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| *x > 0.0 && y.is_finite())
+                .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let _ = writeln!(s, r#"<g class="series" data-name="{}">"#, escape(&series.name));
+            let _ = writeln!(
+                s,
+                r#"<g class="series" data-name="{}">"#,
+                escape(&series.name)
+            );
             let _ = writeln!(s, "<title>{}</title>", escape(&series.name));
-            let line: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            let line: Vec<String> = pts
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
             let _ = writeln!(
                 s,
                 r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
@@ -212,7 +241,13 @@ impl Chart {
                 r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
                 lx + 20.0
             );
-            let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, lx + 26.0, ly + 4.0, escape(&series.name));
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}">{}</text>"#,
+                lx + 26.0,
+                ly + 4.0,
+                escape(&series.name)
+            );
         }
         let _ = writeln!(s, "</svg>");
         s
@@ -229,17 +264,27 @@ mod tests {
             title: "a <b> & c".into(),
             y_label: "BW [MB/sec]".into(),
             series: vec![
-                Series { name: "sim".into(), points: vec![(2.0, 1.0), (1024.0, 50.0), (65536.0, 900.0)] },
-                Series { name: "tcp".into(), points: vec![(2.0, 0.5), (1024.0, 20.0), (65536.0, f64::NAN)] },
+                Series {
+                    name: "sim".into(),
+                    points: vec![(2.0, 1.0), (1024.0, 50.0), (65536.0, 900.0)],
+                },
+                Series {
+                    name: "tcp".into(),
+                    points: vec![(2.0, 0.5), (1024.0, 20.0), (65536.0, f64::NAN)],
+                },
             ],
         };
         let text = chart.to_svg();
         let doc = roxmltree::Document::parse(&text).expect("valid XML");
         assert_eq!(doc.root_element().tag_name().name(), "svg");
-        let groups: Vec<_> = doc.descendants().filter(|n| n.attribute("class") == Some("series")).collect();
+        let groups: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("series"))
+            .collect();
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].attribute("data-name"), Some("sim"));
-        let circles = |g: &roxmltree::Node| g.children().filter(|n| n.has_tag_name("circle")).count();
+        let circles =
+            |g: &roxmltree::Node| g.children().filter(|n| n.has_tag_name("circle")).count();
         assert_eq!(circles(&groups[0]), 3);
         assert_eq!(circles(&groups[1]), 2, "NaN point is dropped");
         assert!(text.contains("a &lt;b&gt; &amp; c"));
@@ -247,12 +292,20 @@ mod tests {
 
     #[test]
     fn empty_and_single_point_charts_render() {
-        let empty = Chart { title: "t".into(), y_label: "y".into(), series: vec![] }.to_svg();
+        let empty = Chart {
+            title: "t".into(),
+            y_label: "y".into(),
+            series: vec![],
+        }
+        .to_svg();
         roxmltree::Document::parse(&empty).unwrap();
         let one = Chart {
             title: "t".into(),
             y_label: "y".into(),
-            series: vec![Series { name: "s".into(), points: vec![(4096.0, 0.0)] }],
+            series: vec![Series {
+                name: "s".into(),
+                points: vec![(4096.0, 0.0)],
+            }],
         }
         .to_svg();
         roxmltree::Document::parse(&one).unwrap();

@@ -1,0 +1,321 @@
+//! Measurement loops over the transport engine, shared by loopback and client/server runs.
+//!
+//! Every side owns one segment laid out the same way (one stripe of slots per stream), so a request's local
+//! and remote offsets are equal. SEND is carried as the transport's two-sided primitive, WRITE with
+//! notification (write-with-immediate on verbs and EFA): the target learns of each message by its tag count.
+
+use crate::cpu;
+use crate::runner::Amount;
+use crate::stats::Event;
+use anyhow::{bail, Context};
+use std::time::{Duration, Instant};
+use transport::{
+    BatchId, Engine, Opcode, RemoteSegment, Request, RequestStatus, SegmentId, Worker,
+};
+
+/// Notification tag of SEND bandwidth messages.
+pub const TAG_SEND: u32 = 1;
+/// Tag of ping messages (client to server) in latency tests.
+pub const TAG_PING: u32 = 2;
+/// Tag of pong messages (server to client).
+pub const TAG_PONG: u32 = 3;
+
+/// Largest memory one side registers for a sweep.
+const MAX_REGION: u64 = 256 << 20;
+
+/// One side's view of the connection: its engine, its segment, the peer's segment.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// This side's engine.
+    pub engine: Engine,
+    /// This side's registered segment.
+    pub local: SegmentId,
+    /// The peer's segment, opened.
+    pub remote: RemoteSegment,
+    /// Bytes of each stream's stripe.
+    pub stripe: u64,
+}
+
+/// Bytes each stream's stripe needs so `depth` messages of `max_size` fit (capped; overlapping slots are
+/// fine for bandwidth, as in perftest's cyclic buffer).
+pub fn stripe_len(max_size: u64, depth: u32, streams: u32) -> u64 {
+    let want = max_size.saturating_mul(depth as u64);
+    let cap = (MAX_REGION / streams.max(1) as u64).max(max_size);
+    want.min(cap).max(max_size)
+}
+
+/// What one stream did.
+#[derive(Clone, Debug, Default)]
+pub struct StreamResult {
+    /// Completion events since the common start.
+    pub events: Vec<Event>,
+    /// Operations completed.
+    pub ops: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Time from the common start to the last completion.
+    pub end: Duration,
+    /// CPU time this thread used.
+    pub cpu: Duration,
+}
+
+/// The operation a stream issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamOp {
+    /// RDMA READ from the peer.
+    Read,
+    /// RDMA WRITE to the peer.
+    Write,
+    /// SEND (WRITE with notification of `TAG_SEND`).
+    Send,
+}
+
+fn opcode(op: StreamOp) -> Opcode {
+    match op {
+        StreamOp::Read => Opcode::Read,
+        StreamOp::Write => Opcode::Write,
+        StreamOp::Send => Opcode::WriteWithNotify(TAG_SEND),
+    }
+}
+
+/// Turns a finished batch's status into an error naming what failed.
+fn check_batch(
+    engine: &Engine,
+    worker: &mut Worker,
+    batch: BatchId,
+    timeout: Duration,
+) -> anyhow::Result<u32> {
+    let st = worker
+        .wait(batch, timeout)
+        .context("waiting for completions")?;
+    if st.completed == st.submitted {
+        return Ok(st.completed);
+    }
+    let mut first = None;
+    for i in 0..st.submitted as usize {
+        match engine.request_status(batch, i) {
+            Ok(RequestStatus::Completed) => {}
+            Ok(other) => {
+                first = Some(format!("{other:?}"));
+                break;
+            }
+            Err(e) => {
+                first = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    // Leave nothing in flight behind the error.
+    let _ = worker.drain(batch, Duration::from_secs(1));
+    bail!(
+        "{} of {} requests did not complete ({} failed, {} timed out after {:?}); first: {}",
+        st.submitted - st.completed,
+        st.submitted,
+        st.failed,
+        st.timed_out,
+        timeout,
+        first.unwrap_or_else(|| "unknown".into())
+    )
+}
+
+/// Runs one bandwidth stream: keeps up to `depth` requests of `size` bytes in flight (two batches that
+/// alternate, so the queue never drains between them) until `amount` is done.
+#[allow(clippy::too_many_arguments)]
+pub fn stream(
+    link: &Link,
+    index: u32,
+    op: StreamOp,
+    size: u64,
+    amount: Amount,
+    depth: u32,
+    start: Instant,
+    timeout: Duration,
+) -> anyhow::Result<StreamResult> {
+    let cpu0 = cpu::thread_cpu();
+    let engine = &link.engine;
+    let mut worker = engine.worker().context("creating a worker")?;
+    let nbatches = if depth >= 2 { 2 } else { 1 };
+    let per = (depth / nbatches).max(1) as usize;
+    let base = index as u64 * link.stripe;
+    let slots = (link.stripe / size).max(1);
+    let mut slot = 0u64;
+    let mut issued = 0u64;
+    let deadline = match amount {
+        Amount::Duration(d) => Some(start + d),
+        Amount::Iterations(_) => None,
+    };
+    let want = |issued: u64| match amount {
+        Amount::Iterations(n) => n.saturating_sub(issued),
+        Amount::Duration(_) => u64::MAX,
+    };
+    let mut reqs: Vec<Request> = Vec::with_capacity(per);
+    let mut batches: Vec<(BatchId, u64)> = Vec::with_capacity(nbatches as usize);
+    let code = opcode(op);
+    let mut fill = |batch: BatchId, issued: &mut u64, worker: &mut Worker| -> anyhow::Result<u64> {
+        let k = (per as u64).min(want(*issued));
+        reqs.clear();
+        for _ in 0..k {
+            let off = base + slot * size;
+            slot = (slot + 1) % slots;
+            let mut r = Request::write(link.local, off, link.remote, off, size);
+            r.op = code;
+            reqs.push(r);
+        }
+        if k > 0 {
+            worker.submit(batch, &reqs).context("submitting requests")?;
+        }
+        *issued += k;
+        Ok(k)
+    };
+    for _ in 0..nbatches {
+        let b = engine.allocate_batch(per).context("allocating a batch")?;
+        let k = fill(b, &mut issued, &mut worker)?;
+        batches.push((b, k));
+    }
+    let mut result = StreamResult::default();
+    let mut live = batches.iter().filter(|b| b.1 > 0).count();
+    let mut i = 0;
+    while live > 0 {
+        let (b, k) = batches[i];
+        if k > 0 {
+            let done = check_batch(engine, &mut worker, b, timeout)? as u64;
+            let at = start.elapsed();
+            result.events.push(Event {
+                at,
+                ops: done,
+                bytes: done * size,
+            });
+            result.ops += done;
+            result.bytes += done * size;
+            result.end = at;
+            let more = match deadline {
+                Some(d) => Instant::now() < d,
+                None => true,
+            };
+            let nb = engine.recycle_batch(b).context("recycling a batch")?;
+            let k2 = if more {
+                fill(nb, &mut issued, &mut worker)?
+            } else {
+                0
+            };
+            if k2 == 0 {
+                live -= 1;
+            }
+            batches[i] = (nb, k2);
+        }
+        i = (i + 1) % batches.len();
+    }
+    for (b, _) in batches {
+        let _ = engine.free_batch(b);
+    }
+    result.cpu = cpu::thread_cpu().saturating_sub(cpu0);
+    Ok(result)
+}
+
+/// Spins until `tag` on `engine` has at least `n` arrivals, yielding now and then so a peer thread on the
+/// same core can run; fails after `timeout`.
+pub fn await_tag(engine: &Engine, tag: u32, n: u64, timeout: Duration) -> anyhow::Result<()> {
+    let notes = engine.notifications();
+    let deadline = Instant::now() + timeout;
+    let mut spins = 0u32;
+    loop {
+        let c = notes.count(tag)?;
+        if c >= n {
+            return Ok(());
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 256 == 0 {
+            if Instant::now() >= deadline {
+                bail!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}");
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// One request of `size` bytes at offset 0, waited for.
+fn one(
+    link: &Link,
+    worker: &mut Worker,
+    batch: &mut BatchId,
+    op: Opcode,
+    size: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut r = Request::write(link.local, 0, link.remote, 0, size);
+    r.op = op;
+    worker
+        .submit(*batch, std::slice::from_ref(&r))
+        .context("submitting")?;
+    check_batch(&link.engine, worker, *batch, timeout)?;
+    *batch = link.engine.recycle_batch(*batch)?;
+    Ok(())
+}
+
+/// Client side of a latency test (tag counts start at zero: each test consumes what it counted): `n` operations, one at a time. READ reports the full time of each read;
+/// WRITE and SEND report half the round trip of a ping-pong, as perftest does.
+pub fn latency_client(
+    link: &Link,
+    op: StreamOp,
+    size: u64,
+    n: u64,
+    timeout: Duration,
+) -> anyhow::Result<(Vec<f64>, Duration)> {
+    let cpu0 = cpu::thread_cpu();
+    let mut worker = link.engine.worker()?;
+    let mut batch = link.engine.allocate_batch(1)?;
+    let mut samples = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t0 = Instant::now();
+        match op {
+            StreamOp::Read => {
+                one(link, &mut worker, &mut batch, Opcode::Read, size, timeout)?;
+                samples.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            StreamOp::Write | StreamOp::Send => {
+                one(
+                    link,
+                    &mut worker,
+                    &mut batch,
+                    Opcode::WriteWithNotify(TAG_PING),
+                    size,
+                    timeout,
+                )?;
+                await_tag(&link.engine, TAG_PONG, i + 1, timeout)
+                    .context("waiting for the pong")?;
+                samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
+        }
+    }
+    let _ = link.engine.free_batch(batch);
+    link.engine.notifications().consume(TAG_PONG, n)?;
+    Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
+}
+
+/// Server side of a WRITE/SEND latency test: answers each ping with a pong of the same size.
+pub fn latency_server(
+    link: &Link,
+    size: u64,
+    n: u64,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let cpu0 = cpu::thread_cpu();
+    let mut worker = link.engine.worker()?;
+    let mut batch = link.engine.allocate_batch(1)?;
+    for i in 0..n {
+        await_tag(&link.engine, TAG_PING, i + 1, timeout).context("waiting for the ping")?;
+        one(
+            link,
+            &mut worker,
+            &mut batch,
+            Opcode::WriteWithNotify(TAG_PONG),
+            size,
+            timeout,
+        )?;
+    }
+    let _ = link.engine.free_batch(batch);
+    link.engine.notifications().consume(TAG_PING, n)?;
+    Ok(cpu::thread_cpu().saturating_sub(cpu0))
+}

@@ -1,0 +1,416 @@
+//! Command-line tests on the built binary: parsing, exit codes, output formats, charts, and real loopback runs
+//! over the software fabric.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_efa-perf"));
+    // Keep the fabric choice independent of whatever the test machine has: sim is always built.
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run efa-perf")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("efa-perf-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn help_lists_commands_and_explains_perftest_flags() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for cmd in [
+        "info",
+        "send-bw",
+        "send-lat",
+        "write-bw",
+        "write-lat",
+        "read-bw",
+        "read-lat",
+        "compare",
+    ] {
+        assert!(help.contains(cmd), "help lacks {cmd}: {help}");
+    }
+    let out = run(&["write-bw", "--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(help.contains("GID index"), "-x must say GID index: {help}");
+    assert!(help.contains("RDMA-CM"), "-R must say RDMA-CM: {help}");
+    assert!(
+        help.contains("CPU frequency"),
+        "-F must say CPU frequency: {help}"
+    );
+    assert!(
+        help.contains("Gb/sec"),
+        "--report_gbits must say Gb/sec: {help}"
+    );
+    assert!(
+        help.contains("--fabric"),
+        "-c must point to --fabric: {help}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["write-bw", "-s", "abc"], "abc"),
+        (&["write-bw", "-s", "0"], "at least 1 byte"),
+        (&["write-bw", "-n", "2"], "2"),
+        (&["write-bw", "--fabric", "ethernet"], "ethernet"),
+        (&["write-bw", "-c", "UD"], "--fabric"),
+        (&["write-bw", "-R"], "RDMA-CM"),
+        (&["write-lat", "-b"], "bandwidth tests only"),
+        (&["write-bw", "-a", "-s", "64"], "cannot be used with"),
+        (&["write-bw", "--csv", "--json"], "cannot be used with"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr should mention {needle:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn runtime_failure_exits_1_with_cause() {
+    // sim only runs in this process, so a peer is a runtime error, not a usage one.
+    let out = run(&["write-bw", "--fabric", "sim", "127.0.0.1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot reach peer"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nobody listens on port 1 of loopback: the client fails to connect, with the address in the message.
+    let out = run(&[
+        "write-bw",
+        "--fabric",
+        "tcp",
+        "-p",
+        "1",
+        "--timeout",
+        "2",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("127.0.0.1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn info_exits_0_and_explains_the_fabric_choice() {
+    let out = run(&["info"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("auto, no peer"), "{s}");
+    let out = run(&["info", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"], "efa-perf.info.v1");
+    assert!(v["devices"].is_array());
+    assert!(v["fabrics_built"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "sim"));
+    if v["devices"].as_array().unwrap().is_empty() {
+        let hints = v["hints"].to_string();
+        assert!(
+            hints.contains("lsmod | grep efa") && hints.contains("security group"),
+            "{hints}"
+        );
+        assert_eq!(v["selection_without_peer"]["Ok"]["fabric"], "sim");
+    }
+}
+
+fn table_rows(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn write_bw_loopback_sim_prints_perftest_table_with_plausible_figures() {
+    let out = run(&["write-bw", "--fabric", "sim", "-s", "65536", "-n", "400"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("RDMA_Write BW Test"), "{s}");
+    assert!(
+        s.contains(
+            " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]"
+        ),
+        "{s}"
+    );
+    let rows = table_rows(&s);
+    assert_eq!(rows.len(), 1, "{s}");
+    let r = &rows[0];
+    assert_eq!(r[0], "65536");
+    assert_eq!(r[1], "400");
+    let (peak, avg, rate): (f64, f64, f64) = (
+        r[2].parse().unwrap(),
+        r[3].parse().unwrap(),
+        r[4].parse().unwrap(),
+    );
+    assert!(avg > 0.0 && peak >= avg, "peak {peak} avg {avg}");
+    // avg MB/s = rate Mpps * 65536 B / 2^20 — the two columns must agree.
+    let implied = rate * 1e6 * 65536.0 / 1048576.0;
+    assert!(
+        (implied - avg).abs() / avg < 0.01,
+        "avg {avg} vs rate-implied {implied}"
+    );
+    assert!(text(&out.stderr).contains("sim"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn report_gbits_switches_units() {
+    let mb = run(&[
+        "write-bw", "--fabric", "sim", "-s", "4096", "-n", "300", "--json",
+    ]);
+    let gb = run(&[
+        "write-bw",
+        "--fabric",
+        "sim",
+        "-s",
+        "4096",
+        "-n",
+        "300",
+        "--json",
+        "--report_gbits",
+    ]);
+    assert!(
+        mb.status.success() && gb.status.success(),
+        "{}{}",
+        text(&mb.stderr),
+        text(&gb.stderr)
+    );
+    let mb: serde_json::Value = serde_json::from_slice(&mb.stdout).unwrap();
+    let gb: serde_json::Value = serde_json::from_slice(&gb.stdout).unwrap();
+    assert_eq!(mb["bw_unit"], "MB/sec");
+    assert_eq!(gb["bw_unit"], "Gb/sec");
+    // Same run shape: bytes/s implied by each unit agree within run-to-run noise (a factor of 3).
+    let mb_bps = mb["results"][0]["bw_average"].as_f64().unwrap() * 1048576.0;
+    let gb_bps = gb["results"][0]["bw_average"].as_f64().unwrap() * 125e6;
+    assert!(mb_bps > 0.0 && gb_bps > 0.0);
+    assert!(
+        (mb_bps / gb_bps) < 3.0 && (gb_bps / mb_bps) < 3.0,
+        "{mb_bps} vs {gb_bps}"
+    );
+    let table = run(&[
+        "write-bw",
+        "--fabric",
+        "sim",
+        "-s",
+        "4096",
+        "-n",
+        "100",
+        "--report_gbits",
+    ]);
+    let s = text(&table.stdout);
+    assert!(s.contains("BW peak[Gb/sec]    BW average[Gb/sec]"), "{s}");
+}
+
+#[test]
+fn csv_schema_for_bandwidth_and_latency() {
+    let out = run(&[
+        "read-bw", "--fabric", "sim", "-n", "100", "--csv", "-s", "1024",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let mut lines = s.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "test",
+            "fabric",
+            "device",
+            "mode",
+            "bytes",
+            "iterations",
+            "bw_peak",
+            "bw_average",
+            "msg_rate_mpps",
+            "bw_unit",
+            "queue_pairs",
+            "tx_depth",
+            "bidirectional",
+            "cpu_util_client",
+            "cpu_util_server"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(row.len(), header.len());
+    assert_eq!(
+        (row[0], row[1], row[3], row[4]),
+        ("read_bw", "sim", "loopback", "1024")
+    );
+    assert!(row[7].parse::<f64>().unwrap() > 0.0);
+
+    let out = run(&[
+        "send-lat",
+        "--fabric",
+        "sim",
+        "-n",
+        "200",
+        "--csv",
+        "--cpu-util",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let mut lines = s.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "test",
+            "fabric",
+            "device",
+            "mode",
+            "bytes",
+            "iterations",
+            "t_min_us",
+            "t_max_us",
+            "t_typical_us",
+            "t_avg_us",
+            "t_stdev_us",
+            "p99_us",
+            "p99_9_us",
+            "queue_pairs",
+            "cpu_util_client",
+            "cpu_util_server"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(row[0], "send_lat");
+    let f = |i: usize| row[i].parse::<f64>().unwrap();
+    assert!(
+        f(6) > 0.0 && f(6) <= f(8) && f(8) <= f(11) && f(11) <= f(12),
+        "{row:?}"
+    );
+    assert!(f(14) >= 0.0, "cpu use measured: {row:?}");
+}
+
+#[test]
+fn json_schema_for_latency_sweep() {
+    let out = run(&["write-lat", "--fabric", "sim", "-n", "100", "--json", "-a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"], "efa-perf.results.v1");
+    assert_eq!(v["test"], "write_lat");
+    assert_eq!(v["metric"], "lat");
+    assert_eq!(v["fabric"], "sim");
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 23, "-a is 2 B .. 8 MiB");
+    assert_eq!(rows[0]["bytes"], 2);
+    assert_eq!(rows[22]["bytes"], 8 << 20);
+    for r in rows {
+        for k in [
+            "t_min_us",
+            "t_max_us",
+            "t_typical_us",
+            "t_avg_us",
+            "t_stdev_us",
+            "p99_us",
+            "p99_9_us",
+        ] {
+            assert!(r[k].as_f64().is_some_and(|x| x >= 0.0), "{k} in {r}");
+        }
+        assert!(r["t_min_us"].as_f64() <= r["t_typical_us"].as_f64());
+    }
+}
+
+#[test]
+fn plot_is_valid_svg_with_series() {
+    let path = tmp("bw.svg");
+    let p = path.to_str().unwrap();
+    let out = run(&[
+        "send-bw", "--fabric", "sim", "-n", "50", "-a", "--plot", p, "--csv",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let svg = std::fs::read_to_string(&path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("valid XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let series: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("series"))
+        .collect();
+    let names: Vec<_> = series
+        .iter()
+        .filter_map(|n| n.attribute("data-name"))
+        .collect();
+    assert_eq!(names, ["sim average", "sim peak"]);
+    let points = series[0]
+        .children()
+        .filter(|n| n.has_tag_name("circle"))
+        .count();
+    assert_eq!(points, 23);
+}
+
+#[test]
+fn compare_prints_ratios_and_draws_both_fabrics() {
+    let path = tmp("cmp.svg");
+    let p = path.to_str().unwrap();
+    let out = run(&[
+        "compare",
+        "--min-size",
+        "4K",
+        "--max-size",
+        "64K",
+        "-n",
+        "100",
+        "--plot",
+        p,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"], "efa-perf.compare.v1");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for r in rows {
+        let (f, t, s) = (
+            r["fast"].as_f64().unwrap(),
+            r["tcp"].as_f64().unwrap(),
+            r["speedup"].as_f64().unwrap(),
+        );
+        assert!(f > 0.0 && t > 0.0);
+        assert!((s - f / t).abs() < 1e-6 * s.max(1.0));
+    }
+    let svg = std::fs::read_to_string(&path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let names: Vec<_> = doc
+        .descendants()
+        .filter_map(|n| n.attribute("data-name"))
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("tcp")), "{names:?}");
+    assert!(names.iter().any(|n| !n.starts_with("tcp")), "{names:?}");
+}
