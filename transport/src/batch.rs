@@ -116,7 +116,7 @@ impl RequestSlot {
 
     /// Moves Pending to a final state; false if it already left Pending.
     #[inline]
-    fn finish(&self, to: u32) -> bool {
+    fn leave_pending(&self, to: u32) -> bool {
         self.status
             .compare_exchange(ST_PENDING, to, AcqRel, Relaxed)
             .is_ok()
@@ -220,25 +220,18 @@ impl BatchSlot {
             .compare_exchange(first + n as u32, first, AcqRel, Relaxed);
     }
 
-    /// Ends a request with `error` (or success) when its last work request completed.
-    /// Returns whether this call moved it out of Pending.
+    /// Ends a request when its last work request completed: `Some(true)` completed,
+    /// `Some(false)` failed, `None` if it had already left Pending (timed out, cancelled). The
+    /// caller updates the batch counters (see `Tally`), so a poll of many completions touches
+    /// them once.
     #[inline]
-    pub(crate) fn finish(&self, req: &RequestSlot) -> bool {
+    pub(crate) fn finish(&self, req: &RequestSlot) -> Option<bool> {
         let err = req.error.load(Acquire);
-        let moved = if err == 0 {
-            req.finish(ST_COMPLETED)
+        if err == 0 {
+            req.leave_pending(ST_COMPLETED).then_some(true)
         } else {
-            req.finish(ST_FAILED | (err << 8))
-        };
-        if moved {
-            if err == 0 {
-                self.completed.fetch_add(1, Relaxed);
-            } else {
-                self.failed.fetch_add(1, Relaxed);
-            }
-            self.open.fetch_sub(1, Release);
+            req.leave_pending(ST_FAILED | (err << 8)).then_some(false)
         }
-        moved
     }
 
     /// Moves every Pending request to TimedOut (or Cancelled); returns how many moved.
@@ -251,7 +244,7 @@ impl BatchSlot {
         };
         let mut moved = 0;
         for r in self.requests().iter().take(n) {
-            if r.finish(to) {
+            if r.leave_pending(to) {
                 moved += 1;
                 self.open.fetch_sub(1, Release);
             }

@@ -104,6 +104,23 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Adds `n` pins to a slot the caller already holds pinned (one atomic for a run of
+    /// requests on the same slot).
+    #[inline]
+    pub(crate) fn add_pins(&self, index: u32, n: u32) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            slot.pins.fetch_add(n, SeqCst);
+        }
+    }
+
+    /// Releases `n` pins at once.
+    #[inline]
+    pub(crate) fn unpin_many(&self, index: u32, n: u32) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            slot.pins.fetch_sub(n, SeqCst);
+        }
+    }
+
     /// Reads a slot the caller has pinned.
     #[inline]
     pub(crate) fn get_pinned(&self, index: u32) -> Option<&T> {

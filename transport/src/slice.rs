@@ -28,6 +28,10 @@ impl SlicePlan {
     #[inline]
     pub fn count(&self, len: u64) -> u64 {
         let s = self.slice_size;
+        // Small requests are the common case; skip the divisions.
+        if len <= s {
+            return 1;
+        }
         let full = len / s;
         let tail = len % s;
         if full == 0 {
@@ -46,6 +50,9 @@ impl SlicePlan {
     /// Offset and length of slice `i` of `n = count(len)` slices.
     #[inline]
     pub fn slice(&self, len: u64, i: u64, n: u64) -> (u64, u64) {
+        if n == 1 {
+            return (0, len);
+        }
         let off = i * self.slice_size;
         if i + 1 == n {
             (off, len - off)

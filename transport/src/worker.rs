@@ -19,6 +19,9 @@ const POLL_BATCH: usize = 64;
 
 #[derive(Clone, Copy)]
 struct Resolved {
+    /// This entry took the pin on its remote slot (first of a run of requests to that remote);
+    /// released once at the end of the submit.
+    remote_pin: bool,
     local_index: u32,
     local_addr: u64,
     remote_index: u32,
@@ -102,13 +105,18 @@ impl Worker {
         self.resolved.clear();
         // Grows only when a submit is larger than any before it.
         self.resolved.reserve(requests.len());
+        // Consecutive requests on the same segments share one pin operation per run.
+        let mut runs = Runs::default();
         for (i, r) in requests.iter().enumerate() {
-            match resolve(inner, i, r) {
+            match resolve(inner, i, r, &mut runs) {
                 Ok(res) => self.resolved.push(res),
                 Err(e) => {
+                    runs.close_local(inner);
                     for res in &self.resolved {
                         inner.segments.unpin(res.local_index);
-                        inner.remotes.unpin(res.remote_index);
+                        if res.remote_pin {
+                            inner.remotes.unpin(res.remote_index);
+                        }
                     }
                     self.resolved.clear();
                     slot.unreserve(first, requests.len());
@@ -116,6 +124,7 @@ impl Worker {
                 }
             }
         }
+        runs.close_local(inner);
         let total: u32 = self.resolved.iter().map(|r| r.slices).sum();
         slot.open.fetch_add(requests.len() as u32, AcqRel);
         slot.in_flight.fetch_add(total, AcqRel);
@@ -143,9 +152,18 @@ impl Worker {
             let n = res.slices as u64;
             for s in 0..n {
                 let (off, len) = inner.plan.slice(res.len, s, n);
-                let rail = rails[self.rr as usize % rails.len()];
-                self.rr = self.rr.wrapping_add(1);
-                let remote_rail = rail % remote.rails;
+                // Round robin without a division per slice.
+                let mut k = self.rr as usize;
+                if k >= rails.len() {
+                    k %= rails.len();
+                }
+                let rail = rails[k];
+                self.rr = k as u32 + 1;
+                let remote_rail = if rail < remote.rails {
+                    rail
+                } else {
+                    rail % remote.rails
+                };
                 if s + 1 == n {
                     req.remote_rail.store(remote_rail as u32, Relaxed);
                 }
@@ -165,9 +183,13 @@ impl Worker {
                     self.flush();
                 }
             }
-            inner.remotes.unpin(res.remote_index);
         }
         self.flush();
+        for res in &self.resolved {
+            if res.remote_pin {
+                inner.remotes.unpin(res.remote_index);
+            }
+        }
         Ok(first as usize)
     }
 
@@ -185,13 +207,15 @@ impl Worker {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + self.inner.submit_timeout);
                 if Instant::now() >= d {
                     // The fabric made no room in time: fail what is left rather than hang.
+                    let mut tally = Tally::new();
                     for i in pos..self.wrs.len() {
                         let c = Completion {
                             token: self.wrs[i].token,
                             error: Some(FailReason::Flushed),
                         };
-                        complete(&self.inner, &mut *self.ep, c);
+                        complete(&self.inner, &mut *self.ep, c, &mut tally);
                     }
+                    tally.flush(&self.inner);
                     break;
                 }
                 std::thread::yield_now();
@@ -203,10 +227,15 @@ impl Worker {
     /// Polls the fabric once and applies the completions; returns how many there were.
     pub fn progress(&mut self) -> usize {
         let n = self.ep.poll(&mut self.comps);
+        if n == 0 {
+            return 0;
+        }
+        let mut tally = Tally::new();
         for i in 0..n {
             let c = self.comps[i];
-            complete(&self.inner, &mut *self.ep, c);
+            complete(&self.inner, &mut *self.ep, c, &mut tally);
         }
+        tally.flush(&self.inner);
         n
     }
 
@@ -276,7 +305,12 @@ impl Drop for Worker {
     }
 }
 
-fn resolve(inner: &Inner, index: usize, r: &Request) -> Result<Resolved, TransportError> {
+fn resolve(
+    inner: &Inner,
+    index: usize,
+    r: &Request,
+    runs: &mut Runs,
+) -> Result<Resolved, TransportError> {
     if r.len == 0 {
         return Err(TransportError::ZeroLength { index });
     }
@@ -300,11 +334,28 @@ fn resolve(inner: &Inner, index: usize, r: &Request) -> Result<Resolved, Transpo
         }
         _ => 0,
     };
-    let remote = inner
-        .remotes
-        .pin(r.remote.index, r.remote.generation)
-        .ok_or(TransportError::UnknownRemote(r.remote))?;
+    let remote_pin = runs.remote != Some(r.remote);
+    let remote = if remote_pin {
+        let e = inner
+            .remotes
+            .pin(r.remote.index, r.remote.generation)
+            .ok_or(TransportError::UnknownRemote(r.remote))?;
+        runs.remote = Some(r.remote);
+        e
+    } else {
+        // Pinned by an earlier request of this submit.
+        inner
+            .remotes
+            .get_pinned(r.remote.index)
+            .ok_or(TransportError::UnknownRemote(r.remote))?
+    };
     let remote_index = r.remote.index;
+    let drop_remote = |runs: &mut Runs| {
+        if remote_pin {
+            inner.remotes.unpin(remote_index);
+            runs.remote = None;
+        }
+    };
     let check_remote = || {
         if r.remote_offset
             .checked_add(r.len)
@@ -333,17 +384,26 @@ fn resolve(inner: &Inner, index: usize, r: &Request) -> Result<Resolved, Transpo
         Ok(())
     };
     if let Err(e) = check_remote() {
-        inner.remotes.unpin(remote_index);
+        drop_remote(runs);
         return Err(e);
     }
     let remote_addr = remote.base + r.remote_offset;
     let local = match r.local {
         LocalAddr::Segment { segment, offset } => {
-            match inner.segments.pin(segment.index, segment.generation) {
+            let same_run = runs.local == Some(segment);
+            let entry = if same_run {
+                inner.segments.get_pinned(segment.index)
+            } else {
+                runs.close_local(inner);
+                inner.segments.pin(segment.index, segment.generation)
+            };
+            match entry {
                 None => Err(TransportError::UnknownSegment(segment)),
                 Some(e) => {
                     if offset.checked_add(r.len).is_none_or(|end| end > e.len) {
-                        inner.segments.unpin(segment.index);
+                        if !same_run {
+                            inner.segments.unpin(segment.index);
+                        }
                         Err(TransportError::LocalOutOfRange {
                             index,
                             segment,
@@ -352,28 +412,37 @@ fn resolve(inner: &Inner, index: usize, r: &Request) -> Result<Resolved, Transpo
                             seg_len: e.len,
                         })
                     } else {
+                        if same_run {
+                            runs.local_extra += 1;
+                        } else {
+                            runs.local = Some(segment);
+                        }
                         Ok((segment.index, e.base + offset))
                     }
                 }
             }
         }
-        LocalAddr::Raw(addr) => inner
-            .segments
-            .find_pinned(|e| {
-                let inside = addr >= e.base
-                    && addr
-                        .checked_add(r.len)
-                        .is_some_and(|end| end <= e.base + e.len);
-                inside.then_some(addr)
-            })
-            .ok_or(TransportError::LocalNotRegistered {
-                index,
-                addr,
-                len: r.len,
-            }),
+        LocalAddr::Raw(addr) => {
+            runs.close_local(inner);
+            inner
+                .segments
+                .find_pinned(|e| {
+                    let inside = addr >= e.base
+                        && addr
+                            .checked_add(r.len)
+                            .is_some_and(|end| end <= e.base + e.len);
+                    inside.then_some(addr)
+                })
+                .ok_or(TransportError::LocalNotRegistered {
+                    index,
+                    addr,
+                    len: r.len,
+                })
+        }
     };
     match local {
         Ok((local_index, local_addr)) => Ok(Resolved {
+            remote_pin,
             local_index,
             local_addr,
             remote_index,
@@ -383,15 +452,100 @@ fn resolve(inner: &Inner, index: usize, r: &Request) -> Result<Resolved, Transpo
             notify,
         }),
         Err(e) => {
-            inner.remotes.unpin(remote_index);
+            drop_remote(runs);
             Err(e)
         }
     }
 }
 
-/// Applies one completion to its request and batch counters.
+/// Runs of consecutive requests on the same segments within one submit.
+#[derive(Default)]
+struct Runs {
+    /// Remote segment pinned by the current run.
+    remote: Option<crate::RemoteSegment>,
+    /// Local segment of the current run (its first request took one pin)...
+    local: Option<crate::SegmentId>,
+    /// ...and the pins its later requests still need (added in one atomic when the run ends).
+    local_extra: u32,
+}
+
+impl Runs {
+    fn close_local(&mut self, inner: &Inner) {
+        if let Some(seg) = self.local.take() {
+            if self.local_extra > 0 {
+                inner.segments.add_pins(seg.index, self.local_extra);
+            }
+        }
+        self.local_extra = 0;
+    }
+}
+
+/// Batch and segment counter updates gathered over one poll, applied with one atomic each.
+struct Tally {
+    batch: u32,
+    completed: u32,
+    failed: u32,
+    closed: u32,
+    retired: u32,
+    segment: u32,
+    unpins: u32,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            batch: u32::MAX,
+            completed: 0,
+            failed: 0,
+            closed: 0,
+            retired: 0,
+            segment: u32::MAX,
+            unpins: 0,
+        }
+    }
+
+    #[inline]
+    fn flush_batch(&mut self, inner: &Inner) {
+        if let Some(slot) = inner.batches.slots.get(self.batch as usize) {
+            if self.completed > 0 {
+                slot.completed.fetch_add(self.completed, Relaxed);
+            }
+            if self.failed > 0 {
+                slot.failed.fetch_add(self.failed, Relaxed);
+            }
+            if self.closed > 0 {
+                slot.open.fetch_sub(self.closed, Release);
+            }
+            // Last: a zero in-flight count lets the batch be freed.
+            if self.retired > 0 {
+                slot.in_flight.fetch_sub(self.retired, Release);
+            }
+        }
+        self.completed = 0;
+        self.failed = 0;
+        self.closed = 0;
+        self.retired = 0;
+    }
+
+    #[inline]
+    fn flush_segment(&mut self, inner: &Inner) {
+        if self.unpins > 0 {
+            inner.segments.unpin_many(self.segment, self.unpins);
+        }
+        self.unpins = 0;
+    }
+
+    #[inline]
+    fn flush(&mut self, inner: &Inner) {
+        // Segment pins first: a request must not look finished while it still pins memory.
+        self.flush_segment(inner);
+        self.flush_batch(inner);
+    }
+}
+
+/// Applies one completion to its request; batch and segment counters go to `tally`.
 #[inline]
-fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion) {
+fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion, tally: &mut Tally) {
     let (bi, gen12, rail, ri) = token::decode(c.token);
     let Some(slot) = inner.batches.slots.get(bi as usize) else {
         return;
@@ -404,6 +558,10 @@ fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion) {
     let Some(req) = slot.requests().get(ri as usize) else {
         return;
     };
+    if tally.batch != bi {
+        tally.flush(inner);
+        tally.batch = bi;
+    }
     if let Some(e) = c.error {
         let _ = req
             .error
@@ -431,7 +589,8 @@ fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion) {
                         remote_key: 0,
                         len: 0,
                     };
-                    // The completion just taken freed a slot on `rail`, so this post fits.
+                    // The completion just taken freed a slot on `rail`, so this post fits;
+                    // it replaces the completed work request in the in-flight count.
                     if ep.post(std::slice::from_ref(&wr)) == 1 {
                         return;
                     }
@@ -449,8 +608,23 @@ fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion) {
         _ => false,
     };
     if last {
-        slot.finish(req);
-        inner.segments.unpin(req.segment.load(Relaxed));
+        match slot.finish(req) {
+            Some(true) => {
+                tally.completed += 1;
+                tally.closed += 1;
+            }
+            Some(false) => {
+                tally.failed += 1;
+                tally.closed += 1;
+            }
+            None => {}
+        }
+        let seg = req.segment.load(Relaxed);
+        if tally.segment != seg {
+            tally.flush_segment(inner);
+            tally.segment = seg;
+        }
+        tally.unpins += 1;
     }
-    slot.in_flight.fetch_sub(1, Release);
+    tally.retired += 1;
 }

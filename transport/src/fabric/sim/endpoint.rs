@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::node::Need;
 use super::rng::Rng;
 use super::Shared;
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest, MAX_RAILS};
@@ -88,12 +87,10 @@ impl SimEndpoint {
         if wr.len > sh.config.max_rdma_size || wr.len == 0 {
             return Outcome::Done(Some(FailReason::BadLength));
         }
-        let Some(ls) = me.acquire(wr.local_key, wr.local_addr, wr.len, Need::Local) else {
+        if !me.check_local(wr.local_key, wr.local_addr, wr.len) {
             return Outcome::Done(Some(FailReason::InvalidLkey));
-        };
-        let Some(rs) = target.acquire(wr.remote_key, wr.remote_addr, wr.len, Need::Remote(need))
-        else {
-            me.release(ls);
+        }
+        let Some(rs) = target.acquire(wr.remote_key, wr.remote_addr, wr.len, need) else {
             return Outcome::Done(Some(FailReason::RemoteBadAddress));
         };
         let (src, dst) = if write {
@@ -101,13 +98,13 @@ impl SimEndpoint {
         } else {
             (wr.remote_addr, wr.local_addr)
         };
-        // SAFETY: both ranges lie inside regions registered with the sim (checked by `acquire`,
-        // which also pins them so deregistration waits for this copy). Registration is an
+        // SAFETY: both ranges lie inside regions registered with the sim (checked above; the
+        // remote one is pinned so its deregistration waits for this copy, the local one is kept
+        // registered by its owner while this request is posted). Registration is an
         // `unsafe` promise that the memory stays valid while registered. `copy` tolerates
         // overlap (loopback between two segments of one process may alias).
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, wr.len as usize) };
         target.release(rs);
-        me.release(ls);
         Outcome::Done(None)
     }
 }

@@ -26,15 +26,6 @@ pub(crate) fn key(slot: usize, generation: u64) -> u64 {
     (generation << 16) | slot as u64
 }
 
-/// What a checked access may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need {
-    /// The owner's own use (lkey): any access.
-    Local,
-    /// A peer's READ or WRITE.
-    Remote(Access),
-}
-
 #[derive(Debug)]
 pub(crate) struct Node {
     pub id: u32,
@@ -113,7 +104,7 @@ impl Node {
     /// Checks `key` covers `addr..addr+len` with the needed rights and pins the region; the
     /// caller must call [`Node::release`] with the returned slot.
     #[inline]
-    pub(crate) fn acquire(&self, k: u64, addr: u64, len: u64, need: Need) -> Option<usize> {
+    pub(crate) fn acquire(&self, k: u64, addr: u64, len: u64, need: Access) -> Option<usize> {
         let slot = (k & 0xffff) as usize;
         let want = ((k >> 16) << 2) | ACTIVE;
         let r = self.regions.get(slot)?;
@@ -124,12 +115,8 @@ impl Node {
             let access = Access::from_bits(r.access.load(Relaxed)).unwrap_or(Access::NONE);
             let inside =
                 addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + rlen);
-            let allowed = match need {
-                Need::Local => true,
-                Need::Remote(n) => {
-                    (!n.can_read() || access.can_read()) && (!n.can_write() || access.can_write())
-                }
-            };
+            let allowed = (!need.can_read() || access.can_read())
+                && (!need.can_write() || access.can_write());
             inside && allowed
         };
         if ok {
@@ -138,6 +125,23 @@ impl Node {
             r.inflight.fetch_sub(1, SeqCst);
             None
         }
+    }
+
+    /// Checks the owner's own key (no pin: the owner keeps its memory registered while its
+    /// work requests are posted, which is the fabric contract).
+    #[inline]
+    pub(crate) fn check_local(&self, k: u64, addr: u64, len: u64) -> bool {
+        let slot = (k & 0xffff) as usize;
+        let want = ((k >> 16) << 2) | ACTIVE;
+        let Some(r) = self.regions.get(slot) else {
+            return false;
+        };
+        if r.state.load(Acquire) != want {
+            return false;
+        }
+        let base = r.base.load(Relaxed);
+        let rlen = r.len.load(Relaxed);
+        addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + rlen)
     }
 
     #[inline]
