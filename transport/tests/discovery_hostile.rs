@@ -1,0 +1,219 @@
+//! The discovery server under malformed and hostile clients: each is rejected (and counted),
+//! and the server keeps answering well-behaved peers meanwhile.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use transport::discovery::wire::{self, Message, PeerHello};
+use transport::discovery::{DiscoveryConfig, PeerMetadata};
+use transport::fabric::tcp::{TcpConfig, TcpFabric};
+use transport::fabric::Fabric;
+use transport::*;
+
+fn desc(name: &str) -> SegmentDescriptor {
+    SegmentDescriptor {
+        revision: 1,
+        name: name.into(),
+        fabric: "tcp".into(),
+        engine: "server".into(),
+        location: Location::Cpu(0),
+        access: Access::REMOTE_READ,
+        base: 4096,
+        len: 64,
+        rails: vec![RailDescriptor {
+            address: vec![1, 2],
+            key: vec![3; 8],
+        }],
+    }
+}
+
+fn server() -> Arc<PeerMetadata> {
+    let mut c = DiscoveryConfig::new("server");
+    c.frame_timeout = Duration::from_millis(500);
+    c.idle_timeout = Duration::from_secs(2);
+    c.max_frame = 4096;
+    let s = PeerMetadata::bind(c).unwrap();
+    s.publish(&desc("seg")).unwrap();
+    s
+}
+
+fn client() -> Arc<PeerMetadata> {
+    PeerMetadata::bind(DiscoveryConfig::new("client")).unwrap()
+}
+
+/// Whether the server closed the connection (EOF or reset) within 5 s, after any reply.
+fn closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+    false
+}
+
+fn hello_frame() -> Vec<u8> {
+    wire::encode(&Message::Hello(PeerHello {
+        engine: "x".into(),
+        fabric: String::new(),
+        addresses: vec![],
+    }))
+    .unwrap()
+}
+
+fn good_lookup_works(addr: SocketAddr) {
+    let c = client();
+    let d = c.fetch(&addr.to_string(), "seg").unwrap();
+    assert_eq!(d, desc("seg"));
+}
+
+#[test]
+fn discovery_rejects_hostile_handshakes_and_keeps_serving() {
+    let s = server();
+    let addr = s.local_addr();
+    good_lookup_works(addr);
+    let hello = hello_frame();
+
+    let mut bad_magic = hello.clone();
+    bad_magic[..4].copy_from_slice(b"HTTP");
+    let mut bad_version = hello.clone();
+    bad_version[4] = 9;
+    let mut oversized = hello.clone();
+    oversized[8..12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let truncated = hello[..hello.len() - 3].to_vec();
+    let mut bad_kind = hello.clone();
+    bad_kind[6] = 200;
+    let lookup_first = wire::encode(&Message::Lookup("seg".into())).unwrap();
+    let mut garbage_body = hello.clone();
+    let n = garbage_body.len();
+    garbage_body[12..n].fill(0xFF);
+
+    let cases: [(&str, Vec<u8>); 7] = [
+        ("bad magic", bad_magic),
+        ("wrong version", bad_version),
+        ("oversized length", oversized),
+        ("truncated", truncated),
+        ("unknown kind", bad_kind),
+        ("lookup before hello", lookup_first),
+        ("garbage body", garbage_body),
+    ];
+    for (what, bytes) in cases {
+        let before = s.stats().rejected;
+        let mut sock = TcpStream::connect(addr).unwrap();
+        sock.write_all(&bytes).unwrap();
+        assert!(closed(&mut sock), "{what}: connection closed");
+        // The rejection is counted (the server thread may finish just after the close).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.stats().rejected == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(s.stats().rejected, before + 1, "{what}: rejected once");
+        good_lookup_works(addr);
+    }
+}
+
+#[test]
+fn discovery_slowloris_is_cut_off_while_others_are_served() {
+    let s = server();
+    let addr = s.local_addr();
+    let hello = hello_frame();
+    // Trickle a valid hello, one byte every 100 ms: slower than the 500 ms frame deadline.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let t0 = Instant::now();
+    let mut cut = false;
+    for b in &hello {
+        if slow.write_all(std::slice::from_ref(b)).is_err() {
+            cut = true;
+            break;
+        }
+        // Meanwhile a normal peer is served.
+        good_lookup_works(addr);
+        std::thread::sleep(Duration::from_millis(100));
+        if t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    assert!(cut || closed(&mut slow), "the slow client is dropped");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(s.stats().rejected >= 1);
+    // A client that connects and says nothing is dropped after the frame deadline too.
+    let mut mute = TcpStream::connect(addr).unwrap();
+    assert!(closed(&mut mute));
+}
+
+#[test]
+fn discovery_handshake_hands_addresses_to_the_fabric() {
+    let s = server();
+    let fabric = TcpFabric::new(TcpConfig::default()).unwrap();
+    s.attach_fabric(fabric.clone());
+    let c = client();
+    let cf = TcpFabric::new(TcpConfig::default()).unwrap();
+    c.attach_fabric(cf.clone());
+    let w = c.hello(&s.local_addr().to_string()).unwrap();
+    assert_eq!(w.engine, "server");
+    assert_eq!(w.fabric, "tcp");
+    assert_eq!(w.addresses, fabric.local_addresses());
+    // A hello whose addresses the fabric cannot parse is refused by name.
+    let mut sock = TcpStream::connect(s.local_addr()).unwrap();
+    let bad = wire::encode(&Message::Hello(PeerHello {
+        engine: "liar".into(),
+        fabric: "tcp".into(),
+        addresses: vec![b"not an address".to_vec()],
+    }))
+    .unwrap();
+    sock.write_all(&bad).unwrap();
+    let mut hdr = [0u8; wire::HEADER_LEN];
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.read_exact(&mut hdr).unwrap();
+    let h = wire::decode_header(&hdr, 1 << 16).unwrap();
+    let mut body = vec![0; h.len];
+    sock.read_exact(&mut body).unwrap();
+    assert!(matches!(
+        wire::decode_body(&h, &body).unwrap(),
+        Message::Error {
+            code: wire::ErrorCode::Refused,
+            ..
+        }
+    ));
+    // Another fabric's engine is refused too.
+    let mut sock = TcpStream::connect(s.local_addr()).unwrap();
+    let other = wire::encode(&Message::Hello(PeerHello {
+        engine: "simmer".into(),
+        fabric: "sim".into(),
+        addresses: vec![vec![0; 9]],
+    }))
+    .unwrap();
+    sock.write_all(&other).unwrap();
+    assert!(closed(&mut sock));
+    assert!(s.stats().rejected >= 2);
+}
+
+#[test]
+fn discovery_unreachable_peers_are_reported_not_hung() {
+    let c = client();
+    // A port nobody listens on (bound, then released).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(matches!(
+        c.lookup(&format!("{dead}/seg")),
+        Err(MetadataError::Unavailable(_))
+    ));
+    c.add_peer(dead.to_string());
+    assert!(matches!(
+        c.lookup("seg"),
+        Err(MetadataError::Unavailable(_))
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let s = server();
+    c.add_peer(s.local_addr().to_string());
+    assert_eq!(c.lookup("seg").unwrap(), desc("seg"));
+    assert!(matches!(c.lookup("nope"), Err(MetadataError::NotFound(_))));
+}
