@@ -12,11 +12,12 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
+use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::fabric::Fabric;
 
 /// Fabrics the transport offers in this build.
 pub fn fabrics_built() -> Vec<FabricKind> {
-    vec![FabricKind::Sim]
+    vec![FabricKind::Sim, FabricKind::Tcp]
 }
 
 /// Two fabric instances that reach each other, for a loopback run, and the banner's facts about them.
@@ -36,6 +37,29 @@ fn fabric_pair(selection: &Selection) -> anyhow::Result<(Arc<dyn Fabric>, Arc<dy
                     device: "sim".into(),
                     transport_type: "sim".into(),
                     connection_type: "SRD".into(),
+                    mode: "loopback".into(),
+                    reason: selection.reason.clone(),
+                },
+            ))
+        }
+        FabricKind::Tcp => {
+            // Loopback sockets; one stream per worker and peer, as many workers as streams.
+            let config = TcpConfig {
+                queue_depth: 128,
+                ..TcpConfig::default()
+            };
+            let a =
+                TcpFabric::new(config.clone()).context("creating the tcp fabric (server side)")?;
+            let b = TcpFabric::new(config).context("creating the tcp fabric (client side)")?;
+            let device = format!("tcp {}", a.local_addr().ip());
+            Ok((
+                a,
+                b,
+                Setup {
+                    fabric: "tcp".into(),
+                    device,
+                    transport_type: "tcp".into(),
+                    connection_type: "stream".into(),
                     mode: "loopback".into(),
                     reason: selection.reason.clone(),
                 },
