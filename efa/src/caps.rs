@@ -110,23 +110,23 @@ mod tests {
     fn bits_match_efadv_header() {
         assert_eq!(
             EfaCaps::RDMA_READ.bits(),
-            efa_sys::EFADV_DEVICE_ATTR_CAPS_RDMA_READ as u32
+            efa_sys::EFADV_DEVICE_ATTR_CAPS_RDMA_READ
         );
         assert_eq!(
             EfaCaps::RNR_RETRY.bits(),
-            efa_sys::EFADV_DEVICE_ATTR_CAPS_RNR_RETRY as u32
+            efa_sys::EFADV_DEVICE_ATTR_CAPS_RNR_RETRY
         );
         assert_eq!(
             EfaCaps::CQ_WITH_SGID.bits(),
-            efa_sys::EFADV_DEVICE_ATTR_CAPS_CQ_WITH_SGID as u32
+            efa_sys::EFADV_DEVICE_ATTR_CAPS_CQ_WITH_SGID
         );
         assert_eq!(
             EfaCaps::RDMA_WRITE.bits(),
-            efa_sys::EFADV_DEVICE_ATTR_CAPS_RDMA_WRITE as u32
+            efa_sys::EFADV_DEVICE_ATTR_CAPS_RDMA_WRITE
         );
         assert_eq!(
             EfaCaps::UNSOLICITED_WRITE_RECV.bits(),
-            efa_sys::EFADV_DEVICE_ATTR_CAPS_UNSOLICITED_WRITE_RECV as u32
+            efa_sys::EFADV_DEVICE_ATTR_CAPS_UNSOLICITED_WRITE_RECV
         );
     }
 

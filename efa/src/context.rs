@@ -150,9 +150,9 @@ pub struct PortAttr {
 impl PortAttr {
     fn from_raw(r: &efa_sys::ibv_port_attr) -> Self {
         PortAttr {
-            state: PortState::from_raw(r.state as u32),
-            max_mtu: Mtu::from_raw(r.max_mtu as u32),
-            active_mtu: Mtu::from_raw(r.active_mtu as u32),
+            state: PortState::from_raw(r.state),
+            max_mtu: Mtu::from_raw(r.max_mtu),
+            active_mtu: Mtu::from_raw(r.active_mtu),
             gid_tbl_len: u32::try_from(r.gid_tbl_len).unwrap_or(0),
             max_msg_sz: r.max_msg_sz,
             port_cap_flags: r.port_cap_flags,
@@ -280,7 +280,7 @@ impl Context {
     pub fn open(name: &str) -> Result<Arc<Self>> {
         let v = efa_sys::verbs()?;
         let list = RawDeviceList::get(v)?;
-        for dev in list.iter() {
+        for dev in list.iter().flat_map(|l| l.iter()) {
             // SAFETY: `dev` is live while `list` is.
             let mut info = unsafe { DeviceInfo::from_raw(v, dev) };
             if info.name != name {
@@ -499,8 +499,8 @@ mod tests {
 
     #[test]
     fn mtu_bytes() {
-        assert_eq!(Mtu::from_raw(efa_sys::IBV_MTU_1024 as u32).bytes(), 1024);
-        assert_eq!(Mtu::from_raw(efa_sys::IBV_MTU_4096 as u32).bytes(), 4096);
+        assert_eq!(Mtu::from_raw(efa_sys::IBV_MTU_1024).bytes(), 1024);
+        assert_eq!(Mtu::from_raw(efa_sys::IBV_MTU_4096).bytes(), 4096);
         assert_eq!(Mtu::from_raw(9).bytes(), 0);
         assert_eq!(Mtu::Mtu256.bytes(), 256);
     }
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn port_codes() {
         assert_eq!(
-            PortState::from_raw(efa_sys::IBV_PORT_ACTIVE as u32),
+            PortState::from_raw(efa_sys::IBV_PORT_ACTIVE),
             PortState::Active
         );
         assert_eq!(

@@ -1,5 +1,7 @@
 //! Extended completion queues and allocation-free polling.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -143,10 +145,12 @@ impl<'c> CqBuilder<'c> {
                 .and_then(|dv| dv.efadv_cq_from_ibv_cq_ex)
                 // SAFETY: the CQ was created by efadv_create_cq on an EFA context.
                 .and_then(|f| NonNull::new(unsafe { f(raw.as_ptr()) }))
+                .map(EfaCq)
         } else {
             None
         };
         Ok(Cq {
+            _not_sync: PhantomData,
             inner: Arc::new(CqInner {
                 ctx: Arc::clone(ctx),
                 raw,
@@ -172,11 +176,11 @@ fn create(
     attr.cqe = cqe;
     attr.wc_flags = WC_FLAGS;
     if single_threaded {
-        attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_FLAGS as u32;
-        attr.flags |= efa_sys::IBV_CREATE_CQ_ATTR_SINGLE_THREADED as u32;
+        attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_FLAGS;
+        attr.flags |= efa_sys::IBV_CREATE_CQ_ATTR_SINGLE_THREADED;
     }
     if let Some(td) = td {
-        attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_PD as u32;
+        attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_PD;
         attr.parent_domain = td.parent_raw();
     }
     let efadv_create = if ctx.is_efa() {
@@ -218,13 +222,25 @@ fn create(
         .ok_or_else(|| Error::verbs_arg(call, crate::error::last_errno(), "cqe", cqe.into()))
 }
 
+/// The efadv view of an EFA CQ (same object as the `ibv_cq_ex`).
+#[derive(Clone, Copy)]
+struct EfaCq(NonNull<efa_sys::efadv_cq>);
+
+// SAFETY: only reached through `Cq`, which is Send but not Sync; the marker keeps Cq's own
+// auto traits decided by its `_not_sync` field alone.
+unsafe impl Send for EfaCq {}
+// SAFETY: as above.
+unsafe impl Sync for EfaCq {}
+
 /// An extended completion queue (`ibv_cq_ex`).
 ///
 /// Polling takes `&mut self`: one poller at a time, so the provider's CQ lock is not needed.
 /// QPs keep the underlying CQ alive, so dropping a `Cq` before its QPs is safe.
 pub struct Cq {
+    // Polling state lives in the provider's CQ: never Sync, whatever the fields below are.
+    _not_sync: PhantomData<Cell<()>>,
     inner: Arc<CqInner>,
-    efa_cq: Option<NonNull<efa_sys::efadv_cq>>,
+    efa_cq: Option<EfaCq>,
     sgid: bool,
     unsolicited: bool,
     is_efa: bool,
@@ -418,7 +434,7 @@ impl Completion<'_> {
     /// The outcome.
     pub fn status(&self) -> WcStatus {
         // SAFETY: as for wr_id.
-        WcStatus::from_raw(unsafe { (*self.raw()).status } as u32)
+        WcStatus::from_raw(unsafe { (*self.raw()).status })
     }
 
     /// Whether the work request succeeded.
@@ -460,7 +476,7 @@ impl Completion<'_> {
 
     /// Immediate data (host order), when the completion carries it.
     pub fn imm(&self) -> Option<u32> {
-        if self.wc_flags() & efa_sys::IBV_WC_WITH_IMM as u32 == 0 {
+        if self.wc_flags() & efa_sys::IBV_WC_WITH_IMM == 0 {
             return None;
         }
         // SAFETY: current completion; the CQ was created with IBV_WC_EX_WITH_IMM.
@@ -486,7 +502,7 @@ impl Completion<'_> {
         let efa_cq = self.cq.efa_cq.filter(|_| self.cq.sgid)?;
         let mut raw = efa_sys::ibv_gid { raw: [0; 16] };
         // SAFETY: current completion of a CQ created with EFADV_WC_EX_WITH_SGID.
-        let rc = unsafe { efa_sys::efadv_wc_read_sgid(efa_cq.as_ptr(), &mut raw) };
+        let rc = unsafe { efa_sys::efadv_wc_read_sgid(efa_cq.0.as_ptr(), &mut raw) };
         (rc == 0).then(|| Gid::from_raw(&raw))
     }
 
@@ -494,7 +510,7 @@ impl Completion<'_> {
     pub fn is_unsolicited(&self) -> bool {
         match self.cq.efa_cq.filter(|_| self.cq.unsolicited) {
             // SAFETY: current completion of a CQ created with EFADV_WC_EX_WITH_IS_UNSOLICITED.
-            Some(c) => unsafe { efa_sys::efadv_wc_is_unsolicited(c.as_ptr()) },
+            Some(c) => unsafe { efa_sys::efadv_wc_is_unsolicited(c.0.as_ptr()) },
             None => false,
         }
     }

@@ -179,8 +179,8 @@ impl DeviceInfo {
         let (node_type, transport, ibdev_path) = unsafe {
             let d = dev.as_ref();
             (
-                NodeType::from_raw(d.node_type as i32),
-                TransportType::from_raw(d.transport_type as i32),
+                NodeType::from_raw(d.node_type),
+                TransportType::from_raw(d.transport_type),
                 PathBuf::from(
                     CStr::from_ptr(d.ibdev_path.as_ptr())
                         .to_string_lossy()
@@ -213,16 +213,21 @@ pub(crate) struct RawDeviceList {
 }
 
 impl RawDeviceList {
-    pub(crate) fn get(verbs: &'static efa_sys::Verbs) -> Result<Self> {
+    /// The device list; `None` when the kernel has no RDMA support.
+    pub(crate) fn get(verbs: &'static efa_sys::Verbs) -> Result<Option<Self>> {
         let mut n: libc::c_int = 0;
         // SAFETY: `n` is a valid out pointer; a NULL result reports failure through errno.
         let list = unsafe { (verbs.ibv_get_device_list)(&mut n) };
-        let list = NonNull::new(list).ok_or_else(|| Error::last_os("ibv_get_device_list"))?;
-        Ok(RawDeviceList {
-            verbs,
-            list,
-            len: usize::try_from(n).unwrap_or(0),
-        })
+        match NonNull::new(list) {
+            Some(list) => Ok(Some(RawDeviceList {
+                verbs,
+                list,
+                len: usize::try_from(n).unwrap_or(0),
+            })),
+            // A kernel without RDMA support (no uverbs): no devices, not a failure.
+            None if crate::error::last_errno() == libc::ENOSYS => Ok(None),
+            None => Err(Error::last_os("ibv_get_device_list")),
+        }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = NonNull<efa_sys::ibv_device>> + '_ {
@@ -239,10 +244,12 @@ impl Drop for RawDeviceList {
     }
 }
 
-/// List every verbs device on this host.
+/// List every verbs device on this host (empty when the kernel has no RDMA support).
 pub fn devices() -> Result<Vec<DeviceInfo>> {
     let v = efa_sys::verbs()?;
-    let list = RawDeviceList::get(v)?;
+    let Some(list) = RawDeviceList::get(v)? else {
+        return Ok(Vec::new());
+    };
     // SAFETY: every entry is live until `list` drops at the end of this function.
     Ok(list
         .iter()
@@ -315,19 +322,16 @@ mod tests {
     #[test]
     fn raw_codes_are_named() {
         assert_eq!(
-            NodeType::from_raw(efa_sys::IBV_NODE_UNSPECIFIED as i32),
+            NodeType::from_raw(efa_sys::IBV_NODE_UNSPECIFIED),
             NodeType::Unspecified
         );
+        assert_eq!(NodeType::from_raw(efa_sys::IBV_NODE_CA), NodeType::Ca);
         assert_eq!(
-            NodeType::from_raw(efa_sys::IBV_NODE_CA as i32),
-            NodeType::Ca
-        );
-        assert_eq!(
-            TransportType::from_raw(efa_sys::IBV_TRANSPORT_UNSPECIFIED as i32),
+            TransportType::from_raw(efa_sys::IBV_TRANSPORT_UNSPECIFIED),
             TransportType::Unspecified
         );
         assert_eq!(
-            TransportType::from_raw(efa_sys::IBV_TRANSPORT_IB as i32),
+            TransportType::from_raw(efa_sys::IBV_TRANSPORT_IB),
             TransportType::Ib
         );
         assert_eq!(NodeType::from_raw(-1), NodeType::Unknown(-1));

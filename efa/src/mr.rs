@@ -528,16 +528,13 @@ impl<'a> Mr<'a> {
         }
         let valid = |bit: u32, v: u16| (u32::from(raw.ic_id_validity) & bit != 0).then_some(v);
         Ok(EfaMrAttr {
-            recv_ic_id: valid(
-                efa_sys::EFADV_MR_ATTR_VALIDITY_RECV_IC_ID as u32,
-                raw.recv_ic_id,
-            ),
+            recv_ic_id: valid(efa_sys::EFADV_MR_ATTR_VALIDITY_RECV_IC_ID, raw.recv_ic_id),
             rdma_read_ic_id: valid(
-                efa_sys::EFADV_MR_ATTR_VALIDITY_RDMA_READ_IC_ID as u32,
+                efa_sys::EFADV_MR_ATTR_VALIDITY_RDMA_READ_IC_ID,
                 raw.rdma_read_ic_id,
             ),
             rdma_recv_ic_id: valid(
-                efa_sys::EFADV_MR_ATTR_VALIDITY_RDMA_RECV_IC_ID as u32,
+                efa_sys::EFADV_MR_ATTR_VALIDITY_RDMA_RECV_IC_ID,
                 raw.rdma_recv_ic_id,
             ),
         })
@@ -580,25 +577,19 @@ mod tests {
 
     #[test]
     fn access_bits_match_verbs() {
-        assert_eq!(
-            Access::LOCAL_WRITE.bits(),
-            efa_sys::IBV_ACCESS_LOCAL_WRITE as u32
-        );
+        assert_eq!(Access::LOCAL_WRITE.bits(), efa_sys::IBV_ACCESS_LOCAL_WRITE);
         assert_eq!(
             Access::REMOTE_WRITE.bits(),
-            efa_sys::IBV_ACCESS_REMOTE_WRITE as u32
+            efa_sys::IBV_ACCESS_REMOTE_WRITE
         );
-        assert_eq!(
-            Access::REMOTE_READ.bits(),
-            efa_sys::IBV_ACCESS_REMOTE_READ as u32
-        );
+        assert_eq!(Access::REMOTE_READ.bits(), efa_sys::IBV_ACCESS_REMOTE_READ);
         assert_eq!(
             Access::REMOTE_ATOMIC.bits(),
-            efa_sys::IBV_ACCESS_REMOTE_ATOMIC as u32
+            efa_sys::IBV_ACCESS_REMOTE_ATOMIC
         );
         assert_eq!(
             Access::RELAXED_ORDERING.bits(),
-            efa_sys::IBV_ACCESS_RELAXED_ORDERING as u32
+            efa_sys::IBV_ACCESS_RELAXED_ORDERING
         );
         assert_eq!(Access::default(), Access::LOCAL_WRITE);
     }

@@ -173,15 +173,15 @@ mod tests {
         assert_eq!(EfaStatus::from_raw(18), EfaStatus::FeatureMismatch);
         assert_eq!(EfaStatus::from_raw(16), EfaStatus::Unknown(16));
         assert_eq!(
-            WcStatus::from_raw(efa_sys::IBV_WC_REM_ACCESS_ERR as u32),
+            WcStatus::from_raw(efa_sys::IBV_WC_REM_ACCESS_ERR),
             WcStatus::RemAccessErr
         );
         assert_eq!(
-            WcStatus::from_raw(efa_sys::IBV_WC_GENERAL_ERR as u32),
+            WcStatus::from_raw(efa_sys::IBV_WC_GENERAL_ERR),
             WcStatus::GeneralErr
         );
         assert_eq!(
-            WcOpcode::from_raw(efa_sys::IBV_WC_RECV_RDMA_WITH_IMM as u32),
+            WcOpcode::from_raw(efa_sys::IBV_WC_RECV_RDMA_WITH_IMM),
             WcOpcode::RecvRdmaWithImm
         );
     }

@@ -247,6 +247,25 @@ pub struct QpBuilder<'a> {
 }
 
 impl<'a> QpBuilder<'a> {
+    /// A builder for a QP on `pd` completing sends into `send_cq` and receives into `recv_cq`.
+    pub fn new(pd: &'a Arc<Pd>, send_cq: &'a Cq, recv_cq: &'a Cq) -> Self {
+        QpBuilder {
+            pd,
+            send_cq,
+            recv_cq,
+            caps: QpCaps::default(),
+            qkey: 0x1111_1111,
+            psn: 0,
+            port: 1,
+            gid_index: None,
+            rnr_retry: 7,
+            unsolicited_write_recv: false,
+            rc: RcOptions::default(),
+            remote_access: crate::mr::Access::REMOTE_READ | crate::mr::Access::REMOTE_WRITE,
+            td: None,
+        }
+    }
+
     /// Queue sizes to request.
     pub fn caps(mut self, caps: QpCaps) -> Self {
         self.caps = caps;
@@ -376,8 +395,7 @@ impl<'a> QpBuilder<'a> {
         a.cap.max_inline_data = self.caps.max_inline_data;
         a.qp_type = qp_type as _;
         a.sq_sig_all = sig_all.into();
-        a.comp_mask =
-            (efa_sys::IBV_QP_INIT_ATTR_PD | efa_sys::IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) as u32;
+        a.comp_mask = efa_sys::IBV_QP_INIT_ATTR_PD | efa_sys::IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
         a.pd = self.pd_raw();
         a.send_ops_flags = ops;
         a
@@ -434,14 +452,19 @@ impl<'a> QpBuilder<'a> {
         let gid = self.local_gid()?;
         let port = ctx.query_port(self.port)?;
         let ops = efa.srd_send_ops();
-        let mut attr = self.init_attr(efa_sys::IBV_QPT_DRIVER as u32, ops, true);
+        let mut attr = self.init_attr(efa_sys::IBV_QPT_DRIVER, ops, true);
         // Zeroed, with only the fields this library generation knows set: flags stay zero unless
         // the capability (and so a library that has the field) is present.
-        let mut efa_attr = efa_sys::efadv_qp_init_attr::default();
-        efa_attr.driver_qp_type = efa_sys::EFADV_QP_DRIVER_TYPE_SRD as u32;
-        if self.unsolicited_write_recv {
-            efa_attr.flags = efa_sys::EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV as u16;
-        }
+        let efa_attr_flags = if self.unsolicited_write_recv {
+            efa_sys::EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV as u16
+        } else {
+            0
+        };
+        let mut efa_attr = efa_sys::efadv_qp_init_attr {
+            driver_qp_type: efa_sys::EFADV_QP_DRIVER_TYPE_SRD,
+            flags: efa_attr_flags,
+            ..Default::default()
+        };
         // SAFETY: the context is open, attrs initialised, and the efadv struct's full size is
         // passed: older libraries check the tail is zero, newer ones copy what they get.
         let raw = unsafe {
@@ -499,7 +522,7 @@ impl<'a> QpBuilder<'a> {
         let gid = self.local_gid()?;
         let port = ctx.query_port(self.port)?;
         let ops = u64::from(efa_sys::IBV_QP_EX_WITH_SEND | efa_sys::IBV_QP_EX_WITH_SEND_WITH_IMM);
-        let mut attr = self.init_attr(efa_sys::IBV_QPT_UD as u32, ops, ctx.is_efa());
+        let mut attr = self.init_attr(efa_sys::IBV_QPT_UD, ops, ctx.is_efa());
         // SAFETY: the context is open and `attr` initialised; NULL reports failure via errno.
         let raw = unsafe { efa_sys::ibv_create_qp_ex(ctx.verbs(), ctx.as_raw(), &mut attr) };
         let raw = NonNull::new(raw).ok_or_else(|| {
@@ -558,7 +581,7 @@ impl<'a> QpBuilder<'a> {
                 | efa_sys::IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
                 | efa_sys::IBV_QP_EX_WITH_RDMA_READ,
         );
-        let mut attr = self.init_attr(efa_sys::IBV_QPT_RC as u32, ops, false);
+        let mut attr = self.init_attr(efa_sys::IBV_QPT_RC, ops, false);
         // SAFETY: as in build_ud.
         let raw = unsafe { efa_sys::ibv_create_qp_ex(ctx.verbs(), ctx.as_raw(), &mut attr) };
         let raw = NonNull::new(raw).ok_or_else(|| {
@@ -631,25 +654,6 @@ impl<T: Transport> std::fmt::Debug for Qp<T> {
 }
 
 impl<T: Transport> Qp<T> {
-    /// A builder for a QP on `pd` completing sends into `send_cq` and receives into `recv_cq`.
-    pub fn builder<'a>(pd: &'a Arc<Pd>, send_cq: &'a Cq, recv_cq: &'a Cq) -> QpBuilder<'a> {
-        QpBuilder {
-            pd,
-            send_cq,
-            recv_cq,
-            caps: QpCaps::default(),
-            qkey: 0x1111_1111,
-            psn: 0,
-            port: 1,
-            gid_index: None,
-            rnr_retry: 7,
-            unsolicited_write_recv: false,
-            rc: RcOptions::default(),
-            remote_access: crate::mr::Access::REMOTE_READ | crate::mr::Access::REMOTE_WRITE,
-            td: None,
-        }
-    }
-
     fn wrap(
         b: QpBuilder<'_>,
         raw: NonNull<efa_sys::ibv_qp>,

@@ -198,6 +198,15 @@ pub struct RemoteAddr {
     pub rkey: u32,
 }
 
+/// The operation part of one work request.
+#[derive(Clone, Copy)]
+struct Wr {
+    wr_id: u64,
+    op: SendOp,
+    imm: u32,
+    remote: RemoteAddr,
+}
+
 /// The posting half of a QP: the raw extended QP and its limits.
 pub(crate) struct SendCore {
     pub(crate) qpx: *mut efa_sys::ibv_qp_ex,
@@ -213,14 +222,17 @@ impl SendCore {
     /// `self.qpx` must be live and inside `ibv_wr_start`; `dest`'s AH must be live.
     unsafe fn push(
         &mut self,
-        wr_id: u64,
+        wr: &Wr,
         signaled: bool,
-        op: SendOp,
-        imm: u32,
-        remote: RemoteAddr,
         dest: Option<&Dest<'_>>,
         payload: Payload<'_>,
     ) -> Result<()> {
+        let Wr {
+            wr_id,
+            op,
+            imm,
+            remote,
+        } = *wr;
         check_wr(&self.limits, self.kind, op, &payload)?;
         let q = self.qpx;
         // SAFETY (whole block): `q` is live inside a batch (caller), the op is in the QP's
@@ -229,7 +241,7 @@ impl SendCore {
         unsafe {
             (*q).wr_id = wr_id;
             (*q).wr_flags = if signaled {
-                efa_sys::IBV_SEND_SIGNALED as u32
+                efa_sys::IBV_SEND_SIGNALED
             } else {
                 0
             };
@@ -343,6 +355,12 @@ impl<'q, T> Batch<'q, T> {
         dest: Option<&Dest<'_>>,
         payload: Payload<'_>,
     ) -> Result<()> {
+        let wr = Wr {
+            wr_id,
+            op,
+            imm,
+            remote,
+        };
         if self.count >= self.core.limits.max_batch {
             return Err(Error::limit(
                 Limit::BatchLength,
@@ -351,10 +369,7 @@ impl<'q, T> Batch<'q, T> {
             ));
         }
         // SAFETY: the batch is open on a live QP (Batch::start); `dest` borrows a live AH.
-        unsafe {
-            self.core
-                .push(wr_id, self.signaled, op, imm, remote, dest, payload)?
-        };
+        unsafe { self.core.push(&wr, self.signaled, dest, payload)? };
         self.count += 1;
         Ok(())
     }

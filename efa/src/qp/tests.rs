@@ -208,7 +208,7 @@ fn srd_wrs_carry_the_ud_address_rdma_included() {
         addr: 0x1000,
         len: 64,
     };
-    let signaled = efa_sys::IBV_SEND_SIGNALED as u32;
+    let signaled = efa_sys::IBV_SEND_SIGNALED;
     assert_eq!(
         take_log(),
         vec![
@@ -488,6 +488,6 @@ fn qp_state_round_trips() {
     for v in 0..8 {
         assert_eq!(QpState::from_raw(v).raw(), v);
     }
-    assert_eq!(QpState::from_raw(efa_sys::IBV_QPS_RTS as u32), QpState::Rts);
-    assert_eq!(QpState::from_raw(efa_sys::IBV_QPS_ERR as u32), QpState::Err);
+    assert_eq!(QpState::from_raw(efa_sys::IBV_QPS_RTS), QpState::Rts);
+    assert_eq!(QpState::from_raw(efa_sys::IBV_QPS_ERR), QpState::Err);
 }

@@ -1,0 +1,155 @@
+//! Tests that need EFA hardware (an AWS instance with an EFA interface). See the README.
+//!
+//! Device: `$EFA_TEST_DEVICE`, else the first EFA device.
+
+use std::time::Duration;
+
+use efa::{
+    Access, Ah, AhAttr, Context, Cq, Dest, EfaCaps, Error, Limit, Mr, Pd, QpBuilder, RemoteAddr,
+    SrdQp, WcOpcode, WorkCompletion,
+};
+
+fn wait(cq: &mut Cq, n: usize) -> Vec<WorkCompletion> {
+    let mut out = vec![WorkCompletion::default(); n];
+    let got = cq.wait_into(&mut out, n, Duration::from_secs(10)).unwrap();
+    assert_eq!(got, n, "{:?}", &out[..got]);
+    out
+}
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
+    let ctx = match std::env::var("EFA_TEST_DEVICE") {
+        Ok(d) => Context::open(&d).unwrap(),
+        Err(_) => Context::open_first_efa().unwrap(),
+    };
+    let attr = *ctx.require_efa().unwrap();
+    assert_eq!(ctx.device_attr().vendor_id, 0x1d0f);
+    let port = ctx.query_port(1).unwrap();
+    let pd = Pd::new(&ctx).unwrap();
+    let mut cq_a = Cq::new(&ctx, 128).unwrap();
+    let mut cq_b = Cq::new(&ctx, 128).unwrap();
+    assert_eq!(
+        cq_a.has_source_gid(),
+        attr.caps.contains(EfaCaps::CQ_WITH_SGID)
+    );
+    let mut a: SrdQp = QpBuilder::new(&pd, &cq_a, &cq_a).build_srd().unwrap();
+    let mut b: SrdQp = QpBuilder::new(&pd, &cq_b, &cq_b).build_srd().unwrap();
+    let mut access = Access::LOCAL_WRITE;
+    if attr.caps.contains(EfaCaps::RDMA_READ) {
+        access |= Access::REMOTE_READ;
+    }
+    if attr.caps.contains(EfaCaps::RDMA_WRITE) {
+        access |= Access::REMOTE_WRITE;
+    }
+    let mut mr_a = Mr::alloc(&pd, 1 << 20, access).unwrap();
+    let mut mr_b = Mr::alloc(&pd, 1 << 20, access).unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    mr_a.write_at(0, &data).unwrap();
+    mr_b.write_at(65536, &data).unwrap();
+    // One AH serves both QPs (same port); on two hosts each side needs an AH for the other.
+    let ah = Ah::new(&pd, AhAttr::new(a.endpoint().gid, 0)).unwrap();
+    println!("AHN {:?}", ah.efa_ahn());
+    let to_b = Dest::new(&ah, b.qp_num(), b.qkey());
+
+    // SEND up to max_msg_sz; one byte more is refused before the device sees it.
+    let size = port.max_msg_sz.min(4096);
+    b.post_recv(1, &[mr_b.sge(0, size).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch
+        .send(10, &to_b, &[mr_a.sge(0, size).unwrap()])
+        .unwrap();
+    let too_big = Mr::alloc(&pd, port.max_msg_sz as usize + 1, Access::LOCAL_WRITE).unwrap();
+    assert!(matches!(
+        batch.send(11, &to_b, &[too_big.sge_all().unwrap()]),
+        Err(Error::Limit {
+            limit: Limit::SendBytes,
+            ..
+        })
+    ));
+    assert!(batch.set_signaled(false).is_err());
+    batch.commit().unwrap();
+    assert!(wait(&mut cq_a, 1)[0].is_success());
+    let r = wait(&mut cq_b, 1)[0];
+    assert_eq!(
+        (r.opcode, r.byte_len, r.src_qp),
+        (Some(WcOpcode::Recv), size, a.qp_num())
+    );
+    let mut got = vec![0; size as usize];
+    mr_b.read_at(0, &mut got).unwrap();
+    assert_eq!(got, data[..size as usize]);
+
+    let remote = mr_b.remote();
+    if attr.caps.contains(EfaCaps::RDMA_READ) {
+        let mut batch = a.batch().unwrap();
+        batch
+            .read(
+                20,
+                &to_b,
+                &[mr_a.sge(131072, 65536).unwrap()],
+                RemoteAddr {
+                    addr: remote.at(65536, 65536).unwrap(),
+                    rkey: remote.rkey,
+                },
+            )
+            .unwrap();
+        batch.commit().unwrap();
+        assert!(wait(&mut cq_a, 1)[0].is_success());
+        let mut got = vec![0; 65536];
+        mr_a.read_at(131072, &mut got).unwrap();
+        assert_eq!(got, data);
+    }
+    if attr.caps.contains(EfaCaps::RDMA_WRITE) {
+        let mut batch = a.batch().unwrap();
+        batch
+            .write(
+                30,
+                &to_b,
+                &[mr_a.sge(0, 65536).unwrap()],
+                RemoteAddr {
+                    addr: remote.at(262144, 65536).unwrap(),
+                    rkey: remote.rkey,
+                },
+            )
+            .unwrap();
+        batch.commit().unwrap();
+        assert!(wait(&mut cq_a, 1)[0].is_success());
+        let mut got = vec![0; 65536];
+        mr_b.read_at(262144, &mut got).unwrap();
+        assert_eq!(got, data);
+    } else {
+        let mut batch = a.batch().unwrap();
+        assert!(matches!(
+            batch.write(
+                31,
+                &to_b,
+                &[mr_a.sge(0, 8).unwrap()],
+                RemoteAddr {
+                    addr: remote.addr,
+                    rkey: remote.rkey
+                }
+            ),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+    // A bad rkey surfaces as a named EFA status.
+    if attr.caps.contains(EfaCaps::RDMA_READ) {
+        let mut batch = a.batch().unwrap();
+        batch
+            .read(
+                40,
+                &to_b,
+                &[mr_a.sge(0, 64).unwrap()],
+                RemoteAddr {
+                    addr: remote.addr,
+                    rkey: remote.rkey ^ 0xffff,
+                },
+            )
+            .unwrap();
+        batch.commit().unwrap();
+        let w = wait(&mut cq_a, 1)[0];
+        assert!(!w.is_success());
+        println!("bad rkey: {:?} / {:?}", w.status, w.efa_status);
+        assert_eq!(w.efa_status, Some(efa::EfaStatus::RemoteBadAddress));
+    }
+}
