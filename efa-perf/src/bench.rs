@@ -67,7 +67,7 @@ impl Plan {
         format!("{}_{m}", self.verb.name())
     }
 
-    fn iterations_label(&self, measured: u64) -> u64 {
+    fn latency_iterations(&self, measured: u64) -> u64 {
         match self.amount {
             Amount::Iterations(n) => n,
             Amount::Duration(_) => measured,
@@ -130,7 +130,7 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
                     })?;
                 let row = BwRow {
                     bytes: size,
-                    iterations: plan.iterations_label(m.total.ops),
+                    iterations: m.total.ops,
                     bw_peak: s.peak,
                     bw_average: s.average,
                     msg_rate_mpps: s.msg_rate_mpps,
@@ -149,7 +149,7 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
                     .with_context(|| format!("{} at {size} bytes", info.test))?;
                 let row = LatRow {
                     bytes: size,
-                    iterations: plan.iterations_label(m.samples_us.len() as u64),
+                    iterations: plan.latency_iterations(m.samples_us.len() as u64),
                     t_min_us: s.min,
                     t_max_us: s.max,
                     t_typical_us: s.typical,

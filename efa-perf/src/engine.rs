@@ -6,6 +6,7 @@ use crate::info::DeviceReport;
 use crate::loopback::Loopback;
 use crate::measure;
 use crate::record::Document;
+use crate::remote;
 use crate::runner::Setup;
 use crate::select::{FabricKind, SeenDevice, Selection};
 use anyhow::Context;
@@ -21,7 +22,10 @@ pub fn fabrics_built() -> Vec<FabricKind> {
 }
 
 /// Two fabric instances that reach each other, for a loopback run, and the banner's facts about them.
-fn fabric_pair(selection: &Selection) -> anyhow::Result<(Arc<dyn Fabric>, Arc<dyn Fabric>, Setup)> {
+fn fabric_pair(
+    selection: &Selection,
+    timeout: Duration,
+) -> anyhow::Result<(Arc<dyn Fabric>, Arc<dyn Fabric>, Setup)> {
     match selection.fabric {
         FabricKind::Sim => {
             let net = SimNetwork::new();
@@ -46,6 +50,7 @@ fn fabric_pair(selection: &Selection) -> anyhow::Result<(Arc<dyn Fabric>, Arc<dy
             // Loopback sockets; one stream per worker and peer, as many workers as streams.
             let config = TcpConfig {
                 queue_depth: 128,
+                timeout,
                 ..TcpConfig::default()
             };
             let a =
@@ -134,7 +139,8 @@ pub fn loopback_args() -> TestArgs {
     }
 }
 
-/// Runs a plan on the selected fabric and returns its document.
+/// Runs a plan on the selected fabric and returns its document: in this process (loopback) or as the
+/// client of a server.
 pub fn run_selected(
     selection: &Selection,
     args: &TestArgs,
@@ -143,18 +149,19 @@ pub fn run_selected(
     let timeout = Duration::from_secs(args.timeout);
     let max_size = plan.sizes.iter().copied().max().unwrap_or(1);
     let stripe = measure::stripe_len(max_size, plan.depth, plan.streams);
-    if !selection.loopback {
-        anyhow::bail!(
-            "client/server runs over {} are not available in this build",
-            selection.fabric
-        );
+    if selection.loopback {
+        let (server, client, setup) = fabric_pair(selection, timeout)?;
+        let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout)?;
+        return bench::run(&mut runner, plan);
     }
-    let (server, client, setup) = fabric_pair(selection)?;
-    let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout)?;
-    bench::run(&mut runner, plan)
+    let mut client = remote::Client::connect(selection, args, plan, stripe)?;
+    bench::run(&mut client, plan)
 }
 
-/// Runs a test from the command line.
+/// Runs a test from the command line: loopback, client (a peer was given) or server (none was).
 pub fn execute(selection: &Selection, args: &TestArgs, plan: &Plan) -> anyhow::Result<()> {
+    if !selection.loopback && args.peer.is_none() {
+        return remote::serve(args, plan.verb, plan.metric, &selection.reason);
+    }
     run_selected(selection, args, plan).map(|_| ())
 }

@@ -13,6 +13,7 @@ mod loopback;
 mod measure;
 mod progress;
 mod record;
+mod remote;
 mod report;
 mod runner;
 mod select;

@@ -46,7 +46,7 @@ pub struct RunInfo {
 pub struct BwRow {
     /// Message size in bytes.
     pub bytes: u64,
-    /// Operations completed (all queue pairs).
+    /// Operations completed (all queue pairs, both directions with -b).
     pub iterations: u64,
     /// Best rate over any measured window, in `bw_unit`.
     pub bw_peak: f64,

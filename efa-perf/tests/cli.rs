@@ -414,3 +414,80 @@ fn compare_prints_ratios_and_draws_both_fabrics() {
     assert!(names.iter().any(|n| n.starts_with("tcp")), "{names:?}");
     assert!(names.iter().any(|n| !n.starts_with("tcp")), "{names:?}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a server process and a client process on loopback over the tcp fabric; returns the client's output.
+fn client_server(test: &str, extra: &[&str]) -> Output {
+    use std::io::BufRead;
+    let port = free_port().to_string();
+    let mut server = bin()
+        .args([test, "--fabric", "tcp", "-p", &port, "--timeout", "30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start server");
+    // The server says so on stderr once it listens (or exits, which ends the stream).
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
+        line.clear();
+    }
+    assert!(
+        line.contains("waiting for a client"),
+        "server did not start: {line}"
+    );
+    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut args = vec![
+        test,
+        "--fabric",
+        "tcp",
+        "-p",
+        &port,
+        "--timeout",
+        "30",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let status = server.wait().unwrap();
+    let _ = drain.join();
+    assert!(
+        status.success(),
+        "server failed: {status:?}; client: {}",
+        text(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn client_and_server_processes_over_tcp() {
+    let out = client_server(
+        "write-bw",
+        &["-n", "200", "-s", "16K", "--json", "--cpu-util", "-b"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "client");
+    assert_eq!(v["fabric"], "tcp");
+    let r = &v["results"][0];
+    assert_eq!(r["iterations"], 400, "both directions counted: {r}");
+    assert!(r["bw_average"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["cpu_util_server"].as_f64().is_some(),
+        "server CPU comes back: {r}"
+    );
+
+    let out = client_server("send-lat", &["-n", "100", "--csv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let row: Vec<&str> = s.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!((row[0], row[3]), ("send_lat", "client"));
+    assert!(row[8].parse::<f64>().unwrap() > 0.0, "{row:?}");
+}

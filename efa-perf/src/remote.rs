@@ -1,0 +1,601 @@
+//! Client and server in different processes (or hosts), as perftest runs: the server listens on `-p`, the
+//! client connects and drives each measurement.
+//!
+//! The control connection carries one JSON object per line; the data goes over the transport. Segments are
+//! found through the transport's peer-to-peer discovery, each side telling the other its discovery address.
+//!
+//! ```text
+//! client                                  server
+//!   Hello {fabric, verb, metric, ...}  ->
+//!                                      <-   Ready {discovery, device, ...}
+//!   Opened {discovery}                 ->   (opens the client's segment)
+//!                                      <-   Linked
+//!   per size:  Run {size, amount}      ->   (starts its side: pong thread, reverse streams)
+//!                                      <-   Go
+//!   (measures)  Finished {ops}         ->   (joins its side, checks SENDs arrived)
+//!                                      <-   Result {cpu, streams}
+//!   Bye                                ->
+//! ```
+
+use crate::cli::{Metric, TestArgs, Verb};
+use crate::cpu;
+use crate::loopback::{combine, register, stream_op, CLIENT_SEGMENT, SERVER_SEGMENT};
+use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
+use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
+use crate::select::{FabricKind, Selection};
+use crate::stats::Event;
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use transport::discovery::{DiscoveryConfig, PeerMetadata};
+use transport::fabric::tcp::{TcpConfig, TcpFabric};
+use transport::fabric::Fabric;
+use transport::{Engine, EngineConfig};
+
+/// Version of the control protocol.
+const PROTOCOL: u32 = 1;
+
+/// Control messages.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+enum Msg {
+    Hello {
+        protocol: u32,
+        fabric: String,
+        verb: Verb,
+        metric: Metric,
+        streams: u32,
+        depth: u32,
+        bidirectional: bool,
+        stripe: u64,
+    },
+    Ready {
+        discovery: String,
+        device: String,
+        transport_type: String,
+        connection_type: String,
+    },
+    Opened {
+        discovery: String,
+    },
+    Linked,
+    Run {
+        size: u64,
+        iterations: Option<u64>,
+        duration_ms: Option<u64>,
+    },
+    Go,
+    Finished {
+        ops: u64,
+    },
+    Result {
+        cpu_percent: f64,
+        streams: Vec<StreamSummary>,
+    },
+    Error {
+        message: String,
+    },
+    Bye,
+}
+
+/// What a server-side stream reports back.
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamSummary {
+    ops: u64,
+    bytes: u64,
+    end_us: u64,
+    events: Vec<(u64, u64, u64)>,
+}
+
+impl From<&StreamResult> for StreamSummary {
+    fn from(r: &StreamResult) -> Self {
+        Self {
+            ops: r.ops,
+            bytes: r.bytes,
+            end_us: r.end.as_micros() as u64,
+            events: r
+                .events
+                .iter()
+                .map(|e| (e.at.as_micros() as u64, e.ops, e.bytes))
+                .collect(),
+        }
+    }
+}
+
+impl From<StreamSummary> for StreamResult {
+    fn from(s: StreamSummary) -> Self {
+        Self {
+            ops: s.ops,
+            bytes: s.bytes,
+            end: Duration::from_micros(s.end_us),
+            events: s
+                .events
+                .into_iter()
+                .map(|(at, ops, bytes)| Event {
+                    at: Duration::from_micros(at),
+                    ops,
+                    bytes,
+                })
+                .collect(),
+            cpu: Duration::ZERO,
+        }
+    }
+}
+
+/// A line-oriented JSON channel with a read deadline.
+struct Control {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl Control {
+    fn new(stream: TcpStream, timeout: Duration) -> anyhow::Result<Self> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        Ok(Self {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            peer,
+            local,
+        })
+    }
+
+    fn send(&mut self, m: &Msg) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(m)?;
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .with_context(|| format!("sending to {}", self.peer))
+    }
+
+    fn recv(&mut self) -> anyhow::Result<Msg> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .with_context(|| format!("waiting for {}", self.peer))?;
+        if n == 0 {
+            bail!("{} closed the control connection", self.peer);
+        }
+        match serde_json::from_str(&line)
+            .with_context(|| format!("bad control message from {}", self.peer))?
+        {
+            Msg::Error { message } => Err(anyhow!("peer {}: {message}", self.peer)),
+            m => Ok(m),
+        }
+    }
+}
+
+/// An engine reachable from another process: fabric bound to the address the peer reaches us on, discovery
+/// server beside it.
+struct Node {
+    engine: Engine,
+    meta: Arc<PeerMetadata>,
+    setup: Setup,
+}
+
+fn make_node(
+    kind: FabricKind,
+    ip: IpAddr,
+    name: &str,
+    mode: &str,
+    reason: &str,
+    timeout: Duration,
+) -> anyhow::Result<Node> {
+    let (fabric, device, transport_type, connection_type): (Arc<dyn Fabric>, String, &str, &str) =
+        match kind {
+            FabricKind::Tcp => {
+                let config = TcpConfig {
+                    bind: SocketAddr::new(ip, 0),
+                    queue_depth: 128,
+                    timeout,
+                    ..TcpConfig::default()
+                };
+                let f = TcpFabric::new(config).context("creating the tcp fabric")?;
+                let device = format!("tcp {}", f.local_addr());
+                (f, device, "tcp", "stream")
+            }
+            other => bail!(
+                "fabric {other} cannot reach another process in this build (use --fabric tcp)"
+            ),
+        };
+    let meta = PeerMetadata::bind(DiscoveryConfig {
+        bind: SocketAddr::new(ip, 0),
+        ..DiscoveryConfig::new(name)
+    })
+    .context("starting discovery")?;
+    meta.attach_fabric(fabric.clone());
+    let engine = Engine::new(EngineConfig::new(name), fabric, meta.clone())
+        .context("creating the engine")?;
+    Ok(Node {
+        engine,
+        meta,
+        setup: Setup {
+            fabric: kind.to_string(),
+            device,
+            transport_type: transport_type.into(),
+            connection_type: connection_type.into(),
+            mode: mode.into(),
+            reason: reason.into(),
+        },
+    })
+}
+
+fn parse_fabric(name: &str) -> anyhow::Result<FabricKind> {
+    Ok(match name {
+        "efa" => FabricKind::Efa,
+        "verbs" => FabricKind::Verbs,
+        "tcp" => FabricKind::Tcp,
+        "sim" => FabricKind::Sim,
+        other => bail!("unknown fabric {other:?}"),
+    })
+}
+
+/// The client's runner.
+pub struct Client {
+    control: Control,
+    link: Link,
+    setup: Setup,
+    timeout: Duration,
+    _node: Node,
+}
+
+impl Client {
+    /// Connects to the server at `host:port` and sets up both sides.
+    pub fn connect(
+        selection: &Selection,
+        args: &TestArgs,
+        plan: &crate::bench::Plan,
+        stripe: u64,
+    ) -> anyhow::Result<Self> {
+        let host = args
+            .peer
+            .as_deref()
+            .ok_or_else(|| anyhow!("no peer given"))?;
+        let timeout = Duration::from_secs(args.timeout);
+        let target = format!("{host}:{}", args.port);
+        let addr = target
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {target}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{target} resolves to no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
+            .with_context(|| {
+                format!(
+                    "connecting to the efa-perf server at {addr} (is it running with -p {}?)",
+                    args.port
+                )
+            })?;
+        let mut control = Control::new(stream, timeout)?;
+        let node = make_node(
+            selection.fabric,
+            control.local.ip(),
+            "efa-perf-client",
+            "client",
+            &selection.reason,
+            timeout,
+        )?;
+        control.send(&Msg::Hello {
+            protocol: PROTOCOL,
+            fabric: selection.fabric.to_string(),
+            verb: plan.verb,
+            metric: plan.metric,
+            streams: plan.streams,
+            depth: plan.depth,
+            bidirectional: plan.bidirectional,
+            stripe,
+        })?;
+        let Msg::Ready {
+            discovery, device, ..
+        } = control.recv()?
+        else {
+            bail!("server answered out of turn");
+        };
+        let local = register(&node.engine, CLIENT_SEGMENT, stripe * plan.streams as u64)?;
+        let remote = node
+            .engine
+            .open_segment(&format!("{discovery}/{SERVER_SEGMENT}"))
+            .with_context(|| format!("opening the server's segment at {discovery}"))?;
+        control.send(&Msg::Opened {
+            discovery: node.meta.local_addr().to_string(),
+        })?;
+        let Msg::Linked = control.recv()? else {
+            bail!("server answered out of turn");
+        };
+        let mut setup = node.setup.clone();
+        setup.device = format!("{} <-> {device}", setup.device);
+        Ok(Self {
+            control,
+            link: Link {
+                engine: node.engine.clone(),
+                local,
+                remote,
+                stripe,
+            },
+            setup,
+            timeout,
+            _node: node,
+        })
+    }
+
+    fn start(&mut self, p: &Point) -> anyhow::Result<()> {
+        let (iterations, duration_ms) = match p.amount {
+            Amount::Iterations(n) => (Some(n), None),
+            Amount::Duration(d) => (None, Some(d.as_millis() as u64)),
+        };
+        self.control.send(&Msg::Run {
+            size: p.size,
+            iterations,
+            duration_ms,
+        })?;
+        match self.control.recv()? {
+            Msg::Go => Ok(()),
+            other => bail!("server answered {other:?} instead of go"),
+        }
+    }
+
+    fn finish(&mut self, ops: u64) -> anyhow::Result<(f64, Vec<StreamResult>)> {
+        self.control.send(&Msg::Finished { ops })?;
+        match self.control.recv()? {
+            Msg::Result {
+                cpu_percent,
+                streams,
+            } => Ok((cpu_percent, streams.into_iter().map(Into::into).collect())),
+            other => bail!("server answered {other:?} instead of a result"),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.control.send(&Msg::Bye);
+    }
+}
+
+impl Runner for Client {
+    fn setup(&self) -> Setup {
+        self.setup.clone()
+    }
+
+    fn bandwidth(&mut self, p: &Point) -> anyhow::Result<BwMeasurement> {
+        self.start(p)?;
+        let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+        let op = stream_op(p.verb);
+        let start = Instant::now();
+        let timeout = self.timeout;
+        let results = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..p.streams)
+                .map(|i| {
+                    let link = self.link.clone();
+                    s.spawn(move || {
+                        measure::stream(&link, i, op, p.size, p.amount, p.depth, start, timeout)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().map_err(|_| anyhow!("a stream thread panicked"))?)
+                .collect::<anyhow::Result<Vec<_>>>()
+        });
+        let cpu_client = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.finish(0);
+                return Err(e);
+            }
+        };
+        let ops = results.iter().map(|r| r.ops).sum();
+        let (cpu_server, server_streams) = self.finish(ops)?;
+        if op == StreamOp::Send {
+            // Two-sided both ways: the client must have received every SEND of the server's streams.
+            let back: u64 = server_streams.iter().map(|r| r.ops).sum();
+            if back > 0 {
+                measure::await_tag(&self.link.engine, TAG_SEND, back, timeout)
+                    .context("receiving SENDs")?;
+                self.link.engine.notifications().consume(TAG_SEND, back)?;
+            }
+        }
+        let all: Vec<StreamResult> = results.into_iter().chain(server_streams).collect();
+        let (total, windows) = combine(
+            &all,
+            p.streams * if p.bidirectional { 2 } else { 1 },
+            p.depth,
+        );
+        Ok(BwMeasurement {
+            total,
+            windows,
+            cpu_client: p.cpu.then_some(cpu_client),
+            cpu_server: p.cpu.then_some(cpu_server),
+        })
+    }
+
+    fn latency(&mut self, p: &Point) -> anyhow::Result<LatMeasurement> {
+        let n = latency_count(p.amount);
+        self.start(p)?;
+        let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+        let r = measure::latency_client(&self.link, stream_op(p.verb), p.size, n, self.timeout);
+        let cpu_client = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
+        let (samples, _) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.finish(0);
+                return Err(e);
+            }
+        };
+        let (cpu_server, _) = self.finish(n)?;
+        Ok(LatMeasurement {
+            samples_us: samples,
+            cpu_client: p.cpu.then_some(cpu_client),
+            cpu_server: p.cpu.then_some(cpu_server),
+        })
+    }
+}
+
+/// Operations of a latency point (by time: a fixed count per second, so both sides agree on it).
+pub fn latency_count(amount: Amount) -> u64 {
+    match amount {
+        Amount::Iterations(n) => n,
+        Amount::Duration(d) => d.as_secs().max(1) * 10_000,
+    }
+}
+
+/// Runs the server: waits for one client on `-p`, serves its test, and returns when it says goodbye.
+pub fn serve(args: &TestArgs, verb: Verb, metric: Metric, reason: &str) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout);
+    let listener = TcpListener::bind(("0.0.0.0", args.port)).with_context(|| {
+        format!(
+            "listening on port {} (in use? choose another with -p)",
+            args.port
+        )
+    })?;
+    eprintln!(
+        "efa-perf: server waiting for a client on port {} ({reason})",
+        args.port
+    );
+    let (stream, from) = listener.accept().context("accepting the client")?;
+    eprintln!("efa-perf: client {from} connected");
+    let mut control = Control::new(stream, timeout)?;
+    match serve_one(&mut control, verb, metric, timeout, reason) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = control.send(&Msg::Error {
+                message: format!("{e:#}"),
+            });
+            Err(e)
+        }
+    }
+}
+
+fn serve_one(
+    control: &mut Control,
+    verb: Verb,
+    metric: Metric,
+    timeout: Duration,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let Msg::Hello {
+        protocol,
+        fabric,
+        verb: cverb,
+        metric: cmetric,
+        streams,
+        depth,
+        bidirectional,
+        stripe,
+    } = control.recv()?
+    else {
+        bail!("client did not start with hello");
+    };
+    if protocol != PROTOCOL {
+        bail!("client speaks control protocol {protocol}, this server {PROTOCOL}");
+    }
+    if (cverb, cmetric) != (verb, metric) {
+        bail!(
+            "client runs {cverb:?} {cmetric:?} but this server was started for {verb:?} {metric:?}"
+        );
+    }
+    if stripe == 0 || stripe.saturating_mul(streams as u64) > 4 << 30 {
+        bail!("client asks for {streams} stripes of {stripe} bytes");
+    }
+    let kind = parse_fabric(&fabric)?;
+    let node = make_node(
+        kind,
+        control.local.ip(),
+        "efa-perf-server",
+        "server",
+        reason,
+        timeout,
+    )?;
+    let local = register(&node.engine, SERVER_SEGMENT, stripe * streams as u64)?;
+    control.send(&Msg::Ready {
+        discovery: node.meta.local_addr().to_string(),
+        device: node.setup.device.clone(),
+        transport_type: node.setup.transport_type.clone(),
+        connection_type: node.setup.connection_type.clone(),
+    })?;
+    let Msg::Opened { discovery } = control.recv()? else {
+        bail!("client answered out of turn");
+    };
+    let remote = node
+        .engine
+        .open_segment(&format!("{discovery}/{CLIENT_SEGMENT}"))
+        .with_context(|| format!("opening the client's segment at {discovery}"))?;
+    control.send(&Msg::Linked)?;
+    let link = Link {
+        engine: node.engine.clone(),
+        local,
+        remote,
+        stripe,
+    };
+    let op = stream_op(verb);
+    loop {
+        let (size, amount) = match control.recv()? {
+            Msg::Run {
+                size,
+                iterations: Some(n),
+                ..
+            } => (size, Amount::Iterations(n)),
+            Msg::Run {
+                size,
+                duration_ms: Some(ms),
+                ..
+            } => (size, Amount::Duration(Duration::from_millis(ms))),
+            Msg::Bye => {
+                eprintln!("efa-perf: client {} finished", control.peer);
+                return Ok(());
+            }
+            other => bail!("unexpected {other:?}"),
+        };
+        if size == 0 || size > stripe {
+            bail!("client asks for {size}-byte messages in {stripe}-byte stripes");
+        }
+        let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+        let results: anyhow::Result<Vec<StreamResult>> = std::thread::scope(|s| {
+            let mut hs = Vec::new();
+            if metric == Metric::Bw && bidirectional {
+                let start = Instant::now();
+                for i in 0..streams {
+                    let link = link.clone();
+                    hs.push(s.spawn(move || {
+                        measure::stream(&link, i, op, size, amount, depth, start, timeout)
+                    }));
+                }
+            }
+            let pong = (metric == Metric::Lat && op != StreamOp::Read).then(|| {
+                let link = link.clone();
+                let n = latency_count(amount);
+                s.spawn(move || measure::latency_server(&link, size, n, timeout))
+            });
+            control.send(&Msg::Go)?;
+            let Msg::Finished { ops } = control.recv()? else {
+                bail!("client answered out of turn");
+            };
+            if let Some(h) = pong {
+                h.join().map_err(|_| anyhow!("pong thread panicked"))??;
+            }
+            let out = hs
+                .into_iter()
+                .map(|h| h.join().map_err(|_| anyhow!("a stream thread panicked"))?)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if metric == Metric::Bw && op == StreamOp::Send && ops > 0 {
+                measure::await_tag(&link.engine, TAG_SEND, ops, timeout)
+                    .context("receiving SENDs")?;
+                link.engine.notifications().consume(TAG_SEND, ops)?;
+            }
+            Ok(out)
+        });
+        let results = results?;
+        let cpu_percent = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
+        control.send(&Msg::Result {
+            cpu_percent,
+            streams: results.iter().map(StreamSummary::from).collect(),
+        })?;
+    }
+}
