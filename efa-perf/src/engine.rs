@@ -76,38 +76,24 @@ fn fabric_pair(
 
 /// RDMA devices on this machine, or why they cannot be listed.
 pub fn probe_devices() -> Result<Vec<SeenDevice>, String> {
-    let dir = std::path::Path::new("/sys/class/infiniband");
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(_) => return Ok(Vec::new()),
-    };
-    let mut v: Vec<SeenDevice> = entries
-        .flatten()
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let driver = std::fs::read_link(e.path().join("device/driver"))
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-            SeenDevice {
-                is_efa: driver.as_deref() == Some("efa"),
-                name,
-            }
-        })
-        .collect();
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(v)
+    crate::devices::probe()
 }
 
 /// Full descriptions of every device.
 pub fn describe_devices() -> Vec<DeviceReport> {
-    Vec::new()
+    crate::devices::describe_all()
 }
 
 /// The EFA kernel driver's version, when the module is loaded.
 pub fn efa_driver_version() -> Option<String> {
-    std::fs::read_to_string("/sys/module/efa/version")
-        .ok()
-        .map(|s| s.trim().to_string())
+    crate::devices::efa_driver_version()
+}
+
+/// What the transport's own fabric selection picks between processes, and why.
+pub fn transport_selection() -> String {
+    use transport::fabric::auto::{select, DeviceProbe, Scope};
+    let s = select(&DeviceProbe::system(), Scope::CrossProcess);
+    format!("{} ({})", s.kind, s.reason)
 }
 
 /// Options for an in-process run with perftest's defaults.

@@ -84,6 +84,8 @@ pub struct InfoReport {
     pub device_error: Option<String>,
     /// Fabrics the transport has built in.
     pub fabrics_built: Vec<String>,
+    /// What the transport's own selection picks between processes, and why.
+    pub transport_selection: String,
     /// What `auto` picks with no peer.
     pub selection_without_peer: Result<Selection, String>,
     /// What `auto` picks towards a peer.
@@ -226,6 +228,10 @@ fn render(r: &InfoReport) -> String {
         Err(e) => format!("none: {e}"),
     };
     s.push_str(&format!(
+        " transport selection     : {}\n",
+        r.transport_selection
+    ));
+    s.push_str(&format!(
         " auto, no peer           : {}\n",
         sel(&r.selection_without_peer)
     ));
@@ -269,6 +275,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         devices,
         device_error: env.device_error.clone(),
         fabrics_built: env.fabrics_built.iter().map(|f| f.to_string()).collect(),
+        transport_selection: crate::engine::transport_selection(),
         selection_without_peer: select::select(FabricChoice::Auto, None, false, None, &env)
             .map_err(|e| e.to_string()),
         selection_with_peer: select::select(FabricChoice::Auto, Some("PEER"), false, None, &env)

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod compare;
 mod cpu;
+mod devices;
 mod engine;
 mod info;
 mod loopback;
