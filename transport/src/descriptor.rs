@@ -293,7 +293,8 @@ impl SegmentDescriptor {
         }
         let rest = buf.len() - r.at;
         // A newer minor version may append fields this decoder does not know; skip them.
-        if rest != 0 && minor <= FORMAT_MINOR {
+        let newer = minor > FORMAT_MINOR;
+        if rest != 0 && !newer {
             return Err(DescriptorError::TrailingBytes(rest));
         }
         Ok(SegmentDescriptor {

@@ -415,7 +415,7 @@ impl Engine {
     ) -> Result<*mut u8, TransportError> {
         let owned = e.owned.as_ref().ok_or(TransportError::NotOwned(segment))?;
         let end = offset.checked_add(len as u64);
-        if end.is_none_or(|end| end > e.len) {
+        if end.map_or(true, |end| end > e.len) {
             return Err(TransportError::OwnedOutOfRange {
                 segment,
                 offset,

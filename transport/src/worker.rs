@@ -130,8 +130,9 @@ impl Worker {
         slot.in_flight.fetch_add(total, AcqRel);
         let reqs = slot.requests();
         let generation = slot.generation();
-        for k in 0..self.resolved.len() {
-            let res = self.resolved[k];
+        // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
+        let resolved = std::mem::take(&mut self.resolved);
+        for (k, &res) in resolved.iter().enumerate() {
             let index = first + k as u32;
             let req = &reqs[index as usize];
             let Some(local) = inner.segments.get_pinned(res.local_index) else {
@@ -185,11 +186,12 @@ impl Worker {
             }
         }
         self.flush();
-        for res in &self.resolved {
+        for res in &resolved {
             if res.remote_pin {
                 inner.remotes.unpin(res.remote_index);
             }
         }
+        self.resolved = resolved;
         Ok(first as usize)
     }
 
@@ -359,7 +361,7 @@ fn resolve(
     let check_remote = || {
         if r.remote_offset
             .checked_add(r.len)
-            .is_none_or(|end| end > remote.len)
+            .map_or(true, |end| end > remote.len)
         {
             return Err(TransportError::RemoteOutOfRange {
                 index,
@@ -400,7 +402,7 @@ fn resolve(
             match entry {
                 None => Err(TransportError::UnknownSegment(segment)),
                 Some(e) => {
-                    if offset.checked_add(r.len).is_none_or(|end| end > e.len) {
+                    if offset.checked_add(r.len).map_or(true, |end| end > e.len) {
                         if !same_run {
                             inner.segments.unpin(segment.index);
                         }

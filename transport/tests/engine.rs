@@ -61,7 +61,8 @@ fn validation_errors_are_typed_and_post_nothing() {
     let mut w = a.worker().unwrap();
     let batch = a.allocate_batch(2).unwrap();
     let good = Request::read(src, 0, ro, 0, 10);
-    let cases: Vec<(Request, Box<dyn Fn(&TransportError) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&TransportError) -> bool>;
+    let cases: Vec<(Request, Check)> = vec![
         (
             Request::read(src, 0, ro, 0, 0),
             Box::new(|e| matches!(e, TransportError::ZeroLength { index: 1 })),

@@ -40,13 +40,13 @@
 //!   post one new request on that rail right away (it relies on this for notifications).
 //! - A READ/WRITE completion means the data is placed at its destination. A
 //!   [`WorkOp::Notify`] completion means the target has counted the tag (see
-//!   [`Notifications`](crate::Notifications)).
+//!   [`Notifications`]).
 //! - Dead peers must not hang the engine: such requests complete with
 //!   [`FailReason::UnresponsiveRemote`](crate::FailReason) after a bounded time.
 //!
 //! # Target side
 //!
-//! The engine binds its [`Notifications`](crate::Notifications) with
+//! The engine binds its [`Notifications`] with
 //! [`Fabric::bind_notifications`]; a fabric that receives a notification (write-with-immediate,
 //! SEND with immediate, a TCP notify frame) calls [`Notifications::record`](crate::Notifications::record).
 //! Fabrics whose target side needs CPU work (TCP service threads, EFA receive CQs) run it on their
@@ -148,21 +148,12 @@ pub struct WorkRequest {
 }
 
 /// One completion: the token of the work request and its outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Completion {
     /// The work request's token.
     pub token: u64,
     /// `None` on success, else why it failed.
     pub error: Option<FailReason>,
-}
-
-impl Default for Completion {
-    fn default() -> Self {
-        Completion {
-            token: 0,
-            error: None,
-        }
-    }
 }
 
 /// A network (or model of one) as seen by one engine. See the [module docs](self).
