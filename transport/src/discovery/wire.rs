@@ -388,7 +388,8 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
         }
     };
     let rest = body.len() - r.at;
-    if rest != 0 && header.minor <= VERSION_MINOR {
+    let newer = header.minor > VERSION_MINOR;
+    if rest != 0 && !newer {
         return Err(WireError::Trailing(rest));
     }
     Ok(msg)

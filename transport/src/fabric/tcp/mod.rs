@@ -5,9 +5,10 @@
 //!   use; [`TcpConfig::rails`] sets how many rails (streams per peer per worker) there are,
 //!   and the engine stripes slices over them. Sockets use `TCP_NODELAY` (the endpoint batches
 //!   frames itself) and vectored I/O.
-//! - **Hot path**: `post`/`poll` do the socket I/O themselves on non-blocking sockets (see
-//!   [`endpoint`](self) notes in the source): no I/O thread, no shared queue, no lock, no
-//!   allocation in steady state. Each stream holds at most [`TcpConfig::queue_depth`]
+//! - **Hot path**: `post`/`poll` do the socket I/O themselves on non-blocking sockets: no I/O
+//!   thread, no hand-off, no shared queue, no lock, no allocation in steady state (a stream's
+//!   ring and buffers are allocated once, at its first use). Only the first request to a peer
+//!   on a rail waits for the connection (bounded by [`TcpConfig::connect_timeout`]). Each stream holds at most [`TcpConfig::queue_depth`]
 //!   requests; `post` accepts a prefix when one is full.
 //! - **Target side**: a listener thread and one service thread per connection check every
 //!   request against the registrations (the remote key names a registration: key, bounds and

@@ -385,7 +385,7 @@ impl Conn {
         let checked = shared
             .regions
             .acquire(req.key, req.addr, req.len, Access::REMOTE_READ);
-        let sent = match checked {
+        match checked {
             Ok(_guard) => {
                 self.count(Ok(()));
                 let mut hdr = [0u8; RESP_LEN];
@@ -410,7 +410,6 @@ impl Conn {
                 self.count(Err(reason));
                 self.respond(req.token, Err(reason))
             }
-        };
-        sent
+        }
     }
 }
