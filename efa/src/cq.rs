@@ -151,15 +151,18 @@ impl<'c> CqBuilder<'c> {
         };
         Ok(Cq {
             _not_sync: PhantomData,
+            core: PollCore {
+                raw,
+                efa_cq,
+                sgid: sgid && efa_cq.is_some(),
+                unsolicited: self.unsolicited && efa_cq.is_some(),
+                is_efa: ctx.is_efa(),
+            },
             inner: Arc::new(CqInner {
                 ctx: Arc::clone(ctx),
                 raw,
                 _td: self.td,
             }),
-            efa_cq,
-            sgid: sgid && efa_cq.is_some(),
-            unsolicited: self.unsolicited && efa_cq.is_some(),
-            is_efa: ctx.is_efa(),
         })
     }
 }
@@ -240,6 +243,13 @@ pub struct Cq {
     // Polling state lives in the provider's CQ: never Sync, whatever the fields below are.
     _not_sync: PhantomData<Cell<()>>,
     inner: Arc<CqInner>,
+    core: PollCore,
+}
+
+/// What polling needs: the raw CQ and how it was created. Separate from ownership so the
+/// polling logic can run against a fake CQ in tests.
+pub(crate) struct PollCore {
+    raw: NonNull<efa_sys::ibv_cq_ex>,
     efa_cq: Option<EfaCq>,
     sgid: bool,
     unsolicited: bool,
@@ -255,7 +265,7 @@ impl std::fmt::Debug for Cq {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cq")
             .field("cqe", &self.capacity())
-            .field("source_gid", &self.sgid)
+            .field("source_gid", &self.core.sgid)
             .finish_non_exhaustive()
     }
 }
@@ -286,7 +296,7 @@ impl Cq {
 
     /// Whether completions carry the source GID of unknown senders.
     pub fn has_source_gid(&self) -> bool {
-        self.sgid
+        self.core.sgid
     }
 
     pub(crate) fn inner(&self) -> &Arc<CqInner> {
@@ -302,37 +312,12 @@ impl Cq {
     ///
     /// The returned [`Poll`] lends one [`Completion`] at a time and ends the pass on drop.
     pub fn poll(&mut self) -> Result<Option<Poll<'_>>> {
-        let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
-        // SAFETY: the CQ is live and this is its only poller (&mut self).
-        let rc = unsafe { efa_sys::ibv_start_poll(self.as_raw(), &mut attr) };
-        match rc {
-            0 => Ok(Some(Poll {
-                cq: self,
-                fresh: true,
-                exhausted: false,
-            })),
-            libc::ENOENT => Ok(None),
-            e => Err(Error::verbs("ibv_start_poll", e)),
-        }
+        self.core.poll()
     }
 
     /// Poll up to `out.len()` completions into `out`; returns how many were written.
     pub fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        let Some(mut p) = self.poll()? else {
-            return Ok(0);
-        };
-        let mut n = 0;
-        while n < out.len() {
-            match p.next()? {
-                Some(c) => out[n] = c.to_owned(),
-                None => break,
-            }
-            n += 1;
-        }
-        Ok(n)
+        self.core.poll_into(out)
     }
 
     /// Poll until `want` completions arrived or `timeout` passed, writing them into `out`
@@ -359,9 +344,48 @@ impl Cq {
     }
 }
 
+impl PollCore {
+    fn as_raw(&self) -> *mut efa_sys::ibv_cq_ex {
+        self.raw.as_ptr()
+    }
+
+    fn poll(&mut self) -> Result<Option<Poll<'_>>> {
+        let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
+        // SAFETY: the CQ is live and this is its only poller (&mut self).
+        let rc = unsafe { efa_sys::ibv_start_poll(self.as_raw(), &mut attr) };
+        match rc {
+            0 => Ok(Some(Poll {
+                cq: self,
+                fresh: true,
+                exhausted: false,
+            })),
+            libc::ENOENT => Ok(None),
+            e => Err(Error::verbs("ibv_start_poll", e)),
+        }
+    }
+
+    fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let Some(mut p) = self.poll()? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        while n < out.len() {
+            match p.next()? {
+                Some(c) => out[n] = c.to_owned(),
+                None => break,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
 /// One polling pass over a [`Cq`]; ends the pass (`ibv_end_poll`) on drop.
 pub struct Poll<'c> {
-    cq: &'c mut Cq,
+    cq: &'c mut PollCore,
     fresh: bool,
     exhausted: bool,
 }
@@ -411,7 +435,7 @@ impl Drop for Poll<'_> {
 /// The current completion of a [`Poll`]. Per verbs rules only `wr_id`, `status`, `vendor_err`
 /// and `qp_num` are meaningful when the status is an error.
 pub struct Completion<'p> {
-    cq: &'p Cq,
+    cq: &'p PollCore,
 }
 
 impl std::fmt::Debug for Completion<'_> {
@@ -586,3 +610,7 @@ impl WorkCompletion {
         self.status.is_success()
     }
 }
+
+#[cfg(test)]
+#[path = "cq_tests.rs"]
+mod tests;

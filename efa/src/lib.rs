@@ -43,3 +43,6 @@ pub use qp::{
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
 };
 pub use status::{EfaStatus, WcOpcode, WcStatus};
+
+#[cfg(test)]
+mod alloc_count;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use efa::{
     Access, AhAttr, Context, Cq, Dest, DeviceKind, Endpoint, Error, Gid, Limit, Mr, Pd, QpBuilder,
-    QpState, RcQp, RemoteAddr, UdQp, WcOpcode, WcStatus, WorkCompletion, GRH_BYTES,
+    QpState, RcOptions, RcQp, RemoteAddr, UdQp, WcOpcode, WcStatus, WorkCompletion, GRH_BYTES,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -567,6 +567,39 @@ fn vm_wrong_state_transitions_are_typed_errors() {
             ..
         })
     ));
+    // A transition the device refuses (more outstanding reads than it supports) is a typed
+    // verbs error naming the target state, and the handle's state stays where the device left it.
+    let pd = Pd::new(&ctx).unwrap();
+    let cq = Cq::new(&ctx, 16).unwrap();
+    let too_many = ctx
+        .device_attr()
+        .max_qp_rd_atom
+        .max(ctx.device_attr().max_qp_init_rd_atom)
+        + 1;
+    let mut greedy = QpBuilder::new(&pd, &cq, &cq)
+        .rc_options(RcOptions {
+            max_rd_atomic: too_many.min(255) as u8,
+            ..RcOptions::default()
+        })
+        .build_rc()
+        .unwrap();
+    match greedy.connect(&ep) {
+        Err(Error::Verbs {
+            call: "ibv_modify_qp",
+            errno,
+            arg: Some(("target state", target)),
+        }) => {
+            assert_eq!(errno, 22, "EINVAL");
+            let before = if target == 2 {
+                QpState::Init
+            } else {
+                QpState::Rtr
+            };
+            assert_eq!(greedy.state(), before);
+            assert_eq!(greedy.query_state().unwrap(), before);
+        }
+        other => panic!("device accepted max_rd_atomic {too_many}: {other:?}"),
+    }
     // Receives may be posted in INIT, and too many SGEs are refused by count.
     fresh.qp.post_recv(1, &[sge]).unwrap();
     assert!(matches!(

@@ -491,3 +491,65 @@ fn qp_state_round_trips() {
     assert_eq!(QpState::from_raw(efa_sys::IBV_QPS_RTS), QpState::Rts);
     assert_eq!(QpState::from_raw(efa_sys::IBV_QPS_ERR), QpState::Err);
 }
+
+unsafe extern "C" fn n_q(_q: *mut efa_sys::ibv_qp_ex) {}
+unsafe extern "C" fn n_imm(_q: *mut efa_sys::ibv_qp_ex, _i: u32) {}
+unsafe extern "C" fn n_rdma(_q: *mut efa_sys::ibv_qp_ex, _k: u32, _a: u64) {}
+unsafe extern "C" fn n_rdma_imm(_q: *mut efa_sys::ibv_qp_ex, _k: u32, _a: u64, _i: u32) {}
+unsafe extern "C" fn n_ud(
+    _q: *mut efa_sys::ibv_qp_ex,
+    _ah: *mut efa_sys::ibv_ah,
+    _n: u32,
+    _k: u32,
+) {
+}
+unsafe extern "C" fn n_sge(_q: *mut efa_sys::ibv_qp_ex, _k: u32, _a: u64, _l: u32) {}
+unsafe extern "C" fn n_list(_q: *mut efa_sys::ibv_qp_ex, _n: usize, _s: *const efa_sys::ibv_sge) {}
+unsafe extern "C" fn n_inline(_q: *mut efa_sys::ibv_qp_ex, _a: *mut c_void, _l: usize) {}
+unsafe extern "C" fn n_complete(_q: *mut efa_sys::ibv_qp_ex) -> i32 {
+    0
+}
+
+#[test]
+fn posting_allocates_nothing() {
+    // SAFETY: as in fake_qpx.
+    let mut q: Box<efa_sys::ibv_qp_ex> = Box::new(unsafe { std::mem::zeroed() });
+    q.wr_start = Some(n_q);
+    q.wr_send = Some(n_q);
+    q.wr_send_imm = Some(n_imm);
+    q.wr_rdma_write = Some(n_rdma);
+    q.wr_rdma_read = Some(n_rdma);
+    q.wr_rdma_write_imm = Some(n_rdma_imm);
+    q.wr_set_ud_addr = Some(n_ud);
+    q.wr_set_sge = Some(n_sge);
+    q.wr_set_sge_list = Some(n_list);
+    q.wr_set_inline_data = Some(n_inline);
+    q.wr_complete = Some(n_complete);
+    q.wr_abort = Some(n_q);
+    let mut l = srd_limits();
+    l.max_batch = 1024;
+    let mut c = core(&mut q, TransportKind::Srd, l);
+    let dest = Dest::fake(0xe0, 3, 4);
+    let one = [Sge::new(0x1000, 64, 1)];
+    let two = [Sge::new(0x1000, 64, 1), Sge::new(0x2000, 64, 1)];
+    let remote = RemoteAddr {
+        addr: 0x9000,
+        rkey: 7,
+    };
+    let before = crate::alloc_count::allocations();
+    for round in 0..100u64 {
+        // SAFETY: the fake QP lives for the whole test.
+        let mut b = unsafe { Batch::<Srd>::start(&mut c) };
+        b.send(round, &dest, &two).unwrap();
+        b.send_imm(round, &dest, &one, 9).unwrap();
+        b.send_inline(round, &dest, b"tiny", None).unwrap();
+        b.write(round, &dest, &one, remote).unwrap();
+        b.read(round, &dest, &one, remote).unwrap();
+        b.write_imm(round, &dest, &one, remote, 1).unwrap();
+        let _refused = b.send(round, &dest, &[one[0]; 3]).unwrap_err();
+        if round % 2 == 0 {
+            b.commit().unwrap();
+        }
+    }
+    assert_eq!(crate::alloc_count::allocations() - before, 0);
+}

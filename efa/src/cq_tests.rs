@@ -1,0 +1,219 @@
+//! The poller against a fake extended CQ: pass discipline, field decoding, no allocation.
+
+use super::*;
+use crate::alloc_count::allocations;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    wr_id: u64,
+    status: u32,
+    opcode: u32,
+    vendor_err: u32,
+    byte_len: u32,
+    imm_be: u32,
+    wc_flags: u32,
+    qp_num: u32,
+    src_qp: u32,
+}
+
+#[repr(C)]
+struct FakeCq {
+    cq: efa_sys::ibv_cq_ex,
+    entries: Vec<Entry>,
+    head: usize,
+    cur: usize,
+    in_pass: bool,
+    starts: u32,
+    ends: u32,
+}
+
+unsafe fn fake<'a>(cq: *mut efa_sys::ibv_cq_ex) -> &'a mut FakeCq {
+    // SAFETY: every fake op receives the `cq` field, the first of a live FakeCq.
+    unsafe { &mut *cq.cast::<FakeCq>() }
+}
+
+fn load(f: &mut FakeCq) {
+    let e = f.entries[f.cur];
+    f.cq.wr_id = e.wr_id;
+    f.cq.status = e.status;
+}
+
+unsafe extern "C" fn start(cq: *mut efa_sys::ibv_cq_ex, _a: *mut efa_sys::ibv_poll_cq_attr) -> i32 {
+    // SAFETY: see `fake`.
+    let f = unsafe { fake(cq) };
+    assert!(!f.in_pass, "start_poll inside a pass");
+    if f.head == f.entries.len() {
+        return libc::ENOENT;
+    }
+    f.in_pass = true;
+    f.starts += 1;
+    f.cur = f.head;
+    load(f);
+    0
+}
+
+unsafe extern "C" fn next(cq: *mut efa_sys::ibv_cq_ex) -> i32 {
+    // SAFETY: see `fake`.
+    let f = unsafe { fake(cq) };
+    assert!(f.in_pass, "next_poll outside a pass");
+    if f.cur + 1 == f.entries.len() {
+        return libc::ENOENT;
+    }
+    f.cur += 1;
+    load(f);
+    0
+}
+
+unsafe extern "C" fn end(cq: *mut efa_sys::ibv_cq_ex) {
+    // SAFETY: see `fake`.
+    let f = unsafe { fake(cq) };
+    assert!(f.in_pass, "end_poll outside a pass");
+    f.in_pass = false;
+    f.ends += 1;
+    f.head = f.cur + 1;
+}
+
+macro_rules! reader {
+    ($name:ident, $field:ident, $ty:ty) => {
+        unsafe extern "C" fn $name(cq: *mut efa_sys::ibv_cq_ex) -> $ty {
+            // SAFETY: see `fake`.
+            let f = unsafe { fake(cq) };
+            assert!(f.in_pass, "reader outside a pass");
+            f.entries[f.cur].$field as $ty
+        }
+    };
+}
+reader!(r_opcode, opcode, efa_sys::ibv_wc_opcode);
+reader!(r_vendor, vendor_err, u32);
+reader!(r_len, byte_len, u32);
+reader!(r_imm, imm_be, u32);
+reader!(r_qp, qp_num, u32);
+reader!(r_src, src_qp, u32);
+reader!(r_flags, wc_flags, u32);
+
+fn fake_cq(entries: Vec<Entry>) -> Box<FakeCq> {
+    // SAFETY: a C struct of integers, pointers, pthread objects and nullable fn pointers; an
+    // all-zero value is valid for the fields the poller reads.
+    let mut cq: efa_sys::ibv_cq_ex = unsafe { std::mem::zeroed() };
+    cq.start_poll = Some(start);
+    cq.next_poll = Some(next);
+    cq.end_poll = Some(end);
+    cq.read_opcode = Some(r_opcode);
+    cq.read_vendor_err = Some(r_vendor);
+    cq.read_byte_len = Some(r_len);
+    cq.read_imm_data = Some(r_imm);
+    cq.read_qp_num = Some(r_qp);
+    cq.read_src_qp = Some(r_src);
+    cq.read_wc_flags = Some(r_flags);
+    Box::new(FakeCq {
+        cq,
+        entries,
+        head: 0,
+        cur: 0,
+        in_pass: false,
+        starts: 0,
+        ends: 0,
+    })
+}
+
+fn core(f: &mut FakeCq, is_efa: bool) -> PollCore {
+    PollCore {
+        raw: NonNull::from(&mut f.cq),
+        efa_cq: None,
+        sgid: false,
+        unsolicited: false,
+        is_efa,
+    }
+}
+
+fn entry(wr_id: u64) -> Entry {
+    Entry {
+        wr_id,
+        status: 0,
+        opcode: efa_sys::IBV_WC_RECV,
+        vendor_err: 0,
+        byte_len: wr_id as u32 * 10,
+        imm_be: 0,
+        wc_flags: 0,
+        qp_num: 5,
+        src_qp: 6,
+    }
+}
+
+#[test]
+fn lending_poller_decodes_and_ends_each_pass_once() {
+    let mut entries: Vec<Entry> = (1..=3).map(entry).collect();
+    entries[1].wc_flags = efa_sys::IBV_WC_WITH_IMM;
+    entries[1].imm_be = 0xdead_beefu32.to_be();
+    entries[2].status = efa_sys::IBV_WC_GENERAL_ERR;
+    entries[2].vendor_err = 14;
+    let mut f = fake_cq(entries);
+    let mut c = core(&mut f, true);
+    {
+        let mut pass = c.poll().unwrap().expect("completions pending");
+        let first = pass.next().unwrap().unwrap();
+        assert_eq!(
+            (first.wr_id(), first.byte_len(), first.opcode()),
+            (1, 10, WcOpcode::Recv)
+        );
+        assert_eq!(first.imm(), None);
+        let second = pass.next().unwrap().unwrap().to_owned();
+        assert_eq!(second.imm, Some(0xdead_beef));
+        assert_eq!((second.qp_num, second.src_qp), (5, 6));
+        let third = pass.next().unwrap().unwrap();
+        assert_eq!(third.status(), WcStatus::GeneralErr);
+        assert_eq!(third.efa_status(), Some(EfaStatus::UnknownPeer));
+        let owned = third.to_owned();
+        assert_eq!(
+            (owned.opcode, owned.byte_len),
+            (None, 0),
+            "error completions carry no opcode"
+        );
+        assert!(pass.next().unwrap().is_none());
+        assert!(
+            pass.next().unwrap().is_none(),
+            "an exhausted pass stays exhausted"
+        );
+    }
+    assert!(
+        c.poll().unwrap().is_none(),
+        "empty CQ: no pass, no end_poll"
+    );
+    assert_eq!((f.starts, f.ends), (1, 1));
+}
+
+#[test]
+fn batch_poll_stops_at_the_slice_and_resumes() {
+    let mut f = fake_cq((1..=5).map(entry).collect());
+    let mut c = core(&mut f, false);
+    let mut out = [WorkCompletion::default(); 3];
+    assert_eq!(c.poll_into(&mut out).unwrap(), 3);
+    assert_eq!(out.map(|w| w.wr_id), [1, 2, 3]);
+    assert_eq!(out[0].efa_status, None, "vendor_err is named only on EFA");
+    assert_eq!(c.poll_into(&mut out).unwrap(), 2);
+    assert_eq!([out[0].wr_id, out[1].wr_id], [4, 5]);
+    assert_eq!(c.poll_into(&mut out).unwrap(), 0);
+    assert_eq!(c.poll_into(&mut []).unwrap(), 0);
+    assert_eq!((f.starts, f.ends), (2, 2));
+}
+
+#[test]
+fn polling_allocates_nothing() {
+    let mut f = fake_cq((0..256).map(entry).collect());
+    let mut c = core(&mut f, true);
+    let mut out = [WorkCompletion::default(); 64];
+    let before = allocations();
+    let mut total = 0;
+    for _ in 0..4 {
+        total += c.poll_into(&mut out).unwrap();
+    }
+    let mut sum = 0u64;
+    while let Some(mut pass) = c.poll().unwrap() {
+        while let Some(wc) = pass.next().unwrap() {
+            sum += wc.wr_id();
+        }
+    }
+    assert_eq!(allocations() - before, 0);
+    assert_eq!(total, 256);
+    assert_eq!(sum, 0);
+}
