@@ -33,7 +33,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -102,7 +102,9 @@ struct Stats {
 pub(crate) struct State {
     config: DiscoveryConfig,
     store: Mutex<HashMap<String, SegmentDescriptor>>,
-    fabric: RwLock<Option<Arc<dyn Fabric>>>,
+    /// Weak: the engine owns the fabric; discovery must not keep it (and the memory it
+    /// exposes) alive after the engine is gone.
+    fabric: RwLock<Option<Weak<dyn Fabric>>>,
     peers: RwLock<Vec<String>>,
     stop: AtomicBool,
     active: AtomicUsize,
@@ -122,7 +124,8 @@ impl State {
         self.fabric
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .and_then(Weak::upgrade)
     }
 
     fn own_hello(&self) -> PeerHello {
@@ -227,13 +230,14 @@ impl PeerMetadata {
     }
 
     /// Uses `fabric` for handshakes: its addresses go into this engine's hellos, and hellos
-    /// from others are handed to its [`Fabric::accept`].
+    /// from others are handed to its [`Fabric::accept`]. Held weakly: once the engine drops
+    /// the fabric, handshakes go on without one.
     pub fn attach_fabric(&self, fabric: Arc<dyn Fabric>) {
         *self
             .state
             .fabric
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(fabric);
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::downgrade(&fabric));
     }
 
     /// Adds a discovery server (`host:port`) to ask for plain names.
