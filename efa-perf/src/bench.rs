@@ -196,6 +196,9 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
     Ok(doc)
 }
 
+/// Picks one figure out of a latency row.
+type LatFigure = fn(&LatRow) -> f64;
+
 /// Writes a chart to a file.
 pub fn write_chart(path: &std::path::Path, chart: &Chart) -> anyhow::Result<()> {
     std::fs::write(path, chart.to_svg())
@@ -230,7 +233,7 @@ pub fn chart_of(docs: &[&Document]) -> Chart {
                 });
             }
             Rows::Lat(rows) => {
-                let figs: [(&str, fn(&LatRow) -> f64); 4] = [
+                let figs: [(&str, LatFigure); 4] = [
                     ("typical", |r| r.t_typical_us),
                     ("avg", |r| r.t_avg_us),
                     ("99%", |r| r.p99_us),

@@ -21,11 +21,11 @@ pub fn fabrics_built() -> Vec<FabricKind> {
     vec![FabricKind::Sim, FabricKind::Tcp]
 }
 
+/// Server fabric, client fabric, and what the banner says about them.
+type FabricPair = (Arc<dyn Fabric>, Arc<dyn Fabric>, Setup);
+
 /// Two fabric instances that reach each other, for a loopback run, and the banner's facts about them.
-fn fabric_pair(
-    selection: &Selection,
-    timeout: Duration,
-) -> anyhow::Result<(Arc<dyn Fabric>, Arc<dyn Fabric>, Setup)> {
+fn fabric_pair(selection: &Selection, timeout: Duration) -> anyhow::Result<FabricPair> {
     match selection.fabric {
         FabricKind::Sim => {
             let net = SimNetwork::new();

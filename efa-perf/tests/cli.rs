@@ -491,3 +491,29 @@ fn client_and_server_processes_over_tcp() {
     assert_eq!((row[0], row[3]), ("send_lat", "client"));
     assert!(row[8].parse::<f64>().unwrap() > 0.0, "{row:?}");
 }
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_info_reports_the_soft_roce_device() {
+    let out = run(&["info", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    let rxe = devices
+        .iter()
+        .find(|d| d["name"].as_str().is_some_and(|n| n.starts_with("rxe")))
+        .expect("an rxe device");
+    assert_eq!(rxe["is_efa"], false);
+    let port = &rxe["ports"][0];
+    assert_eq!(port["state"], "ACTIVE");
+    assert!(port["max_msg_sz"].as_u64().unwrap() > 0);
+    assert!(!port["gids"].as_array().unwrap().is_empty(), "{port}");
+    assert!(
+        v["transport_selection"]
+            .as_str()
+            .unwrap()
+            .starts_with("verbs"),
+        "{}",
+        v["transport_selection"]
+    );
+}
