@@ -2,11 +2,15 @@
 //!
 //! - `submit_complete/{8B,64KiB}/{1,32,256}`: one iteration = recycle a batch, submit `n`
 //!   WRITEs, wait for all; throughput in elements, so criterion's time / n is ns per op.
-//! - `write_1MiB/{sim_write,memcpy}`: one 1 MiB WRITE through the engine beside a plain copy
-//!   of the same size, both as bytes/s in one group.
+//! - `write_1MiB/{sim_write,sim_write_unsliced,memcpy}`: one 1 MiB WRITE through the engine
+//!   (default 64 KiB slices, and one 1 MiB slice) beside a plain copy of the same size, all as
+//!   bytes/s in one group.
 //!
-//! Before criterion runs, an allocation probe counts heap allocations per op over a warm
-//! steady state (8 B, batch 32) and prints it.
+//! Both groups run twice: by wall-clock time, then (`*_cpu`) by the benchmark thread's CPU time,
+//! which stays meaningful when other work shares the machine's cores.
+//!
+//! Before criterion runs, a probe counts heap allocations per op over a warm steady state
+//! (8 B, batch 32) and prints wall and thread-CPU ns per op.
 //!
 //! Run: `cargo bench -p efa-benches --bench transport`
 
@@ -16,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::*;
@@ -55,11 +60,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(EngineConfig::new("a").slice_size)
+}
+
+fn setup_with(slice_size: u64) -> Setup {
     let net = SimNetwork::new();
     let meta = Arc::new(LocalRegistry::new());
     let engine = |name: &str| {
         let fabric = SimFabric::new(&net, SimConfig::default()).unwrap();
-        Engine::new(EngineConfig::new(name), fabric, meta.clone()).unwrap()
+        let mut cfg = EngineConfig::new(name);
+        cfg.slice_size = slice_size;
+        Engine::new(cfg, fabric, meta.clone()).unwrap()
     };
     let (a, b) = (engine("a"), engine("b"));
     let src = a
@@ -115,6 +126,72 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Criterion measurement by thread CPU time: what the benchmarked code costs on the core it
+/// runs on, unaffected by time spent descheduled when other work shares the machine.
+struct ThreadCpu;
+
+struct NanosFormatter;
+
+impl ValueFormatter for NanosFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (div, unit) = match typical {
+            t if t < 1e3 => (1.0, "ns"),
+            t if t < 1e6 => (1e3, "µs"),
+            t if t < 1e9 => (1e6, "ms"),
+            _ => (1e9, "s"),
+        };
+        values.iter_mut().for_each(|v| *v /= div);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let (per_iter, unit, div) = match *throughput {
+            Throughput::Bytes(b) | Throughput::BytesDecimal(b) => {
+                (b as f64, "GiB/s (cpu)", (1u64 << 30) as f64)
+            }
+            Throughput::Elements(e) => (e as f64, "Melem/s (cpu)", 1e6),
+        };
+        let _ = typical;
+        values
+            .iter_mut()
+            .for_each(|v| *v = per_iter * 1e9 / *v / div);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &NanosFormatter
+    }
+}
+
 fn alloc_probe() {
     let s = setup();
     let mut w = s.a.worker().unwrap();
@@ -143,10 +220,10 @@ fn alloc_probe() {
     }
 }
 
-fn submit_complete(c: &mut Criterion) {
+fn submit_complete<M: Measurement>(c: &mut Criterion<M>, group: &str) {
     let s = setup();
     let mut w = s.a.worker().unwrap();
-    let mut g = c.benchmark_group("submit_complete");
+    let mut g = c.benchmark_group(group);
     for (label, size) in [("8B", 8u64), ("64KiB", 64 << 10)] {
         for n in [1usize, 32, 256] {
             let reqs = requests(&s, n, size);
@@ -161,18 +238,28 @@ fn submit_complete(c: &mut Criterion) {
     g.finish();
 }
 
-fn write_1mib(c: &mut Criterion) {
+fn write_1mib<M: Measurement>(c: &mut Criterion<M>, group: &str) {
     const MIB: usize = 1 << 20;
-    let s = setup();
-    let mut w = s.a.worker().unwrap();
-    let reqs = requests(&s, 1, MIB as u64);
-    let mut batch = s.a.allocate_batch(1).unwrap();
+    // The default 64 KiB slices (16 work requests) and whole-request slices (1 work request).
+    let sliced = setup();
+    let whole = setup_with(MIB as u64);
+    let mut ws = sliced.a.worker().unwrap();
+    let mut ww = whole.a.worker().unwrap();
+    let (rs, rw) = (
+        requests(&sliced, 1, MIB as u64),
+        requests(&whole, 1, MIB as u64),
+    );
+    let mut bs = sliced.a.allocate_batch(1).unwrap();
+    let mut bw = whole.a.allocate_batch(1).unwrap();
     let src = vec![0x5Au8; MIB];
     let mut dst = vec![0u8; MIB];
-    let mut g = c.benchmark_group("write_1MiB");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Bytes(MIB as u64));
     g.bench_function("sim_write", |b| {
-        b.iter(|| batch = round(&s, &mut w, batch, &reqs))
+        b.iter(|| bs = round(&sliced, &mut ws, bs, &rs))
+    });
+    g.bench_function("sim_write_unsliced", |b| {
+        b.iter(|| bw = round(&whole, &mut ww, bw, &rw))
     });
     g.bench_function("memcpy", |b| {
         b.iter(|| {
@@ -185,11 +272,21 @@ fn write_1mib(c: &mut Criterion) {
 
 fn main() {
     alloc_probe();
-    let mut c = Criterion::default()
+    let wall = Criterion::<WallTime>::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
-    submit_complete(&mut c);
-    write_1mib(&mut c);
+    let mut c = wall;
+    submit_complete(&mut c, "submit_complete");
+    write_1mib(&mut c, "write_1MiB");
+    c.final_summary();
+    // The same groups by thread CPU time, for figures that hold on a shared machine.
+    let mut c = Criterion::default()
+        .with_measurement(ThreadCpu)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    submit_complete(&mut c, "submit_complete_cpu");
+    write_1mib(&mut c, "write_1MiB_cpu");
     c.final_summary();
 }
