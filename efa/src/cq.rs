@@ -152,7 +152,7 @@ impl<'c> CqBuilder<'c> {
         Ok(Cq {
             _not_sync: PhantomData,
             core: PollCore {
-                raw,
+                raw: RawCq(raw),
                 efa_cq,
                 sgid: sgid && efa_cq.is_some(),
                 unsolicited: self.unsolicited && efa_cq.is_some(),
@@ -225,6 +225,18 @@ fn create(
         .ok_or_else(|| Error::verbs_arg(call, crate::error::last_errno(), "cqe", cqe.into()))
 }
 
+/// The raw extended CQ inside a [`PollCore`].
+#[derive(Clone, Copy)]
+struct RawCq(NonNull<efa_sys::ibv_cq_ex>);
+
+// SAFETY: the CQ has no thread affinity. It is only reached through `Cq` (not Sync: polling
+// takes &mut, so there is one poller at a time) and the `Poll`/`Completion` borrows of one pass,
+// which are neither Send nor Sync. Thread-domain CQs carry the caller's promise made in
+// `CqBuilder::thread_domain`.
+unsafe impl Send for RawCq {}
+// SAFETY: as above.
+unsafe impl Sync for RawCq {}
+
 /// The efadv view of an EFA CQ (same object as the `ibv_cq_ex`).
 #[derive(Clone, Copy)]
 struct EfaCq(NonNull<efa_sys::efadv_cq>);
@@ -249,17 +261,12 @@ pub struct Cq {
 /// What polling needs: the raw CQ and how it was created. Separate from ownership so the
 /// polling logic can run against a fake CQ in tests.
 pub(crate) struct PollCore {
-    raw: NonNull<efa_sys::ibv_cq_ex>,
+    raw: RawCq,
     efa_cq: Option<EfaCq>,
     sgid: bool,
     unsolicited: bool,
     is_efa: bool,
 }
-
-// SAFETY: the CQ has no thread affinity; polling needs &mut, so moving it between threads
-// hands over the only poller. Thread-domain CQs carry the caller's promise made in
-// `CqBuilder::thread_domain`.
-unsafe impl Send for Cq {}
 
 impl std::fmt::Debug for Cq {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -346,7 +353,7 @@ impl Cq {
 
 impl PollCore {
     fn as_raw(&self) -> *mut efa_sys::ibv_cq_ex {
-        self.raw.as_ptr()
+        self.raw.0.as_ptr()
     }
 
     fn poll(&mut self) -> Result<Option<Poll<'_>>> {
@@ -355,6 +362,7 @@ impl PollCore {
         let rc = unsafe { efa_sys::ibv_start_poll(self.as_raw(), &mut attr) };
         match rc {
             0 => Ok(Some(Poll {
+                _not_send: PhantomData,
                 cq: self,
                 fresh: true,
                 exhausted: false,
@@ -385,6 +393,8 @@ impl PollCore {
 
 /// One polling pass over a [`Cq`]; ends the pass (`ibv_end_poll`) on drop.
 pub struct Poll<'c> {
+    // A pass belongs to the thread that started it.
+    _not_send: PhantomData<*const ()>,
     cq: &'c mut PollCore,
     fresh: bool,
     exhausted: bool,
@@ -421,7 +431,10 @@ impl Poll<'_> {
                 }
             }
         }
-        Ok(Some(Completion { cq: self.cq }))
+        Ok(Some(Completion {
+            _not_send: PhantomData,
+            cq: self.cq,
+        }))
     }
 }
 
@@ -435,6 +448,7 @@ impl Drop for Poll<'_> {
 /// The current completion of a [`Poll`]. Per verbs rules only `wr_id`, `status`, `vendor_err`
 /// and `qp_num` are meaningful when the status is an error.
 pub struct Completion<'p> {
+    _not_send: PhantomData<*const ()>,
     cq: &'p PollCore,
 }
 

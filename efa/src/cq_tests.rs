@@ -118,7 +118,7 @@ fn fake_cq(entries: Vec<Entry>) -> Box<FakeCq> {
 
 fn core(f: &mut FakeCq, is_efa: bool) -> PollCore {
     PollCore {
-        raw: NonNull::from(&mut f.cq),
+        raw: RawCq(NonNull::from(&mut f.cq)),
         efa_cq: None,
         sgid: false,
         unsolicited: false,
@@ -216,4 +216,18 @@ fn polling_allocates_nothing() {
     assert_eq!(allocations() - before, 0);
     assert_eq!(total, 256);
     assert_eq!(sum, 0);
+}
+
+#[test]
+fn ownership_traits_fit_per_thread_workers() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Cq>();
+    send::<crate::SrdQp>();
+    send::<crate::RcQp>();
+    send_sync::<crate::Context>();
+    send_sync::<crate::Pd>();
+    send_sync::<crate::Mr<'static>>();
+    send_sync::<crate::Ah>();
+    send_sync::<crate::ThreadDomain>();
 }

@@ -1,0 +1,24 @@
+//! Host behaviour without any RDMA device: every failure is typed.
+
+#[test]
+fn opening_a_missing_device_is_a_typed_error() {
+    match efa::Context::open("no-such-device-7f3a") {
+        Err(efa::Error::NoSuchDevice { name }) => assert_eq!(name, "no-such-device-7f3a"),
+        // Hosts without libibverbs at all.
+        Err(efa::Error::Library { reason }) => assert!(!reason.is_empty()),
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+}
+
+#[test]
+fn listing_devices_never_fails_for_lack_of_rdma() {
+    match efa::devices() {
+        Ok(list) => {
+            let efa_only = efa::efa_devices().unwrap();
+            assert!(efa_only.len() <= list.len());
+            assert!(efa_only.iter().all(efa::DeviceInfo::is_efa));
+        }
+        Err(efa::Error::Library { .. }) => {}
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+}
