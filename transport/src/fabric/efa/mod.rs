@@ -1,0 +1,1 @@
+//! The `efa` fabric (in progress).

@@ -1,0 +1,118 @@
+//! Memory registration on every rail: one `ibv_mr` per rail per region, kept until
+//! deregistration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ::efa::{Mr, Pd};
+
+use super::codec::encode_rkey;
+use crate::fabric::{MemoryRegion, Registration};
+use crate::{Access, FabricError};
+
+/// The verbs access flags for a segment with remote rights `access`. Local write is always
+/// granted: RDMA READ results and receives land in local memory.
+pub(crate) fn mr_access(access: Access) -> ::efa::Access {
+    let mut a = ::efa::Access::LOCAL_WRITE;
+    if access.can_read() {
+        a |= ::efa::Access::REMOTE_READ;
+    }
+    if access.can_write() {
+        a |= ::efa::Access::REMOTE_WRITE;
+    }
+    a
+}
+
+/// Registrations of one fabric instance, by handle.
+#[derive(Debug, Default)]
+pub(crate) struct MrRegistry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    next: u64,
+    regions: HashMap<u64, Vec<Mr<'static>>>,
+}
+
+impl MrRegistry {
+    /// Registers `region` on every PD (one per rail).
+    ///
+    /// # Safety
+    ///
+    /// As [`Fabric::register`](crate::fabric::Fabric::register): the memory stays valid until
+    /// [`deregister`](Self::deregister) returns.
+    pub(crate) unsafe fn register(
+        &self,
+        pds: &[Arc<Pd>],
+        region: MemoryRegion,
+        max_regions: usize,
+    ) -> Result<Registration, FabricError> {
+        let len = usize::try_from(region.len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| FabricError::Io(format!("bad region length {}", region.len)))?;
+        if region.addr == 0 {
+            return Err(FabricError::Io("region at address 0".into()));
+        }
+        let access = mr_access(region.access);
+        let mut mrs = Vec::with_capacity(pds.len());
+        for (rail, pd) in pds.iter().enumerate() {
+            // SAFETY: the caller keeps the memory valid until deregistration, which drops these
+            // regions (and so deregisters them) before it returns.
+            let mr = unsafe { Mr::register_raw(pd, region.addr as *mut u8, len, access) }
+                .map_err(|e| FabricError::Io(format!("rail {rail}: register {len} bytes: {e}")))?;
+            mrs.push(mr);
+        }
+        let registration = Registration {
+            handle: 0,
+            local_keys: mrs.iter().map(|m| u64::from(m.lkey())).collect(),
+            remote_keys: mrs.iter().map(|m| encode_rkey(m.rkey())).collect(),
+        };
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if g.regions.len() >= max_regions {
+            return Err(FabricError::Exhausted("memory regions"));
+        }
+        g.next += 1;
+        let handle = g.next;
+        g.regions.insert(handle, mrs);
+        Ok(Registration {
+            handle,
+            ..registration
+        })
+    }
+
+    /// Deregisters the regions of `handle` on every rail.
+    pub(crate) fn deregister(&self, handle: u64) -> Result<(), FabricError> {
+        let mrs = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .regions
+            .remove(&handle);
+        match mrs {
+            Some(m) => {
+                drop(m);
+                Ok(())
+            }
+            None => Err(FabricError::Io(format!(
+                "no registration with handle {handle}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_always_has_local_write() {
+        assert_eq!(mr_access(Access::NONE), ::efa::Access::LOCAL_WRITE);
+        assert_eq!(
+            mr_access(Access::REMOTE_READ_WRITE),
+            ::efa::Access::LOCAL_WRITE | ::efa::Access::REMOTE_READ | ::efa::Access::REMOTE_WRITE
+        );
+        assert!(!mr_access(Access::REMOTE_READ).contains(::efa::Access::REMOTE_WRITE));
+    }
+}

@@ -1,0 +1,150 @@
+//! The initiator's side of a connection: one [`QpSet`] per endpoint slot, built, exchanged in
+//! the handshake and connected.
+
+use std::net::SocketAddr;
+
+use ::efa::{Cq, QpBuilder, RcOptions, RcQp};
+
+use super::addr::{QpAddress, RailAddress};
+use super::handshake::{self, Request};
+use super::{random_u64, Shared};
+use crate::FabricError;
+
+/// The QPs and CQs of one endpoint slot towards one peer.
+pub(crate) struct QpSet {
+    /// Remote rails of the peer.
+    pub remote_rails: usize,
+    /// Send CQ per local rail (shared by the QPs to every remote rail).
+    pub cqs: Vec<Cq>,
+    /// QP per (local rail, remote rail), local-rail-major.
+    pub qps: Vec<RcQp>,
+    /// Work requests posted and not yet completed, per local rail.
+    pub outstanding: Vec<u32>,
+}
+
+impl QpSet {
+    /// Work requests in flight on every rail.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.outstanding.iter().map(|&n| u64::from(n)).sum()
+    }
+}
+
+fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
+    FabricError::Io(format!("verbs: {what}: {e}"))
+}
+
+/// The RC options of an initiator QP on `rail` towards a target serving `target_rd` READs.
+pub(crate) fn initiator_options(shared: &Shared, rail: usize, target_rd: u8) -> RcOptions {
+    RcOptions {
+        timeout: shared.ack_timeout,
+        retry_cnt: 7,
+        // Receivers repost as fast as they poll; wait for them rather than fail.
+        rnr_retry: 7,
+        min_rnr_timer: 12,
+        max_rd_atomic: shared.rails[rail].rd_atomic.min(target_rd).max(1),
+    }
+}
+
+fn build_set(
+    shared: &Shared,
+    remote: &[RailAddress],
+) -> Result<(QpSet, Vec<QpAddress>), FabricError> {
+    let depth = shared.config.queue_depth;
+    let mut cqs = Vec::with_capacity(shared.rails.len());
+    let mut qps = Vec::with_capacity(shared.rails.len() * remote.len());
+    let mut addrs = Vec::with_capacity(qps.capacity());
+    for (l, rail) in shared.rails.iter().enumerate() {
+        let name = rail.ctx.name();
+        let cqe = depth.saturating_mul(remote.len() as u32);
+        let cq = Cq::new(&rail.ctx, cqe).map_err(|e| io(format_args!("{name} CQ of {cqe}"), e))?;
+        for r in remote {
+            if r.mtu != rail.mtu {
+                return Err(FabricError::BadAddress {
+                    rail: r.rail,
+                    reason: format!(
+                        "path MTU mismatch: {name} runs {:?}, the peer's rail {} runs {:?}",
+                        rail.mtu, r.rail, r.mtu
+                    ),
+                });
+            }
+            let psn = (random_u64() & 0x00ff_ffff) as u32;
+            let qp = QpBuilder::new(&rail.pd, &cq, &cq)
+                .max_send_wr(depth)
+                .max_recv_wr(1)
+                .max_send_sge(1)
+                .max_recv_sge(1)
+                .psn(psn)
+                .port(shared.config.port)
+                .gid_index(rail.gid.index)
+                .rc_options(initiator_options(shared, l, r.rd_atomic))
+                .remote_access(::efa::Access::empty())
+                .build_rc()
+                .map_err(|e| io(format_args!("{name} RC QP"), e))?;
+            addrs.push(QpAddress {
+                qpn: qp.qp_num(),
+                psn,
+                gid: rail.gid.gid,
+                lid: rail.lid,
+                mtu: rail.mtu,
+                rd_atomic: rail.rd_atomic,
+            });
+            qps.push(qp);
+        }
+        cqs.push(cq);
+    }
+    Ok((
+        QpSet {
+            remote_rails: remote.len(),
+            outstanding: vec![0; cqs.len()],
+            cqs,
+            qps,
+        },
+        addrs,
+    ))
+}
+
+/// Builds the QP sets of every slot, runs the handshake with the target and connects them.
+pub(crate) fn connect(
+    shared: &Shared,
+    remote: &[RailAddress],
+    local_address: impl Fn(usize) -> RailAddress,
+) -> Result<Vec<QpSet>, FabricError> {
+    let slots = shared.config.max_endpoints;
+    let mut sets = Vec::with_capacity(slots.into());
+    let mut mine = Vec::new();
+    for _ in 0..slots {
+        let (set, addrs) = build_set(shared, remote)?;
+        sets.push(set);
+        mine.extend(addrs);
+    }
+    let req = Request {
+        rails: (0..shared.rails.len()).map(local_address).collect(),
+        slots,
+        target_rails: remote.len() as u16,
+        qps: mine,
+    };
+    let at = SocketAddr::from((remote[0].ip, remote[0].port));
+    let theirs = handshake::exchange(at, &req, shared.config.handshake_timeout)?;
+    let mut it = theirs.iter();
+    for set in &mut sets {
+        for (i, qp) in set.qps.iter_mut().enumerate() {
+            let peer = it
+                .next()
+                .ok_or_else(|| io("handshake", "too few QP addresses"))?;
+            let rail = i / set.remote_rails;
+            if peer.mtu != shared.rails[rail].mtu {
+                return Err(FabricError::BadAddress {
+                    rail: (i % set.remote_rails) as u16,
+                    reason: format!("passive QP {:#x} has MTU {:?}", peer.qpn, peer.mtu),
+                });
+            }
+            qp.connect(&peer.endpoint()).map_err(|e| {
+                io(
+                    format_args!("connect QP {:#x} to {:#x}", qp.qp_num(), peer.qpn),
+                    e,
+                )
+            })?;
+        }
+    }
+    Ok(sets)
+}

@@ -1,0 +1,502 @@
+//! `verbs`: RDMA over reliable-connected (RC) queue pairs of any non-EFA verbs device
+//! (Soft-RoCE `rxe`, ConnectX-class RoCE or InfiniBand).
+//!
+//! # Shape
+//!
+//! - **Rails** are devices (one port each). Each rail addresses its QPs by the port's preferred
+//!   GID: the RoCE v2 IPv4-mapped entry where there is one (index 1 on `rxe`).
+//! - **Connections**: RC is point to point, so a published address cannot name a QP. It names
+//!   the engine's *connection service* instead (a TCP port on the IPv4 address of the GID, or
+//!   [`VerbsConfig::service_ip`]). [`Fabric::connect`] creates, for each of the
+//!   [`VerbsConfig::max_endpoints`] endpoint slots, one RC QP per local rail per remote rail,
+//!   sends their QPN/PSN/GID/MTU to the target's service ([`handshake`]), and connects them to
+//!   the passive QPs the target created in answer. The target side of that handshake is this
+//!   fabric's [`Fabric::accept`] path; an out-of-band `accept` has nothing left to do.
+//! - **Endpoints** (one per worker) claim a slot and own that slot's QPs and CQs of every peer
+//!   they post to (taken from the fabric once per peer, on the first post). Posting and polling
+//!   then touch only endpoint-owned objects: no lock, no allocation, one doorbell per run of
+//!   work requests to the same QP, batch polls into a fixed array.
+//! - **Notifications** are zero-length SENDs with immediate data (the tag). The target's
+//!   passive QPs keep receives posted; a per-fabric target thread polls their CQs, counts tags
+//!   with [`Notifications::record`] and reposts. A notification's completion at the initiator
+//!   means the target's device acknowledged it; the count follows when the target thread polls
+//!   (within [`rdma::backoff::MAX_SLEEP`](super::rdma) of an idle target), so a target waits
+//!   with [`Notifications::wait_for`].
+//! - **Dead peers**: RC retransmits with the ACK timeout derived from
+//!   [`VerbsConfig::unresponsive_timeout`]; when retries run out the request fails with
+//!   `UNRESP_REMOTE` and the QP (its slot's connection to that peer) stays in error: later
+//!   requests on it fail with `FLUSHED`.
+//!
+//! [`Notifications::record`]: crate::Notifications::record
+//! [`Notifications::wait_for`]: crate::Notifications::wait_for
+
+pub mod addr;
+mod conn;
+mod endpoint;
+mod handshake;
+mod service;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ::efa::{Context, DeviceKind, GidEntry, Mtu, Pd, PortState};
+
+use crate::fabric::rdma::codec::decode_rkey;
+use crate::fabric::rdma::registry::MrRegistry;
+use crate::fabric::{
+    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
+};
+use crate::{FabricError, Notifications};
+pub use addr::{QpAddress, RailAddress};
+use conn::QpSet;
+
+/// Settings of a `verbs` fabric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerbsConfig {
+    /// Devices to use as rails, in rail order. Empty: the first non-EFA device with an active
+    /// port.
+    pub devices: Vec<String>,
+    /// Port of every device (1).
+    pub port: u8,
+    /// GID index on every device; `None` picks the preferred GID (RoCE v2 IPv4-mapped first).
+    pub gid_index: Option<u32>,
+    /// Send-queue depth per QP (per rail per peer per endpoint).
+    pub queue_depth: u32,
+    /// Receives kept posted on each passive QP (notifications in flight per connection).
+    pub recv_depth: u32,
+    /// Entries of each rail's target-side CQ; bounds passive QPs per rail to
+    /// `target_cq_depth / recv_depth`.
+    pub target_cq_depth: u32,
+    /// Endpoints (workers) alive at once; every connection creates QPs for each.
+    pub max_endpoints: u16,
+    /// Peers this fabric connects to.
+    pub max_peers: u32,
+    /// Most registrations.
+    pub max_regions: usize,
+    /// Cap on one READ/WRITE work request (further capped by the port's `max_msg_sz`).
+    pub max_transfer_size: u64,
+    /// How long RC retransmits to a silent peer before its requests fail with
+    /// `UNRESP_REMOTE` (rounded to the RC ACK-timeout grid).
+    pub unresponsive_timeout: Duration,
+    /// IPv4 address the connection service binds and advertises; `None` uses the address
+    /// in the first rail's IPv4-mapped GID.
+    pub service_ip: Option<Ipv4Addr>,
+    /// TCP port of the connection service; 0 picks a free one.
+    pub service_port: u16,
+    /// Limit of each connection handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for VerbsConfig {
+    fn default() -> Self {
+        VerbsConfig {
+            devices: Vec::new(),
+            port: 1,
+            gid_index: None,
+            queue_depth: 256,
+            recv_depth: 64,
+            target_cq_depth: 16384,
+            max_endpoints: 4,
+            max_peers: 64,
+            max_regions: 1024,
+            max_transfer_size: 1 << 30,
+            unresponsive_timeout: Duration::from_secs(4),
+            service_ip: None,
+            service_port: 0,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One device of the fabric.
+pub(crate) struct Rail {
+    pub ctx: Arc<Context>,
+    pub pd: Arc<Pd>,
+    pub gid: GidEntry,
+    pub lid: u16,
+    pub mtu: Mtu,
+    pub max_msg: u32,
+    /// RDMA READs in flight per QP, each direction (device limit, at most 16).
+    pub rd_atomic: u8,
+    /// Poll one completion per polling pass. Soft-RoCE's `ibv_next_poll` ends the pass itself
+    /// when the CQ runs empty, so the `ibv_end_poll` that must follow on every other provider
+    /// advances its consumer index a second time; a pass that never calls `ibv_next_poll`
+    /// (one entry per pass) is correct on every provider.
+    pub single_poll: bool,
+}
+
+/// A connected peer: per endpoint slot, its QP set until an endpoint takes it.
+pub(crate) struct Peer {
+    pub sets: Box<[Mutex<Option<QpSet>>]>,
+}
+
+struct PeerIds {
+    by_instance: HashMap<u64, PeerId>,
+    next: PeerId,
+}
+
+/// State shared by the fabric, its endpoints and its threads.
+pub(crate) struct Shared {
+    pub config: VerbsConfig,
+    pub rails: Vec<Rail>,
+    pub instance: u64,
+    pub service: SocketAddr,
+    pub peers: Box<[OnceLock<Peer>]>,
+    pub slots_in_use: AtomicU64,
+    pub notifications: OnceLock<Arc<Notifications>>,
+    pub stop: AtomicBool,
+    pub max_transfer: u64,
+    /// RC ACK timeout exponent (4.096 us x 2^t).
+    pub ack_timeout: u8,
+}
+
+/// One engine's RC verbs devices. See the [module docs](self).
+pub struct VerbsFabric {
+    shared: Arc<Shared>,
+    ids: Mutex<PeerIds>,
+    registry: MrRegistry,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for VerbsFabric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerbsFabric")
+            .field(
+                "rails",
+                &self
+                    .shared
+                    .rails
+                    .iter()
+                    .map(|r| r.ctx.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("service", &self.shared.service)
+            .field("instance", &format_args!("{:#x}", self.shared.instance))
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
+    FabricError::Io(format!("verbs: {what}: {e}"))
+}
+
+/// The RC ACK-timeout exponent so that 8 tries (1 + `retry_cnt` 7) last about `total`.
+pub(crate) fn ack_timeout_exponent(total: Duration) -> u8 {
+    let per_try_ns = total.as_nanos() / 8;
+    let mut t = 1u8;
+    // 4.096 us x 2^t >= per try.
+    while t < 31 && 4096u128 << t < per_try_ns {
+        t += 1;
+    }
+    t
+}
+
+/// A random-enough 64-bit value without a dependency: time, process id and a stack address
+/// through the standard library's randomly keyed hasher.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    let local = 0u8;
+    h.write_usize(&local as *const u8 as usize);
+    h.finish()
+}
+
+fn open_rail(name: &str, config: &VerbsConfig) -> Result<Rail, FabricError> {
+    let ctx = Context::open(name).map_err(|e| io(format_args!("open {name}"), e))?;
+    if ctx.is_efa() {
+        return Err(FabricError::Unsupported {
+            what: "RC queue pairs on EFA devices (use the efa fabric)",
+        });
+    }
+    let port = ctx
+        .query_port(config.port)
+        .map_err(|e| io(format_args!("{name} port {}", config.port), e))?;
+    if port.state != PortState::Active {
+        return Err(io(
+            format_args!("{name} port {}", config.port),
+            format_args!("not active ({:?})", port.state),
+        ));
+    }
+    let gid = match config.gid_index {
+        Some(i) => GidEntry {
+            port: config.port,
+            index: i,
+            gid: ctx
+                .query_gid(config.port, i)
+                .map_err(|e| io(format_args!("{name} GID {i}"), e))?,
+            gid_type: ::efa::sysfs::gid_type(&ctx.info().ibdev_path, config.port, i),
+        },
+        None => ctx
+            .preferred_gid(config.port)
+            .map_err(|e| io(format_args!("{name} GID table"), e))?,
+    };
+    let d = ctx.device_attr();
+    let rd = d.max_qp_rd_atom.min(d.max_qp_init_rd_atom).clamp(1, 16) as u8;
+    let pd = Pd::new(&ctx).map_err(|e| io(format_args!("{name} PD"), e))?;
+    Ok(Rail {
+        pd,
+        gid,
+        lid: port.lid,
+        mtu: port.active_mtu,
+        max_msg: port.max_msg_sz,
+        rd_atomic: rd,
+        single_poll: ctx.info().kind == DeviceKind::SoftRoce,
+        ctx,
+    })
+}
+
+fn default_device() -> Result<String, FabricError> {
+    let list = ::efa::devices().map_err(|e| io("list devices", e))?;
+    for d in list.iter().filter(|d| d.kind != DeviceKind::Efa) {
+        if let Ok(ctx) = d.open() {
+            if ctx
+                .query_port(1)
+                .map(|p| p.state == PortState::Active)
+                .unwrap_or(false)
+            {
+                return Ok(d.name.clone());
+            }
+        }
+    }
+    Err(FabricError::Io(
+        "verbs: no non-EFA verbs device with an active port 1".into(),
+    ))
+}
+
+impl VerbsFabric {
+    /// Opens the devices, starts the connection service and the target thread.
+    pub fn new(config: VerbsConfig) -> Result<Arc<VerbsFabric>, FabricError> {
+        let names = if config.devices.is_empty() {
+            vec![default_device()?]
+        } else {
+            config.devices.clone()
+        };
+        if names.len() > MAX_RAILS {
+            return Err(FabricError::BadRail {
+                rail: names.len() as u16,
+                rails: MAX_RAILS as u16,
+            });
+        }
+        let bad = |what: &str, v: u64| FabricError::Io(format!("verbs: bad {what} {v}"));
+        if config.queue_depth == 0 {
+            return Err(bad("queue_depth", 0));
+        }
+        if config.recv_depth == 0 || config.target_cq_depth < config.recv_depth {
+            return Err(bad("recv_depth", config.recv_depth.into()));
+        }
+        if config.max_endpoints == 0 || config.max_endpoints > 64 {
+            return Err(bad("max_endpoints (1..=64)", config.max_endpoints.into()));
+        }
+        if config.max_peers == 0 {
+            return Err(bad("max_peers", 0));
+        }
+        let rails = names
+            .iter()
+            .map(|n| open_rail(n, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ip = match config.service_ip {
+            Some(ip) => ip,
+            None => rails[0].gid.gid.ipv4().ok_or_else(|| {
+                FabricError::Io(format!(
+                    "verbs: GID {} of {} is not IPv4-mapped; set service_ip",
+                    rails[0].gid.gid,
+                    rails[0].ctx.name()
+                ))
+            })?,
+        };
+        let listener = std::net::TcpListener::bind((ip, config.service_port))
+            .map_err(|e| io(format_args!("bind connection service on {ip}"), e))?;
+        let service = listener
+            .local_addr()
+            .map_err(|e| io("service address", e))?;
+        let max_transfer = rails
+            .iter()
+            .map(|r| u64::from(r.max_msg))
+            .min()
+            .unwrap_or(0)
+            .min(config.max_transfer_size)
+            .min(u64::from(u32::MAX));
+        if max_transfer == 0 {
+            return Err(FabricError::Io("verbs: port max_msg_sz is 0".into()));
+        }
+        let target = service::Target::new(&rails, &config)?;
+        let shared = Arc::new(Shared {
+            peers: (0..config.max_peers).map(|_| OnceLock::new()).collect(),
+            ack_timeout: ack_timeout_exponent(config.unresponsive_timeout),
+            config,
+            rails,
+            instance: random_u64(),
+            service,
+            slots_in_use: AtomicU64::new(0),
+            notifications: OnceLock::new(),
+            stop: AtomicBool::new(false),
+            max_transfer,
+        });
+        let threads = service::start(shared.clone(), listener, target)?;
+        Ok(Arc::new(VerbsFabric {
+            shared,
+            ids: Mutex::new(PeerIds {
+                by_instance: HashMap::new(),
+                next: 0,
+            }),
+            registry: MrRegistry::default(),
+            threads: Mutex::new(threads),
+        }))
+    }
+
+    /// The connection service's socket address.
+    pub fn service_address(&self) -> SocketAddr {
+        self.shared.service
+    }
+
+    fn rail_address(&self, rail: usize) -> RailAddress {
+        let r = &self.shared.rails[rail];
+        let ip = match self.shared.service.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        RailAddress {
+            rail: rail as u16,
+            instance: self.shared.instance,
+            gid: r.gid.gid,
+            lid: r.lid,
+            mtu: r.mtu,
+            rd_atomic: r.rd_atomic,
+            ip,
+            port: self.shared.service.port(),
+        }
+    }
+}
+
+impl Drop for VerbsFabric {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Fabric for VerbsFabric {
+    fn name(&self) -> &str {
+        "verbs"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            rails: self.shared.rails.len() as u16,
+            max_transfer_size: self.shared.max_transfer,
+            max_message_size: 0,
+            queue_depth: self.shared.config.queue_depth,
+            supports_read: true,
+            supports_write: true,
+            supports_notify: true,
+        }
+    }
+
+    fn local_addresses(&self) -> Vec<Vec<u8>> {
+        (0..self.shared.rails.len())
+            .map(|r| self.rail_address(r).encode())
+            .collect()
+    }
+
+    unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
+        let pds: Vec<_> = self.shared.rails.iter().map(|r| r.pd.clone()).collect();
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe {
+            self.registry
+                .register(&pds, region, self.shared.config.max_regions)
+        }
+    }
+
+    fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
+        self.registry.deregister(registration.handle)
+    }
+
+    fn decode_remote_key(&self, rail: u16, key: &[u8]) -> Result<u64, FabricError> {
+        decode_rkey(rail, key)
+    }
+
+    fn connect(&self, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {
+        let addrs = RailAddress::decode_all(remote)?;
+        // Held through the handshake: a second connect to the same peer waits and then finds
+        // it, rather than building a second set of QPs.
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&id) = ids.by_instance.get(&addrs[0].instance) {
+            return Ok(id);
+        }
+        let id = ids.next;
+        let slot = self
+            .shared
+            .peers
+            .get(id as usize)
+            .ok_or(FabricError::Exhausted("verbs peers"))?;
+        let sets = conn::connect(&self.shared, &addrs, |r| self.rail_address(r))?;
+        if slot
+            .set(Peer {
+                sets: sets.into_iter().map(|s| Mutex::new(Some(s))).collect(),
+            })
+            .is_err()
+        {
+            return Err(FabricError::Exhausted("verbs peers"));
+        }
+        ids.by_instance.insert(addrs[0].instance, id);
+        ids.next += 1;
+        Ok(id)
+    }
+
+    fn accept(&self, initiator: &[Vec<u8>]) -> Result<(), FabricError> {
+        // The connection handshake already created and connected the passive QPs; only check
+        // that the addresses are ours to speak.
+        RailAddress::decode_all(initiator).map(|_| ())
+    }
+
+    fn bind_notifications(&self, sink: Arc<Notifications>) {
+        let _ = self.shared.notifications.set(sink);
+    }
+
+    fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {
+        Ok(Box::new(endpoint::VerbsEndpoint::new(self.shared.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_timeout_covers_the_configured_time() {
+        for ms in [10u64, 100, 1000, 4000, 30_000] {
+            let t = ack_timeout_exponent(Duration::from_millis(ms));
+            let per_try_ns = 4096u128 << t;
+            assert!(
+                per_try_ns * 8 >= u128::from(ms) * 1_000_000,
+                "{ms} ms -> {t}"
+            );
+            assert!(
+                t == 1 || (per_try_ns / 2) * 8 < u128::from(ms) * 1_000_000,
+                "{ms} ms -> {t}"
+            );
+        }
+        assert_eq!(ack_timeout_exponent(Duration::ZERO), 1);
+        assert_eq!(ack_timeout_exponent(Duration::from_secs(1 << 40)), 31);
+    }
+
+    #[test]
+    fn random_values_differ() {
+        assert_ne!(random_u64(), random_u64());
+    }
+}

@@ -1,0 +1,303 @@
+//! The target side: the connection service (TCP listener thread) and the target thread that
+//! owns every passive QP and its CQ per rail, counts notifications and reposts receives.
+//!
+//! Passive QPs are created on the target thread itself (the service hands it each request over
+//! a channel), so their CQs have one owner and are polled without a lock.
+
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ::efa::{Cq, QpBuilder, RcOptions, RcQp, WcOpcode, WorkCompletion};
+
+use super::addr::QpAddress;
+use super::handshake::{self, Request, Response};
+use super::{random_u64, Rail, Shared, VerbsConfig};
+use crate::fabric::rdma::backoff::Backoff;
+use crate::FabricError;
+
+/// One connection request handed from the service to the target thread.
+struct Setup {
+    request: Request,
+    reply: SyncSender<Response>,
+}
+
+/// The target thread's resources, created with the fabric.
+pub(crate) struct Target {
+    cqs: Vec<Cq>,
+    /// Passive QPs per rail that the CQ can serve (`cq entries / recv_depth`).
+    max_passive: usize,
+}
+
+impl Target {
+    pub(crate) fn new(rails: &[Rail], config: &VerbsConfig) -> Result<Target, FabricError> {
+        let mut cqs = Vec::with_capacity(rails.len());
+        for r in rails {
+            let max = r.ctx.device_attr().max_cqe;
+            let cqe = if max == 0 {
+                config.target_cq_depth
+            } else {
+                config.target_cq_depth.min(max)
+            };
+            cqs.push(Cq::new(&r.ctx, cqe).map_err(|e| {
+                FabricError::Io(format!("verbs: {} target CQ of {cqe}: {e}", r.ctx.name()))
+            })?);
+        }
+        let min_cq = cqs.iter().map(|c| c.capacity()).min().unwrap_or(0);
+        Ok(Target {
+            max_passive: (min_cq / config.recv_depth.max(1)) as usize,
+            cqs,
+        })
+    }
+}
+
+/// Starts the service and target threads.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    target: Target,
+) -> Result<Vec<JoinHandle<()>>, FabricError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| FabricError::Io(format!("verbs: service socket: {e}")))?;
+    let (tx, rx) = mpsc::sync_channel::<Setup>(4);
+    let s1 = shared.clone();
+    let t1 = std::thread::Builder::new()
+        .name("verbs-target".into())
+        .spawn(move || TargetThread::new(s1, target).run(rx))
+        .map_err(|e| FabricError::Io(format!("verbs: spawn target thread: {e}")))?;
+    let t2 = std::thread::Builder::new()
+        .name("verbs-service".into())
+        .spawn(move || serve(shared, listener, tx))
+        .map_err(|e| FabricError::Io(format!("verbs: spawn service thread: {e}")))?;
+    Ok(vec![t1, t2])
+}
+
+/// Accepts handshakes one at a time until the fabric stops.
+fn serve(shared: Arc<Shared>, listener: TcpListener, tx: SyncSender<Setup>) {
+    let timeout = shared.config.handshake_timeout;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        let _ = handle(stream, &tx, timeout);
+    }
+}
+
+fn handle(
+    mut s: std::net::TcpStream,
+    tx: &SyncSender<Setup>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let body = handshake::receive(&mut s)?;
+    let response = match Request::decode(&body) {
+        Err(e) => Response::Refused(e.to_string()),
+        Ok(request) => {
+            let (reply, answer) = mpsc::sync_channel(1);
+            match tx.send(Setup { request, reply }) {
+                Err(_) => Response::Refused("target is shutting down".into()),
+                Ok(()) => answer
+                    .recv_timeout(timeout)
+                    .unwrap_or_else(|_| Response::Refused("target thread did not answer".into())),
+            }
+        }
+    };
+    handshake::send(&mut s, &response.encode())
+}
+
+/// A passive QP and whether its receives are still being reposted.
+struct Passive {
+    qp: RcQp,
+    rail: usize,
+    live: bool,
+}
+
+struct TargetThread {
+    shared: Arc<Shared>,
+    target: Target,
+    passive: Vec<Passive>,
+    per_rail: Vec<usize>,
+    scratch: Box<[WorkCompletion]>,
+}
+
+impl TargetThread {
+    fn new(shared: Arc<Shared>, target: Target) -> Self {
+        let rails = shared.rails.len();
+        TargetThread {
+            shared,
+            target,
+            passive: Vec::new(),
+            per_rail: vec![0; rails],
+            scratch: vec![WorkCompletion::default(); 64].into_boxed_slice(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Setup>) {
+        let mut backoff = Backoff::default();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let mut busy = false;
+            while let Ok(setup) = rx.try_recv() {
+                let response = match self.setup(&setup.request) {
+                    Ok(qps) => Response::Accepted(qps),
+                    Err(e) => Response::Refused(e.to_string()),
+                };
+                let _ = setup.reply.send(response);
+                busy = true;
+            }
+            for rail in 0..self.target.cqs.len() {
+                busy |= self.poll_rail(rail);
+            }
+            backoff.step(busy);
+        }
+    }
+
+    /// Creates, connects and arms the passive QPs for one initiator.
+    fn setup(&mut self, req: &Request) -> Result<Vec<QpAddress>, FabricError> {
+        let rails = self.shared.rails.len();
+        if usize::from(req.target_rails) != rails {
+            return Err(FabricError::BadAddress {
+                rail: 0,
+                reason: format!(
+                    "initiator expects {} rails here, this engine has {rails}",
+                    req.target_rails
+                ),
+            });
+        }
+        let per_rail_new = usize::from(req.slots) * req.rails.len();
+        if self
+            .per_rail
+            .iter()
+            .any(|&n| n + per_rail_new > self.target.max_passive)
+        {
+            return Err(FabricError::Exhausted(
+                "verbs passive QPs (raise target_cq_depth or lower recv_depth)",
+            ));
+        }
+        let recv_depth = self.shared.config.recv_depth;
+        let mut created = Vec::with_capacity(req.qps.len());
+        let mut out = Vec::with_capacity(req.qps.len());
+        for (i, peer) in req.qps.iter().enumerate() {
+            let t = i % rails;
+            let irail = (i / rails) % req.rails.len();
+            let rail = &self.shared.rails[t];
+            if peer.mtu != rail.mtu {
+                return Err(FabricError::BadAddress {
+                    rail: irail as u16,
+                    reason: format!(
+                        "path MTU mismatch: initiator QP {:#x} runs {:?}, {} runs {:?}",
+                        peer.qpn,
+                        peer.mtu,
+                        rail.ctx.name(),
+                        rail.mtu
+                    ),
+                });
+            }
+            let psn = (random_u64() & 0x00ff_ffff) as u32;
+            let cq = &self.target.cqs[t];
+            let io = |what: &str, e: ::efa::Error| {
+                FabricError::Io(format!(
+                    "verbs: {} passive QP: {what}: {e}",
+                    rail.ctx.name()
+                ))
+            };
+            let mut qp = QpBuilder::new(&rail.pd, cq, cq)
+                .max_send_wr(1)
+                .max_recv_wr(recv_depth)
+                .max_send_sge(1)
+                .max_recv_sge(1)
+                .psn(psn)
+                .port(self.shared.config.port)
+                .gid_index(rail.gid.index)
+                .rc_options(RcOptions {
+                    timeout: self.shared.ack_timeout,
+                    max_rd_atomic: rail.rd_atomic,
+                    ..RcOptions::default()
+                })
+                .build_rc()
+                .map_err(|e| io("create", e))?;
+            let index = (self.passive.len() + created.len()) as u64;
+            for _ in 0..recv_depth {
+                qp.post_recv(index, &[])
+                    .map_err(|e| io("post receive", e))?;
+            }
+            qp.connect(&peer.endpoint()).map_err(|e| io("connect", e))?;
+            out.push(QpAddress {
+                qpn: qp.qp_num(),
+                psn,
+                gid: rail.gid.gid,
+                lid: rail.lid,
+                mtu: rail.mtu,
+                rd_atomic: rail.rd_atomic,
+            });
+            created.push(Passive {
+                qp,
+                rail: t,
+                live: true,
+            });
+        }
+        for p in &created {
+            self.per_rail[p.rail] += 1;
+        }
+        self.passive.extend(created);
+        Ok(out)
+    }
+
+    /// Counts the notifications that arrived on one rail and reposts their receives.
+    fn poll_rail(&mut self, rail: usize) -> bool {
+        let want = if self.shared.rails[rail].single_poll {
+            1
+        } else {
+            self.scratch.len()
+        };
+        let mut total = 0;
+        // Bounded, so setup requests and other rails get their turn.
+        for _ in 0..self.scratch.len() {
+            let n = self.poll_chunk(rail, want);
+            total += n;
+            if n < want {
+                break;
+            }
+        }
+        total > 0
+    }
+
+    fn poll_chunk(&mut self, rail: usize, want: usize) -> usize {
+        let n = match self.target.cqs[rail].poll_into(&mut self.scratch[..want]) {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        for wc in &self.scratch[..n] {
+            let Some(p) = self.passive.get_mut(wc.wr_id as usize) else {
+                continue;
+            };
+            if !wc.is_success() {
+                // A flushed receive: the connection is in error (peer gone or QP torn down).
+                p.live = false;
+                continue;
+            }
+            if matches!(wc.opcode, Some(WcOpcode::Recv | WcOpcode::RecvRdmaWithImm)) {
+                if let (Some(tag), Some(sink)) = (wc.imm, self.shared.notifications.get()) {
+                    sink.record(tag);
+                }
+                if p.live && p.qp.post_recv(wc.wr_id, &[]).is_err() {
+                    p.live = false;
+                }
+            }
+        }
+        n
+    }
+}

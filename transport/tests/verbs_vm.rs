@@ -1,0 +1,375 @@
+//! The `verbs` fabric end to end on a real verbs device (Soft-RoCE `rxe0` in the VM stage):
+//! engines in one process and in two processes, data checked byte for byte.
+//!
+//! Run with `tests/vm/stage` (or `tests/vm/run -- cargo test -p transport --test verbs_vm --
+//! --ignored`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
+use transport::fabric::{Completion, Fabric, MemoryRegion, WorkOp, WorkRequest};
+use transport::*;
+
+const VM: &str = "needs a verbs device: runs in the VM stage (tests/vm)";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(seed as u32) as u8
+                ^ seed
+        })
+        .collect()
+}
+
+fn config() -> VerbsConfig {
+    VerbsConfig {
+        unresponsive_timeout: Duration::from_secs(2),
+        ..VerbsConfig::default()
+    }
+}
+
+fn pair(slice: u64) -> (Engine, Engine) {
+    let meta = Arc::new(LocalRegistry::new());
+    let mk = |name: &str| {
+        let mut c = EngineConfig::new(name);
+        c.slice_size = slice;
+        Engine::new(c, VerbsFabric::new(config()).unwrap(), meta.clone()).unwrap()
+    };
+    (mk("a"), mk("b"))
+}
+
+fn owned(e: &Engine, name: &str, data: Vec<u8>, access: Access) -> SegmentId {
+    e.register_owned(
+        name,
+        OwnedMemory::from_vec(data).unwrap(),
+        Location::Cpu(0),
+        access,
+    )
+    .unwrap()
+}
+
+fn contents(e: &Engine, seg: SegmentId, off: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    e.read_owned(seg, off, &mut v).unwrap();
+    v
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_read_write_sizes_one_process() {
+    let _ = VM;
+    // 64 KiB slices, so the larger sizes run as many work requests.
+    let (a, b) = pair(64 << 10);
+    let max = (6 << 20) + 5;
+    let src = owned(&a, "a/src", pattern(max + 16, 3), Access::NONE);
+    let sink = owned(&a, "a/sink", vec![0; max + 16], Access::NONE);
+    let target = owned(&b, "b/kv", pattern(max + 16, 9), Access::REMOTE_READ_WRITE);
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let mut batch = a.allocate_batch(4).unwrap();
+    for len in [1usize, 7, 4096, 65_537, (1 << 20) + 3, max] {
+        // READ b's current contents at offset 5 into a's sink at offset 1.
+        let expect = contents(&b, target, 5, len);
+        batch = a.recycle_batch(batch).unwrap();
+        w.submit(batch, &[Request::read(sink, 1, remote, 5, len as u64)])
+            .unwrap();
+        let s = w.wait(batch, WAIT).unwrap();
+        assert!(
+            s.all_completed(),
+            "READ {len}: {s:?} {:?}",
+            a.request_status(batch, 0)
+        );
+        assert!(
+            contents(&a, sink, 1, len) == expect,
+            "READ of {len} bytes differs"
+        );
+        // WRITE a's pattern at offset 2 to b at offset 3.
+        batch = a.recycle_batch(batch).unwrap();
+        w.submit(batch, &[Request::write(src, 2, remote, 3, len as u64)])
+            .unwrap();
+        let s = w.wait(batch, WAIT).unwrap();
+        assert!(
+            s.all_completed(),
+            "WRITE {len}: {s:?} {:?}",
+            a.request_status(batch, 0)
+        );
+        assert!(
+            contents(&b, target, 3, len) == contents(&a, src, 2, len),
+            "WRITE of {len} bytes differs"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_many_requests_per_batch() {
+    let (a, b) = pair(64 << 10);
+    let n = 600usize;
+    let chunk = 3000usize;
+    let src = owned(&a, "a/src", pattern(n * chunk, 5), Access::NONE);
+    let sink = owned(&a, "a/sink", vec![0; n * chunk], Access::NONE);
+    let target = owned(&b, "b/kv", vec![0; n * chunk], Access::REMOTE_READ_WRITE);
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(n).unwrap();
+    // Chunk i of a goes to chunk n-1-i of b: every request lands somewhere else.
+    let writes: Vec<_> = (0..n)
+        .map(|i| {
+            Request::write(
+                src,
+                (i * chunk) as u64,
+                remote,
+                ((n - 1 - i) * chunk) as u64,
+                chunk as u64,
+            )
+        })
+        .collect();
+    w.submit(batch, &writes).unwrap();
+    let s = w.wait(batch, WAIT).unwrap();
+    assert!(s.all_completed(), "{s:?}");
+    assert_eq!(s.completed as usize, n);
+    let src_bytes = contents(&a, src, 0, n * chunk);
+    let dst_bytes = contents(&b, target, 0, n * chunk);
+    for i in 0..n {
+        let j = n - 1 - i;
+        assert!(
+            src_bytes[i * chunk..(i + 1) * chunk] == dst_bytes[j * chunk..(j + 1) * chunk],
+            "chunk {i}"
+        );
+    }
+    // And read them all back in one batch, in the other order.
+    let batch = a.recycle_batch(batch).unwrap();
+    let reads: Vec<_> = (0..n)
+        .map(|i| {
+            Request::read(
+                sink,
+                (i * chunk) as u64,
+                remote,
+                (i * chunk) as u64,
+                chunk as u64,
+            )
+        })
+        .collect();
+    w.submit(batch, &reads).unwrap();
+    let s = w.wait(batch, WAIT).unwrap();
+    assert!(s.all_completed(), "{s:?}");
+    assert!(contents(&a, sink, 0, n * chunk) == dst_bytes);
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_write_with_notify_counts_tags() {
+    let (a, b) = pair(64 << 10);
+    let src = owned(&a, "a/src", pattern(1 << 20, 7), Access::NONE);
+    let target = owned(&b, "b/kv", vec![0; 1 << 20], Access::REMOTE_WRITE);
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(64).unwrap();
+    // 40 writes of 20 KiB with tag 5 (one slices into several WRs: the notification follows
+    // the last slice), 8 with tag 6.
+    let mut reqs: Vec<_> = (0..40u64)
+        .map(|i| {
+            Request::write(src, i * 20_000, remote, i * 20_000, 20_000)
+                .with_op(Opcode::WriteWithNotify(5))
+        })
+        .collect();
+    reqs.extend((0..8u64).map(|i| {
+        Request::write(src, 900_000 + i, remote, 900_000 + i * 100, 100)
+            .with_op(Opcode::WriteWithNotify(6))
+    }));
+    w.submit(batch, &reqs).unwrap();
+    let s = w.wait(batch, WAIT).unwrap();
+    assert!(s.all_completed(), "{s:?}");
+    assert_eq!(b.notifications().wait_for(5, 40, WAIT).unwrap(), 40);
+    assert_eq!(b.notifications().wait_for(6, 8, WAIT).unwrap(), 8);
+    assert_eq!(b.notifications().count(4).unwrap(), 0);
+    assert!(contents(&b, target, 0, 800_000) == contents(&a, src, 0, 800_000));
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_bad_remote_range_fails_typed() {
+    // Through the engine: a range past the segment is refused before posting, by name.
+    let (a, b) = pair(64 << 10);
+    let src = owned(&a, "a/src", pattern(8192, 1), Access::NONE);
+    let target = owned(&b, "b/kv", vec![0; 4096], Access::REMOTE_READ_WRITE);
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(4).unwrap();
+    let e = w
+        .submit(batch, &[Request::write(src, 0, remote, 4000, 200)])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TransportError::RemoteOutOfRange {
+                offset: 4000,
+                len: 200,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Past the engine's checks: the target dropped the segment after the initiator opened it,
+    // so the device refuses the key.
+    b.unregister(target).unwrap();
+    w.submit(batch, &[Request::write(src, 0, remote, 0, 4096)])
+        .unwrap();
+    let s = w.wait(batch, WAIT).unwrap();
+    assert_eq!(s.failed, 1, "{s:?}");
+    assert_eq!(
+        a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::RemoteBadAddress)
+    );
+}
+
+/// Posts one work request on a fresh endpoint and returns its completion.
+fn post_one(f: &VerbsFabric, wr: WorkRequest) -> Completion {
+    let mut ep = f.endpoint().unwrap();
+    assert_eq!(ep.post(&[wr]), 1);
+    let mut out = [Completion::default(); 4];
+    let t = Instant::now();
+    loop {
+        let n = ep.poll(&mut out);
+        if n > 0 {
+            assert_eq!(n, 1, "{:?}", &out[..n]);
+            return out[0];
+        }
+        assert!(t.elapsed() < WAIT, "no completion");
+        std::thread::yield_now();
+    }
+}
+
+/// Registers 4 KiB on two fresh fabrics (the target's with `access`), connects them, and
+/// posts `op` at `remote_offset` and then `peer` as given, followed by a READ on the same
+/// connection. Returns both completions and whether the first READ copied the target's bytes.
+fn fabric_case(
+    op: WorkOp,
+    remote_offset: u64,
+    access: Access,
+    bad_peer: bool,
+) -> (Completion, Completion, bool) {
+    let a = VerbsFabric::new(config()).unwrap();
+    let b = VerbsFabric::new(config()).unwrap();
+    let mut src = vec![1u8; 4096];
+    let mut dst = vec![2u8; 4096];
+    let region = |v: &mut Vec<u8>, access| MemoryRegion {
+        addr: v.as_mut_ptr() as u64,
+        len: v.len() as u64,
+        access,
+    };
+    // SAFETY: both vectors outlive the registrations (deregistered below, before they drop).
+    let (ra, rb) = unsafe {
+        (
+            a.register(region(&mut src, Access::NONE)).unwrap(),
+            b.register(region(&mut dst, access)).unwrap(),
+        )
+    };
+    let rkey = a.decode_remote_key(0, &rb.remote_keys[0]).unwrap();
+    let peer = a.connect(&b.local_addresses()).unwrap();
+    assert_eq!(
+        a.connect(&b.local_addresses()).unwrap(),
+        peer,
+        "same peer, same id"
+    );
+    let wr = WorkRequest {
+        token: 77,
+        op,
+        rail: 0,
+        peer: if bad_peer { peer + 9 } else { peer },
+        remote_rail: 0,
+        local_addr: src.as_ptr() as u64,
+        local_key: ra.local_keys[0],
+        remote_addr: dst.as_ptr() as u64 + remote_offset,
+        remote_key: rkey,
+        len: 4096 - 8,
+    };
+    let first = post_one(&a, wr);
+    let copied = src[..4088].iter().all(|&x| x == 2);
+    let then = post_one(
+        &a,
+        WorkRequest {
+            token: 78,
+            op: WorkOp::Read,
+            peer,
+            remote_addr: dst.as_ptr() as u64,
+            ..wr
+        },
+    );
+    a.deregister(&ra).unwrap();
+    b.deregister(&rb).unwrap();
+    (first, then, copied)
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_fabric_reports_bad_keys_and_ranges_by_name() {
+    let ok = |token| Completion { token, error: None };
+    // In bounds: both succeed and the bytes arrive.
+    let (c, then, copied) = fabric_case(WorkOp::Read, 0, Access::REMOTE_READ, false);
+    assert_eq!((c, then, copied), (ok(77), ok(78), true));
+    // Past the region's end: REMOTE_BAD_ADDRESS; RC then holds the connection in error, so the
+    // next request on it is FLUSHED.
+    let (c, then, _) = fabric_case(WorkOp::Read, 16, Access::REMOTE_READ, false);
+    assert_eq!(c.error, Some(FailReason::RemoteBadAddress), "{c:?}");
+    assert_eq!(then.error, Some(FailReason::Flushed), "{then:?}");
+    // A WRITE into a read-only region.
+    let (c, _, _) = fabric_case(WorkOp::Write, 0, Access::REMOTE_READ, false);
+    assert_eq!(c.error, Some(FailReason::RemoteBadAddress), "{c:?}");
+    // A peer id never handed out completes with an error instead of vanishing, and harms
+    // nothing else.
+    let (c, then, _) = fabric_case(WorkOp::Read, 0, Access::REMOTE_READ, true);
+    assert_eq!(c.error, Some(FailReason::InvalidAh), "{c:?}");
+    assert_eq!(then, ok(78));
+}
+
+fn example(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps, examples in target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: build it with `cargo build -p transport --example {name}`",
+        p.display()
+    );
+    p
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_two_processes() {
+    let peer = example("verbs_peer");
+    let dir = std::env::temp_dir().join(format!("verbs-two-proc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let size = (3 << 20) + 17;
+    let mut server = Command::new(&peer)
+        .args(["serve", dir.to_str().unwrap(), &size.to_string()])
+        .spawn()
+        .unwrap();
+    let client = Command::new(&peer)
+        .args(["fetch", dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let served = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > WAIT {
+            let _ = server.kill();
+            panic!("server did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(client.success(), "client: {client}");
+    assert!(served.success(), "server: {served}");
+}
