@@ -1,10 +1,11 @@
 //! Both sides in this process: two engines on the chosen fabric, each side's work on its own threads.
 
 use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
-use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
+use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::stats::{windows_of, Window};
 use crate::{cli::Verb, cpu};
 use anyhow::{anyhow, Context};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::fabric::Fabric;
@@ -190,27 +191,26 @@ impl Runner for Loopback {
 
     fn latency(&mut self, p: &Point) -> anyhow::Result<LatMeasurement> {
         let op = stream_op(p.verb);
-        let n = match p.amount {
-            Amount::Iterations(n) => n,
-            // Latency by time: estimate nothing, just run a generous fixed count per second.
-            Amount::Duration(d) => d.as_secs().max(1) * 10_000,
-        };
         let timeout = self.timeout;
         let wall0 = Instant::now();
         let proc0 = cpu::process_cpu();
-        let (client, _server) = std::thread::scope(|s| {
+        let stop = AtomicBool::new(false);
+        let (client, server) = std::thread::scope(|s| {
             let server = (op != StreamOp::Read).then(|| {
                 let link = self.server.clone();
-                s.spawn(move || measure::latency_server(&link, p.size, n, timeout))
+                let stop = &stop;
+                s.spawn(move || measure::latency_server(&link, p.size, stop, timeout))
             });
-            let client = measure::latency_client(&self.client, op, p.size, n, timeout);
+            let client = measure::latency_client(&self.client, op, p.size, p.amount, timeout);
+            // Also on failure, so the server stops waiting for pings at once.
+            stop.store(true, Ordering::Release);
             let server = server
                 .map(|h| h.join().map_err(|_| anyhow!("server thread panicked"))?)
                 .transpose();
             (client, server)
         });
         let (samples, client_cpu) = client?;
-        _server?;
+        server?;
         let wall = wall0.elapsed();
         let proc = cpu::process_cpu().saturating_sub(proc0);
         Ok(LatMeasurement {

@@ -8,6 +8,7 @@ use crate::cpu;
 use crate::runner::Amount;
 use crate::stats::Event;
 use anyhow::{bail, Context};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use transport::{
     BatchId, Engine, Opcode, RemoteSegment, Request, RequestStatus, SegmentId, Worker,
@@ -215,16 +216,34 @@ pub fn stream(
 /// Spins until `tag` on `engine` has at least `n` arrivals, yielding now and then so a peer thread on the
 /// same core can run; fails after `timeout`.
 pub fn await_tag(engine: &Engine, tag: u32, n: u64, timeout: Duration) -> anyhow::Result<()> {
+    if await_tag_or_stop(engine, tag, n, timeout, None)? {
+        Ok(())
+    } else {
+        bail!("stopped while waiting for tag {tag}")
+    }
+}
+
+/// Like [`await_tag`], but returns `Ok(false)` as soon as `stop` is set and the count is still short.
+pub fn await_tag_or_stop(
+    engine: &Engine,
+    tag: u32,
+    n: u64,
+    timeout: Duration,
+    stop: Option<&AtomicBool>,
+) -> anyhow::Result<bool> {
     let notes = engine.notifications();
     let deadline = Instant::now() + timeout;
     let mut spins = 0u32;
     loop {
         let c = notes.count(tag)?;
         if c >= n {
-            return Ok(());
+            return Ok(true);
         }
         spins = spins.wrapping_add(1);
         if spins % 256 == 0 {
+            if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+                return Ok(false);
+            }
             if Instant::now() >= deadline {
                 bail!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}");
             }
@@ -254,20 +273,26 @@ fn one(
     Ok(())
 }
 
-/// Client side of a latency test (tag counts start at zero: each test consumes what it counted): `n` operations, one at a time. READ reports the full time of each read;
-/// WRITE and SEND report half the round trip of a ping-pong, as perftest does.
+/// Client side of a latency test: operations one at a time until `amount` is done. READ reports the full
+/// time of each read; WRITE and SEND report half the round trip of a ping-pong, as perftest does. Tag
+/// counts start at zero: each test consumes what it counted.
 pub fn latency_client(
     link: &Link,
     op: StreamOp,
     size: u64,
-    n: u64,
+    amount: Amount,
     timeout: Duration,
 ) -> anyhow::Result<(Vec<f64>, Duration)> {
     let cpu0 = cpu::thread_cpu();
     let mut worker = link.engine.worker()?;
     let mut batch = link.engine.allocate_batch(1)?;
-    let mut samples = Vec::with_capacity(n as usize);
-    for i in 0..n {
+    let (limit, deadline) = match amount {
+        Amount::Iterations(n) => (n, None),
+        Amount::Duration(d) => (u64::MAX, Some(Instant::now() + d)),
+    };
+    let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
+    let mut i = 0u64;
+    while i < limit && deadline.map_or(true, |d| Instant::now() < d) {
         let t0 = Instant::now();
         match op {
             StreamOp::Read => {
@@ -288,24 +313,30 @@ pub fn latency_client(
                 samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
             }
         }
+        i += 1;
     }
     let _ = link.engine.free_batch(batch);
-    link.engine.notifications().consume(TAG_PONG, n)?;
+    if op != StreamOp::Read {
+        link.engine.notifications().consume(TAG_PONG, i)?;
+    }
     Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
 }
 
-/// Server side of a WRITE/SEND latency test: answers each ping with a pong of the same size.
+/// Server side of a WRITE/SEND latency test: answers each ping with a pong of the same size until `stop`
+/// is set (the client sets it once it has every pong). Returns the pings answered and the CPU time used.
 pub fn latency_server(
     link: &Link,
     size: u64,
-    n: u64,
+    stop: &AtomicBool,
     timeout: Duration,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(u64, Duration)> {
     let cpu0 = cpu::thread_cpu();
     let mut worker = link.engine.worker()?;
     let mut batch = link.engine.allocate_batch(1)?;
-    for i in 0..n {
-        await_tag(&link.engine, TAG_PING, i + 1, timeout).context("waiting for the ping")?;
+    let mut i = 0u64;
+    while await_tag_or_stop(&link.engine, TAG_PING, i + 1, timeout, Some(stop))
+        .context("waiting for the ping")?
+    {
         one(
             link,
             &mut worker,
@@ -314,8 +345,9 @@ pub fn latency_server(
             size,
             timeout,
         )?;
+        i += 1;
     }
     let _ = link.engine.free_batch(batch);
-    link.engine.notifications().consume(TAG_PING, n)?;
-    Ok(cpu::thread_cpu().saturating_sub(cpu0))
+    link.engine.notifications().consume(TAG_PING, i)?;
+    Ok((i, cpu::thread_cpu().saturating_sub(cpu0)))
 }

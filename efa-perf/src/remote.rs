@@ -28,6 +28,7 @@ use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::discovery::{DiscoveryConfig, PeerMetadata};
@@ -417,10 +418,15 @@ impl Runner for Client {
     }
 
     fn latency(&mut self, p: &Point) -> anyhow::Result<LatMeasurement> {
-        let n = latency_count(p.amount);
         self.start(p)?;
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
-        let r = measure::latency_client(&self.link, stream_op(p.verb), p.size, n, self.timeout);
+        let r = measure::latency_client(
+            &self.link,
+            stream_op(p.verb),
+            p.size,
+            p.amount,
+            self.timeout,
+        );
         let cpu_client = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
         let (samples, _) = match r {
             Ok(v) => v,
@@ -429,20 +435,12 @@ impl Runner for Client {
                 return Err(e);
             }
         };
-        let (cpu_server, _) = self.finish(n)?;
+        let (cpu_server, _) = self.finish(samples.len() as u64)?;
         Ok(LatMeasurement {
             samples_us: samples,
             cpu_client: p.cpu.then_some(cpu_client),
             cpu_server: p.cpu.then_some(cpu_server),
         })
-    }
-}
-
-/// Operations of a latency point (by time: a fixed count per second, so both sides agree on it).
-pub fn latency_count(amount: Amount) -> u64 {
-    match amount {
-        Amount::Iterations(n) => n,
-        Amount::Duration(d) => d.as_secs().max(1) * 10_000,
     }
 }
 
@@ -557,6 +555,7 @@ fn serve_one(
             bail!("client asks for {size}-byte messages in {stripe}-byte stripes");
         }
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+        let stop = AtomicBool::new(false);
         let results: anyhow::Result<Vec<StreamResult>> = std::thread::scope(|s| {
             let mut hs = Vec::new();
             if metric == Metric::Bw && bidirectional {
@@ -568,17 +567,22 @@ fn serve_one(
                     }));
                 }
             }
+            let stop = &stop;
             let pong = (metric == Metric::Lat && op != StreamOp::Read).then(|| {
                 let link = link.clone();
-                let n = latency_count(amount);
-                s.spawn(move || measure::latency_server(&link, size, n, timeout))
+                s.spawn(move || measure::latency_server(&link, size, stop, timeout))
             });
             control.send(&Msg::Go)?;
-            let Msg::Finished { ops } = control.recv()? else {
+            let finished = control.recv();
+            stop.store(true, Ordering::Release);
+            let Msg::Finished { ops } = finished? else {
                 bail!("client answered out of turn");
             };
             if let Some(h) = pong {
-                h.join().map_err(|_| anyhow!("pong thread panicked"))??;
+                let (answered, _) = h.join().map_err(|_| anyhow!("pong thread panicked"))??;
+                if answered != ops {
+                    bail!("answered {answered} pings, the client counted {ops}");
+                }
             }
             let out = hs
                 .into_iter()
