@@ -36,20 +36,22 @@ fuzz_target!(|data: &[u8]| {
     let faults = SimFaults {
         error_rate: (b.u8() % 4) as f64 * 0.1,
         max_delay_steps: (b.u8() % 4) as u32,
-        unresp_timeout: Duration::from_micros(100),
+        unresp_timeout: Duration::from_micros(20),
         ..SimFaults::default()
     };
     let rails = b.u8() % 3 + 1;
     let sim = SimConfig {
         rails: rails as u16,
         queue_depth: (b.u8() % 8 + 1) as u32,
-        max_rdma_size: (b.u16() as u64 % SEG) + 1,
+        // At least 256 B per work request: tiny slices times dead-peer timeouts would only
+        // make runs slow, not explore more.
+        max_rdma_size: (b.u16() as u64 % SEG) + 256,
         seed: b.u16() as u64,
         faults,
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = b.u16() as u64 + 1;
+    cfg.slice_size = b.u16() as u64 % 8192 + 256;
     let fa = SimFabric::new(&net, sim.clone()).unwrap();
     let a = Engine::new(cfg, fa, meta.clone()).unwrap();
     let fb = SimFabric::new(&net, SimConfig::default()).unwrap();

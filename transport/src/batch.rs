@@ -58,7 +58,8 @@ pub struct BatchStatus {
     pub timed_out: u32,
     /// Cancelled.
     pub cancelled: u32,
-    /// Work requests still owned by the fabric (the batch can be freed when 0).
+    /// Work requests still owned by the fabric, plus one per submit call in progress (the
+    /// batch can be freed or recycled when 0).
     pub in_flight: u32,
 }
 

@@ -597,7 +597,6 @@ impl Engine {
         let slot = self.inner.batches.get(batch)?;
         let st = slot.status();
         self.inner.batches.get(batch)?;
-        // The submit guard counts as one in-flight unit while a submit runs; hide it.
         Ok(st)
     }
 

@@ -2,6 +2,26 @@
 //! pluggable fabrics ([`fabric::sim`] here; `tcp`, `verbs`, `efa` implement the same
 //! [`fabric::Fabric`] trait).
 //!
+//! # Model
+//!
+//! - An [`Engine`] (shared, `Send + Sync`, cheap to clone) owns one fabric instance and its
+//!   rails. Memory is registered as a named *segment* ([`Engine::register_memory`], `unsafe`:
+//!   the caller keeps it alive; or [`Engine::register_owned`]: the engine owns it) with a
+//!   [`Location`] (`cpu:N`, `gpu:N`) and remote [`Access`] rights (none by default). Its
+//!   [`SegmentDescriptor`] is published through a [`Metadata`] service.
+//! - A peer's segment is opened by name ([`Engine::open_segment`]) into a [`RemoteSegment`].
+//! - Requests ([`Request`]: READ, WRITE, WRITE_WITH_NOTIFY; local segment + offset or raw
+//!   address; remote segment + offset; length) go into batches ([`Engine::allocate_batch`])
+//!   through a per-thread [`Worker`]: [`Worker::submit`] validates all requests before posting
+//!   any, slices them, stripes slices over rails and posts; [`Worker::wait`] drives completions.
+//!   Status is readable from any thread ([`Engine::request_status`], [`Engine::batch_status`]).
+//! - Unregistering a segment that requests still use is *refused*
+//!   ([`TransportError::SegmentBusy`]); so is freeing a batch with work requests in flight
+//!   ([`TransportError::BatchBusy`]); drain first ([`Worker::drain`]).
+//! - The hot path (submit, post, poll, complete) takes no lock and allocates nothing once warm;
+//!   completions are counted per request and batch with atomics, addressed by the work
+//!   request's token (batch slot, generation, rail, request index).
+//!
 //! ```
 //! use std::{sync::Arc, time::Duration};
 //! use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
