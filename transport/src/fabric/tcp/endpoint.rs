@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +29,8 @@ use crate::FailReason;
 /// Response bytes buffered per stream (READ data beyond what is buffered goes straight to its
 /// destination).
 const RX_BUF: usize = 16 << 10;
+/// Fruitless polls before [`TcpEndpoint::wait_ready`] sleeps.
+const IDLE_POLLS: u32 = 16;
 /// Marks a completion that belongs to no stream (the request named an unknown peer).
 const NO_STREAM: u32 = u32::MAX;
 
@@ -336,6 +339,10 @@ pub(crate) struct TcpEndpoint {
     index: Vec<Box<[u32]>>,
     comps: Comps,
     outstanding: usize,
+    /// Consecutive polls that moved nothing while requests were outstanding.
+    idle: u32,
+    /// One entry per stream, for [`TcpEndpoint::wait_ready`].
+    pollfds: Vec<libc::pollfd>,
 }
 
 impl TcpEndpoint {
@@ -346,6 +353,8 @@ impl TcpEndpoint {
             index: Vec::new(),
             comps: VecDeque::with_capacity(64),
             outstanding: 0,
+            idle: 0,
+            pollfds: Vec::new(),
         }
     }
 
@@ -399,6 +408,11 @@ impl TcpEndpoint {
             epoch_seen: peer.epoch.load(Acquire),
         });
         self.comps.reserve(depth);
+        self.pollfds.push(libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        });
         let i = self.streams.len();
         self.index[p][wr.rail as usize] = i as u32;
         Ok(i - 1)
@@ -423,7 +437,55 @@ impl TcpEndpoint {
         }
     }
 
-    fn drive(&mut self) {
+    /// Sleeps in the kernel until a busy stream can move bytes, for at most `idle_wait`: the
+    /// caller polls in a loop, and after [`IDLE_POLLS`] fruitless polls a spinning initiator
+    /// only takes CPU from the receiver (often on the same host). The wake-up is as prompt as
+    /// a blocking `send` would get.
+    fn wait_ready(&mut self) {
+        let Some(wait) = self.shared.config.idle_wait else {
+            return;
+        };
+        let mut n = 0;
+        for st in &self.streams {
+            let Some(sock) = st.sock.as_ref() else {
+                continue;
+            };
+            if st.head == st.tail || n == self.pollfds.len() {
+                continue;
+            }
+            let mut events = libc::POLLIN;
+            if st.send < st.tail {
+                events |= libc::POLLOUT;
+            }
+            self.pollfds[n] = libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events,
+                revents: 0,
+            };
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        let ts = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pollfds[..n]` are initialised entries of our own array with open fds; the
+        // timespec lives across the call; no signal mask is passed.
+        unsafe {
+            libc::ppoll(
+                self.pollfds.as_mut_ptr(),
+                n as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+    }
+
+    /// Moves bytes on every busy stream; returns whether any moved.
+    fn drive(&mut self) -> bool {
+        let mut any = false;
         let timeout = self.shared.config.timeout;
         for (i, st) in self.streams.iter_mut().enumerate() {
             if st.head == st.tail {
@@ -443,7 +505,10 @@ impl TcpEndpoint {
                 }
             };
             match st.pump_recv(&mut self.comps, me) {
-                Ok(recv) if sent || recv => st.last_progress = Instant::now(),
+                Ok(recv) if sent || recv => {
+                    any = true;
+                    st.last_progress = Instant::now();
+                }
                 Ok(_) => {
                     if st.head != st.tail && st.last_progress.elapsed() > timeout {
                         st.fail(
@@ -457,6 +522,7 @@ impl TcpEndpoint {
                 Err(reason) => st.fail(&self.shared, &mut self.comps, me, reason),
             }
         }
+        any
     }
 }
 
@@ -549,7 +615,15 @@ impl Endpoint for TcpEndpoint {
 
     fn poll(&mut self, out: &mut [Completion]) -> usize {
         if self.comps.len() < out.len() {
-            self.drive();
+            let moved = self.drive();
+            if moved || !self.comps.is_empty() || self.outstanding == 0 {
+                self.idle = 0;
+            } else {
+                self.idle += 1;
+                if self.idle >= IDLE_POLLS {
+                    self.wait_ready();
+                }
+            }
         }
         let mut n = 0;
         while n < out.len() {

@@ -68,6 +68,10 @@ pub struct TcpConfig {
     pub reconnect_backoff: Duration,
     /// `SO_SNDBUF`/`SO_RCVBUF` for every socket; `None` keeps the kernel's autotuning.
     pub socket_buffer: Option<usize>,
+    /// When a worker's `poll` finds nothing to do many times in a row while requests are
+    /// outstanding, it sleeps in `ppoll` until a socket is ready, for at most this long, instead
+    /// of spinning (which starves a receiver on the same cores). `None`: `poll` never waits.
+    pub idle_wait: Option<Duration>,
     /// Most registrations.
     pub max_regions: usize,
     /// Most peers.
@@ -86,6 +90,7 @@ impl Default for TcpConfig {
             connect_timeout: Duration::from_secs(2),
             reconnect_backoff: Duration::from_millis(500),
             socket_buffer: None,
+            idle_wait: Some(Duration::from_micros(500)),
             max_regions: 1024,
             max_peers: 1024,
         }
