@@ -3,6 +3,7 @@
 //!
 //! Run with `tests/vm/stage` (or `tests/vm/run -- cargo test -p transport --test verbs_vm --
 //! --ignored`).
+#![cfg(feature = "rdma")]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -53,8 +53,14 @@
 //! own threads; the transport never polls on behalf of a target.
 
 pub mod auto;
+#[cfg(feature = "rdma")]
+pub mod efa;
+#[cfg(feature = "rdma")]
+mod rdma;
 pub mod sim;
 pub mod tcp;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 use std::sync::Arc;
 

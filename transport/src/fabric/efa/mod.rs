@@ -1,1 +1,318 @@
-//! The `efa` fabric (in progress).
+//! `efa`: RDMA over AWS Elastic Fabric Adapter's SRD (scalable reliable datagram) queue pairs.
+//!
+//! # Shape
+//!
+//! - **Rails** are EFA devices. Each rail has one *service QP* (SRD), created with the fabric:
+//!   its GID, QPN and Q_Key are the rail's published address ([`EfaAddress`]). Every peer's
+//!   RDMA and notifications address it; a target thread owns it, keeps receives posted on it
+//!   and counts notification tags.
+//! - **Endpoints** (one per worker) own one SRD QP and one CQ per rail, on a thread domain
+//!   where the device has them (no provider lock), and post RDMA to peers' service QPs. SRD is
+//!   connectionless: an endpoint needs no per-peer state beyond the route.
+//! - **Address handles**: one per (local rail, remote GID), shared by every peer on that GID. `connect`
+//!   creates the initiator's AHs for the target; `accept` (called by the discovery handshake
+//!   on the target) creates the target's AHs for the initiator, without which EFA fails the
+//!   initiator's RDMA with `UNKNOWN_PEER`. Every work request carries the UD address (AH,
+//!   remote QPN, Q_Key).
+//! - **Capabilities** come from `efadv_query_device`: RDMA READ and WRITE each need their bit
+//!   (`EFADV_DEVICE_ATTR_CAPS_RDMA_READ` / `_RDMA_WRITE`) on every rail. Without WRITE the
+//!   fabric offers READ only (or refuses to start, see [`WritePolicy`] and [`plan`]).
+//! - **Notifications** are zero-length SENDs with the tag as immediate data (needing no RDMA
+//!   capability), counted by the target thread.
+//! - **Failures** come back as the EFA vendor error by name (`REMOTE_BAD_ADDRESS`,
+//!   `UNKNOWN_PEER`, `UNRESP_REMOTE`, ...).
+//!
+//! Only EFA hardware runs this fabric end to end (`efa_hw_` tests, see the crate README); its
+//! decisions (address codec, capabilities, write refusal, work-request plans, AH bookkeeping)
+//! are tested on any host.
+
+pub mod addr;
+mod endpoint;
+mod peers;
+pub mod plan;
+mod target;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+
+use ::efa::{Ah, AhAttr, Context, GidEntry, Pd};
+
+pub use addr::EfaAddress;
+pub use plan::{RailCaps, WritePolicy};
+
+use crate::fabric::rdma::codec::decode_rkey;
+use crate::fabric::rdma::registry::MrRegistry;
+use crate::fabric::{Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration};
+use crate::{FabricError, Notifications};
+use peers::{AhTable, Route};
+
+/// Settings of an `efa` fabric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EfaConfig {
+    /// EFA devices to use as rails, in rail order. Empty: every EFA device.
+    pub devices: Vec<String>,
+    /// Send-queue depth per rail per endpoint (capped by the device's `max_sq_wr`).
+    pub queue_depth: u32,
+    /// Receives kept posted on each service QP (notifications in flight towards this engine).
+    pub recv_depth: u32,
+    /// Q_Key of every QP of this engine (below `0x8000_0000`).
+    pub qkey: u32,
+    /// Peers this fabric connects to.
+    pub max_peers: u32,
+    /// Address handles (local rail x remote GID) alive at once.
+    pub max_address_handles: usize,
+    /// Most registrations.
+    pub max_regions: usize,
+    /// What to do when a device lacks RDMA WRITE.
+    pub write_policy: WritePolicy,
+    /// Create endpoint QPs and CQs on a thread domain (lock-free provider path) where the
+    /// device supports it.
+    pub thread_domain: bool,
+}
+
+impl Default for EfaConfig {
+    fn default() -> Self {
+        EfaConfig {
+            devices: Vec::new(),
+            queue_depth: 256,
+            recv_depth: 256,
+            qkey: 0x0efa_0001,
+            max_peers: 1024,
+            max_address_handles: 4096,
+            max_regions: 1024,
+            write_policy: WritePolicy::IfAvailable,
+            thread_domain: true,
+        }
+    }
+}
+
+/// One EFA device of the fabric.
+pub(crate) struct Rail {
+    pub ctx: Arc<Context>,
+    pub pd: Arc<Pd>,
+    pub gid: GidEntry,
+}
+
+/// State shared by the fabric, its endpoints and its target thread.
+pub(crate) struct Shared {
+    pub config: EfaConfig,
+    pub rails: Vec<Rail>,
+    pub caps: Capabilities,
+    pub peers: Box<[OnceLock<Route<Ah>>]>,
+    pub notifications: OnceLock<Arc<Notifications>>,
+    pub stop: AtomicBool,
+}
+
+struct PeerIds {
+    by_instance: HashMap<u64, PeerId>,
+    next: PeerId,
+}
+
+/// One engine's EFA devices. See the [module docs](self).
+pub struct EfaFabric {
+    shared: Arc<Shared>,
+    addresses: Vec<EfaAddress>,
+    ids: Mutex<PeerIds>,
+    ahs: Mutex<AhTable<Ah>>,
+    registry: MrRegistry,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EfaFabric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EfaFabric")
+            .field("addresses", &self.addresses)
+            .field("capabilities", &self.shared.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
+    FabricError::Io(format!("efa: {what}: {e}"))
+}
+
+impl EfaFabric {
+    /// Opens the EFA devices, decides the capabilities, creates the service QPs and starts the
+    /// target thread.
+    pub fn new(config: EfaConfig) -> Result<Arc<EfaFabric>, FabricError> {
+        if config.qkey > 0x7fff_ffff || config.recv_depth == 0 || config.max_peers == 0 {
+            return Err(FabricError::Io(format!(
+                "efa: bad configuration (qkey {:#x} must be below 0x80000000, recv_depth {} and \
+                 max_peers {} at least 1)",
+                config.qkey, config.recv_depth, config.max_peers
+            )));
+        }
+        let names = if config.devices.is_empty() {
+            ::efa::efa_devices()
+                .map_err(|e| io("list devices", e))?
+                .into_iter()
+                .map(|d| d.name)
+                .collect()
+        } else {
+            config.devices.clone()
+        };
+        if names.is_empty() {
+            return Err(FabricError::Io("efa: no EFA device found".into()));
+        }
+        let mut rails = Vec::with_capacity(names.len());
+        let mut rail_caps = Vec::with_capacity(names.len());
+        for name in &names {
+            let ctx = Context::open(name).map_err(|e| io(format_args!("open {name}"), e))?;
+            let attr = *ctx.require_efa().map_err(|e| io(name, e))?;
+            let port = ctx
+                .query_port(1)
+                .map_err(|e| io(format_args!("{name} port"), e))?;
+            rail_caps.push(RailCaps::from_device(name, &attr, port.max_msg_sz));
+            let gid = ctx
+                .preferred_gid(1)
+                .map_err(|e| io(format_args!("{name} GID"), e))?;
+            let pd = Pd::new(&ctx).map_err(|e| io(format_args!("{name} PD"), e))?;
+            rails.push(Rail { ctx, pd, gid });
+        }
+        let caps = plan::decide(&rail_caps, config.queue_depth, config.write_policy)?;
+        let instance = crate::fabric::rdma::random_u64();
+        let service = target::Service::new(&rails, &config)?;
+        let addresses = service
+            .qpns()
+            .enumerate()
+            .map(|(i, qpn)| EfaAddress {
+                rail: i as u16,
+                instance,
+                gid: rails[i].gid.gid,
+                qpn,
+                qkey: config.qkey,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            peers: (0..config.max_peers).map(|_| OnceLock::new()).collect(),
+            config,
+            rails,
+            caps,
+            notifications: OnceLock::new(),
+            stop: AtomicBool::new(false),
+        });
+        let thread = target::start(shared.clone(), service)?;
+        Ok(Arc::new(EfaFabric {
+            ahs: Mutex::new(AhTable::new(shared.config.max_address_handles)),
+            shared,
+            addresses,
+            ids: Mutex::new(PeerIds {
+                by_instance: HashMap::new(),
+                next: 0,
+            }),
+            registry: MrRegistry::default(),
+            threads: Mutex::new(vec![thread]),
+        }))
+    }
+
+    /// This engine's per-rail addresses, decoded.
+    pub fn addresses(&self) -> &[EfaAddress] {
+        &self.addresses
+    }
+
+    fn create_ah(&self, rail: u16, gid: ::efa::Gid) -> Result<Arc<Ah>, FabricError> {
+        let r = &self.shared.rails[usize::from(rail)];
+        let sgid = u8::try_from(r.gid.index).unwrap_or(0);
+        Ah::new(&r.pd, AhAttr::new(gid, sgid))
+            .map_err(|e| io(format_args!("{} AH to {gid}", r.ctx.name()), e))
+    }
+}
+
+impl Drop for EfaFabric {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Fabric for EfaFabric {
+    fn name(&self) -> &str {
+        "efa"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.shared.caps.clone()
+    }
+
+    fn local_addresses(&self) -> Vec<Vec<u8>> {
+        self.addresses.iter().map(|a| a.encode()).collect()
+    }
+
+    unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
+        let pds: Vec<_> = self.shared.rails.iter().map(|r| r.pd.clone()).collect();
+        let access = plan::mr_access(region.access, &self.shared.caps);
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe {
+            self.registry
+                .register_with(&pds, region, access, self.shared.config.max_regions)
+        }
+    }
+
+    fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
+        self.registry.deregister(registration.handle)
+    }
+
+    fn decode_remote_key(&self, rail: u16, key: &[u8]) -> Result<u64, FabricError> {
+        decode_rkey(rail, key)
+    }
+
+    fn connect(&self, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {
+        let addrs = EfaAddress::decode_all(remote)?;
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&id) = ids.by_instance.get(&addrs[0].instance) {
+            return Ok(id);
+        }
+        let id = ids.next;
+        let slot = self
+            .shared
+            .peers
+            .get(id as usize)
+            .ok_or(FabricError::Exhausted("efa peers"))?;
+        let route = {
+            let mut table = self.ahs.lock().unwrap_or_else(PoisonError::into_inner);
+            Route::build(
+                self.shared.rails.len() as u16,
+                &addrs,
+                &mut table,
+                |l, gid| self.create_ah(l, gid),
+                || FabricError::Exhausted("efa address handles"),
+            )?
+        };
+        if slot.set(route).is_err() {
+            return Err(FabricError::Exhausted("efa peers"));
+        }
+        ids.by_instance.insert(addrs[0].instance, id);
+        ids.next += 1;
+        Ok(id)
+    }
+
+    fn accept(&self, initiator: &[Vec<u8>]) -> Result<(), FabricError> {
+        let addrs = EfaAddress::decode_all(initiator)?;
+        let mut table = self.ahs.lock().unwrap_or_else(PoisonError::into_inner);
+        for l in 0..self.shared.rails.len() as u16 {
+            for a in &addrs {
+                table.get_or_create(
+                    l,
+                    a.gid,
+                    || self.create_ah(l, a.gid),
+                    || FabricError::Exhausted("efa address handles"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bind_notifications(&self, sink: Arc<Notifications>) {
+        let _ = self.shared.notifications.set(sink);
+    }
+
+    fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {
+        Ok(Box::new(endpoint::EfaEndpoint::new(self.shared.clone())?))
+    }
+}

@@ -48,6 +48,22 @@ impl MrRegistry {
         region: MemoryRegion,
         max_regions: usize,
     ) -> Result<Registration, FabricError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.register_with(pds, region, mr_access(region.access), max_regions) }
+    }
+
+    /// As [`register`](Self::register), with the verbs rights given.
+    ///
+    /// # Safety
+    ///
+    /// As [`register`](Self::register).
+    pub(crate) unsafe fn register_with(
+        &self,
+        pds: &[Arc<Pd>],
+        region: MemoryRegion,
+        access: ::efa::Access,
+        max_regions: usize,
+    ) -> Result<Registration, FabricError> {
         let len = usize::try_from(region.len)
             .ok()
             .filter(|&l| l > 0)
@@ -55,7 +71,6 @@ impl MrRegistry {
         if region.addr == 0 {
             return Err(FabricError::Io("region at address 0".into()));
         }
-        let access = mr_access(region.access);
         let mut mrs = Vec::with_capacity(pds.len());
         for (rail, pd) in pds.iter().enumerate() {
             // SAFETY: the caller keeps the memory valid until deregistration, which drops these

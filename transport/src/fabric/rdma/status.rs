@@ -44,6 +44,16 @@ pub(crate) fn efa_reason(status: WcStatus, vendor: Option<EfaStatus>) -> Option<
     }
 }
 
+/// The reason for a work request the `efa` crate refused before the device saw it.
+pub(crate) fn post_reason(e: &::efa::Error) -> FailReason {
+    match e {
+        ::efa::Error::Limit { .. } => FailReason::BadLength,
+        ::efa::Error::Unsupported { .. } => FailReason::FeatureMismatch,
+        ::efa::Error::QpState { .. } => FailReason::Flushed,
+        _ => FailReason::Io,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,15 +117,5 @@ mod tests {
             Some(FailReason::InvalidLkey)
         );
         assert_eq!(verbs_reason(WcStatus::Unknown(77)), Some(FailReason::Io));
-    }
-}
-
-/// The reason for a work request the `efa` crate refused before the device saw it.
-pub(crate) fn post_reason(e: &::efa::Error) -> FailReason {
-    match e {
-        ::efa::Error::Limit { .. } => FailReason::BadLength,
-        ::efa::Error::Unsupported { .. } => FailReason::FeatureMismatch,
-        ::efa::Error::QpState { .. } => FailReason::Flushed,
-        _ => FailReason::Io,
     }
 }

@@ -231,10 +231,9 @@ impl Endpoint for VerbsEndpoint {
                 };
                 while set.outstanding[rail] > 0 && n < out.len() {
                     let want = (out.len() - n).min(chunk);
-                    let got = match set.cqs[rail].poll_into(&mut self.scratch[..want]) {
-                        Ok(g) => g,
-                        Err(_) => 0,
-                    };
+                    let got = set.cqs[rail]
+                        .poll_into(&mut self.scratch[..want])
+                        .unwrap_or_default();
                     for wc in &self.scratch[..got] {
                         out[n] = Completion {
                             token: wc.wr_id,

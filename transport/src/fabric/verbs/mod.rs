@@ -46,6 +46,7 @@ use std::time::Duration;
 use ::efa::{Context, DeviceKind, GidEntry, Mtu, Pd, PortState};
 
 use crate::fabric::rdma::codec::decode_rkey;
+pub(crate) use crate::fabric::rdma::random_u64;
 use crate::fabric::rdma::registry::MrRegistry;
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
@@ -193,23 +194,6 @@ pub(crate) fn ack_timeout_exponent(total: Duration) -> u8 {
         t += 1;
     }
     t
-}
-
-/// A random-enough 64-bit value without a dependency: time, process id and a stack address
-/// through the standard library's randomly keyed hasher.
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    let local = 0u8;
-    h.write_usize(&local as *const u8 as usize);
-    h.finish()
 }
 
 fn open_rail(name: &str, config: &VerbsConfig) -> Result<Rail, FabricError> {
@@ -493,10 +477,5 @@ mod tests {
         }
         assert_eq!(ack_timeout_exponent(Duration::ZERO), 1);
         assert_eq!(ack_timeout_exponent(Duration::from_secs(1 << 40)), 31);
-    }
-
-    #[test]
-    fn random_values_differ() {
-        assert_ne!(random_u64(), random_u64());
     }
 }

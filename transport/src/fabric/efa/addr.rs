@@ -1,0 +1,150 @@
+//! The byte encoding of an `efa` rail address: the GID of the device, the QP number and Q_Key
+//! of the engine's service QP on it (the QP every peer's RDMA and notifications address), and
+//! a random instance id that tells engines apart. Versioned and length-checked; decoding never
+//! panics.
+
+use ::efa::Gid;
+
+use crate::fabric::rdma::codec::{Reader, Writer};
+use crate::FabricError;
+
+const MAGIC: &[u8; 2] = b"EA";
+const VERSION: u8 = 1;
+
+/// Bytes of an encoded [`EfaAddress`].
+pub const EFA_ADDRESS_LEN: usize = 37;
+
+/// One rail of an `efa` engine, as published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EfaAddress {
+    /// The rail's index in the engine.
+    pub rail: u16,
+    /// Random id of the fabric instance (equal on all its rails).
+    pub instance: u64,
+    /// The device GID.
+    pub gid: Gid,
+    /// QP number of the service QP (24 bits).
+    pub qpn: u32,
+    /// Q_Key of the service QP (below `0x8000_0000`).
+    pub qkey: u32,
+}
+
+impl EfaAddress {
+    /// The encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        Writer::with_capacity(EFA_ADDRESS_LEN)
+            .bytes(MAGIC)
+            .u8(VERSION)
+            .u16(self.rail)
+            .u64(self.instance)
+            .bytes(&self.gid.0)
+            .u32(self.qpn)
+            .u32(self.qkey)
+            .finish()
+    }
+
+    /// Parses bytes given for rail `rail`.
+    pub fn decode(rail: u16, bytes: &[u8]) -> Result<EfaAddress, FabricError> {
+        let mut r = Reader::new(bytes, rail, "efa rail address");
+        r.header(MAGIC, VERSION)?;
+        let index = r.u16()?;
+        let instance = r.u64()?;
+        let gid = Gid(r.array()?);
+        let qpn = r.u32()?;
+        let qkey = r.u32()?;
+        if index != rail {
+            return Err(r.error(format!("is for rail {index}, listed as rail {rail}")));
+        }
+        if qpn > 0x00ff_ffff {
+            return Err(r.error(format!("QPN {qpn:#x} exceeds 24 bits")));
+        }
+        if qkey > 0x7fff_ffff {
+            return Err(r.error(format!("Q_Key {qkey:#x} is privileged (>= 0x80000000)")));
+        }
+        r.end()?;
+        Ok(EfaAddress {
+            rail: index,
+            instance,
+            gid,
+            qpn,
+            qkey,
+        })
+    }
+
+    /// Parses a whole per-rail address list: rails in order, one instance.
+    pub fn decode_all(addrs: &[Vec<u8>]) -> Result<Vec<EfaAddress>, FabricError> {
+        if addrs.is_empty() || addrs.len() > crate::fabric::MAX_RAILS {
+            return Err(FabricError::BadAddress {
+                rail: 0,
+                reason: format!(
+                    "{} rails listed, expected 1..={}",
+                    addrs.len(),
+                    crate::fabric::MAX_RAILS
+                ),
+            });
+        }
+        let list = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| EfaAddress::decode(i as u16, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(a) = list.iter().find(|a| a.instance != list[0].instance) {
+            return Err(FabricError::BadAddress {
+                rail: a.rail,
+                reason: "rails of different engines in one address list".into(),
+            });
+        }
+        Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr(rail: u16) -> EfaAddress {
+        EfaAddress {
+            rail,
+            instance: 7,
+            gid: "fe80::4a:1dff:fe2b:3c4d".parse().unwrap(),
+            qpn: 0x1234,
+            qkey: 0x1111_1111,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_fixed_length() {
+        let b = addr(0).encode();
+        assert_eq!(b.len(), EFA_ADDRESS_LEN);
+        assert_eq!(EfaAddress::decode(0, &b).unwrap(), addr(0));
+        let list = vec![addr(0).encode(), addr(1).encode()];
+        assert_eq!(EfaAddress::decode_all(&list).unwrap()[1], addr(1));
+    }
+
+    #[test]
+    fn rejects_bad_fields_by_name() {
+        let mut q = addr(0);
+        q.qkey = 0x8000_0000;
+        let e = EfaAddress::decode(0, &q.encode()).unwrap_err().to_string();
+        assert!(e.contains("privileged"), "{e}");
+        let mut n = addr(0);
+        n.qpn = 1 << 24;
+        assert!(EfaAddress::decode(0, &n.encode()).is_err());
+        assert!(EfaAddress::decode(1, &addr(0).encode()).is_err());
+        let b = addr(0).encode();
+        assert!(EfaAddress::decode(0, &b[..20]).is_err());
+        let mut other = addr(1);
+        other.instance = 8;
+        assert!(EfaAddress::decode_all(&[addr(0).encode(), other.encode()]).is_err());
+        // A verbs or sim address is refused, not misread.
+        assert!(EfaAddress::decode(0, b"SIM\0\0\0\0\0\0").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = EfaAddress::decode(0, &bytes);
+        }
+    }
+}

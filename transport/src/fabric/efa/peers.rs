@@ -1,0 +1,159 @@
+//! Address-handle bookkeeping: one AH per (local rail, remote GID), shared by every peer and
+//! initiator on that GID, created on both sides (the initiator in `connect`, the target in
+//! `accept`) so the target always knows its initiators (no `UNKNOWN_PEER`). Generic over the
+//! handle type so the bookkeeping is tested without a device.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ::efa::Gid;
+
+use super::addr::EfaAddress;
+
+/// AHs by (local rail, remote GID).
+#[derive(Debug)]
+pub(crate) struct AhTable<H> {
+    map: HashMap<(u16, Gid), Arc<H>>,
+    max: usize,
+}
+
+impl<H> AhTable<H> {
+    pub(crate) fn new(max: usize) -> Self {
+        AhTable {
+            map: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The AH of `gid` on local rail `rail`, created by `create` on first use.
+    pub(crate) fn get_or_create<E>(
+        &mut self,
+        rail: u16,
+        gid: Gid,
+        create: impl FnOnce() -> Result<Arc<H>, E>,
+        exhausted: impl FnOnce() -> E,
+    ) -> Result<Arc<H>, E> {
+        if let Some(h) = self.map.get(&(rail, gid)) {
+            return Ok(h.clone());
+        }
+        if self.map.len() >= self.max {
+            return Err(exhausted());
+        }
+        let h = create()?;
+        self.map.insert((rail, gid), h.clone());
+        Ok(h)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// How an initiator reaches one peer: per remote rail its service QP, per (local rail, remote
+/// rail) the AH.
+#[derive(Debug)]
+pub(crate) struct Route<H> {
+    remote_rails: usize,
+    qpn: Vec<u32>,
+    qkey: Vec<u32>,
+    ahs: Vec<Arc<H>>,
+}
+
+impl<H> Route<H> {
+    /// Builds the route to `remote` from `local_rails` rails, creating AHs through `table`.
+    pub(crate) fn build<E>(
+        local_rails: u16,
+        remote: &[EfaAddress],
+        table: &mut AhTable<H>,
+        mut create: impl FnMut(u16, Gid) -> Result<Arc<H>, E>,
+        exhausted: impl Fn() -> E,
+    ) -> Result<Route<H>, E> {
+        let mut ahs = Vec::with_capacity(usize::from(local_rails) * remote.len());
+        for l in 0..local_rails {
+            for r in remote {
+                ahs.push(table.get_or_create(l, r.gid, || create(l, r.gid), &exhausted)?);
+            }
+        }
+        Ok(Route {
+            remote_rails: remote.len(),
+            qpn: remote.iter().map(|r| r.qpn).collect(),
+            qkey: remote.iter().map(|r| r.qkey).collect(),
+            ahs,
+        })
+    }
+
+    /// The AH, QPN and Q_Key for posting on `rail` to the peer's `remote_rail`.
+    #[inline]
+    pub(crate) fn dest(&self, rail: u16, remote_rail: u16) -> Option<(&H, u32, u32)> {
+        let r = usize::from(remote_rail);
+        if r >= self.remote_rails {
+            return None;
+        }
+        let ah = self.ahs.get(usize::from(rail) * self.remote_rails + r)?;
+        Some((ah, self.qpn[r], self.qkey[r]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn addr(rail: u16, gid_byte: u8, qpn: u32) -> EfaAddress {
+        EfaAddress {
+            rail,
+            instance: 1,
+            gid: Gid([gid_byte; 16]),
+            qpn,
+            qkey: 0x4242,
+        }
+    }
+
+    #[test]
+    fn one_ah_per_local_rail_and_gid_shared_by_connect_and_accept() {
+        let created = Cell::new(0);
+        let mut table = AhTable::<(u16, Gid)>::new(16);
+        let mk = |l: u16, g: Gid| {
+            created.set(created.get() + 1);
+            Ok::<_, ()>(Arc::new((l, g)))
+        };
+        let peer = [addr(0, 1, 10), addr(1, 2, 11)];
+        let route = Route::build(2, &peer, &mut table, mk, || ()).unwrap();
+        assert_eq!(created.get(), 4);
+        let (ah, qpn, qkey) = route.dest(1, 0).unwrap();
+        assert_eq!((*ah, qpn, qkey), ((1, Gid([1; 16])), 10, 0x4242));
+        assert_eq!(route.dest(0, 1).unwrap().1, 11);
+        assert!(route.dest(0, 2).is_none() && route.dest(2, 0).is_none());
+        // The target side of the same GIDs (accept) reuses them: no new AH.
+        for l in 0..2 {
+            table
+                .get_or_create(l, Gid([2; 16]), || mk(l, Gid([2; 16])), || ())
+                .unwrap();
+        }
+        assert_eq!((created.get(), table.len()), (4, 4));
+        // A second connection to the same GIDs, too.
+        Route::build(2, &peer, &mut table, mk, || ()).unwrap();
+        assert_eq!(created.get(), 4);
+    }
+
+    #[test]
+    fn table_limit_and_creation_errors_are_reported() {
+        let mut table = AhTable::<u8>::new(1);
+        table
+            .get_or_create(0, Gid([1; 16]), || Ok::<_, &str>(Arc::new(1)), || "full")
+            .unwrap();
+        let e = table.get_or_create(0, Gid([2; 16]), || Ok(Arc::new(2)), || "full");
+        assert_eq!(e, Err("full"));
+        let mut t2 = AhTable::<u8>::new(4);
+        let e = Route::build(
+            1,
+            &[addr(0, 3, 1)],
+            &mut t2,
+            |_, _| Err("EINVAL"),
+            || "full",
+        );
+        assert_eq!(e.err(), Some("EINVAL"));
+        assert_eq!(t2.len(), 0, "a failed creation leaves nothing behind");
+    }
+}

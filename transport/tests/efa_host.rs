@@ -1,0 +1,32 @@
+//! The `efa` fabric on a host without EFA: construction fails with a typed error, never a panic.
+#![cfg(feature = "rdma")]
+
+use transport::fabric::efa::{EfaConfig, EfaFabric};
+use transport::FabricError;
+
+#[test]
+fn bad_configuration_is_refused_by_value() {
+    let e = EfaFabric::new(EfaConfig {
+        qkey: 0x8000_0000,
+        ..EfaConfig::default()
+    })
+    .unwrap_err();
+    assert!(matches!(&e, FabricError::Io(m) if m.contains("0x80000000")), "{e}");
+}
+
+#[test]
+fn missing_devices_are_a_typed_error() {
+    let has_efa = efa::efa_devices().map(|d| !d.is_empty()).unwrap_or(false);
+    if has_efa {
+        // On EFA hardware this test has nothing to show; the efa_hw_ tests run there.
+        return;
+    }
+    let e = EfaFabric::new(EfaConfig::default()).unwrap_err();
+    assert!(matches!(e, FabricError::Io(_)), "{e}");
+    let named = EfaFabric::new(EfaConfig {
+        devices: vec!["rdmap-none".into()],
+        ..EfaConfig::default()
+    })
+    .unwrap_err();
+    assert!(named.to_string().contains("rdmap-none"), "{named}");
+}

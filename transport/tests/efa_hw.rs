@@ -1,0 +1,165 @@
+//! The `efa` fabric end to end on EFA hardware (SRD). Nothing here runs without an EFA device.
+//!
+//! On an EFA-enabled EC2 instance (e.g. c6gn, c7gn, p4d, p5, hpc6a; the EFA installer's
+//! rdma-core, and `ulimit -l unlimited` or a large memlock limit), from the repository root:
+//!
+//! ```text
+//! cargo test --release -p transport --test efa_hw -- --ignored --test-threads=1
+//! ```
+//!
+//! The tests print the devices' capabilities. A device without RDMA WRITE runs the READ and
+//! notification tests and checks that WRITE is refused at submit with a typed error.
+#![cfg(feature = "rdma")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use transport::fabric::efa::{EfaConfig, EfaFabric};
+use transport::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(seed as u32) as u8
+                ^ seed
+        })
+        .collect()
+}
+
+/// Two engines on the EFA devices of this host, each accepting the other (the discovery
+/// handshake does this between hosts).
+fn pair() -> (Engine, Engine) {
+    let meta = Arc::new(LocalRegistry::new());
+    let mk = |name: &str| {
+        let f = EfaFabric::new(EfaConfig::default()).expect("an EFA device");
+        println!("{name}: {f:?}");
+        let mut c = EngineConfig::new(name);
+        c.slice_size = 1 << 20;
+        Engine::new(c, f, meta.clone()).unwrap()
+    };
+    let (a, b) = (mk("a"), mk("b"));
+    a.accept_peer(&b.local_addresses()).unwrap();
+    b.accept_peer(&a.local_addresses()).unwrap();
+    (a, b)
+}
+
+fn contents(e: &Engine, seg: SegmentId, off: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    e.read_owned(seg, off, &mut v).unwrap();
+    v
+}
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_read_write_notify_sizes() {
+    let (a, b) = pair();
+    let caps = a.capabilities().clone();
+    let max = (16 << 20) + 3;
+    let src = a
+        .register_owned(
+            "a/src",
+            OwnedMemory::from_vec(pattern(max, 3)).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    let sink = a
+        .register_owned(
+            "a/sink",
+            OwnedMemory::zeroed(max, 4096).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    let target = b
+        .register_owned(
+            "b/kv",
+            OwnedMemory::from_vec(pattern(max, 9)).unwrap(),
+            Location::Cpu(0),
+            Access::REMOTE_READ_WRITE,
+        )
+        .unwrap();
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let mut batch = a.allocate_batch(8).unwrap();
+    for len in [1usize, 4096, (1 << 20) + 1, max - 5] {
+        batch = a.recycle_batch(batch).unwrap();
+        w.submit(batch, &[Request::read(sink, 0, remote, 5, len as u64)])
+            .unwrap();
+        let s = w.wait(batch, WAIT).unwrap();
+        assert!(
+            s.all_completed(),
+            "READ {len}: {:?}",
+            a.request_status(batch, 0)
+        );
+        assert!(
+            contents(&a, sink, 0, len) == contents(&b, target, 5, len),
+            "READ {len}"
+        );
+        batch = a.recycle_batch(batch).unwrap();
+        let write =
+            Request::write(src, 0, remote, 1, len as u64).with_op(Opcode::WriteWithNotify(2));
+        let r = w.submit(batch, &[write]);
+        if !caps.supports_write {
+            assert!(
+                matches!(
+                    r,
+                    Err(TransportError::Fabric(FabricError::Unsupported { .. }))
+                ),
+                "{r:?}"
+            );
+            continue;
+        }
+        r.unwrap();
+        let s = w.wait(batch, WAIT).unwrap();
+        assert!(
+            s.all_completed(),
+            "WRITE {len}: {:?}",
+            a.request_status(batch, 0)
+        );
+        assert!(
+            contents(&b, target, 1, len) == contents(&a, src, 0, len),
+            "WRITE {len}"
+        );
+    }
+    if caps.supports_write {
+        assert_eq!(b.notifications().wait_for(2, 4, WAIT).unwrap(), 4);
+    }
+}
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_bad_remote_key_is_remote_bad_address() {
+    let (a, b) = pair();
+    let sink = a
+        .register_owned(
+            "a/sink",
+            OwnedMemory::zeroed(8192, 4096).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    let target = b
+        .register_owned(
+            "b/kv",
+            OwnedMemory::zeroed(8192, 4096).unwrap(),
+            Location::Cpu(0),
+            Access::REMOTE_READ,
+        )
+        .unwrap();
+    let remote = a.open_segment("b/kv").unwrap();
+    b.unregister(target).unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
+        .unwrap();
+    w.wait(batch, WAIT).unwrap();
+    assert_eq!(
+        a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::RemoteBadAddress)
+    );
+}
