@@ -414,3 +414,26 @@ fn tcp_backpressure_accepts_a_prefix_and_loses_nothing() {
     ini.deregister(&l).unwrap();
     tgt.deregister(&r).unwrap();
 }
+
+#[test]
+fn tcp_silent_or_stalled_connections_are_dropped() {
+    let tgt = TcpFabric::new(TcpConfig {
+        timeout: Duration::from_millis(300),
+        ..TcpConfig::default()
+    })
+    .unwrap();
+    let addr = tgt.local_addr();
+    // Says nothing at all.
+    let mut mute = TcpStream::connect(addr).unwrap();
+    assert!(closed(&mut mute));
+    // Greets, then stalls half way through a request header.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    hello_ok(&mut slow, tgt.instance());
+    slow.write_all(b"TQ\x01\x02").unwrap();
+    assert!(closed(&mut slow));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tgt.stats().dropped < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(tgt.stats().dropped, 2);
+}

@@ -286,11 +286,15 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
         }
         Message::Error { code, message } => {
             out.push(*code as u8);
-            let m = message.as_bytes();
+            // Cut an over-long message at a character boundary, so it stays valid UTF-8.
+            let mut end = message.len().min(MAX_NAME_LEN);
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
             put_blob(
                 &mut out,
                 "message",
-                &m[..m.len().min(MAX_NAME_LEN)],
+                &message.as_bytes()[..end],
                 MAX_NAME_LEN,
             )?;
         }
@@ -455,6 +459,22 @@ mod tests {
                     "{m:?} cut {cut}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_char_boundary() {
+        let message = "\u{e9}".repeat(MAX_NAME_LEN);
+        let f = encode(&Message::Error {
+            code: ErrorCode::Refused,
+            message,
+        })
+        .unwrap();
+        match decode(&f, DEFAULT_MAX_BODY).unwrap() {
+            Message::Error { message, .. } => {
+                assert_eq!(message, "\u{e9}".repeat(MAX_NAME_LEN / 2))
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -289,7 +289,8 @@ impl Conn {
     }
 
     fn hello(&mut self) -> Result<bool, ConnError> {
-        if !self.fill(wire::HELLO_LEN, true)? {
+        // The hello is due at once: a silent connection may not hold a thread.
+        if !self.fill(wire::HELLO_LEN, false)? {
             return Ok(false);
         }
         let mut h = [0u8; wire::HELLO_LEN];
