@@ -2,75 +2,30 @@
 
 use crate::bench::{self, Plan};
 use crate::cli::TestArgs;
+use crate::fabrics::Params;
 use crate::info::DeviceReport;
 use crate::loopback::Loopback;
 use crate::measure;
 use crate::record::Document;
 use crate::remote;
-use crate::runner::Setup;
 use crate::select::{FabricKind, SeenDevice, Selection};
-use anyhow::Context;
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::Duration;
-use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
-use transport::fabric::tcp::{TcpConfig, TcpFabric};
-use transport::fabric::Fabric;
 
 /// Fabrics the transport offers in this build.
 pub fn fabrics_built() -> Vec<FabricKind> {
-    vec![FabricKind::Sim, FabricKind::Tcp]
+    crate::fabrics::built()
 }
 
-/// Server fabric, client fabric, and what the banner says about them.
-type FabricPair = (Arc<dyn Fabric>, Arc<dyn Fabric>, Setup);
-
-/// Two fabric instances that reach each other, for a loopback run, and the banner's facts about them.
-fn fabric_pair(selection: &Selection, timeout: Duration) -> anyhow::Result<FabricPair> {
-    match selection.fabric {
-        FabricKind::Sim => {
-            let net = SimNetwork::new();
-            let a =
-                SimFabric::new(&net, SimConfig::default()).context("creating the sim fabric")?;
-            let b =
-                SimFabric::new(&net, SimConfig::default()).context("creating the sim fabric")?;
-            Ok((
-                a,
-                b,
-                Setup {
-                    fabric: "sim".into(),
-                    device: "sim".into(),
-                    transport_type: "sim".into(),
-                    connection_type: "SRD".into(),
-                    mode: "loopback".into(),
-                    reason: selection.reason.clone(),
-                },
-            ))
-        }
-        FabricKind::Tcp => {
-            // Loopback sockets; one stream per worker and peer, as many workers as streams.
-            let config = TcpConfig {
-                queue_depth: 128,
-                timeout,
-                ..TcpConfig::default()
-            };
-            let a =
-                TcpFabric::new(config.clone()).context("creating the tcp fabric (server side)")?;
-            let b = TcpFabric::new(config).context("creating the tcp fabric (client side)")?;
-            let device = format!("tcp {}", a.local_addr().ip());
-            Ok((
-                a,
-                b,
-                Setup {
-                    fabric: "tcp".into(),
-                    device,
-                    transport_type: "tcp".into(),
-                    connection_type: "stream".into(),
-                    mode: "loopback".into(),
-                    reason: selection.reason.clone(),
-                },
-            ))
-        }
-        other => anyhow::bail!("fabric {other} is not available in this build"),
+/// Fabric parameters from the selection and the command line.
+pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpAddr) -> Params {
+    Params {
+        device: selection.device.clone().or_else(|| args.device.clone()),
+        ib_port: args.ib_port,
+        gid_index: args.gid_index,
+        workers,
+        timeout: Duration::from_secs(args.timeout),
+        bind_ip,
     }
 }
 
@@ -136,7 +91,8 @@ pub fn run_selected(
     let max_size = plan.sizes.iter().copied().max().unwrap_or(1);
     let stripe = measure::stripe_len(max_size, plan.depth, plan.streams);
     if selection.loopback {
-        let (server, client, setup) = fabric_pair(selection, timeout)?;
+        let p = params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
+        let (server, client, setup) = crate::fabrics::pair(selection, &p)?;
         let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout)?;
         return bench::run(&mut runner, plan);
     }
@@ -147,7 +103,7 @@ pub fn run_selected(
 /// Runs a test from the command line: loopback, client (a peer was given) or server (none was).
 pub fn execute(selection: &Selection, args: &TestArgs, plan: &Plan) -> anyhow::Result<()> {
     if !selection.loopback && args.peer.is_none() {
-        return remote::serve(args, plan.verb, plan.metric, &selection.reason);
+        return remote::serve(selection, args, plan.verb, plan.metric);
     }
     run_selected(selection, args, plan).map(|_| ())
 }

@@ -9,6 +9,7 @@ mod compare;
 mod cpu;
 mod devices;
 mod engine;
+mod fabrics;
 mod info;
 mod loopback;
 mod measure;

@@ -19,6 +19,7 @@
 
 use crate::cli::{Metric, TestArgs, Verb};
 use crate::cpu;
+use crate::fabrics::Params;
 use crate::loopback::{combine, register, stream_op, CLIENT_SEGMENT, SERVER_SEGMENT};
 use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
 use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
@@ -27,13 +28,11 @@ use crate::stats::Event;
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::discovery::{DiscoveryConfig, PeerMetadata};
-use transport::fabric::tcp::{TcpConfig, TcpFabric};
-use transport::fabric::Fabric;
 use transport::{Engine, EngineConfig};
 
 /// Version of the control protocol.
@@ -184,48 +183,31 @@ struct Node {
 
 fn make_node(
     kind: FabricKind,
-    ip: IpAddr,
+    params: &Params,
     name: &str,
     mode: &str,
     reason: &str,
-    timeout: Duration,
 ) -> anyhow::Result<Node> {
-    let (fabric, device, transport_type, connection_type): (Arc<dyn Fabric>, String, &str, &str) =
-        match kind {
-            FabricKind::Tcp => {
-                let config = TcpConfig {
-                    bind: SocketAddr::new(ip, 0),
-                    queue_depth: 128,
-                    timeout,
-                    ..TcpConfig::default()
-                };
-                let f = TcpFabric::new(config).context("creating the tcp fabric")?;
-                let device = format!("tcp {}", f.local_addr());
-                (f, device, "tcp", "stream")
-            }
-            other => bail!(
-                "fabric {other} cannot reach another process in this build (use --fabric tcp)"
-            ),
-        };
+    if kind == FabricKind::Sim {
+        bail!(
+            "the sim fabric lives in one process; it cannot reach another (use tcp, verbs or efa)"
+        );
+    }
+    let (fabric, mut setup) = crate::fabrics::create(kind, params, None)?;
     let meta = PeerMetadata::bind(DiscoveryConfig {
-        bind: SocketAddr::new(ip, 0),
+        bind: SocketAddr::new(params.bind_ip, 0),
         ..DiscoveryConfig::new(name)
     })
     .context("starting discovery")?;
     meta.attach_fabric(fabric.clone());
     let engine = Engine::new(EngineConfig::new(name), fabric, meta.clone())
         .context("creating the engine")?;
+    setup.mode = mode.into();
+    setup.reason = reason.into();
     Ok(Node {
         engine,
         meta,
-        setup: Setup {
-            fabric: kind.to_string(),
-            device,
-            transport_type: transport_type.into(),
-            connection_type: connection_type.into(),
-            mode: mode.into(),
-            reason: reason.into(),
-        },
+        setup,
     })
 }
 
@@ -275,13 +257,13 @@ impl Client {
                 )
             })?;
         let mut control = Control::new(stream, timeout)?;
+        let params = crate::engine::params(selection, args, plan.streams, control.local.ip());
         let node = make_node(
             selection.fabric,
-            control.local.ip(),
+            &params,
             "efa-perf-client",
             "client",
             &selection.reason,
-            timeout,
         )?;
         control.send(&Msg::Hello {
             protocol: PROTOCOL,
@@ -445,7 +427,13 @@ impl Runner for Client {
 }
 
 /// Runs the server: waits for one client on `-p`, serves its test, and returns when it says goodbye.
-pub fn serve(args: &TestArgs, verb: Verb, metric: Metric, reason: &str) -> anyhow::Result<()> {
+pub fn serve(
+    selection: &Selection,
+    args: &TestArgs,
+    verb: Verb,
+    metric: Metric,
+) -> anyhow::Result<()> {
+    let reason = &selection.reason;
     let timeout = Duration::from_secs(args.timeout);
     let listener = TcpListener::bind(("0.0.0.0", args.port)).with_context(|| {
         format!(
@@ -460,7 +448,7 @@ pub fn serve(args: &TestArgs, verb: Verb, metric: Metric, reason: &str) -> anyho
     let (stream, from) = listener.accept().context("accepting the client")?;
     eprintln!("efa-perf: client {from} connected");
     let mut control = Control::new(stream, timeout)?;
-    match serve_one(&mut control, verb, metric, timeout, reason) {
+    match serve_one(&mut control, selection, args, verb, metric) {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = control.send(&Msg::Error {
@@ -473,11 +461,12 @@ pub fn serve(args: &TestArgs, verb: Verb, metric: Metric, reason: &str) -> anyho
 
 fn serve_one(
     control: &mut Control,
+    selection: &Selection,
+    args: &TestArgs,
     verb: Verb,
     metric: Metric,
-    timeout: Duration,
-    reason: &str,
 ) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout);
     let Msg::Hello {
         protocol,
         fabric,
@@ -503,13 +492,19 @@ fn serve_one(
         bail!("client asks for {streams} stripes of {stripe} bytes");
     }
     let kind = parse_fabric(&fabric)?;
+    if kind != selection.fabric {
+        bail!(
+            "client runs over {kind} but this server over {} (give both sides the same --fabric)",
+            selection.fabric
+        );
+    }
+    let params = crate::engine::params(selection, args, streams, control.local.ip());
     let node = make_node(
         kind,
-        control.local.ip(),
+        &params,
         "efa-perf-server",
         "server",
-        reason,
-        timeout,
+        &selection.reason,
     )?;
     let local = register(&node.engine, SERVER_SEGMENT, stripe * streams as u64)?;
     control.send(&Msg::Ready {

@@ -1,0 +1,125 @@
+//! Creating fabric instances from the command line's choices.
+
+use crate::runner::Setup;
+use crate::select::{FabricKind, Selection};
+use anyhow::{bail, Context};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use transport::fabric::efa::{EfaConfig, EfaFabric};
+use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
+use transport::fabric::tcp::{TcpConfig, TcpFabric};
+use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
+use transport::fabric::Fabric;
+
+/// Fabrics the transport offers in this build.
+pub fn built() -> Vec<FabricKind> {
+    vec![
+        FabricKind::Efa,
+        FabricKind::Verbs,
+        FabricKind::Sim,
+        FabricKind::Tcp,
+    ]
+}
+
+/// What a fabric instance needs beyond its kind.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Device for efa and verbs.
+    pub device: Option<String>,
+    /// Port of the device.
+    pub ib_port: u8,
+    /// GID index (verbs).
+    pub gid_index: Option<u32>,
+    /// Workers that will use the fabric at once (verbs creates queue pairs per worker slot).
+    pub workers: u32,
+    /// Dead-peer bound.
+    pub timeout: Duration,
+    /// Address to bind sockets to (tcp), when it matters.
+    pub bind_ip: IpAddr,
+}
+
+/// One fabric instance and the banner's facts about it.
+pub fn create(
+    kind: FabricKind,
+    p: &Params,
+    sim: Option<&Arc<SimNetwork>>,
+) -> anyhow::Result<(Arc<dyn Fabric>, Setup)> {
+    let setup = |device: String, transport_type: &str, connection_type: &str| Setup {
+        fabric: kind.to_string(),
+        device,
+        transport_type: transport_type.into(),
+        connection_type: connection_type.into(),
+        mode: String::new(),
+        reason: String::new(),
+    };
+    Ok(match kind {
+        FabricKind::Sim => {
+            let net = sim.context("the sim fabric needs a network shared by both sides")?;
+            let f = SimFabric::new(net, SimConfig::default()).context("creating the sim fabric")?;
+            (f, setup("sim".into(), "sim", "SRD"))
+        }
+        FabricKind::Tcp => {
+            // One stream per worker and peer; dead-peer detection follows --timeout.
+            let config = TcpConfig {
+                bind: SocketAddr::new(p.bind_ip, 0),
+                queue_depth: 128,
+                timeout: p.timeout,
+                ..TcpConfig::default()
+            };
+            let f = TcpFabric::new(config).context("creating the tcp fabric")?;
+            let device = format!("tcp {}", f.local_addr());
+            (f, setup(device, "tcp", "stream"))
+        }
+        FabricKind::Verbs => {
+            let workers = u16::try_from(p.workers.saturating_add(1))
+                .unwrap_or(64)
+                .min(64);
+            let config = VerbsConfig {
+                devices: p.device.iter().cloned().collect(),
+                port: p.ib_port,
+                gid_index: p.gid_index,
+                max_endpoints: workers.max(2),
+                unresponsive_timeout: p.timeout.min(Duration::from_secs(30)),
+                ..VerbsConfig::default()
+            };
+            let f = VerbsFabric::new(config).context("creating the verbs fabric")?;
+            let device = p
+                .device
+                .clone()
+                .unwrap_or_else(|| "first verbs device".into());
+            (f, setup(device, "IB", "RC"))
+        }
+        FabricKind::Efa => {
+            if p.gid_index.is_some_and(|g| g != 0) {
+                bail!(
+                    "-x {}: EFA devices have one GID (index 0)",
+                    p.gid_index.unwrap_or(0)
+                );
+            }
+            let config = EfaConfig {
+                devices: p.device.iter().cloned().collect(),
+                ..EfaConfig::default()
+            };
+            let f = EfaFabric::new(config).context("creating the efa fabric")?;
+            let device = p
+                .device
+                .clone()
+                .unwrap_or_else(|| "every EFA device".into());
+            (f, setup(device, "EFA", "SRD"))
+        }
+    })
+}
+
+/// Server fabric, client fabric, and the banner's facts.
+pub type Pair = (Arc<dyn Fabric>, Arc<dyn Fabric>, Setup);
+
+/// Two instances that reach each other, for a run in this process (server first).
+pub fn pair(selection: &Selection, p: &Params) -> anyhow::Result<Pair> {
+    let net = (selection.fabric == FabricKind::Sim).then(SimNetwork::new);
+    let (a, mut setup) = create(selection.fabric, p, net.as_ref())?;
+    let (b, _) = create(selection.fabric, p, net.as_ref())?;
+    setup.mode = "loopback".into();
+    setup.reason = selection.reason.clone();
+    Ok((a, b, setup))
+}
