@@ -1,0 +1,64 @@
+#!/bin/bash
+# efa-perf beside perftest on the same Soft-RoCE device, sizes and iteration counts, in one VM run:
+# write_bw, read_bw (RC, RDMA WRITE/READ) and send_lat, each as a server and a client process on rxe0.
+#
+#   tests/vm/run --timeout 1500 --script efa-perf/scripts/vm-vs-perftest.sh
+#
+# Prints one line per test and size with both figures (bandwidth: average MB/s; latency: t_typical us).
+# Runs inside the guest; EFA_PERF names the binary (default: $CARGO_TARGET_DIR/release/efa-perf).
+set -euo pipefail
+bin=${EFA_PERF:-${CARGO_TARGET_DIR:-target}/release/efa-perf}
+dev=${VM_RDMA_DEV:-rxe0}
+gid=${VM_GID_INDEX:-1}
+ip=${VM_SELF_IP:-127.0.0.1}
+bw_iters=${BW_ITERS:-200}
+lat_iters=${LAT_ITERS:-200}
+port=18515
+out=$(mktemp -d)
+
+# run_pair NAME SERVER_CMD... -- CLIENT_CMD...: server in the background, client once it listens.
+run_pair() {
+  local name=$1
+  shift
+  local server=() client=()
+  while [[ $1 != -- ]]; do server+=("$1"); shift; done
+  shift
+  client=("$@")
+  port=$((port + 1))
+  "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
+  local pid=$!
+  vm-wait-listen "$port" 60
+  if ! timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; then
+    echo "$name: client failed:" >&2
+    cat "$out/$name.client" "$out/$name.server" >&2
+    kill "$pid" 2>/dev/null || true
+    return 1
+  fi
+  wait "$pid" || { echo "$name: server failed:" >&2; cat "$out/$name.server" >&2; return 1; }
+}
+
+# column LOG SIZE N: field N of the result row for SIZE bytes.
+column() {
+  awk -v size="$2" -v n="$3" '$1 == size && NF >= 5 { v = $n } END { print v }' "$1"
+}
+
+printf '%-10s %9s %6s %18s %18s\n' test bytes iters perftest efa-perf
+for size in 4096 65536 1048576; do
+  for t in write read; do
+    run_pair "pt-$t-$size" "ib_${t}_bw" -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters" -- \
+      "ib_${t}_bw" -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters"
+    run_pair "ep-$t-$size" "$bin" "$t-bw" --fabric verbs -d "$dev" -x "$gid" -F -- \
+      "$bin" "$t-bw" --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters"
+    printf '%-10s %9s %6s %12s MB/s %12s MB/s\n' "${t}_bw" "$size" "$bw_iters" \
+      "$(column "$out/pt-$t-$size.client" "$size" 4)" "$(column "$out/ep-$t-$size.client" "$size" 4)"
+  done
+done
+for size in 2 64 4096; do
+  run_pair "pt-lat-$size" ib_send_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters" -- \
+    ib_send_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters"
+  run_pair "ep-lat-$size" "$bin" send-lat --fabric verbs -d "$dev" -x "$gid" -F -- \
+    "$bin" send-lat --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters"
+  printf '%-10s %9s %6s %13s us %13s us\n' send_lat "$size" "$lat_iters" \
+    "$(column "$out/pt-lat-$size.client" "$size" 5)" "$(column "$out/ep-lat-$size.client" "$size" 5)"
+done
+echo "logs: $out"
