@@ -556,12 +556,13 @@ impl Endpoint for TcpEndpoint {
             self.outstanding += 1;
             self.streams[s].used += 1;
             let mut error = self.check(wr);
-            let shared = self.shared.clone();
+            // Field borrows, not an `Arc` clone: no shared counter is touched per request.
+            let shared: &Shared = &self.shared;
             let st = &mut self.streams[s];
             if error.is_none() && st.sock.is_none() {
                 let peer = shared.peers[wr.peer as usize].get();
                 error = match peer {
-                    Some(peer) => st.connect(&shared, peer).err(),
+                    Some(peer) => st.connect(shared, peer).err(),
                     None => Some(FailReason::InvalidAh),
                 };
             }

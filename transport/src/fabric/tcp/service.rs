@@ -318,6 +318,9 @@ impl Conn {
             return Ok(());
         }
         let max = self.shared.config.max_transfer_size;
+        // One handle for the life of the connection, passed down by reference: the guards
+        // borrow from it while `self` is borrowed mutably, with no per-request refcounting.
+        let shared = self.shared.clone();
         loop {
             if !self.fill(REQ_LEN, true)? {
                 return Ok(());
@@ -330,8 +333,8 @@ impl Conn {
                 return Err(ConnError::TooLong { len: req.len, max });
             }
             match req.op {
-                Op::Write => self.write(&req)?,
-                Op::Read => self.read(&req)?,
+                Op::Write => self.write(&shared, &req)?,
+                Op::Read => self.read(&shared, &req)?,
                 Op::Notify => {
                     if req.len != 0 {
                         return Err(ConnError::NotifyPayload(req.len));
@@ -362,8 +365,7 @@ impl Conn {
         c.fetch_add(1, Relaxed);
     }
 
-    fn write(&mut self, req: &Request) -> Result<(), ConnError> {
-        let shared = self.shared.clone();
+    fn write(&mut self, shared: &Shared, req: &Request) -> Result<(), ConnError> {
         let checked = shared
             .regions
             .acquire(req.key, req.addr, req.len, Access::REMOTE_WRITE);
@@ -381,8 +383,7 @@ impl Conn {
         self.respond(req.token, status)
     }
 
-    fn read(&mut self, req: &Request) -> Result<(), ConnError> {
-        let shared = self.shared.clone();
+    fn read(&mut self, shared: &Shared, req: &Request) -> Result<(), ConnError> {
         let checked = shared
             .regions
             .acquire(req.key, req.addr, req.len, Access::REMOTE_READ);
