@@ -142,6 +142,11 @@ pub(crate) struct Shared {
 }
 
 /// One engine's tcp fabric. See the [module docs](self).
+///
+/// Dropping it (normally with its engine) stops the service threads and retires every
+/// registration before the engine frees owned memory, since the engine drops its fabric first.
+/// A clone of the `Arc` kept past the engine keeps peers able to reach that memory: drop it
+/// with the engine, or call [`TcpFabric::shutdown`] first.
 #[derive(Debug)]
 pub struct TcpFabric {
     shared: Arc<Shared>,
