@@ -17,6 +17,14 @@ struct Node {
     meta: Arc<PeerMetadata>,
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        // This test keeps a clone of the fabric beside the engine: retire the registrations
+        // before the engine frees its owned memory.
+        self.fabric.shutdown();
+    }
+}
+
 fn node(name: &str, cfg: TcpConfig) -> Node {
     let fabric = TcpFabric::new(cfg).unwrap();
     let meta = PeerMetadata::bind(DiscoveryConfig::new(name)).unwrap();
