@@ -197,10 +197,13 @@ fn alloc_probe() {
     let mut w = s.a.worker().unwrap();
     let reqs = requests(&s, 32, 8);
     let mut batch = s.a.allocate_batch(32).unwrap();
-    for _ in 0..10_000 {
+    let rounds: u64 = std::env::var("TRANSPORT_BENCH_PROBE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    for _ in 0..rounds.min(10_000) {
         batch = round(&s, &mut w, batch, &reqs);
     }
-    let rounds = 100_000u64;
     let ops = (rounds * 32) as f64;
     let before = ALLOCS.load(Ordering::Relaxed);
     let (t, cpu) = (Instant::now(), thread_cpu());

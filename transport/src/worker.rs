@@ -341,7 +341,7 @@ fn resolve(
         let e = inner
             .remotes
             .pin(r.remote.index, r.remote.generation)
-            .ok_or(TransportError::UnknownRemote(r.remote))?;
+            .ok_or_else(|| TransportError::UnknownRemote(r.remote))?;
         runs.remote = Some(r.remote);
         e
     } else {
@@ -349,7 +349,7 @@ fn resolve(
         inner
             .remotes
             .get_pinned(r.remote.index)
-            .ok_or(TransportError::UnknownRemote(r.remote))?
+            .ok_or_else(|| TransportError::UnknownRemote(r.remote))?
     };
     let remote_index = r.remote.index;
     let drop_remote = |runs: &mut Runs| {
@@ -435,7 +435,7 @@ fn resolve(
                             .is_some_and(|end| end <= e.base + e.len);
                     inside.then_some(addr)
                 })
-                .ok_or(TransportError::LocalNotRegistered {
+                .ok_or_else(|| TransportError::LocalNotRegistered {
                     index,
                     addr,
                     len: r.len,

@@ -30,6 +30,19 @@ pub(crate) struct SimEndpoint {
     pending: Vec<Pending>,
     /// Pending entries with a wall-clock deadline (0 means polls never read the clock).
     timed: usize,
+    /// Remote region pinned during one `post` call, as (peer, key, slot): consecutive requests
+    /// to the same region share one pin.
+    held: Option<(u32, u64, usize)>,
+}
+
+/// Unpins the region held across a `post` call (a free function so callers can borrow other
+/// fields of the endpoint meanwhile).
+fn release_held(shared: &Shared, held: &mut Option<(u32, u64, usize)>) {
+    if let Some((peer, _, slot)) = held.take() {
+        if let Some(node) = shared.peers.get(peer as usize).and_then(|p| p.get()) {
+            node.release(slot);
+        }
+    }
 }
 
 impl SimEndpoint {
@@ -42,6 +55,7 @@ impl SimEndpoint {
             outstanding: [0; MAX_RAILS],
             pending: Vec::with_capacity(cap),
             timed: 0,
+            held: None,
         }
     }
 
@@ -90,9 +104,20 @@ impl SimEndpoint {
         if !me.check_local(wr.local_key, wr.local_addr, wr.len) {
             return Outcome::Done(Some(FailReason::InvalidLkey));
         }
-        let Some(rs) = target.acquire(wr.remote_key, wr.remote_addr, wr.len, need) else {
-            return Outcome::Done(Some(FailReason::RemoteBadAddress));
+        let slot = match self.held {
+            Some((peer, key, slot)) if peer == wr.peer && key == wr.remote_key => slot,
+            _ => {
+                release_held(sh, &mut self.held);
+                let Some(slot) = target.pin(wr.remote_key) else {
+                    return Outcome::Done(Some(FailReason::RemoteBadAddress));
+                };
+                self.held = Some((wr.peer, wr.remote_key, slot));
+                slot
+            }
         };
+        if !target.covers(slot, wr.remote_addr, wr.len, need) {
+            return Outcome::Done(Some(FailReason::RemoteBadAddress));
+        }
         let (src, dst) = if write {
             (wr.local_addr, wr.remote_addr)
         } else {
@@ -104,7 +129,6 @@ impl SimEndpoint {
         // `unsafe` promise that the memory stays valid while registered. `copy` tolerates
         // overlap (loopback between two segments of one process may alias).
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, wr.len as usize) };
-        target.release(rs);
         Outcome::Done(None)
     }
 }
@@ -120,6 +144,7 @@ impl Endpoint for SimEndpoint {
             let valid_rail = wr.rail < rails;
             let rail = if valid_rail { wr.rail } else { 0 };
             if self.outstanding[rail as usize] >= depth {
+                release_held(&self.shared, &mut self.held);
                 return i;
             }
             let outcome = if valid_rail {
@@ -159,6 +184,7 @@ impl Endpoint for SimEndpoint {
             self.outstanding[rail as usize] += 1;
             self.pending.push(p);
         }
+        release_held(&self.shared, &mut self.held);
         wrs.len()
     }
 

@@ -101,30 +101,35 @@ impl Node {
         true
     }
 
-    /// Checks `key` covers `addr..addr+len` with the needed rights and pins the region; the
-    /// caller must call [`Node::release`] with the returned slot.
+    /// Pins the region named by key `k` if the key is current; the caller must call
+    /// [`Node::release`] with the returned slot. Deregistration waits while it is pinned.
     #[inline]
-    pub(crate) fn acquire(&self, k: u64, addr: u64, len: u64, need: Access) -> Option<usize> {
+    pub(crate) fn pin(&self, k: u64) -> Option<usize> {
         let slot = (k & 0xffff) as usize;
         let want = ((k >> 16) << 2) | ACTIVE;
         let r = self.regions.get(slot)?;
         r.inflight.fetch_add(1, SeqCst);
-        let ok = r.state.load(SeqCst) == want && {
-            let base = r.base.load(Relaxed);
-            let rlen = r.len.load(Relaxed);
-            let access = Access::from_bits(r.access.load(Relaxed)).unwrap_or(Access::NONE);
-            let inside =
-                addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + rlen);
-            let allowed = (!need.can_read() || access.can_read())
-                && (!need.can_write() || access.can_write());
-            inside && allowed
-        };
-        if ok {
+        if r.state.load(SeqCst) == want {
             Some(slot)
         } else {
             r.inflight.fetch_sub(1, SeqCst);
             None
         }
+    }
+
+    /// Whether the pinned region `slot` covers `addr..addr+len` and grants `need`.
+    #[inline]
+    pub(crate) fn covers(&self, slot: usize, addr: u64, len: u64, need: Access) -> bool {
+        let Some(r) = self.regions.get(slot) else {
+            return false;
+        };
+        let base = r.base.load(Relaxed);
+        let rlen = r.len.load(Relaxed);
+        let access = Access::from_bits(r.access.load(Relaxed)).unwrap_or(Access::NONE);
+        let inside = addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + rlen);
+        inside
+            && (!need.can_read() || access.can_read())
+            && (!need.can_write() || access.can_write())
     }
 
     /// Checks the owner's own key (no pin: the owner keeps its memory registered while its
