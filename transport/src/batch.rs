@@ -284,7 +284,7 @@ impl BatchTable {
         let slot = self
             .slots
             .get(id.index as usize)
-            .ok_or_else(|| TransportError::StaleBatch(id))?;
+            .ok_or(TransportError::StaleBatch(id))?;
         if slot.is(id) {
             Ok(slot)
         } else {
@@ -352,7 +352,7 @@ impl BatchTable {
         let slot = self
             .slots
             .get(id.index as usize)
-            .ok_or_else(|| TransportError::StaleBatch(id))?;
+            .ok_or(TransportError::StaleBatch(id))?;
         slot.state
             .compare_exchange(
                 slot_state(id.generation, SLOT_USED),
