@@ -435,7 +435,7 @@ fn resolve(
                             .is_some_and(|end| end <= e.base + e.len);
                     inside.then_some(addr)
                 })
-                .ok_or_else(|| TransportError::LocalNotRegistered {
+                .ok_or(TransportError::LocalNotRegistered {
                     index,
                     addr,
                     len: r.len,
