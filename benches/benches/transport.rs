@@ -218,9 +218,64 @@ fn alloc_probe() {
          {allocs} allocations ({:.4} per op)",
         allocs as f64 / ops
     );
+    interleaved_1mib(EngineConfig::new("a").slice_size);
+    interleaved_1mib(1 << 20);
     if std::env::var_os("TRANSPORT_BENCH_PROBE_ONLY").is_some() {
         std::process::exit(0);
     }
+}
+
+/// 1 MiB WRITE and memcpy interleaved iteration by iteration, so load changes on a shared
+/// machine hit both alike; prints median times and the ratio.
+fn interleaved_1mib(slice_size: u64) {
+    const MIB: usize = 1 << 20;
+    let s = setup_with(slice_size);
+    let mut w = s.a.worker().unwrap();
+    let reqs = requests(&s, 1, MIB as u64);
+    let mut batch = s.a.allocate_batch(1).unwrap();
+    let src = vec![0x5Au8; MIB];
+    let mut dst = vec![0u8; MIB];
+    let iters: usize = std::env::var("TRANSPORT_BENCH_INTERLEAVED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let (mut sim_w, mut sim_c, mut cpy_w, mut cpy_c) = (vec![], vec![], vec![], vec![]);
+    for i in 0..iters + 200 {
+        let (t, c) = (Instant::now(), thread_cpu());
+        batch = round(&s, &mut w, batch, &reqs);
+        let (sw, sc) = (t.elapsed(), thread_cpu() - c);
+        let (t, c) = (Instant::now(), thread_cpu());
+        dst.copy_from_slice(black_box(&src));
+        black_box(&mut dst);
+        let (cw, cc) = (t.elapsed(), thread_cpu() - c);
+        if i >= 200 {
+            sim_w.push(sw);
+            sim_c.push(sc);
+            cpy_w.push(cw);
+            cpy_c.push(cc);
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_nanos() as f64
+    };
+    let (sw, sc, cw, cc) = (
+        median(&mut sim_w),
+        median(&mut sim_c),
+        median(&mut cpy_w),
+        median(&mut cpy_c),
+    );
+    println!(
+        "interleaved 1 MiB, {} KiB slices ({iters} pairs, medians): sim_write {:.1} µs wall / {:.1} µs CPU, \
+         memcpy {:.1} µs wall / {:.1} µs CPU, ratio (memcpy time / sim time) {:.2} wall, {:.2} CPU",
+        slice_size >> 10,
+        sw / 1e3,
+        sc / 1e3,
+        cw / 1e3,
+        cc / 1e3,
+        cw / sw,
+        cc / sc
+    );
 }
 
 fn submit_complete<M: Measurement>(c: &mut Criterion<M>, group: &str) {
