@@ -1,9 +1,11 @@
 //! Two-process (or two-host) transfer over the `verbs` fabric, checked byte for byte.
 //!
 //! ```text
-//! verbs_peer serve DIR [SIZE]    register "peer/buf" (first half patterned), publish its
+//! verbs_peer serve DIR [SIZE [linger]]
+//!                                register "peer/buf" (first half patterned), publish its
 //!                                descriptor to DIR/desc, wait for DIR/done, then check that
-//!                                the other side wrote the second half
+//!                                the other side wrote the second half (with `linger`, stay up
+//!                                afterwards, up to 10 minutes, as a target to be killed)
 //! verbs_peer fetch DIR           open DIR/desc's segment, READ the first half and check it,
 //!                                WRITE the second half, then create DIR/done
 //! verbs_peer hammer DIR SECS     like fetch, then keep writing until a request fails (the
@@ -57,7 +59,7 @@ fn engine(name: &str, unresp: Duration) -> Res<(Engine, Arc<LocalRegistry>, Stri
     Ok((Engine::new(config, fabric, meta.clone())?, meta, about))
 }
 
-fn serve(dir: &Path, size: usize) -> Res<()> {
+fn serve(dir: &Path, size: usize, linger: bool) -> Res<()> {
     let (e, meta, about) = engine("server", Duration::from_secs(4))?;
     let half = size / 2;
     let mut init = pattern(half, 1);
@@ -87,6 +89,10 @@ fn serve(dir: &Path, size: usize) -> Res<()> {
         "verbs_peer: verified {} bytes written by the peer",
         size - half
     );
+    if linger {
+        std::fs::write(dir.join("verified"), b"")?;
+        std::thread::sleep(Duration::from_secs(600));
+    }
     Ok(())
 }
 
@@ -123,7 +129,7 @@ fn fetch(dir: &Path, hammer: Option<Duration>) -> Res<()> {
     if got != pattern(half, 1) {
         return Err("first half read back differs from the pattern".into());
     }
-    let b = e.recycle_batch(b)?;
+    let mut b = e.recycle_batch(b)?;
     w.submit(
         b,
         &[Request::write(
@@ -152,7 +158,8 @@ fn fetch(dir: &Path, hammer: Option<Duration>) -> Res<()> {
     let start = Instant::now();
     let mut rounds = 0u64;
     loop {
-        let b2 = e.recycle_batch(b)?;
+        b = e.recycle_batch(b)?;
+        let b2 = b;
         w.submit(b2, &[Request::write(local, 0, remote, 0, 65536)])?;
         let s = w.wait(b2, limit + Duration::from_secs(10))?;
         rounds += 1;
@@ -183,7 +190,7 @@ fn fetch(dir: &Path, hammer: Option<Duration>) -> Res<()> {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: verbs_peer serve DIR [SIZE] | fetch DIR | hammer DIR SECS";
+    let usage = "usage: verbs_peer serve DIR [SIZE [linger]] | fetch DIR | hammer DIR SECS";
     let dir = PathBuf::from(args.get(2).ok_or(usage)?);
     match args[1].as_str() {
         "serve" => {
@@ -191,7 +198,7 @@ fn main() -> Res<()> {
                 Some(s) => s.parse()?,
                 None => 8 << 20,
             };
-            serve(&dir, size)
+            serve(&dir, size, args.get(4).is_some_and(|a| a == "linger"))
         }
         "fetch" => fetch(&dir, None),
         "hammer" => {

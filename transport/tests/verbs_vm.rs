@@ -230,9 +230,8 @@ fn vm_verbs_bad_remote_range_fails_typed() {
     );
 }
 
-/// Posts one work request on a fresh endpoint and returns its completion.
-fn post_one(f: &VerbsFabric, wr: WorkRequest) -> Completion {
-    let mut ep = f.endpoint().unwrap();
+/// Posts one work request and returns its completion.
+fn post_one(ep: &mut Box<dyn transport::fabric::Endpoint>, wr: WorkRequest) -> Completion {
     assert_eq!(ep.post(&[wr]), 1);
     let mut out = [Completion::default(); 4];
     let t = Instant::now();
@@ -291,10 +290,11 @@ fn fabric_case(
         remote_key: rkey,
         len: 4096 - 8,
     };
-    let first = post_one(&a, wr);
+    let mut ep = a.endpoint().unwrap();
+    let first = post_one(&mut ep, wr);
     let copied = src[..4088].iter().all(|&x| x == 2);
     let then = post_one(
-        &a,
+        &mut ep,
         WorkRequest {
             token: 78,
             op: WorkOp::Read,
@@ -315,11 +315,11 @@ fn vm_verbs_fabric_reports_bad_keys_and_ranges_by_name() {
     // In bounds: both succeed and the bytes arrive.
     let (c, then, copied) = fabric_case(WorkOp::Read, 0, Access::REMOTE_READ, false);
     assert_eq!((c, then, copied), (ok(77), ok(78), true));
-    // Past the region's end: REMOTE_BAD_ADDRESS; RC then holds the connection in error, so the
-    // next request on it is FLUSHED.
+    // Past the region's end: REMOTE_BAD_ADDRESS. RC holds that QP in error; the endpoint's next
+    // post replaces the connection, so the following READ succeeds.
     let (c, then, _) = fabric_case(WorkOp::Read, 16, Access::REMOTE_READ, false);
     assert_eq!(c.error, Some(FailReason::RemoteBadAddress), "{c:?}");
-    assert_eq!(then.error, Some(FailReason::Flushed), "{then:?}");
+    assert_eq!(then, ok(78));
     // A WRITE into a read-only region.
     let (c, _, _) = fabric_case(WorkOp::Write, 0, Access::REMOTE_READ, false);
     assert_eq!(c.error, Some(FailReason::RemoteBadAddress), "{c:?}");
@@ -373,4 +373,59 @@ fn vm_verbs_two_processes() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(client.success(), "client: {client}");
     assert!(served.success(), "server: {served}");
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_killed_peer_process_fails_in_bounded_time() {
+    let peer = example("verbs_peer");
+    let dir = std::env::temp_dir().join(format!("verbs-killed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = Command::new(&peer)
+        .args(["serve", dir.to_str().unwrap(), "65536", "linger"])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !dir.join("desc").exists() {
+        assert!(t.elapsed() < WAIT, "the server published nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let desc = SegmentDescriptor::decode(&std::fs::read(dir.join("desc")).unwrap()).unwrap();
+    let meta = Arc::new(LocalRegistry::new());
+    meta.publish(&desc).unwrap();
+    // 2 s of RC retries before a silent peer counts as dead.
+    let e = Engine::new(
+        EngineConfig::new("a"),
+        VerbsFabric::new(config()).unwrap(),
+        meta,
+    )
+    .unwrap();
+    let src = owned(&e, "a/src", pattern(65536, 4), Access::NONE);
+    let remote = e.open_segment("peer/buf").unwrap();
+    let mut w = e.worker().unwrap();
+    let mut batch = e.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::write(src, 0, remote, 0, 65536)])
+        .unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed(), "peer alive");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // The peer's QPs are gone: its kernel no longer answers for them.
+    batch = e.recycle_batch(batch).unwrap();
+    let t = Instant::now();
+    w.submit(batch, &[Request::write(src, 0, remote, 0, 65536)])
+        .unwrap();
+    let s = w.wait(batch, WAIT).unwrap();
+    let st = e.request_status(batch, 0).unwrap();
+    assert_eq!(s.failed, 1, "{s:?} {st:?}");
+    assert!(
+        matches!(
+            st,
+            RequestStatus::Failed(FailReason::UnresponsiveRemote | FailReason::Flushed)
+        ),
+        "{st:?}"
+    );
+    // Generous bound: 2 s of retries, plus the emulated CPU's slowness.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }

@@ -20,6 +20,9 @@ pub(crate) struct QpSet {
     pub qps: Vec<RcQp>,
     /// Work requests posted and not yet completed, per local rail.
     pub outstanding: Vec<u32>,
+    /// A work request failed: RC moved its QP to the error state, so the set is discarded
+    /// once drained instead of going back to the fabric.
+    pub broken: bool,
 }
 
 impl QpSet {
@@ -37,7 +40,7 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
 pub(crate) fn initiator_options(shared: &Shared, rail: usize, target_rd: u8) -> RcOptions {
     RcOptions {
         timeout: shared.ack_timeout,
-        retry_cnt: 7,
+        retry_cnt: super::RETRY_CNT,
         // Receivers repost as fast as they poll; wait for them rather than fail.
         rnr_retry: 7,
         min_rnr_timer: 12,
@@ -96,6 +99,7 @@ fn build_set(
         QpSet {
             remote_rails: remote.len(),
             outstanding: vec![0; cqs.len()],
+            broken: false,
             cqs,
             qps,
         },
@@ -103,13 +107,12 @@ fn build_set(
     ))
 }
 
-/// Builds the QP sets of every slot, runs the handshake with the target and connects them.
+/// Builds `slots` QP sets, runs the handshake with the target and connects them.
 pub(crate) fn connect(
     shared: &Shared,
     remote: &[RailAddress],
-    local_address: impl Fn(usize) -> RailAddress,
+    slots: u16,
 ) -> Result<Vec<QpSet>, FabricError> {
-    let slots = shared.config.max_endpoints;
     let mut sets = Vec::with_capacity(slots.into());
     let mut mine = Vec::new();
     for _ in 0..slots {
@@ -118,7 +121,9 @@ pub(crate) fn connect(
         mine.extend(addrs);
     }
     let req = Request {
-        rails: (0..shared.rails.len()).map(local_address).collect(),
+        rails: (0..shared.rails.len())
+            .map(|r| shared.rail_address(r))
+            .collect(),
         slots,
         target_rails: remote.len() as u16,
         qps: mine,

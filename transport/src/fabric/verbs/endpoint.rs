@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use ::efa::{RemoteAddr, Sge, WorkCompletion};
 
@@ -29,7 +30,12 @@ pub(crate) struct VerbsEndpoint {
     failed_cap: usize,
     scratch: Box<[WorkCompletion]>,
     outstanding: usize,
+    /// Per peer: no new connection attempt before this instant (after one failed).
+    retry_after: Box<[Option<Instant>]>,
 }
+
+/// Pause between connection attempts to a peer that refused or did not answer.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 impl VerbsEndpoint {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, FabricError> {
@@ -62,33 +68,55 @@ impl VerbsEndpoint {
             failed_cap,
             scratch: vec![WorkCompletion::default(); POLL_CHUNK].into_boxed_slice(),
             outstanding: 0,
+            retry_after: (0..peers).map(|_| None).collect(),
             shared,
         })
     }
 
-    /// Takes this slot's QP set of `peer` from the fabric (once per peer).
-    fn take(&mut self, peer: PeerId) -> bool {
+    /// Takes this slot's QP set of `peer` from the fabric (once per peer per endpoint). A slot
+    /// whose last connection failed is connected again here, with a handshake: this happens on
+    /// the first post of a new endpoint after a failure, never in steady state.
+    fn take(&mut self, peer: PeerId) -> Result<(), FailReason> {
         let Some(entry) = self.conns.get(peer as usize) else {
-            return false;
+            return Err(FailReason::InvalidAh);
         };
         if entry.is_some() {
-            return true;
+            return Ok(());
         }
         let Some(p) = self.shared.peers.get(peer as usize).and_then(|p| p.get()) else {
-            return false;
+            return Err(FailReason::InvalidAh);
         };
         let set = p.sets[self.slot]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match set {
-            Some(s) => {
-                self.conns[peer as usize] = Some(s);
-                self.active.push(peer);
-                true
+        let set = match set {
+            Some(s) => s,
+            None => {
+                let retry = &mut self.retry_after[peer as usize];
+                if retry.is_some_and(|t| Instant::now() < t) {
+                    return Err(FailReason::UnreachableRemote);
+                }
+                match super::conn::connect(&self.shared, &p.addrs, 1)
+                    .ok()
+                    .and_then(|v| v.into_iter().next())
+                {
+                    Some(s) => {
+                        *retry = None;
+                        s
+                    }
+                    None => {
+                        *retry = Some(Instant::now() + RETRY_PAUSE);
+                        return Err(FailReason::UnreachableRemote);
+                    }
+                }
             }
-            None => false,
+        };
+        self.conns[peer as usize] = Some(set);
+        if !self.active.contains(&peer) {
+            self.active.push(peer);
         }
+        Ok(())
     }
 
     fn fail(&mut self, token: u64, reason: FailReason) {
@@ -150,10 +178,23 @@ impl Endpoint for VerbsEndpoint {
             if self.failed.len() >= self.failed_cap {
                 break;
             }
-            if !self.take(wr.peer) {
-                self.fail(wr.token, FailReason::InvalidAh);
+            if let Err(reason) = self.take(wr.peer) {
+                self.fail(wr.token, reason);
                 i += 1;
                 continue;
+            }
+            // A failed connection, once drained, is replaced by a new one (RC keeps a QP in the
+            // error state for good).
+            if self.conns[wr.peer as usize]
+                .as_ref()
+                .is_some_and(|s| s.broken && s.in_flight() == 0)
+            {
+                self.conns[wr.peer as usize] = None;
+                if let Err(reason) = self.take(wr.peer) {
+                    self.fail(wr.token, reason);
+                    i += 1;
+                    continue;
+                }
             }
             let Some(set) = self.conns[wr.peer as usize].as_mut() else {
                 break;
@@ -235,9 +276,11 @@ impl Endpoint for VerbsEndpoint {
                         .poll_into(&mut self.scratch[..want])
                         .unwrap_or_default();
                     for wc in &self.scratch[..got] {
+                        let error = verbs_reason(wc.status);
+                        set.broken |= error.is_some();
                         out[n] = Completion {
                             token: wc.wr_id,
-                            error: verbs_reason(wc.status),
+                            error,
                         };
                         n += 1;
                     }
@@ -259,14 +302,14 @@ impl Endpoint for VerbsEndpoint {
 
 impl Drop for VerbsEndpoint {
     fn drop(&mut self) {
-        // Sets with nothing in flight go back to the fabric for the slot's next endpoint; a set
-        // with work in flight is destroyed (its completions would confuse the next owner), and
-        // that slot's later posts to the peer fail with INVALID_AH.
+        // Healthy sets with nothing in flight go back to the fabric for the slot's next
+        // endpoint. A failed set, or one with work in flight (its completions would confuse the
+        // next owner), is destroyed; the slot's next endpoint connects the peer again.
         for &peer in &self.active {
             let Some(set) = self.conns[peer as usize].take() else {
                 continue;
             };
-            if set.in_flight() == 0 {
+            if set.in_flight() == 0 && !set.broken {
                 if let Some(p) = self.shared.peers.get(peer as usize).and_then(|p| p.get()) {
                     *p.sets[self.slot]
                         .lock()

@@ -9,7 +9,8 @@
 //!   the engine's *connection service* instead (a TCP port on the IPv4 address of the GID, or
 //!   [`VerbsConfig::service_ip`]). [`Fabric::connect`] creates, for each of the
 //!   [`VerbsConfig::max_endpoints`] endpoint slots, one RC QP per local rail per remote rail,
-//!   sends their QPN/PSN/GID/MTU to the target's service ([`handshake`]), and connects them to
+//!   sends their QPN/PSN/GID/MTU to the target's service (a length-prefixed, versioned
+//!   TCP exchange), and connects them to
 //!   the passive QPs the target created in answer. The target side of that handshake is this
 //!   fabric's [`Fabric::accept`] path; an out-of-band `accept` has nothing left to do.
 //! - **Endpoints** (one per worker) claim a slot and own that slot's QPs and CQs of every peer
@@ -20,12 +21,16 @@
 //!   passive QPs keep receives posted; a per-fabric target thread polls their CQs, counts tags
 //!   with [`Notifications::record`] and reposts. A notification's completion at the initiator
 //!   means the target's device acknowledged it; the count follows when the target thread polls
-//!   (within [`rdma::backoff::MAX_SLEEP`](super::rdma) of an idle target), so a target waits
+//!   (within half a millisecond of an idle target's backoff), so a target waits
 //!   with [`Notifications::wait_for`].
 //! - **Dead peers**: RC retransmits with the ACK timeout derived from
 //!   [`VerbsConfig::unresponsive_timeout`]; when retries run out the request fails with
-//!   `UNRESP_REMOTE` and the QP (its slot's connection to that peer) stays in error: later
-//!   requests on it fail with `FLUSHED`.
+//!   `UNRESP_REMOTE`.
+//! - **Failed connections**: RC moves a QP to the error state on any failed work request, and
+//!   the requests behind it in that QP complete with `FLUSHED`. Once the endpoint has drained
+//!   them, its next post to that peer connects a new QP set (one handshake); after a failed
+//!   attempt it waits a second before the next, failing requests with `UNREACH_REMOTE`
+//!   meanwhile. The target keeps the old passive QPs until the fabric drops.
 //!
 //! [`Notifications::record`]: crate::Notifications::record
 //! [`Notifications::wait_for`]: crate::Notifications::wait_for
@@ -108,7 +113,7 @@ impl Default for VerbsConfig {
             unresponsive_timeout: Duration::from_secs(4),
             service_ip: None,
             service_port: 0,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -132,6 +137,10 @@ pub(crate) struct Rail {
 
 /// A connected peer: per endpoint slot, its QP set until an endpoint takes it.
 pub(crate) struct Peer {
+    /// The peer's published addresses, to connect a slot again after a failure.
+    pub addrs: Vec<RailAddress>,
+    /// `None` while an endpoint holds the slot's set, or after a failed connection was dropped
+    /// (the slot's next endpoint connects it again).
     pub sets: Box<[Mutex<Option<QpSet>>]>,
 }
 
@@ -153,6 +162,27 @@ pub(crate) struct Shared {
     pub max_transfer: u64,
     /// RC ACK timeout exponent (4.096 us x 2^t).
     pub ack_timeout: u8,
+}
+
+impl Shared {
+    /// The published address of `rail`.
+    pub(crate) fn rail_address(&self, rail: usize) -> RailAddress {
+        let r = &self.rails[rail];
+        let ip = match self.service.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        RailAddress {
+            rail: rail as u16,
+            instance: self.instance,
+            gid: r.gid.gid,
+            lid: r.lid,
+            mtu: r.mtu,
+            rd_atomic: r.rd_atomic,
+            ip,
+            port: self.service.port(),
+        }
+    }
 }
 
 /// One engine's RC verbs devices. See the [module docs](self).
@@ -185,9 +215,13 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
     FabricError::Io(format!("verbs: {what}: {e}"))
 }
 
-/// The RC ACK-timeout exponent so that 8 tries (1 + `retry_cnt` 7) last about `total`.
+/// Transport retries of every RC QP. Not 7: Soft-RoCE treats 7 like `rnr_retry` 7, as
+/// "retry forever", and a dead peer would never be reported.
+pub(crate) const RETRY_CNT: u8 = 6;
+
+/// The RC ACK-timeout exponent so that `1 + RETRY_CNT` tries last about `total`.
 pub(crate) fn ack_timeout_exponent(total: Duration) -> u8 {
-    let per_try_ns = total.as_nanos() / 8;
+    let per_try_ns = total.as_nanos() / (1 + u128::from(RETRY_CNT));
     let mut t = 1u8;
     // 4.096 us x 2^t >= per try.
     while t < 31 && 4096u128 << t < per_try_ns {
@@ -343,24 +377,6 @@ impl VerbsFabric {
     pub fn service_address(&self) -> SocketAddr {
         self.shared.service
     }
-
-    fn rail_address(&self, rail: usize) -> RailAddress {
-        let r = &self.shared.rails[rail];
-        let ip = match self.shared.service.ip() {
-            std::net::IpAddr::V4(v4) => v4,
-            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
-        RailAddress {
-            rail: rail as u16,
-            instance: self.shared.instance,
-            gid: r.gid.gid,
-            lid: r.lid,
-            mtu: r.mtu,
-            rd_atomic: r.rd_atomic,
-            ip,
-            port: self.shared.service.port(),
-        }
-    }
 }
 
 impl Drop for VerbsFabric {
@@ -393,7 +409,7 @@ impl Fabric for VerbsFabric {
 
     fn local_addresses(&self) -> Vec<Vec<u8>> {
         (0..self.shared.rails.len())
-            .map(|r| self.rail_address(r).encode())
+            .map(|r| self.shared.rail_address(r).encode())
             .collect()
     }
 
@@ -419,7 +435,8 @@ impl Fabric for VerbsFabric {
         // Held through the handshake: a second connect to the same peer waits and then finds
         // it, rather than building a second set of QPs.
         let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(&id) = ids.by_instance.get(&addrs[0].instance) {
+        let instance = addrs[0].instance;
+        if let Some(&id) = ids.by_instance.get(&instance) {
             return Ok(id);
         }
         let id = ids.next;
@@ -428,16 +445,17 @@ impl Fabric for VerbsFabric {
             .peers
             .get(id as usize)
             .ok_or(FabricError::Exhausted("verbs peers"))?;
-        let sets = conn::connect(&self.shared, &addrs, |r| self.rail_address(r))?;
+        let sets = conn::connect(&self.shared, &addrs, self.shared.config.max_endpoints)?;
         if slot
             .set(Peer {
+                addrs,
                 sets: sets.into_iter().map(|s| Mutex::new(Some(s))).collect(),
             })
             .is_err()
         {
             return Err(FabricError::Exhausted("verbs peers"));
         }
-        ids.by_instance.insert(addrs[0].instance, id);
+        ids.by_instance.insert(instance, id);
         ids.next += 1;
         Ok(id)
     }
@@ -466,12 +484,13 @@ mod tests {
         for ms in [10u64, 100, 1000, 4000, 30_000] {
             let t = ack_timeout_exponent(Duration::from_millis(ms));
             let per_try_ns = 4096u128 << t;
+            let tries = 1 + u128::from(RETRY_CNT);
             assert!(
-                per_try_ns * 8 >= u128::from(ms) * 1_000_000,
+                per_try_ns * tries >= u128::from(ms) * 1_000_000,
                 "{ms} ms -> {t}"
             );
             assert!(
-                t == 1 || (per_try_ns / 2) * 8 < u128::from(ms) * 1_000_000,
+                t == 1 || (per_try_ns / 2) * tries < u128::from(ms) * 1_000_000,
                 "{ms} ms -> {t}"
             );
         }

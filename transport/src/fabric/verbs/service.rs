@@ -224,6 +224,7 @@ impl TargetThread {
                 .gid_index(rail.gid.index)
                 .rc_options(RcOptions {
                     timeout: self.shared.ack_timeout,
+                    retry_cnt: super::RETRY_CNT,
                     max_rd_atomic: rail.rd_atomic,
                     ..RcOptions::default()
                 })
