@@ -5,7 +5,7 @@
 # vm-hosts: 2
 # vm-timeout: 300
 set -uo pipefail
-source "$(dirname "$0")/transport-lib.sh"
+source "$(dirname "$0")/transport-lib.bash"
 peer=$(verbs_peer_bin) || exit 1
 dir=$VM_JOB_DIR/transport-verbs-peer-killed
 mkdir -p "$dir"

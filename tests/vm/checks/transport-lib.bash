@@ -1,4 +1,4 @@
-# Helpers of the transport-* checks (sourced; runs inside the guest).
+# Helpers of the transport-* checks (sourced, not a check itself: hence not *.sh; runs inside the guest).
 
 # verbs_peer_bin: prints the path of the transport's verbs_peer example ($VERBS_PEER, else the repository's
 # target directory), or fails saying how to build it.
