@@ -1,0 +1,116 @@
+//! The verbs fabric's hot path allocates nothing: a counting global allocator sees zero
+//! allocations on the posting thread across many submits and completions over a real verbs
+//! device, once the connection is warm. Runs in the VM stage (tests/vm).
+#![cfg(feature = "rdma")]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
+use transport::*;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a thread-local `Cell` with const
+// initialisation, so counting itself never allocates or recurses.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_steady_state_allocates_nothing() {
+    let meta = Arc::new(LocalRegistry::new());
+    let mk = |name: &str| {
+        let mut c = EngineConfig::new(name);
+        c.slice_size = 4096;
+        Engine::new(
+            c,
+            VerbsFabric::new(VerbsConfig::default()).unwrap(),
+            meta.clone(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (mk("a"), mk("b"));
+    let src = a
+        .register_owned(
+            "a/src",
+            OwnedMemory::zeroed(1 << 20, 4096).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    b.register_owned(
+        "b/dst",
+        OwnedMemory::zeroed(1 << 20, 4096).unwrap(),
+        Location::Cpu(0),
+        Access::REMOTE_READ_WRITE,
+    )
+    .unwrap();
+    let r = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let mut batch = a.allocate_batch(16).unwrap();
+    // Small and sliced writes, reads, notifications.
+    let reqs: Vec<Request> = (0..16u64)
+        .map(|i| match i % 4 {
+            0 => Request::write(src, i * 8, r, i * 8, 8),
+            1 => Request::read(src, 4096 * i, r, 4096 * i, 10_000),
+            2 => Request::write(src, 0, r, 1 << 19, 9000).with_op(Opcode::WriteWithNotify(2)),
+            _ => Request::write(src, 512, r, 1024, 8),
+        })
+        .collect();
+    let round = |w: &mut Worker, batch: &mut BatchId| {
+        *batch = a.recycle_batch(*batch).unwrap();
+        w.submit(*batch, &reqs).unwrap();
+        let st = w.wait(*batch, Duration::from_secs(30)).unwrap();
+        assert_eq!(st.completed, 16, "{st:?}");
+    };
+    for _ in 0..10 {
+        round(&mut w, &mut batch);
+    }
+    let before = allocs();
+    let rounds = 200;
+    for _ in 0..rounds {
+        round(&mut w, &mut batch);
+    }
+    let after = allocs();
+    assert_eq!(
+        after - before,
+        0,
+        "{} allocations in {rounds} rounds of 16 requests",
+        after - before
+    );
+    let expect = 4 * (rounds + 10);
+    assert_eq!(
+        b.notifications()
+            .wait_for(2, expect, Duration::from_secs(30))
+            .unwrap(),
+        expect
+    );
+}
