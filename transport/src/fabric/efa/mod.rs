@@ -22,9 +22,19 @@
 //! - **Failures** come back as the EFA vendor error by name (`REMOTE_BAD_ADDRESS`,
 //!   `UNKNOWN_PEER`, `UNRESP_REMOTE`, ...).
 //!
-//! Only EFA hardware runs this fabric end to end (`efa_hw_` tests, see the crate README); its
-//! decisions (address codec, capabilities, write refusal, work-request plans, AH bookkeeping)
-//! are tested on any host.
+//! Only EFA hardware runs this fabric end to end; its decisions (address codec, capabilities,
+//! write refusal, work-request plans, AH bookkeeping, vendor-error names) are tested on any
+//! host. On an EFA-enabled EC2 instance (AWS's EFA installer provides rdma-core and the
+//! driver; raise the memlock limit), run the hardware tests from the repository root with
+//!
+//! ```text
+//! cargo test --release -p transport --test efa_hw -- --ignored --test-threads=1
+//! ```
+//!
+//! What only hardware confirms: SRD QP creation and state transitions on the device, RDMA
+//! READ/WRITE over SRD with the UD address on every work request, the `UNKNOWN_PEER` rule
+//! (the AH pair made by `connect` and `accept`), vendor errors as the device reports them,
+//! thread-domain QPs and CQs, and performance.
 
 pub mod addr;
 mod endpoint;

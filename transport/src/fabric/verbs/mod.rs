@@ -399,7 +399,7 @@ impl Fabric for VerbsFabric {
         Capabilities {
             rails: self.shared.rails.len() as u16,
             max_transfer_size: self.shared.max_transfer,
-            max_message_size: 0,
+            max_message_size: self.shared.max_transfer,
             queue_depth: self.shared.config.queue_depth,
             supports_read: true,
             supports_write: true,
