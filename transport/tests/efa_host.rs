@@ -11,7 +11,10 @@ fn bad_configuration_is_refused_by_value() {
         ..EfaConfig::default()
     })
     .unwrap_err();
-    assert!(matches!(&e, FabricError::Io(m) if m.contains("0x80000000")), "{e}");
+    assert!(
+        matches!(&e, FabricError::Io(m) if m.contains("0x80000000")),
+        "{e}"
+    );
 }
 
 #[test]
