@@ -137,7 +137,15 @@ fn post_run(
 ) -> Result<(), FailReason> {
     let first = &wrs[0];
     let rail = usize::from(first.rail);
-    let qp = &mut set.qps[rail * set.remote_rails + usize::from(first.remote_rail)];
+    // Slot 0 of a one-slot list: the set's own order.
+    let at = super::handshake::qp_position(
+        0,
+        rail,
+        first.remote_rail.into(),
+        set.cqs.len(),
+        set.remote_rails,
+    );
+    let qp = &mut set.qps[at];
     let mut batch = qp.batch().map_err(|e| post_reason(&e))?;
     for wr in wrs {
         let remote = RemoteAddr {

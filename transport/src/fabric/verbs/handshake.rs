@@ -72,6 +72,28 @@ fn get_qps(r: &mut Reader<'_>, max: usize) -> Result<Vec<QpAddress>, FabricError
     Ok(out)
 }
 
+/// Position of a QP in a handshake's lists: slot-major, then initiator rail, then target rail.
+pub(crate) fn qp_position(
+    slot: usize,
+    initiator_rail: usize,
+    target_rail: usize,
+    initiator_rails: usize,
+    target_rails: usize,
+) -> usize {
+    (slot * initiator_rails + initiator_rail) * target_rails + target_rail
+}
+
+/// The inverse of [`qp_position`]: `(slot, initiator rail, target rail)`.
+pub(crate) fn qp_rails(
+    position: usize,
+    initiator_rails: usize,
+    target_rails: usize,
+) -> (usize, usize, usize) {
+    let t = position % target_rails;
+    let i = (position / target_rails) % initiator_rails;
+    (position / (target_rails * initiator_rails), i, t)
+}
+
 impl Request {
     pub(crate) fn expected_qps(&self) -> usize {
         usize::from(self.slots) * self.rails.len() * usize::from(self.target_rails)
@@ -265,6 +287,26 @@ mod tests {
         assert_eq!(Response::decode(&ok.encode(), 4).unwrap(), ok);
         let no = Response::Refused("too many peers".into());
         assert_eq!(Response::decode(&no.encode(), 4).unwrap(), no);
+    }
+
+    #[test]
+    fn qp_positions_agree_on_both_sides() {
+        // The initiator lists QPs slot by slot, each slot's set local-rail-major (the order
+        // `QpSet::qps` and the endpoint's indexing use); the target reads them back.
+        for (ir, tr, slots) in [(1, 1, 1), (2, 3, 2), (4, 1, 3), (1, 4, 4)] {
+            let mut seen = std::collections::HashSet::new();
+            for s in 0..slots {
+                for i in 0..ir {
+                    for t in 0..tr {
+                        let p = qp_position(s, i, t, ir, tr);
+                        assert_eq!(p, s * ir * tr + i * tr + t);
+                        assert_eq!(qp_rails(p, ir, tr), (s, i, t));
+                        assert!(seen.insert(p));
+                    }
+                }
+            }
+            assert_eq!(seen.len(), slots * ir * tr);
+        }
     }
 
     #[test]

@@ -191,8 +191,7 @@ impl TargetThread {
         let mut created = Vec::with_capacity(req.qps.len());
         let mut out = Vec::with_capacity(req.qps.len());
         for (i, peer) in req.qps.iter().enumerate() {
-            let t = i % rails;
-            let irail = (i / rails) % req.rails.len();
+            let (_, irail, t) = handshake::qp_rails(i, req.rails.len(), rails);
             let rail = &self.shared.rails[t];
             if peer.mtu != rail.mtu {
                 return Err(FabricError::BadAddress {
