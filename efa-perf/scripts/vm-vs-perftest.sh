@@ -27,7 +27,12 @@ run_pair() {
   port=$((port + 1))
   "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
   local pid=$!
-  vm-wait-listen "$port" 60
+  if ! vm-wait-listen "$port" 120; then
+    echo "$name: server did not listen:" >&2
+    cat "$out/$name.server" >&2
+    kill "$pid" 2>/dev/null || true
+    return 1
+  fi
   if ! timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; then
     echo "$name: client failed:" >&2
     cat "$out/$name.client" "$out/$name.server" >&2

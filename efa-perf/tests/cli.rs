@@ -517,3 +517,62 @@ fn vm_info_reports_the_soft_roce_device() {
         v["transport_selection"]
     );
 }
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_loopback_and_client_server() {
+    // auto picks verbs when an RDMA device is present
+    let out = run(&[
+        "write-bw",
+        "--loopback",
+        "-x",
+        "1",
+        "-s",
+        "4K",
+        "-n",
+        "50",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["fabric"], "verbs");
+    assert_eq!(v["connection_type"], "RC");
+    assert!(v["results"][0]["bw_average"].as_f64().unwrap() > 0.0);
+
+    let port = free_port().to_string();
+    let mut server = bin()
+        .args([
+            "send-lat",
+            "--fabric",
+            "verbs",
+            "-x",
+            "1",
+            "-p",
+            &port,
+            "--timeout",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
+        && !line.contains("waiting for a client")
+    {
+        line.clear();
+    }
+    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let ip = std::env::var("VM_SELF_IP").unwrap_or_else(|_| "127.0.0.1".into());
+    let out = run(&[
+        "send-lat", "--fabric", "verbs", "-x", "1", "-p", &port, "-n", "50", "--csv", &ip,
+    ]);
+    assert!(server.wait().unwrap().success());
+    let _ = drain.join();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let row: Vec<&str> = s.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!((row[0], row[1], row[3]), ("send_lat", "verbs", "client"));
+    assert!(row[8].parse::<f64>().unwrap() > 0.0, "{row:?}");
+}
