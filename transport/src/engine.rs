@@ -141,6 +141,20 @@ pub(crate) struct Inner {
     revision: AtomicU64,
 }
 
+impl Drop for Inner {
+    /// The last handle to the engine is gone, but the fabric may live on (a caller can hold its
+    /// own `Arc` to it, and peers still hold keys). Deregister every segment and withdraw its
+    /// descriptor *before* the owned memory is freed, so no peer can reach freed memory: their
+    /// requests fail with `REMOTE_BAD_ADDRESS` instead.
+    fn drop(&mut self) {
+        for entry in self.segments.drain() {
+            let _ = self.metadata.remove(&entry.name);
+            let _ = self.fabric.deregister(&entry.registration);
+            drop(entry.owned);
+        }
+    }
+}
+
 /// A transfer engine: registers memory as named segments, opens peers' segments, allocates
 /// batches and reports their status. Cheap to clone (shared state); `Send + Sync`.
 ///

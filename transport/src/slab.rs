@@ -155,6 +155,15 @@ impl<T> Slab<T> {
         value.ok_or(None)
     }
 
+    /// Takes every value out of the table. Exclusive access (`&mut self`) means no reader can
+    /// hold a pin, so nothing is in use.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.slots.iter_mut().filter_map(|slot| {
+            *slot.state.get_mut() = FREE;
+            slot.value.get_mut().take()
+        })
+    }
+
     /// Pins every active slot in turn and calls `f`; stops at the first `Some`. The pin is
     /// kept for the slot whose answer is returned (caller unpins it).
     pub(crate) fn find_pinned<R>(&self, mut f: impl FnMut(&T) -> Option<R>) -> Option<(u32, R)> {
@@ -194,5 +203,19 @@ mod tests {
         assert_eq!(s.insert("d".into()), Err("d".to_string()));
         let found = s.find_pinned(|v| (v == "c").then_some(7));
         assert_eq!(found.map(|(_, r)| r), Some(7));
+    }
+
+    #[test]
+    fn drain_takes_every_live_value_once() {
+        let mut s: Slab<String> = Slab::new(4);
+        let (i, g) = s.insert("a".into()).unwrap();
+        s.insert("b".into()).unwrap();
+        s.insert("c".into()).unwrap();
+        s.retire(i, g).unwrap();
+        let mut drained: Vec<String> = s.drain().collect();
+        drained.sort();
+        assert_eq!(drained, ["b", "c"]);
+        assert_eq!(s.drain().count(), 0);
+        assert!(s.insert("d".into()).is_ok());
     }
 }

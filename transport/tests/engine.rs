@@ -471,3 +471,31 @@ fn workers_on_several_threads() {
         assert_eq!(&d[t * 4096..(t + 1) * 4096], &s[..]);
     }
 }
+
+#[test]
+fn dropping_the_engine_withdraws_its_segments_even_if_the_fabric_lives_on() {
+    let c = Cluster::new();
+    let (a, _) = c.engine("a", SimConfig::default());
+    let (b, b_fabric) = c.engine("b", SimConfig::default());
+    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 9);
+    owned(&b, "b/dst", 4096, Access::REMOTE_READ_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    drop(b); // b_fabric is still alive: peers must not reach b's freed memory through it.
+
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::write(src, 0, r, 0, 4096)])
+        .unwrap();
+    w.wait(batch, WAIT).unwrap();
+    assert_eq!(
+        a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::RemoteBadAddress)
+    );
+    a.close_segment(r).unwrap();
+    let reopened = a.open_segment("b/dst");
+    assert!(
+        matches!(reopened, Err(TransportError::SegmentNotFound(ref n)) if n == "b/dst"),
+        "the descriptor outlived its engine: {reopened:?}"
+    );
+    assert!(b_fabric.capabilities().rails >= 1);
+}
