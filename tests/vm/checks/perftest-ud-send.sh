@@ -2,7 +2,7 @@
 # perftest ib_send_bw over a UD QP between two processes sharing rxe0 in one VM (datagrams up to the MTU).
 # vm-timeout: 180
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/lib.bash"
 size=1024 iters=500 port=18516
 ib_send_bw -d rxe0 -x 1 -F -c UD -s "$size" -n "$iters" -p "$port" >/tmp/ud_send.server 2>&1 &
 server=$!

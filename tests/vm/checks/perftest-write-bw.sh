@@ -2,7 +2,7 @@
 # perftest ib_write_bw between two processes sharing rxe0 in one VM (RC, RDMA WRITE, RoCEv2 GID 1).
 # vm-timeout: 180
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/lib.bash"
 size=65536 iters=200 port=18515
 ib_write_bw -d rxe0 -x 1 -F -s "$size" -n "$iters" -p "$port" >/tmp/write_bw.server 2>&1 &
 server=$!

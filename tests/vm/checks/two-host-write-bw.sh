@@ -3,7 +3,7 @@
 # vm-hosts: 2
 # vm-timeout: 300
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/lib.bash"
 size=65536 iters=100 port=18515
 if ((VM_HOST_INDEX == 0)); then
   ib_write_bw -d rxe0 -x 1 -F -s "$size" -n "$iters" -p "$port" >/tmp/server.log 2>&1 &
