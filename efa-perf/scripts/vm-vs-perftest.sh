@@ -1,6 +1,6 @@
 #!/bin/bash
 # efa-perf beside perftest on the same Soft-RoCE device, sizes and iteration counts, in one VM run:
-# write_bw, read_bw (RC, RDMA WRITE/READ) and send_lat, each as a server and a client process on rxe0.
+# write_bw, read_bw (RC, RDMA WRITE/READ), write_lat and send_lat, each as a server and a client process on rxe0.
 #
 #   tests/vm/run --timeout 1500 --script efa-perf/scripts/vm-vs-perftest.sh
 #
@@ -57,6 +57,14 @@ for size in 4096 65536 1048576; do
     printf '%-10s %9s %6s %12s MB/s %12s MB/s\n' "${t}_bw" "$size" "$bw_iters" \
       "$(column "$out/pt-$t-$size.client" "$size" 4)" "$(column "$out/ep-$t-$size.client" "$size" 4)"
   done
+done
+for size in 2 4096; do
+  run_pair "pt-wlat-$size" ib_write_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters" -- \
+    ib_write_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters"
+  run_pair "ep-wlat-$size" "$bin" write-lat --fabric verbs -d "$dev" -x "$gid" -F -- \
+    "$bin" write-lat --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters"
+  printf '%-10s %9s %6s %13s us %13s us\n' write_lat "$size" "$lat_iters" \
+    "$(column "$out/pt-wlat-$size.client" "$size" 5)" "$(column "$out/ep-wlat-$size.client" "$size" 5)"
 done
 for size in 2 64 4096; do
   run_pair "pt-lat-$size" ib_send_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters" -- \

@@ -1,7 +1,7 @@
 //! Runners over the transport engine, and the device probes behind `info` and the fabric choice.
 
 use crate::bench::{self, Plan};
-use crate::cli::TestArgs;
+use crate::cli::{Metric, TestArgs};
 use crate::fabrics::Params;
 use crate::info::DeviceReport;
 use crate::loopback::Loopback;
@@ -89,7 +89,13 @@ pub fn run_selected(
 ) -> anyhow::Result<Document> {
     let timeout = Duration::from_secs(args.timeout);
     let max_size = plan.sizes.iter().copied().max().unwrap_or(1);
-    let stripe = measure::stripe_len(max_size, plan.depth, plan.streams);
+    // Latency tests keep a send and a receive slot per side.
+    let depth = if plan.metric == Metric::Lat {
+        plan.depth.max(2)
+    } else {
+        plan.depth
+    };
+    let stripe = measure::stripe_len(max_size, depth, plan.streams);
     if selection.loopback {
         let p = params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
         let (server, client, setup) = crate::fabrics::pair(selection, &p)?;

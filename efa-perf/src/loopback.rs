@@ -195,11 +195,15 @@ impl Runner for Loopback {
         let wall0 = Instant::now();
         let proc0 = cpu::process_cpu();
         let stop = AtomicBool::new(false);
+        if op == StreamOp::Write {
+            self.client.reset_rx(p.size)?;
+            self.server.reset_rx(p.size)?;
+        }
         let (client, server) = std::thread::scope(|s| {
             let server = (op != StreamOp::Read).then(|| {
                 let link = self.server.clone();
                 let stop = &stop;
-                s.spawn(move || measure::latency_server(&link, p.size, stop, timeout))
+                s.spawn(move || measure::latency_server(&link, op, p.size, stop, timeout))
             });
             let client = measure::latency_client(&self.client, op, p.size, p.amount, timeout);
             // Also on failure, so the server stops waiting for pings at once.

@@ -37,6 +37,64 @@ pub struct Link {
     pub stripe: u64,
 }
 
+impl Link {
+    /// Where a WRITE latency test's pings land: the second half of stream 0's stripe.
+    pub fn rx_offset(&self) -> u64 {
+        self.stripe / 2
+    }
+
+    /// Clears the byte a WRITE latency test polls for a message of `size` bytes, before the test starts.
+    pub fn reset_rx(&self, size: u64) -> anyhow::Result<()> {
+        if size > self.rx_offset() {
+            bail!(
+                "{size}-byte latency messages need a stripe of at least {} bytes",
+                2 * size
+            );
+        }
+        self.engine
+            .write_owned(self.local, self.rx_offset() + size - 1, &[0])?;
+        Ok(())
+    }
+}
+
+/// Sequence byte of ping `i` (never 0, so a cleared byte is never mistaken for an arrival).
+fn seq(i: u64) -> u8 {
+    (i % 255) as u8 + 1
+}
+
+/// Polls this side's own memory until the last byte of the receive slot reads `want` (perftest's
+/// write_lat detects arrival the same way); `Ok(false)` when `stop` is set first.
+fn await_byte(
+    link: &Link,
+    size: u64,
+    want: u8,
+    timeout: Duration,
+    stop: Option<&AtomicBool>,
+) -> anyhow::Result<bool> {
+    let at = link.rx_offset() + size - 1;
+    let deadline = Instant::now() + timeout;
+    let mut b = [0u8];
+    let mut spins = 0u32;
+    loop {
+        link.engine.read_owned(link.local, at, &mut b)?;
+        if b[0] == want {
+            return Ok(true);
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 256 == 0 {
+            if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+                return Ok(false);
+            }
+            if Instant::now() >= deadline {
+                bail!("no WRITE arrived within {timeout:?} (waiting for sequence {want})");
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Bytes each stream's stripe needs so `depth` messages of `max_size` fit (capped; overlapping slots are
 /// fine for bandwidth, as in perftest's cyclic buffer).
 pub fn stripe_len(max_size: u64, depth: u32, streams: u32) -> u64 {
@@ -254,7 +312,8 @@ pub fn await_tag_or_stop(
     }
 }
 
-/// One request of `size` bytes at offset 0, waited for.
+/// One request of `size` bytes from local offset 0, waited for. WRITE pings land in the peer's receive
+/// half (see [`Link::rx_offset`]) so the bytes a side sends never look like bytes it received.
 fn one(
     link: &Link,
     worker: &mut Worker,
@@ -263,7 +322,12 @@ fn one(
     size: u64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let mut r = Request::write(link.local, 0, link.remote, 0, size);
+    let remote_off = if op == Opcode::Write {
+        link.rx_offset()
+    } else {
+        0
+    };
+    let mut r = Request::write(link.local, 0, link.remote, remote_off, size);
     r.op = op;
     worker
         .submit(*batch, std::slice::from_ref(&r))
@@ -299,7 +363,13 @@ pub fn latency_client(
                 one(link, &mut worker, &mut batch, Opcode::Read, size, timeout)?;
                 samples.push(t0.elapsed().as_secs_f64() * 1e6);
             }
-            StreamOp::Write | StreamOp::Send => {
+            StreamOp::Write => {
+                link.engine.write_owned(link.local, size - 1, &[seq(i)])?;
+                one(link, &mut worker, &mut batch, Opcode::Write, size, timeout)?;
+                await_byte(link, size, seq(i), timeout, None).context("waiting for the pong")?;
+                samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
+            StreamOp::Send => {
                 one(
                     link,
                     &mut worker,
@@ -316,16 +386,18 @@ pub fn latency_client(
         i += 1;
     }
     let _ = link.engine.free_batch(batch);
-    if op != StreamOp::Read {
+    if op == StreamOp::Send {
         link.engine.notifications().consume(TAG_PONG, i)?;
     }
     Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
 }
 
 /// Server side of a WRITE/SEND latency test: answers each ping with a pong of the same size until `stop`
-/// is set (the client sets it once it has every pong). Returns the pings answered and the CPU time used.
+/// is set (the client sets it once it has every pong). WRITE pings are seen by polling this side's memory,
+/// SENDs by their notification count. Returns the pings answered and the CPU time used.
 pub fn latency_server(
     link: &Link,
+    op: StreamOp,
     size: u64,
     stop: &AtomicBool,
     timeout: Duration,
@@ -334,20 +406,33 @@ pub fn latency_server(
     let mut worker = link.engine.worker()?;
     let mut batch = link.engine.allocate_batch(1)?;
     let mut i = 0u64;
-    while await_tag_or_stop(&link.engine, TAG_PING, i + 1, timeout, Some(stop))
-        .context("waiting for the ping")?
-    {
-        one(
-            link,
-            &mut worker,
-            &mut batch,
-            Opcode::WriteWithNotify(TAG_PONG),
-            size,
-            timeout,
-        )?;
+    loop {
+        let arrived = if op == StreamOp::Write {
+            await_byte(link, size, seq(i), timeout, Some(stop))
+        } else {
+            await_tag_or_stop(&link.engine, TAG_PING, i + 1, timeout, Some(stop))
+        };
+        if !arrived.context("waiting for the ping")? {
+            break;
+        }
+        if op == StreamOp::Write {
+            link.engine.write_owned(link.local, size - 1, &[seq(i)])?;
+            one(link, &mut worker, &mut batch, Opcode::Write, size, timeout)?;
+        } else {
+            one(
+                link,
+                &mut worker,
+                &mut batch,
+                Opcode::WriteWithNotify(TAG_PONG),
+                size,
+                timeout,
+            )?;
+        }
         i += 1;
     }
     let _ = link.engine.free_batch(batch);
-    link.engine.notifications().consume(TAG_PING, i)?;
+    if op == StreamOp::Send {
+        link.engine.notifications().consume(TAG_PING, i)?;
+    }
     Ok((i, cpu::thread_cpu().saturating_sub(cpu0)))
 }

@@ -400,6 +400,9 @@ impl Runner for Client {
     }
 
     fn latency(&mut self, p: &Point) -> anyhow::Result<LatMeasurement> {
+        if p.verb == Verb::Write {
+            self.link.reset_rx(p.size)?;
+        }
         self.start(p)?;
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
         let r = measure::latency_client(
@@ -549,6 +552,9 @@ fn serve_one(
         if size == 0 || size > stripe {
             bail!("client asks for {size}-byte messages in {stripe}-byte stripes");
         }
+        if metric == Metric::Lat && op == StreamOp::Write {
+            link.reset_rx(size)?;
+        }
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
         let stop = AtomicBool::new(false);
         let results: anyhow::Result<Vec<StreamResult>> = std::thread::scope(|s| {
@@ -565,7 +571,7 @@ fn serve_one(
             let stop = &stop;
             let pong = (metric == Metric::Lat && op != StreamOp::Read).then(|| {
                 let link = link.clone();
-                s.spawn(move || measure::latency_server(&link, size, stop, timeout))
+                s.spawn(move || measure::latency_server(&link, op, size, stop, timeout))
             });
             control.send(&Msg::Go)?;
             let finished = control.recv();
