@@ -220,6 +220,12 @@ pub struct TestArgs {
     /// Seconds to wait for the peer to connect or answer before giving up.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
+
+    /// Largest piece the transport posts as one work request (default: the engine's 64 KiB); larger
+    /// messages are sliced and striped over rails. perftest posts every message whole: give the message
+    /// size to compare one to one.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub slice_size: Option<u64>,
 }
 
 /// Options of `compare`.

@@ -26,6 +26,7 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
         workers,
         timeout: Duration::from_secs(args.timeout),
         bind_ip,
+        slice_size: args.slice_size,
     }
 }
 
@@ -77,6 +78,7 @@ pub fn loopback_args() -> TestArgs {
         json: false,
         plot: None,
         timeout: 60,
+        slice_size: None,
     }
 }
 
@@ -99,7 +101,7 @@ pub fn run_selected(
     if selection.loopback {
         let p = params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
         let (server, client, setup) = crate::fabrics::pair(selection, &p)?;
-        let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout)?;
+        let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout, &p)?;
         return bench::run(&mut runner, plan);
     }
     let mut client = remote::Client::connect(selection, args, plan, stripe)?;

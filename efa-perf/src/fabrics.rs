@@ -37,6 +37,17 @@ pub struct Params {
     pub timeout: Duration,
     /// Address to bind sockets to (tcp), when it matters.
     pub bind_ip: IpAddr,
+    /// Engine slice size, when not the engine's default.
+    pub slice_size: Option<u64>,
+}
+
+/// Engine settings for an engine called `name`.
+pub fn engine_config(name: &str, p: &Params) -> transport::EngineConfig {
+    let mut c = transport::EngineConfig::new(name);
+    if let Some(s) = p.slice_size {
+        c.slice_size = s;
+    }
+    c
 }
 
 /// One fabric instance and the banner's facts about it.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::fabric::Fabric;
-use transport::{Access, Engine, EngineConfig, LocalRegistry, Location, OwnedMemory};
+use transport::{Access, Engine, LocalRegistry, Location, OwnedMemory};
 
 /// Name of each side's segment.
 pub const SERVER_SEGMENT: &str = "efa-perf/server";
@@ -53,16 +53,17 @@ impl Loopback {
         stripe: u64,
         streams: u32,
         timeout: Duration,
+        params: &crate::fabrics::Params,
     ) -> anyhow::Result<Self> {
         let registry = Arc::new(LocalRegistry::new());
         let server = Engine::new(
-            EngineConfig::new("efa-perf-server"),
+            crate::fabrics::engine_config("efa-perf-server", params),
             server_fabric,
             registry.clone(),
         )
         .context("creating the server engine")?;
         let client = Engine::new(
-            EngineConfig::new("efa-perf-client"),
+            crate::fabrics::engine_config("efa-perf-client", params),
             client_fabric,
             registry,
         )

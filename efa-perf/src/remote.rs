@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::discovery::{DiscoveryConfig, PeerMetadata};
-use transport::{Engine, EngineConfig};
+use transport::Engine;
 
 /// Version of the control protocol.
 const PROTOCOL: u32 = 1;
@@ -200,8 +200,12 @@ fn make_node(
     })
     .context("starting discovery")?;
     meta.attach_fabric(fabric.clone());
-    let engine = Engine::new(EngineConfig::new(name), fabric, meta.clone())
-        .context("creating the engine")?;
+    let engine = Engine::new(
+        crate::fabrics::engine_config(name, params),
+        fabric,
+        meta.clone(),
+    )
+    .context("creating the engine")?;
     setup.mode = mode.into();
     setup.reason = reason.into();
     Ok(Node {
