@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::caps::EfaCaps;
 use crate::context::Context;
+use crate::device::DeviceKind;
 use crate::error::{Error, Limit, Result};
 use crate::gid::Gid;
 use crate::pd::ThreadDomain;
@@ -157,6 +158,7 @@ impl<'c> CqBuilder<'c> {
                 sgid: sgid && efa_cq.is_some(),
                 unsolicited: self.unsolicited && efa_cq.is_some(),
                 is_efa: ctx.is_efa(),
+                one_per_pass: ctx.info().kind == DeviceKind::SoftRoce,
             },
             inner: Arc::new(CqInner {
                 ctx: Arc::clone(ctx),
@@ -266,6 +268,11 @@ pub(crate) struct PollCore {
     sgid: bool,
     unsolicited: bool,
     is_efa: bool,
+    /// End every pass after one completion, never letting `ibv_next_poll` reach `ENOENT`.
+    /// Soft-RoCE's provider (rdma-core 44 and others before the fix in rdma-core PR 1512)
+    /// advances its consumer index both when `ibv_next_poll` finds the queue empty and again in
+    /// `ibv_end_poll`, which skips a slot and later yields phantom completions.
+    one_per_pass: bool,
 }
 
 impl std::fmt::Debug for Cq {
@@ -417,6 +424,9 @@ impl Poll<'_> {
         }
         if self.fresh {
             self.fresh = false;
+        } else if self.cq.one_per_pass {
+            self.exhausted = true;
+            return Ok(None);
         } else {
             // SAFETY: inside a pass started by a successful ibv_start_poll.
             match unsafe { efa_sys::ibv_next_poll(self.cq.as_raw()) } {

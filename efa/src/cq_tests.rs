@@ -24,6 +24,7 @@ struct FakeCq {
     cur: usize,
     in_pass: bool,
     starts: u32,
+    nexts: u32,
     ends: u32,
 }
 
@@ -56,6 +57,7 @@ unsafe extern "C" fn next(cq: *mut efa_sys::ibv_cq_ex) -> i32 {
     // SAFETY: see `fake`.
     let f = unsafe { fake(cq) };
     assert!(f.in_pass, "next_poll outside a pass");
+    f.nexts += 1;
     if f.cur + 1 == f.entries.len() {
         return libc::ENOENT;
     }
@@ -112,6 +114,7 @@ fn fake_cq(entries: Vec<Entry>) -> Box<FakeCq> {
         cur: 0,
         in_pass: false,
         starts: 0,
+        nexts: 0,
         ends: 0,
     })
 }
@@ -123,6 +126,7 @@ fn core(f: &mut FakeCq, is_efa: bool) -> PollCore {
         sgid: false,
         unsolicited: false,
         is_efa,
+        one_per_pass: false,
     }
 }
 
@@ -230,4 +234,20 @@ fn ownership_traits_fit_per_thread_workers() {
     send_sync::<crate::Mr<'static>>();
     send_sync::<crate::Ah>();
     send_sync::<crate::ThreadDomain>();
+}
+
+#[test]
+fn soft_roce_passes_never_reach_enoent_in_next_poll() {
+    let mut f = fake_cq((1..=3).map(entry).collect());
+    let mut core = core(&mut f, false);
+    core.one_per_pass = true;
+    let mut out = [WorkCompletion::default(); 8];
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let n = core.poll_into(&mut out).unwrap();
+        assert!(n <= 1, "a Soft-RoCE pass returned {n} completions");
+        seen.extend(out[..n].iter().map(|c| c.wr_id));
+    }
+    assert_eq!(seen, [1, 2, 3]);
+    assert_eq!((f.starts, f.nexts, f.ends), (3, 0, 3));
 }

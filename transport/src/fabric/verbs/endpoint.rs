@@ -273,11 +273,7 @@ impl Endpoint for VerbsEndpoint {
                 continue;
             };
             for rail in 0..set.cqs.len() {
-                let chunk = if self.shared.rails[rail].single_poll {
-                    1
-                } else {
-                    self.scratch.len()
-                };
+                let chunk = self.scratch.len();
                 while set.outstanding[rail] > 0 && n < out.len() {
                     let want = (out.len() - n).min(chunk);
                     let got = set.cqs[rail]

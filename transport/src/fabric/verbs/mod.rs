@@ -128,11 +128,6 @@ pub(crate) struct Rail {
     pub max_msg: u32,
     /// RDMA READs in flight per QP, each direction (device limit, at most 16).
     pub rd_atomic: u8,
-    /// Poll one completion per polling pass. Soft-RoCE's `ibv_next_poll` ends the pass itself
-    /// when the CQ runs empty, so the `ibv_end_poll` that must follow on every other provider
-    /// advances its consumer index a second time; a pass that never calls `ibv_next_poll`
-    /// (one entry per pass) is correct on every provider.
-    pub single_poll: bool,
 }
 
 /// A connected peer: per endpoint slot, its QP set until an endpoint takes it.
@@ -269,7 +264,6 @@ fn open_rail(name: &str, config: &VerbsConfig) -> Result<Rail, FabricError> {
         mtu: port.active_mtu,
         max_msg: port.max_msg_sz,
         rd_atomic: rd,
-        single_poll: ctx.info().kind == DeviceKind::SoftRoce,
         ctx,
     })
 }

@@ -258,11 +258,7 @@ impl TargetThread {
 
     /// Counts the notifications that arrived on one rail and reposts their receives.
     fn poll_rail(&mut self, rail: usize) -> bool {
-        let want = if self.shared.rails[rail].single_poll {
-            1
-        } else {
-            self.scratch.len()
-        };
+        let want = self.scratch.len();
         let mut total = 0;
         // Bounded, so setup requests and other rails get their turn.
         for _ in 0..self.scratch.len() {
