@@ -57,6 +57,7 @@ pub mod auto;
 pub mod efa;
 #[cfg(feature = "rdma")]
 mod rdma;
+mod regions;
 pub mod sim;
 pub mod tcp;
 #[cfg(feature = "rdma")]

@@ -40,7 +40,7 @@ pub(crate) struct SimEndpoint {
 fn release_held(shared: &Shared, held: &mut Option<(u32, u64, usize)>) {
     if let Some((peer, _, slot)) = held.take() {
         if let Some(node) = shared.peers.get(peer as usize).and_then(|p| p.get()) {
-            node.release(slot);
+            node.regions.release(slot);
         }
     }
 }
@@ -101,21 +101,21 @@ impl SimEndpoint {
         if wr.len > sh.config.max_rdma_size || wr.len == 0 {
             return Outcome::Done(Some(FailReason::BadLength));
         }
-        if !me.check_local(wr.local_key, wr.local_addr, wr.len) {
+        if !me.regions.check_local(wr.local_key, wr.local_addr, wr.len) {
             return Outcome::Done(Some(FailReason::InvalidLkey));
         }
         let slot = match self.held {
             Some((peer, key, slot)) if peer == wr.peer && key == wr.remote_key => slot,
             _ => {
                 release_held(sh, &mut self.held);
-                let Some(slot) = target.pin(wr.remote_key) else {
+                let Some(slot) = target.regions.pin(wr.remote_key) else {
                     return Outcome::Done(Some(FailReason::RemoteBadAddress));
                 };
                 self.held = Some((wr.peer, wr.remote_key, slot));
                 slot
             }
         };
-        if !target.covers(slot, wr.remote_addr, wr.len, need) {
+        if !target.regions.covers(slot, wr.remote_addr, wr.len, need) {
             return Outcome::Done(Some(FailReason::RemoteBadAddress));
         }
         let (src, dst) = if write {

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::fabric::regions;
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
@@ -301,33 +302,20 @@ impl Fabric for SimFabric {
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
-        let key = self
-            .shared
-            .node
-            .register(region.addr, region.len, region.access)
-            .ok_or(FabricError::Exhausted("sim memory regions"))?;
-        let rails = self.shared.config.rails as usize;
-        Ok(Registration {
-            handle: key,
-            local_keys: vec![key; rails],
-            remote_keys: vec![key.to_le_bytes().to_vec(); rails],
-        })
+        regions::register(
+            &self.shared.node.regions,
+            region,
+            self.shared.config.rails,
+            "sim memory regions",
+        )
     }
 
     fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
-        if self.shared.node.deregister(registration.handle) {
-            Ok(())
-        } else {
-            Err(FabricError::Io(format!(
-                "sim: no registration with key {:#x}",
-                registration.handle
-            )))
-        }
+        regions::deregister(&self.shared.node.regions, registration, "sim")
     }
 
     fn decode_remote_key(&self, rail: u16, key: &[u8]) -> Result<u64, FabricError> {
-        let bytes: [u8; 8] = key.try_into().map_err(|_| FabricError::BadKey { rail })?;
-        Ok(u64::from_le_bytes(bytes))
+        regions::decode_key(rail, key)
     }
 
     fn connect(&self, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {

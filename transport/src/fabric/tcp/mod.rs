@@ -24,7 +24,6 @@
 //!   restarted peer on the same port is refused instead of reaching new memory.
 
 mod endpoint;
-mod regions;
 mod service;
 mod sys;
 mod wire;
@@ -38,6 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::fabric::regions::{self, Regions};
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
@@ -134,7 +134,7 @@ pub(crate) struct Peer {
 pub(crate) struct Shared {
     config: TcpConfig,
     instance: u64,
-    regions: regions::Regions,
+    regions: Regions,
     notifications: OnceLock<Arc<Notifications>>,
     peers: Box<[OnceLock<Peer>]>,
     stop: AtomicBool,
@@ -249,7 +249,7 @@ impl TcpFabric {
             None => bound,
         };
         let shared = Arc::new(Shared {
-            regions: regions::Regions::new(config.max_regions),
+            regions: Regions::new(config.max_regions),
             peers: (0..config.max_peers).map(|_| OnceLock::new()).collect(),
             instance: random_instance(),
             notifications: OnceLock::new(),
@@ -373,33 +373,20 @@ impl Fabric for TcpFabric {
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
-        let key = self
-            .shared
-            .regions
-            .register(region.addr, region.len, region.access)
-            .ok_or(FabricError::Exhausted("tcp memory regions"))?;
-        let rails = self.shared.config.rails as usize;
-        Ok(Registration {
-            handle: key,
-            local_keys: vec![key; rails],
-            remote_keys: vec![key.to_le_bytes().to_vec(); rails],
-        })
+        regions::register(
+            &self.shared.regions,
+            region,
+            self.shared.config.rails,
+            "tcp memory regions",
+        )
     }
 
     fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
-        if self.shared.regions.deregister(registration.handle) {
-            Ok(())
-        } else {
-            Err(FabricError::Io(format!(
-                "tcp: no registration with key {:#x}",
-                registration.handle
-            )))
-        }
+        regions::deregister(&self.shared.regions, registration, "tcp")
     }
 
     fn decode_remote_key(&self, rail: u16, key: &[u8]) -> Result<u64, FabricError> {
-        let bytes: [u8; 8] = key.try_into().map_err(|_| FabricError::BadKey { rail })?;
-        Ok(u64::from_le_bytes(bytes))
+        regions::decode_key(rail, key)
     }
 
     fn connect(&self, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {

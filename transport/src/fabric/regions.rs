@@ -1,15 +1,18 @@
-//! The registration table: what the service threads check every incoming request against.
+//! The registration table of the software fabrics (`sim`, `tcp`): what every incoming request is
+//! checked against before a byte moves.
 //!
 //! A remote key names a slot and its generation (`generation << 16 | slot`), so a stale key
-//! never matches a reused slot. Every field is atomic: service threads check keys while the
-//! owner registers and deregisters, without a lock. A request holds an [`Access`] guard while
-//! it touches the memory; deregistration waits for guards to drop, and service sockets have
-//! read/write timeouts, so that wait is bounded.
+//! never matches a reused slot. Every field is atomic: peers check keys while the owner
+//! registers and deregisters, without a lock. A request holds a pin (a [`Guard`], or a bare
+//! [`Regions::pin`] for callers that keep one pin across many requests) while it touches the
+//! memory; deregistration waits for pins to drop. Pins are held only across a copy or across
+//! socket I/O that has a timeout, so that wait is bounded.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use std::time::Duration;
 
-use crate::{Access, FailReason};
+use crate::fabric::{MemoryRegion, Registration};
+use crate::{Access, FabricError, FailReason};
 
 const FREE: u64 = 0;
 const BUSY: u64 = 1;
@@ -131,6 +134,42 @@ impl Regions {
         addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
     }
 
+    /// Pins the live registration named by `key`, or `None` for a stale or unknown key. The
+    /// caller must [`Regions::release`] the returned slot; deregistration waits until it does.
+    #[inline]
+    pub(crate) fn pin(&self, key: u64) -> Option<usize> {
+        let slot = (key & 0xffff) as usize;
+        let r = self.slots.get(slot)?;
+        r.inflight.fetch_add(1, SeqCst);
+        // Checked after announcing the pin: deregister flips the state before it waits.
+        if r.state.load(SeqCst) == ((key >> 16) << 2) | ACTIVE {
+            Some(slot)
+        } else {
+            r.inflight.fetch_sub(1, SeqCst);
+            None
+        }
+    }
+
+    /// Drops a pin taken by [`Regions::pin`].
+    #[inline]
+    pub(crate) fn release(&self, slot: usize) {
+        if let Some(r) = self.slots.get(slot) {
+            r.inflight.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Whether the pinned registration `slot` covers `addr..addr+len` and grants `need`.
+    #[inline]
+    pub(crate) fn covers(&self, slot: usize, addr: u64, len: u64, need: Access) -> bool {
+        let Some(r) = self.slots.get(slot) else {
+            return false;
+        };
+        let granted = Access::from_bits(r.access.load(Relaxed)).unwrap_or(Access::NONE);
+        Self::in_bounds(r, addr, len)
+            && (!need.can_read() || granted.can_read())
+            && (!need.can_write() || granted.can_write())
+    }
+
     /// Checks a peer's request: the key names a live registration, the range lies inside it and
     /// its rights allow `need`. The guard keeps the registration alive while held.
     pub(crate) fn acquire(
@@ -140,28 +179,62 @@ impl Regions {
         len: u64,
         need: Access,
     ) -> Result<Guard<'_>, FailReason> {
-        let r = self.active(key).ok_or(FailReason::RemoteBadAddress)?;
-        r.inflight.fetch_add(1, SeqCst);
-        let guard = Guard { region: r };
-        // Re-check after announcing ourselves: deregister flips the state before it waits.
-        if r.state.load(SeqCst) != ((key >> 16) << 2) | ACTIVE {
-            return Err(FailReason::RemoteBadAddress);
-        }
-        if !Self::in_bounds(r, addr, len) {
-            return Err(FailReason::RemoteBadAddress);
-        }
-        let granted = Access::from_bits(r.access.load(Relaxed)).unwrap_or(Access::NONE);
-        if (need.can_read() && !granted.can_read()) || (need.can_write() && !granted.can_write()) {
+        let slot = self.pin(key).ok_or(FailReason::RemoteBadAddress)?;
+        let guard = Guard {
+            region: &self.slots[slot],
+        };
+        if !self.covers(slot, addr, len, need) {
             return Err(FailReason::RemoteBadAddress);
         }
         Ok(guard)
     }
 
     /// Checks the initiator's own local key and range (the engine's lkey).
+    #[inline]
     pub(crate) fn check_local(&self, key: u64, addr: u64, len: u64) -> bool {
         self.active(key)
             .is_some_and(|r| Self::in_bounds(r, addr, len))
     }
+}
+
+/// `Fabric::register` for a fabric whose one key serves every rail; `fabric` names it in errors.
+pub(crate) fn register(
+    regions: &Regions,
+    region: MemoryRegion,
+    rails: u16,
+    fabric: &'static str,
+) -> Result<Registration, FabricError> {
+    let key = regions
+        .register(region.addr, region.len, region.access)
+        .ok_or(FabricError::Exhausted(fabric))?;
+    let rails = rails as usize;
+    Ok(Registration {
+        handle: key,
+        local_keys: vec![key; rails],
+        remote_keys: vec![key.to_le_bytes().to_vec(); rails],
+    })
+}
+
+/// `Fabric::deregister` for registrations made by [`register`].
+pub(crate) fn deregister(
+    regions: &Regions,
+    registration: &Registration,
+    fabric: &str,
+) -> Result<(), FabricError> {
+    if regions.deregister(registration.handle) {
+        Ok(())
+    } else {
+        Err(FabricError::Io(format!(
+            "{fabric}: no registration with key {:#x}",
+            registration.handle
+        )))
+    }
+}
+
+/// `Fabric::decode_remote_key` for keys published by [`register`]: 8 bytes, little endian.
+pub(crate) fn decode_key(rail: u16, key: &[u8]) -> Result<u64, FabricError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| FabricError::BadKey { rail })?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 #[cfg(test)]
