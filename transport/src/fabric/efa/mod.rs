@@ -46,6 +46,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ::efa::{Ah, AhAttr, Context, GidEntry, Pd};
 
@@ -80,6 +81,10 @@ pub struct EfaConfig {
     /// Create endpoint QPs and CQs on a thread domain (lock-free provider path) where the
     /// device supports it.
     pub thread_domain: bool,
+    /// How long the target thread keeps busy-polling its CQs after the last notification
+    /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
+    /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
+    pub idle_spin: Duration,
 }
 
 impl Default for EfaConfig {
@@ -94,6 +99,7 @@ impl Default for EfaConfig {
             max_regions: 1024,
             write_policy: WritePolicy::IfAvailable,
             thread_domain: true,
+            idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
         }
     }
 }

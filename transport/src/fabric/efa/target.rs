@@ -85,7 +85,7 @@ pub(crate) fn start(shared: Arc<Shared>, service: Service) -> Result<JoinHandle<
 
 fn run(shared: Arc<Shared>, mut service: Service) {
     let mut scratch = vec![WorkCompletion::default(); 64];
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(shared.config.idle_spin);
     let depth = u64::from(service.recv_depth);
     while !shared.stop.load(Ordering::Relaxed) {
         let mut busy = false;

@@ -21,7 +21,8 @@
 //!   passive QPs keep receives posted; a per-fabric target thread polls their CQs, counts tags
 //!   with [`Notifications::record`] and reposts. A notification's completion at the initiator
 //!   means the target's device acknowledged it; the count follows when the target thread polls
-//!   (within half a millisecond of an idle target's backoff), so a target waits
+//!   (at once within [`VerbsConfig::idle_spin`] of the last notification, else within half a
+//!   millisecond of an idle target's sleep), so a target waits
 //!   with [`Notifications::wait_for`].
 //! - **Dead peers**: RC retransmits with the ACK timeout derived from
 //!   [`VerbsConfig::unresponsive_timeout`]; when retries run out the request fails with
@@ -95,6 +96,10 @@ pub struct VerbsConfig {
     pub service_port: u16,
     /// Limit of each connection handshake.
     pub handshake_timeout: Duration,
+    /// How long the target thread keeps busy-polling its CQs after the last notification
+    /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
+    /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
+    pub idle_spin: Duration,
 }
 
 impl Default for VerbsConfig {
@@ -114,6 +119,7 @@ impl Default for VerbsConfig {
             service_ip: None,
             service_port: 0,
             handshake_timeout: Duration::from_secs(5),
+            idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
         }
     }
 }

@@ -147,7 +147,7 @@ impl TargetThread {
     }
 
     fn run(mut self, rx: Receiver<Setup>) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(self.shared.config.idle_spin);
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut busy = false;
             while let Ok(setup) = rx.try_recv() {
@@ -264,7 +264,7 @@ impl TargetThread {
         for _ in 0..self.scratch.len() {
             let n = self.poll_chunk(rail, want);
             total += n;
-            if n < want {
+            if super::endpoint::pass_drained(n, want) {
                 break;
             }
         }
