@@ -5,7 +5,7 @@
 
 use ::efa::Gid;
 
-use crate::fabric::rdma::codec::{Reader, Writer};
+use crate::fabric::rdma::codec::{self, Reader, Writer};
 use crate::FabricError;
 
 const MAGIC: &[u8; 2] = b"EA";
@@ -73,21 +73,7 @@ impl EfaAddress {
 
     /// Parses a whole per-rail address list: rails in order, one instance.
     pub fn decode_all(addrs: &[Vec<u8>]) -> Result<Vec<EfaAddress>, FabricError> {
-        if addrs.is_empty() || addrs.len() > crate::fabric::MAX_RAILS {
-            return Err(FabricError::BadAddress {
-                rail: 0,
-                reason: format!(
-                    "{} rails listed, expected 1..={}",
-                    addrs.len(),
-                    crate::fabric::MAX_RAILS
-                ),
-            });
-        }
-        let list = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| EfaAddress::decode(i as u16, a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let list = codec::decode_rails(addrs, EfaAddress::decode)?;
         if let Some(a) = list.iter().find(|a| a.instance != list[0].instance) {
             return Err(FabricError::BadAddress {
                 rail: a.rail,

@@ -141,6 +141,29 @@ pub(crate) fn decode_rkey(rail: u16, key: &[u8]) -> Result<u64, FabricError> {
     }
 }
 
+/// Decodes a per-rail address list: `1..=MAX_RAILS` entries, rail `i` decoded by
+/// `decode(i, bytes)`. Checks that the rails belong together are the caller's.
+pub(crate) fn decode_rails<T>(
+    addrs: &[Vec<u8>],
+    decode: impl Fn(u16, &[u8]) -> Result<T, FabricError>,
+) -> Result<Vec<T>, FabricError> {
+    if addrs.is_empty() || addrs.len() > crate::fabric::MAX_RAILS {
+        return Err(FabricError::BadAddress {
+            rail: 0,
+            reason: format!(
+                "{} rails listed, expected 1..={}",
+                addrs.len(),
+                crate::fabric::MAX_RAILS
+            ),
+        });
+    }
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| decode(i as u16, a))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +185,36 @@ mod tests {
         assert!(decode_rkey(0, &v2).is_err());
         // A sim key (8 bytes, no magic) is refused, not misread.
         assert!(decode_rkey(0, &7u64.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn rail_lists_are_counted_and_decoded_in_order() {
+        let one = |rail: u16, b: &[u8]| -> Result<(u16, u8), FabricError> {
+            b.first()
+                .map(|&v| (rail, v))
+                .ok_or(FabricError::BadKey { rail })
+        };
+        assert_eq!(
+            decode_rails(&[vec![7], vec![9]], one).unwrap(),
+            [(0, 7), (1, 9)]
+        );
+        assert_eq!(
+            decode_rails(&[vec![7], vec![]], one),
+            Err(FabricError::BadKey { rail: 1 })
+        );
+        let none: [Vec<u8>; 0] = [];
+        let too_many = vec![vec![1u8]; crate::fabric::MAX_RAILS + 1];
+        for list in [&none[..], &too_many[..]] {
+            match decode_rails(list, one) {
+                Err(FabricError::BadAddress { reason, .. }) => {
+                    assert!(
+                        reason.contains(&format!("{} rails listed", list.len())),
+                        "{reason}"
+                    )
+                }
+                other => panic!("{} rails accepted: {other:?}", list.len()),
+            }
+        }
     }
 
     #[test]

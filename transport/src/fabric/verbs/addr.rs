@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use ::efa::{Gid, Mtu};
 
-use crate::fabric::rdma::codec::{Reader, Writer};
+use crate::fabric::rdma::codec::{self, Reader, Writer};
 use crate::FabricError;
 
 const RAIL_MAGIC: &[u8; 2] = b"VB";
@@ -110,21 +110,7 @@ impl RailAddress {
 
     /// Parses a whole per-rail address list: rails in order, one instance, one service.
     pub fn decode_all(addrs: &[Vec<u8>]) -> Result<Vec<RailAddress>, FabricError> {
-        if addrs.is_empty() || addrs.len() > crate::fabric::MAX_RAILS {
-            return Err(FabricError::BadAddress {
-                rail: 0,
-                reason: format!(
-                    "{} rails listed, expected 1..={}",
-                    addrs.len(),
-                    crate::fabric::MAX_RAILS
-                ),
-            });
-        }
-        let list = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| RailAddress::decode(i as u16, a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let list = codec::decode_rails(addrs, RailAddress::decode)?;
         let first = list[0];
         for a in &list[1..] {
             if (a.instance, a.ip, a.port) != (first.instance, first.ip, first.port) {
