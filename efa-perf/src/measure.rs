@@ -88,10 +88,20 @@ fn await_byte(
             if Instant::now() >= deadline {
                 bail!("no WRITE arrived within {timeout:?} (waiting for sequence {want})");
             }
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
         }
+        relax(spins);
+    }
+}
+
+/// Pause of a wait loop after fruitless pass `spins`: a short pure spin, then a yield on every
+/// pass. A waiter that only spins holds its CPU against the threads that make the awaited event
+/// happen (the engine's target thread counting notifications, the device's kernel work on
+/// Soft-RoCE); with as many spinners as CPUs those then run only at the next scheduler tick.
+fn relax(spins: u32) {
+    if spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -305,10 +315,8 @@ pub fn await_tag_or_stop(
             if Instant::now() >= deadline {
                 bail!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}");
             }
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
         }
+        relax(spins);
     }
 }
 
