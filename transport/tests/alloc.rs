@@ -2,46 +2,15 @@
 //! many submits and completions once the engine is warm.
 
 mod common;
+#[path = "common/alloc.rs"]
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use common::*;
+use counting::{allocs, assert_counting};
 use transport::fabric::sim::SimConfig;
 use transport::*;
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counter is a thread-local `Cell` with const
-// initialisation, so counting itself never allocates or recurses.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
 
 #[test]
 fn steady_state_submit_and_complete_allocate_nothing() {
@@ -83,6 +52,7 @@ fn steady_state_submit_and_complete_allocate_nothing() {
     for _ in 0..50 {
         round(&mut w, &mut batch);
     }
+    assert_counting();
     let before = allocs();
     let rounds = 2000;
     for _ in 0..rounds {

@@ -2,56 +2,15 @@
 //! completions over real sockets make no allocation on the worker's thread, and (the whole
 //! process being counted) the target's service threads make none per request either.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[path = "common/alloc.rs"]
+mod counting;
+
 use std::time::Duration;
 
+use counting::{allocs, assert_counting, stop_watching, watch_all};
 use transport::discovery::{DiscoveryConfig, PeerMetadata};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::*;
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-/// Allocations on any thread (the target's service threads included) while `WATCH` is set.
-static ALL_ALLOCS: AtomicU64 = AtomicU64::new(0);
-static WATCH: AtomicBool = AtomicBool::new(false);
-
-fn count() {
-    ALLOCS.with(|c| c.set(c.get() + 1));
-    if WATCH.load(Ordering::Relaxed) {
-        ALL_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator; the counters are const-initialised thread-locals
-// and atomics, so counting never allocates or recurses.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
 
 #[test]
 fn tcp_steady_state_submit_and_complete_allocate_nothing() {
@@ -108,16 +67,16 @@ fn tcp_steady_state_submit_and_complete_allocate_nothing() {
     for _ in 0..5 {
         round(&mut w, &mut batch);
     }
+    assert_counting();
     let before = allocs();
-    WATCH.store(true, Ordering::SeqCst);
+    watch_all();
     for _ in 0..200 {
         round(&mut w, &mut batch);
     }
-    WATCH.store(false, Ordering::SeqCst);
+    let everywhere = stop_watching();
     assert_eq!(allocs() - before, 0, "allocations on the worker's hot path");
     assert_eq!(
-        ALL_ALLOCS.load(Ordering::SeqCst),
-        0,
+        everywhere, 0,
         "allocations on any thread, the target's service threads included"
     );
     assert_eq!(b.notifications().count(1).unwrap(), 205);

@@ -3,45 +3,15 @@
 //! device, once the connection is warm. Runs in the VM stage (tests/vm).
 #![cfg(feature = "rdma")]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "common/alloc.rs"]
+mod counting;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use counting::{allocs, assert_counting};
 use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
 use transport::*;
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counter is a thread-local `Cell` with const
-// initialisation, so counting itself never allocates or recurses.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
 
 #[test]
 #[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
@@ -94,6 +64,7 @@ fn vm_verbs_steady_state_allocates_nothing() {
     for _ in 0..10 {
         round(&mut w, &mut batch);
     }
+    assert_counting();
     let before = allocs();
     let rounds = 200;
     for _ in 0..rounds {
