@@ -379,20 +379,25 @@ impl PollCore {
         }
     }
 
+    /// Fills `out` from as many passes as it takes: one pass, or on a one-per-pass CQ one pass
+    /// per completion, so a short count always means the CQ ran empty.
     fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        let Some(mut p) = self.poll()? else {
-            return Ok(0);
-        };
+        let one_per_pass = self.one_per_pass;
         let mut n = 0;
         while n < out.len() {
-            match p.next()? {
-                Some(c) => out[n] = c.to_owned(),
-                None => break,
+            let Some(mut p) = self.poll()? else {
+                break;
+            };
+            while n < out.len() {
+                match p.next()? {
+                    Some(c) => out[n] = c.to_owned(),
+                    None => break,
+                }
+                n += 1;
             }
-            n += 1;
+            if !one_per_pass {
+                break;
+            }
         }
         Ok(n)
     }

@@ -176,14 +176,6 @@ fn post_run(
     batch.commit().map_err(|e| post_reason(&e))
 }
 
-/// Whether a CQ pass that returned `got` of `want` completions emptied the CQ. A short pass of
-/// one may not have: on Soft-RoCE the `efa` crate ends every pass after one completion, so
-/// the loop polls again rather than leave the rest for the next engine pass (each of which
-/// costs far more than one more poll).
-pub(crate) fn pass_drained(got: usize, want: usize) -> bool {
-    got == 0 || (got > 1 && got < want)
-}
-
 impl Endpoint for VerbsEndpoint {
     fn post(&mut self, wrs: &[WorkRequest]) -> usize {
         let rails = self.shared.rails.len();
@@ -297,7 +289,7 @@ impl Endpoint for VerbsEndpoint {
                         n += 1;
                     }
                     set.outstanding[rail] -= (got as u32).min(set.outstanding[rail]);
-                    if pass_drained(got, want) {
+                    if got < want {
                         break;
                     }
                 }
@@ -332,22 +324,5 @@ impl Drop for VerbsEndpoint {
         self.shared
             .slots_in_use
             .fetch_and(!(1u64 << self.slot), Ordering::AcqRel);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pass_drained;
-
-    #[test]
-    fn a_pass_of_one_polls_again_and_an_empty_or_short_batch_stops() {
-        assert!(pass_drained(0, 64));
-        assert!(
-            !pass_drained(1, 64),
-            "one-per-pass CQs must be polled again"
-        );
-        assert!(pass_drained(5, 64));
-        assert!(!pass_drained(64, 64));
-        assert!(!pass_drained(1, 1));
     }
 }
