@@ -149,8 +149,34 @@ impl Peer {
         assert_eq!(rc, 0);
     }
 
+    /// Stops the peer with SIGSTOP and returns only once the kernel shows it stopped: the signal is
+    /// asynchronous, and a peer that still runs for a moment could serve the next request.
+    fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+        wait_for_proc_state(self.child.id(), 'T');
+    }
+
     fn name(&self, seg: &str) -> String {
         format!("{}/{seg}", self.discovery)
+    }
+}
+
+/// Waits (bounded) until `/proc/PID/stat` shows the process in `state`.
+fn wait_for_proc_state(pid: u32, state: char) {
+    let path = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(&path).unwrap();
+        // The state follows the command name, which is in parentheses and may itself hold spaces.
+        let now = stat[stat.rfind(')').unwrap() + 1..].trim_start().chars().next();
+        if now == Some(state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} not in state {state} after 10 s: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -253,7 +279,7 @@ fn tcp_kill_9_mid_batch_fails_only_that_peer_and_reopens_after_restart() {
     let src = owned(&a, "src", pattern(41, 0, SEG_LEN));
     // Stop b first so its data is stuck in flight, then kill -9 it while submit is blocked on
     // b's full queue.
-    b.signal(libc::SIGSTOP);
+    b.stop();
     let mut reqs = Vec::new();
     const PIECE: usize = 256 << 10;
     for round in 0..4u64 {
@@ -350,7 +376,7 @@ fn tcp_stalled_peer_times_out_and_others_go_on() {
         .all_completed());
     let batch = a.recycle_batch(batch).unwrap();
     // ...then a stopped process keeps its sockets open but reads nothing: a link gone dark.
-    b.signal(libc::SIGSTOP);
+    b.stop();
     let t0 = Instant::now();
     w.submit(batch, &reqs).unwrap();
     let st = w.wait(batch, Duration::from_secs(30)).unwrap();
