@@ -69,7 +69,8 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
     ));
     assert!(batch.set_signaled(false).is_err());
     batch.commit().unwrap();
-    assert!(wait(&mut cq_a, 1)[0].is_success());
+    let c = wait(&mut cq_a, 1)[0];
+    assert!(c.is_success(), "{c:?}");
     let r = wait(&mut cq_b, 1)[0];
     assert_eq!(
         (r.opcode, r.byte_len, r.src_qp),
@@ -94,7 +95,8 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
             )
             .unwrap();
         batch.commit().unwrap();
-        assert!(wait(&mut cq_a, 1)[0].is_success());
+        let c = wait(&mut cq_a, 1)[0];
+        assert!(c.is_success(), "{c:?}");
         let mut got = vec![0; 65536];
         mr_a.read_at(131072, &mut got).unwrap();
         assert_eq!(got, data);
@@ -113,7 +115,8 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
             )
             .unwrap();
         batch.commit().unwrap();
-        assert!(wait(&mut cq_a, 1)[0].is_success());
+        let c = wait(&mut cq_a, 1)[0];
+        assert!(c.is_success(), "{c:?}");
         let mut got = vec![0; 65536];
         mr_b.read_at(262144, &mut got).unwrap();
         assert_eq!(got, data);
