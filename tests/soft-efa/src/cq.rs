@@ -281,7 +281,8 @@ impl SoftCq {
     }
 
     fn load(&mut self) -> c_int {
-        match self.shared.pop() {
+        let popped = self.shared.pop();
+        match popped {
             Some(c) => {
                 self.ex.wr_id = c.wr_id;
                 self.ex.status = status::to_ibv(c.status);

@@ -235,7 +235,10 @@ impl TxLink {
 
 #[derive(Debug, Default)]
 struct RxLink {
+    /// Statuses of executed requests, by sequence number (at and above `floor`).
     done: HashMap<u64, u8>,
+    /// Every request below this was answered and needs no answer again.
+    floor: u64,
 }
 
 #[derive(Debug)]
@@ -666,12 +669,13 @@ impl Device {
             }
             let link = st.links.get_mut(&to).unwrap();
             let seq = link.next_seq;
+            let floor = link.floor();
             link.next_seq += 1;
             let h = Header {
                 response: false,
                 instance: self.instance,
                 seq,
-                floor: link.floor(),
+                floor,
             };
             let mut packet = std::mem::take(&mut st.scratch);
             match &chunk.src {
@@ -901,8 +905,16 @@ impl Device {
         payload: &[u8],
     ) {
         let rx = st.rx.entry((from, h.instance)).or_default();
+        // Below the highest floor the sender has reported, every request was answered: a copy
+        // arriving now (held back, or retransmitted before the answer got through) is stale.
+        rx.floor = rx.floor.max(h.floor);
+        if h.seq < rx.floor {
+            bump(&self.counters.duplicates);
+            return;
+        }
         if rx.done.len() > 4 * WINDOW {
-            rx.done.retain(|seq, _| *seq >= h.floor);
+            let floor = rx.floor;
+            rx.done.retain(|seq, _| *seq >= floor);
         }
         let cached = rx.done.get(&h.seq).copied();
         let (status, data) = match cached {
