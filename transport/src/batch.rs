@@ -189,7 +189,9 @@ impl BatchSlot {
         self.in_flight.fetch_sub(1, Release);
     }
 
-    /// Reserves `n` request indices; returns the first.
+    /// Reserves `n` request indices; returns the first. Callers validate their requests first:
+    /// a reservation is never given back (another submit may have reserved after it), so every
+    /// reserved index must be started.
     pub(crate) fn reserve(&self, id: BatchId, n: usize) -> Result<u32, TransportError> {
         let cap = self.capacity.load(Acquire);
         let mut cur = self.submitted.load(Acquire);
@@ -210,15 +212,6 @@ impl BatchSlot {
                 Err(v) => cur = v,
             }
         }
-    }
-
-    /// Gives back reserved indices `first..first+n` when validation failed. Only succeeds if
-    /// nothing was reserved after them; otherwise they stay `Waiting` forever (harmless:
-    /// they count as not submitted in `open` and never pend).
-    pub(crate) fn unreserve(&self, first: u32, n: usize) {
-        let _ = self
-            .submitted
-            .compare_exchange(first + n as u32, first, AcqRel, Relaxed);
     }
 
     /// Ends a request when its last work request completed: `Some(true)` completed,

@@ -101,30 +101,16 @@ impl Worker {
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
-        let first = slot.reserve(batch, requests.len())?;
-        self.resolved.clear();
-        // Grows only when a submit is larger than any before it.
-        self.resolved.reserve(requests.len());
-        // Consecutive requests on the same segments share one pin operation per run.
-        let mut runs = Runs::default();
-        for (i, r) in requests.iter().enumerate() {
-            match resolve(inner, i, r, &mut runs) {
-                Ok(res) => self.resolved.push(res),
-                Err(e) => {
-                    runs.close_local(inner);
-                    for res in &self.resolved {
-                        inner.segments.unpin(res.local_index);
-                        if res.remote_pin {
-                            inner.remotes.unpin(res.remote_index);
-                        }
-                    }
-                    self.resolved.clear();
-                    slot.unreserve(first, requests.len());
-                    return Err(e);
-                }
+        // Validate (and pin) everything before reserving indices: a failed submit then never
+        // touches the batch, however other submits interleave with it.
+        self.resolve_all(inner, requests)?;
+        let first = match slot.reserve(batch, requests.len()) {
+            Ok(first) => first,
+            Err(e) => {
+                self.release_pins(inner);
+                return Err(e);
             }
-        }
-        runs.close_local(inner);
+        };
         let total: u32 = self.resolved.iter().map(|r| r.slices).sum();
         slot.open.fetch_add(requests.len() as u32, AcqRel);
         slot.in_flight.fetch_add(total, AcqRel);
@@ -193,6 +179,40 @@ impl Worker {
         }
         self.resolved = resolved;
         Ok(first as usize)
+    }
+
+    /// Resolves every request into `self.resolved`, pinning its segments. On an error nothing
+    /// stays pinned and `self.resolved` is empty.
+    fn resolve_all(&mut self, inner: &Inner, requests: &[Request]) -> Result<(), TransportError> {
+        self.resolved.clear();
+        // Grows only when a submit is larger than any before it.
+        self.resolved.reserve(requests.len());
+        // Consecutive requests on the same segments share one pin operation per run.
+        let mut runs = Runs::default();
+        for (i, r) in requests.iter().enumerate() {
+            match resolve(inner, i, r, &mut runs) {
+                Ok(res) => self.resolved.push(res),
+                Err(e) => {
+                    runs.close_local(inner);
+                    self.release_pins(inner);
+                    return Err(e);
+                }
+            }
+        }
+        runs.close_local(inner);
+        Ok(())
+    }
+
+    /// Releases the pins of `self.resolved` (one local pin each, plus the remote run pins) and
+    /// empties it.
+    fn release_pins(&mut self, inner: &Inner) {
+        for res in &self.resolved {
+            inner.segments.unpin(res.local_index);
+            if res.remote_pin {
+                inner.remotes.unpin(res.remote_index);
+            }
+        }
+        self.resolved.clear();
     }
 
     /// Posts the gathered work requests, polling while queues are full.

@@ -168,7 +168,10 @@ fn wait_for_proc_state(pid: u32, state: char) {
     loop {
         let stat = std::fs::read_to_string(&path).unwrap();
         // The state follows the command name, which is in parentheses and may itself hold spaces.
-        let now = stat[stat.rfind(')').unwrap() + 1..].trim_start().chars().next();
+        let now = stat[stat.rfind(')').unwrap() + 1..]
+            .trim_start()
+            .chars()
+            .next();
         if now == Some(state) {
             return;
         }
