@@ -10,9 +10,11 @@ use crate::{FailReason, TransportError};
 
 /// Handle of an allocated batch. Stale after [`Engine::free_batch`](crate::Engine::free_batch)
 /// or [`Engine::recycle_batch`](crate::Engine::recycle_batch): using it then is a
-/// [`TransportError::StaleBatch`].
+/// [`TransportError::StaleBatch`]. Only the engine that allocated it accepts it (another
+/// engine refuses it with [`TransportError::ForeignHandle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchId {
+    pub(crate) engine: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
@@ -263,17 +265,34 @@ impl BatchSlot {
 /// All batch slots of an engine.
 #[derive(Debug)]
 pub(crate) struct BatchTable {
+    /// Id of the owning engine, carried by every handle.
+    engine: u32,
     pub slots: Box<[BatchSlot]>,
 }
 
 impl BatchTable {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(engine: u32, max: usize) -> Self {
         BatchTable {
+            engine,
             slots: (0..max).map(|_| BatchSlot::default()).collect(),
         }
     }
 
+    /// Refuses a handle of another engine.
+    #[inline]
+    pub(crate) fn check(&self, id: BatchId) -> Result<(), TransportError> {
+        if id.engine == self.engine {
+            Ok(())
+        } else {
+            Err(TransportError::ForeignHandle {
+                handle: crate::Handle::Batch(id),
+                engine: self.engine,
+            })
+        }
+    }
+
     pub(crate) fn get(&self, id: BatchId) -> Result<&BatchSlot, TransportError> {
+        self.check(id)?;
         let slot = self
             .slots
             .get(id.index as usize)
@@ -329,6 +348,7 @@ impl BatchTable {
                 slot.reset(capacity);
                 slot.state.store(slot_state(generation, SLOT_USED), SeqCst);
                 return Ok(BatchId {
+                    engine: self.engine,
                     index: i as u32,
                     generation,
                 });
@@ -342,6 +362,7 @@ impl BatchTable {
 
     /// Frees (`reuse == false`) or recycles the batch. Refused while work requests are in flight.
     pub(crate) fn release(&self, id: BatchId, reuse: bool) -> Result<BatchId, TransportError> {
+        self.check(id)?;
         let slot = self
             .slots
             .get(id.index as usize)
@@ -373,6 +394,7 @@ impl BatchTable {
             slot.state.store(slot_state(generation, SLOT_FREE), SeqCst);
         }
         Ok(BatchId {
+            engine: self.engine,
             index: id.index,
             generation,
         })
@@ -440,7 +462,7 @@ mod tests {
 
     #[test]
     fn allocate_free_reuse_and_stale() {
-        let t = BatchTable::new(2);
+        let t = BatchTable::new(1, 2);
         let a = t.allocate(4).unwrap();
         let b = t.allocate(8).unwrap();
         assert!(matches!(

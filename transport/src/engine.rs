@@ -1,7 +1,7 @@
 //! The engine: segments, names, remote segments, batches. Shared by all threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,23 +13,31 @@ use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
 use crate::{
-    Access, BatchId, BatchStatus, FabricError, Location, Notifications, OwnedMemory, RequestStatus,
-    TransportError, Worker,
+    Access, BatchId, BatchStatus, FabricError, Handle, Location, Notifications, OwnedMemory,
+    RequestStatus, TransportError, Worker,
 };
 
-/// Handle of a local segment. Stale after [`Engine::unregister`].
+/// Handle of a local segment. Stale after [`Engine::unregister`]. Only the engine that
+/// registered it accepts it (another engine refuses it with
+/// [`TransportError::ForeignHandle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentId {
+    pub(crate) engine: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
 
-/// Handle of an opened remote segment. Stale after [`Engine::close_segment`].
+/// Handle of an opened remote segment. Stale after [`Engine::close_segment`]. Only the engine
+/// that opened it accepts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RemoteSegment {
+    pub(crate) engine: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
+
+/// Engine ids, unique in the process (handles carry the id of their engine).
+static NEXT_ENGINE_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Public facts about a local segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +134,7 @@ impl std::fmt::Debug for EngineConfig {
 }
 
 pub(crate) struct Inner {
+    pub id: u32,
     pub name: String,
     pub fabric: Arc<dyn Fabric>,
     pub caps: Capabilities,
@@ -139,6 +148,34 @@ pub(crate) struct Inner {
     pub submit_timeout: Duration,
     names: Mutex<HashMap<String, SegmentId>>,
     revision: AtomicU64,
+}
+
+impl Inner {
+    /// Refuses a segment handle of another engine.
+    #[inline]
+    pub(crate) fn check_segment(&self, segment: SegmentId) -> Result<(), TransportError> {
+        if segment.engine == self.id {
+            Ok(())
+        } else {
+            Err(TransportError::ForeignHandle {
+                handle: Handle::Segment(segment),
+                engine: self.id,
+            })
+        }
+    }
+
+    /// Refuses a remote segment handle of another engine.
+    #[inline]
+    pub(crate) fn check_remote(&self, remote: RemoteSegment) -> Result<(), TransportError> {
+        if remote.engine == self.id {
+            Ok(())
+        } else {
+            Err(TransportError::ForeignHandle {
+                handle: Handle::Remote(remote),
+                engine: self.id,
+            })
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -202,15 +239,17 @@ impl Engine {
         let notifications = Arc::new(Notifications::new(config.notify_tags));
         fabric.bind_notifications(notifications.clone());
         let plan = SlicePlan::new(config.slice_size, caps.max_transfer_size);
+        let id = NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Engine {
             inner: Arc::new(Inner {
+                id,
                 name: config.name,
                 fabric,
                 caps,
                 metadata,
                 segments: Slab::new(config.max_segments),
                 remotes: Slab::new(config.max_remote_segments),
-                batches: BatchTable::new(config.max_batches),
+                batches: BatchTable::new(id, config.max_batches),
                 notifications,
                 plan,
                 policy: config.rail_policy,
@@ -219,6 +258,12 @@ impl Engine {
                 revision: AtomicU64::new(1),
             }),
         })
+    }
+
+    /// The engine's id, unique in the process. Every handle it issues carries it, and it
+    /// refuses handles with another id ([`TransportError::ForeignHandle`]).
+    pub fn id(&self) -> u32 {
+        self.inner.id
     }
 
     /// The engine's name.
@@ -357,7 +402,11 @@ impl Engine {
         };
         match inner.segments.insert(entry) {
             Ok((index, generation)) => {
-                let id = SegmentId { index, generation };
+                let id = SegmentId {
+                    engine: inner.id,
+                    index,
+                    generation,
+                };
                 names.insert(name.to_string(), id);
                 Ok(id)
             }
@@ -378,6 +427,7 @@ impl Engine {
     /// the engine owned it.
     pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
         let inner = &*self.inner;
+        inner.check_segment(segment)?;
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = inner
             .segments
@@ -399,6 +449,7 @@ impl Engine {
         segment: SegmentId,
         f: impl FnOnce(&LocalEntry) -> R,
     ) -> Result<R, TransportError> {
+        self.inner.check_segment(segment)?;
         let segs = &self.inner.segments;
         let e = segs
             .pin(segment.index, segment.generation)
@@ -518,7 +569,11 @@ impl Engine {
                     what: "remote segments",
                     max: inner.remotes.capacity(),
                 })?;
-        Ok(RemoteSegment { index, generation })
+        Ok(RemoteSegment {
+            engine: inner.id,
+            index,
+            generation,
+        })
     }
 
     /// The descriptor an open remote segment was opened with.
@@ -526,6 +581,7 @@ impl Engine {
         &self,
         remote: RemoteSegment,
     ) -> Result<SegmentDescriptor, TransportError> {
+        self.inner.check_remote(remote)?;
         let r = &self.inner.remotes;
         let e = r
             .pin(remote.index, remote.generation)
@@ -538,6 +594,7 @@ impl Engine {
     /// Closes a remote segment handle. Requests already submitted are unaffected (they carry
     /// what they need); new ones using the handle fail validation.
     pub fn close_segment(&self, remote: RemoteSegment) -> Result<(), TransportError> {
+        self.inner.check_remote(remote)?;
         // Pins on remote segments last only for the length of a submit call, so a short bounded
         // retry rides them out.
         let deadline = Instant::now() + Duration::from_secs(1);

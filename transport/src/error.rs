@@ -160,6 +160,38 @@ pub enum FabricError {
     Io(String),
 }
 
+/// A handle of the engine API, for errors that concern any kind of handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handle {
+    /// A local segment.
+    Segment(SegmentId),
+    /// An opened remote segment.
+    Remote(RemoteSegment),
+    /// A batch.
+    Batch(BatchId),
+}
+
+impl Handle {
+    /// The engine that issued the handle (see [`Engine::id`](crate::Engine::id)).
+    pub fn engine(self) -> u32 {
+        match self {
+            Handle::Segment(h) => h.engine,
+            Handle::Remote(h) => h.engine,
+            Handle::Batch(h) => h.engine,
+        }
+    }
+}
+
+impl std::fmt::Display for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handle::Segment(h) => write!(f, "{h:?}"),
+            Handle::Remote(h) => write!(f, "{h:?}"),
+            Handle::Batch(h) => write!(f, "{h:?}"),
+        }
+    }
+}
+
 /// Errors of the transport API. Each names the offending value(s).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
@@ -322,6 +354,14 @@ pub enum TransportError {
         what: &'static str,
         /// The limit.
         max: usize,
+    },
+    /// A handle issued by another engine (handles are only meaningful to their own engine).
+    #[error("{handle} was issued by engine #{}, not by this engine #{engine}", handle.engine())]
+    ForeignHandle {
+        /// The handle.
+        handle: Handle,
+        /// The id of the engine it was given to.
+        engine: u32,
     },
     /// A bad configuration value.
     #[error("bad configuration: {0}")]

@@ -79,7 +79,7 @@ pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
 pub use engine::{Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo};
-pub use error::{FabricError, FailReason, TransportError};
+pub use error::{FabricError, FailReason, Handle, TransportError};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};

@@ -356,6 +356,10 @@ fn resolve(
         }
         _ => 0,
     };
+    inner.check_remote(r.remote)?;
+    if let LocalAddr::Segment { segment, .. } = r.local {
+        inner.check_segment(segment)?;
+    }
     let remote_pin = runs.remote != Some(r.remote);
     // `let else` rather than `ok_or`: building (and dropping) the error on the success path
     // shows up in a per-request instruction count.
