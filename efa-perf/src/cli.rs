@@ -217,8 +217,9 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 
-    /// Seconds to wait for the peer to connect or answer before giving up.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// Seconds to wait for the peer to connect or answer before giving up (at least 1; a value too large for the
+    /// clock, such as 18446744073709551615, means no limit).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
 
     /// Largest piece the transport posts as one work request (default: the engine's 64 KiB); larger

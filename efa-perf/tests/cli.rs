@@ -576,3 +576,39 @@ fn vm_verbs_loopback_and_client_server() {
     assert_eq!((row[0], row[1], row[3]), ("send_lat", "verbs", "client"));
     assert!(row[8].parse::<f64>().unwrap() > 0.0, "{row:?}");
 }
+
+#[test]
+fn huge_timeout_means_no_limit_and_zero_is_refused() {
+    // u64::MAX seconds is "wait for ever", in loopback over sim and tcp, bandwidth and latency.
+    for (test, fabric) in [
+        ("write-bw", "sim"),
+        ("write-lat", "sim"),
+        ("read-lat", "tcp"),
+        ("send-bw", "tcp"),
+    ] {
+        let out = run(&[
+            test,
+            "--loopback",
+            "--fabric",
+            fabric,
+            "-s",
+            "4K",
+            "-n",
+            "20",
+            "--timeout",
+            "18446744073709551615",
+        ]);
+        assert!(
+            out.status.success(),
+            "{test} over {fabric}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = run(&["write-bw", "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+}

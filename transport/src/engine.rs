@@ -96,7 +96,7 @@ pub struct EngineConfig {
     /// Notification tags (`0..notify_tags`).
     pub notify_tags: u32,
     /// How long a submit keeps retrying against a full send queue before failing the rest of
-    /// its work requests with `FLUSHED`.
+    /// its work requests with `FLUSHED` (`Duration::MAX`: for as long as it takes).
     pub submit_timeout: Duration,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,

@@ -89,9 +89,9 @@ impl Worker {
         let inner = self.inner.clone();
         let slot = inner.batches.get(batch)?;
         slot.enter(batch)?;
-        let result = self.submit_entered(&inner, slot, batch, requests);
-        slot.leave();
-        result
+        // Leaves the batch on every exit, unwinding included, so it can always be freed.
+        let _entered = Entered(slot);
+        self.submit_entered(&inner, slot, batch, requests)
     }
 
     fn submit_entered(
@@ -218,7 +218,9 @@ impl Worker {
     /// Posts the gathered work requests, polling while queues are full.
     fn flush(&mut self) {
         let mut pos = 0;
-        let mut deadline: Option<Instant> = None;
+        // When the queues first stayed full; measured with `elapsed`, so any timeout (even
+        // `Duration::MAX`, no deadline) is fine.
+        let mut stalled: Option<Instant> = None;
         while pos < self.wrs.len() {
             let n = self.ep.post(&self.wrs[pos..]);
             pos += n;
@@ -226,8 +228,8 @@ impl Worker {
                 break;
             }
             if self.progress() == 0 && n == 0 {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + self.inner.submit_timeout);
-                if Instant::now() >= d {
+                let since = *stalled.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.inner.submit_timeout {
                     // The fabric made no room in time: fail what is left rather than hang.
                     let mut tally = Tally::new();
                     for i in pos..self.wrs.len() {
@@ -262,7 +264,7 @@ impl Worker {
     }
 
     /// Drives completions until every submitted request of `batch` is terminal or `timeout`
-    /// passes; requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
     pub fn wait(
         &mut self,
         batch: BatchId,
@@ -279,7 +281,8 @@ impl Worker {
     }
 
     /// Drives completions until no work request of `batch` is in flight (so it can be freed or
-    /// recycled) or `timeout` passes; returns the status either way.
+    /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
+    /// way.
     pub fn drain(
         &mut self,
         batch: BatchId,
@@ -293,17 +296,19 @@ impl Worker {
     }
 
     fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
-        let mut deadline: Option<Instant> = None;
+        // Read the clock only once polls come back empty; `elapsed` cannot overflow, so
+        // `Duration::MAX` waits for ever.
+        let mut start: Option<Instant> = None;
         let mut idle = 0u32;
         while !done() {
             if self.progress() != 0 {
                 idle = 0;
                 continue;
             }
-            idle += 1;
+            idle = idle.wrapping_add(1);
             if idle % 32 == 0 {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                if Instant::now() >= d {
+                let start = *start.get_or_insert_with(Instant::now);
+                if start.elapsed() >= timeout {
                     return;
                 }
                 if idle > 1024 {
@@ -481,6 +486,15 @@ fn resolve(
             drop_remote(runs);
             Err(e)
         }
+    }
+}
+
+/// Holds a batch entered by a submit; leaves it when dropped.
+struct Entered<'a>(&'a BatchSlot);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 

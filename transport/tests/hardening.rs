@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use transport::fabric::sim::SimConfig;
+use transport::fabric::sim::{SimConfig, SimFaults};
 use transport::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -126,4 +126,71 @@ fn handles_of_another_engine_are_refused() {
         .unwrap();
     assert!(w.wait(a_batch, WAIT).unwrap().all_completed());
     b.unregister(b_seg).unwrap();
+}
+
+/// `Duration::MAX` means "no deadline" everywhere a timeout is taken; it never panics.
+#[test]
+fn duration_max_means_wait_forever_without_panicking() {
+    let c = Cluster::new();
+    // Completions held back in wall time: waits and full queues have to take their deadlines.
+    let slow = SimConfig {
+        queue_depth: 1,
+        faults: SimFaults {
+            max_delay: Some(Duration::from_millis(20)),
+            ..SimFaults::default()
+        },
+        ..SimConfig::default()
+    };
+    let mut cfg = EngineConfig::new("a");
+    cfg.submit_timeout = Duration::MAX;
+    let (a, _) = c.engine_with(cfg, slow);
+    let (b, _) = c.engine("b", SimConfig::default());
+    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 3);
+    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(8).unwrap();
+    let reqs: Vec<Request> = (0..4)
+        .map(|i| Request::write(src, i * 64, r, i * 64, 64).with_op(Opcode::WriteWithNotify(1)))
+        .collect();
+    // Four requests through a queue of one: the submit waits for room with no deadline.
+    w.submit(batch, &reqs).unwrap();
+    let st = w.wait(batch, Duration::MAX).unwrap();
+    assert!(st.all_completed(), "{st:?}");
+    assert_eq!(w.drain(batch, Duration::MAX).unwrap().in_flight, 0);
+    let n = b.notifications();
+    assert_eq!(n.wait_for(1, 4, Duration::MAX).unwrap(), 4);
+    assert_eq!(n.wait_for(1, 0, Duration::MAX).unwrap(), 4);
+    a.free_batch(batch).unwrap();
+}
+
+/// A discovery server whose idle timeout is `Duration::MAX` serves lookups (its connection
+/// threads used to panic on the deadline and leak their connection slot).
+#[test]
+fn discovery_with_duration_max_idle_timeout_serves() {
+    use transport::discovery::{DiscoveryConfig, PeerMetadata};
+    let mut cfg = DiscoveryConfig::new("server");
+    cfg.idle_timeout = Duration::MAX;
+    cfg.frame_timeout = Duration::MAX;
+    cfg.connect_timeout = Duration::MAX;
+    cfg.max_connections = 2;
+    let server = PeerMetadata::bind(cfg).unwrap();
+    let desc = SegmentDescriptor {
+        revision: 1,
+        name: "seg".into(),
+        fabric: "tcp".into(),
+        engine: "server".into(),
+        location: Location::Cpu(0),
+        access: Access::REMOTE_READ,
+        base: 4096,
+        len: 64,
+        rails: vec![],
+    };
+    server.publish(&desc).unwrap();
+    let client = PeerMetadata::bind(DiscoveryConfig::new("client")).unwrap();
+    let at = server.local_addr().to_string();
+    // More lookups than connection slots: slots must come back.
+    for _ in 0..5 {
+        assert_eq!(client.fetch(&at, "seg").unwrap(), desc);
+    }
 }
