@@ -1,17 +1,20 @@
 //! The engine: segments, names, remote segments, batches. Shared by all threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchTable, MAX_BATCH_CAPACITY};
 use crate::descriptor::{RailDescriptor, SegmentDescriptor};
-use crate::fabric::{Capabilities, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS};
+use crate::fabric::{
+    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
+};
 use crate::metadata::{Metadata, MetadataError};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
+use crate::worker::reap_orphans;
 use crate::{
     Access, BatchId, BatchStatus, FabricError, Handle, Location, Notifications, OwnedMemory,
     RequestStatus, TransportError, Worker,
@@ -148,9 +151,20 @@ pub(crate) struct Inner {
     pub submit_timeout: Duration,
     names: Mutex<HashMap<String, SegmentId>>,
     revision: AtomicU64,
+    /// Endpoints of dropped workers with work requests still in flight (see
+    /// [`Worker`](crate::Worker#dropping-a-worker)), and how many there are.
+    pub orphans: Mutex<Vec<Box<dyn Endpoint>>>,
+    pub orphan_count: AtomicUsize,
 }
 
 impl Inner {
+    /// Takes over the endpoint of a dropped worker that still has work requests in flight.
+    pub(crate) fn adopt(&self, ep: Box<dyn Endpoint>) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
+        orphans.push(ep);
+        self.orphan_count.store(orphans.len(), Ordering::Release);
+    }
+
     /// Refuses a segment handle of another engine.
     #[inline]
     pub(crate) fn check_segment(&self, segment: SegmentId) -> Result<(), TransportError> {
@@ -184,6 +198,12 @@ impl Drop for Inner {
     /// descriptor *before* the owned memory is freed, so no peer can reach freed memory: their
     /// requests fail with `REMOTE_BAD_ADDRESS` instead.
     fn drop(&mut self) {
+        // Dropped workers' endpoints first: once gone, their fabric resources no longer touch
+        // the memory deregistered below.
+        self.orphans
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         for entry in self.segments.drain() {
             let _ = self.metadata.remove(&entry.name);
             let _ = self.fabric.deregister(&entry.registration);
@@ -256,6 +276,8 @@ impl Engine {
                 submit_timeout: config.submit_timeout,
                 names: Mutex::new(HashMap::new()),
                 revision: AtomicU64::new(1),
+                orphans: Mutex::new(Vec::new()),
+                orphan_count: AtomicUsize::new(0),
             }),
         })
     }
@@ -428,6 +450,7 @@ impl Engine {
     pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
         let inner = &*self.inner;
         inner.check_segment(segment)?;
+        reap_orphans(inner, true);
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = inner
             .segments
@@ -638,12 +661,16 @@ impl Engine {
     /// Frees a batch. Refused with [`TransportError::BatchBusy`] while its work requests are in
     /// flight (also after a timeout or cancel: drain it with [`Worker::drain`] first).
     pub fn free_batch(&self, batch: BatchId) -> Result<(), TransportError> {
+        self.inner.batches.check(batch)?;
+        reap_orphans(&self.inner, true);
         self.inner.batches.release(batch, false).map(|_| ())
     }
 
     /// Empties a batch for reuse and returns its new handle (the old one becomes stale).
     /// Refused like [`Engine::free_batch`].
     pub fn recycle_batch(&self, batch: BatchId) -> Result<BatchId, TransportError> {
+        self.inner.batches.check(batch)?;
+        reap_orphans(&self.inner, true);
         self.inner.batches.release(batch, true)
     }
 
@@ -674,6 +701,17 @@ impl Engine {
     /// Cancels every pending request of a batch; returns how many were cancelled. Their work
     /// requests still complete in the fabric (and are absorbed), so drain before freeing.
     pub fn cancel(&self, batch: BatchId) -> Result<u32, TransportError> {
-        Ok(self.inner.batches.get(batch)?.abandon(true))
+        let slot = self.inner.batches.get(batch)?;
+        let n = slot.abandon(true);
+        reap_orphans(&self.inner, true);
+        Ok(n)
+    }
+
+    /// Applies the completions that have arrived for work requests of dropped workers (see
+    /// [Dropping a worker](Worker#dropping-a-worker)); returns how many. Waits, drains and the
+    /// calls that release resources do this too, so calling it is needed only to let such
+    /// requests finish while nothing else runs.
+    pub fn progress_dropped_workers(&self) -> usize {
+        reap_orphans(&self.inner, true)
     }
 }

@@ -38,6 +38,25 @@ struct Resolved {
 /// endpoint only. Several threads may submit concurrently, each through its own worker (and
 /// then best into their own batches). Status reads through the [`Engine`](crate::Engine) work
 /// from any thread.
+///
+/// # Dropping a worker
+///
+/// Dropping a worker first applies the completions that come within a short grace period (at
+/// most 2 s). Work requests still in flight after that are *handed to the engine*, not lost:
+/// the engine keeps the worker's endpoint and applies its completions as they arrive, whenever
+/// any worker of the engine waits or drains, and whenever [`Engine::cancel`],
+/// [`Engine::free_batch`], [`Engine::recycle_batch`], [`Engine::unregister`] or
+/// [`Engine::progress_dropped_workers`] is called. Each such request ends as its completion
+/// says (a dead peer's fails with `UNRESP_REMOTE` after the fabric's timeout; a cancelled one
+/// stays `Cancelled`) and only then releases its segment and batch, so memory the fabric may
+/// still touch stays registered. Every fabric completes every work request in bounded time,
+/// so nothing stays pinned for good. Dropping the engine drops the endpoints with it.
+///
+/// [`Engine::cancel`]: crate::Engine::cancel
+/// [`Engine::free_batch`]: crate::Engine::free_batch
+/// [`Engine::recycle_batch`]: crate::Engine::recycle_batch
+/// [`Engine::unregister`]: crate::Engine::unregister
+/// [`Engine::progress_dropped_workers`]: crate::Engine::progress_dropped_workers
 pub struct Worker {
     inner: Arc<Inner>,
     ep: Box<dyn Endpoint>,
@@ -307,6 +326,8 @@ impl Worker {
             }
             idle = idle.wrapping_add(1);
             if idle % 32 == 0 {
+                // Dropped workers' requests may be what this wait is for.
+                reap_orphans(&self.inner, false);
                 let start = *start.get_or_insert_with(Instant::now);
                 if start.elapsed() >= timeout {
                     return;
@@ -319,17 +340,83 @@ impl Worker {
     }
 }
 
+/// How long a dropped worker waits for its own completions before handing the rest to the
+/// engine.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
 impl Drop for Worker {
+    /// See [Dropping a worker](Worker#dropping-a-worker).
     fn drop(&mut self) {
-        // Requests still in flight would pin segments and batches forever; give the fabric a
-        // bounded chance to return them.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.ep.outstanding() > 0 && Instant::now() < deadline {
+        let start = Instant::now();
+        while self.ep.outstanding() > 0 && start.elapsed() < DROP_GRACE {
             if self.progress() == 0 {
                 std::thread::yield_now();
             }
         }
+        if self.ep.outstanding() > 0 {
+            // A zero-sized placeholder: boxing it allocates nothing.
+            let ep = std::mem::replace(&mut self.ep, Box::new(Detached));
+            self.inner.adopt(ep);
+        }
     }
+}
+
+/// The endpoint a dropped worker is left with once the engine took its own.
+struct Detached;
+
+impl Endpoint for Detached {
+    fn post(&mut self, _wrs: &[WorkRequest]) -> usize {
+        0
+    }
+
+    fn poll(&mut self, _out: &mut [Completion]) -> usize {
+        0
+    }
+
+    fn outstanding(&self) -> usize {
+        0
+    }
+}
+
+/// Polls the endpoints of dropped workers and applies their completions; drops those with
+/// nothing left in flight. Returns how many completions were applied. With `wait == false` it
+/// returns at once when another thread is at it.
+pub(crate) fn reap_orphans(inner: &Inner, wait: bool) -> usize {
+    if inner.orphan_count.load(Acquire) == 0 {
+        return 0;
+    }
+    let mut orphans = if wait {
+        inner
+            .orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    } else {
+        match inner.orphans.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return 0,
+        }
+    };
+    let mut comps = [Completion::default(); POLL_BATCH];
+    let mut applied = 0;
+    for ep in orphans.iter_mut() {
+        // Bounded: a few polls per call, the next call continues.
+        for _ in 0..16 {
+            let n = ep.poll(&mut comps);
+            let mut tally = Tally::new();
+            for &c in &comps[..n] {
+                complete(inner, &mut **ep, c, &mut tally);
+            }
+            tally.flush(inner);
+            applied += n;
+            if n < comps.len() {
+                break;
+            }
+        }
+    }
+    orphans.retain(|ep| ep.outstanding() > 0);
+    inner.orphan_count.store(orphans.len(), Release);
+    applied
 }
 
 fn resolve(

@@ -194,3 +194,61 @@ fn discovery_with_duration_max_idle_timeout_serves() {
         assert_eq!(client.fetch(&at, "seg").unwrap(), desc);
     }
 }
+
+/// A worker dropped with requests in flight hands them to its engine: they reach a final state
+/// when the fabric completes them (here a dead peer's, failing after the sim's 3 s timeout),
+/// and then release their segment and batch. Another worker's drain, `cancel`, `free_batch`
+/// and `unregister` all drive them; nothing stays pinned for good.
+#[test]
+fn dropped_worker_in_flight_requests_are_reaped_by_the_engine() {
+    let c = Cluster::new();
+    let dead_peer_timeout = SimConfig {
+        faults: SimFaults {
+            unresp_timeout: Duration::from_secs(3),
+            ..SimFaults::default()
+        },
+        ..SimConfig::default()
+    };
+    let (a, _) = c.engine("a", dead_peer_timeout);
+    let (b, b_fabric) = c.engine("b", SimConfig::default());
+    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
+    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    let batch = a.allocate_batch(8).unwrap();
+    let other = a.allocate_batch(8).unwrap();
+    b_fabric.set_alive(false);
+    {
+        let mut w = a.worker().unwrap();
+        w.submit(batch, &[Request::write(src, 0, r, 0, 64); 4])
+            .unwrap();
+        w.submit(other, &[Request::write(src, 0, r, 0, 64); 2])
+            .unwrap();
+    }
+    // Another worker's drain reaps the dropped worker's requests.
+    let mut w2 = a.worker().unwrap();
+    let st = w2.drain(batch, Duration::from_secs(30)).unwrap();
+    assert_eq!(st.in_flight, 0, "{st:?}");
+    assert_eq!(st.failed, 4, "{st:?}");
+    assert_eq!(
+        a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::UnresponsiveRemote)
+    );
+    a.free_batch(batch).unwrap();
+    // `free_batch` and `unregister` reap too: retried, they succeed once the fabric is done.
+    let retry = |f: &dyn Fn() -> Result<(), TransportError>| {
+        let start = std::time::Instant::now();
+        loop {
+            match f() {
+                Ok(()) => return,
+                Err(TransportError::BatchBusy { .. } | TransportError::SegmentBusy { .. })
+                    if start.elapsed() < Duration::from_secs(30) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    retry(&|| a.free_batch(other));
+    retry(&|| a.unregister(src).map(drop));
+}
