@@ -191,6 +191,26 @@ impl BatchSlot {
         self.in_flight.fetch_sub(1, Release);
     }
 
+    /// Counts `n` more work requests in flight, unless that would pass [`MAX_IN_FLIGHT`].
+    #[inline]
+    pub(crate) fn add_in_flight(&self, id: BatchId, n: u64) -> Result<(), TransportError> {
+        let add = |cur: u32| {
+            u32::try_from(n)
+                .ok()
+                .and_then(|n| cur.checked_add(n))
+                .filter(|&v| v <= MAX_IN_FLIGHT)
+        };
+        self.in_flight
+            .fetch_update(AcqRel, Acquire, add)
+            .map(drop)
+            .map_err(|in_flight| TransportError::TooManyInFlight {
+                batch: id,
+                in_flight,
+                adding: n,
+                max: MAX_IN_FLIGHT,
+            })
+    }
+
     /// Reserves `n` request indices; returns the first. Callers validate their requests first:
     /// a reservation is never given back (another submit may have reserved after it), so every
     /// reserved index must be started.
@@ -417,6 +437,10 @@ impl BatchSlot {
         self.in_flight.store(0, Release);
     }
 }
+
+/// Most work requests a batch counts in flight at once (half the counter's range, so a count
+/// can never wrap).
+pub(crate) const MAX_IN_FLIGHT: u32 = u32::MAX / 2;
 
 /// Largest batch capacity (request indices are 32-bit in tokens; kept far lower so a slot's
 /// storage stays reasonable).

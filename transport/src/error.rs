@@ -201,6 +201,37 @@ pub enum TransportError {
         /// Index of the request in the submitted slice.
         index: usize,
     },
+    /// A request that would need more work requests than one request may count.
+    #[error(
+        "request {index}: {len} bytes in slices of {slice_size} need {slices} work requests, \
+         more than the {max} a request may have (raise slice_size or split the request)"
+    )]
+    TooManySlices {
+        /// Index of the request.
+        index: usize,
+        /// Its length.
+        len: u64,
+        /// The slice size in force.
+        slice_size: u64,
+        /// Slices it would need.
+        slices: u64,
+        /// The limit ([`MAX_SLICES_PER_REQUEST`](crate::MAX_SLICES_PER_REQUEST)).
+        max: u64,
+    },
+    /// A submit that would put more work requests in flight on a batch than it can count.
+    #[error(
+        "batch {batch:?}: {in_flight} work requests in flight + {adding} new exceed the limit of {max}"
+    )]
+    TooManyInFlight {
+        /// The batch.
+        batch: BatchId,
+        /// Work requests in flight before the submit.
+        in_flight: u32,
+        /// Work requests the submit needs.
+        adding: u64,
+        /// The limit.
+        max: u32,
+    },
     /// Local memory not inside any registered segment.
     #[error("request {index}: local range {addr:#x}+{len} is not inside a registered segment")]
     LocalNotRegistered {

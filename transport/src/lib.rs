@@ -85,6 +85,6 @@ pub use memory::{AllocError, OwnedMemory};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use notify::Notifications;
 pub use request::{LocalAddr, Opcode, Request};
-pub use slice::SlicePlan;
+pub use slice::{SlicePlan, MAX_SLICES_PER_REQUEST};
 pub use topology::{AffinityTable, AllRails, RailPolicy, RailSet};
 pub use worker::Worker;

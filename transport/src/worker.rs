@@ -9,7 +9,7 @@ use crate::engine::Inner;
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::{
     Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
-    TransportError,
+    TransportError, MAX_SLICES_PER_REQUEST,
 };
 
 /// Work requests gathered before one bulk post.
@@ -123,16 +123,21 @@ impl Worker {
         // Validate (and pin) everything before reserving indices: a failed submit then never
         // touches the batch, however other submits interleave with it.
         self.resolve_all(inner, requests)?;
+        let total: u64 = self.resolved.iter().map(|r| r.slices as u64).sum();
+        if let Err(e) = slot.add_in_flight(batch, total) {
+            self.release_pins(inner);
+            return Err(e);
+        }
         let first = match slot.reserve(batch, requests.len()) {
             Ok(first) => first,
             Err(e) => {
+                // Exact: nobody else relies on these counts until the work requests exist.
+                slot.in_flight.fetch_sub(total as u32, AcqRel);
                 self.release_pins(inner);
                 return Err(e);
             }
         };
-        let total: u32 = self.resolved.iter().map(|r| r.slices).sum();
         slot.open.fetch_add(requests.len() as u32, AcqRel);
-        slot.in_flight.fetch_add(total, AcqRel);
         let reqs = slot.requests();
         let generation = slot.generation();
         // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
@@ -428,6 +433,16 @@ fn resolve(
     if r.len == 0 {
         return Err(TransportError::ZeroLength { index });
     }
+    let slices = inner.plan.count(r.len);
+    if slices > MAX_SLICES_PER_REQUEST {
+        return Err(TransportError::TooManySlices {
+            index,
+            len: r.len,
+            slice_size: inner.plan.slice_size,
+            slices,
+            max: MAX_SLICES_PER_REQUEST,
+        });
+    }
     let caps = &inner.caps;
     let (needed, supported, what) = match r.op {
         Opcode::Read => (Access::REMOTE_READ, caps.supports_read, "READ"),
@@ -566,7 +581,8 @@ fn resolve(
             remote_index,
             remote_addr,
             len: r.len,
-            slices: inner.plan.count(r.len) as u32,
+            // Checked above against MAX_SLICES_PER_REQUEST.
+            slices: slices as u32,
             notify,
         }),
         Err(e) => {

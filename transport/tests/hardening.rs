@@ -252,3 +252,88 @@ fn dropped_worker_in_flight_requests_are_reaped_by_the_engine() {
     retry(&|| a.free_batch(other));
     retry(&|| a.unregister(src).map(drop));
 }
+
+/// Anonymous memory reserved but not committed (`MAP_NORESERVE`): large segments for tests
+/// that never touch them.
+struct Reserved {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Reserved {
+    fn new(len: usize) -> Reserved {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap of {len} bytes");
+        Reserved {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unregistered by the test before it is dropped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// With 1-byte slices, a 4 GiB request needs 2^32 work requests: more than a request can
+/// count. It is refused by name (it used to be accepted with 0 slices, post nothing, and pin
+/// its segment for ever).
+#[test]
+fn requests_with_too_many_slices_are_refused() {
+    let c = Cluster::new();
+    let mut cfg = EngineConfig::new("a");
+    cfg.slice_size = 1;
+    let (a, _) = c.engine_with(cfg, SimConfig::default());
+    let (b, _) = c.engine("b", SimConfig::default());
+    let len = 1u64 << 32;
+    let (mem_a, mem_b) = (Reserved::new(len as usize), Reserved::new(len as usize));
+    // SAFETY: the mappings outlive the registrations (unregistered below, before the drop).
+    let (src, dst) = unsafe {
+        (
+            a.register_memory(
+                "a/big",
+                mem_a.ptr,
+                mem_a.len,
+                Location::Cpu(0),
+                Access::NONE,
+            )
+            .unwrap(),
+            b.register_memory(
+                "b/big",
+                mem_b.ptr,
+                mem_b.len,
+                Location::Cpu(0),
+                Access::REMOTE_WRITE,
+            )
+            .unwrap(),
+        )
+    };
+    let r = a.open_segment("b/big").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(2).unwrap();
+    let e = w
+        .submit(batch, &[Request::write(src, 0, r, 0, len)])
+        .unwrap_err();
+    assert!(
+        matches!(e, TransportError::TooManySlices { index: 0, len: l, .. } if l == len),
+        "{e}"
+    );
+    assert!(e.to_string().contains("4294967296"), "{e}");
+    assert_eq!(a.batch_status(batch).unwrap().submitted, 0);
+    a.free_batch(batch).unwrap();
+    a.unregister(src).unwrap();
+    b.unregister(dst).unwrap();
+}
