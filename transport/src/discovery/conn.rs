@@ -73,11 +73,23 @@ pub(crate) fn read_frame(
     idle: Duration,
     frame: Duration,
 ) -> Result<Message, FrameError> {
+    read_frame_then(sock, max_body, idle, frame, || {})
+}
+
+/// [`read_frame`], calling `begun` once the first byte of the frame has arrived.
+pub(crate) fn read_frame_then(
+    sock: &mut TcpStream,
+    max_body: usize,
+    idle: Duration,
+    frame: Duration,
+    begun: impl FnOnce(),
+) -> Result<Message, FrameError> {
     let mut h = [0u8; HEADER_LEN];
     read_until(sock, &mut h[..1], deadline(idle), idle).map_err(|e| match e {
         FrameError::Timeout(d) => FrameError::Idle(d),
         other => other,
     })?;
+    begun();
     let deadline = deadline(frame);
     read_until(sock, &mut h[1..], deadline, frame)?;
     let header = wire::decode_header(&h, max_body)?;
