@@ -494,7 +494,10 @@ mod tests {
         b[4] = 9;
         assert_eq!(
             decode(&b, 1024),
-            Err(WireError::Version { major: 9, minor: 0 })
+            Err(WireError::Version {
+                major: 9,
+                minor: VERSION_MINOR
+            })
         );
         let mut b = f.clone();
         b[6] = 77;

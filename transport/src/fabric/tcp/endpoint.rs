@@ -325,7 +325,10 @@ pub(crate) fn open(
     if status != wire::HELLO_OK {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("peer refused the hello with status {status} (it is instance {theirs:#x}, expected {instance:#x})"),
+            format!(
+                "peer refused the hello with status {status}: {} (it is instance {theirs:#x}, expected {instance:#x})",
+                wire::hello_status_name(status)
+            ),
         ));
     }
     sock.set_nonblocking(true)?;

@@ -10,10 +10,13 @@
 //!   ring and buffers are allocated once, at its first use). Only the first request to a peer
 //!   on a rail waits for the connection (bounded by [`TcpConfig::connect_timeout`]). Each stream holds at most [`TcpConfig::queue_depth`]
 //!   requests; `post` accepts a prefix when one is full.
-//! - **Target side**: a listener thread and one service thread per connection check every
-//!   request against the registrations (the remote key names a registration: key, bounds and
-//!   rights are checked) and answer violations with `REMOTE_BAD_ADDRESS`; a malformed frame
-//!   closes that connection only. See `wire.rs` for the frame layout.
+//! - **Target side**: a listener thread and one service thread per connection (at most
+//!   [`TcpConfig::max_connections`]; a connection must say hello within
+//!   [`TcpConfig::connect_timeout`]) check every request against the registrations (the
+//!   remote key names a registration: key, bounds and rights are checked) and answer
+//!   violations with `REMOTE_BAD_ADDRESS`, and requests larger than the target's
+//!   `max_transfer_size` with `EXCEEDS_PEER_LIMIT`; a malformed frame closes that connection
+//!   only. See `wire.rs` for the frame layout.
 //! - **Dead peers**: a stream whose connection breaks, or that makes no progress for
 //!   [`TcpConfig::timeout`] while requests are outstanding, fails them with
 //!   `UNRESP_REMOTE`. Other peers' streams are untouched. A later post reconnects (after
@@ -32,7 +35,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -76,6 +79,11 @@ pub struct TcpConfig {
     pub max_regions: usize,
     /// Most peers.
     pub max_peers: usize,
+    /// Most incoming data connections served at once (one service thread each). A quarter of
+    /// them (at least one) may be still waiting for their hello, which is due within
+    /// `connect_timeout`. Connections beyond either limit are answered with a refusal at once
+    /// and closed.
+    pub max_connections: usize,
 }
 
 impl Default for TcpConfig {
@@ -93,6 +101,7 @@ impl Default for TcpConfig {
             idle_wait: Some(Duration::from_micros(500)),
             max_regions: 1024,
             max_peers: 1024,
+            max_connections: 256,
         }
     }
 }
@@ -110,6 +119,9 @@ pub struct TcpStats {
     pub rejected: u64,
     /// Connections closed for a stall, truncation or I/O error.
     pub dropped: u64,
+    /// Connections refused at once because `max_connections` (or its share for connections
+    /// still waiting for their hello) was reached.
+    pub refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +131,11 @@ pub(crate) struct Stats {
     denied: AtomicU64,
     rejected: AtomicU64,
     dropped: AtomicU64,
+    refused: AtomicU64,
+    /// Service threads running now...
+    serving: AtomicUsize,
+    /// ...and those of them still waiting for the hello.
+    greeting: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -290,6 +307,7 @@ impl TcpFabric {
             denied: s.denied.load(Relaxed),
             rejected: s.rejected.load(Relaxed),
             dropped: s.dropped.load(Relaxed),
+            refused: s.refused.load(Relaxed),
         }
     }
 
