@@ -39,11 +39,14 @@ pub enum FailReason {
     Io = 200,
     /// A fault injected by a test fabric without a more specific name.
     Injected = 201,
+    /// The request is larger than the target accepts in one request (its
+    /// `max_transfer_size`): use a smaller `slice_size`.
+    ExceedsPeerLimit = 202,
 }
 
 impl FailReason {
     /// Every reason, for iteration in tests and tools.
-    pub const ALL: [FailReason; 15] = [
+    pub const ALL: [FailReason; 16] = [
         FailReason::Flushed,
         FailReason::InvalidAh,
         FailReason::InvalidLkey,
@@ -59,6 +62,7 @@ impl FailReason {
         FailReason::FeatureMismatch,
         FailReason::Io,
         FailReason::Injected,
+        FailReason::ExceedsPeerLimit,
     ];
 
     /// The EFA completion-status name (`REMOTE_BAD_ADDRESS`, `UNKNOWN_PEER`, ...).
@@ -79,13 +83,14 @@ impl FailReason {
             FailReason::FeatureMismatch => "FEATURE_MISMATCH",
             FailReason::Io => "IO",
             FailReason::Injected => "INJECTED",
+            FailReason::ExceedsPeerLimit => "EXCEEDS_PEER_LIMIT",
         }
     }
 
     /// The EFA `vendor_err` code, or `None` for reasons EFA has no code for.
     pub const fn vendor_err(self) -> Option<u32> {
         match self {
-            FailReason::Io | FailReason::Injected => None,
+            FailReason::Io | FailReason::Injected | FailReason::ExceedsPeerLimit => None,
             other => Some(other as u32),
         }
     }
@@ -148,6 +153,18 @@ pub enum FabricError {
         rail: u16,
         /// The rail count.
         rails: u16,
+    },
+    /// A configuration value out of range, refused when the fabric is built.
+    #[error("{fabric}: {field} = {value} is out of range (expected {expected})")]
+    BadConfig {
+        /// The fabric (`sim`, `tcp`, ...).
+        fabric: &'static str,
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What it may be.
+        expected: String,
     },
     /// A peer id that the fabric never handed out.
     #[error("unknown peer id {0}")]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::sys::{self, Piece};
 use super::wire::{self, Op, Request, Response, REQ_LEN, RESP_LEN};
-use super::Shared;
+use super::{Shared, MAX_TRANSFER_LIMIT};
 use crate::{Access, FailReason};
 
 /// How often a blocked service thread wakes to check for shutdown and stalls.
@@ -412,10 +412,14 @@ impl Conn {
             h.copy_from_slice(&self.rx[self.start..self.start + REQ_LEN]);
             self.start += REQ_LEN;
             let req = Request::decode(&h)?;
-            if req.len > max {
-                return Err(ConnError::TooLong { len: req.len, max });
+            if req.len > MAX_TRANSFER_LIMIT {
+                return Err(ConnError::TooLong {
+                    len: req.len,
+                    max: MAX_TRANSFER_LIMIT,
+                });
             }
             match req.op {
+                Op::Write | Op::Read if req.len > max => self.over_limit(&req)?,
                 Op::Write => self.write(&shared, &req)?,
                 Op::Read => self.read(&shared, &req)?,
                 Op::Notify => {
@@ -446,6 +450,17 @@ impl Conn {
             &self.shared.stats.denied
         };
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Answers a request larger than this fabric's `max_transfer_size` (a WRITE's payload is
+    /// read and dropped), keeping the stream in step.
+    fn over_limit(&mut self, req: &Request) -> Result<(), ConnError> {
+        if req.op == Op::Write {
+            self.take_payload(std::ptr::null_mut(), req.len)?;
+        }
+        let status = Err(FailReason::ExceedsPeerLimit);
+        self.count(status);
+        self.respond(req.token, status)
     }
 
     fn write(&mut self, shared: &Shared, req: &Request) -> Result<(), ConnError> {
