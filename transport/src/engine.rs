@@ -684,7 +684,10 @@ impl Engine {
         if index >= slot.submitted.load(Ordering::Acquire) as usize {
             return Err(TransportError::NoSuchRequest { batch, index });
         }
-        let st = slot.requests()[index].status();
+        let st = slot
+            .pin(batch)
+            .and_then(|pin| pin.request(index as u32).map(|r| r.status()))
+            .unwrap_or(RequestStatus::Waiting);
         // The slot could have been recycled between the checks and the read.
         self.inner.batches.get(batch)?;
         Ok(st)
@@ -702,7 +705,7 @@ impl Engine {
     /// requests still complete in the fabric (and are absorbed), so drain before freeing.
     pub fn cancel(&self, batch: BatchId) -> Result<u32, TransportError> {
         let slot = self.inner.batches.get(batch)?;
-        let n = slot.abandon(true);
+        let n = slot.abandon(batch, true);
         reap_orphans(&self.inner, true);
         Ok(n)
     }

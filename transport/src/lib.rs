@@ -71,6 +71,7 @@ mod notify;
 mod request;
 mod slab;
 mod slice;
+mod store;
 mod topology;
 mod worker;
 

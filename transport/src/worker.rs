@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{token, BatchSlot};
+use crate::batch::{token, BatchSlot, ReadPin, RequestSlot};
 use crate::engine::Inner;
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::{
@@ -138,17 +138,23 @@ impl Worker {
             }
         };
         slot.open.fetch_add(requests.len() as u32, AcqRel);
-        let reqs = slot.requests();
+        // Held by this submit (`enter`), the batch cannot be freed, so the pin is granted.
+        let pin = slot.pin(batch);
+        if let Some(pin) = &pin {
+            pin.ensure(first, requests.len() as u32);
+        }
         let generation = slot.generation();
         // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
         let resolved = std::mem::take(&mut self.resolved);
         for (k, &res) in resolved.iter().enumerate() {
             let index = first + k as u32;
-            let req = &reqs[index as usize];
-            let Some(local) = inner.segments.get_pinned(res.local_index) else {
-                continue;
-            };
-            let Some(remote) = inner.remotes.get_pinned(res.remote_index) else {
+            let found = (
+                pin.as_ref().and_then(|p| p.request(index)),
+                inner.segments.get_pinned(res.local_index),
+                inner.remotes.get_pinned(res.remote_index),
+            );
+            let (Some(req), Some(local), Some(remote)) = found else {
+                unposted(inner, slot, &res);
                 continue;
             };
             req.segment.store(res.local_index, Relaxed);
@@ -298,7 +304,7 @@ impl Worker {
         let slot = inner.batches.get(batch)?;
         self.drive(timeout, || slot.open.load(Acquire) == 0);
         if slot.open.load(Acquire) != 0 {
-            slot.abandon(false);
+            slot.abandon(batch, false);
         }
         inner.batches.get(batch)?;
         Ok(slot.status())
@@ -592,6 +598,17 @@ fn resolve(
     }
 }
 
+/// Gives back the counts of a resolved request that cannot be posted. Unreachable while the
+/// pins hold (they are taken before), but exact if it ever happened: the batch stays freeable.
+#[cold]
+fn unposted(inner: &Inner, slot: &BatchSlot, res: &Resolved) {
+    debug_assert!(false, "a pinned request could not be posted");
+    slot.in_flight.fetch_sub(res.slices, AcqRel);
+    slot.open.fetch_sub(1, AcqRel);
+    slot.failed.fetch_add(1, AcqRel);
+    inner.segments.unpin(res.local_index);
+}
+
 /// Holds a batch entered by a submit; leaves it when dropped.
 struct Entered<'a>(&'a BatchSlot);
 
@@ -624,8 +641,12 @@ impl Runs {
 }
 
 /// Batch and segment counter updates gathered over one poll, applied with one atomic each.
-struct Tally {
+struct Tally<'a> {
+    /// Token bits naming the batch slot and generation of the current run.
+    key: u64,
     batch: u32,
+    /// Read pin on that batch's request storage.
+    pin: Option<ReadPin<'a>>,
     completed: u32,
     failed: u32,
     closed: u32,
@@ -634,10 +655,12 @@ struct Tally {
     unpins: u32,
 }
 
-impl Tally {
+impl<'a> Tally<'a> {
     fn new() -> Self {
         Tally {
+            key: u64::MAX,
             batch: u32::MAX,
+            pin: None,
             completed: 0,
             failed: 0,
             closed: 0,
@@ -664,6 +687,8 @@ impl Tally {
                 slot.in_flight.fetch_sub(self.retired, Release);
             }
         }
+        self.pin = None;
+        self.key = u64::MAX;
         self.completed = 0;
         self.failed = 0;
         self.closed = 0;
@@ -688,23 +713,41 @@ impl Tally {
 
 /// Applies one completion to its request; batch and segment counters go to `tally`.
 #[inline]
-fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion, tally: &mut Tally) {
-    let (bi, gen12, rail, ri) = token::decode(c.token);
-    let Some(slot) = inner.batches.slots.get(bi as usize) else {
-        return;
-    };
-    // Free/recycle are refused while work requests are in flight, so a mismatch means a fabric
-    // returned a token it was never given; ignore it rather than corrupt another batch.
-    if slot.generation() & 0xfff != gen12 {
-        return;
-    }
-    let Some(req) = slot.requests().get(ri as usize) else {
-        return;
-    };
-    if tally.batch != bi {
+fn complete<'a>(inner: &'a Inner, ep: &mut dyn Endpoint, c: Completion, tally: &mut Tally<'a>) {
+    let (bi, gen12, _, ri) = token::decode(c.token);
+    // Batch slot and generation: one read pin per run of completions of a batch.
+    let key = c.token >> 36;
+    if tally.key != key {
         tally.flush(inner);
+        tally.key = key;
         tally.batch = bi;
+        // Free/recycle are refused while work requests are in flight, so a failed pin means a
+        // fabric returned a token it was never given; ignore it rather than corrupt a batch.
+        tally.pin = inner
+            .batches
+            .slots
+            .get(bi as usize)
+            .and_then(|s| s.pin_token(gen12));
     }
+    let pin = tally.pin.take();
+    let slot = inner.batches.slots.get(bi as usize);
+    if let (Some(req), Some(slot)) = (pin.as_ref().and_then(|p| p.request(ri)), slot) {
+        apply(inner, ep, c, slot, req, tally);
+    }
+    tally.pin = pin;
+}
+
+/// [`complete`] for a request found in its pinned batch.
+#[inline]
+fn apply(
+    inner: &Inner,
+    ep: &mut dyn Endpoint,
+    c: Completion,
+    slot: &BatchSlot,
+    req: &RequestSlot,
+    tally: &mut Tally<'_>,
+) {
+    let rail = token::decode(c.token).2;
     if let Some(e) = c.error {
         let _ = req
             .error
