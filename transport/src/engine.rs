@@ -83,20 +83,52 @@ pub(crate) struct RemoteEntry {
     pub desc: SegmentDescriptor,
 }
 
+/// Most local segments, remote segments or batches an engine may be configured for.
+pub const MAX_TABLE: usize = 1 << 16;
+/// Most notification tags an engine may be configured for.
+pub const MAX_NOTIFY_TAGS: u32 = 1 << 20;
+
+/// Refuses `value` outside `range` as setting `field`, naming both.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), TransportError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(TransportError::Config(format!(
+        "{field} = {value} is out of range (expected {}..={})",
+        range.start(),
+        range.end()
+    )))
+}
+
+/// Refuses settings that cannot work or would exhaust memory.
+fn check_config(c: &EngineConfig) -> Result<(), TransportError> {
+    check_range("slice_size", c.slice_size, 1..=u64::MAX)?;
+    check_range("max_segments", c.max_segments, 1..=MAX_TABLE)?;
+    check_range("max_remote_segments", c.max_remote_segments, 1..=MAX_TABLE)?;
+    check_range("max_batches", c.max_batches, 1..=MAX_TABLE)?;
+    check_range("notify_tags", c.notify_tags, 0..=MAX_NOTIFY_TAGS)
+}
+
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
     /// Engine name (owner of its segments in the metadata service).
     pub name: String,
-    /// Slice size for splitting requests (clamped to the fabric's `max_transfer_size`).
+    /// Slice size for splitting requests (at least 1; clamped to the fabric's
+    /// `max_transfer_size`).
     pub slice_size: u64,
-    /// Most local segments.
+    /// Most local segments, `1..=MAX_TABLE`.
     pub max_segments: usize,
-    /// Most remote segments open at once.
+    /// Most remote segments open at once, `1..=MAX_TABLE`.
     pub max_remote_segments: usize,
-    /// Most batches allocated at once.
+    /// Most batches allocated at once, `1..=MAX_TABLE`. A batch's request storage grows with
+    /// the requests submitted to it and is given back when it is freed.
     pub max_batches: usize,
-    /// Notification tags (`0..notify_tags`).
+    /// Notification tags (`0..notify_tags`), at most `MAX_NOTIFY_TAGS`.
     pub notify_tags: u32,
     /// How long a submit keeps retrying against a full send queue before failing the rest of
     /// its work requests with `FLUSHED` (`Duration::MAX`: for as long as it takes).
@@ -247,15 +279,7 @@ impl Engine {
                 caps.rails
             )));
         }
-        if config.slice_size == 0 {
-            return Err(TransportError::Config("slice_size 0".into()));
-        }
-        if config.max_batches == 0 || config.max_batches > 1 << 16 {
-            return Err(TransportError::Config(format!(
-                "max_batches {} not in 1..=65536",
-                config.max_batches
-            )));
-        }
+        check_config(&config)?;
         let notifications = Arc::new(Notifications::new(config.notify_tags));
         fabric.bind_notifications(notifications.clone());
         let plan = SlicePlan::new(config.slice_size, caps.max_transfer_size);

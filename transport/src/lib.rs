@@ -79,7 +79,9 @@ pub use access::Access;
 pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
-pub use engine::{Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo};
+pub use engine::{
+    Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
+};
 pub use error::{FabricError, FailReason, Handle, TransportError};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};

@@ -337,3 +337,71 @@ fn requests_with_too_many_slices_are_refused() {
     a.unregister(src).unwrap();
     b.unregister(dst).unwrap();
 }
+
+/// Engine settings that would exhaust memory are refused by name (they used to abort the
+/// process, or panic with a capacity overflow).
+#[test]
+fn engine_config_ranges_are_checked() {
+    type Edit = fn(&mut EngineConfig);
+    let cases: [(&str, Edit); 7] = [
+        ("notify_tags", |c| c.notify_tags = u32::MAX),
+        ("max_segments", |c| c.max_segments = 1 << 36),
+        ("max_segments", |c| c.max_segments = usize::MAX),
+        ("max_segments", |c| c.max_segments = 0),
+        ("max_remote_segments", |c| c.max_remote_segments = 1 << 36),
+        ("max_remote_segments", |c| {
+            c.max_remote_segments = usize::MAX
+        }),
+        ("max_batches", |c| c.max_batches = usize::MAX),
+    ];
+    let c = Cluster::new();
+    for (field, edit) in cases {
+        let mut cfg = EngineConfig::new("a");
+        edit(&mut cfg);
+        let fabric = transport::fabric::sim::SimFabric::new(&c.net, SimConfig::default()).unwrap();
+        match Engine::new(cfg, fabric, c.meta.clone()) {
+            Err(e @ TransportError::Config(_)) => {
+                assert!(e.to_string().contains(field), "{field}: {e}")
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}
+
+/// Sim settings that would exhaust memory or overflow are refused by name when the fabric is
+/// built (a huge network used to abort the process, a huge queue the first post).
+#[test]
+fn sim_config_ranges_are_checked() {
+    use transport::fabric::sim::{SimFabric, SimNetwork};
+    type Edit = fn(&mut SimConfig);
+    let cases: [(&str, Edit); 6] = [
+        ("rails", |c| c.rails = 0),
+        ("queue_depth", |c| c.queue_depth = u32::MAX),
+        ("max_regions", |c| c.max_regions = 1 << 36),
+        ("max_delay", |c| c.faults.max_delay = Some(Duration::MAX)),
+        ("unresp_timeout", |c| {
+            c.faults.unresp_timeout = Duration::MAX
+        }),
+        ("error_rate", |c| c.faults.error_rate = f64::NAN),
+    ];
+    let net = SimNetwork::new();
+    for (field, edit) in cases {
+        let mut cfg = SimConfig::default();
+        edit(&mut cfg);
+        match SimFabric::new(&net, cfg) {
+            Err(e) => assert!(e.to_string().contains(field), "{field}: {e}"),
+            Ok(_) => panic!("{field}: accepted"),
+        }
+    }
+    let e = SimFabric::new(&SimNetwork::with_capacity(1 << 36), SimConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("max_nodes"), "{e}");
+    let e = SimFabric::new(
+        &net,
+        SimConfig {
+            rails: 0,
+            ..SimConfig::default()
+        },
+    )
+    .unwrap_err();
+    assert!(!e.to_string().contains("rail 0 out of range"), "{e}");
+}
