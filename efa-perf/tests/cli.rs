@@ -727,3 +727,21 @@ fn server_binds_the_address_asked_for() {
     let err = stderr.join().unwrap();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+#[test]
+fn unknown_device_says_what_there_is() {
+    for args in [
+        &["info", "-d", "nope"][..],
+        &["write-bw", "-d", "nope", "-n", "5"][..],
+    ] {
+        let out = run(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("'nope' not found"), "{args:?}: {err}");
+        assert!(!err.contains("devices: )"), "{args:?}: {err}");
+        assert!(
+            err.contains("the devices are") || err.contains("no RDMA device"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchTable, MAX_BATCH_CAPACITY};
-use crate::descriptor::{RailDescriptor, SegmentDescriptor};
+use crate::descriptor::{RailDescriptor, SegmentDescriptor, MAX_NAME_LEN};
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
@@ -104,8 +104,47 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
     )))
 }
 
+/// Refuses a name a descriptor cannot carry, or that no one could ask for: empty, with a NUL
+/// byte, or longer than [`MAX_NAME_LEN`]. The error quotes only its start.
+fn check_name(what: &'static str, name: &str) -> Result<(), TransportError> {
+    let reason = if name.is_empty() {
+        "is empty"
+    } else if name.contains('\0') {
+        "contains a NUL byte"
+    } else if name.len() > MAX_NAME_LEN {
+        "is longer than the 1024 bytes a descriptor carries"
+    } else {
+        return Ok(());
+    };
+    let mut preview: String = name.chars().take(40).collect();
+    if preview.len() < name.len() {
+        preview.push('…');
+    }
+    Err(TransportError::BadName {
+        what,
+        preview,
+        len: name.len(),
+        reason,
+    })
+}
+
+/// Refuses a memory range that cannot be registered.
+fn check_memory(addr: u64, len: u64) -> Result<(), TransportError> {
+    let reason = if addr == 0 {
+        "the address is null"
+    } else if len == 0 {
+        "the length is 0"
+    } else if addr.checked_add(len).is_none() {
+        "the range wraps around the address space"
+    } else {
+        return Ok(());
+    };
+    Err(TransportError::BadMemory { addr, len, reason })
+}
+
 /// Refuses settings that cannot work or would exhaust memory.
 fn check_config(c: &EngineConfig) -> Result<(), TransportError> {
+    check_name("engine", &c.name)?;
     check_range("slice_size", c.slice_size, 1..=u64::MAX)?;
     check_range("max_segments", c.max_segments, 1..=MAX_TABLE)?;
     check_range("max_remote_segments", c.max_remote_segments, 1..=MAX_TABLE)?;
@@ -344,6 +383,11 @@ impl Engine {
 
     /// Registers memory the engine does not own and publishes it as segment `name`.
     ///
+    /// Refused with a typed error: a bad name ([`TransportError::BadName`]: empty, with a NUL
+    /// byte, or over 1024 bytes), a null, empty or wrapping range
+    /// ([`TransportError::BadMemory`]), a name already registered. The location is the
+    /// caller's word (the engine cannot tell host from device memory here).
+    ///
     /// # Safety
     ///
     /// `addr..addr+len` must stay valid for reads and writes until [`Engine::unregister`]
@@ -360,7 +404,9 @@ impl Engine {
         self.register_inner(name, addr as u64, len as u64, location, access, None)
     }
 
-    /// Registers engine-owned memory as segment `name`. The memory is reachable only through
+    /// Registers engine-owned memory as segment `name` (checked as in
+    /// [`Engine::register_memory`]; owned memory is host memory, so a `gpu:N` location is
+    /// refused with [`TransportError::BadLocation`]). The memory is reachable only through
     /// [`Engine::read_owned`], [`Engine::write_owned`] and transfers until
     /// [`Engine::unregister`] returns it.
     pub fn register_owned(
@@ -384,15 +430,13 @@ impl Engine {
         owned: Option<OwnedMemory>,
     ) -> Result<SegmentId, TransportError> {
         let inner = &*self.inner;
-        if len == 0 {
-            return Err(TransportError::Config(format!(
-                "segment {name:?} has length 0"
-            )));
-        }
-        if addr.checked_add(len).is_none() {
-            return Err(TransportError::Config(format!(
-                "segment {name:?} range {addr:#x}+{len} overflows"
-            )));
+        check_name("segment", name)?;
+        check_memory(addr, len)?;
+        if owned.is_some() && matches!(location, Location::Gpu(_)) {
+            return Err(TransportError::BadLocation {
+                location,
+                reason: "memory the engine owns is host memory (use cpu:N)",
+            });
         }
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         if names.contains_key(name) {

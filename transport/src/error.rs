@@ -330,6 +330,36 @@ pub enum TransportError {
         /// This engine's fabric.
         local: String,
     },
+    /// A segment or engine name that cannot be published.
+    #[error("{what} name {preview:?} ({len} bytes) {reason}")]
+    BadName {
+        /// `segment` or `engine`.
+        what: &'static str,
+        /// The start of the name.
+        preview: String,
+        /// Its length in bytes.
+        len: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A memory range that cannot be registered.
+    #[error("memory {addr:#x}+{len} cannot be registered: {reason}")]
+    BadMemory {
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A location that does not fit the memory registered with it.
+    #[error("location {location} does not fit: {reason}")]
+    BadLocation {
+        /// The location given.
+        location: crate::Location,
+        /// Why it does not fit.
+        reason: &'static str,
+    },
     /// A local segment name already registered in this engine.
     #[error("segment name {0:?} already registered")]
     DuplicateName(String),

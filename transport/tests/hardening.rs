@@ -405,3 +405,57 @@ fn sim_config_ranges_are_checked() {
     .unwrap_err();
     assert!(!e.to_string().contains("rail 0 out of range"), "{e}");
 }
+
+/// Names, memory and locations that cannot be right are refused by name, with a short message.
+#[test]
+fn bad_names_memory_and_locations_are_refused_by_name() {
+    let c = Cluster::new();
+    let (a, _) = c.engine("a", SimConfig::default());
+    let mem = || OwnedMemory::zeroed(64, 64).unwrap();
+    let cpu = Location::Cpu(0);
+    let long = "n".repeat(10_000);
+    let e = a
+        .register_owned(&long, mem(), cpu, Access::NONE)
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.len() < 300, "{} bytes: {msg}", msg.len());
+    assert!(!msg.contains("corrupt") && msg.contains("10000"), "{msg}");
+    for name in ["", "a\0b"] {
+        let e = a
+            .register_owned(name, mem(), cpu, Access::NONE)
+            .unwrap_err();
+        assert!(matches!(e, TransportError::BadName { .. }), "{name:?}: {e}");
+    }
+    // SAFETY: refused before anything could touch the (null) memory.
+    let e = unsafe { a.register_memory("a/null", std::ptr::null_mut(), 16, cpu, Access::NONE) }
+        .unwrap_err();
+    assert!(e.to_string().contains("0x0"), "{e}");
+    let e = a
+        .register_owned("a/gpu", mem(), Location::Gpu(99), Access::NONE)
+        .unwrap_err();
+    assert!(e.to_string().contains("gpu:99"), "{e}");
+    // Nothing was registered meanwhile; a good name still works.
+    a.register_owned("a/ok", mem(), cpu, Access::NONE).unwrap();
+    assert_eq!(c.meta.len(), 1);
+}
+
+/// A local segment whose name looks like `host:port/segment` is found locally, not looked up
+/// on the network.
+#[test]
+fn local_names_shaped_like_remote_ones_are_found_locally() {
+    use transport::discovery::{DiscoveryConfig, PeerMetadata};
+    let meta = PeerMetadata::bind(DiscoveryConfig::new("a")).unwrap();
+    let desc = SegmentDescriptor {
+        revision: 1,
+        name: "127.0.0.1:1/x".into(),
+        fabric: "sim".into(),
+        engine: "a".into(),
+        location: Location::Cpu(0),
+        access: Access::REMOTE_READ,
+        base: 4096,
+        len: 64,
+        rails: vec![],
+    };
+    meta.publish(&desc).unwrap();
+    assert_eq!(meta.lookup("127.0.0.1:1/x").unwrap(), desc);
+}
