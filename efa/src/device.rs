@@ -269,7 +269,7 @@ pub fn efa_driver_version() -> Option<String> {
 
 /// Read the hardware counters of a device by name from the standard sysfs location. A name
 /// that is no device there (or not a plain name, such as `../x`) is
-/// [`Error::NoSuchDevice`](crate::Error::NoSuchDevice).
+/// [`Error::NoSuchDevice`].
 pub fn hw_counters(device: &str) -> Result<sysfs::HwCounters> {
     sysfs::device_counters(Path::new(sysfs::INFINIBAND_CLASS), device)
 }
