@@ -17,7 +17,14 @@
 //!   Status is readable from any thread ([`Engine::request_status`], [`Engine::batch_status`]).
 //! - Unregistering a segment that requests still use is *refused*
 //!   ([`TransportError::SegmentBusy`]); so is freeing a batch with work requests in flight
-//!   ([`TransportError::BatchBusy`]); drain first ([`Worker::drain`]).
+//!   ([`TransportError::BatchBusy`]); drain first ([`Worker::drain`]). A dropped worker hands
+//!   its work requests in flight to the engine, which completes them (see
+//!   [Dropping a worker](Worker#dropping-a-worker)).
+//! - Handles ([`SegmentId`], [`RemoteSegment`], [`BatchId`]) belong to the engine that issued
+//!   them; another engine refuses them ([`TransportError::ForeignHandle`]).
+//! - Bad input is a typed error naming the offending value, never a panic: requests, names,
+//!   memory ranges, configuration (checked when an engine or fabric is built), and timeouts
+//!   (`Duration::MAX` means no deadline).
 //! - The hot path (submit, post, poll, complete) takes no lock and allocates nothing once warm;
 //!   completions are counted per request and batch with atomics, addressed by the work
 //!   request's token (batch slot, generation, rail, request index).
