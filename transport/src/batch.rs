@@ -516,8 +516,9 @@ impl BatchSlot {
         self.completed.store(0, Relaxed);
         self.failed.store(0, Relaxed);
         self.timed_out.store(0, Relaxed);
-        self.cancelled.store(0, Relaxed);
-        self.in_flight.store(0, Release);
+        // `in_flight` is left alone: it is 0 (checked before FREEING) but for the transient
+        // +1 of a stale `enter`, which takes it back itself; storing 0 could make it wrap.
+        self.cancelled.store(0, Release);
     }
 }
 
