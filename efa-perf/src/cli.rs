@@ -129,6 +129,12 @@ pub struct TestArgs {
     #[arg(short = 'p', long = "port", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
+    /// Address the server listens on for the control connection: 0.0.0.0 (the default) accepts clients on every
+    /// interface, as perftest does; give one of this host's addresses (e.g. 127.0.0.1) to accept only there. The
+    /// server registers at most 1 GiB for a client and reads control messages of at most 64 KiB.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+
     /// Run server and client in this process, over the chosen fabric (automatic when there is no peer and no
     /// RDMA device).
     #[arg(long, conflicts_with = "peer")]
@@ -217,8 +223,9 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 
-    /// Seconds to wait for the peer to connect or answer before giving up.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// Seconds to wait for the peer to connect or answer before giving up (at least 1; a value too large for the
+    /// clock, such as 18446744073709551615, means no limit).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
 
     /// Largest piece the transport posts as one work request (default: the engine's 64 KiB); larger

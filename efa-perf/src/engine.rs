@@ -57,6 +57,7 @@ pub fn loopback_args() -> TestArgs {
     TestArgs {
         peer: None,
         port: crate::cli::DEFAULT_PORT,
+        bind: std::net::IpAddr::from([0, 0, 0, 0]),
         loopback: true,
         fabric: crate::cli::FabricChoice::Auto,
         connection: None,

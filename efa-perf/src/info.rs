@@ -257,14 +257,9 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.device {
         devices.retain(|d| &d.name == name);
         if devices.is_empty() {
-            anyhow::bail!(
-                "device '{name}' not found (devices: {})",
-                env.devices
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let names = env.devices.iter().map(|d| d.name.as_str());
+            let known = select::known_devices(names, env.device_error.as_deref());
+            anyhow::bail!("device '{name}' not found: {known}");
         }
     }
     let driver = crate::engine::efa_driver_version();

@@ -72,7 +72,7 @@ fn await_byte(
     stop: Option<&AtomicBool>,
 ) -> anyhow::Result<bool> {
     let at = link.rx_offset() + size - 1;
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
     let mut b = [0u8];
     let mut spins = 0u32;
     loop {
@@ -85,7 +85,7 @@ fn await_byte(
             if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
                 return Ok(false);
             }
-            if Instant::now() >= deadline {
+            if start.elapsed() >= timeout {
                 bail!("no WRITE arrived within {timeout:?} (waiting for sequence {want})");
             }
         }
@@ -210,7 +210,7 @@ pub fn stream(
     let mut slot = 0u64;
     let mut issued = 0u64;
     let deadline = match amount {
-        Amount::Duration(d) => Some(start + d),
+        Amount::Duration(d) => start.checked_add(d),
         Amount::Iterations(_) => None,
     };
     let want = |issued: u64| match amount {
@@ -300,7 +300,7 @@ pub fn await_tag_or_stop(
     stop: Option<&AtomicBool>,
 ) -> anyhow::Result<bool> {
     let notes = engine.notifications();
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
     let mut spins = 0u32;
     loop {
         let c = notes.count(tag)?;
@@ -312,7 +312,7 @@ pub fn await_tag_or_stop(
             if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
                 return Ok(false);
             }
-            if Instant::now() >= deadline {
+            if start.elapsed() >= timeout {
                 bail!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}");
             }
         }
@@ -360,7 +360,7 @@ pub fn latency_client(
     let mut batch = link.engine.allocate_batch(1)?;
     let (limit, deadline) = match amount {
         Amount::Iterations(n) => (n, None),
-        Amount::Duration(d) => (u64::MAX, Some(Instant::now() + d)),
+        Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
     };
     let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
     let mut i = 0u64;

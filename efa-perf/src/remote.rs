@@ -27,7 +27,7 @@ use crate::select::{FabricKind, Selection};
 use crate::stats::Event;
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -125,17 +125,28 @@ impl From<StreamSummary> for StreamResult {
     }
 }
 
-/// A line-oriented JSON channel with a read deadline.
+/// Longest control line a server reads: every message a client sends is a few hundred bytes.
+const SERVER_MAX_LINE: usize = 64 << 10;
+/// Longest control line a client reads: a result carries every completion event of a run.
+const CLIENT_MAX_LINE: usize = 256 << 20;
+/// Most memory a server registers for a client (`stripe` x `streams`).
+pub const SERVER_MAX_MEMORY: u64 = 1 << 30;
+
+/// A line-oriented JSON channel with a read deadline and a bound on line length.
 struct Control {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    timeout: Duration,
+    max_line: usize,
 }
 
 impl Control {
-    fn new(stream: TcpStream, timeout: Duration) -> anyhow::Result<Self> {
-        stream.set_read_timeout(Some(timeout))?;
+    fn new(stream: TcpStream, timeout: Duration, max_line: usize) -> anyhow::Result<Self> {
+        // A timeout too long for the socket (`--timeout` of centuries) means none.
+        let read_timeout = (timeout < Duration::from_secs(1 << 40)).then_some(timeout);
+        stream.set_read_timeout(read_timeout)?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
@@ -144,7 +155,34 @@ impl Control {
             writer: stream,
             peer,
             local,
+            timeout,
+            max_line,
         })
+    }
+
+    /// Reads one line of at most `max_line` bytes, with errors worded for a person.
+    fn read_line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        let limit = self.max_line as u64 + 1;
+        match (&mut self.reader).take(limit).read_line(&mut line) {
+            Ok(0) => bail!("{} closed the control connection", self.peer),
+            Ok(_) if line.ends_with('\n') => Ok(line),
+            Ok(n) if n > self.max_line => bail!(
+                "control message from {} is longer than {} bytes; closing the connection",
+                self.peer,
+                self.max_line
+            ),
+            Ok(_) => bail!("{} closed the control connection mid-message", self.peer),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => bail!(
+                "no answer from {} within {} s (raise --timeout if the peer is slow)",
+                self.peer,
+                self.timeout.as_secs()
+            ),
+            Err(e) if e.kind() == ErrorKind::InvalidData => {
+                bail!("control message from {} is not UTF-8", self.peer)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading from {}", self.peer)),
+        }
     }
 
     fn send(&mut self, m: &Msg) -> anyhow::Result<()> {
@@ -156,14 +194,7 @@ impl Control {
     }
 
     fn recv(&mut self) -> anyhow::Result<Msg> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .with_context(|| format!("waiting for {}", self.peer))?;
-        if n == 0 {
-            bail!("{} closed the control connection", self.peer);
-        }
+        let line = self.read_line()?;
         match serde_json::from_str(&line)
             .with_context(|| format!("bad control message from {}", self.peer))?
         {
@@ -260,7 +291,7 @@ impl Client {
                     args.port
                 )
             })?;
-        let mut control = Control::new(stream, timeout)?;
+        let mut control = Control::new(stream, timeout, CLIENT_MAX_LINE)?;
         let params = crate::engine::params(selection, args, plan.streams, control.local.ip());
         let node = make_node(
             selection.fabric,
@@ -442,19 +473,17 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let reason = &selection.reason;
     let timeout = Duration::from_secs(args.timeout);
-    let listener = TcpListener::bind(("0.0.0.0", args.port)).with_context(|| {
-        format!(
-            "listening on port {} (in use? choose another with -p)",
-            args.port
-        )
+    let at = SocketAddr::new(args.bind, args.port);
+    let listener = TcpListener::bind(at).with_context(|| {
+        format!("listening on {at} (port in use? choose another with -p; address not local? see --bind)")
     })?;
     eprintln!(
-        "efa-perf: server waiting for a client on port {} ({reason})",
+        "efa-perf: server waiting for a client on port {} ({reason}); listening on {at}",
         args.port
     );
     let (stream, from) = listener.accept().context("accepting the client")?;
     eprintln!("efa-perf: client {from} connected");
-    let mut control = Control::new(stream, timeout)?;
+    let mut control = Control::new(stream, timeout, SERVER_MAX_LINE)?;
     match serve_one(&mut control, selection, args, verb, metric) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -495,8 +524,12 @@ fn serve_one(
             "client runs {cverb:?} {cmetric:?} but this server was started for {verb:?} {metric:?}"
         );
     }
-    if stripe == 0 || stripe.saturating_mul(streams as u64) > 4 << 30 {
-        bail!("client asks for {streams} stripes of {stripe} bytes");
+    let total = stripe.saturating_mul(streams as u64);
+    if stripe == 0 || streams == 0 || total > SERVER_MAX_MEMORY {
+        bail!(
+            "client asks for {streams} stripes of {stripe} bytes ({total} bytes); this server registers \
+             between 1 byte and {SERVER_MAX_MEMORY} bytes (lower -s, -t or -q)"
+        );
     }
     let kind = parse_fabric(&fabric)?;
     if kind != selection.fabric {

@@ -80,12 +80,24 @@ pub enum SelectError {
     /// The transport was built without this fabric.
     #[error("--fabric {0}: the transport has no {0} fabric in this build (built: {1})")]
     NotBuilt(FabricKind, String),
-    /// The named device does not exist.
-    #[error("device '{0}' not found (devices: {1})")]
+    /// The named device does not exist; the second field says what does (see [`known_devices`]).
+    #[error("device '{0}' not found: {1}")]
     UnknownDevice(String, String),
     /// sim cannot reach another process.
     #[error("--fabric sim runs both sides in this process; it cannot reach peer '{0}' (use tcp, efa or verbs)")]
     SimWithPeer(String),
+}
+
+/// The devices there are, for a "not found" message: their names, or why there are none.
+pub fn known_devices<'a>(names: impl IntoIterator<Item = &'a str>, error: Option<&str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    match (names.is_empty(), error) {
+        (false, _) => format!("the devices are {}", names.join(", ")),
+        (true, Some(e)) => format!("no RDMA device could be listed ({e})"),
+        (true, None) => {
+            "this machine has no RDMA device (`efa-perf info` says what to check)".into()
+        }
+    }
 }
 
 impl Environment {
@@ -108,12 +120,18 @@ impl Environment {
         device: Option<&str>,
     ) -> Result<Option<&SeenDevice>, SelectError> {
         if let Some(name) = device {
-            let names: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
+            let known = || {
+                let names = self.devices.iter().map(|d| d.name.as_str());
+                SelectError::UnknownDevice(
+                    name.into(),
+                    known_devices(names, self.device_error.as_deref()),
+                )
+            };
             let d = self
                 .devices
                 .iter()
                 .find(|d| d.name == name)
-                .ok_or_else(|| SelectError::UnknownDevice(name.into(), names.join(", ")))?;
+                .ok_or_else(known)?;
             return Ok((d.is_efa == want_efa).then_some(d));
         }
         Ok(self.devices.iter().find(|d| d.is_efa == want_efa))

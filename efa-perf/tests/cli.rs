@@ -574,3 +574,172 @@ fn vm_verbs_loopback_and_client_server() {
     assert_eq!((row[0], row[1], row[3]), ("send_lat", "verbs", "client"));
     assert!(row[8].parse::<f64>().unwrap() > 0.0, "{row:?}");
 }
+
+#[test]
+fn huge_timeout_means_no_limit_and_zero_is_refused() {
+    // u64::MAX seconds is "wait for ever", in loopback over sim and tcp, bandwidth and latency.
+    for (test, fabric) in [
+        ("write-bw", "sim"),
+        ("write-lat", "sim"),
+        ("read-lat", "tcp"),
+        ("send-bw", "tcp"),
+    ] {
+        let out = run(&[
+            test,
+            "--loopback",
+            "--fabric",
+            fabric,
+            "-s",
+            "4K",
+            "-n",
+            "20",
+            "--timeout",
+            "18446744073709551615",
+        ]);
+        assert!(
+            out.status.success(),
+            "{test} over {fabric}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = run(&["write-bw", "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Starts a server process on a free loopback port; returns it, the port and its stderr (drained
+/// into a string by a thread).
+fn start_server(
+    test: &str,
+    extra: &[&str],
+) -> (std::process::Child, u16, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, Read};
+    let port = free_port();
+    let p = port.to_string();
+    let mut args = vec![test, "--fabric", "tcp", "-p", &p, "--timeout", "30"];
+    args.extend_from_slice(extra);
+    let mut server = bin()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
+        seen.push_str(&line);
+        line.clear();
+    }
+    assert!(
+        line.contains("waiting for a client"),
+        "server did not start: {seen}{line}"
+    );
+    seen.push_str(&line);
+    let rest = std::thread::spawn(move || {
+        let mut s = seen;
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    (server, port, rest)
+}
+
+#[test]
+fn server_bounds_control_lines_and_stripes() {
+    use std::io::{BufRead, Write};
+    use std::net::TcpStream;
+    // A line without end: the server stops reading it long before 64 MiB.
+    let (mut server, port, stderr) = start_server("write-bw", &[]);
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let chunk = vec![b' '; 1 << 20];
+    let sent = (0..64)
+        .take_while(|_| sock.write_all(&chunk).is_ok())
+        .count();
+    assert!(sent < 64, "the server took a 64 MiB control line");
+    assert!(!server.wait().unwrap().success());
+    let err = stderr.join().unwrap();
+    assert!(err.contains("longer than"), "{err}");
+
+    // A hello asking for more memory than the server registers is refused, with the reason.
+    let (mut server, port, stderr) = start_server("write-bw", &[]);
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let hello = r#"{"msg":"hello","protocol":1,"fabric":"tcp","verb":"write","metric":"bw","streams":1,"depth":1,"bidirectional":false,"stripe":4294967296}"#;
+    writeln!(sock, "{hello}").unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(&sock)
+        .read_line(&mut reply)
+        .unwrap();
+    assert!(
+        reply.contains("\"error\"") && reply.contains("4294967296"),
+        "{reply}"
+    );
+    assert!(!server.wait().unwrap().success());
+    drop(stderr);
+}
+
+#[test]
+fn client_timeout_is_worded_for_a_person() {
+    // A "server" that accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let hold = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let out = run(&[
+        "write-bw",
+        "--fabric",
+        "tcp",
+        "-p",
+        &port,
+        "--timeout",
+        "1",
+        "127.0.0.1",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+    assert!(err.contains("no answer") && err.contains("1 s"), "{err}");
+    drop(hold.join());
+}
+
+#[test]
+fn server_binds_the_address_asked_for() {
+    let (server, port, stderr) = start_server("write-bw", &["--bind", "127.0.0.1"]);
+    let out = run(&[
+        "write-bw",
+        "--fabric",
+        "tcp",
+        "-p",
+        &port.to_string(),
+        "--timeout",
+        "30",
+        "-n",
+        "20",
+        "127.0.0.1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut server = server;
+    assert!(server.wait().unwrap().success());
+    let err = stderr.join().unwrap();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[test]
+fn unknown_device_says_what_there_is() {
+    for args in [
+        &["info", "-d", "nope"][..],
+        &["write-bw", "-d", "nope", "-n", "5"][..],
+    ] {
+        let out = run(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("'nope' not found"), "{args:?}: {err}");
+        assert!(!err.contains("devices: )"), "{args:?}: {err}");
+        assert!(
+            err.contains("the devices are") || err.contains("no RDMA device"),
+            "{args:?}: {err}"
+        );
+    }
+}

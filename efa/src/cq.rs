@@ -334,8 +334,9 @@ impl Cq {
         self.core.poll_into(out)
     }
 
-    /// Poll until `want` completions arrived or `timeout` passed, writing them into `out`
-    /// (`want` is capped at `out.len()`). Returns how many arrived.
+    /// Poll until `want` completions arrived or `timeout` passed (`Duration::MAX`: no
+    /// deadline), writing them into `out` (`want` is capped at `out.len()`). Returns how many
+    /// arrived.
     pub fn wait_into(
         &mut self,
         out: &mut [WorkCompletion],
@@ -343,11 +344,12 @@ impl Cq {
         timeout: std::time::Duration,
     ) -> Result<usize> {
         let want = want.min(out.len());
-        let deadline = std::time::Instant::now() + timeout;
+        // `elapsed` rather than a deadline sum: `Duration::MAX` waits for ever.
+        let start = std::time::Instant::now();
         let mut got = 0;
         while got < want {
             got += self.poll_into(&mut out[got..want])?;
-            if got < want && std::time::Instant::now() >= deadline {
+            if got < want && start.elapsed() >= timeout {
                 break;
             }
             if got < want {

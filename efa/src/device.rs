@@ -267,9 +267,11 @@ pub fn efa_driver_version() -> Option<String> {
     sysfs::efa_driver_version()
 }
 
-/// Read the hardware counters of a device by name from the standard sysfs location.
+/// Read the hardware counters of a device by name from the standard sysfs location. A name
+/// that is no device there (or not a plain name, such as `../x`) is
+/// [`Error::NoSuchDevice`].
 pub fn hw_counters(device: &str) -> Result<sysfs::HwCounters> {
-    sysfs::hw_counters(&Path::new(sysfs::INFINIBAND_CLASS).join(device))
+    sysfs::device_counters(Path::new(sysfs::INFINIBAND_CLASS), device)
 }
 
 #[cfg(test)]

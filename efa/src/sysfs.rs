@@ -112,6 +112,22 @@ pub fn hw_counters(ibdev_path: &Path) -> Result<HwCounters> {
     })
 }
 
+/// The hardware counters of the device named `device` in the device class directory `class`
+/// (normally [`INFINIBAND_CLASS`]). A name that is not a plain directory entry (empty, `.`,
+/// `..`, or with a `/` or NUL) or names no device there is [`Error::NoSuchDevice`], never an
+/// empty set read from elsewhere.
+pub fn device_counters(class: &Path, device: &str) -> Result<HwCounters> {
+    let plain =
+        !device.is_empty() && device != "." && device != ".." && !device.contains(['/', '\0']);
+    let dir = class.join(device);
+    if !plain || !dir.is_dir() {
+        return Err(Error::NoSuchDevice {
+            name: device.to_string(),
+        });
+    }
+    hw_counters(&dir)
+}
+
 /// The GID type text of `ports/<port>/gid_attrs/types/<index>`.
 pub fn gid_type(ibdev_path: &Path, port: u8, index: u32) -> crate::gid::GidType {
     let path = ibdev_path.join(format!("ports/{port}/gid_attrs/types/{index}"));
@@ -131,6 +147,33 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn counters_of_unknown_or_non_plain_device_names_are_refused() {
+        let root = scratch("names");
+        let class = root.join("class/infiniband");
+        fs::create_dir_all(class.join("rxe0/hw_counters")).unwrap();
+        fs::write(class.join("rxe0/hw_counters/rx_pkts"), "7\n").unwrap();
+        assert_eq!(
+            device_counters(&class, "rxe0").unwrap().get("rx_pkts"),
+            Some(7)
+        );
+        for bad in [
+            "nope",
+            "",
+            ".",
+            "..",
+            "../../../proc/self",
+            "rxe0/..",
+            "a\0b",
+        ] {
+            assert!(
+                matches!(device_counters(&class, bad), Err(Error::NoSuchDevice { ref name }) if name == bad),
+                "{bad:?}"
+            );
+        }
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

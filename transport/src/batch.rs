@@ -4,15 +4,17 @@
 //! completion goes straight to its counters: no map, no lock.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
-use std::sync::OnceLock;
 
+use crate::store::RequestStore;
 use crate::{FailReason, TransportError};
 
 /// Handle of an allocated batch. Stale after [`Engine::free_batch`](crate::Engine::free_batch)
 /// or [`Engine::recycle_batch`](crate::Engine::recycle_batch): using it then is a
-/// [`TransportError::StaleBatch`].
+/// [`TransportError::StaleBatch`]. Only the engine that allocated it accepts it (another
+/// engine refuses it with [`TransportError::ForeignHandle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchId {
+    pub(crate) engine: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
@@ -126,9 +128,21 @@ impl RequestSlot {
 
 const SLOT_FREE: u64 = 0;
 const SLOT_USED: u64 = 1;
+/// Free or recycle is checking whether work requests are in flight (it may go back to USED).
 const SLOT_CLOSING: u64 = 2;
+/// Free, recycle or allocate owns the slot: its request storage may change. Readers stay out.
+const SLOT_FREEING: u64 = 3;
 
-/// One batch slot. Request storage is allocated once per slot and reused.
+/// How long free, recycle and allocate wait for status readers to leave a slot (they hold it
+/// only for a read, so this is never reached in practice; then the call reports busy).
+const READERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One batch slot: counters, and request storage sized to what is used (see `store.rs`).
+///
+/// Request storage is read under a *read pin* ([`BatchSlot::pin`]): status reads, cancel and
+/// timeouts, submits, and completions (one pin per run of completions of the batch). Its
+/// storage changes only in the FREEING state, entered with no work request in flight and
+/// held until the pins are gone.
 #[derive(Debug, Default)]
 pub(crate) struct BatchSlot {
     state: AtomicU64,
@@ -141,7 +155,34 @@ pub(crate) struct BatchSlot {
     pub failed: AtomicU32,
     pub timed_out: AtomicU32,
     pub cancelled: AtomicU32,
-    pub requests: OnceLock<Box<[RequestSlot]>>,
+    /// Read pins held.
+    readers: AtomicU32,
+    store: RequestStore,
+}
+
+/// Proof that a slot's request storage stays as it is; see [`BatchSlot::pin`].
+pub(crate) struct ReadPin<'a> {
+    slot: &'a BatchSlot,
+}
+
+impl ReadPin<'_> {
+    /// Request `i`, if it has storage (every reserved request has).
+    #[inline]
+    pub(crate) fn request(&self, i: u32) -> Option<&RequestSlot> {
+        self.slot.store.get(i)
+    }
+
+    /// Allocates storage for requests `first..first + n` where missing.
+    pub(crate) fn ensure(&self, first: u32, n: u32) {
+        self.slot.store.ensure(first, n)
+    }
+}
+
+impl Drop for ReadPin<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.slot.readers.fetch_sub(1, Release);
+    }
 }
 
 #[inline]
@@ -158,8 +199,40 @@ impl BatchSlot {
         self.state.load(SeqCst) == slot_state(id.generation, SLOT_USED)
     }
 
-    pub(crate) fn requests(&self) -> &[RequestSlot] {
-        self.requests.get().map(|b| &b[..]).unwrap_or(&[])
+    /// Pins the request storage if the slot is in use (or being checked for closing) by a
+    /// generation whose low `mask` bits equal `generation`.
+    #[inline]
+    fn pin_where(&self, generation: u32, mask: u32) -> Option<ReadPin<'_>> {
+        self.readers.fetch_add(1, SeqCst);
+        let pin = ReadPin { slot: self };
+        let s = self.state.load(SeqCst);
+        let live = matches!(s & 3, SLOT_USED | SLOT_CLOSING);
+        (live && (s >> 2) as u32 & mask == generation & mask).then_some(pin)
+    }
+
+    /// Pins the request storage of batch `id` (see [`ReadPin`]).
+    #[inline]
+    pub(crate) fn pin(&self, id: BatchId) -> Option<ReadPin<'_>> {
+        self.pin_where(id.generation, u32::MAX)
+    }
+
+    /// Pins the request storage for a completion whose token carries the low 12 bits of the
+    /// generation.
+    #[inline]
+    pub(crate) fn pin_token(&self, gen12: u32) -> Option<ReadPin<'_>> {
+        self.pin_where(gen12, 0xfff)
+    }
+
+    /// Waits (bounded) until no read pin is held; the caller has moved the slot to FREEING.
+    fn await_readers(&self) -> bool {
+        let start = std::time::Instant::now();
+        while self.readers.load(SeqCst) != 0 {
+            if start.elapsed() >= READERS_WAIT {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
     }
 
     pub(crate) fn status(&self) -> BatchStatus {
@@ -189,7 +262,29 @@ impl BatchSlot {
         self.in_flight.fetch_sub(1, Release);
     }
 
-    /// Reserves `n` request indices; returns the first.
+    /// Counts `n` more work requests in flight, unless that would pass [`MAX_IN_FLIGHT`].
+    #[inline]
+    pub(crate) fn add_in_flight(&self, id: BatchId, n: u64) -> Result<(), TransportError> {
+        let add = |cur: u32| {
+            u32::try_from(n)
+                .ok()
+                .and_then(|n| cur.checked_add(n))
+                .filter(|&v| v <= MAX_IN_FLIGHT)
+        };
+        self.in_flight
+            .fetch_update(AcqRel, Acquire, add)
+            .map(drop)
+            .map_err(|in_flight| TransportError::TooManyInFlight {
+                batch: id,
+                in_flight,
+                adding: n,
+                max: MAX_IN_FLIGHT,
+            })
+    }
+
+    /// Reserves `n` request indices; returns the first. Callers validate their requests first:
+    /// a reservation is never given back (another submit may have reserved after it), so every
+    /// reserved index must be started.
     pub(crate) fn reserve(&self, id: BatchId, n: usize) -> Result<u32, TransportError> {
         let cap = self.capacity.load(Acquire);
         let mut cur = self.submitted.load(Acquire);
@@ -212,15 +307,6 @@ impl BatchSlot {
         }
     }
 
-    /// Gives back reserved indices `first..first+n` when validation failed. Only succeeds if
-    /// nothing was reserved after them; otherwise they stay `Waiting` forever (harmless:
-    /// they count as not submitted in `open` and never pend).
-    pub(crate) fn unreserve(&self, first: u32, n: usize) {
-        let _ = self
-            .submitted
-            .compare_exchange(first + n as u32, first, AcqRel, Relaxed);
-    }
-
     /// Ends a request when its last work request completed: `Some(true)` completed,
     /// `Some(false)` failed, `None` if it had already left Pending (timed out, cancelled). The
     /// caller updates the batch counters (see `Tally`), so a poll of many completions touches
@@ -235,16 +321,20 @@ impl BatchSlot {
         }
     }
 
-    /// Moves every Pending request to TimedOut (or Cancelled); returns how many moved.
-    pub(crate) fn abandon(&self, cancelled: bool) -> u32 {
-        let n = self.submitted.load(Acquire) as usize;
+    /// Moves every Pending request of batch `id` to TimedOut (or Cancelled); returns how many
+    /// moved.
+    pub(crate) fn abandon(&self, id: BatchId, cancelled: bool) -> u32 {
+        let Some(pin) = self.pin(id) else {
+            return 0;
+        };
+        let n = self.submitted.load(Acquire);
         let to = if cancelled {
             ST_CANCELLED
         } else {
             ST_TIMED_OUT
         };
         let mut moved = 0;
-        for r in self.requests().iter().take(n) {
+        for r in (0..n).filter_map(|i| pin.request(i)) {
             if r.leave_pending(to) {
                 moved += 1;
                 self.open.fetch_sub(1, Release);
@@ -270,17 +360,34 @@ impl BatchSlot {
 /// All batch slots of an engine.
 #[derive(Debug)]
 pub(crate) struct BatchTable {
+    /// Id of the owning engine, carried by every handle.
+    engine: u32,
     pub slots: Box<[BatchSlot]>,
 }
 
 impl BatchTable {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(engine: u32, max: usize) -> Self {
         BatchTable {
+            engine,
             slots: (0..max).map(|_| BatchSlot::default()).collect(),
         }
     }
 
+    /// Refuses a handle of another engine.
+    #[inline]
+    pub(crate) fn check(&self, id: BatchId) -> Result<(), TransportError> {
+        if id.engine == self.engine {
+            Ok(())
+        } else {
+            Err(TransportError::ForeignHandle {
+                handle: crate::Handle::Batch(id),
+                engine: self.engine,
+            })
+        }
+    }
+
     pub(crate) fn get(&self, id: BatchId) -> Result<&BatchSlot, TransportError> {
+        self.check(id)?;
         let slot = self
             .slots
             .get(id.index as usize)
@@ -292,70 +399,68 @@ impl BatchTable {
         }
     }
 
+    /// Allocates a batch. Prefers a free slot whose storage already holds `capacity` requests
+    /// (then nothing is allocated); else any free slot, whose table is resized.
     pub(crate) fn allocate(&self, capacity: u32) -> Result<BatchId, TransportError> {
         if capacity == 0 || capacity > MAX_BATCH_CAPACITY {
             return Err(TransportError::Config(format!(
                 "batch capacity {capacity} not in 1..={MAX_BATCH_CAPACITY}"
             )));
         }
-        // Prefer a slot whose storage already fits, so reuse allocates nothing.
-        let fits = |s: &BatchSlot| {
-            s.requests
-                .get()
-                .is_some_and(|r| r.len() >= capacity as usize)
-        };
-        let fresh = |s: &BatchSlot| s.requests.get().is_none();
         for pass in 0..2 {
             for (i, slot) in self.slots.iter().enumerate() {
-                let ok = if pass == 0 { fits(slot) } else { fresh(slot) };
-                if !ok {
+                if pass == 0 && slot.store.ready() < capacity {
                     continue;
                 }
-                let s = slot.state.load(SeqCst);
-                if s & 3 != SLOT_FREE {
-                    continue;
+                if let Some(generation) = Self::take(slot, capacity) {
+                    return Ok(BatchId {
+                        engine: self.engine,
+                        index: i as u32,
+                        generation,
+                    });
                 }
-                let generation = (s >> 2) as u32;
-                if slot
-                    .state
-                    .compare_exchange(s, slot_state(generation, SLOT_CLOSING), SeqCst, SeqCst)
-                    .is_err()
-                {
-                    continue;
-                }
-                let reqs = slot.requests.get_or_init(|| {
-                    (0..capacity.next_power_of_two())
-                        .map(|_| RequestSlot::default())
-                        .collect()
-                });
-                if reqs.len() < capacity as usize {
-                    // Lost a race with a smaller initialisation; put the slot back.
-                    slot.state.store(slot_state(generation, SLOT_FREE), SeqCst);
-                    continue;
-                }
-                slot.reset(capacity);
-                slot.state.store(slot_state(generation, SLOT_USED), SeqCst);
-                return Ok(BatchId {
-                    index: i as u32,
-                    generation,
-                });
             }
         }
         Err(TransportError::Exhausted {
-            what: "batch slots with enough capacity",
+            what: "batch slots",
             max: self.slots.len(),
         })
     }
 
+    /// Takes `slot` if it is free and sets it up for `capacity`; returns its generation.
+    fn take(slot: &BatchSlot, capacity: u32) -> Option<u32> {
+        let s = slot.state.load(SeqCst);
+        if s & 3 != SLOT_FREE {
+            return None;
+        }
+        let generation = (s >> 2) as u32;
+        let freeing = slot_state(generation, SLOT_FREEING);
+        slot.state
+            .compare_exchange(s, freeing, SeqCst, SeqCst)
+            .ok()?;
+        if !slot.await_readers() {
+            slot.state.store(s, SeqCst);
+            return None;
+        }
+        // SAFETY: FREEING with no read pin: nobody else touches the storage (pins fail in this
+        // state, and a free slot has no work request in flight).
+        unsafe { slot.store.fit(capacity) };
+        slot.capacity.store(capacity, Relaxed);
+        slot.state.store(slot_state(generation, SLOT_USED), SeqCst);
+        Some(generation)
+    }
+
     /// Frees (`reuse == false`) or recycles the batch. Refused while work requests are in flight.
     pub(crate) fn release(&self, id: BatchId, reuse: bool) -> Result<BatchId, TransportError> {
+        self.check(id)?;
         let slot = self
             .slots
             .get(id.index as usize)
             .ok_or(TransportError::StaleBatch(id))?;
+        let used = slot_state(id.generation, SLOT_USED);
         slot.state
             .compare_exchange(
-                slot_state(id.generation, SLOT_USED),
+                used,
                 slot_state(id.generation, SLOT_CLOSING),
                 SeqCst,
                 SeqCst,
@@ -363,23 +468,35 @@ impl BatchTable {
             .map_err(|_| TransportError::StaleBatch(id))?;
         let in_flight = slot.in_flight.load(SeqCst);
         if in_flight != 0 {
-            slot.state
-                .store(slot_state(id.generation, SLOT_USED), SeqCst);
+            slot.state.store(used, SeqCst);
             return Err(TransportError::BatchBusy {
                 batch: id,
                 in_flight,
             });
         }
+        slot.state
+            .store(slot_state(id.generation, SLOT_FREEING), SeqCst);
+        if !slot.await_readers() {
+            slot.state.store(used, SeqCst);
+            return Err(TransportError::BatchBusy {
+                batch: id,
+                in_flight: 0,
+            });
+        }
         // Token generations are 12 bits wide; skip none, the full generation is checked too.
         let generation = id.generation.wrapping_add(1);
+        let cap = slot.capacity.load(Acquire);
+        slot.reset(cap);
         if reuse {
-            let cap = slot.capacity.load(Acquire);
-            slot.reset(cap);
             slot.state.store(slot_state(generation, SLOT_USED), SeqCst);
         } else {
+            // SAFETY: FREEING with no read pin and no work request in flight: nothing
+            // references the storage.
+            unsafe { slot.store.trim() };
             slot.state.store(slot_state(generation, SLOT_FREE), SeqCst);
         }
         Ok(BatchId {
+            engine: self.engine,
             index: id.index,
             generation,
         })
@@ -387,9 +504,10 @@ impl BatchTable {
 }
 
 impl BatchSlot {
+    /// Empties the slot's counters and requests. Called in the FREEING state only.
     fn reset(&self, capacity: u32) {
-        let used = self.submitted.load(Acquire) as usize;
-        for r in self.requests().iter().take(used) {
+        let used = self.submitted.load(Acquire);
+        for r in (0..used).filter_map(|i| self.store.get(i)) {
             r.status.store(ST_WAITING, Relaxed);
         }
         self.capacity.store(capacity, Relaxed);
@@ -398,10 +516,15 @@ impl BatchSlot {
         self.completed.store(0, Relaxed);
         self.failed.store(0, Relaxed);
         self.timed_out.store(0, Relaxed);
-        self.cancelled.store(0, Relaxed);
-        self.in_flight.store(0, Release);
+        // `in_flight` is left alone: it is 0 (checked before FREEING) but for the transient
+        // +1 of a stale `enter`, which takes it back itself; storing 0 could make it wrap.
+        self.cancelled.store(0, Release);
     }
 }
+
+/// Most work requests a batch counts in flight at once (half the counter's range, so a count
+/// can never wrap).
+pub(crate) const MAX_IN_FLIGHT: u32 = u32::MAX / 2;
 
 /// Largest batch capacity (request indices are 32-bit in tokens; kept far lower so a slot's
 /// storage stays reasonable).
@@ -447,7 +570,7 @@ mod tests {
 
     #[test]
     fn allocate_free_reuse_and_stale() {
-        let t = BatchTable::new(2);
+        let t = BatchTable::new(1, 2);
         let a = t.allocate(4).unwrap();
         let b = t.allocate(8).unwrap();
         assert!(matches!(

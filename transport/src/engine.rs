@@ -1,35 +1,46 @@
 //! The engine: segments, names, remote segments, batches. Shared by all threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchTable, MAX_BATCH_CAPACITY};
-use crate::descriptor::{RailDescriptor, SegmentDescriptor};
-use crate::fabric::{Capabilities, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS};
+use crate::descriptor::{RailDescriptor, SegmentDescriptor, MAX_NAME_LEN};
+use crate::fabric::{
+    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
+};
 use crate::metadata::{Metadata, MetadataError};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
+use crate::worker::reap_orphans;
 use crate::{
-    Access, BatchId, BatchStatus, FabricError, Location, Notifications, OwnedMemory, RequestStatus,
-    TransportError, Worker,
+    Access, BatchId, BatchStatus, FabricError, Handle, Location, Notifications, OwnedMemory,
+    RequestStatus, TransportError, Worker,
 };
 
-/// Handle of a local segment. Stale after [`Engine::unregister`].
+/// Handle of a local segment. Stale after [`Engine::unregister`]. Only the engine that
+/// registered it accepts it (another engine refuses it with
+/// [`TransportError::ForeignHandle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentId {
+    pub(crate) engine: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
 
-/// Handle of an opened remote segment. Stale after [`Engine::close_segment`].
+/// Handle of an opened remote segment. Stale after [`Engine::close_segment`]. Only the engine
+/// that opened it accepts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RemoteSegment {
+    pub(crate) engine: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
+
+/// Engine ids, unique in the process (handles carry the id of their engine).
+static NEXT_ENGINE_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Public facts about a local segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,23 +83,94 @@ pub(crate) struct RemoteEntry {
     pub desc: SegmentDescriptor,
 }
 
+/// Most local segments, remote segments or batches an engine may be configured for.
+pub const MAX_TABLE: usize = 1 << 16;
+/// Most notification tags an engine may be configured for.
+pub const MAX_NOTIFY_TAGS: u32 = 1 << 20;
+
+/// Refuses `value` outside `range` as setting `field`, naming both.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), TransportError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(TransportError::Config(format!(
+        "{field} = {value} is out of range (expected {}..={})",
+        range.start(),
+        range.end()
+    )))
+}
+
+/// Refuses a name a descriptor cannot carry, or that no one could ask for: empty, with a NUL
+/// byte, or longer than [`MAX_NAME_LEN`]. The error quotes only its start.
+fn check_name(what: &'static str, name: &str) -> Result<(), TransportError> {
+    let reason = if name.is_empty() {
+        "is empty"
+    } else if name.contains('\0') {
+        "contains a NUL byte"
+    } else if name.len() > MAX_NAME_LEN {
+        "is longer than the 1024 bytes a descriptor carries"
+    } else {
+        return Ok(());
+    };
+    let mut preview: String = name.chars().take(40).collect();
+    if preview.len() < name.len() {
+        preview.push('…');
+    }
+    Err(TransportError::BadName {
+        what,
+        preview,
+        len: name.len(),
+        reason,
+    })
+}
+
+/// Refuses a memory range that cannot be registered.
+fn check_memory(addr: u64, len: u64) -> Result<(), TransportError> {
+    let reason = if addr == 0 {
+        "the address is null"
+    } else if len == 0 {
+        "the length is 0"
+    } else if addr.checked_add(len).is_none() {
+        "the range wraps around the address space"
+    } else {
+        return Ok(());
+    };
+    Err(TransportError::BadMemory { addr, len, reason })
+}
+
+/// Refuses settings that cannot work or would exhaust memory.
+fn check_config(c: &EngineConfig) -> Result<(), TransportError> {
+    check_name("engine", &c.name)?;
+    check_range("slice_size", c.slice_size, 1..=u64::MAX)?;
+    check_range("max_segments", c.max_segments, 1..=MAX_TABLE)?;
+    check_range("max_remote_segments", c.max_remote_segments, 1..=MAX_TABLE)?;
+    check_range("max_batches", c.max_batches, 1..=MAX_TABLE)?;
+    check_range("notify_tags", c.notify_tags, 0..=MAX_NOTIFY_TAGS)
+}
+
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
     /// Engine name (owner of its segments in the metadata service).
     pub name: String,
-    /// Slice size for splitting requests (clamped to the fabric's `max_transfer_size`).
+    /// Slice size for splitting requests (at least 1; clamped to the fabric's
+    /// `max_transfer_size`).
     pub slice_size: u64,
-    /// Most local segments.
+    /// Most local segments, `1..=MAX_TABLE`.
     pub max_segments: usize,
-    /// Most remote segments open at once.
+    /// Most remote segments open at once, `1..=MAX_TABLE`.
     pub max_remote_segments: usize,
-    /// Most batches allocated at once.
+    /// Most batches allocated at once, `1..=MAX_TABLE`. A batch's request storage grows with
+    /// the requests submitted to it and is given back when it is freed.
     pub max_batches: usize,
-    /// Notification tags (`0..notify_tags`).
+    /// Notification tags (`0..notify_tags`), at most `MAX_NOTIFY_TAGS`.
     pub notify_tags: u32,
     /// How long a submit keeps retrying against a full send queue before failing the rest of
-    /// its work requests with `FLUSHED`.
+    /// its work requests with `FLUSHED` (`Duration::MAX`: for as long as it takes).
     pub submit_timeout: Duration,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,
@@ -126,6 +208,7 @@ impl std::fmt::Debug for EngineConfig {
 }
 
 pub(crate) struct Inner {
+    pub id: u32,
     pub name: String,
     pub fabric: Arc<dyn Fabric>,
     pub caps: Capabilities,
@@ -139,6 +222,45 @@ pub(crate) struct Inner {
     pub submit_timeout: Duration,
     names: Mutex<HashMap<String, SegmentId>>,
     revision: AtomicU64,
+    /// Endpoints of dropped workers with work requests still in flight (see
+    /// [`Worker`](crate::Worker#dropping-a-worker)), and how many there are.
+    pub orphans: Mutex<Vec<Box<dyn Endpoint>>>,
+    pub orphan_count: AtomicUsize,
+}
+
+impl Inner {
+    /// Takes over the endpoint of a dropped worker that still has work requests in flight.
+    pub(crate) fn adopt(&self, ep: Box<dyn Endpoint>) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
+        orphans.push(ep);
+        self.orphan_count.store(orphans.len(), Ordering::Release);
+    }
+
+    /// Refuses a segment handle of another engine.
+    #[inline]
+    pub(crate) fn check_segment(&self, segment: SegmentId) -> Result<(), TransportError> {
+        if segment.engine == self.id {
+            Ok(())
+        } else {
+            Err(TransportError::ForeignHandle {
+                handle: Handle::Segment(segment),
+                engine: self.id,
+            })
+        }
+    }
+
+    /// Refuses a remote segment handle of another engine.
+    #[inline]
+    pub(crate) fn check_remote(&self, remote: RemoteSegment) -> Result<(), TransportError> {
+        if remote.engine == self.id {
+            Ok(())
+        } else {
+            Err(TransportError::ForeignHandle {
+                handle: Handle::Remote(remote),
+                engine: self.id,
+            })
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -147,6 +269,12 @@ impl Drop for Inner {
     /// descriptor *before* the owned memory is freed, so no peer can reach freed memory: their
     /// requests fail with `REMOTE_BAD_ADDRESS` instead.
     fn drop(&mut self) {
+        // Dropped workers' endpoints first: once gone, their fabric resources no longer touch
+        // the memory deregistered below.
+        self.orphans
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         for entry in self.segments.drain() {
             let _ = self.metadata.remove(&entry.name);
             let _ = self.fabric.deregister(&entry.registration);
@@ -190,35 +318,37 @@ impl Engine {
                 caps.rails
             )));
         }
-        if config.slice_size == 0 {
-            return Err(TransportError::Config("slice_size 0".into()));
-        }
-        if config.max_batches == 0 || config.max_batches > 1 << 16 {
-            return Err(TransportError::Config(format!(
-                "max_batches {} not in 1..=65536",
-                config.max_batches
-            )));
-        }
+        check_config(&config)?;
         let notifications = Arc::new(Notifications::new(config.notify_tags));
         fabric.bind_notifications(notifications.clone());
         let plan = SlicePlan::new(config.slice_size, caps.max_transfer_size);
+        let id = NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Engine {
             inner: Arc::new(Inner {
+                id,
                 name: config.name,
                 fabric,
                 caps,
                 metadata,
                 segments: Slab::new(config.max_segments),
                 remotes: Slab::new(config.max_remote_segments),
-                batches: BatchTable::new(config.max_batches),
+                batches: BatchTable::new(id, config.max_batches),
                 notifications,
                 plan,
                 policy: config.rail_policy,
                 submit_timeout: config.submit_timeout,
                 names: Mutex::new(HashMap::new()),
                 revision: AtomicU64::new(1),
+                orphans: Mutex::new(Vec::new()),
+                orphan_count: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// The engine's id, unique in the process. Every handle it issues carries it, and it
+    /// refuses handles with another id ([`TransportError::ForeignHandle`]).
+    pub fn id(&self) -> u32 {
+        self.inner.id
     }
 
     /// The engine's name.
@@ -253,6 +383,11 @@ impl Engine {
 
     /// Registers memory the engine does not own and publishes it as segment `name`.
     ///
+    /// Refused with a typed error: a bad name ([`TransportError::BadName`]: empty, with a NUL
+    /// byte, or over 1024 bytes), a null, empty or wrapping range
+    /// ([`TransportError::BadMemory`]), a name already registered. The location is the
+    /// caller's word (the engine cannot tell host from device memory here).
+    ///
     /// # Safety
     ///
     /// `addr..addr+len` must stay valid for reads and writes until [`Engine::unregister`]
@@ -269,7 +404,9 @@ impl Engine {
         self.register_inner(name, addr as u64, len as u64, location, access, None)
     }
 
-    /// Registers engine-owned memory as segment `name`. The memory is reachable only through
+    /// Registers engine-owned memory as segment `name` (checked as in
+    /// [`Engine::register_memory`]; owned memory is host memory, so a `gpu:N` location is
+    /// refused with [`TransportError::BadLocation`]). The memory is reachable only through
     /// [`Engine::read_owned`], [`Engine::write_owned`] and transfers until
     /// [`Engine::unregister`] returns it.
     pub fn register_owned(
@@ -293,15 +430,13 @@ impl Engine {
         owned: Option<OwnedMemory>,
     ) -> Result<SegmentId, TransportError> {
         let inner = &*self.inner;
-        if len == 0 {
-            return Err(TransportError::Config(format!(
-                "segment {name:?} has length 0"
-            )));
-        }
-        if addr.checked_add(len).is_none() {
-            return Err(TransportError::Config(format!(
-                "segment {name:?} range {addr:#x}+{len} overflows"
-            )));
+        check_name("segment", name)?;
+        check_memory(addr, len)?;
+        if owned.is_some() && matches!(location, Location::Gpu(_)) {
+            return Err(TransportError::BadLocation {
+                location,
+                reason: "memory the engine owns is host memory (use cpu:N)",
+            });
         }
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         if names.contains_key(name) {
@@ -357,7 +492,11 @@ impl Engine {
         };
         match inner.segments.insert(entry) {
             Ok((index, generation)) => {
-                let id = SegmentId { index, generation };
+                let id = SegmentId {
+                    engine: inner.id,
+                    index,
+                    generation,
+                };
                 names.insert(name.to_string(), id);
                 Ok(id)
             }
@@ -378,6 +517,8 @@ impl Engine {
     /// the engine owned it.
     pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
         let inner = &*self.inner;
+        inner.check_segment(segment)?;
+        reap_orphans(inner, true);
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = inner
             .segments
@@ -399,6 +540,7 @@ impl Engine {
         segment: SegmentId,
         f: impl FnOnce(&LocalEntry) -> R,
     ) -> Result<R, TransportError> {
+        self.inner.check_segment(segment)?;
         let segs = &self.inner.segments;
         let e = segs
             .pin(segment.index, segment.generation)
@@ -518,7 +660,11 @@ impl Engine {
                     what: "remote segments",
                     max: inner.remotes.capacity(),
                 })?;
-        Ok(RemoteSegment { index, generation })
+        Ok(RemoteSegment {
+            engine: inner.id,
+            index,
+            generation,
+        })
     }
 
     /// The descriptor an open remote segment was opened with.
@@ -526,6 +672,7 @@ impl Engine {
         &self,
         remote: RemoteSegment,
     ) -> Result<SegmentDescriptor, TransportError> {
+        self.inner.check_remote(remote)?;
         let r = &self.inner.remotes;
         let e = r
             .pin(remote.index, remote.generation)
@@ -538,6 +685,7 @@ impl Engine {
     /// Closes a remote segment handle. Requests already submitted are unaffected (they carry
     /// what they need); new ones using the handle fail validation.
     pub fn close_segment(&self, remote: RemoteSegment) -> Result<(), TransportError> {
+        self.inner.check_remote(remote)?;
         // Pins on remote segments last only for the length of a submit call, so a short bounded
         // retry rides them out.
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -581,12 +729,16 @@ impl Engine {
     /// Frees a batch. Refused with [`TransportError::BatchBusy`] while its work requests are in
     /// flight (also after a timeout or cancel: drain it with [`Worker::drain`] first).
     pub fn free_batch(&self, batch: BatchId) -> Result<(), TransportError> {
+        self.inner.batches.check(batch)?;
+        reap_orphans(&self.inner, true);
         self.inner.batches.release(batch, false).map(|_| ())
     }
 
     /// Empties a batch for reuse and returns its new handle (the old one becomes stale).
     /// Refused like [`Engine::free_batch`].
     pub fn recycle_batch(&self, batch: BatchId) -> Result<BatchId, TransportError> {
+        self.inner.batches.check(batch)?;
+        reap_orphans(&self.inner, true);
         self.inner.batches.release(batch, true)
     }
 
@@ -600,7 +752,10 @@ impl Engine {
         if index >= slot.submitted.load(Ordering::Acquire) as usize {
             return Err(TransportError::NoSuchRequest { batch, index });
         }
-        let st = slot.requests()[index].status();
+        let st = slot
+            .pin(batch)
+            .and_then(|pin| pin.request(index as u32).map(|r| r.status()))
+            .unwrap_or(RequestStatus::Waiting);
         // The slot could have been recycled between the checks and the read.
         self.inner.batches.get(batch)?;
         Ok(st)
@@ -617,6 +772,17 @@ impl Engine {
     /// Cancels every pending request of a batch; returns how many were cancelled. Their work
     /// requests still complete in the fabric (and are absorbed), so drain before freeing.
     pub fn cancel(&self, batch: BatchId) -> Result<u32, TransportError> {
-        Ok(self.inner.batches.get(batch)?.abandon(true))
+        let slot = self.inner.batches.get(batch)?;
+        let n = slot.abandon(batch, true);
+        reap_orphans(&self.inner, true);
+        Ok(n)
+    }
+
+    /// Applies the completions that have arrived for work requests of dropped workers (see
+    /// [Dropping a worker](Worker#dropping-a-worker)); returns how many. Waits, drains and the
+    /// calls that release resources do this too, so calling it is needed only to let such
+    /// requests finish while nothing else runs.
+    pub fn progress_dropped_workers(&self) -> usize {
+        reap_orphans(&self.inner, true)
     }
 }

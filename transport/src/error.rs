@@ -39,11 +39,14 @@ pub enum FailReason {
     Io = 200,
     /// A fault injected by a test fabric without a more specific name.
     Injected = 201,
+    /// The request is larger than the target accepts in one request (its
+    /// `max_transfer_size`): use a smaller `slice_size`.
+    ExceedsPeerLimit = 202,
 }
 
 impl FailReason {
     /// Every reason, for iteration in tests and tools.
-    pub const ALL: [FailReason; 15] = [
+    pub const ALL: [FailReason; 16] = [
         FailReason::Flushed,
         FailReason::InvalidAh,
         FailReason::InvalidLkey,
@@ -59,6 +62,7 @@ impl FailReason {
         FailReason::FeatureMismatch,
         FailReason::Io,
         FailReason::Injected,
+        FailReason::ExceedsPeerLimit,
     ];
 
     /// The EFA completion-status name (`REMOTE_BAD_ADDRESS`, `UNKNOWN_PEER`, ...).
@@ -79,13 +83,14 @@ impl FailReason {
             FailReason::FeatureMismatch => "FEATURE_MISMATCH",
             FailReason::Io => "IO",
             FailReason::Injected => "INJECTED",
+            FailReason::ExceedsPeerLimit => "EXCEEDS_PEER_LIMIT",
         }
     }
 
     /// The EFA `vendor_err` code, or `None` for reasons EFA has no code for.
     pub const fn vendor_err(self) -> Option<u32> {
         match self {
-            FailReason::Io | FailReason::Injected => None,
+            FailReason::Io | FailReason::Injected | FailReason::ExceedsPeerLimit => None,
             other => Some(other as u32),
         }
     }
@@ -149,6 +154,18 @@ pub enum FabricError {
         /// The rail count.
         rails: u16,
     },
+    /// A configuration value out of range, refused when the fabric is built.
+    #[error("{fabric}: {field} = {value} is out of range (expected {expected})")]
+    BadConfig {
+        /// The fabric (`sim`, `tcp`, ...).
+        fabric: &'static str,
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What it may be.
+        expected: String,
+    },
     /// A peer id that the fabric never handed out.
     #[error("unknown peer id {0}")]
     UnknownPeerId(u32),
@@ -160,6 +177,38 @@ pub enum FabricError {
     Io(String),
 }
 
+/// A handle of the engine API, for errors that concern any kind of handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handle {
+    /// A local segment.
+    Segment(SegmentId),
+    /// An opened remote segment.
+    Remote(RemoteSegment),
+    /// A batch.
+    Batch(BatchId),
+}
+
+impl Handle {
+    /// The engine that issued the handle (see [`Engine::id`](crate::Engine::id)).
+    pub fn engine(self) -> u32 {
+        match self {
+            Handle::Segment(h) => h.engine,
+            Handle::Remote(h) => h.engine,
+            Handle::Batch(h) => h.engine,
+        }
+    }
+}
+
+impl std::fmt::Display for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handle::Segment(h) => write!(f, "{h:?}"),
+            Handle::Remote(h) => write!(f, "{h:?}"),
+            Handle::Batch(h) => write!(f, "{h:?}"),
+        }
+    }
+}
+
 /// Errors of the transport API. Each names the offending value(s).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
@@ -168,6 +217,37 @@ pub enum TransportError {
     ZeroLength {
         /// Index of the request in the submitted slice.
         index: usize,
+    },
+    /// A request that would need more work requests than one request may count.
+    #[error(
+        "request {index}: {len} bytes in slices of {slice_size} need {slices} work requests, \
+         more than the {max} a request may have (raise slice_size or split the request)"
+    )]
+    TooManySlices {
+        /// Index of the request.
+        index: usize,
+        /// Its length.
+        len: u64,
+        /// The slice size in force.
+        slice_size: u64,
+        /// Slices it would need.
+        slices: u64,
+        /// The limit ([`MAX_SLICES_PER_REQUEST`](crate::MAX_SLICES_PER_REQUEST)).
+        max: u64,
+    },
+    /// A submit that would put more work requests in flight on a batch than it can count.
+    #[error(
+        "batch {batch:?}: {in_flight} work requests in flight + {adding} new exceed the limit of {max}"
+    )]
+    TooManyInFlight {
+        /// The batch.
+        batch: BatchId,
+        /// Work requests in flight before the submit.
+        in_flight: u32,
+        /// Work requests the submit needs.
+        adding: u64,
+        /// The limit.
+        max: u32,
     },
     /// Local memory not inside any registered segment.
     #[error("request {index}: local range {addr:#x}+{len} is not inside a registered segment")]
@@ -250,6 +330,36 @@ pub enum TransportError {
         /// This engine's fabric.
         local: String,
     },
+    /// A segment or engine name that cannot be published.
+    #[error("{what} name {preview:?} ({len} bytes) {reason}")]
+    BadName {
+        /// `segment` or `engine`.
+        what: &'static str,
+        /// The start of the name.
+        preview: String,
+        /// Its length in bytes.
+        len: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A memory range that cannot be registered.
+    #[error("memory {addr:#x}+{len} cannot be registered: {reason}")]
+    BadMemory {
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A location that does not fit the memory registered with it.
+    #[error("location {location} does not fit: {reason}")]
+    BadLocation {
+        /// The location given.
+        location: crate::Location,
+        /// Why it does not fit.
+        reason: &'static str,
+    },
     /// A local segment name already registered in this engine.
     #[error("segment name {0:?} already registered")]
     DuplicateName(String),
@@ -322,6 +432,14 @@ pub enum TransportError {
         what: &'static str,
         /// The limit.
         max: usize,
+    },
+    /// A handle issued by another engine (handles are only meaningful to their own engine).
+    #[error("{handle} was issued by engine #{}, not by this engine #{engine}", handle.engine())]
+    ForeignHandle {
+        /// The handle.
+        handle: Handle,
+        /// The id of the engine it was given to.
+        engine: u32,
     },
     /// A bad configuration value.
     #[error("bad configuration: {0}")]

@@ -17,7 +17,14 @@
 //!   Status is readable from any thread ([`Engine::request_status`], [`Engine::batch_status`]).
 //! - Unregistering a segment that requests still use is *refused*
 //!   ([`TransportError::SegmentBusy`]); so is freeing a batch with work requests in flight
-//!   ([`TransportError::BatchBusy`]); drain first ([`Worker::drain`]).
+//!   ([`TransportError::BatchBusy`]); drain first ([`Worker::drain`]). A dropped worker hands
+//!   its work requests in flight to the engine, which completes them (see
+//!   [Dropping a worker](Worker#dropping-a-worker)).
+//! - Handles ([`SegmentId`], [`RemoteSegment`], [`BatchId`]) belong to the engine that issued
+//!   them; another engine refuses them ([`TransportError::ForeignHandle`]).
+//! - Bad input is a typed error naming the offending value, never a panic: requests, names,
+//!   memory ranges, configuration (checked when an engine or fabric is built), and timeouts
+//!   (`Duration::MAX` means no deadline).
 //! - The hot path (submit, post, poll, complete) takes no lock and allocates nothing once warm;
 //!   completions are counted per request and batch with atomics, addressed by the work
 //!   request's token (batch slot, generation, rail, request index).
@@ -71,6 +78,7 @@ mod notify;
 mod request;
 mod slab;
 mod slice;
+mod store;
 mod topology;
 mod worker;
 
@@ -78,13 +86,15 @@ pub use access::Access;
 pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
-pub use engine::{Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo};
-pub use error::{FabricError, FailReason, TransportError};
+pub use engine::{
+    Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
+};
+pub use error::{FabricError, FailReason, Handle, TransportError};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use notify::Notifications;
 pub use request::{LocalAddr, Opcode, Request};
-pub use slice::SlicePlan;
+pub use slice::{SlicePlan, MAX_SLICES_PER_REQUEST};
 pub use topology::{AffinityTable, AllRails, RailPolicy, RailSet};
 pub use worker::Worker;

@@ -36,6 +36,9 @@ pub enum MetadataError {
     /// The service could not be reached or answered with an error.
     #[error("metadata service unavailable: {0}")]
     Unavailable(String),
+    /// A setting of the service is out of range (the message names it and its value).
+    #[error("bad metadata service configuration: {0}")]
+    Config(String),
 }
 
 /// A directory of segment descriptors keyed by name.

@@ -71,23 +71,21 @@ impl Notifications {
         }
     }
 
-    /// Waits until `tag` has at least `n` arrivals or `timeout` passes. Returns the count seen
-    /// last (`>= n` on success). Spins briefly, then yields, then sleeps, so a long wait does not
+    /// Waits until `tag` has at least `n` arrivals or `timeout` passes (`Duration::MAX`: no
+    /// deadline). Returns the count seen last (`>= n` on success). Spins briefly, then yields, then sleeps, so a long wait does not
     /// burn a core.
     pub fn wait_for(&self, tag: u32, n: u64, timeout: Duration) -> Result<u64, TransportError> {
         self.check(tag)?;
         let c = &self.counts[tag as usize];
-        let deadline = Instant::now() + timeout;
+        // `elapsed` rather than a deadline sum: `Duration::MAX` waits for ever.
+        let start = Instant::now();
         let mut spins = 0u32;
         loop {
             let v = c.load(Ordering::Acquire);
-            if v >= n {
+            if v >= n || start.elapsed() >= timeout {
                 return Ok(v);
             }
-            if Instant::now() >= deadline {
-                return Ok(v);
-            }
-            spins += 1;
+            spins = spins.saturating_add(1);
             if spins < 64 {
                 std::hint::spin_loop();
             } else if spins < 256 {

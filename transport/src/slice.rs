@@ -1,5 +1,9 @@
 //! Splitting a request into work-request sized slices.
 
+/// Most work requests (slices) one request may be cut into. A request's outstanding work
+/// requests are counted in 32 bits, and a batch's too; this keeps both far from overflowing.
+pub const MAX_SLICES_PER_REQUEST: u64 = 1 << 24;
+
 /// How requests are cut into slices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlicePlan {

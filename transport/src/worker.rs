@@ -4,12 +4,12 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{token, BatchSlot};
+use crate::batch::{token, BatchSlot, ReadPin, RequestSlot};
 use crate::engine::Inner;
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::{
     Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
-    TransportError,
+    TransportError, MAX_SLICES_PER_REQUEST,
 };
 
 /// Work requests gathered before one bulk post.
@@ -38,6 +38,25 @@ struct Resolved {
 /// endpoint only. Several threads may submit concurrently, each through its own worker (and
 /// then best into their own batches). Status reads through the [`Engine`](crate::Engine) work
 /// from any thread.
+///
+/// # Dropping a worker
+///
+/// Dropping a worker first applies the completions that come within a short grace period (at
+/// most 2 s). Work requests still in flight after that are *handed to the engine*, not lost:
+/// the engine keeps the worker's endpoint and applies its completions as they arrive, whenever
+/// any worker of the engine waits or drains, and whenever [`Engine::cancel`],
+/// [`Engine::free_batch`], [`Engine::recycle_batch`], [`Engine::unregister`] or
+/// [`Engine::progress_dropped_workers`] is called. Each such request ends as its completion
+/// says (a dead peer's fails with `UNRESP_REMOTE` after the fabric's timeout; a cancelled one
+/// stays `Cancelled`) and only then releases its segment and batch, so memory the fabric may
+/// still touch stays registered. Every fabric completes every work request in bounded time,
+/// so nothing stays pinned for good. Dropping the engine drops the endpoints with it.
+///
+/// [`Engine::cancel`]: crate::Engine::cancel
+/// [`Engine::free_batch`]: crate::Engine::free_batch
+/// [`Engine::recycle_batch`]: crate::Engine::recycle_batch
+/// [`Engine::unregister`]: crate::Engine::unregister
+/// [`Engine::progress_dropped_workers`]: crate::Engine::progress_dropped_workers
 pub struct Worker {
     inner: Arc<Inner>,
     ep: Box<dyn Endpoint>,
@@ -89,9 +108,9 @@ impl Worker {
         let inner = self.inner.clone();
         let slot = inner.batches.get(batch)?;
         slot.enter(batch)?;
-        let result = self.submit_entered(&inner, slot, batch, requests);
-        slot.leave();
-        result
+        // Leaves the batch on every exit, unwinding included, so it can always be freed.
+        let _entered = Entered(slot);
+        self.submit_entered(&inner, slot, batch, requests)
     }
 
     fn submit_entered(
@@ -101,44 +120,41 @@ impl Worker {
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
-        let first = slot.reserve(batch, requests.len())?;
-        self.resolved.clear();
-        // Grows only when a submit is larger than any before it.
-        self.resolved.reserve(requests.len());
-        // Consecutive requests on the same segments share one pin operation per run.
-        let mut runs = Runs::default();
-        for (i, r) in requests.iter().enumerate() {
-            match resolve(inner, i, r, &mut runs) {
-                Ok(res) => self.resolved.push(res),
-                Err(e) => {
-                    runs.close_local(inner);
-                    for res in &self.resolved {
-                        inner.segments.unpin(res.local_index);
-                        if res.remote_pin {
-                            inner.remotes.unpin(res.remote_index);
-                        }
-                    }
-                    self.resolved.clear();
-                    slot.unreserve(first, requests.len());
-                    return Err(e);
-                }
-            }
+        // Validate (and pin) everything before reserving indices: a failed submit then never
+        // touches the batch, however other submits interleave with it.
+        self.resolve_all(inner, requests)?;
+        let total: u64 = self.resolved.iter().map(|r| r.slices as u64).sum();
+        if let Err(e) = slot.add_in_flight(batch, total) {
+            self.release_pins(inner);
+            return Err(e);
         }
-        runs.close_local(inner);
-        let total: u32 = self.resolved.iter().map(|r| r.slices).sum();
+        let first = match slot.reserve(batch, requests.len()) {
+            Ok(first) => first,
+            Err(e) => {
+                // Exact: nobody else relies on these counts until the work requests exist.
+                slot.in_flight.fetch_sub(total as u32, AcqRel);
+                self.release_pins(inner);
+                return Err(e);
+            }
+        };
         slot.open.fetch_add(requests.len() as u32, AcqRel);
-        slot.in_flight.fetch_add(total, AcqRel);
-        let reqs = slot.requests();
+        // Held by this submit (`enter`), the batch cannot be freed, so the pin is granted.
+        let pin = slot.pin(batch);
+        if let Some(pin) = &pin {
+            pin.ensure(first, requests.len() as u32);
+        }
         let generation = slot.generation();
         // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
         let resolved = std::mem::take(&mut self.resolved);
         for (k, &res) in resolved.iter().enumerate() {
             let index = first + k as u32;
-            let req = &reqs[index as usize];
-            let Some(local) = inner.segments.get_pinned(res.local_index) else {
-                continue;
-            };
-            let Some(remote) = inner.remotes.get_pinned(res.remote_index) else {
+            let found = (
+                pin.as_ref().and_then(|p| p.request(index)),
+                inner.segments.get_pinned(res.local_index),
+                inner.remotes.get_pinned(res.remote_index),
+            );
+            let (Some(req), Some(local), Some(remote)) = found else {
+                unposted(inner, slot, &res);
                 continue;
             };
             req.segment.store(res.local_index, Relaxed);
@@ -195,10 +211,46 @@ impl Worker {
         Ok(first as usize)
     }
 
+    /// Resolves every request into `self.resolved`, pinning its segments. On an error nothing
+    /// stays pinned and `self.resolved` is empty.
+    fn resolve_all(&mut self, inner: &Inner, requests: &[Request]) -> Result<(), TransportError> {
+        self.resolved.clear();
+        // Grows only when a submit is larger than any before it.
+        self.resolved.reserve(requests.len());
+        // Consecutive requests on the same segments share one pin operation per run.
+        let mut runs = Runs::default();
+        for (i, r) in requests.iter().enumerate() {
+            match resolve(inner, i, r, &mut runs) {
+                Ok(res) => self.resolved.push(res),
+                Err(e) => {
+                    runs.close_local(inner);
+                    self.release_pins(inner);
+                    return Err(e);
+                }
+            }
+        }
+        runs.close_local(inner);
+        Ok(())
+    }
+
+    /// Releases the pins of `self.resolved` (one local pin each, plus the remote run pins) and
+    /// empties it.
+    fn release_pins(&mut self, inner: &Inner) {
+        for res in &self.resolved {
+            inner.segments.unpin(res.local_index);
+            if res.remote_pin {
+                inner.remotes.unpin(res.remote_index);
+            }
+        }
+        self.resolved.clear();
+    }
+
     /// Posts the gathered work requests, polling while queues are full.
     fn flush(&mut self) {
         let mut pos = 0;
-        let mut deadline: Option<Instant> = None;
+        // When the queues first stayed full; measured with `elapsed`, so any timeout (even
+        // `Duration::MAX`, no deadline) is fine.
+        let mut stalled: Option<Instant> = None;
         while pos < self.wrs.len() {
             let n = self.ep.post(&self.wrs[pos..]);
             pos += n;
@@ -206,8 +258,8 @@ impl Worker {
                 break;
             }
             if self.progress() == 0 && n == 0 {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + self.inner.submit_timeout);
-                if Instant::now() >= d {
+                let since = *stalled.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.inner.submit_timeout {
                     // The fabric made no room in time: fail what is left rather than hang.
                     let mut tally = Tally::new();
                     for i in pos..self.wrs.len() {
@@ -242,7 +294,7 @@ impl Worker {
     }
 
     /// Drives completions until every submitted request of `batch` is terminal or `timeout`
-    /// passes; requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
     pub fn wait(
         &mut self,
         batch: BatchId,
@@ -252,14 +304,15 @@ impl Worker {
         let slot = inner.batches.get(batch)?;
         self.drive(timeout, || slot.open.load(Acquire) == 0);
         if slot.open.load(Acquire) != 0 {
-            slot.abandon(false);
+            slot.abandon(batch, false);
         }
         inner.batches.get(batch)?;
         Ok(slot.status())
     }
 
     /// Drives completions until no work request of `batch` is in flight (so it can be freed or
-    /// recycled) or `timeout` passes; returns the status either way.
+    /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
+    /// way.
     pub fn drain(
         &mut self,
         batch: BatchId,
@@ -273,17 +326,21 @@ impl Worker {
     }
 
     fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
-        let mut deadline: Option<Instant> = None;
+        // Read the clock only once polls come back empty; `elapsed` cannot overflow, so
+        // `Duration::MAX` waits for ever.
+        let mut start: Option<Instant> = None;
         let mut idle = 0u32;
         while !done() {
             if self.progress() != 0 {
                 idle = 0;
                 continue;
             }
-            idle += 1;
+            idle = idle.wrapping_add(1);
             if idle % 32 == 0 {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                if Instant::now() >= d {
+                // Dropped workers' requests may be what this wait is for.
+                reap_orphans(&self.inner, false);
+                let start = *start.get_or_insert_with(Instant::now);
+                if start.elapsed() >= timeout {
                     return;
                 }
                 if idle > 1024 {
@@ -294,17 +351,83 @@ impl Worker {
     }
 }
 
+/// How long a dropped worker waits for its own completions before handing the rest to the
+/// engine.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
 impl Drop for Worker {
+    /// See [Dropping a worker](Worker#dropping-a-worker).
     fn drop(&mut self) {
-        // Requests still in flight would pin segments and batches forever; give the fabric a
-        // bounded chance to return them.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.ep.outstanding() > 0 && Instant::now() < deadline {
+        let start = Instant::now();
+        while self.ep.outstanding() > 0 && start.elapsed() < DROP_GRACE {
             if self.progress() == 0 {
                 std::thread::yield_now();
             }
         }
+        if self.ep.outstanding() > 0 {
+            // A zero-sized placeholder: boxing it allocates nothing.
+            let ep = std::mem::replace(&mut self.ep, Box::new(Detached));
+            self.inner.adopt(ep);
+        }
     }
+}
+
+/// The endpoint a dropped worker is left with once the engine took its own.
+struct Detached;
+
+impl Endpoint for Detached {
+    fn post(&mut self, _wrs: &[WorkRequest]) -> usize {
+        0
+    }
+
+    fn poll(&mut self, _out: &mut [Completion]) -> usize {
+        0
+    }
+
+    fn outstanding(&self) -> usize {
+        0
+    }
+}
+
+/// Polls the endpoints of dropped workers and applies their completions; drops those with
+/// nothing left in flight. Returns how many completions were applied. With `wait == false` it
+/// returns at once when another thread is at it.
+pub(crate) fn reap_orphans(inner: &Inner, wait: bool) -> usize {
+    if inner.orphan_count.load(Acquire) == 0 {
+        return 0;
+    }
+    let mut orphans = if wait {
+        inner
+            .orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    } else {
+        match inner.orphans.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return 0,
+        }
+    };
+    let mut comps = [Completion::default(); POLL_BATCH];
+    let mut applied = 0;
+    for ep in orphans.iter_mut() {
+        // Bounded: a few polls per call, the next call continues.
+        for _ in 0..16 {
+            let n = ep.poll(&mut comps);
+            let mut tally = Tally::new();
+            for &c in &comps[..n] {
+                complete(inner, &mut **ep, c, &mut tally);
+            }
+            tally.flush(inner);
+            applied += n;
+            if n < comps.len() {
+                break;
+            }
+        }
+    }
+    orphans.retain(|ep| ep.outstanding() > 0);
+    inner.orphan_count.store(orphans.len(), Release);
+    applied
 }
 
 fn resolve(
@@ -315,6 +438,16 @@ fn resolve(
 ) -> Result<Resolved, TransportError> {
     if r.len == 0 {
         return Err(TransportError::ZeroLength { index });
+    }
+    let slices = inner.plan.count(r.len);
+    if slices > MAX_SLICES_PER_REQUEST {
+        return Err(TransportError::TooManySlices {
+            index,
+            len: r.len,
+            slice_size: inner.plan.slice_size,
+            slices,
+            max: MAX_SLICES_PER_REQUEST,
+        });
     }
     let caps = &inner.caps;
     let (needed, supported, what) = match r.op {
@@ -336,6 +469,10 @@ fn resolve(
         }
         _ => 0,
     };
+    inner.check_remote(r.remote)?;
+    if let LocalAddr::Segment { segment, .. } = r.local {
+        inner.check_segment(segment)?;
+    }
     let remote_pin = runs.remote != Some(r.remote);
     // `let else` rather than `ok_or`: building (and dropping) the error on the success path
     // shows up in a per-request instruction count.
@@ -450,13 +587,34 @@ fn resolve(
             remote_index,
             remote_addr,
             len: r.len,
-            slices: inner.plan.count(r.len) as u32,
+            // Checked above against MAX_SLICES_PER_REQUEST.
+            slices: slices as u32,
             notify,
         }),
         Err(e) => {
             drop_remote(runs);
             Err(e)
         }
+    }
+}
+
+/// Gives back the counts of a resolved request that cannot be posted. Unreachable while the
+/// pins hold (they are taken before), but exact if it ever happened: the batch stays freeable.
+#[cold]
+fn unposted(inner: &Inner, slot: &BatchSlot, res: &Resolved) {
+    debug_assert!(false, "a pinned request could not be posted");
+    slot.in_flight.fetch_sub(res.slices, AcqRel);
+    slot.open.fetch_sub(1, AcqRel);
+    slot.failed.fetch_add(1, AcqRel);
+    inner.segments.unpin(res.local_index);
+}
+
+/// Holds a batch entered by a submit; leaves it when dropped.
+struct Entered<'a>(&'a BatchSlot);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -483,8 +641,12 @@ impl Runs {
 }
 
 /// Batch and segment counter updates gathered over one poll, applied with one atomic each.
-struct Tally {
+struct Tally<'a> {
+    /// Token bits naming the batch slot and generation of the current run.
+    key: u64,
     batch: u32,
+    /// Read pin on that batch's request storage.
+    pin: Option<ReadPin<'a>>,
     completed: u32,
     failed: u32,
     closed: u32,
@@ -493,10 +655,12 @@ struct Tally {
     unpins: u32,
 }
 
-impl Tally {
+impl<'a> Tally<'a> {
     fn new() -> Self {
         Tally {
+            key: u64::MAX,
             batch: u32::MAX,
+            pin: None,
             completed: 0,
             failed: 0,
             closed: 0,
@@ -523,6 +687,8 @@ impl Tally {
                 slot.in_flight.fetch_sub(self.retired, Release);
             }
         }
+        self.pin = None;
+        self.key = u64::MAX;
         self.completed = 0;
         self.failed = 0;
         self.closed = 0;
@@ -547,23 +713,41 @@ impl Tally {
 
 /// Applies one completion to its request; batch and segment counters go to `tally`.
 #[inline]
-fn complete(inner: &Inner, ep: &mut dyn Endpoint, c: Completion, tally: &mut Tally) {
-    let (bi, gen12, rail, ri) = token::decode(c.token);
-    let Some(slot) = inner.batches.slots.get(bi as usize) else {
-        return;
-    };
-    // Free/recycle are refused while work requests are in flight, so a mismatch means a fabric
-    // returned a token it was never given; ignore it rather than corrupt another batch.
-    if slot.generation() & 0xfff != gen12 {
-        return;
-    }
-    let Some(req) = slot.requests().get(ri as usize) else {
-        return;
-    };
-    if tally.batch != bi {
+fn complete<'a>(inner: &'a Inner, ep: &mut dyn Endpoint, c: Completion, tally: &mut Tally<'a>) {
+    let (bi, gen12, _, ri) = token::decode(c.token);
+    // Batch slot and generation: one read pin per run of completions of a batch.
+    let key = c.token >> 36;
+    if tally.key != key {
         tally.flush(inner);
+        tally.key = key;
         tally.batch = bi;
+        // Free/recycle are refused while work requests are in flight, so a failed pin means a
+        // fabric returned a token it was never given; ignore it rather than corrupt a batch.
+        tally.pin = inner
+            .batches
+            .slots
+            .get(bi as usize)
+            .and_then(|s| s.pin_token(gen12));
     }
+    let pin = tally.pin.take();
+    let slot = inner.batches.slots.get(bi as usize);
+    if let (Some(req), Some(slot)) = (pin.as_ref().and_then(|p| p.request(ri)), slot) {
+        apply(inner, ep, c, slot, req, tally);
+    }
+    tally.pin = pin;
+}
+
+/// [`complete`] for a request found in its pinned batch.
+#[inline]
+fn apply(
+    inner: &Inner,
+    ep: &mut dyn Endpoint,
+    c: Completion,
+    slot: &BatchSlot,
+    req: &RequestSlot,
+    tally: &mut Tally<'_>,
+) {
+    let rail = token::decode(c.token).2;
     if let Some(e) = c.error {
         let _ = req
             .error

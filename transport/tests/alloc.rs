@@ -67,3 +67,50 @@ fn steady_state_submit_and_complete_allocate_nothing() {
     );
     assert_eq!(b.notifications().count(2).unwrap(), 8 * (rounds + 50));
 }
+
+/// Batch memory follows what is used: allocating the largest batch costs little until requests
+/// are submitted, and freeing it gives its request storage back (all but a first chunk kept
+/// for allocation-free reuse). It used to cost 28 MiB per batch at once, kept for good.
+#[test]
+fn batch_memory_follows_use_and_is_given_back() {
+    let c = Cluster::new();
+    let (a, _) = c.engine("a", SimConfig::default());
+    let (b, _) = c.engine("b", SimConfig::default());
+    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
+    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let req = Request::write(src, 0, r, 0, 64);
+    // Warm the worker's buffers so they do not count below.
+    let warm = a.allocate_batch(4096).unwrap();
+    w.submit(warm, &vec![req; 4096]).unwrap();
+    w.wait(warm, Duration::from_secs(5)).unwrap();
+    a.free_batch(warm).unwrap();
+
+    let before = counting::net_bytes();
+    let batches: Vec<BatchId> = (0..16)
+        .map(|_| a.allocate_batch(MAX_BATCH_CAPACITY as usize).unwrap())
+        .collect();
+    let allocated = counting::net_bytes() - before;
+    assert!(
+        allocated < 256 << 10,
+        "16 empty batches of {MAX_BATCH_CAPACITY} take {allocated} bytes"
+    );
+    for &batch in &batches {
+        w.submit(batch, &vec![req; 3000]).unwrap();
+        assert!(w
+            .wait(batch, Duration::from_secs(5))
+            .unwrap()
+            .all_completed());
+    }
+    let used = counting::net_bytes() - before;
+    assert!(
+        used < 16 * (3000 * 64 + (64 << 10)),
+        "16 batches of 3000 requests take {used} bytes"
+    );
+    for batch in batches {
+        a.free_batch(batch).unwrap();
+    }
+    let kept = counting::net_bytes() - before;
+    assert!(kept < 16 * (40 << 10), "{kept} bytes kept after free");
+}

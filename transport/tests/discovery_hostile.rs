@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use transport::discovery::wire::{self, Message, PeerHello};
-use transport::discovery::{DiscoveryConfig, PeerMetadata};
+use transport::discovery::{DiscoveryConfig, DiscoveryStats, PeerMetadata};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::fabric::Fabric;
 use transport::*;
@@ -216,4 +216,121 @@ fn discovery_unreachable_peers_are_reported_not_hung() {
     c.add_peer(s.local_addr().to_string());
     assert_eq!(c.lookup("seg").unwrap(), desc("seg"));
     assert!(matches!(c.lookup("nope"), Err(MetadataError::NotFound(_))));
+}
+
+/// Sends a hello and reads the welcome: a client that holds a connection slot.
+fn greeted_client(addr: SocketAddr) -> TcpStream {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.write_all(&hello_frame()).unwrap();
+    let reply = read_message(&mut sock).expect("welcome");
+    assert!(matches!(reply, Message::Welcome(_)), "{reply:?}");
+    sock
+}
+
+/// Reads one frame (or `None` when the server closed without one).
+fn read_message(sock: &mut TcpStream) -> Option<Message> {
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut hdr = [0u8; wire::HEADER_LEN];
+    sock.read_exact(&mut hdr).ok()?;
+    let h = wire::decode_header(&hdr, 1 << 16).unwrap();
+    let mut body = vec![0; h.len];
+    sock.read_exact(&mut body).ok()?;
+    Some(wire::decode_body(&h, &body).unwrap())
+}
+
+/// Clients that greet and then idle (or look up now and then) hold every connection slot:
+/// legitimate lookups still get through, and a client refused for want of a slot is told why
+/// in an Error frame.
+#[test]
+fn discovery_is_not_locked_out_by_clients_holding_every_slot() {
+    let mut c = DiscoveryConfig::new("server");
+    c.max_connections = 4;
+    c.idle_timeout = Duration::from_secs(60);
+    c.frame_timeout = Duration::from_secs(60);
+    let s = PeerMetadata::bind(c).unwrap();
+    s.publish(&desc("seg")).unwrap();
+    let addr = s.local_addr();
+    let mut squatters: Vec<TcpStream> = (0..4).map(|_| greeted_client(addr)).collect();
+    // One squatter looks something up now and then: still idle between frames.
+    let lookup = wire::encode(&Message::Lookup("seg".into())).unwrap();
+    squatters[0].write_all(&lookup).unwrap();
+    assert!(matches!(
+        read_message(&mut squatters[0]),
+        Some(Message::Found(_))
+    ));
+    for _ in 0..3 {
+        good_lookup_works(addr);
+    }
+    // Slots held mid-frame cannot be taken over: the next client is refused, with a reason.
+    let busy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut sock = TcpStream::connect(addr).unwrap();
+            sock.write_all(&hello_frame()[..3]).unwrap();
+            sock
+        })
+        .collect();
+    // Wait until the server has taken them in (each taking an idle slot) and read their
+    // first bytes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled = |st: DiscoveryStats| st.open == 4 && st.idle == 0 && st.accepted == 4 + 3 + 4;
+    while !settled(s.stats()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(settled(s.stats()), "{:?}", s.stats());
+    let mut refused = TcpStream::connect(addr).unwrap();
+    match read_message(&mut refused) {
+        Some(Message::Error { code, message }) => {
+            assert_eq!(code, wire::ErrorCode::Busy, "{message}");
+            assert!(message.contains('4'), "{message}");
+        }
+        other => panic!("expected an Error frame, got {other:?}"),
+    }
+    drop(busy);
+}
+
+/// However often it looks something up, a connection is closed once its session is over.
+#[test]
+fn discovery_sessions_end_even_for_busy_clients() {
+    let mut c = DiscoveryConfig::new("server");
+    c.session_timeout = Duration::from_millis(500);
+    let s = PeerMetadata::bind(c).unwrap();
+    s.publish(&desc("seg")).unwrap();
+    let mut sock = greeted_client(s.local_addr());
+    let lookup = wire::encode(&Message::Lookup("seg".into())).unwrap();
+    let start = Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        if sock.write_all(&lookup).is_err() {
+            break;
+        }
+        match read_message(&mut sock) {
+            Some(Message::Found(_)) => answered += 1,
+            _ => break,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered >= 1);
+    assert!(start.elapsed() < Duration::from_secs(20), "never closed");
+}
+
+/// Settings the server cannot work with are refused by name.
+#[test]
+fn discovery_config_is_checked() {
+    type Edit = fn(&mut DiscoveryConfig);
+    let cases: [(&str, Edit); 5] = [
+        ("frame_timeout", |c| c.frame_timeout = Duration::ZERO),
+        ("idle_timeout", |c| c.idle_timeout = Duration::ZERO),
+        ("session_timeout", |c| c.session_timeout = Duration::ZERO),
+        ("max_connections", |c| c.max_connections = 1 << 40),
+        ("max_frame", |c| c.max_frame = usize::MAX),
+    ];
+    for (field, edit) in cases {
+        let mut c = DiscoveryConfig::new("x");
+        edit(&mut c);
+        match PeerMetadata::bind(c) {
+            Err(MetadataError::Config(m)) => assert!(m.contains(field), "{m}"),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
 }

@@ -405,10 +405,19 @@ fn affinity_policy_picks_rails() {
             ..SimConfig::default()
         },
     );
-    let m = OwnedMemory::zeroed(64, 64).unwrap();
-    let s = a
-        .register_owned("g1", m, "gpu:1".parse().unwrap(), Access::NONE)
-        .unwrap();
+    // Stands in for device memory: owned memory is host memory, so it is registered raw.
+    let mut m = vec![0u8; 64];
+    // SAFETY: `m` stays alive and untouched until `unregister` below returns.
+    let s = unsafe {
+        a.register_memory(
+            "g1",
+            m.as_mut_ptr(),
+            m.len(),
+            "gpu:1".parse().unwrap(),
+            Access::NONE,
+        )
+    }
+    .unwrap();
     assert_eq!(a.segment_info(s).unwrap().rails.as_slice(), &[2, 3]);
     assert!(matches!(
         a.register_owned(
@@ -424,6 +433,8 @@ fn affinity_policy_picks_rails() {
         (d.engine.as_str(), d.fabric.as_str(), d.rails.len()),
         ("a", "sim", 4)
     );
+    a.unregister(s).unwrap();
+    drop(m);
 }
 
 #[test]

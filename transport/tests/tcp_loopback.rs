@@ -445,3 +445,75 @@ fn tcp_silent_or_stalled_connections_are_dropped() {
     }
     assert_eq!(tgt.stats().dropped, 2);
 }
+
+/// A request larger than the target's `max_transfer_size` (but within ours) fails by that
+/// name, and the connection stays in step for the next requests (it used to be closed, and
+/// the request reported as `UNRESP_REMOTE`).
+#[test]
+fn tcp_request_over_the_peers_limit_fails_by_name() {
+    let a = node("a", TcpConfig::default());
+    let b = node(
+        "b",
+        TcpConfig {
+            max_transfer_size: 4096,
+            ..TcpConfig::default()
+        },
+    );
+    owned(&b, "b/dst", vec![0; 1 << 20], Access::REMOTE_READ_WRITE);
+    let src = owned(&a, "a/src", pattern(3, 1 << 20), Access::NONE);
+    let r = a
+        .engine
+        .open_segment(&format!("{}/b/dst", b.meta.local_addr()))
+        .unwrap();
+    let mut w = a.engine.worker().unwrap();
+    let batch = a.engine.allocate_batch(8).unwrap();
+    w.submit(
+        batch,
+        &[
+            Request::write(src, 0, r, 0, 64 << 10),
+            Request::read(src, 0, r, 0, 64 << 10),
+            Request::write(src, 0, r, 0, 4096),
+        ],
+    )
+    .unwrap();
+    w.wait(batch, Duration::from_secs(20)).unwrap();
+    for i in 0..2 {
+        match a.engine.request_status(batch, i).unwrap() {
+            RequestStatus::Failed(reason) => {
+                assert_eq!(reason.name(), "EXCEEDS_PEER_LIMIT", "request {i}")
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        a.engine.request_status(batch, 2).unwrap(),
+        RequestStatus::Completed
+    );
+    assert_eq!(b.fabric.stats().rejected, 0, "{:?}", b.fabric.stats());
+}
+
+/// Settings that cannot work are refused when the fabric is built, naming the value.
+#[test]
+fn tcp_config_values_are_checked_when_built() {
+    type Edit = fn(&mut TcpConfig);
+    let cases: [(&str, Edit); 10] = [
+        ("timeout", |c| c.timeout = Duration::ZERO),
+        ("connect_timeout", |c| c.connect_timeout = Duration::ZERO),
+        ("idle_wait", |c| c.idle_wait = Some(Duration::ZERO)),
+        ("idle_wait", |c| c.idle_wait = Some(Duration::MAX)),
+        ("socket_buffer", |c| c.socket_buffer = Some(0)),
+        ("socket_buffer", |c| c.socket_buffer = Some(usize::MAX)),
+        ("queue_depth", |c| c.queue_depth = u32::MAX),
+        ("max_peers", |c| c.max_peers = 1 << 36),
+        ("max_regions", |c| c.max_regions = 1 << 36),
+        ("max_connections", |c| c.max_connections = 0),
+    ];
+    for (field, edit) in cases {
+        let mut c = TcpConfig::default();
+        edit(&mut c);
+        match TcpFabric::new(c) {
+            Err(e) => assert!(e.to_string().contains(field), "{field}: {e}"),
+            Ok(_) => panic!("{field}: accepted"),
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! Every engine runs a [`PeerMetadata`]: a [`Metadata`] implementation that keeps the
 //! descriptors this engine publishes and serves them over TCP from a small server thread.
-//! Opening `host:port/segment` asks that server directly; opening a plain name looks in the
-//! local store, then asks the configured peers in order. Each connection starts with a
+//! Opening `host:port/segment` asks that server directly (unless a local segment has exactly
+//! that name); opening a plain name looks in the local store, then asks the configured peers in
+//! order. Each connection starts with a
 //! handshake carrying the requester's fabric addresses, which the target hands to
 //! [`Fabric::accept`] (for EFA: the reverse address handle). The frames are versioned and
 //! length-checked ([`wire`]); every read has a deadline, connections are bounded in number,
@@ -32,10 +33,10 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::descriptor::SegmentDescriptor;
 use crate::fabric::Fabric;
@@ -58,15 +59,20 @@ pub struct DiscoveryConfig {
     pub frame_timeout: Duration,
     /// An idle connection is closed after this.
     pub idle_timeout: Duration,
+    /// A connection is closed after this long however busy it is, so no client holds a slot
+    /// for ever (a client that looks something up now and then included).
+    pub session_timeout: Duration,
     /// Largest frame body accepted.
     pub max_frame: usize,
-    /// Most connections served at once; more are refused.
+    /// Most connections served at once. When all are taken, a new connection takes the slot
+    /// of the longest-open connection that is idle between frames; when none is idle, it is
+    /// refused with an Error frame (code `Busy`).
     pub max_connections: usize,
 }
 
 impl DiscoveryConfig {
     /// Defaults for engine `engine`: loopback any port, no peers, 2 s connect and frame
-    /// timeouts, 10 s idle timeout, 64 KiB frames, 64 connections.
+    /// timeouts, 10 s idle timeout, 30 s sessions, 64 KiB frames, 64 connections.
     pub fn new(engine: impl Into<String>) -> Self {
         DiscoveryConfig {
             engine: engine.into(),
@@ -75,6 +81,7 @@ impl DiscoveryConfig {
             connect_timeout: Duration::from_secs(2),
             frame_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(30),
             max_frame: wire::DEFAULT_MAX_BODY,
             max_connections: 64,
         }
@@ -90,6 +97,12 @@ pub struct DiscoveryStats {
     pub rejected: u64,
     /// Descriptors served.
     pub served: u64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Of those, connections waiting between frames (the ones a new connection may take over).
+    pub idle: u64,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +110,17 @@ struct Stats {
     accepted: AtomicU64,
     rejected: AtomicU64,
     served: AtomicU64,
+    evicted: AtomicU64,
+}
+
+/// One open connection of the server, as the accept loop sees it.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    /// A second handle on the socket, to close it when the slot is taken over.
+    sock: TcpStream,
+    started: Instant,
+    /// Waiting for the first byte of a frame (a slot that may be taken over).
+    idle: AtomicBool,
 }
 
 pub(crate) struct State {
@@ -107,7 +131,8 @@ pub(crate) struct State {
     fabric: RwLock<Option<Weak<dyn Fabric>>>,
     peers: RwLock<Vec<String>>,
     stop: AtomicBool,
-    active: AtomicUsize,
+    /// Open connections (at most `max_connections`).
+    conns: Mutex<Vec<Arc<ConnInfo>>>,
     stats: Stats,
 }
 
@@ -158,6 +183,47 @@ impl State {
     }
 }
 
+/// Most connections a server may be configured for (each is served by a thread).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Largest frame body a server may be configured for.
+pub const MAX_FRAME_LIMIT: usize = 16 << 20;
+/// Smallest frame body a server may be configured for (a hello with one rail fits).
+pub const MIN_FRAME_LIMIT: usize = 256;
+
+/// Refuses settings the server cannot work with, naming the value.
+fn check_config(c: &DiscoveryConfig) -> Result<(), MetadataError> {
+    let bad = |field: &str, value: String, expected: &str| {
+        Err(MetadataError::Config(format!(
+            "discovery: {field} = {value} (expected {expected})"
+        )))
+    };
+    for (field, d) in [
+        ("connect_timeout", c.connect_timeout),
+        ("frame_timeout", c.frame_timeout),
+        ("idle_timeout", c.idle_timeout),
+        ("session_timeout", c.session_timeout),
+    ] {
+        if d.is_zero() {
+            return bad(field, format!("{d:?}"), "more than 0");
+        }
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&c.max_connections) {
+        return bad(
+            "max_connections",
+            c.max_connections.to_string(),
+            &format!("1..={MAX_CONNECTIONS}"),
+        );
+    }
+    if !(MIN_FRAME_LIMIT..=MAX_FRAME_LIMIT).contains(&c.max_frame) {
+        return bad(
+            "max_frame",
+            c.max_frame.to_string(),
+            &format!("{MIN_FRAME_LIMIT}..={MAX_FRAME_LIMIT}"),
+        );
+    }
+    Ok(())
+}
+
 /// The embedded discovery service of one engine. See the [module docs](self).
 pub struct PeerMetadata {
     state: Arc<State>,
@@ -193,6 +259,7 @@ pub fn split_remote_name(name: &str) -> Option<(&str, &str)> {
 impl PeerMetadata {
     /// Binds the server and starts its thread.
     pub fn bind(config: DiscoveryConfig) -> Result<Arc<PeerMetadata>, MetadataError> {
+        check_config(&config)?;
         let listener = TcpListener::bind(config.bind).map_err(|e| {
             MetadataError::Unavailable(format!("discovery: cannot bind {}: {e}", config.bind))
         })?;
@@ -205,7 +272,7 @@ impl PeerMetadata {
             store: Mutex::new(HashMap::new()),
             fabric: RwLock::new(None),
             stop: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
+            conns: Mutex::new(Vec::new()),
             stats: Stats::default(),
         });
         let st = state.clone();
@@ -252,10 +319,18 @@ impl PeerMetadata {
     /// Server counters.
     pub fn stats(&self) -> DiscoveryStats {
         let s = &self.state.stats;
+        let conns = self
+            .state
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         DiscoveryStats {
             accepted: s.accepted.load(Relaxed),
             rejected: s.rejected.load(Relaxed),
             served: s.served.load(Relaxed),
+            evicted: s.evicted.load(Relaxed),
+            open: conns.len() as u64,
+            idle: conns.iter().filter(|c| c.idle.load(Acquire)).count() as u64,
         }
     }
 
@@ -377,11 +452,12 @@ impl Metadata for PeerMetadata {
     }
 
     fn lookup(&self, name: &str) -> Result<SegmentDescriptor, MetadataError> {
-        if let Some((server, seg)) = split_remote_name(name) {
-            return self.fetch(server, seg);
-        }
+        // Local names first, even those shaped like `host:port/segment`.
         if let Some(d) = self.state.find(name) {
             return Ok(d);
+        }
+        if let Some((server, seg)) = split_remote_name(name) {
+            return self.fetch(server, seg);
         }
         let peers = self
             .state

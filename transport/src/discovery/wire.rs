@@ -1,6 +1,6 @@
 //! The discovery protocol's frames and their versioned, length-checked encoding.
 //!
-//! # Wire format (version 1.0)
+//! # Wire format (version 1.1)
 //!
 //! All integers little-endian; `str`/`bytes` are a `u16` length and that many bytes.
 //!
@@ -11,6 +11,9 @@
 //!          Found:           descriptor bytes (a SegmentDescriptor, u32 length)
 //!          Error:           code u8 | message str
 //! ```
+//!
+//! Error codes: 1 not found, 2 bad request, 3 refused, 4 busy (1.1: no connection slot free;
+//! the message says how many connections are open).
 //!
 //! A connection starts with the requester's `Hello` (its engine, fabric and per-rail
 //! addresses, so the target can accept it, e.g. create the reverse EFA address handle) and the
@@ -27,7 +30,7 @@ pub const MAGIC: [u8; 4] = *b"EFPD";
 /// Major version written and accepted.
 pub const VERSION_MAJOR: u8 = 1;
 /// Minor version written.
-pub const VERSION_MINOR: u8 = 0;
+pub const VERSION_MINOR: u8 = 1;
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 12;
 /// Default largest body accepted.
@@ -85,6 +88,8 @@ pub enum ErrorCode {
     BadRequest = 2,
     /// The hello was refused (fabric mismatch, addresses the fabric rejects).
     Refused = 3,
+    /// The server has no connection slot free (every one is busy mid-frame); retry later.
+    Busy = 4,
 }
 
 /// A decoded frame.
@@ -383,6 +388,7 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
                 1 => ErrorCode::NotFound,
                 2 => ErrorCode::BadRequest,
                 3 => ErrorCode::Refused,
+                4 => ErrorCode::Busy,
                 other => return Err(WireError::ErrorCode(other)),
             };
             Message::Error {
@@ -488,7 +494,10 @@ mod tests {
         b[4] = 9;
         assert_eq!(
             decode(&b, 1024),
-            Err(WireError::Version { major: 9, minor: 0 })
+            Err(WireError::Version {
+                major: 9,
+                minor: VERSION_MINOR
+            })
         );
         let mut b = f.clone();
         b[6] = 77;

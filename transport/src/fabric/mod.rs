@@ -70,6 +70,41 @@ use crate::{Access, FabricError, FailReason, Notifications};
 /// Most rails (devices) an engine may use.
 pub const MAX_RAILS: usize = 16;
 
+/// Refuses `value` outside `range` as setting `field` of `fabric`.
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Debug>(
+    fabric: &'static str,
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), FabricError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(FabricError::BadConfig {
+        fabric,
+        field,
+        value: format!("{value:?}"),
+        expected: format!("{:?}..={:?}", range.start(), range.end()),
+    })
+}
+
+/// Refuses a zero duration as setting `field` of `fabric`.
+pub(crate) fn check_nonzero(
+    fabric: &'static str,
+    field: &'static str,
+    value: std::time::Duration,
+) -> Result<(), FabricError> {
+    if !value.is_zero() {
+        return Ok(());
+    }
+    Err(FabricError::BadConfig {
+        fabric,
+        field,
+        value: format!("{value:?}"),
+        expected: "more than 0".into(),
+    })
+}
+
 /// A peer as known to one fabric instance: a dense index handed out by [`Fabric::connect`].
 pub type PeerId = u32;
 

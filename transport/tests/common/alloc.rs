@@ -10,10 +10,16 @@ struct Counting;
 
 thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed by the calling thread.
+    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
 }
 /// Allocations on any thread (a target's service threads included) while `WATCH` is set.
 static ALL_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static WATCH: AtomicBool = AtomicBool::new(false);
+
+fn add_bytes(n: i64) {
+    NET_BYTES.with(|c| c.set(c.get() + n));
+}
 
 fn count() {
     ALLOCS.with(|c| c.set(c.get() + 1));
@@ -27,15 +33,18 @@ fn count() {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
+        add_bytes(layout.size() as i64);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        add_bytes(-(layout.size() as i64));
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
+        add_bytes(new_size as i64 - layout.size() as i64);
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -47,6 +56,12 @@ static GLOBAL: Counting = Counting;
 /// Allocations made so far by the calling thread.
 pub fn allocs() -> u64 {
     ALLOCS.with(|c| c.get())
+}
+
+/// Bytes the calling thread allocated and has not freed (frees by other threads of its
+/// allocations are not subtracted).
+pub fn net_bytes() -> i64 {
+    NET_BYTES.with(|c| c.get())
 }
 
 /// Starts counting allocations on every thread.

@@ -55,7 +55,9 @@ pub use plan::{RailCaps, WritePolicy};
 
 use crate::fabric::rdma::codec::decode_rkey;
 use crate::fabric::rdma::registry::MrRegistry;
-use crate::fabric::{Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration};
+use crate::fabric::{
+    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
+};
 use crate::{FabricError, Notifications};
 use peers::{AhTable, Route};
 
@@ -85,6 +87,29 @@ pub struct EfaConfig {
     /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
     /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
     pub idle_spin: Duration,
+}
+
+/// Largest queue and table sizes an efa fabric may be configured for (devices cap queues
+/// further).
+const MAX_SIZE: u32 = 1 << 16;
+
+/// Refuses settings that cannot work or would exhaust memory, naming the value; before any
+/// device is opened.
+fn check_config(c: &EfaConfig) -> Result<(), FabricError> {
+    use crate::fabric::check_range;
+    check_range("efa", "devices", c.devices.len(), 0..=MAX_RAILS)?;
+    check_range("efa", "queue_depth", c.queue_depth, 1..=MAX_SIZE)?;
+    check_range("efa", "recv_depth", c.recv_depth, 1..=MAX_SIZE)?;
+    check_range("efa", "qkey", c.qkey, 0..=0x7fff_ffff)?;
+    check_range("efa", "max_peers", c.max_peers, 1..=MAX_SIZE)?;
+    let tables = 1..=MAX_SIZE as usize;
+    check_range(
+        "efa",
+        "max_address_handles",
+        c.max_address_handles,
+        tables.clone(),
+    )?;
+    check_range("efa", "max_regions", c.max_regions, tables)
 }
 
 impl Default for EfaConfig {
@@ -153,13 +178,7 @@ impl EfaFabric {
     /// Opens the EFA devices, decides the capabilities, creates the service QPs and starts the
     /// target thread.
     pub fn new(config: EfaConfig) -> Result<Arc<EfaFabric>, FabricError> {
-        if config.qkey > 0x7fff_ffff || config.recv_depth == 0 || config.max_peers == 0 {
-            return Err(FabricError::Io(format!(
-                "efa: bad configuration (qkey {:#x} must be below 0x80000000, recv_depth {} and \
-                 max_peers {} at least 1)",
-                config.qkey, config.recv_depth, config.max_peers
-            )));
-        }
+        check_config(&config)?;
         let names = if config.devices.is_empty() {
             ::efa::efa_devices()
                 .map_err(|e| io("list devices", e))?
@@ -330,5 +349,30 @@ impl Fabric for EfaFabric {
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {
         Ok(Box::new(endpoint::EfaEndpoint::new(self.shared.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn config_is_checked_before_any_device() {
+        type Edit = fn(&mut EfaConfig);
+        let cases: [(&str, Edit); 5] = [
+            ("qkey", |c| c.qkey = 0x8000_0000),
+            ("recv_depth", |c| c.recv_depth = 0),
+            ("queue_depth", |c| c.queue_depth = u32::MAX),
+            ("max_peers", |c| c.max_peers = u32::MAX),
+            ("max_address_handles", |c| c.max_address_handles = 1 << 40),
+        ];
+        for (field, edit) in cases {
+            let mut c = EfaConfig::default();
+            edit(&mut c);
+            match EfaFabric::new(c) {
+                Err(FabricError::BadConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crate::fabric::regions;
 use crate::fabric::{
-    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
+    check_range, Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
 use crate::{FabricError, FailReason, Notifications};
 use node::Node;
@@ -47,9 +47,10 @@ pub struct SimFaults {
     pub error_reasons: Vec<FailReason>,
     /// Each completion is held back a random `0..=max_delay_steps` polls.
     pub max_delay_steps: u32,
-    /// Each completion is held back a random time up to this.
+    /// Each completion is held back a random time up to this (at most `MAX_FAULT_TIME`).
     pub max_delay: Option<Duration>,
-    /// How long requests to a dead peer take to fail with `UNRESP_REMOTE`.
+    /// How long requests to a dead peer take to fail with `UNRESP_REMOTE` (at most
+    /// `MAX_FAULT_TIME`).
     pub unresp_timeout: Duration,
 }
 
@@ -70,7 +71,7 @@ impl Default for SimFaults {
 pub struct SimConfig {
     /// Rails (devices), `1..=MAX_RAILS`.
     pub rails: u16,
-    /// Send-queue depth per rail per endpoint.
+    /// Send-queue depth per rail per endpoint, `1..=MAX_QUEUE_DEPTH`.
     pub queue_depth: u32,
     /// Largest READ/WRITE (EFA `max_rdma_size`).
     pub max_rdma_size: u64,
@@ -78,7 +79,7 @@ pub struct SimConfig {
     pub max_msg_size: u64,
     /// PRNG seed (endpoint seeds derive from it, the node id and the endpoint's ordinal).
     pub seed: u64,
-    /// Most registrations.
+    /// Most registrations, `1..=MAX_REGIONS`.
     pub max_regions: usize,
     /// Whether `connect` also creates the target's AH for this initiator. `false` models a
     /// target that skipped it: its requests then fail with `UNKNOWN_PEER`.
@@ -102,6 +103,34 @@ impl Default for SimConfig {
     }
 }
 
+/// Most engines a [`SimNetwork`] may be made for.
+pub const MAX_NODES: usize = 1 << 16;
+/// Largest [`SimConfig::queue_depth`].
+pub const MAX_QUEUE_DEPTH: u32 = 1 << 16;
+/// Largest [`SimConfig::max_regions`].
+pub const MAX_REGIONS: usize = 1 << 16;
+/// Longest injected delay or dead-peer timeout.
+pub const MAX_FAULT_TIME: Duration = Duration::from_secs(3600);
+
+/// Refuses settings that cannot work or would exhaust memory, naming the value.
+fn check_config(c: &SimConfig) -> Result<(), FabricError> {
+    check_range("sim", "rails", c.rails, 1..=MAX_RAILS as u16)?;
+    check_range("sim", "queue_depth", c.queue_depth, 1..=MAX_QUEUE_DEPTH)?;
+    check_range("sim", "max_rdma_size", c.max_rdma_size, 1..=u64::MAX)?;
+    check_range("sim", "max_regions", c.max_regions, 1..=MAX_REGIONS)?;
+    let f = &c.faults;
+    check_range("sim", "error_rate", f.error_rate, 0.0..=1.0)?;
+    if let Some(d) = f.max_delay {
+        check_range("sim", "max_delay", d, Duration::ZERO..=MAX_FAULT_TIME)?;
+    }
+    check_range(
+        "sim",
+        "unresp_timeout",
+        f.unresp_timeout,
+        Duration::ZERO..=MAX_FAULT_TIME,
+    )
+}
+
 /// The shared medium: every simulated engine in the process that should reach the others.
 #[derive(Debug)]
 pub struct SimNetwork {
@@ -115,7 +144,8 @@ impl SimNetwork {
         Self::with_capacity(256)
     }
 
-    /// A network for up to `max_nodes` engines.
+    /// A network for up to `max_nodes` engines (`1..=MAX_NODES`, checked when a fabric joins:
+    /// each one's tables are sized by it).
     pub fn with_capacity(max_nodes: usize) -> Arc<SimNetwork> {
         Arc::new(SimNetwork {
             nodes: Mutex::new(Vec::new()),
@@ -170,23 +200,9 @@ fn address(node: u32, rail: u16) -> Vec<u8> {
 impl SimFabric {
     /// Adds an engine's devices to `net`.
     pub fn new(net: &Arc<SimNetwork>, config: SimConfig) -> Result<Arc<SimFabric>, FabricError> {
-        if config.rails == 0 || config.rails as usize > MAX_RAILS {
-            return Err(FabricError::BadRail {
-                rail: config.rails,
-                rails: MAX_RAILS as u16,
-            });
-        }
-        if config.queue_depth == 0 || config.max_rdma_size == 0 {
-            return Err(FabricError::Io(
-                "sim: queue_depth and max_rdma_size must be at least 1".into(),
-            ));
-        }
+        check_config(&config)?;
+        check_range("sim", "max_nodes", net.max_nodes, 1..=MAX_NODES)?;
         let rate = config.faults.error_rate;
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(FabricError::Io(format!(
-                "sim: error_rate {rate} not in 0..=1"
-            )));
-        }
         let error_threshold = if rate >= 1.0 {
             u64::MAX
         } else {

@@ -72,8 +72,9 @@ struct Stream {
     /// READ data still to receive for `ring[head]`.
     data_left: u64,
     last_progress: Instant,
-    /// After a failure, no reconnect before this unless the peer was connected anew.
-    retry_at: Option<Instant>,
+    /// When the stream last failed: no reconnect for `reconnect_backoff` after it, unless the
+    /// peer was connected anew (`elapsed`, not a deadline sum, so any back-off is fine).
+    failed_at: Option<Instant>,
     epoch_seen: u64,
 }
 
@@ -94,7 +95,7 @@ impl Stream {
         self.head += 1;
     }
 
-    fn fail(&mut self, shared: &Shared, comps: &mut Comps, me: u32, reason: FailReason) {
+    fn fail(&mut self, comps: &mut Comps, me: u32, reason: FailReason) {
         if self.head != self.tail {
             log::warn!(
                 "tcp fabric: stream to peer {} rail {} failed ({reason}); failing {} requests",
@@ -112,13 +113,13 @@ impl Stream {
         self.data_left = 0;
         self.rx_start = 0;
         self.rx_end = 0;
-        self.retry_at = Some(Instant::now() + shared.config.reconnect_backoff);
+        self.failed_at = Some(Instant::now());
     }
 
     fn connect(&mut self, shared: &Shared, peer: &Peer) -> Result<(), FailReason> {
         let epoch = peer.epoch.load(Acquire);
-        if let Some(t) = self.retry_at {
-            if epoch == self.epoch_seen && Instant::now() < t {
+        if let Some(t) = self.failed_at {
+            if epoch == self.epoch_seen && t.elapsed() < shared.config.reconnect_backoff {
                 return Err(FailReason::UnresponsiveRemote);
             }
         }
@@ -127,7 +128,7 @@ impl Stream {
         match open(shared, addr, self.remote_rail, peer.instance) {
             Ok(sock) => {
                 self.sock = Some(sock);
-                self.retry_at = None;
+                self.failed_at = None;
                 Ok(())
             }
             Err(e) => {
@@ -135,7 +136,7 @@ impl Stream {
                     "tcp fabric: cannot connect to peer {} at {addr}: {e}",
                     self.peer
                 );
-                self.retry_at = Some(Instant::now() + shared.config.reconnect_backoff);
+                self.failed_at = Some(Instant::now());
                 Err(FailReason::UnreachableRemote)
             }
         }
@@ -324,7 +325,10 @@ pub(crate) fn open(
     if status != wire::HELLO_OK {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("peer refused the hello with status {status} (it is instance {theirs:#x}, expected {instance:#x})"),
+            format!(
+                "peer refused the hello with status {status}: {} (it is instance {theirs:#x}, expected {instance:#x})",
+                wire::hello_status_name(status)
+            ),
         ));
     }
     sock.set_nonblocking(true)?;
@@ -404,7 +408,7 @@ impl TcpEndpoint {
             rx_end: 0,
             data_left: 0,
             last_progress: Instant::now(),
-            retry_at: None,
+            failed_at: None,
             epoch_seen: peer.epoch.load(Acquire),
         });
         self.comps.reserve(depth);
@@ -495,12 +499,7 @@ impl TcpEndpoint {
             let sent = match st.pump_send() {
                 Ok(m) => m,
                 Err(_) => {
-                    st.fail(
-                        &self.shared,
-                        &mut self.comps,
-                        me,
-                        FailReason::UnresponsiveRemote,
-                    );
+                    st.fail(&mut self.comps, me, FailReason::UnresponsiveRemote);
                     continue;
                 }
             };
@@ -511,15 +510,10 @@ impl TcpEndpoint {
                 }
                 Ok(_) => {
                     if st.head != st.tail && st.last_progress.elapsed() > timeout {
-                        st.fail(
-                            &self.shared,
-                            &mut self.comps,
-                            me,
-                            FailReason::UnresponsiveRemote,
-                        );
+                        st.fail(&mut self.comps, me, FailReason::UnresponsiveRemote);
                     }
                 }
-                Err(reason) => st.fail(&self.shared, &mut self.comps, me, reason),
+                Err(reason) => st.fail(&mut self.comps, me, reason),
             }
         }
         any
@@ -602,12 +596,7 @@ impl Endpoint for TcpEndpoint {
             if st.send < st.tail {
                 if let Err(e) = st.pump_send() {
                     log::debug!("tcp fabric: send to peer {} failed: {e}", st.peer);
-                    st.fail(
-                        &self.shared,
-                        &mut self.comps,
-                        i as u32,
-                        FailReason::UnresponsiveRemote,
-                    );
+                    st.fail(&mut self.comps, i as u32, FailReason::UnresponsiveRemote);
                 }
             }
         }

@@ -10,10 +10,13 @@
 //!   ring and buffers are allocated once, at its first use). Only the first request to a peer
 //!   on a rail waits for the connection (bounded by [`TcpConfig::connect_timeout`]). Each stream holds at most [`TcpConfig::queue_depth`]
 //!   requests; `post` accepts a prefix when one is full.
-//! - **Target side**: a listener thread and one service thread per connection check every
-//!   request against the registrations (the remote key names a registration: key, bounds and
-//!   rights are checked) and answer violations with `REMOTE_BAD_ADDRESS`; a malformed frame
-//!   closes that connection only. See `wire.rs` for the frame layout.
+//! - **Target side**: a listener thread and one service thread per connection (at most
+//!   [`TcpConfig::max_connections`]; a connection must say hello within
+//!   [`TcpConfig::connect_timeout`]) check every request against the registrations (the
+//!   remote key names a registration: key, bounds and rights are checked) and answer
+//!   violations with `REMOTE_BAD_ADDRESS`, and requests larger than the target's
+//!   `max_transfer_size` with `EXCEEDS_PEER_LIMIT`; a malformed frame closes that connection
+//!   only. See `wire.rs` for the frame layout.
 //! - **Dead peers**: a stream whose connection breaks, or that makes no progress for
 //!   [`TcpConfig::timeout`] while requests are outstanding, fails them with
 //!   `UNRESP_REMOTE`. Other peers' streams are untouched. A later post reconnects (after
@@ -32,7 +35,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -53,9 +56,11 @@ pub struct TcpConfig {
     pub advertise: Option<SocketAddr>,
     /// Rails, `1..=MAX_RAILS`: one TCP stream per rail per peer per worker.
     pub rails: u16,
-    /// Requests in flight per stream (the send-queue depth).
+    /// Requests in flight per stream (the send-queue depth), `1..=MAX_QUEUE_DEPTH`.
     pub queue_depth: u32,
-    /// Largest READ/WRITE in one request; the target closes connections that exceed its own.
+    /// Largest READ/WRITE in one request, `1..=MAX_TRANSFER_LIMIT`. A target answers larger
+    /// requests with `EXCEEDS_PEER_LIMIT` (the connection stays up), so peers with different
+    /// limits work together as long as the initiator's slices fit the target's limit.
     pub max_transfer_size: u64,
     /// A stream with outstanding requests that moves no byte for this long is declared dead
     /// (its requests fail with `UNRESP_REMOTE`); a target drops a connection stalled
@@ -66,16 +71,24 @@ pub struct TcpConfig {
     /// After a stream fails, posts to it fail at once for this long before a reconnect is
     /// tried (unless the peer is connected anew).
     pub reconnect_backoff: Duration,
-    /// `SO_SNDBUF`/`SO_RCVBUF` for every socket; `None` keeps the kernel's autotuning.
+    /// `SO_SNDBUF`/`SO_RCVBUF` for every socket (`1..=MAX_SOCKET_BUFFER`); `None` keeps the
+    /// kernel's autotuning.
     pub socket_buffer: Option<usize>,
     /// When a worker's `poll` finds nothing to do many times in a row while requests are
     /// outstanding, it sleeps in `ppoll` until a socket is ready, for at most this long, instead
-    /// of spinning (which starves a receiver on the same cores). `None`: `poll` never waits.
+    /// of spinning (which starves a receiver on the same cores). `None`: `poll` never waits;
+    /// else at most [`MAX_IDLE_WAIT`].
     pub idle_wait: Option<Duration>,
-    /// Most registrations.
+    /// Most registrations, `1..=MAX_TABLE`.
     pub max_regions: usize,
-    /// Most peers.
+    /// Most peers, `1..=MAX_TABLE`.
     pub max_peers: usize,
+    /// Most incoming data connections served at once (one service thread each),
+    /// `1..=MAX_CONNECTIONS`. A quarter of
+    /// them (at least one) may be still waiting for their hello, which is due within
+    /// `connect_timeout`. Connections beyond either limit are answered with a refusal at once
+    /// and closed.
+    pub max_connections: usize,
 }
 
 impl Default for TcpConfig {
@@ -93,6 +106,7 @@ impl Default for TcpConfig {
             idle_wait: Some(Duration::from_micros(500)),
             max_regions: 1024,
             max_peers: 1024,
+            max_connections: 256,
         }
     }
 }
@@ -110,6 +124,9 @@ pub struct TcpStats {
     pub rejected: u64,
     /// Connections closed for a stall, truncation or I/O error.
     pub dropped: u64,
+    /// Connections refused at once because `max_connections` (or its share for connections
+    /// still waiting for their hello) was reached.
+    pub refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +136,11 @@ pub(crate) struct Stats {
     denied: AtomicU64,
     rejected: AtomicU64,
     dropped: AtomicU64,
+    refused: AtomicU64,
+    /// Service threads running now...
+    serving: AtomicUsize,
+    /// ...and those of them still waiting for the hello.
+    greeting: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -214,26 +236,60 @@ impl TcpAddress {
     }
 }
 
+/// Largest [`TcpConfig::queue_depth`].
+pub const MAX_QUEUE_DEPTH: u32 = 1 << 16;
+/// Largest [`TcpConfig::max_transfer_size`] (1 TiB); a request header claiming more is
+/// malformed and closes its connection.
+pub const MAX_TRANSFER_LIMIT: u64 = 1 << 40;
+/// Largest [`TcpConfig::max_peers`] and [`TcpConfig::max_regions`].
+pub const MAX_TABLE: usize = 1 << 16;
+/// Largest [`TcpConfig::max_connections`] (one service thread each).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Largest [`TcpConfig::socket_buffer`] (the kernel doubles it into an `int`).
+pub const MAX_SOCKET_BUFFER: usize = 1 << 30;
+/// Longest [`TcpConfig::idle_wait`] (a `poll` may sleep this long).
+pub const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Refuses settings that cannot work, naming the value (a zero timeout, a table that would
+/// exhaust memory, ...).
+fn check_config(c: &TcpConfig) -> Result<(), FabricError> {
+    use crate::fabric::{check_nonzero, check_range};
+    check_range("tcp", "rails", c.rails, 1..=MAX_RAILS as u16)?;
+    check_range("tcp", "queue_depth", c.queue_depth, 1..=MAX_QUEUE_DEPTH)?;
+    check_range(
+        "tcp",
+        "max_transfer_size",
+        c.max_transfer_size,
+        1..=MAX_TRANSFER_LIMIT,
+    )?;
+    check_nonzero("tcp", "timeout", c.timeout)?;
+    check_nonzero("tcp", "connect_timeout", c.connect_timeout)?;
+    if let Some(b) = c.socket_buffer {
+        check_range("tcp", "socket_buffer", b, 1..=MAX_SOCKET_BUFFER)?;
+    }
+    if let Some(w) = c.idle_wait {
+        check_range(
+            "tcp",
+            "idle_wait",
+            w,
+            Duration::from_nanos(1)..=MAX_IDLE_WAIT,
+        )?;
+    }
+    check_range("tcp", "max_regions", c.max_regions, 1..=MAX_TABLE)?;
+    check_range("tcp", "max_peers", c.max_peers, 1..=MAX_TABLE)?;
+    check_range(
+        "tcp",
+        "max_connections",
+        c.max_connections,
+        1..=MAX_CONNECTIONS,
+    )
+}
+
 impl TcpFabric {
-    /// Binds the service listener and starts its thread.
+    /// Binds the service listener and starts its thread. Every setting is checked first
+    /// ([`FabricError::BadConfig`] names the one out of range).
     pub fn new(config: TcpConfig) -> Result<Arc<TcpFabric>, FabricError> {
-        if config.rails == 0 || config.rails as usize > MAX_RAILS {
-            return Err(FabricError::BadRail {
-                rail: config.rails,
-                rails: MAX_RAILS as u16,
-            });
-        }
-        if config.queue_depth == 0 || config.max_transfer_size == 0 {
-            return Err(FabricError::Io(format!(
-                "tcp: queue_depth {} and max_transfer_size {} must be at least 1",
-                config.queue_depth, config.max_transfer_size
-            )));
-        }
-        if config.max_peers == 0 || config.max_regions == 0 {
-            return Err(FabricError::Io(
-                "tcp: max_peers and max_regions must be at least 1".into(),
-            ));
-        }
+        check_config(&config)?;
         let listener = TcpListener::bind(config.bind)
             .map_err(|e| FabricError::Io(format!("tcp: cannot bind {}: {e}", config.bind)))?;
         let bound = listener
@@ -290,6 +346,7 @@ impl TcpFabric {
             denied: s.denied.load(Relaxed),
             rejected: s.rejected.load(Relaxed),
             dropped: s.dropped.load(Relaxed),
+            refused: s.refused.load(Relaxed),
         }
     }
 
@@ -470,7 +527,7 @@ mod tests {
         };
         assert!(matches!(
             TcpFabric::new(c),
-            Err(FabricError::BadRail { .. })
+            Err(FabricError::BadConfig { field: "rails", .. })
         ));
         let c = TcpConfig {
             bind: "0.0.0.0:0".parse().unwrap(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::sys::{self, Piece};
 use super::wire::{self, Op, Request, Response, REQ_LEN, RESP_LEN};
-use super::Shared;
+use super::{Shared, MAX_TRANSFER_LIMIT};
 use crate::{Access, FailReason};
 
 /// How often a blocked service thread wakes to check for shutdown and stalls.
@@ -53,12 +53,18 @@ pub(crate) fn run_listener(listener: TcpListener, shared: Arc<Shared>) {
         match conn {
             Ok(sock) => {
                 shared.stats.connections.fetch_add(1, Relaxed);
-                let shared = shared.clone();
+                if !admit(&shared) {
+                    refuse_busy(sock);
+                    continue;
+                }
+                let s = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("tcp-service".into())
-                    .spawn(move || serve(sock, shared));
+                    .spawn(move || serve(sock, Admitted::new(s)));
                 if let Err(e) = spawned {
                     log::warn!("tcp fabric: cannot start a service thread: {e}");
+                    shared.stats.greeting.fetch_sub(1, AcqRel);
+                    shared.stats.serving.fetch_sub(1, AcqRel);
                 }
             }
             Err(e) => {
@@ -69,7 +75,73 @@ pub(crate) fn run_listener(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn serve(sock: TcpStream, shared: Arc<Shared>) {
+/// Counts a new connection in, unless the connection limit (or the share of it for
+/// connections still waiting for their hello) is reached. Only the listener thread adds.
+fn admit(shared: &Shared) -> bool {
+    let max = shared.config.max_connections;
+    let max_greeting = (max / 4).max(1);
+    let st = &shared.stats;
+    if st.serving.load(Acquire) >= max || st.greeting.load(Acquire) >= max_greeting {
+        st.refused.fetch_add(1, Relaxed);
+        return false;
+    }
+    st.serving.fetch_add(1, AcqRel);
+    st.greeting.fetch_add(1, AcqRel);
+    true
+}
+
+/// Answers a connection over the limit with a `HELLO_BUSY` reply (without waiting for its
+/// hello) and closes it. Never blocks the listener: the reply is 16 bytes on a new socket.
+fn refuse_busy(sock: TcpStream) {
+    log::warn!(
+        "tcp fabric: refusing a connection from {:?}: at the connection limit",
+        sock.peer_addr().ok()
+    );
+    if sock.set_nonblocking(true).is_ok() {
+        let _ = (&sock).write(&wire::encode_hello_reply(wire::HELLO_BUSY, 0));
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        // Unread input (the hello) would turn the close into a reset that can discard the
+        // reply: drop what has arrived, without waiting for more.
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            if !matches!((&sock).read(&mut buf), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+}
+
+/// A connection counted by `admit`: uncounted when dropped (unwinding included).
+struct Admitted {
+    shared: Arc<Shared>,
+    greeting: bool,
+}
+
+impl Admitted {
+    fn new(shared: Arc<Shared>) -> Admitted {
+        Admitted {
+            shared,
+            greeting: true,
+        }
+    }
+
+    /// The hello was accepted: the connection no longer counts as waiting for it.
+    fn greeted(&mut self) {
+        if std::mem::replace(&mut self.greeting, false) {
+            self.shared.stats.greeting.fetch_sub(1, AcqRel);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.greeted();
+        self.shared.stats.serving.fetch_sub(1, AcqRel);
+    }
+}
+
+fn serve(sock: TcpStream, mut admitted: Admitted) {
+    let shared = admitted.shared.clone();
     let peer = sock
         .peer_addr()
         .map(|a| a.to_string())
@@ -81,7 +153,7 @@ fn serve(sock: TcpStream, shared: Arc<Shared>) {
             return;
         }
     };
-    match conn.run() {
+    match conn.run(&mut admitted) {
         Ok(()) | Err(ConnError::Shutdown) => log::debug!("tcp fabric: {peer} disconnected"),
         Err(
             e @ (ConnError::Malformed(_)
@@ -107,6 +179,8 @@ struct Conn {
     end: usize,
     tx: Vec<u8>,
     stall: Duration,
+    /// While greeting: when the whole hello must have arrived.
+    hello_by: Option<Instant>,
 }
 
 impl Conn {
@@ -126,6 +200,7 @@ impl Conn {
             end: 0,
             tx: Vec::with_capacity(TX_BUF + RESP_LEN),
             stall,
+            hello_by: None,
         })
     }
 
@@ -156,6 +231,9 @@ impl Conn {
         }
         let mut last = Instant::now();
         while self.end < need {
+            if self.hello_by.is_some_and(|t| Instant::now() >= t) {
+                return Err(ConnError::Stalled(self.shared.config.connect_timeout));
+            }
             match self.sock.read(&mut self.rx[self.end..]) {
                 Ok(0) if idle && self.end == 0 => return Ok(false),
                 Ok(0) => return Err(ConnError::Truncated),
@@ -289,8 +367,12 @@ impl Conn {
     }
 
     fn hello(&mut self) -> Result<bool, ConnError> {
-        // The hello is due at once: a silent connection may not hold a thread.
-        if !self.fill(wire::HELLO_LEN, false)? {
+        // The whole hello is due within the connect timeout: a silent or trickling
+        // connection may not hold a thread for longer.
+        self.hello_by = Instant::now().checked_add(self.shared.config.connect_timeout);
+        let filled = self.fill(wire::HELLO_LEN, false);
+        self.hello_by = None;
+        if !filled? {
             return Ok(false);
         }
         let mut h = [0u8; wire::HELLO_LEN];
@@ -313,10 +395,11 @@ impl Conn {
         Ok(true)
     }
 
-    fn run(&mut self) -> Result<(), ConnError> {
+    fn run(&mut self, admitted: &mut Admitted) -> Result<(), ConnError> {
         if !self.hello()? {
             return Ok(());
         }
+        admitted.greeted();
         let max = self.shared.config.max_transfer_size;
         // One handle for the life of the connection, passed down by reference: the guards
         // borrow from it while `self` is borrowed mutably, with no per-request refcounting.
@@ -329,10 +412,14 @@ impl Conn {
             h.copy_from_slice(&self.rx[self.start..self.start + REQ_LEN]);
             self.start += REQ_LEN;
             let req = Request::decode(&h)?;
-            if req.len > max {
-                return Err(ConnError::TooLong { len: req.len, max });
+            if req.len > MAX_TRANSFER_LIMIT {
+                return Err(ConnError::TooLong {
+                    len: req.len,
+                    max: MAX_TRANSFER_LIMIT,
+                });
             }
             match req.op {
+                Op::Write | Op::Read if req.len > max => self.over_limit(&req)?,
                 Op::Write => self.write(&shared, &req)?,
                 Op::Read => self.read(&shared, &req)?,
                 Op::Notify => {
@@ -363,6 +450,17 @@ impl Conn {
             &self.shared.stats.denied
         };
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Answers a request larger than this fabric's `max_transfer_size` (a WRITE's payload is
+    /// read and dropped), keeping the stream in step.
+    fn over_limit(&mut self, req: &Request) -> Result<(), ConnError> {
+        if req.op == Op::Write {
+            self.take_payload(std::ptr::null_mut(), req.len)?;
+        }
+        let status = Err(FailReason::ExceedsPeerLimit);
+        self.count(status);
+        self.respond(req.token, status)
     }
 
     fn write(&mut self, shared: &Shared, req: &Request) -> Result<(), ConnError> {

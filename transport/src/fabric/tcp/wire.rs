@@ -45,6 +45,22 @@ pub(crate) const HELLO_OK: u8 = 0;
 pub(crate) const HELLO_WRONG_INSTANCE: u8 = 1;
 /// Hello reply status: the rail index is beyond the target's rails.
 pub(crate) const HELLO_BAD_RAIL: u8 = 2;
+/// Hello reply status: the target is at its connection limit (sent at once, before the
+/// hello is read).
+pub(crate) const HELLO_BUSY: u8 = 3;
+
+/// What a hello reply status means, for error messages.
+pub(crate) fn hello_status_name(status: u8) -> &'static str {
+    match status {
+        HELLO_OK => "accepted",
+        HELLO_WRONG_INSTANCE => {
+            "the peer is another instance (restarted since the descriptor was published)"
+        }
+        HELLO_BAD_RAIL => "the peer has no such rail",
+        HELLO_BUSY => "the peer is at its connection limit",
+        _ => "unknown status",
+    }
+}
 
 /// A request opcode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,6 +102,36 @@ pub struct VerbsConfig {
     pub idle_spin: Duration,
 }
 
+/// Largest queue and table sizes a verbs fabric may be configured for (devices cap queues
+/// further).
+const MAX_SIZE: u32 = 1 << 16;
+
+/// Refuses settings that cannot work or would exhaust memory, naming the value; before any
+/// device is opened.
+fn check_config(c: &VerbsConfig) -> Result<(), FabricError> {
+    use crate::fabric::{check_nonzero, check_range};
+    check_range("verbs", "devices", c.devices.len(), 0..=MAX_RAILS)?;
+    check_range("verbs", "queue_depth", c.queue_depth, 1..=MAX_SIZE)?;
+    check_range(
+        "verbs",
+        "target_cq_depth",
+        c.target_cq_depth,
+        1..=MAX_SIZE * 64,
+    )?;
+    check_range("verbs", "recv_depth", c.recv_depth, 1..=c.target_cq_depth)?;
+    check_range("verbs", "max_endpoints", c.max_endpoints, 1..=64)?;
+    check_range("verbs", "max_peers", c.max_peers, 1..=MAX_SIZE)?;
+    check_range("verbs", "max_regions", c.max_regions, 1..=MAX_SIZE as usize)?;
+    check_range(
+        "verbs",
+        "max_transfer_size",
+        c.max_transfer_size,
+        1..=u64::MAX,
+    )?;
+    check_nonzero("verbs", "unresponsive_timeout", c.unresponsive_timeout)?;
+    check_nonzero("verbs", "handshake_timeout", c.handshake_timeout)
+}
+
 impl Default for VerbsConfig {
     fn default() -> Self {
         VerbsConfig {
@@ -295,30 +325,12 @@ fn default_device() -> Result<String, FabricError> {
 impl VerbsFabric {
     /// Opens the devices, starts the connection service and the target thread.
     pub fn new(config: VerbsConfig) -> Result<Arc<VerbsFabric>, FabricError> {
+        check_config(&config)?;
         let names = if config.devices.is_empty() {
             vec![default_device()?]
         } else {
             config.devices.clone()
         };
-        if names.len() > MAX_RAILS {
-            return Err(FabricError::BadRail {
-                rail: names.len() as u16,
-                rails: MAX_RAILS as u16,
-            });
-        }
-        let bad = |what: &str, v: u64| FabricError::Io(format!("verbs: bad {what} {v}"));
-        if config.queue_depth == 0 {
-            return Err(bad("queue_depth", 0));
-        }
-        if config.recv_depth == 0 || config.target_cq_depth < config.recv_depth {
-            return Err(bad("recv_depth", config.recv_depth.into()));
-        }
-        if config.max_endpoints == 0 || config.max_endpoints > 64 {
-            return Err(bad("max_endpoints (1..=64)", config.max_endpoints.into()));
-        }
-        if config.max_peers == 0 {
-            return Err(bad("max_peers", 0));
-        }
         let rails = names
             .iter()
             .map(|n| open_rail(n, &config))
@@ -478,6 +490,28 @@ impl Fabric for VerbsFabric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_is_checked_before_any_device() {
+        type Edit = fn(&mut VerbsConfig);
+        let cases: [(&str, Edit); 5] = [
+            ("queue_depth", |c| c.queue_depth = u32::MAX),
+            ("recv_depth", |c| c.recv_depth = c.target_cq_depth + 1),
+            ("max_peers", |c| c.max_peers = u32::MAX),
+            ("max_regions", |c| c.max_regions = 1 << 40),
+            ("handshake_timeout", |c| {
+                c.handshake_timeout = Duration::ZERO
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut c = VerbsConfig::default();
+            edit(&mut c);
+            match VerbsFabric::new(c) {
+                Err(FabricError::BadConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
 
     #[test]
     fn ack_timeout_covers_the_configured_time() {
