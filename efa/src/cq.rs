@@ -58,10 +58,16 @@ pub struct CqBuilder<'c> {
 }
 
 impl<'c> CqBuilder<'c> {
-    /// Ask the provider to skip the CQ lock (`IBV_CREATE_CQ_ATTR_SINGLE_THREADED`); on by default,
-    /// since polling takes `&mut Cq`. Libraries that reject the flag (EFA before rdma-core 52)
-    /// get a CQ without it.
-    pub fn single_threaded(mut self, on: bool) -> Self {
+    /// Ask the provider to skip the CQ lock (`IBV_CREATE_CQ_ATTR_SINGLE_THREADED`). Off by default.
+    /// Libraries that reject the flag (EFA before rdma-core 60) get a CQ without it. Ignored on a
+    /// thread-domain CQ: there the provider already polls without the lock (rdma-core 61 and
+    /// later), and rdma-core 59 refuses the flag outright.
+    ///
+    /// # Safety
+    /// The lock the flag removes also guards the provider's table of the CQ's QPs: EFA removes a
+    /// destroyed QP from it under that lock. With the flag, no QP completing into this CQ may be
+    /// dropped (or created) on one thread while the CQ is polled on another.
+    pub unsafe fn single_threaded(mut self, on: bool) -> Self {
         self.single_threaded = on;
         self
     }
@@ -124,17 +130,10 @@ impl<'c> CqBuilder<'c> {
             efa_wc |= u64::from(efa_sys::EFADV_WC_EX_WITH_IS_UNSOLICITED);
         }
 
-        let raw = match create(
-            ctx,
-            self.cqe,
-            self.single_threaded,
-            efa_wc,
-            self.td.as_deref(),
-        ) {
+        let single_threaded = self.single_threaded && self.td.is_none();
+        let raw = match create(ctx, self.cqe, single_threaded, efa_wc, self.td.as_deref()) {
             Err(Error::Verbs { errno, .. })
-                if self.single_threaded
-                    && self.td.is_none()
-                    && (errno == libc::EOPNOTSUPP || errno == libc::EINVAL) =>
+                if single_threaded && (errno == libc::EOPNOTSUPP || errno == libc::EINVAL) =>
             {
                 create(ctx, self.cqe, false, efa_wc, None)?
             }
@@ -159,6 +158,7 @@ impl<'c> CqBuilder<'c> {
                 unsolicited: self.unsolicited && efa_cq.is_some(),
                 is_efa: ctx.is_efa(),
                 one_per_pass: ctx.info().kind == DeviceKind::SoftRoce,
+                deferred: None,
             },
             inner: Arc::new(CqInner {
                 ctx: Arc::clone(ctx),
@@ -273,6 +273,8 @@ pub(crate) struct PollCore {
     /// advances its consumer index both when `ibv_next_poll` finds the queue empty and again in
     /// `ibv_end_poll`, which skips a slot and later yields phantom completions.
     one_per_pass: bool,
+    /// An `ibv_next_poll` error held back because the call that met it returned completions.
+    deferred: Option<i32>,
 }
 
 impl std::fmt::Debug for Cq {
@@ -290,7 +292,7 @@ impl Cq {
         CqBuilder {
             ctx,
             cqe,
-            single_threaded: true,
+            single_threaded: false,
             source_gid: None,
             unsolicited: false,
             td: None,
@@ -383,17 +385,28 @@ impl PollCore {
 
     /// Fills `out` from as many passes as it takes: one pass, or on a one-per-pass CQ one pass
     /// per completion, so a short count always means the CQ ran empty.
+    ///
+    /// When `ibv_next_poll` fails after completions were consumed, those come back and the error
+    /// is reported by the next call, so no completion is ever lost to an error.
     fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
+        if let Some(errno) = self.deferred.take() {
+            return Err(Error::verbs("ibv_next_poll", errno));
+        }
         let one_per_pass = self.one_per_pass;
         let mut n = 0;
-        while n < out.len() {
+        let mut failed = None;
+        while n < out.len() && failed.is_none() {
             let Some(mut p) = self.poll()? else {
                 break;
             };
             while n < out.len() {
-                match p.next()? {
-                    Some(c) => out[n] = c.to_owned(),
-                    None => break,
+                match p.next() {
+                    Ok(Some(c)) => out[n] = c.to_owned(),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
                 n += 1;
             }
@@ -401,7 +414,14 @@ impl PollCore {
                 break;
             }
         }
-        Ok(n)
+        match failed {
+            Some(e) if n == 0 => Err(e),
+            Some(e) => {
+                self.deferred = Some(e.errno().unwrap_or(libc::EIO));
+                Ok(n)
+            }
+            None => Ok(n),
+        }
     }
 }
 
@@ -571,22 +591,38 @@ impl Completion<'_> {
     }
 
     /// Copy the completion out.
+    ///
+    /// Receive-only fields (`src_qp`, immediate data, source GID, unsolicited flag) are read only
+    /// for receive opcodes: on EFA a send completion's receive fields alias its 64-bit request id
+    /// (`src_qp` would read as `wr_id >> 48`). `byte_len` is read for receives and RDMA READ; it
+    /// is 0 otherwise (EFA reports 0 on every send completion). Error completions carry only
+    /// `wr_id`, status, vendor error and QP number.
     pub fn to_owned(&self) -> WorkCompletion {
         let status = self.status();
-        let ok = status.is_success();
-        WorkCompletion {
+        let mut wc = WorkCompletion {
             wr_id: self.wr_id(),
             status,
             vendor_err: self.vendor_err(),
             efa_status: self.efa_status(),
             qp_num: self.qp_num(),
-            opcode: if ok { Some(self.opcode()) } else { None },
-            byte_len: if ok { self.byte_len() } else { 0 },
-            imm: if ok { self.imm() } else { None },
-            src_qp: if ok { self.src_qp() } else { 0 },
-            source_gid: if ok { self.source_gid() } else { None },
-            unsolicited: ok && self.is_unsolicited(),
+            ..WorkCompletion::default()
+        };
+        if !status.is_success() {
+            return wc;
         }
+        let opcode = self.opcode();
+        wc.opcode = Some(opcode);
+        let recv = matches!(opcode, WcOpcode::Recv | WcOpcode::RecvRdmaWithImm);
+        if recv || opcode == WcOpcode::RdmaRead {
+            wc.byte_len = self.byte_len();
+        }
+        if recv {
+            wc.imm = self.imm();
+            wc.src_qp = self.src_qp();
+            wc.source_gid = self.source_gid();
+            wc.unsolicited = self.is_unsolicited();
+        }
+        wc
     }
 }
 

@@ -26,6 +26,10 @@ struct FakeCq {
     starts: u32,
     nexts: u32,
     ends: u32,
+    /// `next_poll` fails once (EINVAL) when it would move to this entry.
+    next_error_at: usize,
+    /// Calls of the receive-only readers (src_qp, imm, byte_len).
+    recv_reads: u32,
 }
 
 unsafe fn fake<'a>(cq: *mut efa_sys::ibv_cq_ex) -> &'a mut FakeCq {
@@ -58,6 +62,10 @@ unsafe extern "C" fn next(cq: *mut efa_sys::ibv_cq_ex) -> i32 {
     let f = unsafe { fake(cq) };
     assert!(f.in_pass, "next_poll outside a pass");
     f.nexts += 1;
+    if f.cur + 1 == f.next_error_at {
+        f.next_error_at = usize::MAX;
+        return libc::EINVAL;
+    }
     if f.cur + 1 == f.entries.len() {
         return libc::ENOENT;
     }
@@ -87,10 +95,21 @@ macro_rules! reader {
 }
 reader!(r_opcode, opcode, efa_sys::ibv_wc_opcode);
 reader!(r_vendor, vendor_err, u32);
-reader!(r_len, byte_len, u32);
-reader!(r_imm, imm_be, u32);
+macro_rules! recv_reader {
+    ($name:ident, $field:ident) => {
+        unsafe extern "C" fn $name(cq: *mut efa_sys::ibv_cq_ex) -> u32 {
+            // SAFETY: see `fake`.
+            let f = unsafe { fake(cq) };
+            assert!(f.in_pass, "reader outside a pass");
+            f.recv_reads += 1;
+            f.entries[f.cur].$field
+        }
+    };
+}
+recv_reader!(r_len, byte_len);
+recv_reader!(r_imm, imm_be);
 reader!(r_qp, qp_num, u32);
-reader!(r_src, src_qp, u32);
+recv_reader!(r_src, src_qp);
 reader!(r_flags, wc_flags, u32);
 
 fn fake_cq(entries: Vec<Entry>) -> Box<FakeCq> {
@@ -116,6 +135,8 @@ fn fake_cq(entries: Vec<Entry>) -> Box<FakeCq> {
         starts: 0,
         nexts: 0,
         ends: 0,
+        next_error_at: usize::MAX,
+        recv_reads: 0,
     })
 }
 
@@ -127,6 +148,7 @@ fn core(f: &mut FakeCq, is_efa: bool) -> PollCore {
         unsolicited: false,
         is_efa,
         one_per_pass: false,
+        deferred: None,
     }
 }
 
@@ -252,4 +274,47 @@ fn soft_roce_passes_never_reach_enoent_in_next_poll() {
     assert_eq!(core.poll_into(&mut out).unwrap(), 0);
     // Three passes of one completion each; next_poll never runs, so it never reaches ENOENT.
     assert_eq!((f.starts, f.nexts, f.ends), (3, 0, 3));
+}
+
+#[test]
+fn a_failing_next_poll_returns_what_was_consumed_and_reports_the_error_next() {
+    let mut f = fake_cq((1..=4).map(entry).collect());
+    f.next_error_at = 2;
+    let mut c = core(&mut f, true);
+    let mut out = [WorkCompletion::default(); 4];
+    assert_eq!(
+        c.poll_into(&mut out).unwrap(),
+        2,
+        "the two consumed completions come back"
+    );
+    assert_eq!([out[0].wr_id, out[1].wr_id], [1, 2]);
+    let e = c.poll_into(&mut out).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    assert_eq!(c.poll_into(&mut out).unwrap(), 2, "then polling goes on");
+    assert_eq!([out[0].wr_id, out[1].wr_id], [3, 4]);
+}
+
+#[test]
+fn send_completions_read_no_receive_fields() {
+    let mut e = entry(0xabcd_0000_0000_0007);
+    e.opcode = efa_sys::IBV_WC_SEND;
+    e.src_qp = 0xabcd; // EFA's send CQE aliases the request id here
+    let mut f = fake_cq(vec![e, entry(8)]);
+    let mut c = core(&mut f, true);
+    let mut out = [WorkCompletion::default(); 1];
+    assert_eq!(c.poll_into(&mut out).unwrap(), 1);
+    assert_eq!(
+        (out[0].opcode, out[0].src_qp, out[0].byte_len, out[0].imm),
+        (Some(WcOpcode::Send), 0, 0, None)
+    );
+    assert_eq!(
+        f.recv_reads, 0,
+        "no receive-only reader was called for a send"
+    );
+    let mut c = core(&mut f, true);
+    assert_eq!(c.poll_into(&mut out).unwrap(), 1);
+    assert_eq!(
+        (out[0].opcode, out[0].src_qp, out[0].byte_len),
+        (Some(WcOpcode::Recv), 6, 80)
+    );
 }

@@ -16,6 +16,9 @@ fn wait(cq: &mut Cq, n: usize) -> Vec<WorkCompletion> {
     out
 }
 
+/// A request id with high bits set, so a field that aliases it would show.
+const SEND_ID: u64 = 0xabcd_0000_0000_000a;
+
 #[test]
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
@@ -57,7 +60,7 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
     b.post_recv(1, &[mr_b.sge(0, size).unwrap()]).unwrap();
     let mut batch = a.batch().unwrap();
     batch
-        .send(10, &to_b, &[mr_a.sge(0, size).unwrap()])
+        .send(SEND_ID, &to_b, &[mr_a.sge(0, size).unwrap()])
         .unwrap();
     let too_big = Mr::alloc(&pd, port.max_msg_sz as usize + 1, Access::LOCAL_WRITE).unwrap();
     assert!(matches!(
@@ -71,6 +74,11 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
     batch.commit().unwrap();
     let c = wait(&mut cq_a, 1)[0];
     assert!(c.is_success(), "{c:?}");
+    // A send completion's receive fields alias the request id on EFA: none may be reported.
+    assert_eq!(
+        (c.wr_id, c.opcode, c.src_qp, c.byte_len, c.source_gid),
+        (SEND_ID, Some(WcOpcode::Send), 0, 0, None)
+    );
     let r = wait(&mut cq_b, 1)[0];
     assert_eq!(
         (r.opcode, r.byte_len, r.src_qp),
@@ -79,6 +87,21 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
     let mut got = vec![0; size as usize];
     mr_b.read_at(0, &mut got).unwrap();
     assert_eq!(got, data[..size as usize]);
+
+    // A 64 KiB receive buffer takes a SEND (rdma-core before 57 would have wrapped its 16-bit
+    // descriptor length to 0; the crate clamps it).
+    b.post_recv(2, &[mr_b.sge(0, 65536).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch.send(12, &to_b, &[mr_a.sge(0, 100).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    let c = wait(&mut cq_a, 1)[0];
+    assert!(c.is_success(), "{c:?}");
+    let r = wait(&mut cq_b, 1)[0];
+    assert_eq!(
+        (r.wr_id, r.byte_len, r.status.is_success()),
+        (2, 100, true),
+        "{r:?}"
+    );
 
     let remote = mr_b.remote();
     if attr.caps.contains(EfaCaps::RDMA_READ) {

@@ -156,6 +156,9 @@ impl Default for QpCaps {
     }
 }
 
+/// Receive SGEs clamped without allocation (EFA devices take at most 3).
+const MAX_CLAMPED_RECV_SGES: usize = 8;
+
 /// Check requested queue sizes against the device's limits.
 pub fn check_caps(
     c: &QpCaps,
@@ -182,6 +185,53 @@ pub fn check_caps(
             what: "send queue depth",
             value: 0,
         });
+    }
+    Ok(())
+}
+
+/// Checks queue depths the way EFA's provider sizes them, so what it would refuse with a bare
+/// EINVAL is a typed [`Limit`] here.
+///
+/// - The send queue holds `rounddown_pow2(max_llq_size / wqe_size)` WQEs and the provider rounds
+///   `max_send_wr` up to a power of two before the kernel checks it against `max_sq_wr`. A WQE is
+///   128 bytes instead of 64 once inline data exceeds 32 bytes, which halves the depth (the LLQ is
+///   taken as `max_sq_wr` 64-byte WQEs until `efadv_get_max_sq_depth` is bound).
+/// - Receive descriptors are shared by a WR's SGEs: `max_recv_wr * max_recv_sge`, rounded up to
+///   a power of two, must fit `max_rq_wr`. `max_recv_sge` 0 would divide by zero in the provider.
+pub(crate) fn check_efa_depths(c: &QpCaps, max_sq_wr: u32, max_rq_wr: u32) -> Result<()> {
+    let pow2_floor = |v: u32| {
+        if v == 0 {
+            0
+        } else {
+            1 << (31 - v.leading_zeros())
+        }
+    };
+    let llq = if c.max_inline_data > 32 {
+        max_sq_wr / 2
+    } else {
+        max_sq_wr
+    };
+    let sq = pow2_floor(llq);
+    if c.max_send_wr > sq {
+        return Err(Error::limit(
+            Limit::SendQueueDepth,
+            c.max_send_wr.into(),
+            sq.into(),
+        ));
+    }
+    if c.max_recv_sge == 0 {
+        return Err(Error::Invalid {
+            what: "receive SGEs per work request on EFA (at least 1)",
+            value: 0,
+        });
+    }
+    let rq = pow2_floor(max_rq_wr) / c.max_recv_sge;
+    if c.max_recv_wr > rq {
+        return Err(Error::limit(
+            Limit::RecvQueueDepth,
+            c.max_recv_wr.into(),
+            rq.into(),
+        ));
     }
     Ok(())
 }
@@ -404,14 +454,17 @@ impl<'a> QpBuilder<'a> {
     fn check_limits(&self) -> Result<()> {
         let ctx = self.pd.context();
         match ctx.efa_attr() {
-            Some(e) => check_caps(
-                &self.caps,
-                e.max_sq_wr,
-                e.max_rq_wr,
-                e.max_sq_sge.into(),
-                e.max_rq_sge.into(),
-                e.max_inline(),
-            ),
+            Some(e) => {
+                check_caps(
+                    &self.caps,
+                    e.max_sq_wr,
+                    e.max_rq_wr,
+                    e.max_sq_sge.into(),
+                    e.max_rq_sge.into(),
+                    e.max_inline(),
+                )?;
+                check_efa_depths(&self.caps, e.max_sq_wr, e.max_rq_wr)
+            }
             None => {
                 let d = ctx.device_attr();
                 check_caps(
@@ -833,6 +886,20 @@ impl<T: Transport> Qp<T> {
                 self.caps.max_recv_sge.into(),
             ));
         }
+        // EFA's RX descriptor length is 16 bits: rdma-core before 57 wraps a 64 KiB SGE to 0
+        // bytes, later ones clamp it. Clamp here so every release receives into 65535 bytes.
+        let mut clamped = [Sge::new(0, 0, 0); MAX_CLAMPED_RECV_SGES];
+        let sges = if self.pd.context().is_efa()
+            && sges.len() <= MAX_CLAMPED_RECV_SGES
+            && sges.iter().any(|s| s.len() > u32::from(u16::MAX))
+        {
+            for (c, s) in clamped.iter_mut().zip(sges) {
+                *c = Sge::new(s.addr(), s.len().min(u32::from(u16::MAX)), s.lkey());
+            }
+            &clamped[..sges.len()]
+        } else {
+            sges
+        };
         let mut wr = efa_sys::ibv_recv_wr {
             wr_id,
             next: std::ptr::null_mut(),

@@ -553,3 +553,58 @@ fn posting_allocates_nothing() {
     }
     assert_eq!(crate::alloc_count::allocations() - before, 0);
 }
+
+#[test]
+fn efa_depths_follow_the_providers_sizing() {
+    let caps = |send, recv, sge, inline| QpCaps {
+        max_send_wr: send,
+        max_recv_wr: recv,
+        max_send_sge: 1,
+        max_recv_sge: sge,
+        max_inline_data: inline,
+    };
+    assert!(check_efa_depths(&caps(4096, 8192, 3, 32), 4096, 32768).is_ok());
+    // Inline data over 32 bytes needs the 128-byte WQE: half the send queue.
+    let e = check_efa_depths(&caps(4096, 1, 1, 64), 4096, 32768).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Limit {
+                limit: Limit::SendQueueDepth,
+                value: 4096,
+                max: 2048
+            }
+        ),
+        "{e}"
+    );
+    // Receive depth is shared by the SGEs of a work request.
+    let e = check_efa_depths(&caps(64, 16384, 3, 0), 4096, 32768).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Limit {
+                limit: Limit::RecvQueueDepth,
+                value: 16384,
+                max: 10922
+            }
+        ),
+        "{e}"
+    );
+    // A device limit that is not a power of two: the provider rounds up before the kernel checks.
+    let e = check_efa_depths(&caps(3000, 1, 1, 0), 3000, 32768).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Limit {
+                limit: Limit::SendQueueDepth,
+                max: 2048,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        check_efa_depths(&caps(64, 1, 0, 0), 4096, 32768),
+        Err(Error::Invalid { value: 0, .. })
+    ));
+}

@@ -592,11 +592,20 @@ pub unsafe extern "C" fn post_recv(
             Vec::new()
         };
         q.slots.rq.fetch_add(1, Ordering::AcqRel);
-        // From rdma-core 57 a receive SGE of 64 KiB or more holds 65535 bytes (16-bit length).
+        // The RX descriptor's length is 16 bits: from rdma-core 57 a receive SGE of 64 KiB or
+        // more holds 65535 bytes; before, its length wrapped (65536 became 0).
+        let release = crate::device::config().map_or(64, |c| c.rdma_core);
+        let clamp = |len: u32| {
+            if release >= 57 {
+                len.min(65535)
+            } else {
+                u32::from(len as u16)
+            }
+        };
         let sges = sges
             .into_iter()
             .map(|s| ibv_sge {
-                length: s.length.min(65535),
+                length: clamp(s.length),
                 ..s
             })
             .collect();

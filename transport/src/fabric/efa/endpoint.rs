@@ -1,6 +1,7 @@
 //! The per-worker hot path of the `efa` fabric: one SRD QP and CQ per rail.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ::efa::{Cq, Dest, QpBuilder, RemoteAddr, Sge, SrdQp, ThreadDomain, WorkCompletion};
@@ -43,7 +44,8 @@ impl EfaEndpoint {
             } else {
                 None
             };
-            let mut cqb = Cq::builder(&r.ctx, depth);
+            // Initiator completions are sends: no source GID to ask for.
+            let mut cqb = Cq::builder(&r.ctx, depth).source_gid(false);
             if let Some(td) = &td {
                 // SAFETY: the CQ and the QP on this domain live in this endpoint, which one
                 // thread at a time uses (`&mut self`); they move between threads together.
@@ -167,7 +169,9 @@ impl Endpoint for EfaEndpoint {
                                 )
                                 .map_err(|e| post_reason(&e)),
                             Ok(SrdWr::Notify { tag }) => batch
-                                .send_imm(w.token, &d, &[], tag)
+                                // A 0-byte SEND with immediate, posted inline with no buffer, as
+                                // libfabric posts 0-byte sends on EFA.
+                                .send_inline(w.token, &d, &[], Some(tag))
                                 .map_err(|e| post_reason(&e)),
                         };
                         if let Err(reason) = pushed {
@@ -211,7 +215,16 @@ impl Endpoint for EfaEndpoint {
         for r in &mut self.rails {
             while r.outstanding > 0 && n < out.len() {
                 let want = (out.len() - n).min(self.scratch.len());
-                let got = r.cq.poll_into(&mut self.scratch[..want]).unwrap_or(0);
+                let got = match r.cq.poll_into(&mut self.scratch[..want]) {
+                    Ok(got) => got,
+                    Err(_) => {
+                        // The CQ can no longer be trusted: flush the rail's outstanding work
+                        // (each request then completes once, as flushed) and count the error.
+                        self.shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                        let _ = r.qp.set_error();
+                        break;
+                    }
+                };
                 for wc in &self.scratch[..got] {
                     out[n] = Completion {
                         token: wc.wr_id,

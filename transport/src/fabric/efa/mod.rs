@@ -43,7 +43,7 @@ pub mod plan;
 mod target;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -144,6 +144,8 @@ pub(crate) struct Shared {
     pub peers: Box<[OnceLock<Route<Ah>>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: AtomicBool,
+    /// CQ poll errors met by endpoints and the target thread (see [`EfaFabric::poll_errors`]).
+    pub poll_errors: AtomicU64,
 }
 
 struct PeerIds {
@@ -175,6 +177,13 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
 }
 
 impl EfaFabric {
+    /// How many CQ polls failed, in endpoints and the target thread. A failed poll loses no
+    /// completion; an endpoint whose CQ fails moves that rail's QP to the error state, so its
+    /// outstanding requests complete as flushed instead of waiting for ever.
+    pub fn poll_errors(&self) -> u64 {
+        self.shared.poll_errors.load(Ordering::Relaxed)
+    }
+
     /// Opens the EFA devices, decides the capabilities, creates the service QPs and starts the
     /// target thread.
     pub fn new(config: EfaConfig) -> Result<Arc<EfaFabric>, FabricError> {
@@ -227,6 +236,7 @@ impl EfaFabric {
             caps,
             notifications: OnceLock::new(),
             stop: AtomicBool::new(false),
+            poll_errors: AtomicU64::new(0),
         });
         let thread = target::start(shared.clone(), service)?;
         Ok(Arc::new(EfaFabric {

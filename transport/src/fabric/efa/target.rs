@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ::efa::{Cq, Mr, QpBuilder, SrdQp, WcOpcode, WorkCompletion};
+use ::efa::{Cq, Mr, QpBuilder, SrdQp, WcOpcode, WcStatus, WorkCompletion};
 
 use super::{EfaConfig, Rail, Shared};
 use crate::fabric::rdma::backoff::Backoff;
@@ -90,22 +90,31 @@ fn run(shared: Arc<Shared>, mut service: Service) {
     while !shared.stop.load(Ordering::Relaxed) {
         let mut busy = false;
         for r in &mut service.rails {
-            let Ok(n) = r.cq.poll_into(&mut scratch) else {
-                continue;
+            // A poll error loses no completion (the efa crate returns the ones it consumed and
+            // reports the error on the next call); it is counted, and polling goes on.
+            let n = match r.cq.poll_into(&mut scratch) {
+                Ok(n) => n,
+                Err(_) => {
+                    shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             };
             busy |= n > 0;
             for wc in &scratch[..n] {
-                if !wc.is_success() || wc.wr_id >= depth {
+                // The service QP posts no sends: every completion is a receive slot.
+                if wc.wr_id >= depth || wc.status == WcStatus::WrFlushErr {
                     continue;
                 }
                 if matches!(wc.opcode, Some(WcOpcode::Recv | WcOpcode::RecvRdmaWithImm)) {
                     if let (Some(tag), Some(sink)) = (wc.imm, shared.notifications.get()) {
                         sink.record(tag);
                     }
-                    // On failure the slot stays unposted; senders see RNR retries and, with
-                    // every slot gone, REMOTE_RNR.
-                    let _ = post(&mut r.qp, &r.buffers, wc.wr_id);
                 }
+                // Every slot goes back, after an error completion too (a peer's oversized or
+                // malformed message): a slot left out would, with rnr_retry 7, stall the
+                // notifications of every sender for good. Only a flush (QP in error, shutdown)
+                // retires it. On failure the slot stays unposted; senders see RNR retries.
+                let _ = post(&mut r.qp, &r.buffers, wc.wr_id);
             }
         }
         backoff.step(busy);
