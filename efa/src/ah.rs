@@ -123,7 +123,8 @@ impl Drop for Ah {
     fn drop(&mut self) {
         // SAFETY: created once, destroyed once. Providers copy what they need from the AH at
         // posting time, so in-flight work does not read it after this.
-        unsafe { (self.pd.context().verbs().ibv_destroy_ah)(self.raw.as_ptr()) };
+        let rc = unsafe { (self.pd.context().verbs().ibv_destroy_ah)(self.raw.as_ptr()) };
+        crate::teardown::check("ibv_destroy_ah", rc);
     }
 }
 

@@ -489,7 +489,8 @@ fn zeroed_device_attr() -> efa_sys::ibv_device_attr {
 impl Drop for Context {
     fn drop(&mut self) {
         // SAFETY: every child holds an Arc<Context>, so none is alive; closed exactly once.
-        unsafe { (self.verbs.ibv_close_device)(self.raw.as_ptr()) };
+        let rc = unsafe { (self.verbs.ibv_close_device)(self.raw.as_ptr()) };
+        crate::teardown::check("ibv_close_device", rc);
     }
 }
 

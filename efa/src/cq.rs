@@ -41,7 +41,8 @@ impl CqInner {
 impl Drop for CqInner {
     fn drop(&mut self) {
         // SAFETY: the Cq and every QP using this CQ are gone (they hold this Arc); destroyed once.
-        unsafe { (self.ctx.verbs().ibv_destroy_cq)(self.as_cq()) };
+        let rc = unsafe { (self.ctx.verbs().ibv_destroy_cq)(self.as_cq()) };
+        crate::teardown::check("ibv_destroy_cq", rc);
     }
 }
 
@@ -627,6 +628,11 @@ impl Completion<'_> {
 }
 
 /// A completion copied out of the CQ.
+///
+/// EFA's reporting differs from other verbs devices: an RDMA READ completes with opcode
+/// [`WcOpcode::Send`] (the provider never reports `IBV_WC_RDMA_READ`), a write with immediate
+/// as [`WcOpcode::RdmaWrite`], and `byte_len` is 0 on every send-side completion. Count
+/// completions by `wr_id`, never by opcode or length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkCompletion {
     /// The `wr_id` given at posting.

@@ -28,6 +28,7 @@ pub mod pd;
 pub mod qp;
 pub mod status;
 pub mod sysfs;
+mod teardown;
 
 pub use ah::{Ah, AhAttr};
 pub use caps::{EfaCaps, EfaDeviceAttr};
@@ -43,6 +44,7 @@ pub use qp::{
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
 };
 pub use status::{EfaStatus, WcOpcode, WcStatus};
+pub use teardown::teardown_errors;
 
 #[cfg(test)]
 mod alloc_count;

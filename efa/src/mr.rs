@@ -545,7 +545,8 @@ impl Drop for Mr<'_> {
     fn drop(&mut self) {
         // SAFETY: registered once, deregistered once; after this the device no longer
         // touches the memory, so owned memory can be freed and borrowed memory handed back.
-        unsafe { (self.pd.context().verbs().ibv_dereg_mr)(self.raw.as_ptr()) };
+        let rc = unsafe { (self.pd.context().verbs().ibv_dereg_mr)(self.raw.as_ptr()) };
+        crate::teardown::check("ibv_dereg_mr", rc);
         if let Backing::Owned { ptr, layout } = self.backing {
             // SAFETY: allocated in `alloc` with this layout.
             unsafe { alloc::dealloc(ptr.as_ptr(), layout) };

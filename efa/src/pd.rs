@@ -46,12 +46,19 @@ impl Pd {
     pub fn as_raw(&self) -> *mut efa_sys::ibv_pd {
         self.raw.as_ptr()
     }
+
+    /// The kernel's handle of the PD.
+    pub fn handle(&self) -> u32 {
+        // SAFETY: the PD is live; `handle` is set at allocation and never changes.
+        unsafe { (*self.raw.as_ptr()).handle }
+    }
 }
 
 impl Drop for Pd {
     fn drop(&mut self) {
         // SAFETY: every MR, AH, QP and thread domain holds an Arc<Pd>; none is alive now.
-        unsafe { (self.ctx.verbs().ibv_dealloc_pd)(self.raw.as_ptr()) };
+        let rc = unsafe { (self.ctx.verbs().ibv_dealloc_pd)(self.raw.as_ptr()) };
+        crate::teardown::check("ibv_dealloc_pd", rc);
     }
 }
 
@@ -100,7 +107,8 @@ impl ThreadDomain {
         let Some(parent) = NonNull::new(parent) else {
             let err = Error::last_os("ibv_alloc_parent_domain");
             // SAFETY: `td` was allocated above and nothing else refers to it.
-            unsafe { efa_sys::ibv_dealloc_td(td.as_ptr()) };
+            let rc = unsafe { efa_sys::ibv_dealloc_td(td.as_ptr()) };
+            crate::teardown::check("ibv_dealloc_td", rc);
             return Err(err);
         };
         Ok(Arc::new(ThreadDomain {
@@ -125,9 +133,13 @@ impl Drop for ThreadDomain {
     fn drop(&mut self) {
         // SAFETY: QPs and CQs on this domain hold an Arc<ThreadDomain>; none is alive. The
         // parent domain goes first because it holds a reference on the thread domain.
-        unsafe {
-            (self.pd.context().verbs().ibv_dealloc_pd)(self.parent.as_ptr());
-            efa_sys::ibv_dealloc_td(self.td.as_ptr());
-        }
+        let (parent, td) = unsafe {
+            (
+                (self.pd.context().verbs().ibv_dealloc_pd)(self.parent.as_ptr()),
+                efa_sys::ibv_dealloc_td(self.td.as_ptr()),
+            )
+        };
+        crate::teardown::check("ibv_dealloc_pd (parent domain)", parent);
+        crate::teardown::check("ibv_dealloc_td", td);
     }
 }

@@ -179,3 +179,29 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
         assert_eq!(w.efa_status, Some(efa::EfaStatus::RemoteBadAddress));
     }
 }
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_thread_domain_of_another_pd_is_refused() {
+    let ctx = match std::env::var("EFA_TEST_DEVICE") {
+        Ok(d) => Context::open(&d).unwrap(),
+        Err(_) => Context::open_first_efa().unwrap(),
+    };
+    let (pd, other) = (Pd::new(&ctx).unwrap(), Pd::new(&ctx).unwrap());
+    let td = efa::ThreadDomain::new(&other).unwrap();
+    let cq = Cq::new(&ctx, 16).unwrap();
+    // SAFETY: the QP is never built, so nothing is shared between threads.
+    let b = unsafe { QpBuilder::new(&pd, &cq, &cq).thread_domain(&td) };
+    let e = b.build_srd().unwrap_err();
+    assert!(
+        matches!(e, Error::Invalid { value, .. } if value == u64::from(other.handle())),
+        "{e}"
+    );
+    // The same domain on its own PD builds.
+    // SAFETY: as above; the QP is dropped on this thread.
+    let qp: SrdQp = unsafe { QpBuilder::new(&other, &cq, &cq).thread_domain(&td) }
+        .build_srd()
+        .unwrap();
+    drop(qp);
+    assert_eq!(efa::teardown_errors(), 0);
+}

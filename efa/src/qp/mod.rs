@@ -452,6 +452,14 @@ impl<'a> QpBuilder<'a> {
     }
 
     fn check_limits(&self) -> Result<()> {
+        if let Some(td) = &self.td {
+            if !Arc::ptr_eq(td.pd(), self.pd) {
+                return Err(Error::Invalid {
+                    what: "thread domain made for another protection domain than the QP's (its PD handle)",
+                    value: td.pd().handle().into(),
+                });
+            }
+        }
         let ctx = self.pd.context();
         match ctx.efa_attr() {
             Some(e) => {
@@ -994,7 +1002,8 @@ impl<T: Transport> Drop for Qp<T> {
     fn drop(&mut self) {
         // SAFETY: created once, destroyed once; no batch can be open (it would borrow self).
         // The CQs outlive this call through the Arcs held until after it.
-        unsafe { (self.pd.context().verbs().ibv_destroy_qp)(self.raw.as_ptr()) };
+        let rc = unsafe { (self.pd.context().verbs().ibv_destroy_qp)(self.raw.as_ptr()) };
+        crate::teardown::check("ibv_destroy_qp", rc);
     }
 }
 

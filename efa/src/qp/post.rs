@@ -280,6 +280,11 @@ impl SendCore {
 /// rings the doorbell once for the whole batch; dropping an uncommitted batch calls
 /// `ibv_wr_abort` and posts nothing.
 ///
+/// Do not `mem::forget` a batch: `ibv_wr_start` takes the provider's send-queue lock (EFA's QPs
+/// without a thread domain) and only `ibv_wr_complete` or `ibv_wr_abort` release it, so the
+/// next post to the QP, from any thread, would wait for ever. Forgetting is safe Rust, so this
+/// is not undefined behaviour, but it loses the QP.
+///
 /// ```compile_fail
 /// # fn f(qp: &mut efa::RcQp) {
 /// let a = qp.batch().unwrap();
