@@ -163,3 +163,73 @@ fn efa_hw_bad_remote_key_is_remote_bad_address() {
         RequestStatus::Failed(FailReason::RemoteBadAddress)
     );
 }
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_error_receives_are_reposted_so_notifications_go_on() {
+    let meta = Arc::new(LocalRegistry::new());
+    let config = EfaConfig {
+        recv_depth: 4,
+        ..EfaConfig::default()
+    };
+    let fb = EfaFabric::new(config).expect("an EFA device");
+    let service = fb.addresses()[0].clone();
+    let b = Engine::new(EngineConfig::new("b"), fb, meta.clone()).unwrap();
+    let fa = EfaFabric::new(EfaConfig::default()).unwrap();
+    let a = Engine::new(EngineConfig::new("a"), fa, meta).unwrap();
+    a.accept_peer(&b.local_addresses()).unwrap();
+    b.accept_peer(&a.local_addresses()).unwrap();
+    if !a.capabilities().supports_write {
+        println!("no WRITE on this device: the notification path is not used");
+        return;
+    }
+
+    // A misbehaving peer sends twice as many messages as the service QP has receives, each too
+    // big for them: every one ends its receive in an error completion.
+    let ctx = efa::Context::open_first_efa().unwrap();
+    let pd = efa::Pd::new(&ctx).unwrap();
+    let mut cq = efa::Cq::new(&ctx, 64).unwrap();
+    let mut qp: efa::SrdQp = efa::QpBuilder::new(&pd, &cq, &cq).build_srd().unwrap();
+    let mr = efa::Mr::alloc(&pd, 4096, efa::Access::LOCAL_WRITE).unwrap();
+    let ah = efa::Ah::new(&pd, efa::AhAttr::new(service.gid, 0)).unwrap();
+    let dest = efa::Dest::new(&ah, service.qpn, service.qkey);
+    for i in 0..8 {
+        let mut batch = qp.batch().unwrap();
+        batch.send(i, &dest, &[mr.sge(0, 1024).unwrap()]).unwrap();
+        batch.commit().unwrap();
+        let mut wc = [efa::WorkCompletion::default()];
+        assert_eq!(cq.wait_into(&mut wc, 1, WAIT).unwrap(), 1);
+        println!("oversized send {i}: {:?}", wc[0].efa_status);
+    }
+
+    // Notifications still arrive: every receive slot was posted again.
+    let src = a
+        .register_owned(
+            "a/src",
+            OwnedMemory::from_vec(pattern(64, 1)).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    b.register_owned(
+        "b/dst",
+        OwnedMemory::zeroed(4096, 4096).unwrap(),
+        Location::Cpu(0),
+        Access::REMOTE_READ_WRITE,
+    )
+    .unwrap();
+    let remote = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(8).unwrap();
+    let reqs: Vec<Request> = (0..8)
+        .map(|i| Request::write(src, 0, remote, i * 64, 64).with_op(Opcode::WriteWithNotify(7)))
+        .collect();
+    w.submit(batch, &reqs).unwrap();
+    let s = w.wait(batch, WAIT).unwrap();
+    assert!(s.all_completed(), "{s:?}");
+    let t0 = std::time::Instant::now();
+    while b.notifications().count(7).unwrap() < 8 && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(b.notifications().count(7).unwrap(), 8);
+}
