@@ -173,7 +173,7 @@ fn efa_hw_error_receives_are_reposted_so_notifications_go_on() {
         ..EfaConfig::default()
     };
     let fb = EfaFabric::new(config).expect("an EFA device");
-    let service = fb.addresses()[0].clone();
+    let service = fb.addresses()[0];
     let b = Engine::new(EngineConfig::new("b"), fb, meta.clone()).unwrap();
     let fa = EfaFabric::new(EfaConfig::default()).unwrap();
     let a = Engine::new(EngineConfig::new("a"), fa, meta).unwrap();
