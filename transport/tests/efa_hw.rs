@@ -233,3 +233,68 @@ fn efa_hw_error_receives_are_reposted_so_notifications_go_on() {
     }
     assert_eq!(b.notifications().count(7).unwrap(), 8);
 }
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_a_peer_restarting_2000_times_keeps_its_slot() {
+    use transport::fabric::Fabric;
+    let config = EfaConfig {
+        max_peers: 4,
+        ..EfaConfig::default()
+    };
+    let fa = EfaFabric::new(config).expect("an EFA device");
+    let mut first = None;
+    for i in 0..2000 {
+        // A restart: a new fabric instance on the same devices (the same GIDs), new service QPs.
+        let fb = EfaFabric::new(EfaConfig::default()).unwrap();
+        let id = fa
+            .connect(&fb.local_addresses())
+            .unwrap_or_else(|e| panic!("restart {i}: {e}"));
+        assert_eq!(
+            *first.get_or_insert(id),
+            id,
+            "restart {i} took a new peer slot"
+        );
+        fb.accept(&fa.local_addresses()).unwrap();
+    }
+    // The last route is the one in use: a transfer to a fresh instance goes through.
+    let meta = Arc::new(LocalRegistry::new());
+    let a = Engine::new(EngineConfig::new("a"), fa, meta.clone()).unwrap();
+    let b = Engine::new(
+        EngineConfig::new("b"),
+        EfaFabric::new(EfaConfig::default()).unwrap(),
+        meta,
+    )
+    .unwrap();
+    a.accept_peer(&b.local_addresses()).unwrap();
+    b.accept_peer(&a.local_addresses()).unwrap();
+    let src = a
+        .register_owned(
+            "a/src",
+            OwnedMemory::from_vec(pattern(4096, 5)).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    let dst = b
+        .register_owned(
+            "b/dst",
+            OwnedMemory::zeroed(4096, 4096).unwrap(),
+            Location::Cpu(0),
+            Access::REMOTE_READ_WRITE,
+        )
+        .unwrap();
+    let remote = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    let op = if a.capabilities().supports_write {
+        Request::write(src, 0, remote, 0, 4096)
+    } else {
+        Request::read(src, 0, remote, 0, 4096)
+    };
+    w.submit(batch, &[op]).unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    if a.capabilities().supports_write {
+        assert!(contents(&b, dst, 0, 4096) == pattern(4096, 5));
+    }
+}

@@ -59,7 +59,7 @@ use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
 use crate::{FabricError, Notifications};
-use peers::{AhTable, Route};
+use peers::{AhTable, Route, RouteSlot};
 
 /// Settings of an `efa` fabric.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,15 +141,18 @@ pub(crate) struct Shared {
     pub config: EfaConfig,
     pub rails: Vec<Rail>,
     pub caps: Capabilities,
-    pub peers: Box<[OnceLock<Route<Ah>>]>,
+    pub peers: Box<[RouteSlot<Ah>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: AtomicBool,
     /// CQ poll errors met by endpoints and the target thread (see [`EfaFabric::poll_errors`]).
     pub poll_errors: AtomicU64,
 }
 
+/// Peer ids by fabric instance, and by the GIDs a peer's rails sit on: a restarted peer (a new
+/// instance on the same GIDs) takes its predecessor's id and slot, with a new route.
 struct PeerIds {
     by_instance: HashMap<u64, PeerId>,
+    by_gids: HashMap<Vec<::efa::Gid>, (PeerId, u64)>,
     next: PeerId,
 }
 
@@ -230,7 +233,7 @@ impl EfaFabric {
             })
             .collect();
         let shared = Arc::new(Shared {
-            peers: (0..config.max_peers).map(|_| OnceLock::new()).collect(),
+            peers: (0..config.max_peers).map(|_| RouteSlot::new()).collect(),
             config,
             rails,
             caps,
@@ -245,6 +248,7 @@ impl EfaFabric {
             addresses,
             ids: Mutex::new(PeerIds {
                 by_instance: HashMap::new(),
+                by_gids: HashMap::new(),
                 next: 0,
             }),
             registry: MrRegistry::default(),
@@ -310,10 +314,13 @@ impl Fabric for EfaFabric {
     fn connect(&self, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {
         let addrs = EfaAddress::decode_all(remote)?;
         let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(&id) = ids.by_instance.get(&addrs[0].instance) {
+        let instance = addrs[0].instance;
+        if let Some(&id) = ids.by_instance.get(&instance) {
             return Ok(id);
         }
-        let id = ids.next;
+        let gids: Vec<::efa::Gid> = addrs.iter().map(|a| a.gid).collect();
+        let restarted = ids.by_gids.get(&gids).copied();
+        let id = restarted.map_or(ids.next, |(id, _)| id);
         let slot = self
             .shared
             .peers
@@ -329,11 +336,15 @@ impl Fabric for EfaFabric {
                 || FabricError::Exhausted("efa address handles"),
             )?
         };
-        if slot.set(route).is_err() {
-            return Err(FabricError::Exhausted("efa peers"));
+        slot.set(route);
+        match restarted {
+            Some((_, old)) => {
+                ids.by_instance.remove(&old);
+            }
+            None => ids.next += 1,
         }
-        ids.by_instance.insert(addrs[0].instance, id);
-        ids.next += 1;
+        ids.by_instance.insert(instance, id);
+        ids.by_gids.insert(gids, (id, instance));
         Ok(id)
     }
 

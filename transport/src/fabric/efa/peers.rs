@@ -4,7 +4,8 @@
 //! handle type so the bookkeeping is tested without a device.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ::efa::Gid;
 
@@ -95,6 +96,68 @@ impl<H> Route<H> {
     }
 }
 
+/// One peer's route, replaced when the peer restarts, read by endpoints without a lock.
+///
+/// A replaced route is retired, not freed: an endpoint may be posting through it at that moment.
+/// Retired routes live until the fabric is dropped (after every endpoint), so a restart costs
+/// one route's few bytes; the AHs they hold are the same as the new route's when the peer came
+/// back on the same GIDs, so the device's AHs do not grow.
+#[derive(Debug)]
+pub(crate) struct RouteSlot<H> {
+    current: AtomicPtr<Route<H>>,
+    // Boxed on purpose: endpoints may still hold a reference into a retired route, so it must not
+    // move when the vector grows.
+    #[allow(clippy::vec_box)]
+    retired: Mutex<Vec<Box<Route<H>>>>,
+}
+
+impl<H> RouteSlot<H> {
+    pub(crate) fn new() -> Self {
+        RouteSlot {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The current route, if the slot has one.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&Route<H>> {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `set`; the box is freed only
+        // in `Drop`, through `&mut self`, so it outlives every `&self` borrow.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    /// Installs `route`, retiring the one it replaces.
+    pub(crate) fn set(&self, route: Route<H>) {
+        let new = Box::into_raw(Box::new(route));
+        let old = self.current.swap(new, Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: `old` came from `Box::into_raw` and is no longer reachable from the slot.
+            let old = unsafe { Box::from_raw(old) };
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(old);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn retired(&self) -> usize {
+        self.retired.lock().unwrap().len()
+    }
+}
+
+impl<H> Drop for RouteSlot<H> {
+    fn drop(&mut self) {
+        let p = *self.current.get_mut();
+        if !p.is_null() {
+            // SAFETY: from `Box::into_raw`; nothing borrows the slot any more (`&mut self`).
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +218,33 @@ mod tests {
         );
         assert_eq!(e.err(), Some("EINVAL"));
         assert_eq!(t2.len(), 0, "a failed creation leaves nothing behind");
+    }
+
+    #[test]
+    fn a_slot_replaces_its_route_and_keeps_the_old_one_alive() {
+        let mut table: AhTable<u32> = AhTable::new(8);
+        let slot: RouteSlot<u32> = RouteSlot::new();
+        assert!(slot.get().is_none());
+        let mk = |qpn, table: &mut AhTable<u32>| {
+            Route::build(
+                1,
+                &[addr(0, 1, qpn)],
+                table,
+                |_, _| Ok::<_, ()>(Arc::new(7)),
+                || (),
+            )
+            .unwrap()
+        };
+        slot.set(mk(10, &mut table));
+        let before = slot.get().unwrap();
+        assert_eq!(before.dest(0, 0).map(|d| d.1), Some(10));
+        for qpn in 11..2011 {
+            slot.set(mk(qpn, &mut table));
+        }
+        // The borrow taken before the swaps still reads the first route.
+        assert_eq!(before.dest(0, 0).map(|d| d.1), Some(10));
+        assert_eq!(slot.get().unwrap().dest(0, 0).map(|d| d.1), Some(2010));
+        assert_eq!(slot.retired(), 2000);
+        assert_eq!(table.len(), 1, "the same GID keeps one AH across restarts");
     }
 }
