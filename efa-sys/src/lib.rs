@@ -43,22 +43,18 @@ compile_error!(
 mod bindings;
 
 pub use bindings::*;
-pub use newer::{efadv_cq_attr, efadv_wq_attr};
 
 /// One `unsafe extern "C" fn` type alias per C function the headers declare,
 /// named after the C symbol; these are the field types of [`Verbs`] and
 /// [`Efadv`].
 pub mod pfn {
     pub use crate::bindings::pfn::*;
-    pub use crate::newer::pfn::*;
 }
 
 mod dl;
 mod error;
 mod fast;
 mod loader;
-#[allow(non_camel_case_types)]
-mod newer;
 mod once;
 
 pub use error::{DlErrorText, FixedStr, LibraryName, LoadError};

@@ -176,8 +176,10 @@ symbol_table! {
     /// Required: EFA_1.0/EFA_1.1 (every rdma-core with EFA support).
     /// Optional: EFA_1.2 (CQ with source GID), EFA_1.3 (`efadv_query_mr`,
     /// absent from Debian bookworm's v44), EFA_1.4 (work queue and CQ
-    /// queries, newer than the v55 headers the bindings come from), and
-    /// `efadv_query_ah` which some vendor builds leave out.
+    /// queries, rdma-core 59), EFA_1.5 (true queue depths, 63), EFA_1.6
+    /// (`efadv_qp_from_ibv_qp_ex` for processing hints, 64), EFA_1.7
+    /// (completion counters, rdma-core master), and `efadv_query_ah` which
+    /// some vendor builds leave out.
     pub struct Efadv;
     required efadv_create_driver_qp @ "EFA_1.0";
     required efadv_create_qp_ex @ "EFA_1.1";
@@ -188,6 +190,10 @@ symbol_table! {
     optional efadv_query_mr @ "EFA_1.3";
     optional efadv_query_qp_wqs @ "EFA_1.4";
     optional efadv_query_cq @ "EFA_1.4";
+    optional efadv_get_max_sq_depth @ "EFA_1.5";
+    optional efadv_get_max_rq_depth @ "EFA_1.5";
+    optional efadv_qp_from_ibv_qp_ex @ "EFA_1.6";
+    optional efadv_create_comp_cntr @ "EFA_1.7";
 }
 
 static VERBS: OnceLoad<Verbs> = OnceLoad::new();

@@ -65,7 +65,7 @@ impl EfaDeviceAttr {
             inline_buf_size: raw.inline_buf_size,
             // Libraries newer than the bindings put `inline_buf_size_ex` in these two reserved
             // bytes; older ones zero them.
-            inline_buf_size_ex: u16::from_ne_bytes(raw.reserved),
+            inline_buf_size_ex: raw.inline_buf_size_ex,
             caps: EfaCaps::from_bits_retain(raw.device_caps),
             max_rdma_size: raw.max_rdma_size,
         }

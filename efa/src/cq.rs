@@ -199,9 +199,12 @@ fn create(
             let mut efa_attr = efa_sys::efadv_cq_init_attr {
                 comp_mask: 0,
                 wc_flags: efa_wc,
+                ..Default::default()
             };
             // SAFETY: the context is open; both attrs are initialised and the efadv one is
-            // passed with its full size, which every libefa with this symbol accepts.
+            // passed with its full size (zero past the fields set): older libraries check the
+            // tail is zero, and rdma-core 59 and 60, which read the later fields whatever
+            // `inlen` says, find them zero too.
             let p = unsafe {
                 f(
                     ctx.as_raw(),

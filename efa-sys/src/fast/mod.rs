@@ -10,6 +10,7 @@ mod compat;
 mod context;
 mod cq_ex;
 mod efadv_cq;
+mod efadv_qp;
 mod legacy;
 mod wr;
 
@@ -17,6 +18,7 @@ pub use compat::*;
 pub use context::*;
 pub use cq_ex::*;
 pub use efadv_cq::*;
+pub use efadv_qp::*;
 pub use legacy::*;
 pub use wr::*;
 

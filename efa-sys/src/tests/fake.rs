@@ -117,6 +117,9 @@ fakes! {
 
     // struct efadv_cq
     fn wc_is_unsolicited(cq: *mut efadv_cq) -> bool = true;
+
+    // struct efadv_qp
+    fn wr_set_processing_hints(qp: *mut efadv_qp, hints: u32);
 }
 
 /// `start_poll` that makes a completion current, as a provider does.

@@ -341,3 +341,20 @@ fn efadv_cq_readers_call_the_efadv_ops() {
     };
     assert_eq!((rc, unsolicited), (libc::EOPNOTSUPP, false));
 }
+
+#[test]
+fn efadv_processing_hints_call_the_qp_op() {
+    let mut qp = efadv_qp {
+        comp_mask: 0,
+        wr_set_processing_hints: Some(fake::wr_set_processing_hints),
+    };
+    fake::take();
+    // SAFETY: a live fake efadv_qp.
+    unsafe {
+        efadv_wr_set_processing_hints(&mut qp, EFADV_WR_PROCESSING_HINT_BURST_PPS_SENSITIVE)
+    };
+    assert_eq!(
+        fake::take(),
+        vec![("wr_set_processing_hints", vec![addr(&qp), 1])]
+    );
+}

@@ -1,8 +1,9 @@
 //! C layout of the structs the fast path and the safe layer touch.
 //!
 //! The numbers were printed by a C program compiled (gcc, x86_64) against
-//! the same rdma-core 55.0 headers the bindings come from: `offsetof`,
-//! `sizeof` and `_Alignof` of each field/struct below.
+//! the same rdma-core headers the bindings come from (see `VERSION`):
+//! `offsetof`, `sizeof` and `_Alignof` of each field/struct below.
+//! `efa-sys/regen-layout-tests` rewrites them.
 
 use core::mem::{align_of, offset_of, size_of};
 
@@ -63,17 +64,17 @@ const_assert_eq!(offset_of!(ibv_context_ops, poll_cq), 88);
 const_assert_eq!(offset_of!(ibv_context_ops, req_notify_cq), 96);
 const_assert_eq!(offset_of!(ibv_context_ops, post_send), 200);
 const_assert_eq!(offset_of!(ibv_context_ops, post_recv), 208);
-const_assert_eq!(size_of::<verbs_context>(), 648);
+const_assert_eq!(size_of::<verbs_context>(), 696);
 const_assert_eq!(align_of::<verbs_context>(), 8);
-const_assert_eq!(offset_of!(verbs_context, query_port), 0);
-const_assert_eq!(offset_of!(verbs_context, alloc_parent_domain), 112);
-const_assert_eq!(offset_of!(verbs_context, dealloc_td), 120);
-const_assert_eq!(offset_of!(verbs_context, alloc_td), 128);
-const_assert_eq!(offset_of!(verbs_context, create_cq_ex), 200);
-const_assert_eq!(offset_of!(verbs_context, query_device_ex), 216);
-const_assert_eq!(offset_of!(verbs_context, create_qp_ex), 264);
-const_assert_eq!(offset_of!(verbs_context, sz), 312);
-const_assert_eq!(offset_of!(verbs_context, context), 320);
+const_assert_eq!(offset_of!(verbs_context, query_port), 48);
+const_assert_eq!(offset_of!(verbs_context, alloc_parent_domain), 160);
+const_assert_eq!(offset_of!(verbs_context, dealloc_td), 168);
+const_assert_eq!(offset_of!(verbs_context, alloc_td), 176);
+const_assert_eq!(offset_of!(verbs_context, create_cq_ex), 248);
+const_assert_eq!(offset_of!(verbs_context, query_device_ex), 264);
+const_assert_eq!(offset_of!(verbs_context, create_qp_ex), 312);
+const_assert_eq!(offset_of!(verbs_context, sz), 360);
+const_assert_eq!(offset_of!(verbs_context, context), 368);
 const_assert_eq!(size_of::<ibv_wc>(), 48);
 const_assert_eq!(align_of::<ibv_wc>(), 8);
 const_assert_eq!(offset_of!(ibv_wc, wr_id), 0);
@@ -122,12 +123,12 @@ const_assert_eq!(offset_of!(efadv_device_attr, max_rq_sge), 18);
 const_assert_eq!(offset_of!(efadv_device_attr, inline_buf_size), 20);
 const_assert_eq!(offset_of!(efadv_device_attr, device_caps), 24);
 const_assert_eq!(offset_of!(efadv_device_attr, max_rdma_size), 28);
-const_assert_eq!(size_of::<efadv_qp_init_attr>(), 16);
+const_assert_eq!(size_of::<efadv_qp_init_attr>(), 24);
 const_assert_eq!(align_of::<efadv_qp_init_attr>(), 8);
 const_assert_eq!(offset_of!(efadv_qp_init_attr, driver_qp_type), 8);
 const_assert_eq!(offset_of!(efadv_qp_init_attr, flags), 12);
 const_assert_eq!(offset_of!(efadv_qp_init_attr, sl), 14);
-const_assert_eq!(size_of::<efadv_cq_init_attr>(), 16);
+const_assert_eq!(size_of::<efadv_cq_init_attr>(), 56);
 const_assert_eq!(align_of::<efadv_cq_init_attr>(), 8);
 const_assert_eq!(size_of::<efadv_mr_attr>(), 16);
 const_assert_eq!(align_of::<efadv_mr_attr>(), 8);

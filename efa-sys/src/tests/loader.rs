@@ -202,3 +202,30 @@ fn fixed_str_truncates_on_char_boundaries_and_replaces_bad_bytes() {
     assert_eq!(LibraryName::new(&long).as_str().len(), 40);
     assert_eq!(format!("{:?}", FixedStr::<4>::new(b"ab")), "\"ab\"");
 }
+
+#[test]
+fn symbols_newer_than_the_library_are_reported_absent() {
+    let Some(_) = installed_verbs() else { return };
+    let dv = efadv().expect("libefa ships with libibverbs");
+    // Each EFA_1.x node extends the previous one: a library without one lacks all later ones.
+    let by_version = [
+        dv.efadv_create_cq.is_some(),         // EFA_1.2, rdma-core 43
+        dv.efadv_query_mr.is_some(),          // EFA_1.3, 50
+        dv.efadv_query_qp_wqs.is_some(),      // EFA_1.4, 59
+        dv.efadv_get_max_sq_depth.is_some(),  // EFA_1.5, 63
+        dv.efadv_qp_from_ibv_qp_ex.is_some(), // EFA_1.6, 64
+        dv.efadv_create_comp_cntr.is_some(),  // EFA_1.7, master
+    ];
+    let first_absent = by_version
+        .iter()
+        .position(|p| !p)
+        .unwrap_or(by_version.len());
+    assert!(
+        by_version[first_absent..].iter().all(|p| !p),
+        "a symbol is present after an absent older one: {by_version:?}"
+    );
+    // The Debug view names each optional symbol with its presence.
+    let text = std::format!("{dv:?}");
+    assert!(text.contains("efadv_get_max_sq_depth: "), "{text}");
+    std::println!("libefa: EFA_1.2..1.7 present = {by_version:?}");
+}

@@ -49,8 +49,7 @@ pub unsafe extern "C" fn query_device(
         max_sq_sge: p.max_sq_sge,
         max_rq_sge: p.max_rq_sge,
         inline_buf_size: p.inline_buf_size,
-        // `inline_buf_size_ex` in rdma-core 63+ headers.
-        reserved: p.inline_buf_size_ex.to_ne_bytes(),
+        inline_buf_size_ex: p.inline_buf_size_ex,
         device_caps: caps,
         max_rdma_size: if inlen > 28 { p.max_rdma_size } else { 0 },
     };
