@@ -387,6 +387,67 @@ impl Context {
         self.efa.map(|a| a.caps).unwrap_or_default()
     }
 
+    /// The send queue depth EFA's provider grants a QP with these attributes
+    /// (`efadv_get_max_sq_depth`, rdma-core 63): `Ok(None)` when libefa predates it.
+    /// `inline_write` is a QP built with [`QpBuilder::inline_write`](crate::QpBuilder::inline_write).
+    pub fn efa_max_sq_depth(
+        &self,
+        max_send_sge: u32,
+        max_inline_data: u32,
+        inline_write: bool,
+    ) -> Result<Option<u32>> {
+        let Some(f) = efa_sys::efadv()
+            .ok()
+            .and_then(|dv| dv.efadv_get_max_sq_depth)
+        else {
+            return Ok(None);
+        };
+        let mut attr = efa_sys::efadv_sq_depth_attr {
+            flags: if inline_write {
+                efa_sys::EFADV_SQ_DEPTH_ATTR_INLINE_WRITE
+            } else {
+                0
+            },
+            max_send_sge,
+            max_rdma_sge: 1,
+            max_inline_data,
+            ..Default::default()
+        };
+        // SAFETY: the context is open; `attr` is initialised and passed with its size.
+        let rc = unsafe {
+            f(
+                self.as_raw(),
+                &mut attr,
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        depth("efadv_get_max_sq_depth", rc)
+    }
+
+    /// The receive queue depth EFA's provider grants with `max_recv_sge` SGEs per receive
+    /// (`efadv_get_max_rq_depth`, rdma-core 63): `Ok(None)` when libefa predates it.
+    pub fn efa_max_rq_depth(&self, max_recv_sge: u32) -> Result<Option<u32>> {
+        let Some(f) = efa_sys::efadv()
+            .ok()
+            .and_then(|dv| dv.efadv_get_max_rq_depth)
+        else {
+            return Ok(None);
+        };
+        let mut attr = efa_sys::efadv_rq_depth_attr {
+            max_recv_sge,
+            ..Default::default()
+        };
+        // SAFETY: as for the send queue.
+        let rc = unsafe {
+            f(
+                self.as_raw(),
+                &mut attr,
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        depth("efadv_get_max_rq_depth", rc)
+    }
+
     /// The EFA attribute set, or [`Error::NotEfa`].
     pub fn require_efa(&self) -> Result<&EfaDeviceAttr> {
         self.efa.as_ref().ok_or_else(|| Error::NotEfa {
@@ -492,6 +553,18 @@ impl Drop for Context {
         let rc = unsafe { (self.verbs.ibv_close_device)(self.raw.as_ptr()) };
         crate::teardown::check("ibv_close_device", rc);
     }
+}
+
+/// A depth from `efadv_get_max_*_depth`, which return a negative errno on failure;
+/// `-EOPNOTSUPP` means the library cannot answer for this device, as if it lacked the call.
+fn depth(call: &'static str, rc: i32) -> Result<Option<u32>> {
+    if rc == -libc::EOPNOTSUPP {
+        return Ok(None);
+    }
+    if rc < 0 {
+        return Err(Error::verbs(call, -rc));
+    }
+    Ok(Some(rc as u32))
 }
 
 #[cfg(test)]

@@ -205,3 +205,149 @@ fn efa_hw_thread_domain_of_another_pd_is_refused() {
     drop(qp);
     assert_eq!(efa::teardown_errors(), 0);
 }
+
+/// rdma-core 63/64 features: true queue depths, inline RDMA WRITE and processing hints; each
+/// works where device and library have it and is refused by name where they do not.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_newest_efadv_features_or_clean_refusals() {
+    let ctx = match std::env::var("EFA_TEST_DEVICE") {
+        Ok(d) => Context::open(&d).unwrap(),
+        Err(_) => Context::open_first_efa().unwrap(),
+    };
+    let attr = *ctx.require_efa().unwrap();
+    let dv = efa_sys::efadv().unwrap();
+    let pd = Pd::new(&ctx).unwrap();
+    let mut cq = Cq::new(&ctx, 64).unwrap();
+
+    // True depths: the library's answer, which the QP builder enforces.
+    match ctx.efa_max_sq_depth(1, 0, false).unwrap() {
+        Some(sq) => {
+            let wide = ctx
+                .efa_max_sq_depth(1, 64.min(attr.max_inline()), true)
+                .unwrap()
+                .unwrap();
+            println!("max SQ depth {sq}, with inline write {wide}");
+            assert!(wide <= sq && sq.is_power_of_two());
+            let e = QpBuilder::new(&pd, &cq, &cq)
+                .max_send_wr(sq + 1)
+                .build_srd()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Limit {
+                        limit: Limit::SendQueueDepth,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(ctx.efa_max_rq_depth(1).unwrap().unwrap() >= 1);
+        }
+        // No answer: the library predates the call (or cannot answer for this device).
+        None => assert!(ctx.efa_max_rq_depth(1).unwrap().is_none()),
+    }
+
+    // Inline RDMA WRITE.
+    let inline_ok = attr.caps.contains(EfaCaps::RDMA_WRITE) && dv.efadv_get_max_sq_depth.is_some();
+    let soft_efa_release = std::env::var("SOFT_EFA_RDMA_CORE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
+    let inline_ok = inline_ok && soft_efa_release.is_none_or(|v| v >= 63);
+    let b = QpBuilder::new(&pd, &cq, &cq)
+        .inline_write(true)
+        .max_inline_data(32);
+    match b.build_srd() {
+        Ok(mut qp) => {
+            assert!(inline_ok);
+            let mr = Mr::alloc(&pd, 4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE).unwrap();
+            let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+            let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
+            let remote = mr.remote();
+            let mut batch = qp.batch().unwrap();
+            let target = RemoteAddr {
+                addr: remote.addr + 100,
+                rkey: remote.rkey,
+            };
+            batch
+                .write_inline(50, &to_self, b"inline bytes", target)
+                .unwrap();
+            batch.commit().unwrap();
+            let c = wait(&mut cq, 1)[0];
+            assert!(c.is_success(), "{c:?}");
+            let mut got = [0u8; 12];
+            mr.read_at(100, &mut got).unwrap();
+            assert_eq!(&got, b"inline bytes");
+        }
+        Err(e) => {
+            assert!(!inline_ok, "{e}");
+            // Refused before the device (capability or library) or by the library itself.
+            assert!(
+                matches!(
+                    e,
+                    Error::Unsupported {
+                        what: "inline RDMA write",
+                        ..
+                    } | Error::Verbs {
+                        errno: libc::EOPNOTSUPP,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+    }
+
+    // Processing hints.
+    match QpBuilder::new(&pd, &cq, &cq)
+        .processing_hints(true)
+        .build_srd()
+    {
+        Ok(mut qp) => {
+            let mr = Mr::alloc(&pd, 64, Access::LOCAL_WRITE).unwrap();
+            let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+            let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
+            qp.post_recv(1, &[mr.sge(0, 64).unwrap()]).unwrap();
+            let mut batch = qp.batch().unwrap();
+            assert!(
+                matches!(batch.processing_hints(1), Err(Error::Invalid { .. })),
+                "nothing to hint yet"
+            );
+            batch.send(60, &to_self, &[mr.sge(0, 8).unwrap()]).unwrap();
+            batch
+                .processing_hints(efa_sys::EFADV_WR_PROCESSING_HINT_BURST_PPS_SENSITIVE)
+                .unwrap();
+            batch.commit().unwrap();
+            assert!(wait(&mut cq, 2).iter().all(|c| c.is_success()));
+            // soft-efa counts hinted requests (refreshed every 200 ms); hardware has no such
+            // counter, so there the successful completions are what is checked.
+            let hinted = || ctx.info().hw_counters().unwrap().get("hinted_wrs");
+            if hinted().is_some() {
+                let t0 = std::time::Instant::now();
+                while hinted() == Some(0) && t0.elapsed() < Duration::from_secs(3) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                assert!(hinted().unwrap() >= 1, "the hint reached the device");
+            }
+        }
+        Err(e) => {
+            assert!(
+                dv.efadv_qp_from_ibv_qp_ex.is_none() || !matches!(e, Error::Unsupported { .. }),
+                "{e}"
+            );
+            println!("processing hints refused: {e}");
+        }
+    }
+    // A QP without the option refuses hints by name.
+    let mut plain: SrdQp = QpBuilder::new(&pd, &cq, &cq).build_srd().unwrap();
+    let mr = Mr::alloc(&pd, 64, Access::LOCAL_WRITE).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(plain.endpoint().gid, 0)).unwrap();
+    let to_self = Dest::new(&ah, plain.qp_num(), plain.qkey());
+    let mut batch = plain.batch().unwrap();
+    batch.send(70, &to_self, &[mr.sge(0, 8).unwrap()]).unwrap();
+    assert!(matches!(
+        batch.processing_hints(1),
+        Err(Error::Unsupported { .. })
+    ));
+}

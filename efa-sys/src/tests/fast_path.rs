@@ -350,9 +350,7 @@ fn efadv_processing_hints_call_the_qp_op() {
     };
     fake::take();
     // SAFETY: a live fake efadv_qp.
-    unsafe {
-        efadv_wr_set_processing_hints(&mut qp, EFADV_WR_PROCESSING_HINT_BURST_PPS_SENSITIVE)
-    };
+    unsafe { efadv_wr_set_processing_hints(&mut qp, EFADV_WR_PROCESSING_HINT_BURST_PPS_SENSITIVE) };
     assert_eq!(
         fake::take(),
         vec![("wr_set_processing_hints", vec![addr(&qp), 1])]

@@ -291,6 +291,8 @@ pub struct QpBuilder<'a> {
     gid_index: Option<u32>,
     rnr_retry: u8,
     unsolicited_write_recv: bool,
+    inline_write: bool,
+    processing_hints: bool,
     rc: RcOptions,
     remote_access: crate::mr::Access,
     td: Option<Arc<ThreadDomain>>,
@@ -310,6 +312,8 @@ impl<'a> QpBuilder<'a> {
             gid_index: None,
             rnr_retry: 7,
             unsolicited_write_recv: false,
+            inline_write: false,
+            processing_hints: false,
             rc: RcOptions::default(),
             remote_access: crate::mr::Access::REMOTE_READ | crate::mr::Access::REMOTE_WRITE,
             td: None,
@@ -380,6 +384,22 @@ impl<'a> QpBuilder<'a> {
     /// forever, as libfabric does).
     pub fn rnr_retry(mut self, n: u8) -> Self {
         self.rnr_retry = n;
+        self
+    }
+
+    /// Allow inline data on RDMA WRITE (`EFADV_QP_FLAGS_INLINE_WRITE`, SRD; needs the RDMA_WRITE
+    /// capability and rdma-core 63). The QP then uses the 128-byte WQE, which halves its send
+    /// queue depth. Off by default; see [`Batch::write_inline`](crate::qp::Batch::write_inline).
+    pub fn inline_write(mut self, on: bool) -> Self {
+        self.inline_write = on;
+        self
+    }
+
+    /// Allow processing hints per work request (`EFADV_WR_EX_WITH_PROCESSING_HINTS`, SRD; needs
+    /// rdma-core 64's `efadv_qp_from_ibv_qp_ex`). Off by default; see
+    /// [`Batch::processing_hints`](crate::qp::Batch::processing_hints).
+    pub fn processing_hints(mut self, on: bool) -> Self {
+        self.processing_hints = on;
         self
     }
 
@@ -471,7 +491,34 @@ impl<'a> QpBuilder<'a> {
                     e.max_rq_sge.into(),
                     e.max_inline(),
                 )?;
-                check_efa_depths(&self.caps, e.max_sq_wr, e.max_rq_wr)
+                let c = &self.caps;
+                let sq =
+                    ctx.efa_max_sq_depth(c.max_send_sge, c.max_inline_data, self.inline_write)?;
+                let rq = match c.max_recv_sge {
+                    0 => None,
+                    sge => ctx.efa_max_rq_depth(sge)?,
+                };
+                match (sq, rq) {
+                    // The library's own answer (rdma-core 63 and later).
+                    (Some(sq), Some(rq)) => {
+                        if c.max_send_wr > sq {
+                            return Err(Error::limit(
+                                Limit::SendQueueDepth,
+                                c.max_send_wr.into(),
+                                sq.into(),
+                            ));
+                        }
+                        if c.max_recv_wr > rq {
+                            return Err(Error::limit(
+                                Limit::RecvQueueDepth,
+                                c.max_recv_wr.into(),
+                                rq.into(),
+                            ));
+                        }
+                        Ok(())
+                    }
+                    _ => check_efa_depths(c, e.max_sq_wr, e.max_rq_wr),
+                }
             }
             None => {
                 let d = ctx.device_attr();
@@ -485,6 +532,35 @@ impl<'a> QpBuilder<'a> {
                 )
             }
         }
+    }
+
+    /// The efadv options of an SRD QP against the device and the library.
+    fn check_srd_options(&self, efa: &crate::EfaDeviceAttr, dv: &efa_sys::Efadv) -> Result<()> {
+        if self.unsolicited_write_recv && !efa.caps.contains(EfaCaps::UNSOLICITED_WRITE_RECV) {
+            return Err(Error::Unsupported {
+                what: "unsolicited write-receive",
+                why: "device lacks the UNSOLICITED_WRITE_RECV capability",
+            });
+        }
+        if self.inline_write && !efa.caps.contains(EfaCaps::RDMA_WRITE) {
+            return Err(Error::Unsupported {
+                what: "inline RDMA write",
+                why: "device lacks the RDMA_WRITE capability",
+            });
+        }
+        if self.inline_write && dv.efadv_get_max_sq_depth.is_none() {
+            return Err(Error::Unsupported {
+                what: "inline RDMA write",
+                why: "libefa older than rdma-core 63 (no EFA_1.5 symbols)",
+            });
+        }
+        if self.processing_hints && dv.efadv_qp_from_ibv_qp_ex.is_none() {
+            return Err(Error::Unsupported {
+                what: "processing hints",
+                why: "libefa older than rdma-core 64 (no efadv_qp_from_ibv_qp_ex)",
+            });
+        }
+        Ok(())
     }
 
     fn check_qkey(&self) -> Result<()> {
@@ -503,27 +579,29 @@ impl<'a> QpBuilder<'a> {
         let efa = *ctx.require_efa()?;
         self.check_qkey()?;
         self.check_limits()?;
-        if self.unsolicited_write_recv && !efa.caps.contains(EfaCaps::UNSOLICITED_WRITE_RECV) {
-            return Err(Error::Unsupported {
-                what: "unsolicited write-receive",
-                why: "device lacks the UNSOLICITED_WRITE_RECV capability",
-            });
-        }
         let dv = efa_sys::efadv()?;
+        self.check_srd_options(&efa, dv)?;
         let gid = self.local_gid()?;
         let port = ctx.query_port(self.port)?;
         let ops = efa.srd_send_ops();
         let mut attr = self.init_attr(efa_sys::IBV_QPT_DRIVER, ops, true);
         // Zeroed, with only the fields this library generation knows set: flags stay zero unless
         // the capability (and so a library that has the field) is present.
-        let efa_attr_flags = if self.unsolicited_write_recv {
-            efa_sys::EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV as u16
-        } else {
-            0
-        };
+        let mut efa_attr_flags = 0u16;
+        if self.unsolicited_write_recv {
+            efa_attr_flags |= efa_sys::EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV as u16;
+        }
+        if self.inline_write {
+            efa_attr_flags |= efa_sys::EFADV_QP_FLAGS_INLINE_WRITE as u16;
+        }
         let mut efa_attr = efa_sys::efadv_qp_init_attr {
             driver_qp_type: efa_sys::EFADV_QP_DRIVER_TYPE_SRD,
             flags: efa_attr_flags,
+            wr_flags: if self.processing_hints {
+                u64::from(efa_sys::EFADV_WR_EX_WITH_PROCESSING_HINTS)
+            } else {
+                0
+            },
             ..Default::default()
         };
         // SAFETY: the context is open, attrs initialised, and the efadv struct's full size is
@@ -550,12 +628,16 @@ impl<'a> QpBuilder<'a> {
             max_send_sge: attr.cap.max_send_sge,
             max_rdma_sge: 1,
             max_inline: attr.cap.max_inline_data,
-            inline_rdma: false,
+            inline_rdma: self.inline_write,
             max_batch: attr.cap.max_send_wr,
             ops,
             signal_required: true,
         };
+        let hints = self.processing_hints;
         let mut qp = Qp::<Srd>::wrap(self, raw, attr.cap, limits, gid)?;
+        if hints {
+            qp.attach_efadv_qp(dv)?;
+        }
         qp.modify(
             QpState::Init,
             efa_sys::IBV_QP_PKEY_INDEX | efa_sys::IBV_QP_PORT | efa_sys::IBV_QP_QKEY,
@@ -736,6 +818,7 @@ impl<T: Transport> Qp<T> {
                 qpx,
                 kind: T::KIND,
                 limits,
+                efadv_qp: None,
             },
             raw,
             pd: Arc::clone(b.pd),
@@ -759,6 +842,19 @@ impl<T: Transport> Qp<T> {
             active_mtu: crate::context::Mtu::Mtu1024,
             _t: PhantomData,
         })
+    }
+
+    /// Takes the efadv view of the QP (processing hints).
+    fn attach_efadv_qp(&mut self, dv: &efa_sys::Efadv) -> Result<()> {
+        let f = dv.efadv_qp_from_ibv_qp_ex.ok_or(Error::Unsupported {
+            what: "processing hints",
+            why: "libefa older than rdma-core 64 (no efadv_qp_from_ibv_qp_ex)",
+        })?;
+        // SAFETY: the extended QP is live and was created by efadv_create_qp_ex.
+        let p = unsafe { f(self.core.qpx) };
+        self.core.efadv_qp =
+            Some(NonNull::new(p).ok_or_else(|| Error::last_os("efadv_qp_from_ibv_qp_ex"))?);
+        Ok(())
     }
 
     /// Move to `to`, setting `mask` attributes (besides the state) through `set`.

@@ -1,6 +1,7 @@
 //! Posting: the device-limit checks and the batch guard over `ibv_wr_*`.
 
 use std::marker::PhantomData;
+use std::ptr::NonNull;
 
 use crate::ah::Ah;
 use crate::error::{Error, Limit, Result};
@@ -212,6 +213,8 @@ pub(crate) struct SendCore {
     pub(crate) qpx: *mut efa_sys::ibv_qp_ex,
     pub(crate) kind: TransportKind,
     pub(crate) limits: SendLimits,
+    /// The efadv view of an SRD QP created with processing hints (rdma-core 64).
+    pub(crate) efadv_qp: Option<NonNull<efa_sys::efadv_qp>>,
 }
 
 impl SendCore {
@@ -462,6 +465,48 @@ impl<T: super::Datagram> Batch<'_, T> {
 
 /// RDMA on SRD: like every SRD WR, it carries the destination's address.
 impl Batch<'_, Srd> {
+    /// RDMA write `data`, copied into the WQE now (no registration), to `remote` at `dest`. Needs
+    /// a QP built with [`QpBuilder::inline_write`](crate::QpBuilder::inline_write); at most the
+    /// QP's `max_inline_data` bytes.
+    pub fn write_inline(
+        &mut self,
+        wr_id: u64,
+        dest: &Dest<'_>,
+        data: &[u8],
+        remote: RemoteAddr,
+    ) -> Result<()> {
+        self.push(
+            wr_id,
+            SendOp::Write,
+            0,
+            remote,
+            Some(dest),
+            Payload::Inline(data),
+        )
+    }
+
+    /// Sets processing hints (`EFADV_WR_PROCESSING_HINT_*`, e.g. BURST_PPS_SENSITIVE) on the
+    /// work request pushed last. Needs a QP built with
+    /// [`QpBuilder::processing_hints`](crate::QpBuilder::processing_hints).
+    pub fn processing_hints(&mut self, hints: u32) -> Result<()> {
+        let Some(dv) = self.core.efadv_qp else {
+            return Err(Error::Unsupported {
+                what: "processing hints",
+                why: "the queue pair was not built with processing hints",
+            });
+        };
+        if self.count == 0 {
+            return Err(Error::Invalid {
+                what: "processing hints before any work request in the batch",
+                value: u64::from(hints),
+            });
+        }
+        // SAFETY: the batch is open (ibv_wr_start ran) and its last WR is being built; `dv`
+        // came from efadv_qp_from_ibv_qp_ex on this QP, created with the hints flag.
+        unsafe { efa_sys::efadv_wr_set_processing_hints(dv.as_ptr(), hints) };
+        Ok(())
+    }
+
     /// RDMA write `local` to `remote` at `dest`.
     pub fn write(
         &mut self,

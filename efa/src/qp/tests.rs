@@ -149,6 +149,7 @@ fn srd_limits() -> SendLimits {
 
 fn core(q: &mut efa_sys::ibv_qp_ex, kind: TransportKind, limits: SendLimits) -> SendCore {
     SendCore {
+        efadv_qp: None,
         qpx: q,
         kind,
         limits,

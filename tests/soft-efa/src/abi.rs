@@ -125,6 +125,9 @@ exports! {
     efadv_cq_from_ibv_cq_ex @ "EFA_1.2" = soft_efadv_cq_from_ibv_cq_ex(cq: *mut ibv_cq_ex) -> *mut efadv_cq => efadv::cq_from_ibv_cq_ex(cq);
     efadv_query_mr @ "EFA_1.3" = soft_efadv_query_mr(m: *mut ibv_mr, a: *mut efadv_mr_attr, n: u32) -> c_int => efadv::query_mr(m, a, n);
     efadv_query_qp_wqs @ "EFA_1.4" = soft_efadv_query_qp_wqs(q: *mut ibv_qp, s: *mut efadv_wq_attr, r: *mut efadv_wq_attr, n: u32) -> c_int => efadv::query_qp_wqs(q, s, r, n);
+    efadv_get_max_sq_depth @ "EFA_1.5" = soft_efadv_get_max_sq_depth(c: *mut ibv_context, a: *mut efadv_sq_depth_attr, n: u32) -> c_int => efadv::get_max_sq_depth(c, a, n);
+    efadv_get_max_rq_depth @ "EFA_1.5" = soft_efadv_get_max_rq_depth(c: *mut ibv_context, a: *mut efadv_rq_depth_attr, n: u32) -> c_int => efadv::get_max_rq_depth(c, a, n);
+    efadv_qp_from_ibv_qp_ex @ "EFA_1.6" = soft_efadv_qp_from_ibv_qp_ex(q: *mut ibv_qp_ex) -> *mut efadv_qp => qp::efadv_qp_of(q);
     efadv_query_cq @ "EFA_1.4" = soft_efadv_query_cq(cq: *mut ibv_cq, a: *mut efadv_cq_attr, n: u32) -> c_int => efadv::query_cq(cq, a, n);
 
     // ---- librdmacm stubs (perftest's -R): RDMA-CM is not emulated ----

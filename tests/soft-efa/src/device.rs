@@ -53,11 +53,13 @@ pub struct Counters {
     pub read_wrs: AtomicU64,
     /// See `send_wrs`.
     pub recv_wrs: AtomicU64,
+    /// Work requests posted with processing hints.
+    pub hinted: AtomicU64,
 }
 
 impl Counters {
     /// Every counter with its name, in a stable order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 13] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 14] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("tx_pkts", g(&self.tx_pkts)),
@@ -73,6 +75,7 @@ impl Counters {
             ("rdma_write_wrs", g(&self.write_wrs)),
             ("rdma_read_wrs", g(&self.read_wrs)),
             ("recv_wrs", g(&self.recv_wrs)),
+            ("hinted_wrs", g(&self.hinted)),
         ]
     }
 }

@@ -88,19 +88,86 @@ pub unsafe extern "C" fn create_qp_ex(
     } else {
         0
     };
-    if flags & !EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV != 0 {
-        return fail(libc::EOPNOTSUPP);
-    }
-    let unsolicited = flags & EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV != 0;
+    let wr_flags = if inlen as usize > offset_of!(efadv_qp_init_attr, wr_flags) {
+        (*efa).wr_flags
+    } else {
+        0
+    };
+    // The provider's efa_check_qp_attr: each flag only with its capability (and release).
     let dev = &verbs::ctx(c).dev;
-    if unsolicited
-        && !dev
-            .profile
-            .has(EFADV_DEVICE_ATTR_CAPS_UNSOLICITED_WRITE_RECV)
+    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    let mut allowed = 0;
+    if dev
+        .profile
+        .has(EFADV_DEVICE_ATTR_CAPS_UNSOLICITED_WRITE_RECV)
     {
+        allowed |= EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV;
+    }
+    if release >= 63 && dev.profile.has(EFADV_DEVICE_ATTR_CAPS_RDMA_WRITE) {
+        allowed |= EFADV_QP_FLAGS_INLINE_WRITE;
+    }
+    let allowed_wr = if release >= 64 {
+        u64::from(EFADV_WR_EX_WITH_PROCESSING_HINTS)
+    } else {
+        0
+    };
+    if flags & !allowed != 0 || wr_flags & !allowed_wr != 0 {
         return fail(libc::EOPNOTSUPP);
     }
-    qp::create_ex(a, QpKind::Srd, unsolicited)
+    let f = qp::EfaQpFlags {
+        unsolicited: flags & EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV != 0,
+        inline_write: flags & EFADV_QP_FLAGS_INLINE_WRITE != 0,
+        hints: wr_flags != 0,
+    };
+    qp::create_ex(a, QpKind::Srd, f)
+}
+
+/// `efadv_get_max_sq_depth` (EFA_1.5, rdma-core 63): the send queue depth a QP with these
+/// attributes gets. Errors are negative, as the provider returns them.
+pub unsafe extern "C" fn get_max_sq_depth(
+    c: *mut ibv_context,
+    attr: *mut efadv_sq_depth_attr,
+    inlen: u32,
+) -> c_int {
+    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    if release < 63 {
+        return -libc::EOPNOTSUPP;
+    }
+    if inlen <= 20 || (*attr).comp_mask != 0 {
+        return -libc::EINVAL;
+    }
+    let p = verbs::ctx(c).dev.profile;
+    let a = &*attr;
+    if a.max_send_sge > u32::from(p.max_sq_sge)
+        || a.max_rdma_sge > 1
+        || a.max_inline_data > u32::from(p.inline_buf_size_ex)
+    {
+        return -libc::EINVAL;
+    }
+    let inline_write = a.flags & EFADV_SQ_DEPTH_ATTR_INLINE_WRITE != 0;
+    qp::sq_depth(p, a.max_inline_data, inline_write) as c_int
+}
+
+/// `efadv_get_max_rq_depth` (EFA_1.5, rdma-core 63): `max_rq_wr / max_recv_sge`. (The provider
+/// divides by zero for `max_recv_sge` 0; soft-efa refuses it.)
+pub unsafe extern "C" fn get_max_rq_depth(
+    c: *mut ibv_context,
+    attr: *mut efadv_rq_depth_attr,
+    inlen: u32,
+) -> c_int {
+    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    if release < 63 {
+        return -libc::EOPNOTSUPP;
+    }
+    if inlen <= 8 || (*attr).comp_mask != 0 {
+        return -libc::EINVAL;
+    }
+    let p = verbs::ctx(c).dev.profile;
+    let sge = (*attr).max_recv_sge;
+    if sge == 0 || sge > u32::from(p.max_rq_sge) {
+        return -libc::EINVAL;
+    }
+    (p.max_rq_wr / sge) as c_int
 }
 
 /// `efadv_create_driver_qp`: an SRD QP from legacy attributes.

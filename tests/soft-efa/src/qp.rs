@@ -33,6 +33,7 @@ struct Staged {
     wr: SendWr,
     flags: u32,
     dest_set: bool,
+    hints: u32,
 }
 
 #[derive(Debug, Default)]
@@ -45,12 +46,43 @@ struct Session {
 #[repr(C)]
 pub struct SoftQp {
     qpx: ibv_qp_ex,
+    /// The efadv view (`efadv_qp_from_ibv_qp_ex`).
+    dv: efadv_qp,
     dev: Arc<Device>,
     kind: QpKind,
     cap: ibv_qp_cap,
     sq_sig_all: bool,
     slots: Arc<QpSlots>,
     session: Mutex<Session>,
+    flags: EfaQpFlags,
+}
+
+/// The efadv options of an SRD QP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EfaQpFlags {
+    /// `EFADV_QP_FLAGS_UNSOLICITED_WRITE_RECV`.
+    pub unsolicited: bool,
+    /// `EFADV_QP_FLAGS_INLINE_WRITE`: RDMA WRITE may carry inline data (128-byte WQE).
+    pub inline_write: bool,
+    /// `EFADV_WR_EX_WITH_PROCESSING_HINTS`: `efadv_qp_from_ibv_qp_ex` gives the hints setter.
+    pub hints: bool,
+}
+
+/// The send queue depth the provider grants (`efadv_get_max_sq_depth`): soft-efa's LLQ holds
+/// `max_sq_wr` 64-byte WQEs, and a WQE is 128 bytes once inline data exceeds 32 bytes or the QP
+/// writes inline.
+pub fn sq_depth(p: &crate::profile::Profile, max_inline: u32, inline_write: bool) -> u32 {
+    let wqe = if max_inline > 32 || inline_write {
+        128
+    } else {
+        64
+    };
+    let slots = p.max_sq_wr * 64 / wqe;
+    if slots == 0 {
+        0
+    } else {
+        1 << (31 - slots.leading_zeros())
+    }
 }
 
 unsafe fn soft<'a>(qp: *mut ibv_qp) -> &'a SoftQp {
@@ -66,7 +98,7 @@ struct Request {
     sq_sig_all: bool,
     kind: QpKind,
     send_ops: Option<u64>,
-    unsolicited: bool,
+    flags: EfaQpFlags,
     qp_context: *mut std::ffi::c_void,
     /// Where the QP's actual capacities are written back.
     cap_out: *mut ibv_qp_cap,
@@ -77,15 +109,9 @@ struct Request {
 /// `max_llq_size / wqe_size` WQEs (soft-efa's LLQ holds `max_sq_wr` 64-byte WQEs), and a WQE is
 /// 128 bytes once inline data exceeds 32 bytes; the receive queue's descriptors are shared by
 /// its SGEs. (The provider divides by `max_recv_sge` unchecked; 0 counts as 1 here.)
-fn check_cap(dev: &Device, cap: &ibv_qp_cap) -> Result<ibv_qp_cap, c_int> {
+fn check_cap(dev: &Device, cap: &ibv_qp_cap, inline_write: bool) -> Result<ibv_qp_cap, c_int> {
     let p = dev.profile;
-    let wqe = if cap.max_inline_data > 32 { 128 } else { 64 };
-    let slots = p.max_sq_wr * 64 / wqe;
-    let sq_depth = if slots == 0 {
-        0
-    } else {
-        1 << (31 - slots.leading_zeros())
-    };
+    let sq_depth = sq_depth(p, cap.max_inline_data, inline_write);
     let rq_depth = p.max_rq_wr / cap.max_recv_sge.max(1);
     if cap.max_send_sge > u32::from(p.max_sq_sge)
         || cap.max_recv_sge > u32::from(p.max_rq_sge)
@@ -114,7 +140,7 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
             return fail(libc::EOPNOTSUPP);
         }
     }
-    let cap = match check_cap(&dev, &r.cap) {
+    let cap = match check_cap(&dev, &r.cap, r.flags.inline_write) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -141,7 +167,7 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
                 recv_cq,
                 rq: VecDeque::new(),
                 slots: slots.clone(),
-                unsolicited: r.unsolicited,
+                unsolicited: r.flags.unsolicited,
             },
         );
         qpn
@@ -150,6 +176,11 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
     // objects are never used by soft-efa.
     let mut q = Box::new(SoftQp {
         qpx: std::mem::zeroed(),
+        dv: efadv_qp {
+            comp_mask: 0,
+            wr_set_processing_hints: r.flags.hints.then_some(wr_set_processing_hints as _),
+        },
+        flags: r.flags,
         dev,
         kind: r.kind,
         cap,
@@ -222,14 +253,14 @@ pub unsafe extern "C" fn create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_attr) ->
         sq_sig_all: a.sq_sig_all != 0,
         kind: QpKind::Ud,
         send_ops: None,
-        unsolicited: false,
+        flags: EfaQpFlags::default(),
         qp_context: a.qp_context,
         cap_out: std::ptr::addr_of!(a.cap).cast_mut(),
     })
 }
 
 /// Creates a QP from extended attributes: `create_qp_ex` (UD) and `efadv_create_qp_ex` (SRD).
-pub unsafe fn create_ex(a: &ibv_qp_init_attr_ex, kind: QpKind, unsolicited: bool) -> *mut ibv_qp {
+pub unsafe fn create_ex(a: &ibv_qp_init_attr_ex, kind: QpKind, flags: EfaQpFlags) -> *mut ibv_qp {
     let known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
     if a.comp_mask & IBV_QP_INIT_ATTR_PD == 0 || a.comp_mask & !known != 0 || !a.srq.is_null() {
         return fail(libc::EINVAL);
@@ -243,7 +274,7 @@ pub unsafe fn create_ex(a: &ibv_qp_init_attr_ex, kind: QpKind, unsolicited: bool
         sq_sig_all: a.sq_sig_all != 0,
         kind,
         send_ops,
-        unsolicited,
+        flags,
         qp_context: a.qp_context,
         cap_out: std::ptr::addr_of!(a.cap).cast_mut(),
     })
@@ -257,7 +288,7 @@ pub unsafe extern "C" fn create_qp_ex(
     if (*a).qp_type != IBV_QPT_UD {
         return fail(libc::EOPNOTSUPP);
     }
-    create_ex(&*a, QpKind::Ud, false)
+    create_ex(&*a, QpKind::Ud, EfaQpFlags::default())
 }
 
 /// `efadv_create_driver_qp`: an SRD QP from legacy attributes.
@@ -273,7 +304,7 @@ pub unsafe fn create_srd_legacy(pd: *mut ibv_pd, a: &ibv_qp_init_attr) -> *mut i
         sq_sig_all: a.sq_sig_all != 0,
         kind: QpKind::Srd,
         send_ops: None,
-        unsolicited: false,
+        flags: EfaQpFlags::default(),
         qp_context: a.qp_context,
         cap_out: std::ptr::addr_of!(a.cap).cast_mut(),
     })
@@ -460,7 +491,12 @@ impl SoftQp {
             (WrKind::Send { .. }, None) if s.wr.sges.len() > self.cap.max_send_sge as usize => {
                 libc::EINVAL
             }
-            // No inline buffer for RDMA (inline RDMA WRITE needs a newer device and rdma-core).
+            // Inline RDMA WRITE needs a QP created with EFADV_QP_FLAGS_INLINE_WRITE; READ never.
+            (WrKind::Write { .. }, Some(b))
+                if self.flags.inline_write && b.len() <= self.cap.max_inline_data as usize =>
+            {
+                0
+            }
             (WrKind::Write { .. } | WrKind::Read { .. }, Some(_)) => libc::EINVAL,
             // RDMA takes one local SGE (`max_sge_rd`).
             (WrKind::Write { .. } | WrKind::Read { .. }, None) if s.wr.sges.len() > 1 => {
@@ -487,6 +523,9 @@ impl SoftQp {
             return libc::ENOMEM;
         }
         for s in wrs {
+            if s.hints != 0 {
+                self.dev.counters.hinted.fetch_add(1, Ordering::Relaxed);
+            }
             self.dev.post_send(&mut st, qpn, s.wr);
         }
         0
@@ -540,6 +579,7 @@ pub unsafe extern "C" fn post_send(
             },
             flags: w.send_flags,
             dest_set: dest.is_some(),
+            hints: 0,
         };
         let e = q.post_all(vec![staged]);
         if e != 0 {
@@ -641,6 +681,7 @@ unsafe fn push(x: *mut ibv_qp_ex, kind: WrKind) {
         },
         flags: (*x).wr_flags,
         dest_set: false,
+        hints: 0,
     });
 }
 
@@ -765,4 +806,22 @@ unsafe extern "C" fn wr_set_inline_data_list(
         .copied()
         .collect();
     with_last(x, |s| s.wr.inline = Some(data));
+}
+
+/// `efadv_qp_from_ibv_qp_ex` (EFA_1.6, rdma-core 64): the efadv view of an extended QP.
+pub unsafe extern "C" fn efadv_qp_of(x: *mut ibv_qp_ex) -> *mut efadv_qp {
+    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    if release < 64 {
+        return fail(libc::EOPNOTSUPP);
+    }
+    std::ptr::addr_of_mut!((*x.cast::<SoftQp>()).dv)
+}
+
+/// Sets processing hints on the work request being built. soft-efa has no scheduling to hint,
+/// so it counts hinted requests (`hinted_wrs`) for tests to read.
+unsafe extern "C" fn wr_set_processing_hints(dv: *mut efadv_qp, hints: u32) {
+    let q = &*dv
+        .byte_sub(std::mem::offset_of!(SoftQp, dv))
+        .cast::<SoftQp>();
+    with_last(q as *const SoftQp as *mut ibv_qp_ex, |s| s.hints = hints);
 }

@@ -68,9 +68,14 @@ pub fn create(name: &str, profile: &Profile, gid: &[u8; 16]) -> io::Result<PathB
 }
 
 /// Writes the counters into `ports/1/hw_counters/` (best effort: counters are diagnostics).
+/// Each file is replaced by a rename, so a reader never sees one half written.
 pub fn write_counters(dir: &Path, counters: &Counters) {
     let base = dir.join("ports/1/hw_counters");
+    // One temporary file per writing thread (the progress thread and `ibv_close_device`).
+    let tmp = dir.join(format!(".counter.{:?}.tmp", std::thread::current().id()));
     for (name, v) in counters.snapshot() {
-        let _ = fs::write(base.join(name), format!("{v}\n"));
+        if fs::write(&tmp, format!("{v}\n")).is_ok() {
+            let _ = fs::rename(&tmp, base.join(name));
+        }
     }
 }

@@ -334,9 +334,33 @@ impl PeerMetadata {
         }
     }
 
+    /// Handshakes with `server`. A `Busy` refusal (every slot taken, possibly by connections
+    /// the server has not yet seen close) is retried a few times with a short back-off
+    /// (1 ms doubling to 50 ms, 8 tries, about 160 ms in all) before it is reported.
     fn connect(&self, server: &str) -> Result<(TcpStream, PeerHello), MetadataError> {
+        const BUSY_RETRIES: u32 = 8;
+        let mut attempt = 0;
+        loop {
+            match self.connect_once(server) {
+                Err((true, _)) if attempt < BUSY_RETRIES => {
+                    std::thread::sleep(Duration::from_millis((1u64 << attempt).min(50)));
+                    attempt += 1;
+                }
+                Err((_, e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    /// One handshake; an error says whether the server refused it as busy.
+    fn connect_once(&self, server: &str) -> Result<(TcpStream, PeerHello), (bool, MetadataError)> {
         let c = &self.state.config;
-        let unavailable = |why: String| MetadataError::Unavailable(format!("{server}: {why}"));
+        let unavailable = |why: String| {
+            (
+                false,
+                MetadataError::Unavailable(format!("{server}: {why}")),
+            )
+        };
         let addrs: Vec<SocketAddr> = server
             .to_socket_addrs()
             .map_err(|e| unavailable(format!("cannot resolve: {e}")))?
@@ -356,9 +380,11 @@ impl PeerMetadata {
                         c.frame_timeout,
                     ) {
                         Ok(Message::Welcome(w)) => Ok((sock, w)),
-                        Ok(Message::Error { code, message }) => Err(unavailable(format!(
-                            "handshake refused ({code:?}): {message}"
-                        ))),
+                        Ok(Message::Error { code, message }) => {
+                            let (_, e) =
+                                unavailable(format!("handshake refused ({code:?}): {message}"));
+                            Err((code == ErrorCode::Busy, e))
+                        }
                         Ok(_) => Err(unavailable("unexpected reply to hello".into())),
                         Err(e) => Err(unavailable(e.to_string())),
                     };
