@@ -328,6 +328,33 @@ impl Cq {
         self.inner.raw.as_ptr()
     }
 
+    /// The provider's completion ring (`efadv_query_cq`, rdma-core 59): buffer, entry size,
+    /// entry count and doorbell, for users who read CQEs themselves.
+    ///
+    /// # Safety
+    /// The pointers are the provider's own ring: reading entries through them must follow EFA's
+    /// CQE format and phase bit, and polling through this crate at the same time loses
+    /// completions. They are valid while the CQ lives.
+    pub unsafe fn efa_ring(&self) -> Result<efa_sys::efadv_cq_attr> {
+        let f = efa_sys::efadv()?.efadv_query_cq.ok_or(Error::Unsupported {
+            what: "CQ ring query",
+            why: "libefa older than rdma-core 59 (no efadv_query_cq)",
+        })?;
+        let mut attr = efa_sys::efadv_cq_attr::default();
+        // SAFETY: the CQ is live; `attr` is initialised and passed with its size.
+        let rc = unsafe {
+            f(
+                self.inner.as_cq(),
+                &mut attr,
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::verbs("efadv_query_cq", rc));
+        }
+        Ok(attr)
+    }
+
     /// Start a polling pass. `Ok(None)` when the CQ is empty.
     ///
     /// The returned [`Poll`] lends one [`Completion`] at a time and ends the pass on drop.

@@ -350,4 +350,38 @@ fn efa_hw_newest_efadv_features_or_clean_refusals() {
         batch.processing_hints(1),
         Err(Error::Unsupported { .. })
     ));
+    drop(batch);
+
+    // Raw views of the provider's rings: real entries where the provider exposes them, a named
+    // refusal where it does not (soft-efa keeps its queues outside program memory).
+    // SAFETY: only the returned sizes are read; nothing is written through the pointers.
+    match unsafe { plain.efa_work_queues() } {
+        Ok((sq, rq)) => assert!(sq.entry_size > 0 && sq.num_entries > 0 && rq.num_entries > 0),
+        Err(e) => assert!(
+            matches!(
+                e,
+                Error::Unsupported { .. }
+                    | Error::Verbs {
+                        errno: libc::EOPNOTSUPP,
+                        ..
+                    }
+            ),
+            "{e}"
+        ),
+    }
+    // SAFETY: as above.
+    match unsafe { cq.efa_ring() } {
+        Ok(r) => assert!(r.entry_size > 0 && r.num_entries > 0),
+        Err(e) => assert!(
+            matches!(
+                e,
+                Error::Unsupported { .. }
+                    | Error::Verbs {
+                        errno: libc::EOPNOTSUPP,
+                        ..
+                    }
+            ),
+            "{e}"
+        ),
+    }
 }

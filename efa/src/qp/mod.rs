@@ -1028,6 +1028,40 @@ impl<T: Transport> Qp<T> {
     pub fn as_raw(&self) -> *mut efa_sys::ibv_qp {
         self.raw.as_ptr()
     }
+
+    /// The provider's send and receive work queues (`efadv_query_qp_wqs`, rdma-core 59): buffer,
+    /// entry size, entry count, doorbell and batch size, for users who write WQEs themselves.
+    ///
+    /// # Safety
+    /// The pointers are the provider's own rings: writing through them bypasses every check of
+    /// this crate and of the provider, and must follow EFA's WQE format and doorbell protocol;
+    /// they are valid while `self` lives, and posting through this crate at the same time
+    /// corrupts the provider's producer counters.
+    pub unsafe fn efa_work_queues(
+        &self,
+    ) -> Result<(efa_sys::efadv_wq_attr, efa_sys::efadv_wq_attr)> {
+        let f = efa_sys::efadv()?
+            .efadv_query_qp_wqs
+            .ok_or(Error::Unsupported {
+                what: "work queue query",
+                why: "libefa older than rdma-core 59 (no efadv_query_qp_wqs)",
+            })?;
+        let mut sq = efa_sys::efadv_wq_attr::default();
+        let mut rq = efa_sys::efadv_wq_attr::default();
+        // SAFETY: the QP is live; both structs are initialised and passed with their size.
+        let rc = unsafe {
+            f(
+                self.raw.as_ptr(),
+                &mut sq,
+                &mut rq,
+                std::mem::size_of_val(&sq) as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::verbs("efadv_query_qp_wqs", rc));
+        }
+        Ok((sq, rq))
+    }
 }
 
 impl Qp<Rc> {
