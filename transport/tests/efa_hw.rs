@@ -128,6 +128,21 @@ fn efa_hw_read_write_notify_sizes() {
     }
     if caps.supports_write {
         assert_eq!(b.notifications().wait_for(2, 4, WAIT).unwrap(), 4);
+        // The 1-byte WRITE went inline where device and library allow it: soft-efa counts
+        // inline work requests (refreshed every 200 ms); hardware has no such counter.
+        let dev = efa::efa_devices().unwrap().remove(0);
+        let inline = || dev.hw_counters().unwrap().get("inline_wrs");
+        let lib = efa::Context::open(&dev.name)
+            .unwrap()
+            .efa_max_sq_depth(1, 0, true)
+            .unwrap();
+        if inline().is_some() && lib.is_some() {
+            let t0 = std::time::Instant::now();
+            while inline() == Some(0) && t0.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(inline().unwrap() >= 1, "small WRITEs are posted inline");
+        }
     }
 }
 

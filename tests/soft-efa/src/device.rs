@@ -55,11 +55,13 @@ pub struct Counters {
     pub recv_wrs: AtomicU64,
     /// Work requests posted with processing hints.
     pub hinted: AtomicU64,
+    /// Work requests posted with inline data.
+    pub inline: AtomicU64,
 }
 
 impl Counters {
     /// Every counter with its name, in a stable order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 14] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 15] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("tx_pkts", g(&self.tx_pkts)),
@@ -76,6 +78,7 @@ impl Counters {
             ("rdma_read_wrs", g(&self.read_wrs)),
             ("recv_wrs", g(&self.recv_wrs)),
             ("hinted_wrs", g(&self.hinted)),
+            ("inline_wrs", g(&self.inline)),
         ]
     }
 }

@@ -526,6 +526,9 @@ impl SoftQp {
             if s.hints != 0 {
                 self.dev.counters.hinted.fetch_add(1, Ordering::Relaxed);
             }
+            if s.wr.inline.is_some() {
+                self.dev.counters.inline.fetch_add(1, Ordering::Relaxed);
+            }
             self.dev.post_send(&mut st, qpn, s.wr);
         }
         0

@@ -15,6 +15,8 @@ use crate::{FabricError, FailReason};
 struct EndpointRail {
     // Field order is drop order: the QP before its CQ, both before their thread domain.
     qp: SrdQp,
+    /// WRITEs of at most this many bytes go inline (0: none).
+    inline_max: u32,
     cq: Cq,
     _td: Option<Arc<ThreadDomain>>,
     outstanding: u32,
@@ -31,6 +33,23 @@ pub(crate) struct EfaEndpoint {
 
 fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
     FabricError::Io(format!("efa: {what}: {e}"))
+}
+
+/// Bytes of a WRITE that rail `r` posts inline: the device's inline size where the device has
+/// RDMA WRITE and libefa has inline RDMA write (EFA_1.5, rdma-core 63), 0 otherwise.
+fn inline_write_size(shared: &Shared, r: &super::Rail) -> u32 {
+    let lib = ::efa::Context::efa_max_sq_depth(&r.ctx, 1, 0, true)
+        .ok()
+        .flatten()
+        .is_some();
+    match r.ctx.efa_attr() {
+        Some(a)
+            if shared.config.inline_write && lib && a.caps.contains(::efa::EfaCaps::RDMA_WRITE) =>
+        {
+            a.max_inline()
+        }
+        _ => 0,
+    }
 }
 
 impl EfaEndpoint {
@@ -52,7 +71,10 @@ impl EfaEndpoint {
                 cqb = unsafe { cqb.thread_domain(td) };
             }
             let cq = cqb.build().map_err(|e| io(format_args!("{name} CQ"), e))?;
+            let inline_max = inline_write_size(&shared, r);
             let mut qpb = QpBuilder::new(&r.pd, &cq, &cq)
+                .inline_write(inline_max > 0)
+                .max_inline_data(inline_max)
                 .max_send_wr(depth)
                 .max_recv_wr(1)
                 .qkey(shared.config.qkey)
@@ -65,6 +87,7 @@ impl EfaEndpoint {
                 .build_srd()
                 .map_err(|e| io(format_args!("{name} SRD QP"), e))?;
             rails.push(EndpointRail {
+                inline_max: qp.caps().max_inline_data.min(inline_max),
                 qp,
                 cq,
                 _td: td,
@@ -151,6 +174,31 @@ impl Endpoint for EfaEndpoint {
                                     },
                                 )
                                 .map_err(|e| post_reason(&e)),
+                            Ok(SrdWr::Write {
+                                local_addr,
+                                len,
+                                remote_addr,
+                                rkey,
+                                ..
+                            }) if len <= er.inline_max => {
+                                // SAFETY: the engine validated `local_addr..+len` against a
+                                // registered local segment, which stays registered and mapped
+                                // while this request is outstanding; the bytes are copied into
+                                // the WQE before `write_inline` returns.
+                                let data = unsafe {
+                                    std::slice::from_raw_parts(
+                                        local_addr as usize as *const u8,
+                                        len as usize,
+                                    )
+                                };
+                                let remote = RemoteAddr {
+                                    addr: remote_addr,
+                                    rkey,
+                                };
+                                batch
+                                    .write_inline(w.token, &d, data, remote)
+                                    .map_err(|e| post_reason(&e))
+                            }
                             Ok(SrdWr::Write {
                                 local_addr,
                                 lkey,

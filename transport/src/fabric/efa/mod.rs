@@ -87,6 +87,10 @@ pub struct EfaConfig {
     /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
     /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
     pub idle_spin: Duration,
+    /// Post WRITEs of up to the device's inline size inline (the data goes in the WQE, so the
+    /// NIC reads no memory for them), where the device has RDMA WRITE and libefa has inline
+    /// RDMA write (rdma-core 63). Endpoint QPs then use 128-byte WQEs.
+    pub inline_write: bool,
 }
 
 /// Largest queue and table sizes an efa fabric may be configured for (devices cap queues
@@ -125,6 +129,7 @@ impl Default for EfaConfig {
             write_policy: WritePolicy::IfAvailable,
             thread_domain: true,
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
+            inline_write: true,
         }
     }
 }
