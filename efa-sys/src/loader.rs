@@ -167,6 +167,16 @@ symbol_table! {
     optional ibv_unimport_mr @ "IBVERBS_1.10";
     optional ibv_import_dm @ "IBVERBS_1.13";
     optional ibv_unimport_dm @ "IBVERBS_1.13";
+    optional _ibv_query_comp_cntr_caps @ "IBVERBS_1.18", "Completion counters (rdma-core master).";
+    optional ibv_create_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_destroy_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_set_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_set_err_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_inc_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_inc_err_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_read_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_read_err_comp_cntr @ "IBVERBS_1.18";
+    optional ibv_qp_attach_comp_cntr @ "IBVERBS_1.18";
 }
 
 symbol_table! {

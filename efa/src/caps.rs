@@ -63,8 +63,7 @@ impl EfaDeviceAttr {
             max_sq_sge: raw.max_sq_sge,
             max_rq_sge: raw.max_rq_sge,
             inline_buf_size: raw.inline_buf_size,
-            // Libraries newer than the bindings put `inline_buf_size_ex` in these two reserved
-            // bytes; older ones zero them.
+            // rdma-core 63 and later; older libraries zero these two (then reserved) bytes.
             inline_buf_size_ex: raw.inline_buf_size_ex,
             caps: EfaCaps::from_bits_retain(raw.device_caps),
             max_rdma_size: raw.max_rdma_size,

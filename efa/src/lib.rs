@@ -19,6 +19,7 @@
 pub mod ah;
 pub mod caps;
 pub mod context;
+pub mod counter;
 pub mod cq;
 pub mod device;
 pub mod error;
@@ -33,6 +34,7 @@ mod teardown;
 pub use ah::{Ah, AhAttr};
 pub use caps::{EfaCaps, EfaDeviceAttr};
 pub use context::{Context, DeviceAttr, LinkLayer, Mtu, PortAttr, PortState};
+pub use counter::{CompCounter, CounterOps};
 pub use cq::{Completion, Cq, CqBuilder, Poll, WorkCompletion};
 pub use device::{devices, efa_devices, DeviceInfo, DeviceKind};
 pub use error::{Error, Limit, Result};

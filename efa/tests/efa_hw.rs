@@ -385,3 +385,78 @@ fn efa_hw_newest_efadv_features_or_clean_refusals() {
         ),
     }
 }
+
+/// Completion counters (rdma-core master): a counted workload on a device with `COMP_CNTR`, a
+/// refusal by name elsewhere.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_completion_counters_count_or_are_refused() {
+    let ctx = match std::env::var("EFA_TEST_DEVICE") {
+        Ok(d) => Context::open(&d).unwrap(),
+        Err(_) => Context::open_first_efa().unwrap(),
+    };
+    let counter = match efa::CompCounter::new(&ctx) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("completion counters refused: {e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::Unsupported { .. }
+                        | Error::Verbs {
+                            errno: libc::EOPNOTSUPP,
+                            ..
+                        }
+                ),
+                "{e}"
+            );
+            return;
+        }
+    };
+    assert!(ctx.efa_caps().contains(EfaCaps::COMP_CNTR));
+    let pd = Pd::new(&ctx).unwrap();
+    let mut cq = Cq::new(&ctx, 256).unwrap();
+    let mut qp: SrdQp = QpBuilder::new(&pd, &cq, &cq)
+        .max_recv_wr(64)
+        .build_srd()
+        .unwrap();
+    counter
+        .attach(&mut qp, efa::CounterOps::SEND | efa::CounterOps::RECV)
+        .unwrap();
+    let mr = Mr::alloc(&pd, 64 * 64, Access::LOCAL_WRITE).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+    let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
+    for i in 0..32 {
+        qp.post_recv(i, &[mr.sge(i as usize * 64, 64).unwrap()])
+            .unwrap();
+    }
+    let mut batch = qp.batch().unwrap();
+    for i in 0..32 {
+        batch
+            .send(100 + i, &to_self, &[mr.sge(0, 16).unwrap()])
+            .unwrap();
+    }
+    batch.commit().unwrap();
+    // 32 sends and 32 receives, counted without polling the CQ.
+    let (ok, err) = counter.wait_for(64, Duration::from_secs(10)).unwrap();
+    assert_eq!((ok, err), (64, 0));
+    assert_eq!(
+        wait(&mut cq, 64).len(),
+        64,
+        "the CQ still gets every completion"
+    );
+    counter.set(0).unwrap();
+    assert_eq!(counter.value().unwrap(), 0);
+    // A send to a QP that does not exist completes in error: counted apart.
+    let nowhere = Dest::new(&ah, 0xfff_fff, qp.qkey());
+    let mut batch = qp.batch().unwrap();
+    batch.send(200, &nowhere, &[mr.sge(0, 8).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    let (ok, err) = counter.wait_for(1, Duration::from_secs(30)).unwrap();
+    assert_eq!((ok, err), (0, 1));
+    let mut out = [WorkCompletion::default()];
+    assert_eq!(
+        cq.wait_into(&mut out, 1, Duration::from_secs(10)).unwrap(),
+        1
+    );
+}

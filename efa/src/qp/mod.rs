@@ -776,6 +776,8 @@ pub struct Qp<T: Transport> {
     rnr_retry: u8,
     rc: RcOptions,
     active_mtu: crate::context::Mtu,
+    /// Completion counters attached to the QP: they outlive it.
+    counters: Vec<Arc<crate::counter::CompCounter>>,
     _t: PhantomData<T>,
 }
 
@@ -840,8 +842,14 @@ impl<T: Transport> Qp<T> {
             rnr_retry: b.rnr_retry,
             rc: b.rc,
             active_mtu: crate::context::Mtu::Mtu1024,
+            counters: Vec::new(),
             _t: PhantomData,
         })
+    }
+
+    /// Keeps a completion counter alive as long as the QP (see [`CompCounter::attach`]).
+    pub(crate) fn keep_counter(&mut self, c: Arc<crate::counter::CompCounter>) {
+        self.counters.push(c);
     }
 
     /// Takes the efadv view of the QP (processing hints).

@@ -13,7 +13,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 use efa_sys::*;
 
 use crate::verbs::{fail, set_errno};
-use crate::{efadv, qp, verbs};
+use crate::{cntr, efadv, qp, verbs};
 
 macro_rules! exports {
     ($( $sym:ident @ $ver:literal = $wrapper:ident ( $($a:ident : $t:ty),* ) $(-> $r:ty)? => $body:expr ;)*) => {
@@ -116,6 +116,17 @@ exports! {
     ibv_import_dm @ "IBVERBS_1.13" = soft_ibv_import_dm() -> P => fail(libc::EOPNOTSUPP);
     ibv_unimport_dm @ "IBVERBS_1.13" = soft_ibv_unimport_dm() => ();
 
+    _ibv_query_comp_cntr_caps @ "IBVERBS_1.18" = soft__ibv_query_comp_cntr_caps(c: *mut ibv_context, k: *mut ibv_comp_cntr_caps, n: usize) -> c_int => cntr::query_caps(c, k, n);
+    ibv_create_comp_cntr @ "IBVERBS_1.18" = soft_ibv_create_comp_cntr(c: *mut ibv_context, a: *mut ibv_comp_cntr_init_attr) -> *mut ibv_comp_cntr => cntr::create_cntr(c, a);
+    ibv_destroy_comp_cntr @ "IBVERBS_1.18" = soft_ibv_destroy_comp_cntr(k: *mut ibv_comp_cntr) -> c_int => cntr::destroy(k);
+    ibv_set_comp_cntr @ "IBVERBS_1.18" = soft_ibv_set_comp_cntr(k: *mut ibv_comp_cntr, v: u64) -> c_int => cntr::set(k, v, false);
+    ibv_set_err_comp_cntr @ "IBVERBS_1.18" = soft_ibv_set_err_comp_cntr(k: *mut ibv_comp_cntr, v: u64) -> c_int => cntr::set(k, v, true);
+    ibv_inc_comp_cntr @ "IBVERBS_1.18" = soft_ibv_inc_comp_cntr(k: *mut ibv_comp_cntr, v: u64) -> c_int => cntr::inc(k, v, false);
+    ibv_inc_err_comp_cntr @ "IBVERBS_1.18" = soft_ibv_inc_err_comp_cntr(k: *mut ibv_comp_cntr, v: u64) -> c_int => cntr::inc(k, v, true);
+    ibv_read_comp_cntr @ "IBVERBS_1.18" = soft_ibv_read_comp_cntr(k: *mut ibv_comp_cntr, v: *mut u64) -> c_int => cntr::read(k, v, false);
+    ibv_read_err_comp_cntr @ "IBVERBS_1.18" = soft_ibv_read_err_comp_cntr(k: *mut ibv_comp_cntr, v: *mut u64) -> c_int => cntr::read(k, v, true);
+    ibv_qp_attach_comp_cntr @ "IBVERBS_1.18" = soft_ibv_qp_attach_comp_cntr(q: *mut ibv_qp, k: *mut ibv_comp_cntr, a: *mut ibv_qp_attach_comp_cntr_attr) -> c_int => cntr::attach(q, k, a);
+
     // ---- libefa ----
     efadv_create_driver_qp @ "EFA_1.0" = soft_efadv_create_driver_qp(p: *mut ibv_pd, a: *mut ibv_qp_init_attr, t: u32) -> *mut ibv_qp => efadv::create_driver_qp(p, a, t);
     efadv_create_qp_ex @ "EFA_1.1" = soft_efadv_create_qp_ex(c: *mut ibv_context, a: *mut ibv_qp_init_attr_ex, e: *mut efadv_qp_init_attr, n: u32) -> *mut ibv_qp => efadv::create_qp_ex(c, a, e, n);
@@ -128,6 +139,7 @@ exports! {
     efadv_get_max_sq_depth @ "EFA_1.5" = soft_efadv_get_max_sq_depth(c: *mut ibv_context, a: *mut efadv_sq_depth_attr, n: u32) -> c_int => efadv::get_max_sq_depth(c, a, n);
     efadv_get_max_rq_depth @ "EFA_1.5" = soft_efadv_get_max_rq_depth(c: *mut ibv_context, a: *mut efadv_rq_depth_attr, n: u32) -> c_int => efadv::get_max_rq_depth(c, a, n);
     efadv_qp_from_ibv_qp_ex @ "EFA_1.6" = soft_efadv_qp_from_ibv_qp_ex(q: *mut ibv_qp_ex) -> *mut efadv_qp => qp::efadv_qp_of(q);
+    efadv_create_comp_cntr @ "EFA_1.7" = soft_efadv_create_comp_cntr(c: *mut ibv_context, a: *mut ibv_comp_cntr_init_attr, e: *mut efadv_comp_cntr_init_attr, n: u32) -> *mut ibv_comp_cntr => cntr::efadv_create_cntr(c, a, e, n);
     efadv_query_cq @ "EFA_1.4" = soft_efadv_query_cq(cq: *mut ibv_cq, a: *mut efadv_cq_attr, n: u32) -> c_int => efadv::query_cq(cq, a, n);
 
     // ---- librdmacm stubs (perftest's -R): RDMA-CM is not emulated ----

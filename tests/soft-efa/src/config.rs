@@ -8,7 +8,7 @@
 //! | `SOFT_EFA_FAULTS` | `loss=P,reorder=P,delay_us=N,err=P,seed=N` | none |
 //! | `SOFT_EFA_UNRESP_MS` | how long a packet is retried before `UNRESP_REMOTE` | 2000 |
 //! | `SOFT_EFA_RNR_DELAY_US` | wait before a send that met no receive buffer is retried | 200 |
-//! | `SOFT_EFA_RDMA_CORE` | the rdma-core release whose provider checks to follow (see README) | 64 |
+//! | `SOFT_EFA_RDMA_CORE` | the rdma-core release whose provider checks to follow (see README); 65 is master | 65 |
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -91,12 +91,12 @@ impl Config {
             },
             unresp: Duration::from_millis(number(&get, "SOFT_EFA_UNRESP_MS", 2000)?),
             rnr_delay: Duration::from_micros(number(&get, "SOFT_EFA_RNR_DELAY_US", 200)?),
-            rdma_core: match number(&get, "SOFT_EFA_RDMA_CORE", 64)? {
-                v @ 44..=64 => v as u32,
+            rdma_core: match number(&get, "SOFT_EFA_RDMA_CORE", 65)? {
+                v @ 44..=65 => v as u32,
                 v => {
                     return Err(ConfigError {
                         var: "SOFT_EFA_RDMA_CORE",
-                        what: format!("{v} is not a release soft-efa follows (44 to 64)"),
+                        what: format!("{v} is not a release soft-efa follows (44 to 65, master)"),
                     })
                 }
             },
@@ -279,6 +279,6 @@ mod tests {
         assert!(cfg(&[("SOFT_EFA_UNRESP_MS", "-1")]).is_err());
         assert!(cfg(&[("SOFT_EFA_RDMA_CORE", "30")]).is_err());
         assert_eq!(cfg(&[("SOFT_EFA_RDMA_CORE", "59")]).unwrap().rdma_core, 59);
-        assert_eq!(cfg(&[]).unwrap().rdma_core, 64);
+        assert_eq!(cfg(&[]).unwrap().rdma_core, 65);
     }
 }

@@ -128,6 +128,21 @@ pub struct QpEntry {
     pub slots: Arc<QpSlots>,
     /// Write-with-immediate consumes no receive buffer.
     pub unsolicited: bool,
+    /// Completion counters attached, with their `IBV_QP_ATTACH_COMP_CNTR_OP_*` masks.
+    pub counters: Vec<(Arc<crate::cntr::Counter>, u32)>,
+}
+
+impl QpEntry {
+    /// Delivers a receive completion, counting it on the counters attached for receives.
+    fn complete_recv(&self, cqe: Cqe) {
+        let ok = cqe.status == OK;
+        for (c, mask) in &self.counters {
+            if mask & IBV_QP_ATTACH_COMP_CNTR_OP_RECV != 0 {
+                c.add(ok);
+            }
+        }
+        self.recv_cq.push(cqe);
+    }
 }
 
 /// A memory registration.
@@ -259,6 +274,8 @@ struct PendingOp {
     rnr_retry: u8,
     /// WRITE with immediate: the notification still to send once the data is placed.
     fin: Option<(SocketAddrV4, Request)>,
+    /// Completion counters attached to the QP for this operation's kind.
+    counters: Vec<Arc<crate::cntr::Counter>>,
 }
 
 /// Mutable state of a device, under one lock.
@@ -324,6 +341,11 @@ pub fn config() -> Result<&'static Config, &'static str> {
         .get_or_init(|| Config::from_env().map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| e.as_str())
+}
+
+/// The rdma-core release whose provider rules apply (`SOFT_EFA_RDMA_CORE`, 65 = master).
+pub fn release() -> u32 {
+    config().map_or(65, |c| c.rdma_core)
 }
 
 /// The devices of this process, created (sockets bound) on first call.
@@ -466,6 +488,17 @@ impl Device {
         let Some(qp) = st.qps.get(&qpn) else { return };
         let (cq, slots, rnr_retry) = (qp.send_cq.clone(), qp.slots.clone(), qp.rnr_retry);
         let pd = qp.pd;
+        let op_bit = match wr.kind {
+            WrKind::Send { .. } => IBV_QP_ATTACH_COMP_CNTR_OP_SEND,
+            WrKind::Write { .. } => IBV_QP_ATTACH_COMP_CNTR_OP_RDMA_WRITE,
+            WrKind::Read { .. } => IBV_QP_ATTACH_COMP_CNTR_OP_RDMA_READ,
+        };
+        let counters = qp
+            .counters
+            .iter()
+            .filter(|(_, m)| m & op_bit != 0)
+            .map(|(c, _)| c.clone())
+            .collect();
         slots.sq.fetch_add(1, Ordering::AcqRel);
         let opcode = match wr.kind {
             WrKind::Send { .. } => {
@@ -495,6 +528,7 @@ impl Device {
             slots,
             rnr_retry,
             fin: None,
+            counters,
         };
         let f = &self.config.faults;
         if f.error > 0.0 && Self::rand(st) < f.error {
@@ -783,6 +817,9 @@ impl Device {
         if op.status == UNRESP_REMOTE {
             bump(&self.counters.unresp);
         }
+        for c in &op.counters {
+            c.add(op.status == OK);
+        }
         op.cq.push(Cqe {
             wr_id: op.wr_id,
             status: op.status,
@@ -873,8 +910,9 @@ impl Device {
             self.complete(op);
         }
         if let Some(qp) = st.qps.get_mut(&qpn) {
-            for r in qp.rq.drain(..) {
-                qp.recv_cq.push(Cqe {
+            let posted: Vec<RecvWr> = qp.rq.drain(..).collect();
+            for r in posted {
+                qp.complete_recv(Cqe {
                     wr_id: r.wr_id,
                     status: FLUSHED,
                     opcode: IBV_WC_RECV,
@@ -1043,7 +1081,7 @@ impl Device {
             cqe.wr_id = r.wr_id;
             cqe.slot = Slot::Rq(qp.slots.clone());
         }
-        qp.recv_cq.push(cqe);
+        qp.complete_recv(cqe);
         bump(&self.counters.recv_wrs);
         OK
     }
@@ -1101,7 +1139,7 @@ impl Device {
             }
             OK
         };
-        qp.recv_cq.push(cqe);
+        qp.complete_recv(cqe);
         bump(&self.counters.recv_wrs);
         result
     }

@@ -95,7 +95,7 @@ pub unsafe extern "C" fn create_qp_ex(
     };
     // The provider's efa_check_qp_attr: each flag only with its capability (and release).
     let dev = &verbs::ctx(c).dev;
-    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    let release = crate::device::release();
     let mut allowed = 0;
     if dev
         .profile
@@ -129,7 +129,7 @@ pub unsafe extern "C" fn get_max_sq_depth(
     attr: *mut efadv_sq_depth_attr,
     inlen: u32,
 ) -> c_int {
-    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    let release = crate::device::release();
     if release < 63 {
         return -libc::EOPNOTSUPP;
     }
@@ -155,7 +155,7 @@ pub unsafe extern "C" fn get_max_rq_depth(
     attr: *mut efadv_rq_depth_attr,
     inlen: u32,
 ) -> c_int {
-    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    let release = crate::device::release();
     if release < 63 {
         return -libc::EOPNOTSUPP;
     }

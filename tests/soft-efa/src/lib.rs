@@ -10,6 +10,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod abi;
+pub mod cntr;
 pub mod config;
 pub mod cq;
 pub mod device;

@@ -3,6 +3,7 @@
 //! are tabulated in the crate's README.
 
 use efa_sys::{
+    EFADV_DEVICE_ATTR_CAPS_COMP_CNTR as COMP_CNTR,
     EFADV_DEVICE_ATTR_CAPS_CQ_WITH_SGID as CQ_WITH_SGID, EFADV_DEVICE_ATTR_CAPS_RDMA_READ as READ,
     EFADV_DEVICE_ATTR_CAPS_RDMA_WRITE as WRITE, EFADV_DEVICE_ATTR_CAPS_RNR_RETRY as RNR_RETRY,
     EFADV_DEVICE_ATTR_CAPS_UNSOLICITED_WRITE_RECV as UNSOLICITED,
@@ -107,9 +108,9 @@ pub const PROFILES: [Profile; 4] = [
     },
     Profile {
         name: "newest",
-        like: "efa3/efa4: p5en, p6 (READ, WRITE, 128-byte WQE)",
+        like: "efa3/efa4: p5en, p6 (READ, WRITE, 128-byte WQE, completion counters)",
         vendor_part_id: 0xefa3,
-        caps: READ | RNR_RETRY | WRITE | UNSOLICITED | CQ_WITH_SGID,
+        caps: READ | RNR_RETRY | WRITE | UNSOLICITED | CQ_WITH_SGID | COMP_CNTR,
         cq_notifications: true,
         max_rdma_size: 1 << 30,
         inline_buf_size_ex: 80,

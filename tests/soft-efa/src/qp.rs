@@ -168,6 +168,7 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
                 rq: VecDeque::new(),
                 slots: slots.clone(),
                 unsolicited: r.flags.unsolicited,
+                counters: Vec::new(),
             },
         );
         qpn
@@ -637,7 +638,7 @@ pub unsafe extern "C" fn post_recv(
         q.slots.rq.fetch_add(1, Ordering::AcqRel);
         // The RX descriptor's length is 16 bits: from rdma-core 57 a receive SGE of 64 KiB or
         // more holds 65535 bytes; before, its length wrapped (65536 became 0).
-        let release = crate::device::config().map_or(64, |c| c.rdma_core);
+        let release = crate::device::release();
         let clamp = |len: u32| {
             if release >= 57 {
                 len.min(65535)
@@ -813,7 +814,7 @@ unsafe extern "C" fn wr_set_inline_data_list(
 
 /// `efadv_qp_from_ibv_qp_ex` (EFA_1.6, rdma-core 64): the efadv view of an extended QP.
 pub unsafe extern "C" fn efadv_qp_of(x: *mut ibv_qp_ex) -> *mut efadv_qp {
-    let release = crate::device::config().map_or(64, |c| c.rdma_core);
+    let release = crate::device::release();
     if release < 64 {
         return fail(libc::EOPNOTSUPP);
     }

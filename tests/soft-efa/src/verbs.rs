@@ -813,7 +813,7 @@ pub unsafe fn create_cq_checked(
     }
     if a.comp_mask & IBV_CQ_INIT_ATTR_MASK_FLAGS != 0 {
         // rdma-core 59 and earlier accept only the PD bit; 60 added single-threaded CQs.
-        let release = crate::device::config().map_or(64, |c| c.rdma_core);
+        let release = crate::device::release();
         if release <= 59 || a.flags & !IBV_CREATE_CQ_ATTR_SINGLE_THREADED != 0 {
             return fail(libc::EOPNOTSUPP);
         }
