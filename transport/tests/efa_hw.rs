@@ -313,3 +313,70 @@ fn efa_hw_a_peer_restarting_2000_times_keeps_its_slot() {
         assert!(contents(&b, dst, 0, 4096) == pattern(4096, 5));
     }
 }
+
+/// Notifications are 0-byte SENDs with immediate posted inline with no buffer, as libfabric
+/// posts 0-byte sends on EFA (a zero-SGE, non-inline send is not something EFA is known to
+/// take). soft-efa counts inline work requests; on hardware the notifications arriving is the
+/// check.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_notifications_are_inline_zero_byte_sends() {
+    let (a, b) = pair();
+    if !a.capabilities().supports_write {
+        println!("no WRITE on this device: notifications ride on writes");
+        return;
+    }
+    let dev = efa::efa_devices().unwrap().remove(0);
+    let inline = || dev.hw_counters().unwrap().get("inline_wrs");
+    let settle = |want: Option<u64>| {
+        let t0 = std::time::Instant::now();
+        let mut last = inline();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = inline();
+            if now == last && want.is_none_or(|w| now.unwrap_or(0) >= w)
+                || t0.elapsed() > Duration::from_secs(5)
+            {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let src = a
+        .register_owned(
+            "a/src",
+            OwnedMemory::from_vec(pattern(4 * 4096, 3)).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    b.register_owned(
+        "b/dst",
+        OwnedMemory::zeroed(4 * 4096, 4096).unwrap(),
+        Location::Cpu(0),
+        Access::REMOTE_READ_WRITE,
+    )
+    .unwrap();
+    let remote = a.open_segment("b/dst").unwrap();
+    let before = settle(None);
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(4).unwrap();
+    // 4 KiB writes are too big to go inline: only the notifications can.
+    let reqs: Vec<Request> = (0..4)
+        .map(|i| {
+            Request::write(src, i * 4096, remote, i * 4096, 4096)
+                .with_op(Opcode::WriteWithNotify(9))
+        })
+        .collect();
+    w.submit(batch, &reqs).unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    assert_eq!(b.notifications().wait_for(9, 4, WAIT).unwrap(), 4);
+    if let Some(before) = before {
+        let after = settle(Some(before + 4)).unwrap();
+        assert_eq!(
+            after - before,
+            4,
+            "each notification is one inline work request"
+        );
+    }
+}
