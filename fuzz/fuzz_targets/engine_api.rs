@@ -126,12 +126,12 @@ fn op(u: &mut Unstructured) -> ArbResult<Op> {
         6 => Op::Wait {
             worker: w(u)?,
             batch: b(u)?,
-            micros: u.int_in_range(0..=100)?,
+            micros: u.int_in_range(0..=10)?,
         },
         7 => Op::Drain {
             worker: w(u)?,
             batch: b(u)?,
-            micros: u.int_in_range(0..=100)?,
+            micros: u.int_in_range(0..=10)?,
         },
         8 => Op::Free(b(u)?),
         9 => Op::Recycle(b(u)?),
