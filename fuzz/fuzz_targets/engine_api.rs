@@ -206,12 +206,21 @@ impl World {
                     None => track.terminal[i] = Some(s),
                 }
             } else {
-                assert_eq!(track.terminal[i], None, "request {i} left its terminal state");
+                assert_eq!(
+                    track.terminal[i], None,
+                    "request {i} left its terminal state"
+                );
             }
         }
         assert_eq!(
             counts,
-            [st.pending, st.completed, st.failed, st.timed_out, st.cancelled],
+            [
+                st.pending,
+                st.completed,
+                st.failed,
+                st.timed_out,
+                st.cancelled
+            ],
             "batch counters against request states ({st:?})"
         );
         if st.in_flight == 0 {
@@ -308,7 +317,11 @@ fn setup(u: &mut Unstructured) -> ArbResult<Run> {
     let a = Engine::new(cfg, SimFabric::new(&net, sim).unwrap(), meta.clone()).unwrap();
     let fb = SimFabric::new(&net, SimConfig::default()).unwrap();
     let mut cfg_b = EngineConfig::new("b");
-    (cfg_b.max_segments, cfg_b.max_remote_segments, cfg_b.max_batches) = (4, 4, 4);
+    (
+        cfg_b.max_segments,
+        cfg_b.max_remote_segments,
+        cfg_b.max_batches,
+    ) = (4, 4, 4);
     cfg_b.notify_tags = 16;
     let b = Engine::new(cfg_b, fb.clone(), meta.clone()).unwrap();
     let access = Access::from_bits(u.int_in_range(0..=3)?).unwrap();
@@ -525,7 +538,10 @@ fn run_ops(run: Run, ops: Vec<Op>) {
     drop(workers);
     // Nothing stays pinned: every segment unregisters; the source was never written.
     let src = a.unregister(run.src).unwrap().unwrap();
-    assert!(src.as_slice().iter().all(|&b| b == 7), "a source was written");
+    assert!(
+        src.as_slice().iter().all(|&b| b == 7),
+        "a source was written"
+    );
     a.unregister(run.sink).unwrap();
     a.close_segment(run.remote).unwrap();
     run.b.unregister(run.target).unwrap();
