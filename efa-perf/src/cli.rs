@@ -59,47 +59,7 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// Which operation a test measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verb {
-    /// Two-sided SEND/RECV.
-    Send,
-    /// One-sided RDMA WRITE.
-    Write,
-    /// One-sided RDMA READ.
-    Read,
-}
-
-impl Verb {
-    /// perftest's name of the verb in its banner.
-    pub fn perftest_name(self) -> &'static str {
-        match self {
-            Self::Send => "Send",
-            Self::Write => "RDMA_Write",
-            Self::Read => "RDMA_Read",
-        }
-    }
-
-    /// Lower-case name used in test names (`write_bw`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Send => "send",
-            Self::Write => "write",
-            Self::Read => "read",
-        }
-    }
-}
-
-/// Bandwidth or latency.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Throughput with many operations in flight.
-    Bw,
-    /// Time of one operation at a time.
-    Lat,
-}
+pub use efa_perf::control::{Metric, Verb};
 
 /// Fabric to run over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]

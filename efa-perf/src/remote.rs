@@ -26,69 +26,17 @@ use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup}
 use crate::select::{FabricKind, Selection};
 use crate::stats::Event;
 use anyhow::{anyhow, bail, Context};
-use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use efa_perf::control::{
+    self, LineError, Msg, RunAmount, Step, StreamSummary, CLIENT_MAX_LINE, PROTOCOL,
+    SERVER_MAX_LINE,
+};
+use std::io::{BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::discovery::{DiscoveryConfig, PeerMetadata};
 use transport::Engine;
-
-/// Version of the control protocol.
-const PROTOCOL: u32 = 1;
-
-/// Control messages.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "msg", rename_all = "snake_case")]
-enum Msg {
-    Hello {
-        protocol: u32,
-        fabric: String,
-        verb: Verb,
-        metric: Metric,
-        streams: u32,
-        depth: u32,
-        bidirectional: bool,
-        stripe: u64,
-    },
-    Ready {
-        discovery: String,
-        device: String,
-        transport_type: String,
-        connection_type: String,
-    },
-    Opened {
-        discovery: String,
-    },
-    Linked,
-    Run {
-        size: u64,
-        iterations: Option<u64>,
-        duration_ms: Option<u64>,
-    },
-    Go,
-    Finished {
-        ops: u64,
-    },
-    Result {
-        cpu_percent: f64,
-        streams: Vec<StreamSummary>,
-    },
-    Error {
-        message: String,
-    },
-    Bye,
-}
-
-/// What a server-side stream reports back.
-#[derive(Debug, Serialize, Deserialize)]
-struct StreamSummary {
-    ops: u64,
-    bytes: u64,
-    end_us: u64,
-    events: Vec<(u64, u64, u64)>,
-}
 
 impl From<&StreamResult> for StreamSummary {
     fn from(r: &StreamResult) -> Self {
@@ -125,13 +73,6 @@ impl From<StreamSummary> for StreamResult {
     }
 }
 
-/// Longest control line a server reads: every message a client sends is a few hundred bytes.
-const SERVER_MAX_LINE: usize = 64 << 10;
-/// Longest control line a client reads: a result carries every completion event of a run.
-const CLIENT_MAX_LINE: usize = 256 << 20;
-/// Most memory a server registers for a client (`stripe` x `streams`).
-pub const SERVER_MAX_MEMORY: u64 = 1 << 30;
-
 /// A line-oriented JSON channel with a read deadline and a bound on line length.
 struct Control {
     reader: BufReader<TcpStream>,
@@ -162,27 +103,20 @@ impl Control {
 
     /// Reads one line of at most `max_line` bytes, with errors worded for a person.
     fn read_line(&mut self) -> anyhow::Result<String> {
-        let mut line = String::new();
-        let limit = self.max_line as u64 + 1;
-        match (&mut self.reader).take(limit).read_line(&mut line) {
-            Ok(0) => bail!("{} closed the control connection", self.peer),
-            Ok(_) if line.ends_with('\n') => Ok(line),
-            Ok(n) if n > self.max_line => bail!(
-                "control message from {} is longer than {} bytes; closing the connection",
-                self.peer,
-                self.max_line
-            ),
-            Ok(_) => bail!("{} closed the control connection mid-message", self.peer),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => bail!(
-                "no answer from {} within {} s (raise --timeout if the peer is slow)",
-                self.peer,
-                self.timeout.as_secs()
-            ),
-            Err(e) if e.kind() == ErrorKind::InvalidData => {
-                bail!("control message from {} is not UTF-8", self.peer)
+        control::read_line(&mut self.reader, self.max_line).map_err(|e| match e {
+            LineError::Io(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                anyhow!(
+                    "no answer from {} within {} s (raise --timeout if the peer is slow)",
+                    self.peer,
+                    self.timeout.as_secs()
+                )
             }
-            Err(e) => Err(e).with_context(|| format!("reading from {}", self.peer)),
-        }
+            LineError::Io(e) => {
+                anyhow::Error::new(e).context(format!("reading from {}", self.peer))
+            }
+            LineError::TooLong(_) => anyhow!("{} {e}; closing the connection", self.peer),
+            e => anyhow!("{} {e}", self.peer),
+        })
     }
 
     fn send(&mut self, m: &Msg) -> anyhow::Result<()> {
@@ -195,12 +129,10 @@ impl Control {
 
     fn recv(&mut self) -> anyhow::Result<Msg> {
         let line = self.read_line()?;
-        match serde_json::from_str(&line)
-            .with_context(|| format!("bad control message from {}", self.peer))?
-        {
-            Msg::Error { message } => Err(anyhow!("peer {}: {message}", self.peer)),
-            m => Ok(m),
-        }
+        control::parse(&line).map_err(|e| match e {
+            control::ControlError::Peer(message) => anyhow!("peer {}: {message}", self.peer),
+            e => anyhow::Error::new(e).context(format!("from {}", self.peer)),
+        })
     }
 }
 
@@ -503,34 +435,13 @@ fn serve_one(
     metric: Metric,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout);
-    let Msg::Hello {
-        protocol,
+    let control::Hello {
         fabric,
-        verb: cverb,
-        metric: cmetric,
         streams,
         depth,
         bidirectional,
         stripe,
-    } = control.recv()?
-    else {
-        bail!("client did not start with hello");
-    };
-    if protocol != PROTOCOL {
-        bail!("client speaks control protocol {protocol}, this server {PROTOCOL}");
-    }
-    if (cverb, cmetric) != (verb, metric) {
-        bail!(
-            "client runs {cverb:?} {cmetric:?} but this server was started for {verb:?} {metric:?}"
-        );
-    }
-    let total = stripe.saturating_mul(streams as u64);
-    if stripe == 0 || streams == 0 || total > SERVER_MAX_MEMORY {
-        bail!(
-            "client asks for {streams} stripes of {stripe} bytes ({total} bytes); this server registers \
-             between 1 byte and {SERVER_MAX_MEMORY} bytes (lower -s, -t or -q)"
-        );
-    }
+    } = control::check_hello(control.recv()?, verb, metric)?;
     let kind = parse_fabric(&fabric)?;
     if kind != selection.fabric {
         bail!(
@@ -569,26 +480,20 @@ fn serve_one(
     };
     let op = stream_op(verb);
     loop {
-        let (size, amount) = match control.recv()? {
-            Msg::Run {
+        let (size, amount) = match control::check_step(control.recv()?, stripe)? {
+            Step::Run {
                 size,
-                iterations: Some(n),
-                ..
+                amount: RunAmount::Iterations(n),
             } => (size, Amount::Iterations(n)),
-            Msg::Run {
+            Step::Run {
                 size,
-                duration_ms: Some(ms),
-                ..
+                amount: RunAmount::Millis(ms),
             } => (size, Amount::Duration(Duration::from_millis(ms))),
-            Msg::Bye => {
+            Step::Bye => {
                 eprintln!("efa-perf: client {} finished", control.peer);
                 return Ok(());
             }
-            other => bail!("unexpected {other:?}"),
         };
-        if size == 0 || size > stripe {
-            bail!("client asks for {size}-byte messages in {stripe}-byte stripes");
-        }
         if metric == Metric::Lat && op == StreamOp::Write {
             link.reset_rx(size)?;
         }

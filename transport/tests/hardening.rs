@@ -189,9 +189,16 @@ fn discovery_with_duration_max_idle_timeout_serves() {
     server.publish(&desc).unwrap();
     let client = PeerMetadata::bind(DiscoveryConfig::new("client")).unwrap();
     let at = server.local_addr().to_string();
-    // More lookups than connection slots: slots must come back.
+    // More lookups than connection slots: slots must come back. The server frees a slot when
+    // it reads the client's close, which can come after `fetch` returns (under load, after the
+    // next lookup connects): wait for that, bounded, so the next lookup finds a slot.
     for _ in 0..5 {
         assert_eq!(client.fetch(&at, "seg").unwrap(), desc);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while server.stats().open > 0 && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(server.stats().open, 0, "the connection slot came back");
     }
 }
 
