@@ -9,6 +9,14 @@ use efa::{
     SrdQp, WcOpcode, WorkCompletion,
 };
 
+/// `$EFA_TEST_DEVICE`, else the first EFA device.
+fn device() -> std::sync::Arc<Context> {
+    match std::env::var("EFA_TEST_DEVICE") {
+        Ok(d) => Context::open(&d).unwrap(),
+        Err(_) => Context::open_first_efa().unwrap(),
+    }
+}
+
 fn wait(cq: &mut Cq, n: usize) -> Vec<WorkCompletion> {
     let mut out = vec![WorkCompletion::default(); n];
     let got = cq.wait_into(&mut out, n, Duration::from_secs(10)).unwrap();
@@ -22,10 +30,7 @@ const SEND_ID: u64 = 0xabcd_0000_0000_000a;
 #[test]
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
-    let ctx = match std::env::var("EFA_TEST_DEVICE") {
-        Ok(d) => Context::open(&d).unwrap(),
-        Err(_) => Context::open_first_efa().unwrap(),
-    };
+    let ctx = device();
     let attr = *ctx.require_efa().unwrap();
     assert_eq!(ctx.device_attr().vendor_id, 0x1d0f);
     let port = ctx.query_port(1).unwrap();
@@ -183,10 +188,7 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
 #[test]
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_thread_domain_of_another_pd_is_refused() {
-    let ctx = match std::env::var("EFA_TEST_DEVICE") {
-        Ok(d) => Context::open(&d).unwrap(),
-        Err(_) => Context::open_first_efa().unwrap(),
-    };
+    let ctx = device();
     let (pd, other) = (Pd::new(&ctx).unwrap(), Pd::new(&ctx).unwrap());
     let td = efa::ThreadDomain::new(&other).unwrap();
     let cq = Cq::new(&ctx, 16).unwrap();
@@ -211,10 +213,7 @@ fn efa_hw_thread_domain_of_another_pd_is_refused() {
 #[test]
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_newest_efadv_features_or_clean_refusals() {
-    let ctx = match std::env::var("EFA_TEST_DEVICE") {
-        Ok(d) => Context::open(&d).unwrap(),
-        Err(_) => Context::open_first_efa().unwrap(),
-    };
+    let ctx = device();
     let attr = *ctx.require_efa().unwrap();
     let dv = efa_sys::efadv().unwrap();
     let pd = Pd::new(&ctx).unwrap();
@@ -391,10 +390,7 @@ fn efa_hw_newest_efadv_features_or_clean_refusals() {
 #[test]
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_completion_counters_count_or_are_refused() {
-    let ctx = match std::env::var("EFA_TEST_DEVICE") {
-        Ok(d) => Context::open(&d).unwrap(),
-        Err(_) => Context::open_first_efa().unwrap(),
-    };
+    let ctx = device();
     let counter = match efa::CompCounter::new(&ctx) {
         Ok(c) => c,
         Err(e) => {

@@ -47,6 +47,12 @@ fn pair() -> (Engine, Engine) {
     (a, b)
 }
 
+/// Registers `mem` as a CPU segment `name` of `e` with `access`.
+fn owned(e: &Engine, name: &str, mem: OwnedMemory, access: Access) -> SegmentId {
+    e.register_owned(name, mem, Location::Cpu(0), access)
+        .unwrap()
+}
+
 fn contents(e: &Engine, seg: SegmentId, off: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     e.read_owned(seg, off, &mut v).unwrap();
@@ -59,30 +65,24 @@ fn efa_hw_read_write_notify_sizes() {
     let (a, b) = pair();
     let caps = a.capabilities().clone();
     let max = (16 << 20) + 3;
-    let src = a
-        .register_owned(
-            "a/src",
-            OwnedMemory::from_vec(pattern(max, 3)).unwrap(),
-            Location::Cpu(0),
-            Access::NONE,
-        )
-        .unwrap();
-    let sink = a
-        .register_owned(
-            "a/sink",
-            OwnedMemory::zeroed(max, 4096).unwrap(),
-            Location::Cpu(0),
-            Access::NONE,
-        )
-        .unwrap();
-    let target = b
-        .register_owned(
-            "b/kv",
-            OwnedMemory::from_vec(pattern(max, 9)).unwrap(),
-            Location::Cpu(0),
-            Access::REMOTE_READ_WRITE,
-        )
-        .unwrap();
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(max, 3)).unwrap(),
+        Access::NONE,
+    );
+    let sink = owned(
+        &a,
+        "a/sink",
+        OwnedMemory::zeroed(max, 4096).unwrap(),
+        Access::NONE,
+    );
+    let target = owned(
+        &b,
+        "b/kv",
+        OwnedMemory::from_vec(pattern(max, 9)).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
     let remote = a.open_segment("b/kv").unwrap();
     let mut w = a.worker().unwrap();
     let mut batch = a.allocate_batch(8).unwrap();
@@ -150,22 +150,18 @@ fn efa_hw_read_write_notify_sizes() {
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_bad_remote_key_is_remote_bad_address() {
     let (a, b) = pair();
-    let sink = a
-        .register_owned(
-            "a/sink",
-            OwnedMemory::zeroed(8192, 4096).unwrap(),
-            Location::Cpu(0),
-            Access::NONE,
-        )
-        .unwrap();
-    let target = b
-        .register_owned(
-            "b/kv",
-            OwnedMemory::zeroed(8192, 4096).unwrap(),
-            Location::Cpu(0),
-            Access::REMOTE_READ,
-        )
-        .unwrap();
+    let sink = owned(
+        &a,
+        "a/sink",
+        OwnedMemory::zeroed(8192, 4096).unwrap(),
+        Access::NONE,
+    );
+    let target = owned(
+        &b,
+        "b/kv",
+        OwnedMemory::zeroed(8192, 4096).unwrap(),
+        Access::REMOTE_READ,
+    );
     let remote = a.open_segment("b/kv").unwrap();
     b.unregister(target).unwrap();
     let mut w = a.worker().unwrap();
@@ -218,21 +214,18 @@ fn efa_hw_error_receives_are_reposted_so_notifications_go_on() {
     }
 
     // Notifications still arrive: every receive slot was posted again.
-    let src = a
-        .register_owned(
-            "a/src",
-            OwnedMemory::from_vec(pattern(64, 1)).unwrap(),
-            Location::Cpu(0),
-            Access::NONE,
-        )
-        .unwrap();
-    b.register_owned(
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(64, 1)).unwrap(),
+        Access::NONE,
+    );
+    owned(
+        &b,
         "b/dst",
         OwnedMemory::zeroed(4096, 4096).unwrap(),
-        Location::Cpu(0),
         Access::REMOTE_READ_WRITE,
-    )
-    .unwrap();
+    );
     let remote = a.open_segment("b/dst").unwrap();
     let mut w = a.worker().unwrap();
     let batch = a.allocate_batch(8).unwrap();
@@ -283,22 +276,18 @@ fn efa_hw_a_peer_restarting_2000_times_keeps_its_slot() {
     .unwrap();
     a.accept_peer(&b.local_addresses()).unwrap();
     b.accept_peer(&a.local_addresses()).unwrap();
-    let src = a
-        .register_owned(
-            "a/src",
-            OwnedMemory::from_vec(pattern(4096, 5)).unwrap(),
-            Location::Cpu(0),
-            Access::NONE,
-        )
-        .unwrap();
-    let dst = b
-        .register_owned(
-            "b/dst",
-            OwnedMemory::zeroed(4096, 4096).unwrap(),
-            Location::Cpu(0),
-            Access::REMOTE_READ_WRITE,
-        )
-        .unwrap();
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(4096, 5)).unwrap(),
+        Access::NONE,
+    );
+    let dst = owned(
+        &b,
+        "b/dst",
+        OwnedMemory::zeroed(4096, 4096).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
     let remote = a.open_segment("b/dst").unwrap();
     let mut w = a.worker().unwrap();
     let batch = a.allocate_batch(1).unwrap();
@@ -342,21 +331,18 @@ fn efa_hw_notifications_are_inline_zero_byte_sends() {
             last = now;
         }
     };
-    let src = a
-        .register_owned(
-            "a/src",
-            OwnedMemory::from_vec(pattern(4 * 4096, 3)).unwrap(),
-            Location::Cpu(0),
-            Access::NONE,
-        )
-        .unwrap();
-    b.register_owned(
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(4 * 4096, 3)).unwrap(),
+        Access::NONE,
+    );
+    owned(
+        &b,
         "b/dst",
         OwnedMemory::zeroed(4 * 4096, 4096).unwrap(),
-        Location::Cpu(0),
         Access::REMOTE_READ_WRITE,
-    )
-    .unwrap();
+    );
     let remote = a.open_segment("b/dst").unwrap();
     let before = settle(None);
     let mut w = a.worker().unwrap();
