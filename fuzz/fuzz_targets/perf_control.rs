@@ -2,7 +2,7 @@
 //! bounded lines and run through the server's sequence (hello, then runs until bye). Never a
 //! panic; no line longer than the limit is accepted; whatever is accepted is within the
 //! server's bounds (memory, message size); and every message that decodes re-encodes to one
-//! that decodes to the same text.
+//! that decodes to the same text (floats to within a few ulps).
 #![no_main]
 
 use std::io::{BufReader, Cursor};
@@ -60,9 +60,33 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Encoding a decoded message and decoding it again changes nothing.
+/// Encoding a decoded message and decoding it again changes nothing, but for the last bits of a
+/// float: serde_json's default float parser (without its `float_roundtrip` feature) may land an
+/// ulp or so off on long literals such as `555555555555515555512.5`, which a CPU percentage
+/// does not care about (found by this target; `seeds/perf_control/float_ulp`).
 fn round_trip(msg: &Msg) {
     let once = serde_json::to_string(msg).expect("a decoded message encodes");
     let again: Msg = serde_json::from_str(&once).expect("an encoded message decodes");
-    assert_eq!(serde_json::to_string(&again).unwrap(), once);
+    match (msg, &again) {
+        (
+            Msg::Result {
+                cpu_percent: a,
+                streams: sa,
+            },
+            Msg::Result {
+                cpu_percent: b,
+                streams: sb,
+            },
+        ) => {
+            assert!(
+                (a - b).abs() <= a.abs().max(b.abs()) * 8.0 * f64::EPSILON,
+                "cpu_percent {a} came back as {b}"
+            );
+            assert_eq!(
+                serde_json::to_string(sa).unwrap(),
+                serde_json::to_string(sb).unwrap()
+            );
+        }
+        _ => assert_eq!(serde_json::to_string(&again).unwrap(), once),
+    }
 }
