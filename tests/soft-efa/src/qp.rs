@@ -129,6 +129,24 @@ fn check_cap(dev: &Device, cap: &ibv_qp_cap, inline_write: bool) -> Result<ibv_q
     })
 }
 
+impl Request {
+    /// A QP from the legacy `ibv_qp_init_attr` (no send ops, no efadv flags).
+    fn legacy(pd: *mut ibv_pd, a: &ibv_qp_init_attr, kind: QpKind) -> Request {
+        Request {
+            pd,
+            send_cq: a.send_cq,
+            recv_cq: a.recv_cq,
+            cap: a.cap,
+            sq_sig_all: a.sq_sig_all != 0,
+            kind,
+            send_ops: None,
+            flags: EfaQpFlags::default(),
+            qp_context: a.qp_context,
+            cap_out: std::ptr::addr_of!(a.cap).cast_mut(),
+        }
+    }
+}
+
 unsafe fn create(r: Request) -> *mut ibv_qp {
     if r.pd.is_null() || r.send_cq.is_null() || r.recv_cq.is_null() {
         return fail(libc::EINVAL);
@@ -246,18 +264,7 @@ pub unsafe extern "C" fn create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_attr) ->
     if a.qp_type != IBV_QPT_UD || !a.srq.is_null() {
         return fail(libc::EOPNOTSUPP);
     }
-    create(Request {
-        pd,
-        send_cq: a.send_cq,
-        recv_cq: a.recv_cq,
-        cap: a.cap,
-        sq_sig_all: a.sq_sig_all != 0,
-        kind: QpKind::Ud,
-        send_ops: None,
-        flags: EfaQpFlags::default(),
-        qp_context: a.qp_context,
-        cap_out: std::ptr::addr_of!(a.cap).cast_mut(),
-    })
+    create(Request::legacy(pd, a, QpKind::Ud))
 }
 
 /// Creates a QP from extended attributes: `create_qp_ex` (UD) and `efadv_create_qp_ex` (SRD).
@@ -297,18 +304,7 @@ pub unsafe fn create_srd_legacy(pd: *mut ibv_pd, a: &ibv_qp_init_attr) -> *mut i
     if a.qp_type != IBV_QPT_DRIVER {
         return fail(libc::EINVAL);
     }
-    create(Request {
-        pd,
-        send_cq: a.send_cq,
-        recv_cq: a.recv_cq,
-        cap: a.cap,
-        sq_sig_all: a.sq_sig_all != 0,
-        kind: QpKind::Srd,
-        send_ops: None,
-        flags: EfaQpFlags::default(),
-        qp_context: a.qp_context,
-        cap_out: std::ptr::addr_of!(a.cap).cast_mut(),
-    })
+    create(Request::legacy(pd, a, QpKind::Srd))
 }
 
 /// `ibv_qp_to_qp_ex`: null unless the QP was created with send ops (its `wr_*` are set then).

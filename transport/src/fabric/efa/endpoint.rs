@@ -38,10 +38,7 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
 /// Bytes of a WRITE that rail `r` posts inline: the device's inline size where the device has
 /// RDMA WRITE and libefa has inline RDMA write (EFA_1.5, rdma-core 63), 0 otherwise.
 fn inline_write_size(shared: &Shared, r: &super::Rail) -> u32 {
-    let lib = ::efa::Context::efa_max_sq_depth(&r.ctx, 1, 0, true)
-        .ok()
-        .flatten()
-        .is_some();
+    let lib = r.ctx.efa_max_sq_depth(1, 0, true).ok().flatten().is_some();
     match r.ctx.efa_attr() {
         Some(a)
             if shared.config.inline_write && lib && a.caps.contains(::efa::EfaCaps::RDMA_WRITE) =>
