@@ -35,6 +35,7 @@ pub(crate) struct Regions {
 }
 
 /// Proof that a checked range stays registered until dropped.
+#[derive(Debug)]
 pub(crate) struct Guard<'a> {
     region: &'a Region,
 }
@@ -138,16 +139,63 @@ impl Regions {
     /// caller must [`Regions::release`] the returned slot; deregistration waits until it does.
     #[inline]
     pub(crate) fn pin(&self, key: u64) -> Option<usize> {
+        self.pin_if(key, |state| state == ((key >> 16) << 2) | ACTIVE)
+    }
+
+    /// Pins slot `key & 0xffff` if its state passes `live`.
+    #[inline]
+    fn pin_if(&self, key: u64, live: impl Fn(u64) -> bool) -> Option<usize> {
         let slot = (key & 0xffff) as usize;
         let r = self.slots.get(slot)?;
         r.inflight.fetch_add(1, SeqCst);
         // Checked after announcing the pin: deregister flips the state before it waits.
-        if r.state.load(SeqCst) == ((key >> 16) << 2) | ACTIVE {
+        if live(r.state.load(SeqCst)) {
             Some(slot)
         } else {
             r.inflight.fetch_sub(1, SeqCst);
             None
         }
+    }
+
+    /// A 32-bit form of `key` (the slot and the low 16 bits of its generation), for protocols
+    /// that carry keys in 32 bits. A short key goes stale like a full one, except that it
+    /// matches again after 65,536 re-registrations of its slot (as a hardware rkey may be
+    /// reused).
+    pub(crate) fn short_key(key: u64) -> u32 {
+        key as u32
+    }
+
+    /// [`acquire`](Self::acquire) by a [`short_key`](Self::short_key).
+    pub(crate) fn acquire_short(
+        &self,
+        short: u32,
+        addr: u64,
+        len: u64,
+        need: Access,
+    ) -> Result<Guard<'_>, FailReason> {
+        let generation = u64::from(short >> 16);
+        let slot = self
+            .pin_if(u64::from(short), |s| {
+                s & 3 == ACTIVE && (s >> 2) & 0xffff == generation
+            })
+            .ok_or(FailReason::RemoteBadAddress)?;
+        self.guard_covering(slot, addr, len, need)
+    }
+
+    fn guard_covering(
+        &self,
+        slot: usize,
+        addr: u64,
+        len: u64,
+        need: Access,
+    ) -> Result<Guard<'_>, FailReason> {
+        let guard = Guard {
+            region: &self.slots[slot],
+        };
+        if !self.covers(slot, addr, len, need) {
+            return Err(FailReason::RemoteBadAddress);
+        }
+        Ok(guard)
     }
 
     /// Drops a pin taken by [`Regions::pin`].
@@ -180,13 +228,7 @@ impl Regions {
         need: Access,
     ) -> Result<Guard<'_>, FailReason> {
         let slot = self.pin(key).ok_or(FailReason::RemoteBadAddress)?;
-        let guard = Guard {
-            region: &self.slots[slot],
-        };
-        if !self.covers(slot, addr, len, need) {
-            return Err(FailReason::RemoteBadAddress);
-        }
-        Ok(guard)
+        self.guard_covering(slot, addr, len, need)
     }
 
     /// Checks the initiator's own local key and range (the engine's lkey).

@@ -1,7 +1,8 @@
 //! The byte encoding of an `efa` rail address: the GID of the device, the QP number and Q_Key
-//! of the engine's service QP on it (the QP every peer's RDMA and notifications address), and
-//! a random instance id that tells engines apart. Versioned and length-checked; decoding never
-//! panics.
+//! of the engine's service QP on it (the QP every peer's RDMA and notifications address), what
+//! RDMA the device can do (so a peer picks RDMA or the two-sided protocol per rail pair), and a
+//! random instance id that tells engines apart. Also the fabric's remote keys. Versioned and
+//! length-checked; decoding never panics.
 
 use ::efa::Gid;
 
@@ -9,10 +10,18 @@ use crate::fabric::rdma::codec::{self, Reader, Writer};
 use crate::FabricError;
 
 const MAGIC: &[u8; 2] = b"EA";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Bytes of an encoded [`EfaAddress`].
-pub const EFA_ADDRESS_LEN: usize = 37;
+pub const EFA_ADDRESS_LEN: usize = 38;
+
+const KEY_MAGIC: &[u8; 2] = b"EK";
+const KEY_VERSION: u8 = 1;
+
+/// The `rdma` bit of a rail that can RDMA READ.
+pub const RDMA_READ: u8 = 1;
+/// The `rdma` bit of a rail that can RDMA WRITE.
+pub const RDMA_WRITE: u8 = 2;
 
 /// One rail of an `efa` engine, as published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +36,8 @@ pub struct EfaAddress {
     pub qpn: u32,
     /// Q_Key of the service QP (below `0x8000_0000`).
     pub qkey: u32,
+    /// What RDMA the rail's device does: [`RDMA_READ`] | [`RDMA_WRITE`].
+    pub rdma: u8,
 }
 
 impl EfaAddress {
@@ -40,6 +51,7 @@ impl EfaAddress {
             .bytes(&self.gid.0)
             .u32(self.qpn)
             .u32(self.qkey)
+            .u8(self.rdma)
             .finish()
     }
 
@@ -52,6 +64,7 @@ impl EfaAddress {
         let gid = Gid(r.array()?);
         let qpn = r.u32()?;
         let qkey = r.u32()?;
+        let rdma = r.u8()?;
         if index != rail {
             return Err(r.error(format!("is for rail {index}, listed as rail {rail}")));
         }
@@ -61,6 +74,9 @@ impl EfaAddress {
         if qkey > 0x7fff_ffff {
             return Err(r.error(format!("Q_Key {qkey:#x} is privileged (>= 0x80000000)")));
         }
+        if rdma & !(RDMA_READ | RDMA_WRITE) != 0 {
+            return Err(r.error(format!("unknown RDMA capability bits {rdma:#04x}")));
+        }
         r.end()?;
         Ok(EfaAddress {
             rail: index,
@@ -68,6 +84,7 @@ impl EfaAddress {
             gid,
             qpn,
             qkey,
+            rdma,
         })
     }
 
@@ -84,6 +101,30 @@ impl EfaAddress {
     }
 }
 
+/// The published remote key of one rail: the device's rkey (RDMA) and the fabric's region key
+/// (the two-sided protocol, checked by the target's CPU).
+pub(crate) fn encode_key(rkey: u32, region: u32) -> Vec<u8> {
+    Writer::with_capacity(11)
+        .bytes(KEY_MAGIC)
+        .u8(KEY_VERSION)
+        .u32(rkey)
+        .u32(region)
+        .finish()
+}
+
+/// Decodes [`encode_key`]'s bytes into the work-request form `region << 32 | rkey`.
+pub(crate) fn decode_key(rail: u16, key: &[u8]) -> Result<u64, FabricError> {
+    let mut r = Reader::new(key, rail, "efa remote key");
+    let parsed = (|| {
+        r.header(KEY_MAGIC, KEY_VERSION)?;
+        let rkey = r.u32()?;
+        let region = r.u32()?;
+        r.end()?;
+        Ok::<_, FabricError>((u64::from(region) << 32) | u64::from(rkey))
+    })();
+    parsed.map_err(|_| FabricError::BadKey { rail })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +137,7 @@ mod tests {
             gid: "fe80::4a:1dff:fe2b:3c4d".parse().unwrap(),
             qpn: 0x1234,
             qkey: 0x1111_1111,
+            rdma: RDMA_READ,
         }
     }
 
@@ -117,6 +159,10 @@ mod tests {
         let mut n = addr(0);
         n.qpn = 1 << 24;
         assert!(EfaAddress::decode(0, &n.encode()).is_err());
+        let mut c = addr(0);
+        c.rdma = 4;
+        let e = EfaAddress::decode(0, &c.encode()).unwrap_err().to_string();
+        assert!(e.contains("capability bits 0x04"), "{e}");
         assert!(EfaAddress::decode(1, &addr(0).encode()).is_err());
         let b = addr(0).encode();
         assert!(EfaAddress::decode(0, &b[..20]).is_err());
@@ -125,6 +171,15 @@ mod tests {
         assert!(EfaAddress::decode_all(&[addr(0).encode(), other.encode()]).is_err());
         // A verbs or sim address is refused, not misread.
         assert!(EfaAddress::decode(0, b"SIM\0\0\0\0\0\0").is_err());
+    }
+
+    #[test]
+    fn keys_carry_rkey_and_region() {
+        let k = encode_key(0xdead_beef, 0x0003_0002);
+        assert_eq!(decode_key(1, &k).unwrap(), 0x0003_0002_dead_beef);
+        assert!(decode_key(1, &k[..10]).is_err());
+        assert!(decode_key(1, &[k.clone(), vec![0]].concat()).is_err());
+        assert!(decode_key(1, &crate::fabric::rdma::codec::encode_rkey(5)).is_err());
     }
 
     proptest! {

@@ -1,4 +1,5 @@
-//! The per-worker hot path of the `efa` fabric: one SRD QP and CQ per rail.
+//! The per-worker hot path of the `efa` fabric: one SRD QP and CQ per rail, plus, on a rail
+//! that needs it, the two-sided protocol's QP ([`TwoSided`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -6,10 +7,12 @@ use std::sync::Arc;
 
 use ::efa::{Cq, Dest, QpBuilder, RemoteAddr, Sge, SrdQp, ThreadDomain, WorkCompletion};
 
-use super::plan::{plan, SrdWr};
+use super::peers::Route;
+use super::plan::{path, plan, Path, SrdWr};
+use super::twosided::{Kind, TwoSided};
 use super::Shared;
 use crate::fabric::rdma::status::{efa_reason, post_reason};
-use crate::fabric::{Completion, Endpoint, WorkRequest};
+use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
 
 struct EndpointRail {
@@ -20,6 +23,13 @@ struct EndpointRail {
     cq: Cq,
     _td: Option<Arc<ThreadDomain>>,
     outstanding: u32,
+    /// The rail's RDMA bits (`addr::RDMA_READ | RDMA_WRITE`).
+    rdma: u8,
+    /// The device retries receiver-not-ready answers itself (`RNR_RETRY`); without it
+    /// notifications go through the protocol QP, which retries them in software.
+    rnr_retry: bool,
+    /// The two-sided protocol's QP, created on first use.
+    two_sided: Option<TwoSided>,
 }
 
 pub(crate) struct EfaEndpoint {
@@ -84,6 +94,9 @@ impl EfaEndpoint {
                 .build_srd()
                 .map_err(|e| io(format_args!("{name} SRD QP"), e))?;
             rails.push(EndpointRail {
+                rdma: shared.rail_caps[rails.len()].rdma_bits(),
+                rnr_retry: shared.rail_caps[rails.len()].rnr_retry,
+                two_sided: None,
                 inline_max: qp.caps().max_inline_data.min(inline_max),
                 qp,
                 cq,
@@ -109,11 +122,44 @@ impl EfaEndpoint {
         });
         self.outstanding += 1;
     }
+
+    /// Hands `wr` to its rail's two-sided protocol, creating the protocol QP on first use.
+    /// `Ok(false)`: no room now, post it later.
+    fn start_two_sided(&mut self, wr: &WorkRequest, kind: Kind) -> Result<bool, FailReason> {
+        let er = &mut self.rails[usize::from(wr.rail)];
+        if er.two_sided.is_none() {
+            // Once per endpoint rail, on the first operation that needs it.
+            let t = TwoSided::new(&self.shared, wr.rail).map_err(|_| FailReason::Io)?;
+            er.two_sided = Some(t);
+        }
+        let t = er.two_sided.as_mut().expect("created above");
+        Ok(t.start(&self.shared, wr, kind))
+    }
+}
+
+/// The protocol-QP operation `wr` needs from local rail `local` to the peer's rail, or `None`
+/// for the hardware path.
+#[inline]
+fn two_sided_kind(
+    mode: super::TwoSided,
+    local: &EndpointRail,
+    wr: &WorkRequest,
+    route: &Route<::efa::Ah>,
+) -> Option<Kind> {
+    let (write, kind) = match wr.op {
+        WorkOp::Read => (false, Kind::Read),
+        WorkOp::Write => (true, Kind::Write),
+        WorkOp::Notify { tag } if !local.rnr_retry => return Some(Kind::Notify(tag)),
+        WorkOp::Notify { .. } => return None,
+    };
+    let remote = route.rdma(wr.remote_rail);
+    (path(write, local.rdma, remote, mode) == Path::TwoSided).then_some(kind)
 }
 
 impl Endpoint for EfaEndpoint {
     fn post(&mut self, wrs: &[WorkRequest]) -> usize {
         let depth = self.shared.caps.queue_depth;
+        let mode = self.shared.config.two_sided;
         let mut i = 0;
         while i < wrs.len() {
             let wr = wrs[i];
@@ -127,6 +173,19 @@ impl Endpoint for EfaEndpoint {
                 .get(wr.peer as usize)
                 .and_then(|p| p.get());
             let dest = route.and_then(|r| r.dest(wr.rail, wr.remote_rail));
+            let two_sided = match (route, self.rails.get(rail)) {
+                (Some(r), Some(er)) if dest.is_some() => two_sided_kind(mode, er, &wr, r),
+                _ => None,
+            };
+            if let Some(kind) = two_sided {
+                match self.start_two_sided(&wr, kind) {
+                    Ok(true) => self.outstanding += 1,
+                    Ok(false) => break,
+                    Err(reason) => self.fail(wr.token, reason),
+                }
+                i += 1;
+                continue;
+            }
             let (Some((ah, qpn, qkey)), Some(er)) = (dest, self.rails.get_mut(rail)) else {
                 self.fail(wr.token, FailReason::InvalidAh);
                 i += 1;
@@ -142,6 +201,7 @@ impl Endpoint for EfaEndpoint {
                 && end - i < room
                 && (wrs[end].peer, wrs[end].rail, wrs[end].remote_rail)
                     == (wr.peer, wr.rail, wr.remote_rail)
+                && route.is_some_and(|r| two_sided_kind(mode, er, &wrs[end], r).is_none())
             {
                 end += 1;
             }
@@ -280,6 +340,17 @@ impl Endpoint for EfaEndpoint {
                 r.outstanding -= (got as u32).min(r.outstanding);
                 if got < want {
                     break;
+                }
+            }
+            if let Some(t) = r.two_sided.as_mut().filter(|t| t.busy()) {
+                match t.poll(&self.shared, &mut out[n..]) {
+                    Ok(got) => n += got,
+                    Err(()) => {
+                        // As above: flush, so every chunk ends (sends as flushed, replies by
+                        // the reply timeout).
+                        self.shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                        t.set_error();
+                    }
                 }
             }
         }

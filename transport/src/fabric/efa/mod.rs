@@ -15,8 +15,10 @@
 //!   initiator's RDMA with `UNKNOWN_PEER`. Every work request carries the UD address (AH,
 //!   remote QPN, Q_Key).
 //! - **Capabilities** come from `efadv_query_device`: RDMA READ and WRITE each need their bit
-//!   (`EFADV_DEVICE_ATTR_CAPS_RDMA_READ` / `_RDMA_WRITE`) on every rail. Without WRITE the
-//!   fabric offers READ only (or refuses to start, see [`WritePolicy`] and [`plan`]).
+//!   (`EFADV_DEVICE_ATTR_CAPS_RDMA_READ` / `_RDMA_WRITE`). Each rail publishes its bits in its
+//!   address; where this rail or the peer's lacks an operation, it travels over SEND/RECV with
+//!   the two-sided protocol ([`proto`]), so READ and WRITE work on every EFA generation (see
+//!   [`TwoSided`], [`WritePolicy`] and [`plan`]). [`EfaFabric::protocols`] tells which.
 //! - **Notifications** are zero-length SENDs with the tag as immediate data (needing no RDMA
 //!   capability), counted by the target thread.
 //! - **Failures** come back as the EFA vendor error by name (`REMOTE_BAD_ADDRESS`,
@@ -40,7 +42,9 @@ pub mod addr;
 mod endpoint;
 mod peers;
 pub mod plan;
+pub mod proto;
 mod target;
+mod twosided;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,10 +55,10 @@ use std::time::Duration;
 use ::efa::{Ah, AhAttr, Context, GidEntry, Pd};
 
 pub use addr::EfaAddress;
-pub use plan::{RailCaps, WritePolicy};
+pub use plan::{Path, RailCaps, TwoSided, WritePolicy};
 
-use crate::fabric::rdma::codec::decode_rkey;
 use crate::fabric::rdma::registry::MrRegistry;
+use crate::fabric::regions::Regions;
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
@@ -80,6 +84,11 @@ pub struct EfaConfig {
     pub max_regions: usize,
     /// What to do when a device lacks RDMA WRITE.
     pub write_policy: WritePolicy,
+    /// When READ and WRITE travel over SEND/RECV instead of RDMA.
+    pub two_sided: TwoSided,
+    /// How long a two-sided request whose SEND was delivered waits for the target's reply
+    /// before it fails as `UNRESP_REMOTE` (a target that died after receiving it).
+    pub reply_timeout: Duration,
     /// Create endpoint QPs and CQs on a thread domain (lock-free provider path) where the
     /// device supports it.
     pub thread_domain: bool,
@@ -113,7 +122,8 @@ fn check_config(c: &EfaConfig) -> Result<(), FabricError> {
         c.max_address_handles,
         tables.clone(),
     )?;
-    check_range("efa", "max_regions", c.max_regions, tables)
+    check_range("efa", "max_regions", c.max_regions, tables)?;
+    crate::fabric::check_nonzero("efa", "reply_timeout", c.reply_timeout)
 }
 
 impl Default for EfaConfig {
@@ -127,6 +137,8 @@ impl Default for EfaConfig {
             max_address_handles: 4096,
             max_regions: 1024,
             write_policy: WritePolicy::IfAvailable,
+            two_sided: TwoSided::Fallback,
+            reply_timeout: Duration::from_secs(5),
             thread_domain: true,
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
             inline_write: true,
@@ -146,11 +158,23 @@ pub(crate) struct Shared {
     pub config: EfaConfig,
     pub rails: Vec<Rail>,
     pub caps: Capabilities,
+    /// What each rail's device does in hardware.
+    pub rail_caps: Vec<RailCaps>,
+    /// The smallest port `max_msg_sz` of the rails: the size of every protocol message buffer.
+    pub max_msg: u32,
+    /// Registrations as the two-sided protocol's target checks them (the segment's own rights,
+    /// whatever the device can do).
+    pub regions: Regions,
+    /// AHs by (local rail, remote GID), shared by initiators (`connect`) and the target.
+    pub ahs: Mutex<AhTable<Ah>>,
     pub peers: Box<[RouteSlot<Ah>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: AtomicBool,
     /// CQ poll errors met by endpoints and the target thread (see [`EfaFabric::poll_errors`]).
     pub poll_errors: AtomicU64,
+    /// Two-sided requests the target refused or could not answer (see
+    /// [`EfaFabric::refused_requests`]).
+    pub bad_requests: AtomicU64,
 }
 
 /// Peer ids by fabric instance, and by the GIDs a peer's rails sit on: a restarted peer (a new
@@ -166,8 +190,9 @@ pub struct EfaFabric {
     shared: Arc<Shared>,
     addresses: Vec<EfaAddress>,
     ids: Mutex<PeerIds>,
-    ahs: Mutex<AhTable<Ah>>,
     registry: MrRegistry,
+    /// The [`Regions`] key of each registration, by its handle.
+    region_keys: Mutex<HashMap<u64, u64>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -176,6 +201,7 @@ impl std::fmt::Debug for EfaFabric {
         f.debug_struct("EfaFabric")
             .field("addresses", &self.addresses)
             .field("capabilities", &self.shared.caps)
+            .field("protocols", &self.protocols())
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +216,46 @@ impl EfaFabric {
     /// outstanding requests complete as flushed instead of waiting for ever.
     pub fn poll_errors(&self) -> u64 {
         self.shared.poll_errors.load(Ordering::Relaxed)
+    }
+
+    /// How many two-sided requests this engine's target refused (bad key, range, rights or
+    /// length: each answered with an error) or dropped (malformed, or from an initiator it has
+    /// no address handle for).
+    pub fn refused_requests(&self) -> u64 {
+        self.shared.bad_requests.load(Ordering::Relaxed)
+    }
+
+    /// How this engine's rails carry READ (`write: false`) or WRITE towards a peer whose
+    /// devices have every RDMA operation: [`Path::Hardware`] (RDMA) or [`Path::TwoSided`]
+    /// (SEND/RECV); `None` when the operation is refused ([`TwoSided::Never`] on a device that
+    /// lacks it). Towards a peer without the operation, the two-sided path is taken (unless
+    /// refused).
+    pub fn path(&self, write: bool) -> Option<Path> {
+        let bit = if write {
+            addr::RDMA_WRITE
+        } else {
+            addr::RDMA_READ
+        };
+        let local = self
+            .shared
+            .rail_caps
+            .iter()
+            .fold(bit, |b, r| b & r.rdma_bits());
+        let mode = self.shared.config.two_sided;
+        match plan::path(write, local, bit, mode) {
+            Path::Hardware if local == 0 => None,
+            p => Some(p),
+        }
+    }
+
+    /// [`path`](Self::path) of READ and WRITE in words, e.g. `read: rdma, write: two-sided`.
+    pub fn protocols(&self) -> String {
+        let name = |write: bool| match self.path(write) {
+            Some(Path::Hardware) => "rdma",
+            Some(Path::TwoSided) => "two-sided (SEND/RECV)",
+            None => "refused",
+        };
+        format!("read: {}, write: {}", name(false), name(true))
     }
 
     /// Opens the EFA devices, decides the capabilities, creates the service QPs and starts the
@@ -223,9 +289,21 @@ impl EfaFabric {
             let pd = Pd::new(&ctx).map_err(|e| io(format_args!("{name} PD"), e))?;
             rails.push(Rail { ctx, pd, gid });
         }
-        let caps = plan::decide(&rail_caps, config.queue_depth, config.write_policy)?;
+        let caps = plan::decide(
+            &rail_caps,
+            config.queue_depth,
+            config.write_policy,
+            config.two_sided,
+        )?;
+        let max_msg = u32::try_from(caps.max_message_size).unwrap_or(u32::MAX);
+        if (max_msg as usize) <= proto::HEADER_LEN {
+            return Err(FabricError::Io(format!(
+                "efa: port max_msg_sz {max_msg} leaves no room for a {}-byte protocol header",
+                proto::HEADER_LEN
+            )));
+        }
         let instance = crate::fabric::rdma::random_u64();
-        let service = target::Service::new(&rails, &config)?;
+        let service = target::Service::new(&rails, &config, max_msg)?;
         let addresses = service
             .qpns()
             .enumerate()
@@ -235,20 +313,26 @@ impl EfaFabric {
                 gid: rails[i].gid.gid,
                 qpn,
                 qkey: config.qkey,
+                rdma: rail_caps[i].rdma_bits(),
             })
             .collect();
+        let (config_max_regions, config_max_ahs) = (config.max_regions, config.max_address_handles);
         let shared = Arc::new(Shared {
             peers: (0..config.max_peers).map(|_| RouteSlot::new()).collect(),
             config,
             rails,
             caps,
+            rail_caps,
+            max_msg,
+            regions: Regions::new(config_max_regions),
+            ahs: Mutex::new(AhTable::new(config_max_ahs)),
             notifications: OnceLock::new(),
             stop: AtomicBool::new(false),
             poll_errors: AtomicU64::new(0),
+            bad_requests: AtomicU64::new(0),
         });
         let thread = target::start(shared.clone(), service)?;
         Ok(Arc::new(EfaFabric {
-            ahs: Mutex::new(AhTable::new(shared.config.max_address_handles)),
             shared,
             addresses,
             ids: Mutex::new(PeerIds {
@@ -257,6 +341,7 @@ impl EfaFabric {
                 next: 0,
             }),
             registry: MrRegistry::default(),
+            region_keys: Mutex::new(HashMap::new()),
             threads: Mutex::new(vec![thread]),
         }))
     }
@@ -300,20 +385,48 @@ impl Fabric for EfaFabric {
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
         let pds: Vec<_> = self.shared.rails.iter().map(|r| r.pd.clone()).collect();
-        let access = plan::mr_access(region.access, &self.shared.caps);
+        let access = plan::mr_access(region.access, &self.shared.rail_caps);
         // SAFETY: forwarded from the caller (same contract).
-        unsafe {
+        let mut reg = unsafe {
             self.registry
-                .register_with(&pds, region, access, self.shared.config.max_regions)
+                .register_with(&pds, region, access, self.shared.config.max_regions)?
+        };
+        let Some(key) = self
+            .shared
+            .regions
+            .register(region.addr, region.len, region.access)
+        else {
+            let _ = self.registry.deregister(reg.handle);
+            return Err(FabricError::Exhausted("efa memory regions"));
+        };
+        let short = Regions::short_key(key);
+        for (rail, k) in reg.remote_keys.iter_mut().enumerate() {
+            let rkey = crate::fabric::rdma::codec::decode_rkey(rail as u16, k)? as u32;
+            *k = addr::encode_key(rkey, short);
         }
+        self.region_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reg.handle, key);
+        Ok(reg)
     }
 
     fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
+        let key = self
+            .region_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&registration.handle);
+        // First the protocol's view (waits for the target thread to finish with the memory),
+        // then the device's.
+        if let Some(key) = key {
+            self.shared.regions.deregister(key);
+        }
         self.registry.deregister(registration.handle)
     }
 
     fn decode_remote_key(&self, rail: u16, key: &[u8]) -> Result<u64, FabricError> {
-        decode_rkey(rail, key)
+        addr::decode_key(rail, key)
     }
 
     fn connect(&self, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {
@@ -332,7 +445,11 @@ impl Fabric for EfaFabric {
             .get(id as usize)
             .ok_or(FabricError::Exhausted("efa peers"))?;
         let route = {
-            let mut table = self.ahs.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut table = self
+                .shared
+                .ahs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             Route::build(
                 self.shared.rails.len() as u16,
                 &addrs,
@@ -355,7 +472,11 @@ impl Fabric for EfaFabric {
 
     fn accept(&self, initiator: &[Vec<u8>]) -> Result<(), FabricError> {
         let addrs = EfaAddress::decode_all(initiator)?;
-        let mut table = self.ahs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut table = self
+            .shared
+            .ahs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for l in 0..self.shared.rails.len() as u16 {
             for a in &addrs {
                 table.get_or_create(

@@ -45,6 +45,11 @@ impl<H> AhTable<H> {
         Ok(h)
     }
 
+    /// The AH of `gid` on local rail `rail`, if one was created.
+    pub(crate) fn get(&self, rail: u16, gid: Gid) -> Option<Arc<H>> {
+        self.map.get(&(rail, gid)).cloned()
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
@@ -58,6 +63,7 @@ pub(crate) struct Route<H> {
     remote_rails: usize,
     qpn: Vec<u32>,
     qkey: Vec<u32>,
+    rdma: Vec<u8>,
     ahs: Vec<Arc<H>>,
 }
 
@@ -80,6 +86,7 @@ impl<H> Route<H> {
             remote_rails: remote.len(),
             qpn: remote.iter().map(|r| r.qpn).collect(),
             qkey: remote.iter().map(|r| r.qkey).collect(),
+            rdma: remote.iter().map(|r| r.rdma).collect(),
             ahs,
         })
     }
@@ -93,6 +100,16 @@ impl<H> Route<H> {
         }
         let ah = self.ahs.get(usize::from(rail) * self.remote_rails + r)?;
         Some((ah, self.qpn[r], self.qkey[r]))
+    }
+
+    /// The RDMA bits ([`RDMA_READ`](super::addr::RDMA_READ), ...) of the peer's `remote_rail`
+    /// (0 for a rail it does not have).
+    #[inline]
+    pub(crate) fn rdma(&self, remote_rail: u16) -> u8 {
+        self.rdma
+            .get(usize::from(remote_rail))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -170,6 +187,7 @@ mod tests {
             gid: Gid([gid_byte; 16]),
             qpn,
             qkey: 0x4242,
+            rdma: 0,
         }
     }
 

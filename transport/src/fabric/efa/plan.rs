@@ -2,15 +2,17 @@
 //! devices' capabilities allow (and what the fabric refuses up front), the memory rights a
 //! registration may ask for, and which SRD work request carries each [`WorkRequest`].
 //!
-//! # RDMA write on devices without it
+//! # Devices without RDMA READ or WRITE
 //!
-//! Older EFA devices (and rdma-core before 52) have RDMA READ but no RDMA WRITE. The fabric then
-//! reports `supports_write: false`, so the engine refuses WRITE and WRITE_WITH_NOTIFY at submit
-//! with `Unsupported { what: "WRITE" }`; with [`WritePolicy::Require`] the fabric refuses to
-//! start at all, naming the device. It does not emulate writes: a faithful emulation (a request
-//! message answered by a target-side RDMA READ) needs target CPU work and its own completion
-//! protocol, and an application that needs writes is better told at start-up. The usual pattern
-//! on such devices is the pull model: the receiver READs.
+//! EFA generations differ: the first has SEND only, the second adds RDMA READ, the third RDMA
+//! WRITE. Where a rail pair (this rail and the peer's rail, whose capabilities travel in its
+//! address) cannot do an operation in hardware, the fabric carries it over SEND/RECV with the
+//! two-sided protocol ([`proto`](super::proto)) instead ([`TwoSided::Fallback`], the default),
+//! so READ and WRITE work on every generation; [`path`] decides per work request.
+//! [`TwoSided::Never`] restores hardware-only behaviour (an operation the devices lack is
+//! refused at submit with `Unsupported`), and [`WritePolicy::Require`] refuses to start
+//! without RDMA WRITE on every rail. [`TwoSided::Always`] carries everything over SEND/RECV,
+//! to measure the protocol against RDMA on the same devices.
 
 use ::efa::{EfaCaps, EfaDeviceAttr};
 
@@ -25,6 +27,42 @@ pub enum WritePolicy {
     IfAvailable,
     /// Refuse to start unless every rail can RDMA-write.
     Require,
+}
+
+/// When READ and WRITE travel over SEND/RECV instead of RDMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TwoSided {
+    /// Where the local or the remote device lacks the RDMA operation.
+    #[default]
+    Fallback,
+    /// Never: operations the devices lack are refused.
+    Never,
+    /// Always, even where RDMA would do (for measurements and tests).
+    Always,
+}
+
+/// How one work request travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// RDMA READ or WRITE, or a notification SEND.
+    Hardware,
+    /// The two-sided protocol.
+    TwoSided,
+}
+
+/// The path of a READ (`write: false`) or WRITE between a local rail with RDMA bits `local`
+/// and a remote rail with `remote` ([`addr::RDMA_READ`](super::addr::RDMA_READ) | ...).
+pub fn path(write: bool, local: u8, remote: u8, mode: TwoSided) -> Path {
+    let bit = if write {
+        super::addr::RDMA_WRITE
+    } else {
+        super::addr::RDMA_READ
+    };
+    match mode {
+        TwoSided::Always => Path::TwoSided,
+        TwoSided::Fallback if local & remote & bit == 0 => Path::TwoSided,
+        _ => Path::Hardware,
+    }
 }
 
 /// What one rail can do, from `efadv_query_device` and the port.
@@ -42,6 +80,8 @@ pub struct RailCaps {
     pub max_msg: u64,
     /// `max_sq_wr`.
     pub max_sq_wr: u32,
+    /// The device retries receiver-not-ready answers (`EFADV_DEVICE_ATTR_CAPS_RNR_RETRY`).
+    pub rnr_retry: bool,
 }
 
 impl RailCaps {
@@ -54,7 +94,20 @@ impl RailCaps {
             max_rdma: attr.max_rdma_size.into(),
             max_msg: max_msg.into(),
             max_sq_wr: attr.max_sq_wr,
+            rnr_retry: attr.caps.contains(EfaCaps::RNR_RETRY),
         }
+    }
+
+    /// The rail's RDMA bits, as published in its address.
+    pub fn rdma_bits(&self) -> u8 {
+        let mut b = 0;
+        if self.read {
+            b |= super::addr::RDMA_READ;
+        }
+        if self.write {
+            b |= super::addr::RDMA_WRITE;
+        }
+        b
     }
 }
 
@@ -64,6 +117,7 @@ pub fn decide(
     rails: &[RailCaps],
     queue_depth: u32,
     policy: WritePolicy,
+    mode: TwoSided,
 ) -> Result<Capabilities, FabricError> {
     if rails.is_empty() || rails.len() > crate::fabric::MAX_RAILS {
         return Err(FabricError::BadRail {
@@ -81,12 +135,19 @@ pub fn decide(
     if queue_depth == 0 {
         return Err(FabricError::Io("efa: queue_depth 0".into()));
     }
-    let read = rails.iter().all(|r| r.read);
-    let write = rails.iter().all(|r| r.write);
+    let hw_read = rails.iter().all(|r| r.read);
+    let hw_write = rails.iter().all(|r| r.write);
+    let two_sided = mode != TwoSided::Never;
     let max_rdma = rails.iter().map(|r| r.max_rdma).min().unwrap_or(0);
+    // The two-sided protocol cuts an operation into messages itself: no limit of its own.
+    let max_transfer_size = match (hw_read || hw_write, two_sided) {
+        (true, _) => max_rdma.max(1),
+        (false, true) => TWO_SIDED_MAX,
+        (false, false) => 1,
+    };
     Ok(Capabilities {
         rails: rails.len() as u16,
-        max_transfer_size: if read || write { max_rdma.max(1) } else { 1 },
+        max_transfer_size,
         max_message_size: rails.iter().map(|r| r.max_msg).min().unwrap_or(0),
         queue_depth: rails
             .iter()
@@ -94,22 +155,27 @@ pub fn decide(
             .min()
             .unwrap_or(0)
             .min(queue_depth),
-        supports_read: read,
-        supports_write: write,
+        supports_read: hw_read || two_sided,
+        supports_write: hw_write || two_sided,
         // A zero-length SEND with immediate: needs no RDMA capability.
         supports_notify: true,
     })
 }
 
+/// Largest operation when no rail has RDMA (the two-sided protocol has no limit of its own;
+/// this matches EFA's `max_rdma_size`).
+pub const TWO_SIDED_MAX: u64 = 1 << 30;
+
 /// The verbs rights to register a segment with: what peers may do, minus what the devices
-/// cannot do (the `efa` crate refuses remote-write rights on a device without RDMA WRITE; such
-/// writes are refused at submit anyway).
-pub fn mr_access(access: Access, caps: &Capabilities) -> ::efa::Access {
+/// cannot do in hardware (the `efa` crate refuses remote-write rights on a device without RDMA
+/// WRITE). The two-sided protocol needs no device rights: its target checks the segment's
+/// rights itself.
+pub fn mr_access(access: Access, rails: &[RailCaps]) -> ::efa::Access {
     let mut a = ::efa::Access::LOCAL_WRITE;
-    if access.can_read() && caps.supports_read {
+    if access.can_read() && rails.iter().all(|r| r.read) {
         a |= ::efa::Access::REMOTE_READ;
     }
-    if access.can_write() && caps.supports_write {
+    if access.can_write() && rails.iter().all(|r| r.write) {
         a |= ::efa::Access::REMOTE_WRITE;
     }
     a
@@ -168,7 +234,8 @@ pub fn plan(wr: &WorkRequest, caps: &Capabilities) -> Result<SrdWr, FailReason> 
         }
         let len = u32::try_from(wr.len).map_err(|_| FailReason::BadLength)?;
         let lkey = u32::try_from(wr.local_key).map_err(|_| FailReason::InvalidLkey)?;
-        let rkey = u32::try_from(wr.remote_key).map_err(|_| FailReason::RemoteBadAddress)?;
+        // The low half of the fabric's remote key is the device rkey.
+        let rkey = wr.remote_key as u32;
         Ok((wr.local_addr, lkey, len, wr.remote_addr, rkey))
     };
     match wr.op {
@@ -209,6 +276,7 @@ mod tests {
             max_rdma: 1 << 30,
             max_msg: 8928,
             max_sq_wr: 512,
+            rnr_retry: true,
         }
     }
 
@@ -244,31 +312,69 @@ mod tests {
         assert!(!none.read && !none.write);
     }
 
+    use TwoSided::{Always, Fallback, Never};
+
     #[test]
-    fn missing_write_is_refused_or_reported() {
-        let caps = decide(
-            &[rail(true, true), rail(true, false)],
+    fn missing_write_is_carried_refused_or_reported() {
+        let mixed = [rail(true, true), rail(true, false)];
+        let caps = decide(&mixed, 256, WritePolicy::IfAvailable, Never).unwrap();
+        assert!(caps.supports_read && !caps.supports_write && caps.supports_notify);
+        let carried = decide(&mixed, 256, WritePolicy::IfAvailable, Fallback).unwrap();
+        assert!(carried.supports_read && carried.supports_write);
+        assert_eq!(carried.max_transfer_size, 1 << 30);
+        let send_only = decide(
+            &[rail(false, false)],
             256,
             WritePolicy::IfAvailable,
-        )
-        .unwrap();
-        assert!(caps.supports_read && !caps.supports_write && caps.supports_notify);
+            Fallback,
+        );
+        let send_only = send_only.unwrap();
+        assert!(send_only.supports_read && send_only.supports_write);
+        assert_eq!(send_only.max_transfer_size, TWO_SIDED_MAX);
+        let none = decide(&[rail(false, false)], 256, WritePolicy::IfAvailable, Never).unwrap();
+        assert!(!none.supports_read && !none.supports_write && none.supports_notify);
         assert_eq!(caps.queue_depth, 256);
         assert_eq!(caps.max_message_size, 8928);
-        let e = decide(&[rail(true, false)], 256, WritePolicy::Require).unwrap_err();
+        let e = decide(&[rail(true, false)], 256, WritePolicy::Require, Fallback).unwrap_err();
         assert!(e.to_string().contains("rdmap0s6 lacks RDMA WRITE"), "{e}");
-        let all = decide(&[rail(true, true)], 4096, WritePolicy::Require).unwrap();
+        let all = decide(&[rail(true, true)], 4096, WritePolicy::Require, Fallback).unwrap();
         assert!(all.supports_write);
         assert_eq!(all.queue_depth, 512, "capped by max_sq_wr");
-        assert!(decide(&[], 256, WritePolicy::IfAvailable).is_err());
+        assert!(decide(&[], 256, WritePolicy::IfAvailable, Fallback).is_err());
+    }
+
+    #[test]
+    fn each_rail_pair_picks_rdma_or_two_sided() {
+        use crate::fabric::efa::addr::{RDMA_READ as R, RDMA_WRITE as W};
+        assert_eq!(path(true, R | W, R | W, Fallback), Path::Hardware);
+        assert_eq!(
+            path(true, R | W, R, Fallback),
+            Path::TwoSided,
+            "peer lacks WRITE"
+        );
+        assert_eq!(
+            path(true, R, R | W, Fallback),
+            Path::TwoSided,
+            "we lack WRITE"
+        );
+        assert_eq!(path(false, R, R, Fallback), Path::Hardware);
+        assert_eq!(path(false, 0, R | W, Fallback), Path::TwoSided);
+        assert_eq!(path(false, R, R, Always), Path::TwoSided);
+        assert_eq!(
+            path(true, 0, 0, Never),
+            Path::Hardware,
+            "refused later by plan"
+        );
+        assert_eq!(rail(true, false).rdma_bits(), R);
+        assert_eq!(rail(true, true).rdma_bits(), R | W);
     }
 
     #[test]
     fn registration_rights_follow_capabilities() {
-        let ro = decide(&[rail(true, false)], 256, WritePolicy::IfAvailable).unwrap();
+        let ro = [rail(true, false)];
         let a = mr_access(Access::REMOTE_READ_WRITE, &ro);
         assert!(a.contains(::efa::Access::REMOTE_READ) && !a.contains(::efa::Access::REMOTE_WRITE));
-        let rw = decide(&[rail(true, true)], 256, WritePolicy::IfAvailable).unwrap();
+        let rw = [rail(true, true)];
         assert_eq!(
             mr_access(Access::REMOTE_WRITE, &rw),
             ::efa::Access::LOCAL_WRITE | ::efa::Access::REMOTE_WRITE
@@ -293,7 +399,7 @@ mod tests {
 
     #[test]
     fn work_requests_map_to_srd_operations() {
-        let rw = decide(&[rail(true, true)], 256, WritePolicy::IfAvailable).unwrap();
+        let rw = decide(&[rail(true, true)], 256, WritePolicy::IfAvailable, Fallback).unwrap();
         assert_eq!(
             plan(&wr(WorkOp::Read, 100), &rw),
             Ok(SrdWr::Read {
@@ -322,7 +428,7 @@ mod tests {
         let mut big_key = wr(WorkOp::Read, 8);
         big_key.local_key = 1 << 32;
         assert_eq!(plan(&big_key, &rw), Err(FailReason::InvalidLkey));
-        let ro = decide(&[rail(true, false)], 256, WritePolicy::IfAvailable).unwrap();
+        let ro = decide(&[rail(true, false)], 256, WritePolicy::IfAvailable, Never).unwrap();
         assert_eq!(
             plan(&wr(WorkOp::Write, 8), &ro),
             Err(FailReason::FeatureMismatch)

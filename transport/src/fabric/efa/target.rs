@@ -1,25 +1,30 @@
 //! The target side of the `efa` fabric: one SRD service QP per rail, owned by one thread that
-//! keeps receives posted on it and counts notification tags.
+//! keeps receives posted on it, counts notification tags and serves the two-sided protocol's
+//! requests ([`proto`](super::proto)): it checks each against the registrations, copies, and
+//! replies.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 
-use ::efa::{Cq, Mr, QpBuilder, SrdQp, WcOpcode, WcStatus, WorkCompletion};
+use ::efa::{Ah, Cq, Dest, Gid, Mr, QpBuilder, SrdQp, WcOpcode, WcStatus, WorkCompletion};
 
+use super::proto::{self, Header, ProtoOp, HEADER_LEN};
 use super::{EfaConfig, Rail, Shared};
 use crate::fabric::rdma::backoff::Backoff;
 use crate::FabricError;
 
-/// Bytes of each receive buffer: notifications carry none, but a receive with a buffer is
-/// accepted by every EFA generation.
-const RECV_BYTES: u32 = 64;
+/// Sends (replies) carry this bit in their `wr_id`, with the receive slot they answer.
+const REPLY: u64 = 1 << 32;
 
-/// One rail's service QP, its CQ and its receive buffers.
+/// One rail's service QP, its CQ and its receive buffers (one message each).
 struct ServiceRail {
     qp: SrdQp,
     cq: Cq,
     buffers: Mr<'static>,
+    /// Bytes of each receive buffer: the port's `max_msg_sz`.
+    msg: u32,
 }
 
 /// Every rail's service QP, created with the fabric (their QPNs are its addresses).
@@ -33,29 +38,40 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
 }
 
 impl Service {
-    pub(crate) fn new(rails: &[Rail], config: &EfaConfig) -> Result<Service, FabricError> {
+    /// Creates the service QPs; `msg` is each receive buffer's size (the port's `max_msg_sz`).
+    pub(crate) fn new(
+        rails: &[Rail],
+        config: &EfaConfig,
+        msg: u32,
+    ) -> Result<Service, FabricError> {
         let mut out = Vec::with_capacity(rails.len());
         for r in rails {
             let name = r.ctx.name();
             let depth = config.recv_depth;
-            // Receives, plus the sends this QP never posts.
+            // Receives, and at most one reply per receive.
             let cq =
-                Cq::new(&r.ctx, depth + 1).map_err(|e| io(format_args!("{name} service CQ"), e))?;
-            let mut qp = QpBuilder::new(&r.pd, &cq, &cq)
-                .max_send_wr(1)
+                Cq::new(&r.ctx, 2 * depth).map_err(|e| io(format_args!("{name} service CQ"), e))?;
+            let qp = QpBuilder::new(&r.pd, &cq, &cq)
+                .max_send_wr(depth)
                 .max_recv_wr(depth)
                 .qkey(config.qkey)
                 .gid_index(r.gid.index)
                 .build_srd()
                 .map_err(|e| io(format_args!("{name} service QP"), e))?;
-            let len = (depth as usize) * RECV_BYTES as usize;
+            let len = (depth as usize) * msg as usize;
             let buffers = Mr::alloc(&r.pd, len, ::efa::Access::LOCAL_WRITE)
                 .map_err(|e| io(format_args!("{name} receive buffers"), e))?;
+            let mut rail = ServiceRail {
+                qp,
+                cq,
+                buffers,
+                msg,
+            };
             for i in 0..depth {
-                post(&mut qp, &buffers, i as u64)
+                rail.post(u64::from(i))
                     .map_err(|e| io(format_args!("{name} receive"), e))?;
             }
-            out.push(ServiceRail { qp, cq, buffers });
+            out.push(rail);
         }
         Ok(Service {
             rails: out,
@@ -69,10 +85,14 @@ impl Service {
     }
 }
 
-/// Posts receive `slot` (its own `RECV_BYTES` of the buffer region).
-fn post(qp: &mut SrdQp, buffers: &Mr<'static>, slot: u64) -> Result<(), ::efa::Error> {
-    let sge = buffers.sge(slot as usize * RECV_BYTES as usize, RECV_BYTES)?;
-    qp.post_recv(slot, &[sge])
+impl ServiceRail {
+    /// Posts receive `slot` (its own message of the buffer region).
+    fn post(&mut self, slot: u64) -> Result<(), ::efa::Error> {
+        let sge = self
+            .buffers
+            .sge(slot as usize * self.msg as usize, self.msg)?;
+        self.qp.post_recv(slot, &[sge])
+    }
 }
 
 /// Starts the target thread.
@@ -86,10 +106,11 @@ pub(crate) fn start(shared: Arc<Shared>, service: Service) -> Result<JoinHandle<
 fn run(shared: Arc<Shared>, mut service: Service) {
     let mut scratch = vec![WorkCompletion::default(); 64];
     let mut backoff = Backoff::new(shared.config.idle_spin);
+    let mut ahs = AhCache::default();
     let depth = u64::from(service.recv_depth);
     while !shared.stop.load(Ordering::Relaxed) {
         let mut busy = false;
-        for r in &mut service.rails {
+        for (index, r) in service.rails.iter_mut().enumerate() {
             // A poll error loses no completion (the efa crate returns the ones it consumed and
             // reports the error on the next call); it is counted, and polling goes on.
             let n = match r.cq.poll_into(&mut scratch) {
@@ -101,22 +122,142 @@ fn run(shared: Arc<Shared>, mut service: Service) {
             };
             busy |= n > 0;
             for wc in &scratch[..n] {
-                // The service QP posts no sends: every completion is a receive slot.
-                if wc.wr_id >= depth || wc.status == WcStatus::WrFlushErr {
+                let slot = wc.wr_id & !REPLY;
+                if slot >= depth || wc.status == WcStatus::WrFlushErr {
                     continue;
                 }
-                if matches!(wc.opcode, Some(WcOpcode::Recv | WcOpcode::RecvRdmaWithImm)) {
-                    if let (Some(tag), Some(sink)) = (wc.imm, shared.notifications.get()) {
-                        sink.record(tag);
-                    }
+                // A reply went out: its receive slot (which held the reply's data) is free.
+                let answered = wc.wr_id & REPLY != 0;
+                if !answered
+                    && wc.status == WcStatus::Success
+                    && on_receive(&shared, r, index as u16, &mut ahs, wc)
+                {
+                    // The slot goes back when its reply's send completes.
+                    continue;
                 }
                 // Every slot goes back, after an error completion too (a peer's oversized or
                 // malformed message): a slot left out would, with rnr_retry 7, stall the
-                // notifications of every sender for good. Only a flush (QP in error, shutdown)
-                // retires it. On failure the slot stays unposted; senders see RNR retries.
-                let _ = post(&mut r.qp, &r.buffers, wc.wr_id);
+                // senders for good. Only a flush (QP in error, shutdown) retires it. On failure
+                // the slot stays unposted; senders see RNR retries.
+                let _ = r.post(slot);
             }
         }
         backoff.step(busy);
     }
+}
+
+/// The target's address handles by (local rail, initiator GID), filled from the fabric's table
+/// (where `accept` created them) on first use.
+#[derive(Default)]
+struct AhCache(HashMap<(u16, Gid), Arc<Ah>>);
+
+impl AhCache {
+    fn get(&mut self, shared: &Shared, rail: u16, gid: Gid) -> Option<Arc<Ah>> {
+        if let Some(ah) = self.0.get(&(rail, gid)) {
+            return Some(ah.clone());
+        }
+        let ah = shared
+            .ahs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(rail, gid)?;
+        self.0.insert((rail, gid), ah.clone());
+        Some(ah)
+    }
+}
+
+/// Handles one successful receive: a notification is counted; a protocol request is served and
+/// answered. Returns whether a reply is in flight (its slot then goes back on the reply's send
+/// completion).
+fn on_receive(
+    shared: &Shared,
+    r: &mut ServiceRail,
+    rail: u16,
+    ahs: &mut AhCache,
+    wc: &WorkCompletion,
+) -> bool {
+    if matches!(wc.opcode, Some(WcOpcode::Recv | WcOpcode::RecvRdmaWithImm)) && wc.imm.is_some() {
+        if let (Some(tag), Some(sink)) = (wc.imm, shared.notifications.get()) {
+            sink.record(tag);
+        }
+        return false;
+    }
+    let at = wc.wr_id as usize * r.msg as usize;
+    let len = (wc.byte_len as usize).min(r.msg as usize);
+    let mut head = [0u8; HEADER_LEN];
+    let header = r
+        .buffers
+        .read_at(at, head.get_mut(..len.min(HEADER_LEN)).unwrap_or(&mut []))
+        .ok()
+        .and_then(|()| Header::decode(&head));
+    let Some(h) = header.filter(|_| len >= HEADER_LEN) else {
+        shared.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let Some(ah) = ahs.get(shared, rail, h.gid) else {
+        // No AH for that GID: the initiator never went through `accept`; nothing can answer.
+        shared.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let (status, reply_len) = serve(shared, r, at, len - HEADER_LEN, &h);
+    if status != proto::status::OK {
+        shared.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let dest = Dest::new(&ah, wc.src_qp, h.qkey);
+    reply(
+        r,
+        &dest,
+        wc.wr_id,
+        proto::reply_imm(h.chunk, status),
+        at,
+        reply_len,
+    )
+    .is_ok()
+}
+
+/// Checks and executes a request whose message starts at `at` of the receive buffers and has
+/// `payload` bytes after the header. Returns the reply status and how many bytes the reply
+/// carries (a READ's data, placed at the start of the same receive buffer).
+fn serve(shared: &Shared, r: &mut ServiceRail, at: usize, payload: usize, h: &Header) -> (u8, u32) {
+    let max_reply = r.msg as usize;
+    let placed = match proto::check(h, payload, max_reply, &shared.regions) {
+        Ok(p) => p,
+        Err(status) => return (status, 0),
+    };
+    // SAFETY: `check` proved `placed.addr..+len` lies inside a live registration with the
+    // right this request needs, and holds a pin on it (deregistration waits for the pin) for
+    // as long as `placed` lives. The registering application promised the memory stays valid
+    // while registered (`Fabric::register`), and accepts that peers' operations change or read
+    // it at any time, as with RDMA. The receive buffer is a separate, owned region.
+    let memory =
+        unsafe { std::slice::from_raw_parts_mut(placed.addr as usize as *mut u8, placed.len) };
+    let done = match h.op {
+        ProtoOp::Write => r.buffers.read_at(at + HEADER_LEN, memory),
+        ProtoOp::Read => r.buffers.write_at(at, memory),
+    };
+    match (done, h.op) {
+        (Err(_), _) => (proto::status::BAD_LENGTH, 0),
+        (Ok(()), ProtoOp::Write) => (proto::status::OK, 0),
+        (Ok(()), ProtoOp::Read) => (proto::status::OK, placed.len as u32),
+    }
+}
+
+/// Posts a reply: immediate data `imm`, with `len` bytes from the receive buffer at `at`.
+fn reply(
+    r: &mut ServiceRail,
+    dest: &Dest<'_>,
+    slot: u64,
+    imm: u32,
+    at: usize,
+    len: u32,
+) -> Result<(), ::efa::Error> {
+    if len == 0 {
+        let mut batch = r.qp.batch()?;
+        batch.send_inline(REPLY | slot, dest, &[], Some(imm))?;
+        return batch.commit();
+    }
+    let sge = r.buffers.sge(at, len)?;
+    let mut batch = r.qp.batch()?;
+    batch.send_imm(REPLY | slot, dest, &[sge], imm)?;
+    batch.commit()
 }

@@ -1,0 +1,287 @@
+//! The two-sided protocol of the `efa` fabric: READ and WRITE carried over SEND/RECV where a
+//! device (or the peer's) lacks RDMA READ or WRITE, as libfabric's EFA provider carries RMA over
+//! its two-sided protocols on those generations.
+//!
+//! # Messages
+//!
+//! - **Request** (initiator's protocol QP to the target's service QP): a [`Header`] of
+//!   [`HEADER_LEN`] bytes, followed for a WRITE by its payload (a second SGE straight from the
+//!   initiator's registered memory, no copy). One request moves one *chunk* of at most
+//!   `max_msg_sz - HEADER_LEN` bytes; the initiator cuts larger operations into chunks and keeps
+//!   as many in flight as its send queue holds (the target's receive queue, with RNR retries,
+//!   is the credit).
+//! - **Reply** (target to the initiator's protocol QP, addressed by the request's source QPN and
+//!   the header's GID): a SEND with immediate data `chunk | status` ([`reply_imm`]). A WRITE's
+//!   reply carries no data and is sent after the payload is copied into place, so a completion
+//!   still means "placed at the destination". A READ's reply carries the chunk's bytes.
+//!
+//! # What the target enforces
+//!
+//! [`check`] is the whole decision, without a device, and is fuzzed: the request's region key
+//! must name a live registration of the target (a stale key never matches a reused slot), the
+//! range must lie inside it, and the registration must grant the right (REMOTE_WRITE for a
+//! WRITE, REMOTE_READ for a READ). Whatever the bytes say, the target writes only inside a
+//! registered, remote-writable range, and only the payload's length.
+
+use ::efa::Gid;
+
+use crate::fabric::regions::{Guard, Regions};
+use crate::{Access, FailReason};
+
+/// Bytes of a request header.
+pub const HEADER_LEN: usize = 48;
+
+const MAGIC: u16 = 0x3245; // "E2"
+const VERSION: u8 = 1;
+
+/// What a request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtoOp {
+    /// Place the payload at `addr`.
+    Write,
+    /// Send back `len` bytes from `addr`.
+    Read,
+}
+
+/// A request header, as carried in the first bytes of a request message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The operation.
+    pub op: ProtoOp,
+    /// The initiator's chunk id, returned in the reply's immediate data (low byte zero).
+    pub chunk: u32,
+    /// Q_Key of the initiator's protocol QP (the reply's destination).
+    pub qkey: u32,
+    /// Bytes to place (WRITE: the payload's length) or to send back (READ).
+    pub len: u32,
+    /// The target's region key (the high half of the published remote key).
+    pub region: u32,
+    /// Target address.
+    pub addr: u64,
+    /// GID of the initiator's device (the reply's address handle).
+    pub gid: Gid,
+}
+
+impl Header {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+        b[2] = VERSION;
+        b[3] = match self.op {
+            ProtoOp::Write => 1,
+            ProtoOp::Read => 2,
+        };
+        b[4..8].copy_from_slice(&self.chunk.to_le_bytes());
+        b[8..12].copy_from_slice(&self.qkey.to_le_bytes());
+        b[12..16].copy_from_slice(&self.len.to_le_bytes());
+        b[16..20].copy_from_slice(&self.region.to_le_bytes());
+        b[24..32].copy_from_slice(&self.addr.to_le_bytes());
+        b[32..48].copy_from_slice(&self.gid.0);
+        b
+    }
+
+    /// Parses the first [`HEADER_LEN`] bytes of a message; `None` for anything that is not a
+    /// well-formed request of this version (the target cannot even address a reply then).
+    pub fn decode(msg: &[u8]) -> Option<Header> {
+        let b: &[u8; HEADER_LEN] = msg.get(..HEADER_LEN)?.try_into().ok()?;
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        if u16::from_le_bytes([b[0], b[1]]) != MAGIC || b[2] != VERSION {
+            return None;
+        }
+        let op = match b[3] {
+            1 => ProtoOp::Write,
+            2 => ProtoOp::Read,
+            _ => return None,
+        };
+        let chunk = u32_at(4);
+        if chunk & 0xff != 0 || u32_at(20) != 0 {
+            return None;
+        }
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&b[24..32]);
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[32..48]);
+        Some(Header {
+            op,
+            chunk,
+            qkey: u32_at(8),
+            len: u32_at(12),
+            region: u32_at(16),
+            addr: u64::from_le_bytes(addr),
+            gid: Gid(gid),
+        })
+    }
+}
+
+/// Reply statuses, in the low byte of the reply's immediate data.
+pub mod status {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// Unknown or stale key, range outside the registration, or a right not granted.
+    pub const BAD_ADDRESS: u8 = 1;
+    /// The length does not match the message or exceeds what one reply carries.
+    pub const BAD_LENGTH: u8 = 2;
+}
+
+/// The failure an initiator reports for a reply status (`None`: success).
+pub fn reason(status: u8) -> Option<FailReason> {
+    match status {
+        status::OK => None,
+        status::BAD_ADDRESS => Some(FailReason::RemoteBadAddress),
+        status::BAD_LENGTH => Some(FailReason::RemoteBadLength),
+        _ => Some(FailReason::RemoteAbort),
+    }
+}
+
+/// A chunk id: `slot` of the initiator's chunk table and its generation (so a late reply for a
+/// reused slot is recognised), with a zero low byte for the status.
+pub fn chunk_id(slot: u16, generation: u8) -> u32 {
+    (u32::from(slot) << 16) | (u32::from(generation) << 8)
+}
+
+/// The immediate data of a reply.
+pub fn reply_imm(chunk: u32, status: u8) -> u32 {
+    (chunk & !0xff) | u32::from(status)
+}
+
+/// Splits a reply's immediate data into (slot, generation, status).
+pub fn parse_imm(imm: u32) -> (u16, u8, u8) {
+    ((imm >> 16) as u16, (imm >> 8) as u8, imm as u8)
+}
+
+/// What the target does with a checked request: the range it may touch, pinned (a
+/// deregistration waits until the guard drops).
+#[derive(Debug)]
+pub(crate) struct Placement<'a> {
+    /// Start of the range in this process.
+    pub addr: u64,
+    /// Its length.
+    pub len: usize,
+    _guard: Guard<'a>,
+}
+
+/// Checks a request against the target's registrations. `payload` is the message's length
+/// after the header; `max_reply` the most bytes one reply carries. Returns the pinned range, or
+/// the status to reply with.
+pub(crate) fn check<'a>(
+    h: &Header,
+    payload: usize,
+    max_reply: usize,
+    regions: &'a Regions,
+) -> Result<Placement<'a>, u8> {
+    let (need, len) = match h.op {
+        ProtoOp::Write if payload as u64 == u64::from(h.len) => (Access::REMOTE_WRITE, payload),
+        ProtoOp::Read if payload == 0 && (h.len as usize) <= max_reply => {
+            (Access::REMOTE_READ, h.len as usize)
+        }
+        _ => return Err(status::BAD_LENGTH),
+    };
+    if len == 0 {
+        return Err(status::BAD_LENGTH);
+    }
+    let guard = regions
+        .acquire_short(h.region, h.addr, len as u64, need)
+        .map_err(|_| status::BAD_ADDRESS)?;
+    Ok(Placement {
+        addr: h.addr,
+        len,
+        _guard: guard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(op: ProtoOp, len: u32, region: u32, addr: u64) -> Header {
+        Header {
+            op,
+            chunk: chunk_id(7, 3),
+            qkey: 0x0efa_0001,
+            len,
+            region,
+            addr,
+            gid: Gid([9; 16]),
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_garbage() {
+        let h = header(ProtoOp::Read, 4096, 0x0001_0002, 0xdead_beef_0000);
+        assert_eq!(Header::decode(&h.encode()), Some(h));
+        let mut b = h.encode();
+        b[3] = 9;
+        assert_eq!(Header::decode(&b), None, "unknown op");
+        let mut b = h.encode();
+        b[4] = 1;
+        assert_eq!(Header::decode(&b), None, "status bits set in the chunk id");
+        assert_eq!(Header::decode(&h.encode()[..HEADER_LEN - 1]), None);
+        assert_eq!(Header::decode(&[0u8; HEADER_LEN]), None);
+    }
+
+    #[test]
+    fn imm_packs_slot_generation_and_status() {
+        let c = chunk_id(0xfffe, 0xab);
+        assert_eq!(
+            parse_imm(reply_imm(c, status::BAD_LENGTH)),
+            (0xfffe, 0xab, 2)
+        );
+        assert_eq!(reason(status::OK), None);
+        assert_eq!(
+            reason(status::BAD_ADDRESS),
+            Some(FailReason::RemoteBadAddress)
+        );
+        assert_eq!(reason(77), Some(FailReason::RemoteAbort));
+    }
+
+    #[test]
+    fn target_checks_key_bounds_rights_and_lengths() {
+        let t = Regions::new(4);
+        let mut mem = vec![0u8; 256];
+        let base = mem.as_mut_ptr() as u64;
+        let w = Regions::short_key(t.register(base, 256, Access::REMOTE_WRITE).unwrap());
+        let r = Regions::short_key(t.register(base, 256, Access::REMOTE_READ).unwrap());
+        let ok = check(&header(ProtoOp::Write, 16, w, base + 240), 16, 8000, &t).unwrap();
+        assert_eq!((ok.addr, ok.len), (base + 240, 16));
+        drop(ok);
+        let bad = |h: Header, payload: usize| check(&h, payload, 8000, &t).map(|_| ()).unwrap_err();
+        assert_eq!(
+            bad(header(ProtoOp::Write, 17, w, base + 240), 17),
+            status::BAD_ADDRESS
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Write, 16, r, base), 16),
+            status::BAD_ADDRESS
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Write, 16, w, base), 15),
+            status::BAD_LENGTH
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Write, 0, w, base), 0),
+            status::BAD_LENGTH
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Write, 8, w ^ 1, base), 8),
+            status::BAD_ADDRESS
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Read, 8, w, base), 0),
+            status::BAD_ADDRESS
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Read, 8, r, base), 8),
+            status::BAD_LENGTH
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Read, 9000, r, base), 0),
+            status::BAD_LENGTH
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Read, 8, r, u64::MAX - 3), 0),
+            status::BAD_ADDRESS
+        );
+        assert!(check(&header(ProtoOp::Read, 256, r, base), 0, 8000, &t).is_ok());
+    }
+}
