@@ -193,6 +193,23 @@ pub struct TestArgs {
     /// size to compare one to one.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub slice_size: Option<u64>,
+
+    /// efa fabric: when READ and WRITE travel over SEND/RECV (the two-sided protocol) instead of RDMA:
+    /// where this device or the peer's lacks the RDMA operation, never (such operations are refused), or
+    /// always (to measure the protocol against RDMA on the same devices). The banner names the path taken.
+    #[arg(long = "two-sided", value_enum, default_value_t = TwoSidedChoice::Fallback)]
+    pub two_sided: TwoSidedChoice,
+}
+
+/// When the efa fabric carries READ and WRITE over SEND/RECV (`--two-sided`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TwoSidedChoice {
+    /// Where a device lacks the RDMA operation.
+    Fallback,
+    /// Never: refuse what the devices lack.
+    Never,
+    /// Always, even where RDMA would do.
+    Always,
 }
 
 /// Options of `compare`.

@@ -1,7 +1,7 @@
 //! Runners over the transport engine, and the device probes behind `info` and the fabric choice.
 
 use crate::bench::{self, Plan};
-use crate::cli::{Metric, TestArgs};
+use crate::cli::{Metric, TestArgs, TwoSidedChoice};
 use crate::fabrics::Params;
 use crate::info::DeviceReport;
 use crate::loopback::Loopback;
@@ -11,6 +11,7 @@ use crate::remote;
 use crate::select::{FabricKind, SeenDevice, Selection};
 use std::net::IpAddr;
 use std::time::Duration;
+use transport::fabric::efa::TwoSided;
 
 /// Fabrics the transport offers in this build.
 pub fn fabrics_built() -> Vec<FabricKind> {
@@ -27,6 +28,11 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
         timeout: Duration::from_secs(args.timeout),
         bind_ip,
         slice_size: args.slice_size,
+        two_sided: match args.two_sided {
+            TwoSidedChoice::Fallback => TwoSided::Fallback,
+            TwoSidedChoice::Never => TwoSided::Never,
+            TwoSidedChoice::Always => TwoSided::Always,
+        },
     }
 }
 
@@ -80,6 +86,7 @@ pub fn loopback_args() -> TestArgs {
         plot: None,
         timeout: 60,
         slice_size: None,
+        two_sided: TwoSidedChoice::Fallback,
     }
 }
 

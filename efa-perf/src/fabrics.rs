@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use transport::fabric::efa::{EfaConfig, EfaFabric};
+use transport::fabric::efa::{EfaConfig, EfaFabric, TwoSided};
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
@@ -39,6 +39,8 @@ pub struct Params {
     pub bind_ip: IpAddr,
     /// Engine slice size, when not the engine's default.
     pub slice_size: Option<u64>,
+    /// When the efa fabric carries READ and WRITE over SEND/RECV.
+    pub two_sided: TwoSided,
 }
 
 /// Engine settings for an engine called `name`.
@@ -110,6 +112,7 @@ pub fn create(
             }
             let config = EfaConfig {
                 devices: p.device.iter().cloned().collect(),
+                two_sided: p.two_sided,
                 ..EfaConfig::default()
             };
             let f = EfaFabric::new(config).context("creating the efa fabric")?;
@@ -117,7 +120,8 @@ pub fn create(
                 .device
                 .clone()
                 .unwrap_or_else(|| "every EFA device".into());
-            (f, setup(device, "EFA", "SRD"))
+            let connection = format!("SRD ({})", f.protocols());
+            (f, setup(device, "EFA", &connection))
         }
     })
 }

@@ -321,6 +321,7 @@ impl Engine {
         check_config(&config)?;
         let notifications = Arc::new(Notifications::new(config.notify_tags));
         fabric.bind_notifications(notifications.clone());
+        fabric.bind_name(&config.name);
         let plan = SlicePlan::new(config.slice_size, caps.max_transfer_size);
         let id = NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Engine {

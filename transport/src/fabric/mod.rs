@@ -234,6 +234,11 @@ pub trait Fabric: Send + Sync {
     /// Hands the fabric the counters that incoming notifications increment.
     fn bind_notifications(&self, sink: Arc<Notifications>);
 
+    /// Tells the fabric its engine's name, before any address is published. A fabric that
+    /// recognises restarted peers uses it to tell a restart (the same name on the same devices)
+    /// from another engine sharing those devices. The default ignores it.
+    fn bind_name(&self, _name: &str) {}
+
     /// Creates the per-worker hot-path resources.
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError>;
 }

@@ -13,7 +13,7 @@ const MAGIC: &[u8; 2] = b"EA";
 const VERSION: u8 = 2;
 
 /// Bytes of an encoded [`EfaAddress`].
-pub const EFA_ADDRESS_LEN: usize = 38;
+pub const EFA_ADDRESS_LEN: usize = 46;
 
 const KEY_MAGIC: &[u8; 2] = b"EK";
 const KEY_VERSION: u8 = 1;
@@ -30,6 +30,9 @@ pub struct EfaAddress {
     pub rail: u16,
     /// Random id of the fabric instance (equal on all its rails).
     pub instance: u64,
+    /// A stable hash of the engine's name ([`identity`]; 0 when unnamed): the same engine
+    /// restarted keeps it, another engine on the same devices has another.
+    pub identity: u64,
     /// The device GID.
     pub gid: Gid,
     /// QP number of the service QP (24 bits).
@@ -48,6 +51,7 @@ impl EfaAddress {
             .u8(VERSION)
             .u16(self.rail)
             .u64(self.instance)
+            .u64(self.identity)
             .bytes(&self.gid.0)
             .u32(self.qpn)
             .u32(self.qkey)
@@ -61,6 +65,7 @@ impl EfaAddress {
         r.header(MAGIC, VERSION)?;
         let index = r.u16()?;
         let instance = r.u64()?;
+        let identity = r.u64()?;
         let gid = Gid(r.array()?);
         let qpn = r.u32()?;
         let qkey = r.u32()?;
@@ -81,6 +86,7 @@ impl EfaAddress {
         Ok(EfaAddress {
             rail: index,
             instance,
+            identity,
             gid,
             qpn,
             qkey,
@@ -99,6 +105,15 @@ impl EfaAddress {
         }
         Ok(list)
     }
+}
+
+/// The [`EfaAddress::identity`] of an engine named `name`: 64-bit FNV-1a, the same in every
+/// process and build, never 0.
+pub fn identity(name: &str) -> u64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    h.max(1)
 }
 
 /// The published remote key of one rail: the device's rkey (RDMA) and the fabric's region key
@@ -134,6 +149,7 @@ mod tests {
         EfaAddress {
             rail,
             instance: 7,
+            identity: identity("kv-0"),
             gid: "fe80::4a:1dff:fe2b:3c4d".parse().unwrap(),
             qpn: 0x1234,
             qkey: 0x1111_1111,
@@ -171,6 +187,15 @@ mod tests {
         assert!(EfaAddress::decode_all(&[addr(0).encode(), other.encode()]).is_err());
         // A verbs or sim address is refused, not misread.
         assert!(EfaAddress::decode(0, b"SIM\0\0\0\0\0\0").is_err());
+    }
+
+    #[test]
+    fn identity_is_stable_and_tells_names_apart() {
+        // FNV-1a's published test vector for "a".
+        assert_eq!(identity("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(identity("kv-0"), identity("kv-0"));
+        assert_ne!(identity("kv-0"), identity("kv-1"));
+        assert_ne!(identity(""), 0);
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub(crate) struct Shared {
 /// instance on the same GIDs) takes its predecessor's id and slot, with a new route.
 struct PeerIds {
     by_instance: HashMap<u64, PeerId>,
-    by_gids: HashMap<Vec<::efa::Gid>, (PeerId, u64)>,
+    by_gids: HashMap<(Vec<::efa::Gid>, u64), (PeerId, u64)>,
     next: PeerId,
 }
 
@@ -189,6 +189,8 @@ struct PeerIds {
 pub struct EfaFabric {
     shared: Arc<Shared>,
     addresses: Vec<EfaAddress>,
+    /// [`addr::identity`] of the engine's name, once bound.
+    identity: OnceLock<u64>,
     ids: Mutex<PeerIds>,
     registry: MrRegistry,
     /// The [`Regions`] key of each registration, by its handle.
@@ -199,7 +201,7 @@ pub struct EfaFabric {
 impl std::fmt::Debug for EfaFabric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EfaFabric")
-            .field("addresses", &self.addresses)
+            .field("addresses", &self.addresses())
             .field("capabilities", &self.shared.caps)
             .field("protocols", &self.protocols())
             .finish_non_exhaustive()
@@ -310,6 +312,7 @@ impl EfaFabric {
             .map(|(i, qpn)| EfaAddress {
                 rail: i as u16,
                 instance,
+                identity: 0,
                 gid: rails[i].gid.gid,
                 qpn,
                 qkey: config.qkey,
@@ -335,6 +338,7 @@ impl EfaFabric {
         Ok(Arc::new(EfaFabric {
             shared,
             addresses,
+            identity: OnceLock::new(),
             ids: Mutex::new(PeerIds {
                 by_instance: HashMap::new(),
                 by_gids: HashMap::new(),
@@ -347,8 +351,10 @@ impl EfaFabric {
     }
 
     /// This engine's per-rail addresses, decoded.
-    pub fn addresses(&self) -> &[EfaAddress] {
-        &self.addresses
+    pub fn addresses(&self) -> Vec<EfaAddress> {
+        let identity = self.identity.get().copied().unwrap_or(0);
+        let with = |a: &EfaAddress| EfaAddress { identity, ..*a };
+        self.addresses.iter().map(with).collect()
     }
 
     fn create_ah(&self, rail: u16, gid: ::efa::Gid) -> Result<Arc<Ah>, FabricError> {
@@ -380,7 +386,7 @@ impl Fabric for EfaFabric {
     }
 
     fn local_addresses(&self) -> Vec<Vec<u8>> {
-        self.addresses.iter().map(|a| a.encode()).collect()
+        self.addresses().iter().map(|a| a.encode()).collect()
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
@@ -437,6 +443,8 @@ impl Fabric for EfaFabric {
             return Ok(id);
         }
         let gids: Vec<::efa::Gid> = addrs.iter().map(|a| a.gid).collect();
+        // The same engine (name) on the same devices with a new instance is a restart.
+        let gids = (gids, addrs[0].identity);
         let restarted = ids.by_gids.get(&gids).copied();
         let id = restarted.map_or(ids.next, |(id, _)| id);
         let slot = self
@@ -492,6 +500,10 @@ impl Fabric for EfaFabric {
 
     fn bind_notifications(&self, sink: Arc<Notifications>) {
         let _ = self.shared.notifications.set(sink);
+    }
+
+    fn bind_name(&self, name: &str) {
+        let _ = self.identity.set(addr::identity(name));
     }
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {

@@ -184,6 +184,7 @@ mod tests {
         EfaAddress {
             rail,
             instance: 1,
+            identity: 0,
             gid: Gid([gid_byte; 16]),
             qpn,
             qkey: 0x4242,
