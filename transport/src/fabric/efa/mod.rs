@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use ::efa::{Ah, AhAttr, Context, GidEntry, Pd};
 
+pub use ::efa::Gid;
 pub use addr::EfaAddress;
 pub use plan::{Path, RailCaps, TwoSided, WritePolicy};
 

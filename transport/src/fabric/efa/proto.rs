@@ -190,6 +190,134 @@ pub(crate) fn check<'a>(
     })
 }
 
+/// Executes a checked request: a WRITE copies `payload` into the placed range; a READ copies the
+/// placed range into `reply`. Returns the reply status and how many bytes the reply carries.
+///
+/// # Safety
+///
+/// `placed` must come from [`check`] on registrations whose memory is valid (the
+/// [`Fabric::register`](crate::fabric::Fabric::register) contract), and neither `payload` nor
+/// `reply` may overlap it.
+pub(crate) unsafe fn execute(
+    h: &Header,
+    placed: &Placement<'_>,
+    payload: &[u8],
+    reply: &mut [u8],
+) -> (u8, usize) {
+    let at = placed.addr as usize as *mut u8;
+    match h.op {
+        ProtoOp::Write if payload.len() == placed.len => {
+            // SAFETY: `placed` lies inside a live registration with remote-write rights, pinned
+            // while `placed` lives, valid by the caller's contract; no overlap with `payload`.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), at, placed.len) };
+            (status::OK, 0)
+        }
+        ProtoOp::Read if reply.len() >= placed.len => {
+            // SAFETY: as above, with remote-read rights; `reply` is long enough and separate.
+            unsafe { std::ptr::copy_nonoverlapping(at, reply.as_mut_ptr(), placed.len) };
+            (status::OK, placed.len)
+        }
+        _ => (status::BAD_LENGTH, 0),
+    }
+}
+
+/// A target's registrations over one arena, and the handler the target thread runs, without a
+/// device: for the fuzz target and tests. Three regions: read-only, write-only, read-write.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct TargetModel {
+    regions: Regions,
+    arena: Vec<u8>,
+    keys: [u32; 3],
+}
+
+/// Bytes of each [`TargetModel`] region; the arena has a guard gap before, between and after.
+#[doc(hidden)]
+pub const MODEL_REGION: usize = 4096;
+
+impl Default for TargetModel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TargetModel {
+    /// A fresh model: arena filled with a pattern, three regions registered.
+    pub fn new() -> TargetModel {
+        let arena: Vec<u8> = (0..7 * MODEL_REGION).map(|i| (i * 7 + 3) as u8).collect();
+        let regions = Regions::new(4);
+        let base = arena.as_ptr() as u64;
+        let rights = [
+            Access::REMOTE_READ,
+            Access::REMOTE_WRITE,
+            Access::REMOTE_READ_WRITE,
+        ];
+        let mut keys = [0; 3];
+        for (i, a) in rights.into_iter().enumerate() {
+            let at = base + ((2 * i + 1) * MODEL_REGION) as u64;
+            let key = regions
+                .register(at, MODEL_REGION as u64, a)
+                .expect("room for 3");
+            keys[i] = Regions::short_key(key);
+        }
+        TargetModel {
+            regions,
+            arena,
+            keys,
+        }
+    }
+
+    /// The region keys (read-only, write-only, read-write) and the arena's address, so inputs
+    /// can aim at them.
+    pub fn targets(&self) -> ([u32; 3], u64) {
+        (self.keys, self.arena.as_ptr() as u64)
+    }
+
+    /// Handles one message as the target thread does. `None`: dropped (not a request). Checks
+    /// the handler's promise and panics if it is broken: bytes change only for an accepted
+    /// WRITE, only inside a remote-writable region, and only the payload's range.
+    pub fn handle(&mut self, msg: &[u8]) -> Option<(u8, usize)> {
+        let before = self.arena.clone();
+        let h = Header::decode(msg)?;
+        let payload = &msg[HEADER_LEN..];
+        let mut reply = vec![0u8; 8928];
+        let result = check(&h, payload.len(), reply.len(), &self.regions).map(|placed| {
+            // SAFETY: `placed` comes from `check` over regions inside `self.arena`, alive for
+            // this call; `payload` and `reply` are separate allocations.
+            let out = unsafe { execute(&h, &placed, payload, &mut reply) };
+            (out, placed.addr, placed.len)
+        });
+        let (status, reply_len) = match result {
+            Ok((out, addr, len)) => {
+                self.assert_only_changed(&before, h.op, addr, len, out.0);
+                out
+            }
+            Err(s) => {
+                assert!(self.arena == before, "a refused request changed memory");
+                (s, 0)
+            }
+        };
+        Some((status, reply_len))
+    }
+
+    fn assert_only_changed(&self, before: &[u8], op: ProtoOp, addr: u64, len: usize, st: u8) {
+        let base = self.arena.as_ptr() as u64;
+        let writable = [MODEL_REGION * 3, MODEL_REGION * 5];
+        for (i, (&b, &a)) in before.iter().zip(&self.arena).enumerate() {
+            if a == b {
+                continue;
+            }
+            let at = base + i as u64;
+            let region = writable.iter().any(|&w| (w..w + MODEL_REGION).contains(&i));
+            let range = (addr..addr + len as u64).contains(&at);
+            assert!(
+                op == ProtoOp::Write && st == status::OK && region && range,
+                "byte {i} of the arena changed outside an accepted WRITE's range"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +361,23 @@ mod tests {
             Some(FailReason::RemoteBadAddress)
         );
         assert_eq!(reason(77), Some(FailReason::RemoteAbort));
+    }
+
+    #[test]
+    fn model_target_handles_and_refuses() {
+        let mut t = TargetModel::new();
+        let ([ro, wo, rw], base) = t.targets();
+        let region = |i: u64| base + (2 * i + 1) * MODEL_REGION as u64;
+        let msg = |h: Header, payload: &[u8]| [&h.encode()[..], payload].concat();
+        let w = header(ProtoOp::Write, 4, wo, region(1) + 10);
+        assert_eq!(t.handle(&msg(w, b"abcd")), Some((status::OK, 0)));
+        let w = header(ProtoOp::Write, 4, ro, region(0));
+        assert_eq!(t.handle(&msg(w, b"abcd")), Some((status::BAD_ADDRESS, 0)));
+        let r = header(ProtoOp::Read, 100, rw, region(2));
+        assert_eq!(t.handle(&msg(r, &[])), Some((status::OK, 100)));
+        let r = header(ProtoOp::Read, 100, wo, region(1));
+        assert_eq!(t.handle(&msg(r, &[])), Some((status::BAD_ADDRESS, 0)));
+        assert_eq!(t.handle(b"not a request"), None);
     }
 
     #[test]

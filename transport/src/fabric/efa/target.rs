@@ -219,27 +219,30 @@ fn on_receive(
 /// `payload` bytes after the header. Returns the reply status and how many bytes the reply
 /// carries (a READ's data, placed at the start of the same receive buffer).
 fn serve(shared: &Shared, r: &mut ServiceRail, at: usize, payload: usize, h: &Header) -> (u8, u32) {
-    let max_reply = r.msg as usize;
-    let placed = match proto::check(h, payload, max_reply, &shared.regions) {
+    let msg = r.msg as usize;
+    let placed = match proto::check(h, payload, msg, &shared.regions) {
         Ok(p) => p,
         Err(status) => return (status, 0),
     };
-    // SAFETY: `check` proved `placed.addr..+len` lies inside a live registration with the
-    // right this request needs, and holds a pin on it (deregistration waits for the pin) for
-    // as long as `placed` lives. The registering application promised the memory stays valid
-    // while registered (`Fabric::register`), and accepts that peers' operations change or read
-    // it at any time, as with RDMA. The receive buffer is a separate, owned region.
-    let memory =
-        unsafe { std::slice::from_raw_parts_mut(placed.addr as usize as *mut u8, placed.len) };
-    let done = match h.op {
-        ProtoOp::Write => r.buffers.read_at(at + HEADER_LEN, memory),
-        ProtoOp::Read => r.buffers.write_at(at, memory),
+    let buffer = (r.buffers.addr() as usize + at) as *mut u8;
+    // SAFETY: receive slot `at..at + msg` lies inside the owned receive-buffer region; the
+    // device writes it only while a receive is posted on the slot, and this slot's receive
+    // completed and is not posted again until its reply's send completes. Only one of the two
+    // views is made: a WRITE's payload (after the header), or a READ's reply (the whole slot).
+    let (payload, reply): (&[u8], &mut [u8]) = unsafe {
+        match h.op {
+            ProtoOp::Write => (
+                std::slice::from_raw_parts(buffer.add(HEADER_LEN), payload),
+                &mut [],
+            ),
+            ProtoOp::Read => (&[], std::slice::from_raw_parts_mut(buffer, msg)),
+        }
     };
-    match (done, h.op) {
-        (Err(_), _) => (proto::status::BAD_LENGTH, 0),
-        (Ok(()), ProtoOp::Write) => (proto::status::OK, 0),
-        (Ok(()), ProtoOp::Read) => (proto::status::OK, placed.len as u32),
-    }
+    // SAFETY: `placed` comes from `check` over this fabric's registrations, whose memory the
+    // registering application keeps valid while registered (`Fabric::register`); the receive
+    // buffers are a separate, owned region, so nothing overlaps.
+    let (status, len) = unsafe { proto::execute(h, &placed, payload, reply) };
+    (status, len as u32)
 }
 
 /// Posts a reply: immediate data `imm`, with `len` bytes from the receive buffer at `at`.
