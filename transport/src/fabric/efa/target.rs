@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use ::efa::{Ah, Cq, Dest, Gid, Mr, QpBuilder, SrdQp, WcOpcode, WcStatus, WorkCompletion};
 
@@ -25,6 +26,19 @@ struct ServiceRail {
     buffers: Mr<'static>,
     /// Bytes of each receive buffer: the port's `max_msg_sz`.
     msg: u32,
+    /// The reply in flight for each receive slot (sent again after a receiver-not-ready answer).
+    replies: Vec<Option<Reply>>,
+}
+
+/// A reply, kept until its send completes.
+struct Reply {
+    ah: Arc<Ah>,
+    qpn: u32,
+    qkey: u32,
+    imm: u32,
+    /// Bytes of data, at the start of the slot's buffer.
+    len: u32,
+    since: Instant,
 }
 
 /// Every rail's service QP, created with the fabric (their QPNs are its addresses).
@@ -66,6 +80,7 @@ impl Service {
                 cq,
                 buffers,
                 msg,
+                replies: (0..depth).map(|_| None).collect(),
             };
             for i in 0..depth {
                 rail.post(u64::from(i))
@@ -126,10 +141,14 @@ fn run(shared: Arc<Shared>, mut service: Service) {
                 if slot >= depth || wc.status == WcStatus::WrFlushErr {
                     continue;
                 }
-                // A reply went out: its receive slot (which held the reply's data) is free.
                 let answered = wc.wr_id & REPLY != 0;
-                if !answered
-                    && wc.status == WcStatus::Success
+                if answered && again(&shared, r, slot as usize, wc) {
+                    continue;
+                }
+                if answered {
+                    // The reply is done: its receive slot (which held the reply's data) is free.
+                    r.replies[slot as usize] = None;
+                } else if wc.status == WcStatus::Success
                     && on_receive(&shared, r, index as u16, &mut ahs, wc)
                 {
                     // The slot goes back when its reply's send completes.
@@ -203,16 +222,26 @@ fn on_receive(
     if status != proto::status::OK {
         shared.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
-    let dest = Dest::new(&ah, wc.src_qp, h.qkey);
-    reply(
-        r,
-        &dest,
-        wc.wr_id,
-        proto::reply_imm(h.chunk, status),
-        at,
-        reply_len,
-    )
-    .is_ok()
+    let slot = wc.wr_id as usize;
+    r.replies[slot] = Some(Reply {
+        ah,
+        qpn: wc.src_qp,
+        qkey: h.qkey,
+        imm: proto::reply_imm(h.chunk, status),
+        len: reply_len,
+        since: Instant::now(),
+    });
+    send_reply(r, slot).is_ok()
+}
+
+/// Sends slot `slot`'s reply again if the initiator answered receiver-not-ready (a device without
+/// RNR_RETRY reports it at once), for up to the reply timeout. Returns whether it went out.
+fn again(shared: &Shared, r: &mut ServiceRail, slot: usize, wc: &WorkCompletion) -> bool {
+    let retry = wc.status == WcStatus::RnrRetryExcErr
+        && r.replies[slot]
+            .as_ref()
+            .is_some_and(|p| p.since.elapsed() < shared.config.reply_timeout);
+    retry && send_reply(r, slot).is_ok()
 }
 
 /// Checks and executes a request whose message starts at `at` of the receive buffers and has
@@ -245,22 +274,20 @@ fn serve(shared: &Shared, r: &mut ServiceRail, at: usize, payload: usize, h: &He
     (status, len as u32)
 }
 
-/// Posts a reply: immediate data `imm`, with `len` bytes from the receive buffer at `at`.
-fn reply(
-    r: &mut ServiceRail,
-    dest: &Dest<'_>,
-    slot: u64,
-    imm: u32,
-    at: usize,
-    len: u32,
-) -> Result<(), ::efa::Error> {
-    if len == 0 {
+/// Posts slot `slot`'s reply: its immediate data, with its bytes from the start of the slot.
+fn send_reply(r: &mut ServiceRail, slot: usize) -> Result<(), ::efa::Error> {
+    let Some(p) = r.replies[slot].as_ref() else {
+        return Ok(());
+    };
+    let dest = Dest::new(&p.ah, p.qpn, p.qkey);
+    let wr_id = REPLY | slot as u64;
+    if p.len == 0 {
         let mut batch = r.qp.batch()?;
-        batch.send_inline(REPLY | slot, dest, &[], Some(imm))?;
+        batch.send_inline(wr_id, &dest, &[], Some(p.imm))?;
         return batch.commit();
     }
-    let sge = r.buffers.sge(at, len)?;
+    let sge = r.buffers.sge(slot * r.msg as usize, p.len)?;
     let mut batch = r.qp.batch()?;
-    batch.send_imm(REPLY | slot, dest, &[sge], imm)?;
+    batch.send_imm(wr_id, &dest, &[sge], p.imm)?;
     batch.commit()
 }
