@@ -333,6 +333,7 @@ impl Core {
     ///
     /// The range must stay valid for reads and writes until [`Core::unregister`] succeeds
     /// (which drops `hold`, so `hold` may be what keeps it valid).
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn register(
         &self,
         py: Python<'_>,

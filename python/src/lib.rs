@@ -1,7 +1,7 @@
 //! `efa_transport._native`: the transport engine from Python.
 //!
-//! Two layers: [`mooncake::TransferEngine`], Mooncake Transfer Engine's Python API (raw
-//! addresses, integer return codes), and the Pythonic classes of [`api`] (`Engine`,
+//! Two layers: `TransferEngine` (module `mooncake`), Mooncake Transfer Engine's Python API (raw
+//! addresses, integer return codes), and the Pythonic classes of module `api` (`Engine`,
 //! `Segment`, `RemoteSegment`, `Request`, `Batch`, typed exceptions). Every call that waits,
 //! transfers or registers releases the GIL; waits check for signals every few milliseconds
 //! so Ctrl-C interrupts them.
