@@ -60,6 +60,7 @@ from ._native import (  # noqa: F401
     RemoteRnr,
     RemoteSegment,
     Request,
+    RequestList,
     RequestStatus,
     Segment,
     SegmentBusy,

@@ -453,8 +453,10 @@ impl PyEngine {
     }
 
     /// Reference figure for the benchmark: the same transfer loop written against the Rust
-    /// API, run here without the GIL. Returns nanoseconds per batch.
-    #[pyo3(signature = (local, remote, batch, iterations, length=64))]
+    /// API, run here without the GIL. Returns nanoseconds per batch. With `raw`, local memory
+    /// is given by address (as the Mooncake API gives it) rather than segment and offset.
+    #[pyo3(signature = (local, remote, batch, iterations, length=64, raw=false))]
+    #[allow(clippy::too_many_arguments)]
     fn _rust_loop_ns(
         &self,
         py: Python<'_>,
@@ -463,14 +465,21 @@ impl PyEngine {
         batch: usize,
         iterations: u64,
         length: u64,
+        raw: bool,
     ) -> PyResult<f64> {
         self.core.check_open()?;
         let engine = &self.core.engine;
-        let (l, r) = (local.id, remote.id);
+        let (l, r, base) = (local.id, remote.id, local.address);
         let ns = py.detach(|| -> Result<f64, Error> {
             let mut w = engine.worker()?;
             let reqs: Vec<Request> = (0..batch as u64)
-                .map(|i| Request::write(l, i * length, r, i * length, length))
+                .map(|i| {
+                    let mut req = Request::write(l, i * length, r, i * length, length);
+                    if raw {
+                        req.local = transport::LocalAddr::Raw(base + i * length);
+                    }
+                    req
+                })
                 .collect();
             let mut b = engine.allocate_batch(batch)?;
             let start = std::time::Instant::now();
@@ -495,9 +504,36 @@ thread_local! {
     static REQS: std::cell::Cell<Vec<Request>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Appends the `Request` objects of a sequence.
+/// Requests converted once, to run many times (`Engine.transfer`, `Batch.submit`) without
+/// converting each `Request` again.
+#[pyclass(frozen, module = "efa_transport._native", name = "RequestList")]
+pub struct PyRequestList {
+    reqs: Vec<Request>,
+}
+
+#[pymethods]
+impl PyRequestList {
+    #[new]
+    fn new(requests: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut reqs = Vec::new();
+        collect_requests(requests, &mut reqs)?;
+        Ok(PyRequestList { reqs })
+    }
+
+    fn __len__(&self) -> usize {
+        self.reqs.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("RequestList({} requests)", self.reqs.len())
+    }
+}
+
+/// Appends the requests of a `RequestList` or of a sequence of `Request` objects.
 fn collect_requests(requests: &Bound<'_, PyAny>, out: &mut Vec<Request>) -> PyResult<()> {
-    if let Ok(list) = requests.cast::<PyList>() {
+    if let Ok(list) = requests.cast::<PyRequestList>() {
+        out.extend_from_slice(&list.get().reqs);
+    } else if let Ok(list) = requests.cast::<PyList>() {
         for item in list.iter() {
             out.push(item.cast::<PyRequest>()?.get().req);
         }

@@ -21,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<api::PySegment>()?;
     m.add_class::<api::PyRemoteSegment>()?;
     m.add_class::<api::PyRequest>()?;
+    m.add_class::<api::PyRequestList>()?;
     m.add_class::<api::PyBatch>()?;
     m.add_class::<api::PyBatchStatus>()?;
     m.add_class::<api::PyRequestStatus>()?;

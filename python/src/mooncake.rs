@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 use transport::{
     Access, BatchId, LocalAddr, Location, Opcode, RemoteSegment, Request, SegmentId, TransportError,
 };
@@ -147,6 +147,32 @@ fn listen_of(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// A list (or other sequence) of non-negative Python ints. Read as i64, which CPython converts
+/// faster than u64; user-space addresses and lengths are far below 2^63, so a negative value
+/// is simply bad input. Lists are read by index (no iterator object per call).
+fn ints(obj: &Bound<'_, PyAny>, what: &str) -> Result<Vec<u64>, Error> {
+    let unsigned =
+        |v: i64| u64::try_from(v).map_err(|_| Error::Config(format!("{what} {v} is negative")));
+    if let Ok(list) = obj.cast::<PyList>() {
+        let mut out = Vec::with_capacity(list.len());
+        for i in 0..list.len() {
+            out.push(unsigned(list.get_item(i)?.extract::<i64>()?)?);
+        }
+        return Ok(out);
+    }
+    obj.extract::<Vec<i64>>()?
+        .into_iter()
+        .map(unsigned)
+        .collect()
+}
+
+/// One request's integer, as [`ints`] reads them.
+fn one(v: i64, what: &str) -> Result<Vec<u64>, Error> {
+    u64::try_from(v)
+        .map(|v| vec![v])
+        .map_err(|_| Error::Config(format!("{what} {v} is negative")))
 }
 
 impl TransferEngine {
@@ -399,13 +425,15 @@ impl Mc {
         }
     }
 
-    /// The requests of a Mooncake batch, resolved.
+    /// The requests of a Mooncake batch, resolved (the GIL is released only to list or open
+    /// a peer's segments).
     fn requests(
         &self,
+        py: Python<'_>,
         target: &str,
-        buffers: &[u64],
-        peers: &[u64],
-        lengths: &[u64],
+        buffers: Vec<u64>,
+        peers: Vec<u64>,
+        lengths: Vec<u64>,
         op: TransferOpcode,
     ) -> Result<Vec<Request>, Error> {
         if buffers.len() != peers.len() || buffers.len() != lengths.len() {
@@ -423,16 +451,74 @@ impl Mc {
             TransferOpcode::Read => Opcode::Read,
             TransferOpcode::Write => Opcode::Write,
         };
-        let mut out = Vec::with_capacity(buffers.len());
-        for ((&local, &peer), &len) in buffers.iter().zip(peers).zip(lengths) {
-            let (remote, remote_offset) = self.resolve(target, peer, len)?;
-            out.push(Request {
-                op,
-                local: LocalAddr::Raw(local),
-                remote,
-                remote_offset,
-                len,
-            });
+        let n = buffers.len();
+        // Local addresses to segment offsets through the ordered map (the engine's own
+        // raw-address search is linear in the segments); what no buffer holds stays raw, for
+        // the engine to refuse with LocalNotRegistered.
+        let locals: Vec<LocalAddr> = {
+            let local = lock(&self.local);
+            buffers
+                .iter()
+                .zip(&lengths)
+                .map(|(&addr, &len)| match local.range(..=addr).next_back() {
+                    Some((&base, b))
+                        if addr
+                            .checked_add(len)
+                            .is_some_and(|end| end <= base.saturating_add(b.len)) =>
+                    {
+                        LocalAddr::Segment {
+                            segment: b.id,
+                            offset: addr - base,
+                        }
+                    }
+                    _ => LocalAddr::Raw(addr),
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(n);
+        let request = |remote, remote_offset, i: usize| Request {
+            op,
+            local: locals[i],
+            remote,
+            remote_offset,
+            len: lengths[i],
+        };
+        while out.len() < n {
+            // Fast path: one lock for a run of hits, the segment that covered the previous
+            // address tried first (a batch mostly stays inside one buffer).
+            {
+                let remotes = lock(&self.remotes);
+                let ranges = remotes.get(target).map_or(&[][..], Vec::as_slice);
+                let mut last = 0usize;
+                while out.len() < n {
+                    let i = out.len();
+                    let (peer, len) = (peers[i], lengths[i]);
+                    let covers = |r: &RemoteRange| {
+                        r.handle.is_some()
+                            && r.base <= peer
+                            && peer
+                                .checked_add(len)
+                                .is_some_and(|end| end <= r.base.saturating_add(r.len))
+                    };
+                    let hit = match ranges.get(last) {
+                        Some(r) if covers(r) => Some(last),
+                        _ => ranges.iter().position(covers),
+                    };
+                    let Some(k) = hit else { break };
+                    last = k;
+                    let r = &ranges[k];
+                    if let Some(h) = r.handle {
+                        out.push(request(h, peer - r.base, i));
+                    }
+                }
+            }
+            // A miss: list or open (network, no lock held), then go on.
+            if out.len() < n {
+                let i = out.len();
+                let (peer, len) = (peers[i], lengths[i]);
+                let (remote, remote_offset) = py.detach(|| self.resolve(target, peer, len))?;
+                out.push(request(remote, remote_offset, i));
+            }
         }
         Ok(out)
     }
@@ -442,12 +528,12 @@ impl Mc {
         &self,
         py: Python<'_>,
         target: &str,
-        buffers: &[u64],
-        peers: &[u64],
-        lengths: &[u64],
+        buffers: Vec<u64>,
+        peers: Vec<u64>,
+        lengths: Vec<u64>,
         op: TransferOpcode,
     ) -> Result<(), Error> {
-        let reqs = py.detach(|| self.requests(target, buffers, peers, lengths, op))?;
+        let reqs = self.requests(py, target, buffers, peers, lengths, op)?;
         match self.core.run_sync(py, &reqs, self.timeout)? {
             Finished::Done { failure: None, .. } => Ok(()),
             Finished::Done {
@@ -474,12 +560,12 @@ impl Mc {
         &self,
         py: Python<'_>,
         target: &str,
-        buffers: &[u64],
-        peers: &[u64],
-        lengths: &[u64],
+        buffers: Vec<u64>,
+        peers: Vec<u64>,
+        lengths: Vec<u64>,
         op: TransferOpcode,
     ) -> Result<i64, Error> {
-        let reqs = py.detach(|| self.requests(target, buffers, peers, lengths, op))?;
+        let reqs = self.requests(py, target, buffers, peers, lengths, op)?;
         let (id, slot) = self.core.allocate_batch(reqs.len())?;
         if let Err(e) = self.core.submit(py, slot, id, &reqs) {
             let _ = self.core.engine.free_batch(id);
@@ -799,9 +885,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffer: u64,
-        peer_buffer_address: u64,
-        length: u64,
+        buffer: i64,
+        peer_buffer_address: i64,
+        length: i64,
         transport_hint: &str,
     ) -> i64 {
         let _ = transport_hint;
@@ -809,9 +895,9 @@ impl TransferEngine {
             mc.sync(
                 py,
                 target_hostname,
-                &[buffer],
-                &[peer_buffer_address],
-                &[length],
+                one(buffer, "buffer address")?,
+                one(peer_buffer_address, "peer buffer address")?,
+                one(length, "length")?,
                 TransferOpcode::Write,
             )
         });
@@ -825,9 +911,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffer: u64,
-        peer_buffer_address: u64,
-        length: u64,
+        buffer: i64,
+        peer_buffer_address: i64,
+        length: i64,
         transport_hint: &str,
     ) -> i64 {
         let _ = transport_hint;
@@ -835,9 +921,9 @@ impl TransferEngine {
             mc.sync(
                 py,
                 target_hostname,
-                &[buffer],
-                &[peer_buffer_address],
-                &[length],
+                one(buffer, "buffer address")?,
+                one(peer_buffer_address, "peer buffer address")?,
+                one(length, "length")?,
                 TransferOpcode::Read,
             )
         });
@@ -852,9 +938,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffer: u64,
-        peer_buffer_address: u64,
-        length: u64,
+        buffer: i64,
+        peer_buffer_address: i64,
+        length: i64,
         opcode: TransferOpcode,
         notify: Option<TransferNotify>,
         transport_hint: &str,
@@ -869,9 +955,9 @@ impl TransferEngine {
             mc.sync(
                 py,
                 target_hostname,
-                &[buffer],
-                &[peer_buffer_address],
-                &[length],
+                one(buffer, "buffer address")?,
+                one(peer_buffer_address, "peer buffer address")?,
+                one(length, "length")?,
                 opcode,
             )
         });
@@ -885,9 +971,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffer: u64,
-        peer_buffer_address: u64,
-        length: u64,
+        buffer: i64,
+        peer_buffer_address: i64,
+        length: i64,
         transport_hint: &str,
     ) -> i64 {
         let _ = transport_hint;
@@ -895,9 +981,9 @@ impl TransferEngine {
             mc.submit(
                 py,
                 target_hostname,
-                &[buffer],
-                &[peer_buffer_address],
-                &[length],
+                one(buffer, "buffer address")?,
+                one(peer_buffer_address, "peer buffer address")?,
+                one(length, "length")?,
                 TransferOpcode::Write,
             )
         });
@@ -924,9 +1010,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffers: Vec<u64>,
-        peer_buffer_addresses: Vec<u64>,
-        lengths: Vec<u64>,
+        buffers: &Bound<'_, PyAny>,
+        peer_buffer_addresses: &Bound<'_, PyAny>,
+        lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
     ) -> i64 {
         let _ = transport_hint;
@@ -934,9 +1020,9 @@ impl TransferEngine {
             mc.sync(
                 py,
                 target_hostname,
-                &buffers,
-                &peer_buffer_addresses,
-                &lengths,
+                ints(buffers, "buffer address")?,
+                ints(peer_buffer_addresses, "peer buffer address")?,
+                ints(lengths, "length")?,
                 TransferOpcode::Write,
             )
         });
@@ -950,9 +1036,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffers: Vec<u64>,
-        peer_buffer_addresses: Vec<u64>,
-        lengths: Vec<u64>,
+        buffers: &Bound<'_, PyAny>,
+        peer_buffer_addresses: &Bound<'_, PyAny>,
+        lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
     ) -> i64 {
         let _ = transport_hint;
@@ -960,9 +1046,9 @@ impl TransferEngine {
             mc.sync(
                 py,
                 target_hostname,
-                &buffers,
-                &peer_buffer_addresses,
-                &lengths,
+                ints(buffers, "buffer address")?,
+                ints(peer_buffer_addresses, "peer buffer address")?,
+                ints(lengths, "length")?,
                 TransferOpcode::Read,
             )
         });
@@ -977,9 +1063,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffers: Vec<u64>,
-        peer_buffer_addresses: Vec<u64>,
-        lengths: Vec<u64>,
+        buffers: &Bound<'_, PyAny>,
+        peer_buffer_addresses: &Bound<'_, PyAny>,
+        lengths: &Bound<'_, PyAny>,
         opcode: TransferOpcode,
         notify: Option<TransferNotify>,
         transport_hint: &str,
@@ -994,9 +1080,9 @@ impl TransferEngine {
             mc.sync(
                 py,
                 target_hostname,
-                &buffers,
-                &peer_buffer_addresses,
-                &lengths,
+                ints(buffers, "buffer address")?,
+                ints(peer_buffer_addresses, "peer buffer address")?,
+                ints(lengths, "length")?,
                 opcode,
             )
         });
@@ -1010,9 +1096,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffers: Vec<u64>,
-        peer_buffer_addresses: Vec<u64>,
-        lengths: Vec<u64>,
+        buffers: &Bound<'_, PyAny>,
+        peer_buffer_addresses: &Bound<'_, PyAny>,
+        lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
     ) -> i64 {
         self.batch_transfer_async(
@@ -1033,9 +1119,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffers: Vec<u64>,
-        peer_buffer_addresses: Vec<u64>,
-        lengths: Vec<u64>,
+        buffers: &Bound<'_, PyAny>,
+        peer_buffer_addresses: &Bound<'_, PyAny>,
+        lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
     ) -> i64 {
         self.batch_transfer_async(
@@ -1057,9 +1143,9 @@ impl TransferEngine {
         &self,
         py: Python<'_>,
         target_hostname: &str,
-        buffers: Vec<u64>,
-        peer_buffer_addresses: Vec<u64>,
-        lengths: Vec<u64>,
+        buffers: &Bound<'_, PyAny>,
+        peer_buffer_addresses: &Bound<'_, PyAny>,
+        lengths: &Bound<'_, PyAny>,
         opcode: TransferOpcode,
         transport_hint: &str,
     ) -> i64 {
@@ -1068,9 +1154,9 @@ impl TransferEngine {
             mc.submit(
                 py,
                 target_hostname,
-                &buffers,
-                &peer_buffer_addresses,
-                &lengths,
+                ints(buffers, "buffer address")?,
+                ints(peer_buffer_addresses, "peer buffer address")?,
+                ints(lengths, "length")?,
                 opcode,
             )
         });
