@@ -21,7 +21,7 @@ use transport::{
     Metadata, Request, RequestStatus, SegmentId, TransportError, Worker,
 };
 
-use crate::errors::{transport_err, BadBuffer, ConfigError, EngineClosed};
+use crate::errors::{transport_err, BadBuffer, ConfigError, EngineClosed, RemoteOutOfRange};
 
 /// Longest stretch spent without the GIL before signals are checked (Ctrl-C).
 pub const SLICE: Duration = Duration::from_millis(20);
@@ -41,6 +41,8 @@ pub enum Error {
     Config(String),
     /// A buffer or address that cannot be registered.
     Buffer(String),
+    /// A peer address that no published segment covers.
+    Unmapped(String),
 }
 
 impl From<TransportError> for Error {
@@ -63,6 +65,7 @@ impl From<Error> for PyErr {
             Error::Py(p) => p,
             Error::Config(m) => ConfigError::new_err(m),
             Error::Buffer(m) => BadBuffer::new_err(m),
+            Error::Unmapped(m) => RemoteOutOfRange::new_err(m),
         }
     }
 }
@@ -73,7 +76,7 @@ impl std::fmt::Display for Error {
             Error::Transport(t) => write!(f, "{t}"),
             Error::Closed => f.write_str("the engine is closed"),
             Error::Py(p) => write!(f, "{p}"),
-            Error::Config(m) | Error::Buffer(m) => f.write_str(m),
+            Error::Config(m) | Error::Buffer(m) | Error::Unmapped(m) => f.write_str(m),
         }
     }
 }

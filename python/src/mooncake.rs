@@ -16,7 +16,6 @@ use transport::{
 
 use crate::api::PyEngine;
 use crate::core::{Core, Error, Finished, MetaChoice, Options};
-use crate::errors::RemoteOutOfRange;
 use crate::maps::check_rw_mapped;
 
 /// Name prefix of the segments this layer publishes (`mc/<sequence>`, so name order is
@@ -185,13 +184,21 @@ impl TransferEngine {
         Ok(mc)
     }
 
-    /// 0, or -1 with the error kept for get_last_error().
-    fn code(&self, r: Result<(), Error>) -> i64 {
+    /// 0, or -1 with the error kept for get_last_error(); a Python exception (an interrupt,
+    /// a list item of the wrong type) is raised.
+    fn code(&self, r: Result<(), Error>) -> PyResult<i64> {
+        self.value(r.map(|()| 0), -1)
+    }
+
+    /// The value, or `failed` with the error kept for get_last_error(); a Python exception is
+    /// raised.
+    fn value<T>(&self, r: Result<T, Error>, failed: T) -> PyResult<T> {
         match r {
-            Ok(()) => 0,
+            Ok(v) => Ok(v),
+            Err(Error::Py(e)) => Err(e),
             Err(e) => {
                 self.fail(e);
-                -1
+                Ok(failed)
             }
         }
     }
@@ -368,9 +375,9 @@ impl Mc {
                 }
             }
             if refreshed {
-                return Err(Error::Py(RemoteOutOfRange::new_err(format!(
+                return Err(Error::Unmapped(format!(
                     "no segment of {target} covers {addr:#x}+{len}"
-                ))));
+                )));
             }
             self.refresh(target)?;
             refreshed = true;
@@ -662,7 +669,7 @@ impl TransferEngine {
         metadata_server: &str,
         protocol: &str,
         device_name: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let r = self.init(
             py,
             local_hostname,
@@ -684,7 +691,7 @@ impl TransferEngine {
         protocol: &str,
         device_name: &str,
         metadata_type: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let r = self.init(
             py,
             local_hostname,
@@ -698,18 +705,14 @@ impl TransferEngine {
 
     /// The port of this engine's discovery server: peers address it as "host:port". -1 before
     /// initialize.
-    fn get_rpc_port(&self) -> i64 {
-        match self.mc() {
-            Ok(mc) => mc
-                .core
+    fn get_rpc_port(&self) -> PyResult<i64> {
+        let r = self.mc().map(|mc| {
+            mc.core
                 .peer
                 .as_ref()
-                .map_or(-1, |p| i64::from(p.local_addr().port())),
-            Err(e) => {
-                self.fail(e);
-                -1
-            }
-        }
+                .map_or(-1, |p| i64::from(p.local_addr().port()))
+        });
+        self.value(r, -1)
     }
 
     /// The engine below, as an efa_transport.Engine (None before initialize).
@@ -721,7 +724,7 @@ impl TransferEngine {
 
     /// register_memory(buffer_addr, capacity) -> int. The range must be mapped read-write
     /// (checked) and stay allocated until unregister_memory.
-    fn register_memory(&self, py: Python<'_>, buffer_addr: u64, capacity: u64) -> i64 {
+    fn register_memory(&self, py: Python<'_>, buffer_addr: u64, capacity: u64) -> PyResult<i64> {
         let r = self
             .mc()
             .and_then(|mc| mc.register(py, buffer_addr, capacity));
@@ -729,7 +732,7 @@ impl TransferEngine {
     }
 
     /// unregister_memory(buffer_addr) -> int
-    fn unregister_memory(&self, py: Python<'_>, buffer_addr: u64) -> i64 {
+    fn unregister_memory(&self, py: Python<'_>, buffer_addr: u64) -> PyResult<i64> {
         let r = self
             .mc()
             .and_then(|mc| mc.unregister(py, buffer_addr, false));
@@ -743,7 +746,7 @@ impl TransferEngine {
         py: Python<'_>,
         buffer_addresses: Vec<u64>,
         capacities: Vec<u64>,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| {
             if buffer_addresses.len() != capacities.len() {
                 return Err(Error::Config(format!(
@@ -761,7 +764,7 @@ impl TransferEngine {
     }
 
     /// batch_unregister_memory(buffer_addresses) -> int (tries every one).
-    fn batch_unregister_memory(&self, py: Python<'_>, buffer_addresses: Vec<u64>) -> i64 {
+    fn batch_unregister_memory(&self, py: Python<'_>, buffer_addresses: Vec<u64>) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| {
             let mut first = Ok(());
             for a in buffer_addresses {
@@ -778,7 +781,7 @@ impl TransferEngine {
 
     /// allocate_managed_buffer(length) -> int: the address of `length` zeroed, registered
     /// bytes the engine owns, or 0 on failure.
-    fn allocate_managed_buffer(&self, py: Python<'_>, length: usize) -> u64 {
+    fn allocate_managed_buffer(&self, py: Python<'_>, length: usize) -> PyResult<u64> {
         let r = self.mc().and_then(|mc| {
             let name = format!("{PREFIX}{:012}", mc.seq.fetch_add(1, Ordering::Relaxed));
             let id = mc
@@ -795,14 +798,11 @@ impl TransferEngine {
             );
             Ok(info.base)
         });
-        r.unwrap_or_else(|e| {
-            self.fail(e);
-            0
-        })
+        self.value(r, 0)
     }
 
     /// free_managed_buffer(buffer_addr, length) -> int
-    fn free_managed_buffer(&self, py: Python<'_>, buffer_addr: u64, length: u64) -> i64 {
+    fn free_managed_buffer(&self, py: Python<'_>, buffer_addr: u64, length: u64) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| {
             let known = lock(&mc.local).get(&buffer_addr).map(|b| b.len);
             if known.is_some_and(|l| l != length) {
@@ -819,7 +819,7 @@ impl TransferEngine {
     /// get_first_buffer_address(segment_name) -> int: the first buffer (in registration
     /// order) that the engine `segment_name` ("host:port", or this engine's own) publishes;
     /// 0 if none.
-    fn get_first_buffer_address(&self, py: Python<'_>, segment_name: &str) -> u64 {
+    fn get_first_buffer_address(&self, py: Python<'_>, segment_name: &str) -> PyResult<u64> {
         let r = self.mc().and_then(|mc| {
             let meta = mc
                 .core
@@ -836,15 +836,17 @@ impl TransferEngine {
             };
             Ok(segs.first().map_or(0, |s| s.base))
         });
-        r.unwrap_or_else(|e| {
-            self.fail(e);
-            0
-        })
+        self.value(r, 0)
     }
 
     /// write_bytes_to_buffer(dest_address, src_ptr, length) -> int: copies `length` bytes of
     /// `src_ptr` (bytes-like) into a registered or managed buffer.
-    fn write_bytes_to_buffer(&self, dest_address: u64, src_ptr: &[u8], length: usize) -> i64 {
+    fn write_bytes_to_buffer(
+        &self,
+        dest_address: u64,
+        src_ptr: &[u8],
+        length: usize,
+    ) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| {
             if length > src_ptr.len() {
                 return Err(Error::Buffer(format!(
@@ -889,7 +891,7 @@ impl TransferEngine {
         peer_buffer_address: i64,
         length: i64,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         let r = self.mc().and_then(|mc| {
             mc.sync(
@@ -915,7 +917,7 @@ impl TransferEngine {
         peer_buffer_address: i64,
         length: i64,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         let r = self.mc().and_then(|mc| {
             mc.sync(
@@ -944,7 +946,7 @@ impl TransferEngine {
         opcode: TransferOpcode,
         notify: Option<TransferNotify>,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         if notify.is_some() {
             return self.code(Err(Error::Config(
@@ -975,7 +977,7 @@ impl TransferEngine {
         peer_buffer_address: i64,
         length: i64,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         let r = self.mc().and_then(|mc| {
             mc.submit(
@@ -987,20 +989,14 @@ impl TransferEngine {
                 TransferOpcode::Write,
             )
         });
-        r.unwrap_or_else(|e| {
-            self.fail(e);
-            -1
-        })
+        self.value(r, -1)
     }
 
     /// transfer_check_status(batch_id) -> int: 1 completed, 0 in progress, -1 failed (or an
     /// unknown id), -2 timed out. A finished batch is freed.
-    fn transfer_check_status(&self, py: Python<'_>, batch_id: i64) -> i64 {
+    fn transfer_check_status(&self, py: Python<'_>, batch_id: i64) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| mc.check(py, batch_id));
-        r.unwrap_or_else(|e| {
-            self.fail(e);
-            -1
-        })
+        self.value(r, -1)
     }
 
     /// batch_transfer_sync_write(target_hostname, buffers, peer_buffer_addresses, lengths,
@@ -1014,7 +1010,7 @@ impl TransferEngine {
         peer_buffer_addresses: &Bound<'_, PyAny>,
         lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         let r = self.mc().and_then(|mc| {
             mc.sync(
@@ -1040,7 +1036,7 @@ impl TransferEngine {
         peer_buffer_addresses: &Bound<'_, PyAny>,
         lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         let r = self.mc().and_then(|mc| {
             mc.sync(
@@ -1069,7 +1065,7 @@ impl TransferEngine {
         opcode: TransferOpcode,
         notify: Option<TransferNotify>,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         if notify.is_some() {
             return self.code(Err(Error::Config(
@@ -1100,7 +1096,7 @@ impl TransferEngine {
         peer_buffer_addresses: &Bound<'_, PyAny>,
         lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         self.batch_transfer_async(
             py,
             target_hostname,
@@ -1123,7 +1119,7 @@ impl TransferEngine {
         peer_buffer_addresses: &Bound<'_, PyAny>,
         lengths: &Bound<'_, PyAny>,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         self.batch_transfer_async(
             py,
             target_hostname,
@@ -1148,7 +1144,7 @@ impl TransferEngine {
         lengths: &Bound<'_, PyAny>,
         opcode: TransferOpcode,
         transport_hint: &str,
-    ) -> i64 {
+    ) -> PyResult<i64> {
         let _ = transport_hint;
         let r = self.mc().and_then(|mc| {
             mc.submit(
@@ -1160,27 +1156,14 @@ impl TransferEngine {
                 opcode,
             )
         });
-        r.unwrap_or_else(|e| {
-            self.fail(e);
-            0
-        })
+        self.value(r, 0)
     }
 
     /// get_batch_transfer_status(batch_ids) -> int: waits for every batch; 0 when all
     /// completed, -1 when any failed, timed out or is unknown. The batches are freed.
     fn get_batch_transfer_status(&self, py: Python<'_>, batch_ids: Vec<i64>) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| mc.wait_all(py, &batch_ids));
-        match r {
-            Ok(()) => Ok(0),
-            // An interrupt (Ctrl-C) propagates.
-            Err(Error::Py(e)) if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => {
-                Err(e)
-            }
-            Err(e) => {
-                self.fail(e);
-                Ok(-1)
-            }
-        }
+        self.code(r)
     }
 
     /// get_notifies() -> list: always empty (notify messages are not supported; see
@@ -1191,7 +1174,7 @@ impl TransferEngine {
 
     /// send_probe(peer_server_name) -> int: 0 when the peer's discovery server answers a
     /// handshake.
-    fn send_probe(&self, py: Python<'_>, peer_server_name: &str) -> i64 {
+    fn send_probe(&self, py: Python<'_>, peer_server_name: &str) -> PyResult<i64> {
         let r = self.mc().and_then(|mc| {
             let meta = mc
                 .core

@@ -166,6 +166,11 @@ def test_mooncake_bad_input_returns_negative():
         engine.register_memory(-5, 8)
     with pytest.raises(TypeError):
         engine.transfer_sync_write(me, "buffer", 0, 8)
+    with pytest.raises(TypeError):
+        engine.batch_transfer_sync_write(me, ["buffer"], [0], [8])
+    assert engine.transfer_sync_write(me, -1, buf.ctypes.data, 8) < 0
+    assert "negative" in engine.get_last_error()
+    assert engine.batch_transfer_sync_read(me, [buf.ctypes.data], [buf.ctypes.data], [-8]) < 0
     engine.close()
     assert engine.register_memory(buf.ctypes.data, 64) < 0
     assert "closed" in engine.get_last_error()
