@@ -302,32 +302,41 @@ impl Mc {
     }
 
     fn unregister(&self, py: Python<'_>, addr: u64, managed: bool) -> Result<(), Error> {
-        let id = {
-            let local = lock(&self.local);
-            let b = local
-                .get(&addr)
-                .ok_or_else(|| Error::Buffer(format!("{addr:#x} is not a registered buffer")))?;
-            if b.managed != managed {
-                return Err(Error::Buffer(format!(
-                    "{addr:#x} is {}a managed buffer",
-                    if b.managed { "" } else { "not " }
-                )));
+        // Out of the map first, so no copy (`with_local`) starts on memory about to be freed;
+        // back in if the engine refuses (a segment still in use).
+        let buf = {
+            let mut local = lock(&self.local);
+            match local.get(&addr) {
+                None => {
+                    return Err(Error::Buffer(format!(
+                        "{addr:#x} is not a registered buffer"
+                    )))
+                }
+                Some(b) if b.managed != managed => {
+                    return Err(Error::Buffer(format!(
+                        "{addr:#x} is {}a managed buffer",
+                        if b.managed { "" } else { "not " }
+                    )))
+                }
+                Some(_) => local.remove(&addr).expect("present under the lock"),
             }
-            b.id
         };
-        self.core.unregister(py, id)?;
-        lock(&self.local).remove(&addr);
+        if let Err(e) = self.core.unregister(py, buf.id) {
+            lock(&self.local).insert(addr, buf);
+            return Err(e);
+        }
         Ok(())
     }
 
-    /// The registered buffer that holds `addr..addr+len`, as a pointer to `addr`.
-    fn local_range(&self, addr: u64, len: u64) -> Result<*mut u8, Error> {
+    /// Runs `f` on a pointer to `addr` when a registered buffer holds `addr..addr+len`, with
+    /// the map locked so the buffer cannot be unregistered (and freed) meanwhile.
+    fn with_local<R>(&self, addr: u64, len: u64, f: impl FnOnce(*mut u8) -> R) -> Result<R, Error> {
         let end = addr
             .checked_add(len)
             .ok_or_else(|| Error::Buffer(format!("{addr:#x}+{len} wraps")))?;
         let local = lock(&self.local);
         match local.range(..=addr).next_back() {
-            Some((&base, b)) if end <= base + b.len => Ok(addr as *mut u8),
+            Some((&base, b)) if end <= base.saturating_add(b.len) => Ok(f(addr as *mut u8)),
             _ => Err(Error::Buffer(format!(
                 "{addr:#x}+{len} is not inside a registered buffer"
             ))),
@@ -854,12 +863,13 @@ impl TransferEngine {
                     src_ptr.len()
                 )));
             }
-            let dst = mc.local_range(dest_address, length as u64)?;
-            // SAFETY: `dst..dst+length` lies inside a registered buffer (checked), which is
-            // engine-owned or kept valid by the caller while registered; `src_ptr` is a
-            // distinct Python buffer of at least `length` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(src_ptr.as_ptr(), dst, length) };
-            Ok(())
+            mc.with_local(dest_address, length as u64, |dst| {
+                // SAFETY: `dst..dst+length` lies inside a registered buffer (checked, and it
+                // stays registered while the map is locked), which is engine-owned or kept
+                // valid by the caller while registered; `src_ptr` is a distinct Python buffer
+                // of at least `length` bytes.
+                unsafe { std::ptr::copy_nonoverlapping(src_ptr.as_ptr(), dst, length) }
+            })
         });
         self.code(r)
     }
@@ -873,11 +883,14 @@ impl TransferEngine {
         length: usize,
     ) -> PyResult<Py<PyBytes>> {
         let mc = self.mc()?;
-        let src = mc.local_range(source_address, length as u64)?;
-        // SAFETY: `src..src+length` lies inside a registered buffer (checked), valid while
-        // registered.
-        let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, length) };
-        Ok(PyBytes::new(py, bytes).unbind())
+        let bytes = mc.with_local(source_address, length as u64, |src| {
+            // SAFETY: `src..src+length` lies inside a registered buffer (checked), valid while
+            // registered, and it stays registered while the map is locked; the bytes are
+            // copied out before the lock is released.
+            let view = unsafe { std::slice::from_raw_parts(src as *const u8, length) };
+            PyBytes::new(py, view).unbind()
+        })?;
+        Ok(bytes)
     }
 
     /// transfer_sync_write(target_hostname, buffer, peer_buffer_address, length,
