@@ -147,3 +147,33 @@ def test_listing_and_first_buffer(pair):
     b.register("kv/0", bytearray(32))
     names = [n for n, _, _ in a.list_segments(b.address, "kv/")]
     assert names == ["kv/0", "kv/1"]
+
+
+def test_threads_share_an_engine(pair):
+    import threading
+
+    a, b = pair
+    target = bytearray(8 * 4096)
+    b.register("kv", target)
+    remote = a.open_segment(f"{b.address}/kv")
+    errors = []
+
+    def run(k):
+        try:
+            src = a.register(f"src{k}", bytearray([k + 1]) * 4096)
+            for i in range(200):
+                a.write(src, 0, remote, k * 4096, 4096, notify=k)
+            with a.batch(8) as batch:
+                batch.submit([et.Request.write(src, 0, remote, k * 4096, 512)] * 8)
+                assert batch.wait(timeout=10).ok
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert all(b.notify_count(k) == 200 for k in range(8))
+    assert all(target[k * 4096:(k + 1) * 4096] == bytes([k + 1]) * 4096 for k in range(8))

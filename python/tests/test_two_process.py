@@ -1,6 +1,8 @@
 """Two processes: the Pythonic API and the Mooncake quick start, over tcp (and efa on
 soft-efa, when the test command sets EFA_TRANSPORT_TEST_FABRICS)."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,23 @@ def test_engine_writes_and_reads_another_process(peer_factory, fabric):
         peer.send("done")
         peer.expect("bye")
     assert peer.finish() == 0
+
+
+@pytest.mark.parametrize("fabric", FABRICS)
+def test_a_killed_peer_fails_requests_by_name(peer_factory, fabric):
+    peer = peer_factory("layer2", fabric)
+    (address,) = peer.expect("ready ")
+    with et.Engine("client", fabric) as eng:
+        seg = eng.allocate("src", 4096)
+        remote = eng.open_segment(f"{address}/kv")
+        assert eng.write(seg, 0, remote, 0, 4096).ok
+        peer.kill()
+        t0 = time.monotonic()
+        with pytest.raises(et.TransferFailed) as info:
+            for _ in range(1000):
+                eng.write(seg, 0, remote, 0, 4096, timeout=20)
+        assert info.value.reason in ("UNRESP_REMOTE", "IO", "UNREACH_REMOTE")
+        assert time.monotonic() - t0 < 20
 
 
 @pytest.mark.parametrize("protocol", FABRICS)
