@@ -67,3 +67,37 @@ def test_batch_wait_is_interrupted_and_the_gil_is_free():
     finally:
         a.close()
         b.close()
+
+
+def test_ctrl_c_stops_a_waiting_process():
+    """A real SIGINT, as a terminal's Ctrl-C sends it, ends a blocked wait at once."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import signal\n"
+        "signal.alarm(60)\n"
+        "import efa_transport as et\n"
+        "e = et.Engine('ctrl-c', 'sim')\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    e.wait_notify(1, 1, timeout=60)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    e.close()\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=10)
+        assert "interrupted" in out
+        assert p.returncode == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
