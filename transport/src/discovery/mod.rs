@@ -9,6 +9,9 @@
 //! [`Fabric::accept`] (for EFA: the reverse address handle). The frames are versioned and
 //! length-checked ([`wire`]); every read has a deadline, connections are bounded in number,
 //! and a hostile or broken client is logged and dropped without disturbing others.
+//! A peer may also list what a server publishes ([`PeerMetadata::list`]: names and address
+//! ranges by prefix, protocol 1.2), so an address in the peer's memory can be resolved to the
+//! segment that covers it (the Python package's Mooncake-compatible layer does this).
 //!
 //! A cluster-wide store (etcd) would be another [`Metadata`] implementation; fabrics and the
 //! engine do not change.
