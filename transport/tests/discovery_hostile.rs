@@ -334,3 +334,31 @@ fn discovery_config_is_checked() {
         }
     }
 }
+
+#[test]
+fn listing_names_ranges_by_prefix_and_stops_at_the_frame_limit() {
+    let s = server();
+    let mut other = desc("kv/1");
+    other.base = 1 << 20;
+    other.len = 8192;
+    s.publish(&other).unwrap();
+    let c = client();
+    let addr = s.local_addr().to_string();
+    let all = c.list(&addr, "").unwrap();
+    let names: Vec<_> = all.segments.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["kv/1", "seg"]);
+    assert!(!all.truncated);
+    assert_eq!((all.segments[0].base, all.segments[0].len), (1 << 20, 8192));
+    let kv = c.list(&addr, "kv/").unwrap();
+    assert_eq!(kv.segments.len(), 1);
+    assert!(c.list(&addr, "none").unwrap().segments.is_empty());
+    assert_eq!(s.local_list("se").len(), 1);
+    // The server's frames are 4096 bytes: 300 names of 20 bytes do not all fit.
+    for i in 0..300 {
+        s.publish(&desc(&format!("many/{i:015}"))).unwrap();
+    }
+    let many = c.list(&addr, "many/").unwrap();
+    assert!(many.truncated);
+    assert!(!many.segments.is_empty() && many.segments.len() < 300);
+    good_lookup_works(s.local_addr());
+}

@@ -9,6 +9,9 @@
 //! [`Fabric::accept`] (for EFA: the reverse address handle). The frames are versioned and
 //! length-checked ([`wire`]); every read has a deadline, connections are bounded in number,
 //! and a hostile or broken client is logged and dropped without disturbing others.
+//! A peer may also list what a server publishes ([`PeerMetadata::list`]: names and address
+//! ranges by prefix, protocol 1.2), so an address in the peer's memory can be resolved to the
+//! segment that covers it (the Python package's Mooncake-compatible layer does this).
 //!
 //! A cluster-wide store (etcd) would be another [`Metadata`] implementation; fabrics and the
 //! engine do not change.
@@ -42,7 +45,7 @@ use crate::descriptor::SegmentDescriptor;
 use crate::fabric::Fabric;
 use crate::metadata::{Metadata, MetadataError};
 use conn::{read_frame, write_frame, FrameError};
-use wire::{ErrorCode, Message, PeerHello};
+use wire::{ErrorCode, Listing, Message, PeerHello, SegmentSummary};
 
 /// Settings of a [`PeerMetadata`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,36 @@ impl State {
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
             .cloned()
+    }
+
+    /// The published segments whose names start with `prefix`, in name order, as many as fit
+    /// in a frame body of `max_body` bytes.
+    pub(crate) fn list(&self, prefix: &str, max_body: usize) -> Listing {
+        let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<SegmentSummary> = store
+            .values()
+            .filter(|d| d.name.starts_with(prefix))
+            .map(|d| SegmentSummary {
+                name: d.name.clone(),
+                base: d.base,
+                len: d.len,
+            })
+            .collect();
+        drop(store);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        // Count and truncation flag, then entries while they fit.
+        let mut used = 4 + 1;
+        let mut listing = Listing::default();
+        for seg in all {
+            let need = wire::SUMMARY_FIXED_LEN + seg.name.len();
+            if used + need > max_body {
+                listing.truncated = true;
+                break;
+            }
+            used += need;
+            listing.segments.push(seg);
+        }
+        listing
     }
 
     fn fabric(&self) -> Option<Arc<dyn Fabric>> {
@@ -428,6 +461,36 @@ impl PeerMetadata {
             Err(FrameError::Wire(e)) => Err(unavailable(format!("malformed reply: {e}"))),
             Err(e) => Err(unavailable(e.to_string())),
         }
+    }
+
+    /// Asks the server at `server` (`host:port`) which segments it publishes under names that
+    /// start with `prefix` (`""` for all): their names and address ranges, in name order. A
+    /// server older than protocol 1.2 closes the connection instead
+    /// ([`MetadataError::Unavailable`]).
+    pub fn list(&self, server: &str, prefix: &str) -> Result<Listing, MetadataError> {
+        let c = &self.state.config;
+        let (mut sock, _) = self.connect(server)?;
+        let unavailable = |why: String| MetadataError::Unavailable(format!("{server}: {why}"));
+        write_frame(
+            &mut sock,
+            &Message::List(prefix.to_string()),
+            c.frame_timeout,
+        )
+        .map_err(|e| unavailable(e.to_string()))?;
+        match read_frame(&mut sock, c.max_frame, c.frame_timeout, c.frame_timeout) {
+            Ok(Message::Listing(l)) => Ok(l),
+            Ok(Message::Error { code, message }) => {
+                Err(unavailable(format!("{code:?}: {message}")))
+            }
+            Ok(_) => Err(unavailable("unexpected reply to list".into())),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+
+    /// The segments this engine publishes under names that start with `prefix`, as
+    /// [`PeerMetadata::list`] reports them to peers (without the frame limit).
+    pub fn local_list(&self, prefix: &str) -> Vec<SegmentSummary> {
+        self.state.list(prefix, usize::MAX).segments
     }
 
     /// Stops the server (also on drop). Lookups by this instance still work.

@@ -160,9 +160,15 @@ fn serve(mut sock: TcpStream, state: &State, info: &ConnInfo, peer: &str) {
                     return;
                 }
             }
+            Ok(Message::List(prefix)) => {
+                let listing = Message::Listing(state.list(&prefix, c.max_frame));
+                if write_frame(&mut sock, &listing, c.frame_timeout).is_err() {
+                    return;
+                }
+            }
             Ok(other) => {
                 reject(&format_args!("unexpected {} frame", kind_name(&other)));
-                let why = "lookup expected".into();
+                let why = "lookup or list expected".into();
                 refuse(&mut sock, state, ErrorCode::BadRequest, why);
                 return;
             }
@@ -232,5 +238,7 @@ fn kind_name(m: &Message) -> &'static str {
         Message::Lookup(_) => "lookup",
         Message::Found(_) => "found",
         Message::Error { .. } => "error",
+        Message::List(_) => "list",
+        Message::Listing(_) => "listing",
     }
 }

@@ -1,6 +1,6 @@
 //! The discovery protocol's frames and their versioned, length-checked encoding.
 //!
-//! # Wire format (version 1.1)
+//! # Wire format (version 1.2)
 //!
 //! All integers little-endian; `str`/`bytes` are a `u16` length and that many bytes.
 //!
@@ -10,6 +10,8 @@
 //!          Lookup:          name str
 //!          Found:           descriptor bytes (a SegmentDescriptor, u32 length)
 //!          Error:           code u8 | message str
+//!          List (1.2):      prefix str
+//!          Listing (1.2):   count u32 | per segment: name str | base u64 | len u64 | truncated u8
 //! ```
 //!
 //! Error codes: 1 not found, 2 bad request, 3 refused, 4 busy (1.1: no connection slot free;
@@ -17,7 +19,10 @@
 //!
 //! A connection starts with the requester's `Hello` (its engine, fabric and per-rail
 //! addresses, so the target can accept it, e.g. create the reverse EFA address handle) and the
-//! target's `Welcome`; then `Lookup`s, each answered by `Found` or `Error`. The body length is
+//! target's `Welcome`; then `Lookup`s, each answered by `Found` or `Error`, and (1.2) `List`s,
+//! each answered by a `Listing` of the published segments whose names start with the prefix
+//! (name and address range only; as many as fit in a frame, `truncated` set when some did not;
+//! a 1.1 server drops the connection on a `List`). The body length is
 //! checked against a maximum before anything is allocated. A different major version is
 //! refused; a newer minor may append fields, which are skipped. Decoding never panics
 //! (fuzzed by `fuzz/fuzz_targets/handshake.rs`).
@@ -30,7 +35,7 @@ pub const MAGIC: [u8; 4] = *b"EFPD";
 /// Major version written and accepted.
 pub const VERSION_MAJOR: u8 = 1;
 /// Minor version written.
-pub const VERSION_MINOR: u8 = 1;
+pub const VERSION_MINOR: u8 = 2;
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 12;
 /// Default largest body accepted.
@@ -52,6 +57,10 @@ pub enum Kind {
     Found = 4,
     /// A refusal or failure.
     Error = 5,
+    /// Asks for the published segments whose names start with a prefix (1.2).
+    List = 6,
+    /// The answer to a `List` (1.2).
+    Listing = 7,
 }
 
 impl Kind {
@@ -62,6 +71,8 @@ impl Kind {
             3 => Kind::Lookup,
             4 => Kind::Found,
             5 => Kind::Error,
+            6 => Kind::List,
+            7 => Kind::Listing,
             _ => return None,
         })
     }
@@ -76,6 +87,30 @@ pub struct PeerHello {
     pub fabric: String,
     /// The engine's per-rail fabric addresses.
     pub addresses: Vec<Vec<u8>>,
+}
+
+/// One published segment as a `Listing` names it: enough to tell which segment covers an
+/// address, then open it by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SegmentSummary {
+    /// Name it is published under.
+    pub name: String,
+    /// Start address.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Bytes of a `Listing` entry besides its name (name length, base, length).
+pub const SUMMARY_FIXED_LEN: usize = 2 + 8 + 8;
+
+/// The answer to a `List`: segments in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Listing {
+    /// The segments that fit in the frame.
+    pub segments: Vec<SegmentSummary>,
+    /// Some matching segments did not fit (ask again with a longer prefix).
+    pub truncated: bool,
 }
 
 /// Error codes of `Error` frames.
@@ -110,6 +145,10 @@ pub enum Message {
         /// Details.
         message: String,
     },
+    /// A listing request by name prefix (1.2).
+    List(String),
+    /// The segments listed (1.2).
+    Listing(Listing),
 }
 
 /// Why bytes are not a valid frame.
@@ -161,6 +200,9 @@ pub enum WireError {
     /// A string that is not UTF-8.
     #[error("field {0} is not UTF-8")]
     BadUtf8(&'static str),
+    /// A flag byte other than 0 or 1.
+    #[error("field {0} is neither 0 nor 1")]
+    BadFlag(&'static str),
     /// An unknown error code.
     #[error("unknown error code {0}")]
     ErrorCode(u8),
@@ -197,6 +239,11 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, WireError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
     }
     fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], WireError> {
         let len = self.u16()? as usize;
@@ -277,6 +324,21 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     match msg {
         Message::Hello(h) | Message::Welcome(h) => put_hello(&mut out, h)?,
         Message::Lookup(name) => put_blob(&mut out, "name", name.as_bytes(), MAX_NAME_LEN)?,
+        Message::List(prefix) => put_blob(&mut out, "prefix", prefix.as_bytes(), MAX_NAME_LEN)?,
+        Message::Listing(l) => {
+            let n = u32::try_from(l.segments.len()).map_err(|_| WireError::TooLong {
+                field: "segments",
+                len: l.segments.len(),
+                max: u32::MAX as usize,
+            })?;
+            out.extend_from_slice(&n.to_le_bytes());
+            for seg in &l.segments {
+                put_blob(&mut out, "name", seg.name.as_bytes(), MAX_NAME_LEN)?;
+                out.extend_from_slice(&seg.base.to_le_bytes());
+                out.extend_from_slice(&seg.len.to_le_bytes());
+            }
+            out.push(u8::from(l.truncated));
+        }
         Message::Found(d) => {
             let bytes = d.encode()?;
             if bytes.len() > MAX_DESCRIPTOR {
@@ -316,6 +378,8 @@ fn kind_of(msg: &Message) -> Kind {
         Message::Lookup(_) => Kind::Lookup,
         Message::Found(_) => Kind::Found,
         Message::Error { .. } => Kind::Error,
+        Message::List(_) => Kind::List,
+        Message::Listing(_) => Kind::Listing,
     }
 }
 
@@ -371,6 +435,37 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
         Kind::Hello => Message::Hello(get_hello(&mut r)?),
         Kind::Welcome => Message::Welcome(get_hello(&mut r)?),
         Kind::Lookup => Message::Lookup(r.str("name")?),
+        Kind::List => Message::List(r.str("prefix")?),
+        Kind::Listing => {
+            let n = r.u32()? as usize;
+            // Every entry takes at least its fixed bytes: refuse a count the body cannot hold
+            // before allocating for it.
+            let room = (body.len() - r.at) / SUMMARY_FIXED_LEN;
+            if n > room {
+                return Err(WireError::TooLong {
+                    field: "segments",
+                    len: n,
+                    max: room,
+                });
+            }
+            let mut segments = Vec::with_capacity(n);
+            for _ in 0..n {
+                segments.push(SegmentSummary {
+                    name: r.str("name")?,
+                    base: r.u64()?,
+                    len: r.u64()?,
+                });
+            }
+            let truncated = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::BadFlag("truncated")),
+            };
+            Message::Listing(Listing {
+                segments,
+                truncated,
+            })
+        }
         Kind::Found => {
             let n = r.u32()? as usize;
             if n > MAX_DESCRIPTOR {
@@ -451,6 +546,23 @@ mod tests {
                 code: ErrorCode::NotFound,
                 message: "no".into(),
             },
+            Message::List("kv/".into()),
+            Message::Listing(Listing::default()),
+            Message::Listing(Listing {
+                segments: vec![
+                    SegmentSummary {
+                        name: "kv/0".into(),
+                        base: 4096,
+                        len: 100,
+                    },
+                    SegmentSummary {
+                        name: "kv/1".into(),
+                        base: u64::MAX,
+                        len: 0,
+                    },
+                ],
+                truncated: true,
+            }),
         ]
     }
 
@@ -482,6 +594,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn listing_counts_beyond_the_body_are_refused() {
+        let mut f = encode(&Message::Listing(Listing::default())).unwrap();
+        f[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&f, DEFAULT_MAX_BODY),
+            Err(WireError::TooLong {
+                field: "segments",
+                ..
+            })
+        ));
+        let mut f = encode(&Message::Listing(Listing::default())).unwrap();
+        *f.last_mut().unwrap() = 2;
+        assert_eq!(
+            decode(&f, DEFAULT_MAX_BODY),
+            Err(WireError::BadFlag("truncated"))
+        );
     }
 
     #[test]
