@@ -12,9 +12,12 @@
 //! batches both ways (`TwoSided::Fallback` and `TwoSided::Always`) and checks every byte.
 #![cfg(feature = "rdma")]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::ops::{independent, Op};
 use transport::fabric::efa::{EfaConfig, EfaFabric, Path, TwoSided};
 use transport::*;
 
@@ -379,26 +382,16 @@ impl Rng {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct ModelOp {
-    read: bool,
-    notify: bool,
-    peer: usize,
-    len: u64,
-    local_off: u64,
-    remote_off: u64,
-}
-
 const MODEL_SEG: u64 = 6 << 20;
 
-fn model_op(rng: &mut Rng) -> ModelOp {
+fn model_op(rng: &mut Rng) -> Op {
     let len = 1 + match rng.below(3) {
         0 => rng.below(64),
         1 => rng.below(70_000),
         _ => rng.below(4 << 20),
     };
     let read = rng.below(2) == 0;
-    ModelOp {
+    Op {
         read,
         notify: !read && rng.below(2) == 0,
         peer: rng.below(2) as usize,
@@ -406,28 +399,6 @@ fn model_op(rng: &mut Rng) -> ModelOp {
         local_off: rng.below(MODEL_SEG - len + 1),
         remote_off: rng.below(MODEL_SEG - len + 1),
     }
-}
-
-fn overlap(a: u64, al: u64, b: u64, bl: u64) -> bool {
-    a < b + bl && b < a + al
-}
-
-/// Keeps only requests whose effect does not depend on completion order (SRD is unordered).
-fn independent(ops: Vec<ModelOp>) -> Vec<ModelOp> {
-    let mut kept: Vec<ModelOp> = Vec::new();
-    for op in ops {
-        let clash = kept.iter().any(|k| {
-            let remote = k.peer == op.peer
-                && (!k.read || !op.read)
-                && overlap(k.remote_off, k.len, op.remote_off, op.len);
-            let local = (k.read || op.read) && overlap(k.local_off, k.len, op.local_off, op.len);
-            remote || local
-        });
-        if !clash {
-            kept.push(op);
-        }
-    }
-    kept
 }
 
 /// Random batches of READ, WRITE and WRITE_WITH_NOTIFY from one engine to two peers, checked
@@ -473,23 +444,10 @@ fn model_run(mode: TwoSided, seed: u64) {
     let mut w = a.worker().unwrap();
     for round in 0..4 {
         let n = 1 + rng.below(12);
-        let ops = independent((0..n).map(|_| model_op(&mut rng)).collect());
+        let ops = independent((0..n).map(|_| model_op(&mut rng)).collect(), 2);
         let reqs: Vec<Request> = ops
             .iter()
-            .map(|o| {
-                let r = remotes[o.peer];
-                match (o.read, o.notify) {
-                    (true, _) => Request::read(local, o.local_off, r, o.remote_off, o.len),
-                    (false, n) => {
-                        let q = Request::write(local, o.local_off, r, o.remote_off, o.len);
-                        if n {
-                            q.with_op(Opcode::WriteWithNotify(7))
-                        } else {
-                            q
-                        }
-                    }
-                }
-            })
+            .map(|o| o.request(local, remotes[o.peer], 7))
             .collect();
         let batch = a.allocate_batch(reqs.len()).unwrap();
         w.submit(batch, &reqs).unwrap();
@@ -504,15 +462,7 @@ fn model_run(mode: TwoSided, seed: u64) {
         );
         a.free_batch(batch).unwrap();
         for o in &ops {
-            let (lo, ro, n) = (o.local_off as usize, o.remote_off as usize, o.len as usize);
-            if o.read {
-                let src = remote_models[o.peer][ro..ro + n].to_vec();
-                local_model[lo..lo + n].copy_from_slice(&src);
-            } else {
-                let src = local_model[lo..lo + n].to_vec();
-                remote_models[o.peer][ro..ro + n].copy_from_slice(&src);
-                notes[o.peer] += u64::from(o.notify);
-            }
+            o.apply(&mut local_model, &mut remote_models, &mut notes);
         }
     }
     assert!(

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ops::{independent, Op};
 use common::*;
 use proptest::prelude::*;
 use transport::fabric::sim::{SimConfig, SimFaults};
@@ -21,16 +22,6 @@ fn cases(default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Op {
-    read: bool,
-    notify: bool,
-    peer: usize,
-    len: u64,
-    local_off: u64,
-    remote_off: u64,
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -51,31 +42,6 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             local_off: lo % (SEG - len + 1),
             remote_off: ro % (SEG - len + 1),
         })
-}
-
-fn overlap(a: u64, al: u64, b: u64, bl: u64) -> bool {
-    a < b + bl && b < a + al
-}
-
-/// Drops requests whose effect would depend on completion order (unordered fabric): a write
-/// target overlapping another request's remote range on the same peer, or a read destination
-/// overlapping another request's local range.
-fn independent(ops: Vec<Op>, peers: usize) -> Vec<Op> {
-    let mut kept: Vec<Op> = Vec::new();
-    for mut op in ops {
-        op.peer %= peers;
-        let clash = kept.iter().any(|k| {
-            let remote = k.peer == op.peer
-                && (!k.read || !op.read)
-                && overlap(k.remote_off, k.len, op.remote_off, op.len);
-            let local = (k.read || op.read) && overlap(k.local_off, k.len, op.local_off, op.len);
-            remote || local
-        });
-        if !clash {
-            kept.push(op);
-        }
-    }
-    kept
 }
 
 fn pattern(seed: u64) -> impl Fn(usize) -> u8 {
@@ -138,17 +104,7 @@ fn world(peers: usize, rails: u16, slice: u64, seed: u64, faults: SimFaults) -> 
 }
 
 fn request(w: &World, op: &Op) -> Request {
-    let r = w.peers[op.peer].2;
-    let req = if op.read {
-        Request::read(w.local, op.local_off, r, op.remote_off, op.len)
-    } else {
-        Request::write(w.local, op.local_off, r, op.remote_off, op.len)
-    };
-    if op.notify {
-        req.with_op(Opcode::WriteWithNotify(op.peer as u32))
-    } else {
-        req
-    }
+    op.request(w.local, w.peers[op.peer].2, op.peer as u32)
 }
 
 fn range(v: &[u8], off: u64, len: u64) -> &[u8] {
@@ -180,17 +136,7 @@ proptest! {
             prop_assert_eq!(st.completed as usize, reqs.len());
             w.a.free_batch(batch).unwrap();
             for o in &ops {
-                let (lo, ro, n) = (o.local_off as usize, o.remote_off as usize, o.len as usize);
-                if o.read {
-                    let src = remote_model[o.peer][ro..ro + n].to_vec();
-                    local_model[lo..lo + n].copy_from_slice(&src);
-                } else {
-                    let src = local_model[lo..lo + n].to_vec();
-                    remote_model[o.peer][ro..ro + n].copy_from_slice(&src);
-                    if o.notify {
-                        notes[o.peer] += 1;
-                    }
-                }
+                o.apply(&mut local_model, &mut remote_model, &mut notes);
             }
         }
         prop_assert!(read_all(&w.a, w.local) == local_model, "local memory differs from the model");

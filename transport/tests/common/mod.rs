@@ -6,6 +6,8 @@ use std::sync::Arc;
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::*;
 
+pub mod ops;
+
 pub struct Cluster {
     pub net: Arc<SimNetwork>,
     pub meta: Arc<LocalRegistry>,
