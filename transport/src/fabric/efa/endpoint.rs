@@ -10,7 +10,7 @@ use ::efa::{Cq, Dest, QpBuilder, RemoteAddr, Sge, SrdQp, ThreadDomain, WorkCompl
 use super::peers::Route;
 use super::plan::{path, plan, Path, SrdWr};
 use super::twosided::{Kind, TwoSided};
-use super::Shared;
+use super::{io, Shared};
 use crate::fabric::rdma::status::{efa_reason, post_reason};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
@@ -39,10 +39,6 @@ pub(crate) struct EfaEndpoint {
     failed_cap: usize,
     scratch: Box<[WorkCompletion]>,
     outstanding: usize,
-}
-
-fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
-    FabricError::Io(format!("efa: {what}: {e}"))
 }
 
 /// Bytes of a WRITE that rail `r` posts inline: the device's inline size where the device has

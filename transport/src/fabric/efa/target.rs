@@ -12,7 +12,7 @@ use std::time::Instant;
 use ::efa::{Ah, Cq, Dest, Gid, Mr, QpBuilder, SrdQp, WcOpcode, WcStatus, WorkCompletion};
 
 use super::proto::{self, Header, ProtoOp, HEADER_LEN};
-use super::{EfaConfig, Rail, Shared};
+use super::{io, EfaConfig, Rail, Shared};
 use crate::fabric::rdma::backoff::Backoff;
 use crate::FabricError;
 
@@ -45,10 +45,6 @@ struct Reply {
 pub(crate) struct Service {
     rails: Vec<ServiceRail>,
     recv_depth: u32,
-}
-
-fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
-    FabricError::Io(format!("efa: {what}: {e}"))
 }
 
 impl Service {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ::efa::{Cq, Dest, Gid, Mr, QpBuilder, Sge, SrdQp, WcStatus, WorkCompletion};
 
 use super::proto::{self, Header, ProtoOp, HEADER_LEN};
-use super::Shared;
+use super::{io, Shared};
 use crate::fabric::rdma::status::{efa_reason, post_reason};
 use crate::fabric::{Completion, PeerId, WorkRequest};
 use crate::{FabricError, FailReason};
@@ -95,16 +95,13 @@ pub(crate) struct TwoSided {
     idle_polls: u32,
 }
 
-fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
-    FabricError::Io(format!("efa: {what}: {e}"))
-}
-
 impl TwoSided {
     /// Creates rail `rail`'s protocol QP and posts its reply buffers.
     pub(crate) fn new(shared: &Shared, rail: u16) -> Result<TwoSided, FabricError> {
         let r = &shared.rails[usize::from(rail)];
         let name = r.ctx.name();
-        let depth = shared.caps.queue_depth;
+        // Chunk ids carry the slot in 16 bits.
+        let depth = shared.caps.queue_depth.min(u32::from(u16::MAX));
         let max_msg = shared.max_msg;
         let cq = Cq::builder(&r.ctx, 2 * depth)
             .build()
