@@ -4,6 +4,8 @@ use crate::info::{DeviceReport, EfaReport, GidReport, PortReport};
 use crate::select::SeenDevice;
 use efa::{Context, DeviceInfo, DeviceKind, EfaCaps, GidType, LinkLayer, PortState};
 use std::collections::BTreeMap;
+use transport::fabric::efa::plan::{path, Path};
+use transport::fabric::efa::{RailCaps, TwoSided};
 
 /// RDMA devices on this machine, or why they cannot be listed (libibverbs missing, ...).
 pub fn probe() -> Result<Vec<SeenDevice>, String> {
@@ -161,11 +163,23 @@ fn fill_from_context(d: &mut DeviceReport, ctx: &Context, port_counters: BTreeMa
         d.efa = Some(EfaReport {
             caps: cap_names(e.caps),
             limits,
+            transport_path: transport_path(&RailCaps::from_device(ctx.name(), e, 0)),
         });
     } else if d.is_efa {
         d.errors
             .push("efadv_query_device gave nothing (libefa missing or too old?)".into());
     }
+}
+
+/// `READ <path>, WRITE <path>` of the `efa` fabric on a device with `caps`, towards a peer that has
+/// every RDMA operation.
+fn transport_path(caps: &RailCaps) -> String {
+    let bits = caps.rdma_bits();
+    let name = |write: bool| match path(write, bits, u8::MAX, TwoSided::Fallback) {
+        Path::Hardware => "rdma",
+        Path::TwoSided => "two-sided (SEND/RECV)",
+    };
+    format!("READ {}, WRITE {}", name(false), name(true))
 }
 
 /// Full descriptions of every device (empty when none can be listed).
@@ -178,6 +192,28 @@ pub fn describe_all() -> Vec<DeviceReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_path_follows_the_rdma_bits() {
+        let caps = |read, write| RailCaps {
+            device: "d".into(),
+            read,
+            write,
+            max_rdma: 1 << 30,
+            max_msg: 8928,
+            max_sq_wr: 512,
+            rnr_retry: true,
+        };
+        assert_eq!(transport_path(&caps(true, true)), "READ rdma, WRITE rdma");
+        assert_eq!(
+            transport_path(&caps(true, false)),
+            "READ rdma, WRITE two-sided (SEND/RECV)"
+        );
+        assert_eq!(
+            transport_path(&caps(false, false)),
+            "READ two-sided (SEND/RECV), WRITE two-sided (SEND/RECV)"
+        );
+    }
 
     #[test]
     fn capability_names_include_unknown_bits() {

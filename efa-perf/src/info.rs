@@ -42,6 +42,9 @@ pub struct EfaReport {
     pub caps: Vec<String>,
     /// Named limits (max_sq_wr, max_rq_wr, max_sq_sge, max_rq_sge, inline_buf_size, max_rdma_size, ...).
     pub limits: BTreeMap<String, u64>,
+    /// How the transport's `efa` fabric carries READ and WRITE from this device to a peer with every
+    /// RDMA operation (`rdma`, or `two-sided` over SEND/RECV where the device lacks it).
+    pub transport_path: String,
 }
 
 /// One device.
@@ -203,6 +206,7 @@ fn render(r: &InfoReport) -> String {
             for (k, v) in &e.limits {
                 s.push_str(&format!("   {k:<17}: {v}\n"));
             }
+            s.push_str(&format!("   transport path   : {}\n", e.transport_path));
         }
         if !d.hw_counters.is_empty() {
             s.push_str("   hw_counters:\n");
