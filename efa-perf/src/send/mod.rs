@@ -268,7 +268,9 @@ impl Runner for Loopback {
         let client_cpu = c.cpu;
         let results: Vec<StreamResult> = if p.bidirectional { vec![c, s] } else { vec![c] };
         let wall = wall0.elapsed();
-        let rest = cpu::process_cpu().saturating_sub(proc0).saturating_sub(client_cpu);
+        let rest = cpu::process_cpu()
+            .saturating_sub(proc0)
+            .saturating_sub(client_cpu);
         Ok(measurement(
             p,
             &results,
@@ -295,10 +297,15 @@ impl Runner for Loopback {
             .context("server")?;
         let (samples, client_cpu) = c.context("client")?;
         if answered != samples.len() as u64 {
-            bail!("the server answered {answered} pings, the client counted {}", samples.len());
+            bail!(
+                "the server answered {answered} pings, the client counted {}",
+                samples.len()
+            );
         }
         let wall = wall0.elapsed();
-        let rest = cpu::process_cpu().saturating_sub(proc0).saturating_sub(client_cpu);
+        let rest = cpu::process_cpu()
+            .saturating_sub(proc0)
+            .saturating_sub(client_cpu);
         Ok(LatMeasurement {
             samples_us: samples,
             cpu_client: p.cpu.then(|| cpu::percent(client_cpu, wall)),
@@ -430,7 +437,9 @@ impl Runner for Client {
                 None => finish(control, 0),
             };
             match &theirs {
-                Ok((_, streams)) => expect.store(streams.iter().map(|s| s.ops).sum(), Ordering::Release),
+                Ok((_, streams)) => {
+                    expect.store(streams.iter().map(|s| s.ops).sum(), Ordering::Release)
+                }
                 Err(_) => abort.store(true, Ordering::Release),
             }
             (h.join(), theirs)
@@ -474,7 +483,14 @@ pub fn serve(
     args: &TestArgs,
     metric: Metric,
 ) -> anyhow::Result<()> {
-    let o = options(selection, args, hello.streams, hello.stripe, hello.depth, metric)?;
+    let o = options(
+        selection,
+        args,
+        hello.streams,
+        hello.stripe,
+        hello.depth,
+        metric,
+    )?;
     let mut side = Side::open(&o)?;
     control.send(&Msg::Qps {
         max_msg_sz: side.max_msg_sz,

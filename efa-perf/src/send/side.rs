@@ -5,8 +5,8 @@
 use super::error::{verbs, SendError};
 use super::plan::{self, Layout};
 use efa::{
-    Access, Ah, AhAttr, Context, Cq, Dest, Endpoint, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp,
-    WcOpcode, WorkCompletion,
+    Access, Ah, AhAttr, Context, Cq, Dest, Endpoint, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp, WcOpcode,
+    WorkCompletion,
 };
 use efa_perf::control::QpAddress;
 use std::sync::Arc;
@@ -265,7 +265,10 @@ impl Side {
         };
         match &mut lane.qp {
             LaneQp::Srd(qp) => {
-                let peer = lane.peer.as_ref().ok_or(SendError::NotConnected(qp_index))?;
+                let peer = lane
+                    .peer
+                    .as_ref()
+                    .ok_or(SendError::NotConnected(qp_index))?;
                 let dest = Dest::new(&peer.ah, peer.qpn, peer.qkey);
                 let mut b = qp.batch().map_err(verbs("opening a send batch", dev))?;
                 for n in lane.posted..lane.posted + u64::from(count) {
