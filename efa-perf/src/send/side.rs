@@ -291,7 +291,8 @@ impl Side {
         Ok(())
     }
 
-    /// Posts `count` receives of a whole slot each on queue pair `i`.
+    /// Posts `count` receives of a whole slot each on queue pair `i`, chained
+    /// ([`efa::RECV_CHAIN`] per provider call).
     fn post_recvs(&mut self, i: usize, count: u32) -> Result<(), SendError> {
         let Self {
             lanes,
@@ -303,18 +304,24 @@ impl Side {
         let lane = &mut lanes[i];
         let dev = device.as_str();
         let len = u32::try_from(layout.slot).unwrap_or(u32::MAX);
-        for _ in 0..count {
-            let n = lane.recv_posted;
-            let sge = mr
-                .sge(layout.recv_offset(i as u32, n) as usize, len)
-                .map_err(verbs("slicing a receive buffer", dev))?;
-            let id = plan::wr_id(i as u32, n);
-            match &mut lane.qp {
-                LaneQp::Srd(qp) => qp.post_recv(id, &[sge]),
-                LaneQp::Rc(qp) => qp.post_recv(id, &[sge]),
+        let mut chain = [(0u64, efa::Sge::new(0, 0, 0)); efa::RECV_CHAIN];
+        let mut left = count as usize;
+        while left > 0 {
+            let k = left.min(efa::RECV_CHAIN);
+            for (j, wr) in chain[..k].iter_mut().enumerate() {
+                let n = lane.recv_posted + j as u64;
+                let sge = mr
+                    .sge(layout.recv_offset(i as u32, n) as usize, len)
+                    .map_err(verbs("slicing a receive buffer", dev))?;
+                *wr = (plan::wr_id(i as u32, n), sge);
             }
-            .map_err(verbs("posting a receive", dev))?;
-            lane.recv_posted += 1;
+            match &mut lane.qp {
+                LaneQp::Srd(qp) => qp.post_recv_list(&chain[..k]),
+                LaneQp::Rc(qp) => qp.post_recv_list(&chain[..k]),
+            }
+            .map_err(verbs("posting receives", dev))?;
+            lane.recv_posted += k as u64;
+            left -= k;
         }
         lane.to_refill = lane.to_refill.saturating_sub(count);
         Ok(())
