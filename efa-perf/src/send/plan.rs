@@ -7,6 +7,12 @@ pub const RX_DEPTH_BW: u32 = 512;
 pub const RX_DEPTH_LAT: u32 = 64;
 /// Send-queue depth of a latency test: one ping in flight, completions reaped lazily.
 pub const TX_DEPTH_LAT: u32 = 16;
+/// Inline bytes a latency test asks for, as perftest's latency tests send small messages inline
+/// (copied into the work request: no buffer read by the device). On EFA at most 32, the size that
+/// keeps the 64-byte work-queue entry.
+pub const INLINE_LAT: u32 = 64;
+/// Inline bytes of EFA's 64-byte work-queue entry.
+pub const INLINE_EFA: u32 = 32;
 /// Largest area of slots per queue pair and direction; beyond it slots overlap, as perftest's
 /// cyclic buffer does (the bytes of a bandwidth test are never read).
 const AREA_CAP: u64 = 16 << 20;
@@ -104,6 +110,23 @@ impl Layout {
     }
 }
 
+/// On RC, one send in this many asks for a completion (perftest's default `--cq-mod`), and the
+/// last of every posted batch; a completion then stands for every earlier send of its queue pair
+/// (RC completes in order). SRD completes out of order and EFA refuses unsignaled sends: there
+/// every send is signaled.
+pub const CQ_MODERATION: u64 = 100;
+
+/// Whether send `n` of a queue pair asks for a completion on RC (`last`: the last of its batch).
+pub fn signaled(n: u64, last: bool) -> bool {
+    last || (n + 1) % CQ_MODERATION == 0
+}
+
+/// Sends of a queue pair completed once the send whose id has counter bits `low` completed, when
+/// `done` had completed before it (in-order completion, as RC gives).
+pub fn covered(done: u64, low: u32) -> u64 {
+    done + u64::from(low.wrapping_sub(done as u32)) + 1
+}
+
 /// A work request's id: the queue pair in the high 32 bits, a counter in the low ones.
 pub fn wr_id(qp: u32, n: u64) -> u64 {
     (u64::from(qp) << 32) | (n & 0xffff_ffff)
@@ -160,6 +183,16 @@ mod tests {
         let big = Layout::new(1, 8 << 20, 128, 512);
         assert_eq!((big.send_slots, big.recv_slots), (2, 2));
         assert_eq!(Layout::new(1, 64 << 20, 1, 1).len(), 128 << 20);
+    }
+
+    #[test]
+    fn a_moderated_completion_covers_the_sends_before_it() {
+        assert!(signaled(99, false) && signaled(5, true) && !signaled(5, false));
+        assert_eq!(covered(0, 0), 1);
+        assert_eq!(covered(10, 41), 42);
+        // Counters wrap at 32 bits in the id, not in the count.
+        let done = (1u64 << 32) - 3;
+        assert_eq!(covered(done, 4), (1 << 32) + 5);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::error::{verbs, SendError};
 use super::plan::{self, Layout};
 use efa::{
     Access, Ah, AhAttr, Context, Cq, Dest, Endpoint, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp, WcOpcode,
-    WorkCompletion,
+    WcStatus, WorkCompletion,
 };
 use efa_perf::control::QpAddress;
 use std::sync::Arc;
@@ -31,7 +31,12 @@ pub struct Options {
     pub tx_depth: u32,
     /// Receives to keep posted per queue pair (bounded by the device).
     pub rx_depth: u32,
+    /// Inline bytes to ask for (bounded by the device; 0: none).
+    pub inline: u32,
 }
+
+/// Where inline SENDs take their bytes from: their content is never read.
+static INLINE_BYTES: [u8; plan::INLINE_LAT as usize] = [0; plan::INLINE_LAT as usize];
 
 /// An SRD peer: every SEND names it.
 struct Peer {
@@ -53,6 +58,8 @@ struct Lane {
     posted: u64,
     /// Sends not yet completed.
     outstanding: u32,
+    /// Sends completed this run.
+    done: u64,
     /// Receives posted since creation (names the next receive slot).
     recv_posted: u64,
     /// Receives completed and not yet reposted.
@@ -81,6 +88,8 @@ pub struct Side {
     pub efa: bool,
     /// Send-queue depth granted.
     pub tx_depth: u32,
+    /// Messages up to this size are sent inline.
+    inline: u32,
 }
 
 /// The port's largest message on `device`, for checking sizes before anything is built.
@@ -115,24 +124,45 @@ impl Side {
         let mr = Mr::alloc(&pd, len, Access::LOCAL_WRITE)
             .map_err(verbs("registering the buffers", dev))?;
         let mut lanes = Vec::with_capacity(o.qps as usize);
+        let mut inline = match ctx.efa_attr() {
+            Some(a) => o.inline.min(a.max_inline()).min(plan::INLINE_EFA),
+            None => o.inline,
+        };
         for _ in 0..o.qps {
-            let mut b = QpBuilder::new(&pd, &scq, &rcq)
-                .max_send_wr(o.tx_depth)
-                .max_recv_wr(rx)
-                .port(o.port);
-            if let Some(g) = o.gid_index {
-                b = b.gid_index(g);
-            }
-            let qp = if ctx.is_efa() {
-                LaneQp::Srd(b.build_srd().map_err(verbs("creating an SRD QP", dev))?)
-            } else {
-                LaneQp::Rc(b.build_rc().map_err(verbs("creating an RC QP", dev))?)
+            let build = |inline: u32| {
+                let mut b = QpBuilder::new(&pd, &scq, &rcq)
+                    .max_send_wr(o.tx_depth)
+                    .max_recv_wr(rx)
+                    .max_inline_data(inline)
+                    .port(o.port);
+                if let Some(g) = o.gid_index {
+                    b = b.gid_index(g);
+                }
+                if ctx.is_efa() {
+                    b.build_srd().map(LaneQp::Srd)
+                } else {
+                    b.build_rc().map(LaneQp::Rc)
+                }
             };
+            // A device that grants no inline data still runs the test, without it.
+            let qp = match build(inline) {
+                Err(_) if inline > 0 => {
+                    inline = 0;
+                    build(0)
+                }
+                r => r,
+            }
+            .map_err(verbs("creating a queue pair", dev))?;
+            inline = inline.min(match &qp {
+                LaneQp::Srd(qp) => qp.caps().max_inline_data,
+                LaneQp::Rc(qp) => qp.caps().max_inline_data,
+            });
             lanes.push(Lane {
                 qp,
                 peer: None,
                 posted: 0,
                 outstanding: 0,
+                done: 0,
                 recv_posted: 0,
                 to_refill: 0,
             });
@@ -152,6 +182,7 @@ impl Side {
             device: o.device.clone(),
             efa: ctx.is_efa(),
             tx_depth: o.tx_depth,
+            inline,
         };
         for i in 0..side.lanes.len() {
             side.post_recvs(i, rx)?;
@@ -216,6 +247,7 @@ impl Side {
     pub fn begin_run(&mut self) {
         for l in &mut self.lanes {
             l.posted = 0;
+            l.done = 0;
         }
         self.completed = 0;
         self.received = 0;
@@ -249,6 +281,7 @@ impl Side {
 
     /// Posts `count` SENDs of `size` bytes on queue pair `i` as one batch (one doorbell).
     pub fn post_sends(&mut self, i: usize, count: u32, size: u32) -> Result<(), SendError> {
+        let inline = (size <= self.inline).then(|| &INLINE_BYTES[..size as usize]);
         let Self {
             lanes,
             mr,
@@ -272,16 +305,27 @@ impl Side {
                 let dest = Dest::new(&peer.ah, peer.qpn, peer.qkey);
                 let mut b = qp.batch().map_err(verbs("opening a send batch", dev))?;
                 for n in lane.posted..lane.posted + u64::from(count) {
-                    b.send(plan::wr_id(qp_index, n), &dest, &[sge(n)?])
-                        .map_err(verbs("posting a SEND", dev))?;
+                    let id = plan::wr_id(qp_index, n);
+                    match inline {
+                        Some(data) => b.send_inline(id, &dest, data, None),
+                        None => b.send(id, &dest, &[sge(n)?]),
+                    }
+                    .map_err(verbs("posting a SEND", dev))?;
                 }
                 b.commit().map_err(verbs("posting SENDs", dev))?;
             }
             LaneQp::Rc(qp) => {
                 let mut b = qp.batch().map_err(verbs("opening a send batch", dev))?;
-                for n in lane.posted..lane.posted + u64::from(count) {
-                    b.send(plan::wr_id(qp_index, n), &[sge(n)?])
-                        .map_err(verbs("posting a SEND", dev))?;
+                let end = lane.posted + u64::from(count);
+                for n in lane.posted..end {
+                    b.set_signaled(plan::signaled(n, n + 1 == end))
+                        .map_err(verbs("moderating completions", dev))?;
+                    let id = plan::wr_id(qp_index, n);
+                    match inline {
+                        Some(data) => b.send_inline(id, data, None),
+                        None => b.send(id, &[sge(n)?]),
+                    }
+                    .map_err(verbs("posting a SEND", dev))?;
                 }
                 b.commit().map_err(verbs("posting SENDs", dev))?;
             }
@@ -334,15 +378,25 @@ impl Side {
             .scq
             .poll_into(&mut self.wcs)
             .map_err(verbs("polling the send CQ", dev))?;
+        let mut sends = 0;
         for wc in &self.wcs[..n] {
             let qp = plan::wr_qp(wc.wr_id);
             check("send", qp, wc)?;
-            if let Some(l) = self.lanes.get_mut(qp as usize) {
-                l.outstanding = l.outstanding.saturating_sub(1);
-            }
+            let Some(l) = self.lanes.get_mut(qp as usize) else {
+                continue;
+            };
+            // SRD: one completion per send, in any order. RC: in order, moderated.
+            let done = match l.qp {
+                LaneQp::Srd(_) => l.done + 1,
+                LaneQp::Rc(_) => plan::covered(l.done, wc.wr_id as u32).min(l.posted),
+            };
+            let k = done.saturating_sub(l.done);
+            l.done = done;
+            l.outstanding = l.outstanding.saturating_sub(k as u32);
+            sends += k;
         }
-        self.completed += n as u64;
-        Ok(n as u32)
+        self.completed += sends;
+        Ok(sends as u32)
     }
 
     /// Reaps receive completions of `size`-byte messages, reposting each queue pair's receives
@@ -355,6 +409,10 @@ impl Side {
         for k in 0..n {
             let wc = self.wcs[k];
             let qp = plan::wr_qp(wc.wr_id);
+            if wc.status == WcStatus::WrFlushErr {
+                // A flushed receive follows the error that broke the queue pair: name that one.
+                self.poll_sends()?;
+            }
             check("receive", qp, &wc)?;
             if u64::from(wc.byte_len) != size || wc.opcode != Some(WcOpcode::Recv) {
                 return Err(SendError::Length {
