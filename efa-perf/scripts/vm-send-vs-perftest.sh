@@ -6,8 +6,10 @@
 #   tests/vm/run --timeout 1500 --script efa-perf/scripts/vm-send-vs-perftest.sh
 #
 # Prints one line per test and size with both figures (bandwidth: average MB/s; latency: t_typical
-# us) and their ratio (efa-perf / perftest). EFA_PERF names the binary (default:
-# $CARGO_TARGET_DIR/release/efa-perf).
+# us), each the median of REPS runs (default 3; efa-perf's and perftest's interleaved, as a 2-vCPU
+# guest stalls on scheduler ticks now and then), and their ratio (efa-perf / perftest). EFA_PERF
+# names the binary (default: $CARGO_TARGET_DIR/release/efa-perf); from the host, pass BW_ITERS,
+# LAT_ITERS and REPS as VM_ENV_BW_ITERS=... and so on.
 set -euo pipefail
 bin=${EFA_PERF:-${CARGO_TARGET_DIR:-target}/release/efa-perf}
 dev=${VM_RDMA_DEV:-rxe0}
@@ -15,6 +17,7 @@ gid=${VM_GID_INDEX:-1}
 ip=${VM_SELF_IP:-127.0.0.1}
 bw_iters=${BW_ITERS:-1000}
 lat_iters=${LAT_ITERS:-500}
+reps=${REPS:-3}
 port=18600
 out=$(mktemp -d)
 
@@ -48,6 +51,7 @@ run_pair() {
 column() {
   awk -v size="$2" -v n="$3" '$1 == size && NF >= 5 { v = $n } END { print v }' "$1"
 }
+median() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "-"}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 
 for t in send-bw send-lat; do
@@ -55,20 +59,25 @@ for t in send-bw send-lat; do
 done
 
 printf '%-10s %9s %6s %14s %14s %7s\n' test bytes iters perftest efa-perf ratio
+# pair KIND SIZE ITERS COLUMN: medians of perftest's and efa-perf's figure, interleaved runs.
+pair() {
+  local kind=$1 size=$2 iters=$3 col=$4 p=() e=() r
+  for ((r = 0; r < reps; r++)); do
+    run_pair "pt-$kind-$size" "ib_send_$kind" -d "$dev" -x "$gid" -F -s "$size" -n "$iters" -- \
+      "ib_send_$kind" -d "$dev" -x "$gid" -F -s "$size" -n "$iters"
+    p+=("$(column "$out/pt-$kind-$size.client" "$size" "$col")")
+    run_pair "ep-$kind-$size" "$bin" "send-$kind" --fabric verbs -d "$dev" -x "$gid" -F -- \
+      "$bin" "send-$kind" --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$iters"
+    e+=("$(column "$out/ep-$kind-$size.client" "$size" "$col")")
+  done
+  echo "$(median "${p[@]}") $(median "${e[@]}")"
+}
 for size in 64 4096 65536; do
-  run_pair "pt-bw-$size" ib_send_bw -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters" -- \
-    ib_send_bw -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters"
-  run_pair "ep-bw-$size" "$bin" send-bw --fabric verbs -d "$dev" -x "$gid" -F -- \
-    "$bin" send-bw --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters"
-  p=$(column "$out/pt-bw-$size.client" "$size" 4); e=$(column "$out/ep-bw-$size.client" "$size" 4)
+  res=$(pair bw "$size" "$bw_iters" 4); p=${res% *}; e=${res#* }
   printf '%-10s %9s %6s %9s MB/s %9s MB/s %7s\n' send_bw "$size" "$bw_iters" "$p" "$e" "$(ratio "$e" "$p")"
 done
 for size in 2 64 4096; do
-  run_pair "pt-lat-$size" ib_send_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters" -- \
-    ib_send_lat -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters"
-  run_pair "ep-lat-$size" "$bin" send-lat --fabric verbs -d "$dev" -x "$gid" -F -- \
-    "$bin" send-lat --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$lat_iters"
-  p=$(column "$out/pt-lat-$size.client" "$size" 5); e=$(column "$out/ep-lat-$size.client" "$size" 5)
+  res=$(pair lat "$size" "$lat_iters" 5); p=${res% *}; e=${res#* }
   printf '%-10s %9s %6s %11s us %11s us %7s\n' send_lat "$size" "$lat_iters" "$p" "$e" "$(ratio "$e" "$p")"
 done
 echo "logs: $out"

@@ -420,6 +420,30 @@ mod tests {
     }
 
     #[test]
+    fn qp_addresses_are_checked() {
+        let qp = QpAddress {
+            gid: [0xfe; 16],
+            qpn: 7,
+            qkey_or_psn: 0x1111_1111,
+            lid: 0,
+        };
+        let msg = |max_msg_sz, qps: Vec<QpAddress>| {
+            let line = serde_json::to_string(&Msg::Qps { max_msg_sz, qps }).unwrap();
+            parse(&line).unwrap()
+        };
+        let (max, got) = check_qps(msg(8928, vec![qp, qp]), 2).unwrap();
+        assert_eq!((max, got), (8928, vec![qp, qp]));
+        assert!(check_qps(msg(8928, vec![qp]), 2).is_err());
+        assert!(check_qps(msg(0, vec![qp]), 1).is_err());
+        let wide = QpAddress { qpn: 1 << 24, ..qp };
+        assert!(check_qps(msg(8928, vec![wide]), 1).is_err());
+        assert!(matches!(
+            check_qps(Msg::Linked, 1),
+            Err(ControlError::OutOfTurn(_))
+        ));
+    }
+
+    #[test]
     fn steps_are_checked() {
         let run = |size, it: Option<u64>, ms: Option<u64>| Msg::Run {
             size,

@@ -97,9 +97,9 @@ fn finish(control: &mut Control, ops: u64) -> anyhow::Result<(f64, Vec<StreamSum
     }
 }
 
-/// Waits until the pump publishes its sent count, or ends.
+/// Waits, parked, until the pump publishes its sent count (`Some`) or ends without (`None`): the
+/// pump unparks this thread either way, so no second poller competes with it for a core.
 fn await_sent(sent: &AtomicU64, done: impl Fn() -> bool) -> Option<u64> {
-    let mut spins = 0u32;
     loop {
         let n = sent.load(Ordering::Acquire);
         if n != UNKNOWN {
@@ -108,8 +108,8 @@ fn await_sent(sent: &AtomicU64, done: impl Fn() -> bool) -> Option<u64> {
         if done() {
             return None;
         }
-        spins = spins.wrapping_add(1);
-        crate::measure::relax(spins.max(64));
+        // Bounded, so a wake-up lost to a race costs at most this.
+        std::thread::park_timeout(Duration::from_millis(10));
     }
 }
 
@@ -126,14 +126,20 @@ impl Runner for Client {
         let expect = AtomicU64::new(if p.bidirectional { UNKNOWN } else { 0 });
         let abort = AtomicBool::new(false);
         let run = bw_run(p, true, self.timeout);
+        let me = std::thread::current();
         let meet = Meet {
             expect: &expect,
             sent: &sent,
             abort: &abort,
+            wake: Some(&me),
         };
         let Self { control, side, .. } = self;
         let (mine, theirs) = std::thread::scope(|scope| {
-            let h = scope.spawn(|| pump::bandwidth(side, &run, meet));
+            let h = scope.spawn(|| {
+                let r = pump::bandwidth(side, &run, meet);
+                me.unpark();
+                r
+            });
             let theirs = match await_sent(&sent, || h.is_finished()) {
                 Some(ops) => finish(control, ops),
                 None => finish(control, 0),

@@ -61,11 +61,13 @@ impl Runner for Loopback {
             expect: if p.bidirectional { &s_sent } else { &none },
             sent: &c_sent,
             abort: &abort,
+            wake: None,
         };
         let s_meet = Meet {
             expect: &c_sent,
             sent: &s_sent,
             abort: &abort,
+            wake: None,
         };
         let (client, server) = (&mut self.client, &mut self.server);
         let (c, s) = std::thread::scope(|scope| {

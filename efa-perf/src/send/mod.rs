@@ -203,3 +203,47 @@ fn or_abort<T>(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Format;
+    use crate::runner::Amount;
+    use crate::stats::BwUnit;
+
+    fn plan(sizes: Vec<u64>) -> Plan {
+        Plan {
+            verb: Verb::Send,
+            metric: Metric::Bw,
+            sizes,
+            amount: Amount::Iterations(10),
+            streams: 1,
+            depth: 8,
+            bidirectional: false,
+            cpu: false,
+            unit: BwUnit::MebibytesPerSec,
+            format: Format::Quiet,
+            plot: None,
+        }
+    }
+
+    #[test]
+    fn send_is_raw_only_on_verbs_devices_and_named_otherwise() {
+        assert!(is_raw(Verb::Send, FabricKind::Efa) && is_raw(Verb::Send, FabricKind::Verbs));
+        assert!(!is_raw(Verb::Notify, FabricKind::Efa) && !is_raw(Verb::Write, FabricKind::Efa));
+        assert_eq!(resolve(Verb::Send, FabricKind::Tcp), Verb::Notify);
+        assert_eq!(resolve(Verb::Send, FabricKind::Sim), Verb::Notify);
+        assert_eq!(resolve(Verb::Send, FabricKind::Efa), Verb::Send);
+        assert_eq!(resolve(Verb::Read, FabricKind::Tcp), Verb::Read);
+    }
+
+    #[test]
+    fn sizes_fit_max_msg_sz() {
+        let swept = fit(&plan(crate::bench::all_sizes()), 8928, "softefa0").unwrap();
+        assert_eq!(swept.sizes.last(), Some(&8192));
+        assert_eq!(fit(&plan(vec![8928]), 8928, "d").unwrap().sizes, [8928]);
+        let e = fit(&plan(vec![8929]), 8928, "softefa0").unwrap_err();
+        assert!(matches!(e, SendError::TooLarge(_)), "{e}");
+        assert!(fit(&plan(vec![16384, 32768]), 8928, "d").is_err());
+    }
+}

@@ -45,6 +45,8 @@ pub struct Meet<'a> {
     pub sent: &'a AtomicU64,
     /// Set when the other side failed.
     pub abort: &'a AtomicBool,
+    /// A thread parked until `sent` is published.
+    pub wake: Option<&'a std::thread::Thread>,
 }
 
 /// Completion events, preallocated: one per half queue of completions, merged into the last
@@ -168,6 +170,9 @@ pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamR
             events.add(0, at, true);
             end = Some(at);
             meet.sent.store(side.completed(), Ordering::Release);
+            if let Some(t) = meet.wake {
+                t.unpark();
+            }
         }
         let expect = meet.expect.load(Ordering::Acquire);
         if end.is_some() && side.received() >= expect {
@@ -307,4 +312,51 @@ pub fn pong(
     }
     drain_sends(side, timeout)?;
     Ok(answered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(n: u64, depth: u32) -> BwRun {
+        BwRun {
+            size: 64,
+            amount: Amount::Iterations(n),
+            depth,
+            send: true,
+            start: Instant::now(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn events_group_half_queues_and_never_grow() {
+        let mut e = Events::new(&run(100, 8), 1);
+        let room = e.list.capacity();
+        for i in 0..1000u64 {
+            e.add(1, Duration::from_micros(i), false);
+        }
+        e.add(0, Duration::from_micros(1000), true);
+        assert_eq!(e.list.capacity(), room, "recording allocates nothing");
+        let ops: u64 = e.list.iter().map(|v| v.ops).sum();
+        assert_eq!(ops, 1000);
+        assert_eq!(e.list.iter().map(|v| v.bytes).sum::<u64>(), 64_000);
+        assert!(e.list[..e.list.len() - 1].iter().all(|v| v.ops == 4));
+        assert_eq!(
+            e.list.last().map(|v| v.at),
+            Some(Duration::from_micros(1000))
+        );
+    }
+
+    #[test]
+    fn a_receiver_records_nothing() {
+        let e = Events::new(
+            &BwRun {
+                send: false,
+                ..run(100, 8)
+            },
+            1,
+        );
+        assert_eq!(e.list.capacity(), 0);
+    }
 }

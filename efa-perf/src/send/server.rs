@@ -91,6 +91,7 @@ fn serve_bw(
         expect: &expect,
         sent: &sent,
         abort: &abort,
+        wake: None,
     };
     let (r, finished) = std::thread::scope(|scope| {
         let h = scope.spawn(|| pump::bandwidth(side, &run, meet));
