@@ -16,6 +16,34 @@ pub const INLINE_EFA: u32 = 32;
 /// Largest area of slots per queue pair and direction; beyond it slots overlap, as perftest's
 /// cyclic buffer does (the bytes of a bandwidth test are never read).
 const AREA_CAP: u64 = 16 << 20;
+/// Largest region of one side, unless one send and one receive slot per queue pair need more.
+const REGION_CAP: u64 = 1 << 30;
+/// Most queue pairs a side builds (`-q`'s range).
+pub const MAX_QPS: u32 = 256;
+/// Deepest send queue a side asks for (`-t`'s range).
+pub const MAX_DEPTH: u32 = 65536;
+
+/// A test shape a server refuses before building anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "client asks for {qps} queue pairs of send depth {depth}; this server takes 1 to {MAX_QPS} \
+     queue pairs of depth 1 to {MAX_DEPTH}"
+)]
+pub struct BadShape {
+    /// Queue pairs asked for.
+    pub qps: u32,
+    /// Send depth asked for.
+    pub depth: u32,
+}
+
+/// Checks a client's queue pairs and depth.
+pub fn check_shape(qps: u32, depth: u32) -> Result<(), BadShape> {
+    if (1..=MAX_QPS).contains(&qps) && (1..=MAX_DEPTH).contains(&depth) {
+        Ok(())
+    } else {
+        Err(BadShape { qps, depth })
+    }
+}
 
 /// A message size the device cannot send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +106,12 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Slots for `tx` sends and `rx` receives in flight per queue pair, each area capped.
+    /// Slots for `tx` sends and `rx` receives in flight per queue pair, each area capped, the
+    /// whole within [`REGION_CAP`] when one slot each way per queue pair allows.
     pub fn new(qps: u32, slot: u64, tx: u32, rx: u32) -> Self {
         let slot = slot.max(1);
-        let fit = (AREA_CAP / slot).max(1);
+        let area = AREA_CAP.min(REGION_CAP / (2 * u64::from(qps.max(1))));
+        let fit = (area / slot).max(1);
         Self {
             slot,
             send_slots: u64::from(tx).clamp(1, fit),
@@ -183,6 +213,24 @@ mod tests {
         let big = Layout::new(1, 8 << 20, 128, 512);
         assert_eq!((big.send_slots, big.recv_slots), (2, 2));
         assert_eq!(Layout::new(1, 64 << 20, 1, 1).len(), 128 << 20);
+        // Many queue pairs share the region cap.
+        assert!(Layout::new(MAX_QPS, 4 << 20, 128, 512).len() <= 2 * REGION_CAP);
+        assert!(Layout::new(MAX_QPS, 8192, 128, 512).len() <= REGION_CAP);
+    }
+
+    #[test]
+    fn shapes_outside_the_ranges_are_refused() {
+        assert!(check_shape(1, 1).is_ok() && check_shape(MAX_QPS, MAX_DEPTH).is_ok());
+        for (q, d) in [
+            (0, 8),
+            (MAX_QPS + 1, 8),
+            (1, 0),
+            (1, MAX_DEPTH + 1),
+            (u32::MAX, u32::MAX),
+        ] {
+            let e = check_shape(q, d).unwrap_err();
+            assert!(e.to_string().contains(&q.to_string()), "{e}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn serve(
     args: &TestArgs,
     metric: Metric,
 ) -> anyhow::Result<()> {
+    super::plan::check_shape(hello.streams, hello.depth)?;
     let o = options(
         selection,
         args,
