@@ -1,8 +1,9 @@
 //! efa-perf's control protocol as its server meets it: arbitrary bytes from a client, read as
 //! bounded lines and run through the server's sequence (hello, a SEND test's queue-pair
-//! addresses, then runs until bye). Never a panic; no line longer than the limit is accepted; whatever is accepted is within the
-//! server's bounds (memory, message size); and every message that decodes re-encodes to one
-//! that decodes to the same text (floats to within a few ulps).
+//! addresses, then runs until bye). Never a panic; no line longer than the limit is accepted;
+//! whatever is accepted is within the server's bounds (memory, message size, queue pairs); and
+//! every message that decodes re-encodes to one that decodes to the same text (floats to within
+//! a few ulps).
 #![no_main]
 
 use std::io::{BufReader, Cursor};
