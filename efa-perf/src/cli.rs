@@ -32,10 +32,15 @@ pub struct Cli {
 pub enum Command {
     /// List RDMA devices (EFA or not), ports, GIDs, EFA capabilities and counters, and the fabric the transport would select.
     Info(InfoArgs),
-    /// SEND bandwidth (perftest ib_send_bw).
+    /// SEND/RECV bandwidth (perftest ib_send_bw): two-sided SEND on the efa crate's SRD (EFA) or RC
+    /// (other verbs devices) queue pairs; over sim and tcp it runs notify-bw and says so.
     SendBw(TestArgs),
-    /// SEND latency (perftest ib_send_lat).
+    /// SEND/RECV latency, ping-pong (perftest ib_send_lat); over sim and tcp it runs notify-lat and says so.
     SendLat(TestArgs),
+    /// WRITE_WITH_NOTIFY bandwidth through the transport engine (the engine's two-sided signal).
+    NotifyBw(TestArgs),
+    /// WRITE_WITH_NOTIFY latency through the transport engine, ping-pong.
+    NotifyLat(TestArgs),
     /// RDMA WRITE bandwidth (perftest ib_write_bw).
     WriteBw(TestArgs),
     /// RDMA WRITE latency (perftest ib_write_lat).

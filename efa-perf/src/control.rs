@@ -27,6 +27,9 @@ pub enum Verb {
     Write,
     /// One-sided RDMA READ.
     Read,
+    /// RDMA WRITE with a notification through the transport engine (write-with-immediate on
+    /// verbs and EFA): the engine's two-sided signal, not a SEND.
+    Notify,
 }
 
 impl Verb {
@@ -36,6 +39,7 @@ impl Verb {
             Self::Send => "Send",
             Self::Write => "RDMA_Write",
             Self::Read => "RDMA_Read",
+            Self::Notify => "Write_with_Notify",
         }
     }
 
@@ -45,6 +49,7 @@ impl Verb {
             Self::Send => "send",
             Self::Write => "write",
             Self::Read => "read",
+            Self::Notify => "notify",
         }
     }
 }
@@ -84,6 +89,12 @@ pub enum Msg {
     },
     /// Client: it opened the server's segment.
     Opened { discovery: String },
+    /// Either side of a SEND test: its queue pairs' addresses and the port's largest message
+    /// (the server answers a hello with it, the client answers the server's).
+    Qps {
+        max_msg_sz: u64,
+        qps: Vec<QpAddress>,
+    },
     /// Server: it opened the client's segment.
     Linked,
     /// Client: run one size (iterations or a duration).
@@ -105,6 +116,42 @@ pub enum Msg {
     Error { message: String },
     /// Client: done.
     Bye,
+}
+
+/// The address of one queue pair, as a peer needs it: an SRD peer makes an address handle for
+/// the GID and names the QP number and Q_Key in every send; an RC peer connects to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QpAddress {
+    /// Port GID.
+    pub gid: [u8; 16],
+    /// QP number (24 bits).
+    pub qpn: u32,
+    /// Q_Key (SRD) or initial packet sequence number (RC, 24 bits).
+    pub qkey_or_psn: u32,
+    /// Port LID (InfiniBand; 0 on RoCE and EFA).
+    pub lid: u16,
+}
+
+/// Checks a peer's queue-pair addresses: one per stream, every QP number and PSN in 24 bits,
+/// a largest message of at least one byte.
+pub fn check_qps(msg: Msg, streams: u32) -> Result<(u64, Vec<QpAddress>), ControlError> {
+    let Msg::Qps { max_msg_sz, qps } = msg else {
+        return Err(ControlError::OutOfTurn(format!(
+            "expected queue-pair addresses, got {msg:?}"
+        )));
+    };
+    if qps.len() != streams as usize {
+        return Err(ControlError::OutOfTurn(format!(
+            "peer gave {} queue pairs for {streams} streams",
+            qps.len()
+        )));
+    }
+    if max_msg_sz == 0 || qps.iter().any(|q| q.qpn > 0x00ff_ffff) {
+        return Err(ControlError::OutOfTurn(
+            "peer gave a QP number over 24 bits or a largest message of 0 bytes".into(),
+        ));
+    }
+    Ok((max_msg_sz, qps))
 }
 
 /// What a server-side stream reports back.
@@ -369,6 +416,30 @@ mod tests {
         assert!(matches!(
             parse(r#"{"msg":"error","message":"no"}"#),
             Err(ControlError::Peer(m)) if m == "no"
+        ));
+    }
+
+    #[test]
+    fn qp_addresses_are_checked() {
+        let qp = QpAddress {
+            gid: [0xfe; 16],
+            qpn: 7,
+            qkey_or_psn: 0x1111_1111,
+            lid: 0,
+        };
+        let msg = |max_msg_sz, qps: Vec<QpAddress>| {
+            let line = serde_json::to_string(&Msg::Qps { max_msg_sz, qps }).unwrap();
+            parse(&line).unwrap()
+        };
+        let (max, got) = check_qps(msg(8928, vec![qp, qp]), 2).unwrap();
+        assert_eq!((max, got), (8928, vec![qp, qp]));
+        assert!(check_qps(msg(8928, vec![qp]), 2).is_err());
+        assert!(check_qps(msg(0, vec![qp]), 1).is_err());
+        let wide = QpAddress { qpn: 1 << 24, ..qp };
+        assert!(check_qps(msg(8928, vec![wide]), 1).is_err());
+        assert!(matches!(
+            check_qps(Msg::Linked, 1),
+            Err(ControlError::OutOfTurn(_))
         ));
     }
 

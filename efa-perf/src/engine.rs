@@ -97,6 +97,13 @@ pub fn run_selected(
     args: &TestArgs,
     plan: &Plan,
 ) -> anyhow::Result<Document> {
+    let plan = &Plan {
+        verb: crate::send::resolve(plan.verb, selection.fabric),
+        ..plan.clone()
+    };
+    if crate::send::is_raw(plan.verb, selection.fabric) {
+        return crate::send::run(selection, args, plan);
+    }
     let timeout = Duration::from_secs(args.timeout);
     let max_size = plan.sizes.iter().copied().max().unwrap_or(1);
     // Latency tests keep a send and a receive slot per side.
@@ -119,7 +126,8 @@ pub fn run_selected(
 /// Runs a test from the command line: loopback, client (a peer was given) or server (none was).
 pub fn execute(selection: &Selection, args: &TestArgs, plan: &Plan) -> anyhow::Result<()> {
     if !selection.loopback && args.peer.is_none() {
-        return remote::serve(selection, args, plan.verb, plan.metric);
+        let verb = crate::send::resolve(plan.verb, selection.fabric);
+        return remote::serve(selection, args, verb, plan.metric);
     }
     run_selected(selection, args, plan).map(|_| ())
 }

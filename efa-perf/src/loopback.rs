@@ -27,7 +27,7 @@ pub struct Loopback {
 /// Maps a verb onto a stream operation.
 pub fn stream_op(verb: Verb) -> StreamOp {
     match verb {
-        Verb::Send => StreamOp::Send,
+        Verb::Send | Verb::Notify => StreamOp::Send,
         Verb::Write => StreamOp::Write,
         Verb::Read => StreamOp::Read,
     }

@@ -19,6 +19,7 @@ mod remote;
 mod report;
 mod runner;
 mod select;
+mod send;
 mod stats;
 mod svg;
 
@@ -47,6 +48,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => info::run(&args),
         Command::SendBw(a) => test(Verb::Send, Metric::Bw, a),
         Command::SendLat(a) => test(Verb::Send, Metric::Lat, a),
+        Command::NotifyBw(a) => test(Verb::Notify, Metric::Bw, a),
+        Command::NotifyLat(a) => test(Verb::Notify, Metric::Lat, a),
         Command::WriteBw(a) => test(Verb::Write, Metric::Bw, a),
         Command::WriteLat(a) => test(Verb::Write, Metric::Lat, a),
         Command::ReadBw(a) => test(Verb::Read, Metric::Bw, a),

@@ -97,7 +97,7 @@ fn await_byte(
 /// pass. A waiter that only spins holds its CPU against the threads that make the awaited event
 /// happen (the engine's target thread counting notifications, the device's kernel work on
 /// Soft-RoCE); with as many spinners as CPUs those then run only at the next scheduler tick.
-fn relax(spins: u32) {
+pub(crate) fn relax(spins: u32) {
     if spins < 64 {
         std::hint::spin_loop();
     } else {

@@ -74,13 +74,36 @@ impl From<StreamSummary> for StreamResult {
 }
 
 /// A line-oriented JSON channel with a read deadline and a bound on line length.
-struct Control {
+pub(crate) struct Control {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
     timeout: Duration,
     max_line: usize,
+}
+
+/// Connects to the server named by the command line (`HOST`, `-p`), as its client.
+pub(crate) fn dial(args: &TestArgs) -> anyhow::Result<Control> {
+    let host = args
+        .peer
+        .as_deref()
+        .ok_or_else(|| anyhow!("no peer given"))?;
+    let timeout = Duration::from_secs(args.timeout);
+    let target = format!("{host}:{}", args.port);
+    let addr = target
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {target}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{target} resolves to no address"))?;
+    let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
+        .with_context(|| {
+            format!(
+                "connecting to the efa-perf server at {addr} (is it running with -p {}?)",
+                args.port
+            )
+        })?;
+    Control::new(stream, timeout, CLIENT_MAX_LINE)
 }
 
 impl Control {
@@ -119,7 +142,7 @@ impl Control {
         })
     }
 
-    fn send(&mut self, m: &Msg) -> anyhow::Result<()> {
+    pub(crate) fn send(&mut self, m: &Msg) -> anyhow::Result<()> {
         let mut line = serde_json::to_string(m)?;
         line.push('\n');
         self.writer
@@ -127,7 +150,7 @@ impl Control {
             .with_context(|| format!("sending to {}", self.peer))
     }
 
-    fn recv(&mut self) -> anyhow::Result<Msg> {
+    pub(crate) fn recv(&mut self) -> anyhow::Result<Msg> {
         let line = self.read_line()?;
         control::parse(&line).map_err(|e| match e {
             control::ControlError::Peer(message) => anyhow!("peer {}: {message}", self.peer),
@@ -205,25 +228,8 @@ impl Client {
         plan: &crate::bench::Plan,
         stripe: u64,
     ) -> anyhow::Result<Self> {
-        let host = args
-            .peer
-            .as_deref()
-            .ok_or_else(|| anyhow!("no peer given"))?;
         let timeout = Duration::from_secs(args.timeout);
-        let target = format!("{host}:{}", args.port);
-        let addr = target
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {target}"))?
-            .next()
-            .ok_or_else(|| anyhow!("{target} resolves to no address"))?;
-        let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
-            .with_context(|| {
-                format!(
-                    "connecting to the efa-perf server at {addr} (is it running with -p {}?)",
-                    args.port
-                )
-            })?;
-        let mut control = Control::new(stream, timeout, CLIENT_MAX_LINE)?;
+        let mut control = dial(args)?;
         let params = crate::engine::params(selection, args, plan.streams, control.local.ip());
         let node = make_node(
             selection.fabric,
@@ -448,6 +454,16 @@ fn serve_one(
             "client runs over {kind} but this server over {} (give both sides the same --fabric)",
             selection.fabric
         );
+    }
+    if crate::send::is_raw(verb, kind) {
+        let hello = control::Hello {
+            fabric,
+            streams,
+            depth,
+            bidirectional,
+            stripe,
+        };
+        return crate::send::serve(control, &hello, selection, args, metric);
     }
     let params = crate::engine::params(selection, args, streams, control.local.ip());
     let node = make_node(

@@ -44,6 +44,7 @@ pub use pd::{Pd, ThreadDomain};
 pub use qp::{
     Batch, Datagram, Dest, Endpoint, Payload, Qp, QpBuilder, QpCaps, QpState, Rc, RcOptions, RcQp,
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
+    RECV_CHAIN,
 };
 pub use status::{EfaStatus, WcOpcode, WcStatus};
 pub use teardown::teardown_errors;

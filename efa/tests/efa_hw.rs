@@ -456,3 +456,48 @@ fn efa_hw_completion_counters_count_or_are_refused() {
         1
     );
 }
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_recv_list_posts_chained_receives() {
+    let ctx = device();
+    let pd = Pd::new(&ctx).unwrap();
+    let mut cq = Cq::new(&ctx, 512).unwrap();
+    let n = 2 * efa::RECV_CHAIN + 5;
+    let mut qp: SrdQp = QpBuilder::new(&pd, &cq, &cq)
+        .max_send_wr(128)
+        .max_recv_wr(128)
+        .build_srd()
+        .unwrap();
+    let mut mr = Mr::alloc(&pd, (n + 1) * 64, Access::LOCAL_WRITE).unwrap();
+    // Receive i lands in slot i + 1; slot 0 holds what is sent.
+    let wrs: Vec<(u64, efa::Sge)> = (0..n)
+        .map(|i| (1000 + i as u64, mr.sge((i + 1) * 64, 64).unwrap()))
+        .collect();
+    qp.post_recv_list(&wrs).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+    let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
+    mr.write_at(0, &[0x5a; 48]).unwrap();
+    let mut batch = qp.batch().unwrap();
+    for i in 0..n as u64 {
+        batch.send(i, &to_self, &[mr.sge(0, 48).unwrap()]).unwrap();
+    }
+    batch.commit().unwrap();
+    let wcs = wait(&mut cq, 2 * n);
+    let mut recv_ids: Vec<u64> = wcs
+        .iter()
+        .inspect(|wc| assert!(wc.is_success(), "{wc:?}"))
+        .filter(|wc| wc.opcode == Some(WcOpcode::Recv))
+        .inspect(|wc| assert_eq!(wc.byte_len, 48))
+        .map(|wc| wc.wr_id)
+        .collect();
+    recv_ids.sort_unstable();
+    assert_eq!(recv_ids, (1000..1000 + n as u64).collect::<Vec<_>>());
+    let mut got = vec![0u8; 48];
+    for i in 0..n {
+        mr.read_at((i + 1) * 64, &mut got).unwrap();
+        assert_eq!(got, [0x5a; 48], "slot {i}");
+    }
+    // An empty list posts nothing and succeeds.
+    qp.post_recv_list(&[]).unwrap();
+}

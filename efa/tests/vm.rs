@@ -121,6 +121,31 @@ fn vm_device_is_listed_queried_and_not_efa() {
 
 #[test]
 #[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_rc_inline_send_and_receive_list() {
+    let (mut a, mut b) = rc_pair(64, 64 << 10);
+    // Chained receives; inline sends (the data is copied at posting, no SGE).
+    let wrs: Vec<(u64, efa::Sge)> = (0..40u64)
+        .map(|i| (i, b.mr.sge(i as usize * 64, 64).unwrap()))
+        .collect();
+    b.qp.post_recv_list(&wrs).unwrap();
+    let mut batch = a.qp.batch().unwrap();
+    for i in 0..40u8 {
+        batch.send_inline(u64::from(i), &[i; 48], None).unwrap();
+    }
+    batch.commit().unwrap();
+    for w in wait(&mut a.cq, 40) {
+        assert_eq!(w.status, WcStatus::Success, "{w:?}");
+    }
+    let mut rwcs = wait(&mut b.cq, 40);
+    rwcs.sort_by_key(|w| w.wr_id);
+    for (i, w) in rwcs.iter().enumerate() {
+        assert_eq!((w.wr_id, w.byte_len), (i as u64, 48), "{w:?}");
+        assert_eq!(read_back(&b.mr, i * 64, 48), vec![i as u8; 48]);
+    }
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
 fn vm_rc_write_read_send_and_write_imm_between_threads() {
     let (mut a, mut b) = rc_pair(64, 64 << 10);
     let write = pattern(1, 4096);

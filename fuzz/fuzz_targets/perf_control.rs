@@ -1,8 +1,9 @@
 //! efa-perf's control protocol as its server meets it: arbitrary bytes from a client, read as
-//! bounded lines and run through the server's sequence (hello, then runs until bye). Never a
-//! panic; no line longer than the limit is accepted; whatever is accepted is within the
-//! server's bounds (memory, message size); and every message that decodes re-encodes to one
-//! that decodes to the same text (floats to within a few ulps).
+//! bounded lines and run through the server's sequence (hello, a SEND test's queue-pair
+//! addresses, then runs until bye). Never a panic; no line longer than the limit is accepted;
+//! whatever is accepted is within the server's bounds (memory, message size, queue pairs); and
+//! every message that decodes re-encodes to one that decodes to the same text (floats to within
+//! a few ulps).
 #![no_main]
 
 use std::io::{BufReader, Cursor};
@@ -13,12 +14,13 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the server's test and a small line limit (so long lines are reached).
     let (&pick, rest) = data.split_first().unwrap_or((&0, &[]));
-    let verb = [Verb::Send, Verb::Write, Verb::Read][pick as usize % 3];
+    let verb = [Verb::Send, Verb::Write, Verb::Read, Verb::Notify][pick as usize % 4];
     let metric = [Metric::Bw, Metric::Lat][(pick as usize / 3) % 2];
     let max_line = 16 + (pick as usize >> 3) * 64;
     // A tiny buffer, so lines straddle refills as they do on a socket.
     let mut reader = BufReader::with_capacity(7, Cursor::new(rest));
     let mut stripe = None;
+    let mut streams = 1;
     // Bounded: each turn consumes at least one byte or ends the loop.
     for _ in 0..=rest.len() {
         let line = match control::read_line(&mut reader, max_line) {
@@ -43,6 +45,15 @@ fuzz_target!(|data: &[u8]| {
                     assert!(h.stripe >= 1 && h.streams >= 1);
                     assert!(h.stripe * h.streams as u64 <= SERVER_MAX_MEMORY);
                     stripe = Some(h.stripe);
+                    streams = h.streams;
+                }
+                Err(_) => break,
+            },
+            // A SEND test's queue-pair addresses: one per stream, 24-bit QP numbers.
+            Some(_) if matches!(msg, Msg::Qps { .. }) => match control::check_qps(msg, streams) {
+                Ok((max, qps)) => {
+                    assert!(max >= 1 && qps.len() == streams as usize);
+                    assert!(qps.iter().all(|q| q.qpn <= 0x00ff_ffff));
                 }
                 Err(_) => break,
             },

@@ -159,6 +159,15 @@ impl Default for QpCaps {
 /// Receive SGEs clamped without allocation (EFA devices take at most 3).
 const MAX_CLAMPED_RECV_SGES: usize = 8;
 
+/// Receives [`Qp::post_recv_list`] hands the provider in one call.
+pub const RECV_CHAIN: usize = 32;
+
+/// EFA's RX descriptor length is 16 bits: rdma-core before 57 wraps a 64 KiB SGE to 0 bytes,
+/// later ones clamp it. Clamping here makes every release receive into 65535 bytes.
+fn clamp_efa_recv(s: Sge) -> Sge {
+    Sge::new(s.addr(), s.len().min(u32::from(u16::MAX)), s.lkey())
+}
+
 /// Check requested queue sizes against the device's limits.
 pub fn check_caps(
     c: &QpCaps,
@@ -985,12 +994,7 @@ impl<T: Transport> Qp<T> {
 
     /// Post one receive of `sges` (on UD over RoCE the first [`GRH_BYTES`] receive the GRH).
     pub fn post_recv(&mut self, wr_id: u64, sges: &[Sge]) -> Result<()> {
-        if self.state == QpState::Reset {
-            return Err(Error::QpState {
-                op: "post receives",
-                state: self.state,
-            });
-        }
+        self.check_recv_state()?;
         if sges.len() as u64 > u64::from(self.caps.max_recv_sge) {
             return Err(Error::limit(
                 Limit::RecvSges,
@@ -998,15 +1002,13 @@ impl<T: Transport> Qp<T> {
                 self.caps.max_recv_sge.into(),
             ));
         }
-        // EFA's RX descriptor length is 16 bits: rdma-core before 57 wraps a 64 KiB SGE to 0
-        // bytes, later ones clamp it. Clamp here so every release receives into 65535 bytes.
         let mut clamped = [Sge::new(0, 0, 0); MAX_CLAMPED_RECV_SGES];
         let sges = if self.pd.context().is_efa()
             && sges.len() <= MAX_CLAMPED_RECV_SGES
             && sges.iter().any(|s| s.len() > u32::from(u16::MAX))
         {
             for (c, s) in clamped.iter_mut().zip(sges) {
-                *c = Sge::new(s.addr(), s.len().min(u32::from(u16::MAX)), s.lkey());
+                *c = clamp_efa_recv(*s);
             }
             &clamped[..sges.len()]
         } else {
@@ -1023,6 +1025,68 @@ impl<T: Transport> Qp<T> {
         let rc = unsafe { efa_sys::ibv_post_recv(self.raw.as_ptr(), &mut wr, &mut bad) };
         if rc != 0 {
             return Err(Error::verbs_arg("ibv_post_recv", rc, "wr_id", wr_id));
+        }
+        Ok(())
+    }
+
+    /// Post one receive per `(wr_id, sge)`, chained so the provider takes up to
+    /// [`RECV_CHAIN`] of them in one call (one doorbell). Allocates nothing.
+    ///
+    /// On an error the receives before the failing one are posted; the error's argument says
+    /// how many.
+    pub fn post_recv_list(&mut self, wrs: &[(u64, Sge)]) -> Result<()> {
+        self.check_recv_state()?;
+        let efa = self.pd.context().is_efa();
+        let mut posted = 0u64;
+        for chunk in wrs.chunks(RECV_CHAIN) {
+            let mut sges = [Sge::new(0, 0, 0); RECV_CHAIN];
+            for (s, (_, sge)) in sges.iter_mut().zip(chunk) {
+                *s = if efa { clamp_efa_recv(*sge) } else { *sge };
+            }
+            let sg = Sge::as_raw_slice(&sges) as *mut efa_sys::ibv_sge;
+            let mut chain = [efa_sys::ibv_recv_wr {
+                wr_id: 0,
+                next: std::ptr::null_mut(),
+                sg_list: std::ptr::null_mut(),
+                num_sge: 1,
+            }; RECV_CHAIN];
+            let base = chain.as_mut_ptr();
+            for (k, (wr_id, _)) in chunk.iter().enumerate() {
+                chain[k].wr_id = *wr_id;
+                chain[k].sg_list = sg.wrapping_add(k);
+                if k + 1 < chunk.len() {
+                    chain[k].next = base.wrapping_add(k + 1);
+                }
+            }
+            let mut bad = std::ptr::null_mut();
+            // SAFETY: the QP is live; the chain links only entries of `chain`, each naming one
+            // entry of `sges`, and both arrays outlive the call (providers copy them).
+            let rc = unsafe { efa_sys::ibv_post_recv(self.raw.as_ptr(), base, &mut bad) };
+            if rc != 0 {
+                let before = if bad.is_null() {
+                    0
+                } else {
+                    (bad as usize).saturating_sub(base as usize)
+                        / std::mem::size_of::<efa_sys::ibv_recv_wr>()
+                };
+                return Err(Error::verbs_arg(
+                    "ibv_post_recv",
+                    rc,
+                    "receives posted before the failure",
+                    posted + before as u64,
+                ));
+            }
+            posted += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn check_recv_state(&self) -> Result<()> {
+        if self.state == QpState::Reset {
+            return Err(Error::QpState {
+                op: "post receives",
+                state: self.state,
+            });
         }
         Ok(())
     }

@@ -248,6 +248,12 @@ impl SendCore {
             } else {
                 0
             };
+            // Soft-RoCE's kernel side reads the data from the WQE only when the flag says
+            // inline (else a send with no SGE fails with LOC_QP_OP_ERR); EFA and mlx5 take
+            // `wr_set_inline_data` alone and ignore the flag.
+            if matches!(payload, Payload::Inline(_)) {
+                (*q).wr_flags |= efa_sys::IBV_SEND_INLINE;
+            }
             let imm_be = imm.to_be();
             match op {
                 SendOp::Send => efa_sys::ibv_wr_send(q),

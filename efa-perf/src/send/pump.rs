@@ -1,0 +1,376 @@
+//! The loops of a SEND test on one side: a bandwidth pump (sends kept `-t` deep on every queue
+//! pair, receives kept posted, both at once with `-b`) and the two ends of a ping-pong. They
+//! poll the CQs from the calling thread, as perftest does, and allocate nothing per message.
+
+use super::error::SendError;
+use super::side::Side;
+use crate::cpu;
+use crate::measure::{relax, StreamResult};
+use crate::runner::Amount;
+use crate::stats::Event;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A count not known yet.
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// Fruitless polls between two looks at the clock and the abort flag.
+const CHECK_EVERY: u32 = 1024;
+/// Fruitless receive polls of a ping-pong between two polls of the send CQ.
+const SEND_POLL_EVERY: u32 = 16;
+
+/// What a bandwidth run does on this side.
+#[derive(Clone, Copy, Debug)]
+pub struct BwRun {
+    /// Message size.
+    pub size: u64,
+    /// Sends per queue pair, or a duration.
+    pub amount: Amount,
+    /// Sends in flight per queue pair.
+    pub depth: u32,
+    /// Whether this side sends (the client, and the server with `-b`).
+    pub send: bool,
+    /// The common start.
+    pub start: Instant,
+    /// Longest wait without a completion.
+    pub timeout: Duration,
+}
+
+/// How a run's two sides meet: this side publishes `sent` once its sends are complete and ends
+/// once it has received `expect` messages (set by the peer's side, or by the control thread
+/// from the peer's count); `abort` ends it early.
+#[derive(Clone, Copy, Debug)]
+pub struct Meet<'a> {
+    /// Messages this side must receive ([`UNKNOWN`] until known).
+    pub expect: &'a AtomicU64,
+    /// Where this side publishes how many it sent.
+    pub sent: &'a AtomicU64,
+    /// Set when the other side failed.
+    pub abort: &'a AtomicBool,
+    /// A thread parked until `sent` is published.
+    pub wake: Option<&'a std::thread::Thread>,
+}
+
+/// Completion events, preallocated: one per half queue of completions, merged into the last
+/// once the room is used, so recording never allocates.
+struct Events {
+    list: Vec<Event>,
+    pending: u64,
+    every: u64,
+    size: u64,
+}
+
+impl Events {
+    fn new(run: &BwRun, lanes: u32) -> Self {
+        let every = u64::from((run.depth / 2).max(1));
+        let ops = match run.amount {
+            Amount::Iterations(n) => n.saturating_mul(u64::from(lanes)),
+            Amount::Duration(_) => 1 << 20,
+        };
+        let room = (ops / every + 2).min(1 << 16) as usize;
+        Self {
+            list: Vec::with_capacity(if run.send { room } else { 0 }),
+            pending: 0,
+            every,
+            size: run.size,
+        }
+    }
+
+    fn add(&mut self, ops: u64, at: Duration, flush: bool) {
+        self.pending += ops;
+        if self.pending == 0 || (self.pending < self.every && !flush) {
+            return;
+        }
+        let (ops, bytes) = (self.pending, self.pending * self.size);
+        self.pending = 0;
+        if self.list.len() < self.list.capacity() {
+            self.list.push(Event { at, ops, bytes });
+        } else if let Some(last) = self.list.last_mut() {
+            last.at = at;
+            last.ops += ops;
+            last.bytes += bytes;
+        }
+    }
+}
+
+/// Posts what the send queues have room for: at most `want` per queue pair, in batches of at
+/// least a quarter queue so one doorbell carries many sends. Returns how many were posted.
+fn fill(side: &mut Side, want: u64, depth: u32, size: u32) -> Result<u64, SendError> {
+    let burst = u64::from((depth / 4).max(1));
+    let mut posted = 0;
+    for i in 0..side.lanes() as usize {
+        let (done, outstanding) = side.lane_counts(i);
+        let left = want.saturating_sub(done);
+        let room = u64::from(depth.saturating_sub(outstanding));
+        let k = room.min(left);
+        if k > 0 && k >= burst.min(left) {
+            side.post_sends(i, k as u32, size)?;
+            posted += k;
+        }
+    }
+    Ok(posted)
+}
+
+/// Waits between fruitless polls; every [`CHECK_EVERY`] of them, fails when `abort` is set or
+/// nothing completed for `timeout` since `last`.
+fn idle(
+    spins: &mut u32,
+    last: Instant,
+    timeout: Duration,
+    abort: &AtomicBool,
+    side: &Side,
+    expect: u64,
+) -> Result<(), SendError> {
+    *spins = spins.wrapping_add(1);
+    if *spins % CHECK_EVERY == 0 {
+        if abort.load(Ordering::Acquire) {
+            return Err(SendError::Aborted);
+        }
+        if last.elapsed() >= timeout {
+            return Err(SendError::Stalled {
+                timeout,
+                sent: side.posted(),
+                outstanding: side.outstanding(),
+                received: side.received(),
+                expect,
+            });
+        }
+    }
+    relax(*spins);
+    Ok(())
+}
+
+/// Runs one bandwidth run on this side (see [`Meet`] for how it ends). The result counts this
+/// side's completed sends.
+pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamResult, SendError> {
+    let cpu0 = cpu::thread_cpu();
+    let size = u32::try_from(run.size).unwrap_or(u32::MAX);
+    let (mut want, deadline) = match run.amount {
+        Amount::Iterations(n) => (n, None),
+        Amount::Duration(d) => (u64::MAX, run.start.checked_add(d)),
+    };
+    if !run.send {
+        want = 0;
+    }
+    let mut events = Events::new(run, side.lanes());
+    let mut end = None;
+    let (mut spins, mut last) = (0u32, Instant::now());
+    loop {
+        let mut progress = 0;
+        if end.is_none() && want > 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Time is up: what each queue pair posted is all it sends.
+                want = 0;
+            }
+            progress += fill(side, want, run.depth, size)?;
+        }
+        let sent = side.poll_sends()?;
+        events.add(sent.into(), run.start.elapsed(), false);
+        progress += u64::from(sent) + u64::from(side.poll_recvs(run.size)?);
+        if end.is_none() && sends_done(side, want) {
+            let at = run.start.elapsed();
+            events.add(0, at, true);
+            end = Some(at);
+            meet.sent.store(side.completed(), Ordering::Release);
+            if let Some(t) = meet.wake {
+                t.unpark();
+            }
+        }
+        let expect = meet.expect.load(Ordering::Acquire);
+        if end.is_some() && side.received() >= expect {
+            break;
+        }
+        if progress > 0 {
+            (spins, last) = (0, Instant::now());
+        } else {
+            idle(&mut spins, last, run.timeout, meet.abort, side, expect)?;
+        }
+    }
+    Ok(StreamResult {
+        events: events.list,
+        ops: side.completed(),
+        bytes: side.completed() * run.size,
+        end: end.unwrap_or_default(),
+        cpu: cpu::thread_cpu().saturating_sub(cpu0),
+    })
+}
+
+/// Whether every queue pair posted its `want` sends (0 once a duration ran out) and every
+/// send completed.
+fn sends_done(side: &Side, want: u64) -> bool {
+    (0..side.lanes() as usize).all(|i| {
+        let (posted, outstanding) = side.lane_counts(i);
+        outstanding == 0 && posted >= want
+    })
+}
+
+/// Sends one `size`-byte message on queue pair 0, first making room in the send queue.
+fn send_one(side: &mut Side, size: u32, timeout: Duration) -> Result<(), SendError> {
+    // The clock is read only when the queue is full: a read can cost a system call (a VM's clock).
+    let mut start = None;
+    while side.lane_counts(0).1 >= side.tx_depth {
+        let since = *start.get_or_insert_with(Instant::now);
+        if side.poll_sends()? == 0 && since.elapsed() >= timeout {
+            return Err(stalled(side, timeout, 0));
+        }
+    }
+    side.post_sends(0, 1, size)
+}
+
+fn stalled(side: &Side, timeout: Duration, expect: u64) -> SendError {
+    SendError::Stalled {
+        timeout,
+        sent: side.posted(),
+        outstanding: side.outstanding(),
+        received: side.received(),
+        expect,
+    }
+}
+
+/// Waits until `n` messages have arrived this run, reaping send completions meanwhile, spinning
+/// without yielding; `Ok(false)` when `stop` is set first.
+fn await_received(
+    side: &mut Side,
+    n: u64,
+    size: u64,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<bool, SendError> {
+    // The clock is first read after CHECK_EVERY empty polls, not per message.
+    let (mut spins, mut since) = (0u32, None);
+    while side.received() < n {
+        if side.poll_recvs(size)? > 0 {
+            continue;
+        }
+        spins = spins.wrapping_add(1);
+        // Send completions only free send-queue room (send_one waits for it when full): a look
+        // now and then keeps the receive CQ polled as often as ib_send_lat polls it.
+        if spins % SEND_POLL_EVERY == 0 {
+            side.poll_sends()?;
+        }
+        if spins % CHECK_EVERY == 0 {
+            if stop.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            if since.get_or_insert_with(Instant::now).elapsed() >= timeout {
+                return Err(stalled(side, timeout, n));
+            }
+        }
+        // A pure spin, as ib_send_lat polls: yielding here costs a scheduler pass per message.
+        std::hint::spin_loop();
+    }
+    Ok(true)
+}
+
+/// Waits for every outstanding send to complete.
+fn drain_sends(side: &mut Side, timeout: Duration) -> Result<(), SendError> {
+    let start = Instant::now();
+    while side.outstanding() > 0 {
+        if side.poll_sends()? == 0 && start.elapsed() >= timeout {
+            return Err(stalled(side, timeout, 0));
+        }
+    }
+    Ok(())
+}
+
+/// The client's end of a ping-pong: one SEND, then the peer's SEND back, timed; half the round
+/// trip per sample, as perftest reports it. Stops early when `abort` is set.
+pub fn ping(
+    side: &mut Side,
+    size: u64,
+    amount: Amount,
+    timeout: Duration,
+    abort: &AtomicBool,
+) -> Result<(Vec<f64>, Duration), SendError> {
+    let cpu0 = cpu::thread_cpu();
+    let size32 = u32::try_from(size).unwrap_or(u32::MAX);
+    let (limit, deadline) = match amount {
+        Amount::Iterations(n) => (n, None),
+        Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
+    };
+    let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
+    // One clock read per round trip, as perftest stamps each iteration: a sample is the time
+    // between two stamps, halved.
+    let mut i = 0;
+    let mut t0 = Instant::now();
+    while i < limit && deadline.map_or(true, |d| t0 < d) {
+        send_one(side, size32, timeout)?;
+        if !await_received(side, i + 1, size, timeout, abort)? {
+            return Err(SendError::Aborted);
+        }
+        let t1 = Instant::now();
+        samples.push(t1.duration_since(t0).as_secs_f64() * 1e6 / 2.0);
+        t0 = t1;
+        i += 1;
+    }
+    drain_sends(side, timeout)?;
+    Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
+}
+
+/// The server's end of a ping-pong: answers each message with one of the same size until
+/// `stop` is set and nothing more arrived. Returns how many it answered.
+pub fn pong(
+    side: &mut Side,
+    size: u64,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<u64, SendError> {
+    let size32 = u32::try_from(size).unwrap_or(u32::MAX);
+    let mut answered = 0;
+    // The wait for a ping has no bound of its own: the client's pause between runs is not a
+    // stall; `stop` ends it.
+    while await_received(side, answered + 1, size, Duration::MAX, stop)? {
+        send_one(side, size32, timeout)?;
+        answered += 1;
+    }
+    drain_sends(side, timeout)?;
+    Ok(answered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(n: u64, depth: u32) -> BwRun {
+        BwRun {
+            size: 64,
+            amount: Amount::Iterations(n),
+            depth,
+            send: true,
+            start: Instant::now(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn events_group_half_queues_and_never_grow() {
+        let mut e = Events::new(&run(100, 8), 1);
+        let room = e.list.capacity();
+        for i in 0..1000u64 {
+            e.add(1, Duration::from_micros(i), false);
+        }
+        e.add(0, Duration::from_micros(1000), true);
+        assert_eq!(e.list.capacity(), room, "recording allocates nothing");
+        let ops: u64 = e.list.iter().map(|v| v.ops).sum();
+        assert_eq!(ops, 1000);
+        assert_eq!(e.list.iter().map(|v| v.bytes).sum::<u64>(), 64_000);
+        assert!(e.list[..e.list.len() - 1].iter().all(|v| v.ops == 4));
+        // Full: the last event took in the rest, up to the last completion.
+        assert_eq!(
+            e.list.last().map(|v| v.at),
+            Some(Duration::from_micros(999))
+        );
+    }
+
+    #[test]
+    fn a_receiver_records_nothing() {
+        let e = Events::new(
+            &BwRun {
+                send: false,
+                ..run(100, 8)
+            },
+            1,
+        );
+        assert_eq!(e.list.capacity(), 0);
+    }
+}

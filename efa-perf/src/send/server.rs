@@ -1,0 +1,143 @@
+//! The server of a SEND test: one client, its runs until it says bye.
+
+use super::pump::{self, Meet, UNKNOWN};
+use super::side::Side;
+use super::{bw_run, options};
+use crate::cli::{Metric, TestArgs, Verb};
+use crate::cpu;
+use crate::remote::Control;
+use crate::runner::{Amount, Point};
+use crate::select::Selection;
+use anyhow::{anyhow, bail, Context as _};
+use efa_perf::control::{self, Hello, Msg, RunAmount, Step, StreamSummary};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Serves a SEND test to the client on `control`, whose hello was `hello`, until it says bye.
+pub fn serve(
+    control: &mut Control,
+    hello: &Hello,
+    selection: &Selection,
+    args: &TestArgs,
+    metric: Metric,
+) -> anyhow::Result<()> {
+    super::plan::check_shape(hello.streams, hello.depth)?;
+    let o = options(
+        selection,
+        args,
+        hello.streams,
+        hello.stripe,
+        hello.depth,
+        metric,
+    )?;
+    let mut side = Side::open(&o)?;
+    control.send(&Msg::Qps {
+        max_msg_sz: side.max_msg_sz,
+        qps: side.addresses(),
+    })?;
+    let (_, peers) = control::check_qps(control.recv()?, hello.streams)?;
+    side.connect(&peers)?;
+    control.send(&Msg::Linked)?;
+    let timeout = Duration::from_secs(args.timeout);
+    loop {
+        let (size, amount) = match control::check_step(control.recv()?, hello.stripe)? {
+            Step::Run {
+                size,
+                amount: RunAmount::Iterations(n),
+            } => (size, Amount::Iterations(n)),
+            Step::Run {
+                size,
+                amount: RunAmount::Millis(ms),
+            } => (size, Amount::Duration(Duration::from_millis(ms))),
+            Step::Bye => {
+                eprintln!("efa-perf: client {} finished", control.peer);
+                return Ok(());
+            }
+        };
+        let point = Point {
+            verb: Verb::Send,
+            size,
+            amount,
+            streams: hello.streams,
+            depth: hello.depth,
+            bidirectional: hello.bidirectional,
+            cpu: true,
+        };
+        side.begin_run();
+        let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+        let streams = match metric {
+            Metric::Bw => serve_bw(control, &mut side, &point, timeout)?,
+            Metric::Lat => serve_lat(control, &mut side, &point, timeout)?,
+        };
+        let cpu_percent = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
+        control.send(&Msg::Result {
+            cpu_percent,
+            streams,
+        })?;
+    }
+}
+
+/// The server's side of one bandwidth run: receives (and with `-b` sends) until the client's
+/// count arrived.
+fn serve_bw(
+    control: &mut Control,
+    side: &mut Side,
+    p: &Point,
+    timeout: Duration,
+) -> anyhow::Result<Vec<StreamSummary>> {
+    let (expect, sent) = (AtomicU64::new(UNKNOWN), AtomicU64::new(UNKNOWN));
+    let abort = AtomicBool::new(false);
+    let run = bw_run(p, p.bidirectional, timeout);
+    let meet = Meet {
+        expect: &expect,
+        sent: &sent,
+        abort: &abort,
+        wake: None,
+    };
+    let (r, finished) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| pump::bandwidth(side, &run, meet));
+        let finished = control.send(&Msg::Go).and_then(|()| control.recv());
+        match &finished {
+            Ok(Msg::Finished { ops }) => expect.store(*ops, Ordering::Release),
+            _ => abort.store(true, Ordering::Release),
+        }
+        (h.join(), finished)
+    });
+    let Msg::Finished { .. } = finished? else {
+        bail!("client answered out of turn");
+    };
+    let r = r
+        .map_err(|_| anyhow!("the receive thread panicked"))?
+        .context("receiving SENDs")?;
+    Ok(if p.bidirectional {
+        vec![StreamSummary::from(&r)]
+    } else {
+        Vec::new()
+    })
+}
+
+/// The server's side of one latency run: answers every ping.
+fn serve_lat(
+    control: &mut Control,
+    side: &mut Side,
+    p: &Point,
+    timeout: Duration,
+) -> anyhow::Result<Vec<StreamSummary>> {
+    let stop = AtomicBool::new(false);
+    let (answered, finished) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| pump::pong(side, p.size, &stop, timeout));
+        let finished = control.send(&Msg::Go).and_then(|()| control.recv());
+        stop.store(true, Ordering::Release);
+        (h.join(), finished)
+    });
+    let Msg::Finished { ops } = finished? else {
+        bail!("client answered out of turn");
+    };
+    let answered = answered
+        .map_err(|_| anyhow!("the pong thread panicked"))?
+        .context("answering pings")?;
+    if answered != ops {
+        bail!("answered {answered} pings, the client counted {ops}");
+    }
+    Ok(Vec::new())
+}
