@@ -17,8 +17,8 @@
 //!
 //! # What the target enforces
 //!
-//! [`check`] is the whole decision, without a device, and is fuzzed: the request's region key
-//! must name a live registration of the target (a stale key never matches a reused slot), the
+//! One check is the whole decision; it needs no device, so [`TargetModel`] runs it in tests and
+//! under the fuzzer: the request's region key must name a live registration of the target (a stale key never matches a reused slot), the
 //! range must lie inside it, and the registration must grant the right (REMOTE_WRITE for a
 //! WRITE, REMOTE_READ for a READ). Whatever the bytes say, the target writes only inside a
 //! registered, remote-writable range, and only the payload's length.
