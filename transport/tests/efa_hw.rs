@@ -582,3 +582,90 @@ fn efa_hw_two_sided_target_refuses_bad_requests() {
         f.deregister(r).unwrap();
     }
 }
+
+/// A device counter of soft-efa (refreshed every 200 ms), once it has stopped moving; `None` on
+/// hardware, which has no such counter.
+fn settled_counter(name: &str) -> Option<u64> {
+    let dev = efa::efa_devices().unwrap().remove(0);
+    let read = || dev.hw_counters().unwrap().get(name);
+    let mut last = read();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = read();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Two-sided WRITEs of at least `rendezvous_min` bytes between devices with RDMA READ are pulled
+/// by the target (one RDMA READ each), smaller ones are sent in messages; without READ, or with
+/// rendezvous off, every WRITE goes in messages. The bytes arrive either way.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_two_sided_writes_pull_large_and_send_small() {
+    for rendezvous_min in [16 << 10, 0] {
+        let meta = Arc::new(LocalRegistry::new());
+        let mk = |name: &str| {
+            let f = EfaFabric::new(EfaConfig {
+                two_sided: TwoSided::Always,
+                rendezvous_min,
+                ..EfaConfig::default()
+            })
+            .unwrap();
+            // One work request per transfer: one pull for the large one.
+            let mut c = EngineConfig::new(name);
+            c.slice_size = 1 << 20;
+            let e = Engine::new(c, f.clone(), meta.clone()).unwrap();
+            (e, f)
+        };
+        let ((a, fa), (b, _)) = (mk("a"), mk("b"));
+        let device_reads = efa::Context::open_first_efa()
+            .unwrap()
+            .efa_caps()
+            .contains(efa::EfaCaps::RDMA_READ);
+        a.accept_peer(&b.local_addresses()).unwrap();
+        b.accept_peer(&a.local_addresses()).unwrap();
+        let len = 1 << 20;
+        let src = owned(
+            &a,
+            "a/src",
+            OwnedMemory::from_vec(pattern(len, 5)).unwrap(),
+            Access::NONE,
+        );
+        let dst = owned(
+            &b,
+            "b/dst",
+            OwnedMemory::zeroed(len, 4096).unwrap(),
+            Access::REMOTE_WRITE,
+        );
+        let remote = a.open_segment("b/dst").unwrap();
+        let mut w = a.worker().unwrap();
+        let before = settled_counter("rdma_read_wrs");
+        let reqs = [
+            Request::write(src, 0, remote, 0, (len - 4096) as u64),
+            Request::write(src, (len - 4096) as u64, remote, (len - 4096) as u64, 4096),
+        ];
+        let batch = a.allocate_batch(2).unwrap();
+        w.submit(batch, &reqs).unwrap();
+        assert!(w.wait(batch, WAIT).unwrap().all_completed());
+        assert!(
+            contents(&b, dst, 0, len) == pattern(len, 5),
+            "rendezvous_min {rendezvous_min}"
+        );
+        let pulls = settled_counter("rdma_read_wrs")
+            .zip(before)
+            .map(|(a, b)| a - b);
+        let want = u64::from(device_reads && rendezvous_min > 0);
+        println!(
+            "{}: rendezvous_min {rendezvous_min}: {pulls:?} RDMA READs",
+            fa.protocols()
+        );
+        assert!(
+            pulls.is_none_or(|n| n == want),
+            "{pulls:?} READs, want {want}"
+        );
+    }
+}

@@ -38,6 +38,16 @@ pub(crate) struct Regions {
 #[derive(Debug)]
 pub(crate) struct Guard<'a> {
     region: &'a Region,
+    slot: usize,
+}
+
+impl Guard<'_> {
+    /// Keeps the pin past the guard: the caller must [`Regions::release`] the returned slot.
+    pub(crate) fn into_pin(self) -> usize {
+        let slot = self.slot;
+        std::mem::forget(self);
+        slot
+    }
 }
 
 impl Drop for Guard<'_> {
@@ -191,6 +201,7 @@ impl Regions {
     ) -> Result<Guard<'_>, FailReason> {
         let guard = Guard {
             region: &self.slots[slot],
+            slot,
         };
         if !self.covers(slot, addr, len, need) {
             return Err(FailReason::RemoteBadAddress);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ::efa::{Cq, Dest, QpBuilder, RemoteAddr, Sge, SrdQp, ThreadDomain, WorkCompletion};
 
+use super::addr;
 use super::peers::Route;
 use super::plan::{path, plan, Path, SrdWr};
 use super::twosided::{Kind, TwoSided};
@@ -121,7 +122,13 @@ impl EfaEndpoint {
 
     /// Hands `wr` to its rail's two-sided protocol, creating the protocol QP on first use.
     /// `Ok(false)`: no room now, post it later.
-    fn start_two_sided(&mut self, wr: &WorkRequest, kind: Kind) -> Result<bool, FailReason> {
+    /// `pull`: both rails have RDMA READ, so a WRITE may use the rendezvous protocol.
+    fn start_two_sided(
+        &mut self,
+        wr: &WorkRequest,
+        kind: Kind,
+        pull: bool,
+    ) -> Result<bool, FailReason> {
         let er = &mut self.rails[usize::from(wr.rail)];
         if er.two_sided.is_none() {
             // Once per endpoint rail, on the first operation that needs it.
@@ -129,7 +136,7 @@ impl EfaEndpoint {
             er.two_sided = Some(t);
         }
         let t = er.two_sided.as_mut().expect("created above");
-        Ok(t.start(&self.shared, wr, kind))
+        Ok(t.start(&self.shared, wr, kind, pull))
     }
 }
 
@@ -170,11 +177,12 @@ impl Endpoint for EfaEndpoint {
                 .and_then(|p| p.get());
             let dest = route.and_then(|r| r.dest(wr.rail, wr.remote_rail));
             let two_sided = match (route, self.rails.get(rail)) {
-                (Some(r), Some(er)) if dest.is_some() => two_sided_kind(mode, er, &wr, r),
+                (Some(r), Some(er)) if dest.is_some() => two_sided_kind(mode, er, &wr, r)
+                    .map(|k| (k, er.rdma & r.rdma(wr.remote_rail) & addr::RDMA_READ != 0)),
                 _ => None,
             };
-            if let Some(kind) = two_sided {
-                match self.start_two_sided(&wr, kind) {
+            if let Some((kind, pull)) = two_sided {
+                match self.start_two_sided(&wr, kind, pull) {
                     Ok(true) => self.outstanding += 1,
                     Ok(false) => break,
                     Err(reason) => self.fail(wr.token, reason),

@@ -47,7 +47,7 @@ mod target;
 mod twosided;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -90,6 +90,16 @@ pub struct EfaConfig {
     /// How long a two-sided request whose SEND was delivered waits for the target's reply
     /// before it fails as `UNRESP_REMOTE` (a target that died after receiving it).
     pub reply_timeout: Duration,
+    /// Two-sided WRITEs of at least this many bytes use the rendezvous protocol where both
+    /// devices have RDMA READ (a request, then the target RDMA-READs the bytes straight from
+    /// the initiator's memory: no copies, one round trip; libfabric's "long read"); smaller ones
+    /// are sent in messages. 0 turns rendezvous off.
+    ///
+    /// With rendezvous on (and RDMA READ on every rail), every registration of this engine
+    /// grants its devices remote READ, as libfabric's EFA provider registers its buffers:
+    /// a peer that learns a registration's rkey (rendezvous requests carry it) can read it.
+    /// Turn it off where that matters more than WRITE speed on devices without RDMA WRITE.
+    pub rendezvous_min: u64,
     /// Create endpoint QPs and CQs on a thread domain (lock-free provider path) where the
     /// device supports it.
     pub thread_domain: bool,
@@ -140,6 +150,7 @@ impl Default for EfaConfig {
             write_policy: WritePolicy::IfAvailable,
             two_sided: TwoSided::Fallback,
             reply_timeout: Duration::from_secs(5),
+            rendezvous_min: 16 << 10,
             thread_domain: true,
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
             inline_write: true,
@@ -168,6 +179,11 @@ pub(crate) struct Shared {
     pub regions: Regions,
     /// AHs by (local rail, remote GID), shared by initiators (`connect`) and the target.
     pub ahs: Mutex<AhTable<Ah>>,
+    /// The device lkey of each registration (by [`Regions`] slot) on each rail, for the RDMA
+    /// READ of a rendezvous WRITE.
+    pub lkeys: Box<[AtomicU32]>,
+    /// Most bytes this engine's target pulls in one rendezvous READ (0: it does not pull).
+    pub max_pull: u64,
     pub peers: Box<[RouteSlot<Ah>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: AtomicBool,
@@ -213,6 +229,14 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
     FabricError::Io(format!("efa: {what}: {e}"))
 }
 
+impl Shared {
+    /// The device lkey of the registration in [`Regions`] slot `region` on rail `rail`.
+    pub(crate) fn lkey(&self, region: usize, rail: u16) -> u32 {
+        let i = region * self.rails.len() + usize::from(rail);
+        self.lkeys.get(i).map_or(0, |k| k.load(Ordering::Acquire))
+    }
+}
+
 impl EfaFabric {
     /// How many CQ polls failed, in endpoints and the target thread. A failed poll loses no
     /// completion; an endpoint whose CQ fails moves that rail's QP to the error state, so its
@@ -251,12 +275,17 @@ impl EfaFabric {
         }
     }
 
-    /// [`path`](Self::path) of READ and WRITE in words, e.g. `read: rdma, write: two-sided`.
+    /// [`path`](Self::path) of READ and WRITE in words, e.g. `read: rdma, write: two-sided
+    /// (SEND/RECV, rendezvous from 16384 bytes)`.
     pub fn protocols(&self) -> String {
         let name = |write: bool| match self.path(write) {
-            Some(Path::Hardware) => "rdma",
-            Some(Path::TwoSided) => "two-sided (SEND/RECV)",
-            None => "refused",
+            Some(Path::Hardware) => "rdma".to_owned(),
+            Some(Path::TwoSided) if write && self.shared.max_pull > 0 => format!(
+                "two-sided (SEND/RECV, rendezvous from {} bytes)",
+                self.shared.config.rendezvous_min
+            ),
+            Some(Path::TwoSided) => "two-sided (SEND/RECV)".to_owned(),
+            None => "refused".to_owned(),
         };
         format!("read: {}, write: {}", name(false), name(true))
     }
@@ -321,6 +350,12 @@ impl EfaFabric {
             })
             .collect();
         let (config_max_regions, config_max_ahs) = (config.max_regions, config.max_address_handles);
+        let names_len = rails.len();
+        let max_pull = if config.rendezvous_min > 0 && rail_caps.iter().all(|r| r.read) {
+            caps.max_transfer_size
+        } else {
+            0
+        };
         let shared = Arc::new(Shared {
             peers: (0..config.max_peers).map(|_| RouteSlot::new()).collect(),
             config,
@@ -329,6 +364,10 @@ impl EfaFabric {
             rail_caps,
             max_msg,
             regions: Regions::new(config_max_regions),
+            lkeys: (0..config_max_regions.clamp(1, 1 << 16) * names_len)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            max_pull,
             ahs: Mutex::new(AhTable::new(config_max_ahs)),
             notifications: OnceLock::new(),
             stop: AtomicBool::new(false),
@@ -392,7 +431,11 @@ impl Fabric for EfaFabric {
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
         let pds: Vec<_> = self.shared.rails.iter().map(|r| r.pd.clone()).collect();
-        let access = plan::mr_access(region.access, &self.shared.rail_caps);
+        let mut access = plan::mr_access(region.access, &self.shared.rail_caps);
+        if self.shared.max_pull > 0 {
+            // Rendezvous WRITEs are read from this memory by the target's device.
+            access |= ::efa::Access::REMOTE_READ;
+        }
         // SAFETY: forwarded from the caller (same contract).
         let mut reg = unsafe {
             self.registry
@@ -407,9 +450,15 @@ impl Fabric for EfaFabric {
             return Err(FabricError::Exhausted("efa memory regions"));
         };
         let short = Regions::short_key(key);
+        let rails = self.shared.rails.len();
         for (rail, k) in reg.remote_keys.iter_mut().enumerate() {
             let rkey = crate::fabric::rdma::codec::decode_rkey(rail as u16, k)? as u32;
             *k = addr::encode_key(rkey, short);
+            // Work requests carry the rkey beside the lkey (a rendezvous request names it).
+            let lkey = reg.local_keys[rail] as u32;
+            reg.local_keys[rail] = (u64::from(rkey) << 32) | u64::from(lkey);
+            let slot = (key & 0xffff) as usize * rails + rail;
+            self.shared.lkeys[slot].store(lkey, Ordering::Release);
         }
         self.region_keys
             .lock()

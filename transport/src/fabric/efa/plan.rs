@@ -233,7 +233,8 @@ pub fn plan(wr: &WorkRequest, caps: &Capabilities) -> Result<SrdWr, FailReason> 
             return Err(FailReason::BadLength);
         }
         let len = u32::try_from(wr.len).map_err(|_| FailReason::BadLength)?;
-        let lkey = u32::try_from(wr.local_key).map_err(|_| FailReason::InvalidLkey)?;
+        // The low half of the fabric's local key is the device lkey (the high half its rkey).
+        let lkey = wr.local_key as u32;
         // The low half of the fabric's remote key is the device rkey.
         let rkey = wr.remote_key as u32;
         Ok((wr.local_addr, lkey, len, wr.remote_addr, rkey))
@@ -425,9 +426,20 @@ mod tests {
             plan(&wr(WorkOp::Notify { tag: 9 }, 9000), &rw),
             Err(FailReason::BadLength)
         );
-        let mut big_key = wr(WorkOp::Read, 8);
-        big_key.local_key = 1 << 32;
-        assert_eq!(plan(&big_key, &rw), Err(FailReason::InvalidLkey));
+        let mut keys = wr(WorkOp::Read, 8);
+        keys.local_key = (7 << 32) | 5;
+        keys.remote_key = (9 << 32) | 6;
+        assert!(
+            matches!(
+                plan(&keys, &rw),
+                Ok(SrdWr::Read {
+                    lkey: 5,
+                    rkey: 6,
+                    ..
+                })
+            ),
+            "the device keys are the low halves"
+        );
         let ro = decide(&[rail(true, false)], 256, WritePolicy::IfAvailable, Never).unwrap();
         assert_eq!(
             plan(&wr(WorkOp::Write, 8), &ro),

@@ -10,6 +10,11 @@
 //!   `max_msg_sz - HEADER_LEN` bytes; the initiator cuts larger operations into chunks and keeps
 //!   as many in flight as its send queue holds (the target's receive queue, with RNR retries,
 //!   is the credit).
+//! - **Rendezvous request** (a WRITE of at least `EfaConfig::rendezvous_min` bytes where both
+//!   devices have RDMA READ; libfabric's "long read"): a header with [`ProtoOp::Pull`] and a
+//!   [`Pull`] naming the initiator's memory and rkey. The target checks it like a WRITE, RDMA-READs
+//!   the bytes straight into the target range (pinned until the READ completes), then replies.
+//!   One round trip and no copies, for up to `max_rdma_size` bytes.
 //! - **Reply** (target to the initiator's protocol QP, addressed by the request's source QPN and
 //!   the header's GID): a SEND with immediate data `chunk | status` ([`reply_imm`]). A WRITE's
 //!   reply carries no data and is sent after the payload is copied into place, so a completion
@@ -41,6 +46,42 @@ pub enum ProtoOp {
     Write,
     /// Send back `len` bytes from `addr`.
     Read,
+    /// Rendezvous WRITE (libfabric's "long read"): RDMA-READ `len` bytes from the initiator's
+    /// memory named by the payload (a [`Pull`]) into `addr`, then reply.
+    Pull,
+}
+
+/// Bytes of a [`Pull`] (a [`ProtoOp::Pull`] request's payload).
+pub const PULL_LEN: usize = 12;
+
+/// Where a [`ProtoOp::Pull`] reads from: the initiator's memory and its device rkey there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pull {
+    /// Initiator address.
+    pub addr: u64,
+    /// The initiator device's rkey for it.
+    pub rkey: u32,
+}
+
+impl Pull {
+    /// The payload's bytes.
+    pub fn encode(&self) -> [u8; PULL_LEN] {
+        let mut b = [0u8; PULL_LEN];
+        b[..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..].copy_from_slice(&self.rkey.to_le_bytes());
+        b
+    }
+
+    /// Parses a payload of exactly [`PULL_LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Option<Pull> {
+        let b: &[u8; PULL_LEN] = b.try_into().ok()?;
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&b[..8]);
+        Some(Pull {
+            addr: u64::from_le_bytes(addr),
+            rkey: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        })
+    }
 }
 
 /// A request header, as carried in the first bytes of a request message.
@@ -71,6 +112,7 @@ impl Header {
         b[3] = match self.op {
             ProtoOp::Write => 1,
             ProtoOp::Read => 2,
+            ProtoOp::Pull => 3,
         };
         b[4..8].copy_from_slice(&self.chunk.to_le_bytes());
         b[8..12].copy_from_slice(&self.qkey.to_le_bytes());
@@ -92,6 +134,7 @@ impl Header {
         let op = match b[3] {
             1 => ProtoOp::Write,
             2 => ProtoOp::Read,
+            3 => ProtoOp::Pull,
             _ => return None,
         };
         let chunk = u32_at(4);
@@ -122,6 +165,8 @@ pub mod status {
     pub const BAD_ADDRESS: u8 = 1;
     /// The length does not match the message or exceeds what one reply carries.
     pub const BAD_LENGTH: u8 = 2;
+    /// The target could not carry the request out (a rendezvous READ it could not post).
+    pub const ABORTED: u8 = 3;
 }
 
 /// The failure an initiator reports for a reply status (`None`: success).
@@ -158,23 +203,39 @@ pub(crate) struct Placement<'a> {
     pub addr: u64,
     /// Its length.
     pub len: usize,
-    _guard: Guard<'a>,
+    guard: Guard<'a>,
+}
+
+impl Placement<'_> {
+    /// Keeps the range pinned past this value (while the device reads into it): the caller must
+    /// [`Regions::release`] the returned slot. The slot also names the registration.
+    pub fn into_pin(self) -> usize {
+        self.guard.into_pin()
+    }
+}
+
+/// What the target accepts in one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Most bytes one reply carries (a READ).
+    pub max_reply: usize,
+    /// Most bytes one rendezvous WRITE pulls (0: the target does not pull).
+    pub max_pull: usize,
 }
 
 /// Checks a request against the target's registrations. `payload` is the message's length
-/// after the header; `max_reply` the most bytes one reply carries. Returns the pinned range, or
-/// the status to reply with.
+/// after the header. Returns the pinned range, or the status to reply with.
 pub(crate) fn check<'a>(
     h: &Header,
     payload: usize,
-    max_reply: usize,
+    limits: Limits,
     regions: &'a Regions,
 ) -> Result<Placement<'a>, u8> {
-    let (need, len) = match h.op {
-        ProtoOp::Write if payload as u64 == u64::from(h.len) => (Access::REMOTE_WRITE, payload),
-        ProtoOp::Read if payload == 0 && (h.len as usize) <= max_reply => {
-            (Access::REMOTE_READ, h.len as usize)
-        }
+    let len = h.len as usize;
+    let need = match h.op {
+        ProtoOp::Write if payload == len => Access::REMOTE_WRITE,
+        ProtoOp::Read if payload == 0 && len <= limits.max_reply => Access::REMOTE_READ,
+        ProtoOp::Pull if payload == PULL_LEN && len <= limits.max_pull => Access::REMOTE_WRITE,
         _ => return Err(status::BAD_LENGTH),
     };
     if len == 0 {
@@ -186,7 +247,7 @@ pub(crate) fn check<'a>(
     Ok(Placement {
         addr: h.addr,
         len,
-        _guard: guard,
+        guard,
     })
 }
 
@@ -281,7 +342,15 @@ impl TargetModel {
         let h = Header::decode(msg)?;
         let payload = &msg[HEADER_LEN..];
         let mut reply = vec![0u8; 8928];
-        let result = check(&h, payload.len(), reply.len(), &self.regions).map(|placed| {
+        let limits = Limits {
+            max_reply: reply.len(),
+            max_pull: 1 << 20,
+        };
+        let result = check(&h, payload.len(), limits, &self.regions).map(|placed| {
+            if h.op == ProtoOp::Pull {
+                // The device reads into the range; the handler itself writes nothing.
+                return ((status::OK, 0), placed.addr, placed.len);
+            }
             // SAFETY: `placed` comes from `check` over regions inside `self.arena`, alive for
             // this call; `payload` and `reply` are separate allocations.
             let out = unsafe { execute(&h, &placed, payload, &mut reply) };
@@ -335,6 +404,16 @@ mod tests {
     }
 
     #[test]
+    fn pull_round_trips() {
+        let p = Pull {
+            addr: 0x7f00_1234_5678,
+            rkey: 0xabcd,
+        };
+        assert_eq!(Pull::decode(&p.encode()), Some(p));
+        assert_eq!(Pull::decode(&p.encode()[..PULL_LEN - 1]), None);
+    }
+
+    #[test]
     fn header_round_trips_and_rejects_garbage() {
         let h = header(ProtoOp::Read, 4096, 0x0001_0002, 0xdead_beef_0000);
         assert_eq!(Header::decode(&h.encode()), Some(h));
@@ -385,12 +464,17 @@ mod tests {
         let t = Regions::new(4);
         let mut mem = vec![0u8; 256];
         let base = mem.as_mut_ptr() as u64;
-        let w = Regions::short_key(t.register(base, 256, Access::REMOTE_WRITE).unwrap());
+        let w_key = t.register(base, 256, Access::REMOTE_WRITE).unwrap();
+        let w = Regions::short_key(w_key);
         let r = Regions::short_key(t.register(base, 256, Access::REMOTE_READ).unwrap());
-        let ok = check(&header(ProtoOp::Write, 16, w, base + 240), 16, 8000, &t).unwrap();
+        let lim = Limits {
+            max_reply: 8000,
+            max_pull: 1 << 20,
+        };
+        let ok = check(&header(ProtoOp::Write, 16, w, base + 240), 16, lim, &t).unwrap();
         assert_eq!((ok.addr, ok.len), (base + 240, 16));
         drop(ok);
-        let bad = |h: Header, payload: usize| check(&h, payload, 8000, &t).map(|_| ()).unwrap_err();
+        let bad = |h: Header, payload: usize| check(&h, payload, lim, &t).map(|_| ()).unwrap_err();
         assert_eq!(
             bad(header(ProtoOp::Write, 17, w, base + 240), 17),
             status::BAD_ADDRESS
@@ -427,6 +511,29 @@ mod tests {
             bad(header(ProtoOp::Read, 8, r, u64::MAX - 3), 0),
             status::BAD_ADDRESS
         );
-        assert!(check(&header(ProtoOp::Read, 256, r, base), 0, 8000, &t).is_ok());
+        assert!(check(&header(ProtoOp::Read, 256, r, base), 0, lim, &t).is_ok());
+        // A rendezvous WRITE: the pull descriptor is the whole payload; the target's range and
+        // rights are checked as for a WRITE, and the length against what the target pulls.
+        let pinned = check(&header(ProtoOp::Pull, 256, w, base), PULL_LEN, lim, &t).unwrap();
+        t.release(pinned.into_pin());
+        assert_eq!(
+            bad(header(ProtoOp::Pull, 256, r, base), PULL_LEN),
+            status::BAD_ADDRESS
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Pull, 256, w, base), PULL_LEN - 1),
+            status::BAD_LENGTH
+        );
+        assert_eq!(
+            bad(header(ProtoOp::Pull, 300, w, base), PULL_LEN),
+            status::BAD_ADDRESS
+        );
+        let no_pull = Limits { max_pull: 0, ..lim };
+        let refused = check(&header(ProtoOp::Pull, 8, w, base), PULL_LEN, no_pull, &t);
+        assert_eq!(refused.map(|_| ()).unwrap_err(), status::BAD_LENGTH);
+        assert!(
+            t.deregister(w_key),
+            "the released pin lets deregistration finish"
+        );
     }
 }

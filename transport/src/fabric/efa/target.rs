@@ -18,6 +18,8 @@ use crate::FabricError;
 
 /// Sends (replies) carry this bit in their `wr_id`, with the receive slot they answer.
 const REPLY: u64 = 1 << 32;
+/// A rendezvous WRITE's RDMA READ carries this bit, with the receive slot of its request.
+const PULL: u64 = 1 << 33;
 
 /// One rail's service QP, its CQ and its receive buffers (one message each).
 struct ServiceRail {
@@ -28,6 +30,8 @@ struct ServiceRail {
     msg: u32,
     /// The reply in flight for each receive slot (sent again after a receiver-not-ready answer).
     replies: Vec<Option<Reply>>,
+    /// The registration pinned by each receive slot's rendezvous READ, while it runs.
+    pins: Vec<Option<usize>>,
 }
 
 /// A reply, kept until its send completes.
@@ -77,6 +81,7 @@ impl Service {
                 buffers,
                 msg,
                 replies: (0..depth).map(|_| None).collect(),
+                pins: vec![None; depth as usize],
             };
             for i in 0..depth {
                 rail.post(u64::from(i))
@@ -133,8 +138,15 @@ fn run(shared: Arc<Shared>, mut service: Service) {
             };
             busy |= n > 0;
             for wc in &scratch[..n] {
-                let slot = wc.wr_id & !REPLY;
-                if slot >= depth || wc.status == WcStatus::WrFlushErr {
+                let slot = wc.wr_id & !(REPLY | PULL);
+                if slot >= depth {
+                    continue;
+                }
+                if wc.wr_id & PULL != 0 {
+                    pulled(&shared, r, slot as usize, wc);
+                    continue;
+                }
+                if wc.status == WcStatus::WrFlushErr {
                     continue;
                 }
                 let answered = wc.wr_id & REPLY != 0;
@@ -214,6 +226,9 @@ fn on_receive(
         shared.bad_requests.fetch_add(1, Ordering::Relaxed);
         return false;
     };
+    if h.op == ProtoOp::Pull {
+        return pull(shared, r, rail, wc, &h, ah);
+    }
     let (status, reply_len) = serve(shared, r, at, len - HEADER_LEN, &h);
     if status != proto::status::OK {
         shared.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +243,103 @@ fn on_receive(
         since: Instant::now(),
     });
     send_reply(r, slot).is_ok()
+}
+
+/// Serves a rendezvous WRITE: checks it, then RDMA-READs the initiator's bytes straight into
+/// the target range (kept pinned until the READ completes, see [`pulled`]); or replies with the
+/// check's status. Returns whether the slot is held (a READ or a reply in flight).
+fn pull(
+    shared: &Shared,
+    r: &mut ServiceRail,
+    rail: u16,
+    wc: &WorkCompletion,
+    h: &Header,
+    ah: Arc<Ah>,
+) -> bool {
+    let slot = wc.wr_id as usize;
+    let at = slot * r.msg as usize;
+    let payload = (wc.byte_len as usize).saturating_sub(HEADER_LEN);
+    let limits = proto::Limits {
+        max_reply: r.msg as usize,
+        max_pull: shared.max_pull as usize,
+    };
+    let mut desc = [0u8; proto::PULL_LEN];
+    let checked = proto::check(h, payload, limits, &shared.regions).and_then(|placed| {
+        r.buffers
+            .read_at(at + HEADER_LEN, &mut desc)
+            .ok()
+            .and_then(|()| proto::Pull::decode(&desc))
+            .map(|from| (placed, from))
+            .ok_or(proto::status::BAD_LENGTH)
+    });
+    let mut reply = Reply {
+        ah,
+        qpn: wc.src_qp,
+        qkey: h.qkey,
+        imm: proto::reply_imm(h.chunk, proto::status::OK),
+        len: 0,
+        since: Instant::now(),
+    };
+    let (placed, from) = match checked {
+        Ok(p) => p,
+        Err(status) => {
+            shared.bad_requests.fetch_add(1, Ordering::Relaxed);
+            reply.imm = proto::reply_imm(h.chunk, status);
+            r.replies[slot] = Some(reply);
+            return send_reply(r, slot).is_ok();
+        }
+    };
+    let (addr, len) = (placed.addr, placed.len as u32);
+    let region = placed.into_pin();
+    let lkey = shared.lkey(region, rail);
+    let dest = Dest::new(&reply.ah, reply.qpn, reply.qkey);
+    let remote = ::efa::RemoteAddr {
+        addr: from.addr,
+        rkey: from.rkey,
+    };
+    let posted = r.qp.batch().and_then(|mut b| {
+        b.read(
+            PULL | slot as u64,
+            &dest,
+            &[::efa::Sge::new(addr, len, lkey)],
+            remote,
+        )?;
+        b.commit()
+    });
+    r.replies[slot] = Some(reply);
+    if posted.is_err() {
+        shared.regions.release(region);
+        set_status(r, slot, proto::status::ABORTED);
+        return send_reply(r, slot).is_ok();
+    }
+    r.pins[slot] = Some(region);
+    true
+}
+
+/// A rendezvous READ ended: the pin goes, and the reply (success, or the READ's failure) goes
+/// out. A flushed READ (shutdown) frees the slot without a reply.
+fn pulled(shared: &Shared, r: &mut ServiceRail, slot: usize, wc: &WorkCompletion) {
+    if let Some(region) = r.pins[slot].take() {
+        shared.regions.release(region);
+    }
+    if wc.status == WcStatus::WrFlushErr {
+        r.replies[slot] = None;
+        return;
+    }
+    if wc.status != WcStatus::Success {
+        set_status(r, slot, proto::status::BAD_ADDRESS);
+    }
+    if send_reply(r, slot).is_err() {
+        r.replies[slot] = None;
+        let _ = r.post(slot as u64);
+    }
+}
+
+/// Replaces the status of slot `slot`'s reply.
+fn set_status(r: &mut ServiceRail, slot: usize, status: u8) {
+    if let Some(p) = r.replies[slot].as_mut() {
+        p.imm = proto::reply_imm(p.imm, status);
+    }
 }
 
 /// Sends slot `slot`'s reply again if the initiator answered receiver-not-ready (a device without
@@ -245,7 +357,11 @@ fn again(shared: &Shared, r: &mut ServiceRail, slot: usize, wc: &WorkCompletion)
 /// carries (a READ's data, placed at the start of the same receive buffer).
 fn serve(shared: &Shared, r: &mut ServiceRail, at: usize, payload: usize, h: &Header) -> (u8, u32) {
     let msg = r.msg as usize;
-    let placed = match proto::check(h, payload, msg, &shared.regions) {
+    let limits = proto::Limits {
+        max_reply: msg,
+        max_pull: 0,
+    };
+    let placed = match proto::check(h, payload, limits, &shared.regions) {
         Ok(p) => p,
         Err(status) => return (status, 0),
     };
@@ -261,6 +377,8 @@ fn serve(shared: &Shared, r: &mut ServiceRail, at: usize, payload: usize, h: &He
                 &mut [],
             ),
             ProtoOp::Read => (&[], std::slice::from_raw_parts_mut(buffer, msg)),
+            // Served by `pull`; `check` refuses it here (no pull limit).
+            ProtoOp::Pull => (&[], &mut []),
         }
     };
     // SAFETY: `placed` comes from `check` over this fabric's registrations, whose memory the

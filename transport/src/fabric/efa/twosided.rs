@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ::efa::{Cq, Dest, Gid, Mr, QpBuilder, Sge, SrdQp, WcStatus, WorkCompletion};
 
-use super::proto::{self, Header, ProtoOp, HEADER_LEN};
+use super::proto::{self, Header, ProtoOp, Pull, HEADER_LEN, PULL_LEN};
 use super::{io, Shared};
 use crate::fabric::rdma::status::{efa_reason, post_reason};
 use crate::fabric::{Completion, PeerId, WorkRequest};
@@ -20,6 +20,9 @@ use crate::{FabricError, FailReason};
 
 /// Empty polls between looks for overdue replies (a look reads the clock and every chunk).
 const EXPIRY_POLLS: u32 = 1024;
+
+/// Bytes of each request's header slot: a header and, for a rendezvous WRITE, its [`Pull`].
+const HEADER_SLOT: usize = 64;
 
 /// Receive completions carry this bit in their `wr_id`; sends carry the chunk slot.
 const RECV: u64 = 1 << 32;
@@ -54,8 +57,12 @@ pub(crate) enum Kind {
 struct Op {
     token: u64,
     kind: Kind,
+    /// A WRITE the target pulls with RDMA READ (rendezvous) rather than receives in messages.
+    pull: bool,
     local: u64,
     lkey: u32,
+    /// The local device's rkey for `local` (the target's READ names it).
+    rkey: u32,
     remote: u64,
     region: u32,
     len: u64,
@@ -77,6 +84,8 @@ pub(crate) struct TwoSided {
     gid: Gid,
     max_msg: u32,
     chunk_max: u32,
+    /// Most bytes of one rendezvous chunk (the device's `max_rdma_size`, capped to 32 bits).
+    max_pull: u64,
     depth: u32,
     sq_used: u32,
     chunks: Box<[Chunk]>,
@@ -116,7 +125,7 @@ impl TwoSided {
             .map_err(|e| io(format_args!("{name} protocol QP"), e))?;
         let headers = Mr::alloc(
             &r.pd,
-            depth as usize * HEADER_LEN,
+            depth as usize * HEADER_SLOT,
             ::efa::Access::LOCAL_WRITE,
         )
         .map_err(|e| io(format_args!("{name} protocol headers"), e))?;
@@ -135,6 +144,7 @@ impl TwoSided {
             gid: r.gid.gid,
             max_msg,
             chunk_max: max_msg - HEADER_LEN as u32,
+            max_pull: shared.caps.max_transfer_size.min(u64::from(u32::MAX)),
             depth,
             sq_used: 0,
             chunks: vec![Chunk::default(); depth as usize].into_boxed_slice(),
@@ -174,22 +184,30 @@ impl TwoSided {
 
     /// Takes `wr` (a READ or WRITE) and posts what the send queue holds of it; `false` when
     /// every operation slot is taken (the caller posts it later).
-    pub(crate) fn start(&mut self, shared: &Shared, wr: &WorkRequest, kind: Kind) -> bool {
+    /// `pull`: the WRITE may use the rendezvous protocol (both devices have RDMA READ).
+    pub(crate) fn start(
+        &mut self,
+        shared: &Shared,
+        wr: &WorkRequest,
+        kind: Kind,
+        pull: bool,
+    ) -> bool {
         let Some(i) = self.free_ops.pop() else {
             return false;
         };
         let notify = matches!(kind, Kind::Notify(_));
-        let error = match u32::try_from(wr.local_key) {
-            _ if notify => None,
-            _ if wr.len == 0 => Some(FailReason::BadLength),
-            Err(_) => Some(FailReason::InvalidLkey),
-            Ok(_) => None,
-        };
+        let error = (!notify && wr.len == 0).then_some(FailReason::BadLength);
+        let pull = pull
+            && kind == Kind::Write
+            && shared.config.rendezvous_min > 0
+            && wr.len >= shared.config.rendezvous_min;
         self.ops[usize::from(i)] = Some(Op {
             token: wr.token,
             kind,
+            pull,
             local: wr.local_addr,
             lkey: wr.local_key as u32,
+            rkey: (wr.local_key >> 32) as u32,
             remote: wr.remote_addr,
             region: (wr.remote_key >> 32) as u32,
             // A notification is one chunk that carries nothing.
@@ -226,7 +244,12 @@ impl TwoSided {
             if self.sq_used == self.depth || self.free_chunks.is_empty() {
                 return;
             }
-            let len = (op.len - op.posted).min(u64::from(self.chunk_max)) as u32;
+            let most = if op.pull {
+                self.max_pull
+            } else {
+                u64::from(self.chunk_max)
+            };
+            let len = (op.len - op.posted).min(most) as u32;
             let slot = self.free_chunks.pop().expect("checked above");
             let c = &mut self.chunks[usize::from(slot)];
             *c = Chunk {
@@ -259,6 +282,7 @@ impl TwoSided {
         let dest = Dest::new(ah, qpn, qkey);
         let reason = |e: ::efa::Error| post_reason(&e);
         let (proto_op, data) = match op.kind {
+            Kind::Write if op.pull => (ProtoOp::Pull, None),
             Kind::Notify(tag) => {
                 let mut batch = self.qp.batch().map_err(reason)?;
                 batch
@@ -283,11 +307,22 @@ impl TwoSided {
             addr: op.remote + c.offset,
             gid: self.gid,
         };
-        let at = usize::from(slot) * HEADER_LEN;
+        let at = usize::from(slot) * HEADER_SLOT;
         self.headers
             .write_at(at, &header.encode())
             .map_err(reason)?;
-        let hdr = self.headers.sge(at, HEADER_LEN as u32).map_err(reason)?;
+        let mut hdr_len = HEADER_LEN;
+        if proto_op == ProtoOp::Pull {
+            let from = Pull {
+                addr: op.local + c.offset,
+                rkey: op.rkey,
+            };
+            self.headers
+                .write_at(at + HEADER_LEN, &from.encode())
+                .map_err(reason)?;
+            hdr_len += PULL_LEN;
+        }
+        let hdr = self.headers.sge(at, hdr_len as u32).map_err(reason)?;
         let both = [hdr, data.unwrap_or(hdr)];
         let sges = if data.is_some() {
             &both[..]
