@@ -97,6 +97,11 @@ pub struct EfaConfig {
     /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
     /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
     pub idle_spin: Duration,
+    /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
+    /// poll once more, wait up to 50 ms at a time) instead of sleeping in short intervals: an
+    /// idle fabric then costs no CPU. Devices that cannot raise CQ events (EFA's first
+    /// generation) keep the sleeps whatever this says ([`EfaFabric::target_sleeps_on_events`]).
+    pub cq_events: bool,
     /// Post WRITEs of up to the device's inline size inline (the data goes in the WQE, so the
     /// NIC reads no memory for them), where the device has RDMA WRITE and libefa has inline
     /// RDMA write (rdma-core 63). Endpoint QPs then use 128-byte WQEs.
@@ -142,6 +147,7 @@ impl Default for EfaConfig {
             reply_timeout: Duration::from_secs(5),
             thread_domain: true,
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
+            cq_events: true,
             inline_write: true,
         }
     }
@@ -171,6 +177,8 @@ pub(crate) struct Shared {
     pub peers: Box<[RouteSlot<Ah>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: AtomicBool,
+    /// Whether the target thread blocks on completion channels when idle.
+    pub target_events: bool,
     /// CQ poll errors met by endpoints and the target thread (see [`EfaFabric::poll_errors`]).
     pub poll_errors: AtomicU64,
     /// Two-sided requests the target refused or could not answer (see
@@ -214,6 +222,13 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
 }
 
 impl EfaFabric {
+    /// Whether the target thread blocks on completion channels once idle
+    /// ([`EfaConfig::cq_events`] and every device able to raise CQ events), rather than
+    /// sleeping in intervals of up to 500 µs.
+    pub fn target_sleeps_on_events(&self) -> bool {
+        self.shared.target_events
+    }
+
     /// How many CQ polls failed, in endpoints and the target thread. A failed poll loses no
     /// completion; an endpoint whose CQ fails moves that rail's QP to the error state, so its
     /// outstanding requests complete as flushed instead of waiting for ever.
@@ -332,6 +347,7 @@ impl EfaFabric {
             ahs: Mutex::new(AhTable::new(config_max_ahs)),
             notifications: OnceLock::new(),
             stop: AtomicBool::new(false),
+            target_events: service.has_events(),
             poll_errors: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
         });

@@ -100,6 +100,11 @@ pub struct VerbsConfig {
     /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
     /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
     pub idle_spin: Duration,
+    /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
+    /// poll once more, wait up to 50 ms at a time; a connection request may then wait as long
+    /// for the thread) instead of sleeping in short intervals, so an idle fabric costs no CPU.
+    /// Devices that cannot raise CQ events keep the sleeps.
+    pub cq_events: bool,
 }
 
 /// Largest queue and table sizes a verbs fabric may be configured for (devices cap queues
@@ -150,6 +155,7 @@ impl Default for VerbsConfig {
             service_port: 0,
             handshake_timeout: Duration::from_secs(5),
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
+            cq_events: true,
         }
     }
 }
