@@ -547,8 +547,21 @@ fn efa_hw_comp_channel_wait_wakes_on_a_completion_and_times_out_without_one() {
     assert_eq!((got, wc[0].wr_id), (1, 3));
     let _ = channel.wait(Duration::ZERO).unwrap();
 
-    // Teardown with the channel outliving nothing: the CQ keeps its channel alive.
+    // A CQ destroyed with an event pending takes the event with it: the channel never names
+    // a destroyed CQ.
+    cq_b.req_notify(false).unwrap();
+    b.post_recv(4, &[mr_b.sge(0, 64).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch.send(10, &to_b, &[mr_a.sge(0, 64).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    assert!(wait(&mut cq_a, 1)[0].is_success());
+    assert_eq!(wait(&mut cq_b, 1)[0].wr_id, 4);
+    drop(b);
+    drop(cq_b);
+    assert_eq!(channel.wait(Duration::from_millis(20)).unwrap(), None);
+
+    // The CQs keep their channel alive: dropping the channel first is fine.
     drop(channel);
-    drop((a, b));
-    drop((cq_a, cq_b));
+    drop(a);
+    drop(cq_a);
 }

@@ -94,8 +94,9 @@ pub struct EfaConfig {
     /// device supports it.
     pub thread_domain: bool,
     /// How long the target thread keeps busy-polling its CQs after the last notification
-    /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
-    /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
+    /// before it blocks on its completion channels (`cq_events`) or, without them, falls back
+    /// to sleeps of up to 500 µs. Covers the gap between the messages of a ping-pong so their
+    /// latency is not a wake-up; zero blocks almost at once (least CPU).
     pub idle_spin: Duration,
     /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
     /// poll once more, wait up to 50 ms at a time) instead of sleeping in short intervals: an
