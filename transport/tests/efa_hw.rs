@@ -693,10 +693,18 @@ fn pair_with_events(cq_events: bool) -> (Engine, Engine, Vec<u32>, bool) {
     let (a, b) = (mk("a"), mk("b"));
     a.accept_peer(&b.local_addresses()).unwrap();
     b.accept_peer(&a.local_addresses()).unwrap();
-    let tids = threads_named("efa-target")
-        .into_iter()
-        .filter(|t| !before.contains(t))
-        .collect::<Vec<_>>();
+    // A thread names itself once it runs: look until both have.
+    let start = std::time::Instant::now();
+    let tids = loop {
+        let tids = threads_named("efa-target")
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect::<Vec<_>>();
+        if tids.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break tids;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     assert_eq!(tids.len(), 2, "one efa-target thread per fabric");
     (a, b, tids, events.get())
 }
