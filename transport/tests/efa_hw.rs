@@ -737,6 +737,39 @@ fn read_once(a: &Engine, b: &Engine, tag: &str) -> Duration {
     took
 }
 
+/// Median time of `n` 4 KiB READs from `a` to `b` through the two-sided protocol, each after
+/// `gap` of idleness (past the target's spin window, so each wakes an idle target thread).
+fn spaced_reads(a: &Engine, b: &Engine, tag: &str, n: usize, gap: Duration) -> Duration {
+    owned(
+        b,
+        &format!("b/{tag}"),
+        OwnedMemory::from_vec(pattern(4096, 5)).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
+    let sink = owned(
+        a,
+        &format!("a/{tag}"),
+        OwnedMemory::zeroed(4096, 4096).unwrap(),
+        Access::NONE,
+    );
+    let remote = a.open_segment(&format!("b/{tag}")).unwrap();
+    let mut w = a.worker().unwrap();
+    let mut batch = a.allocate_batch(1).unwrap();
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        std::thread::sleep(gap);
+        batch = a.recycle_batch(batch).unwrap();
+        let start = std::time::Instant::now();
+        w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
+            .unwrap();
+        let s = w.wait(batch, WAIT).unwrap();
+        took.push(start.elapsed());
+        assert!(s.all_completed(), "{:?}", a.request_status(batch, 0));
+    }
+    took.sort();
+    took[n / 2]
+}
+
 /// CPU time each of `tids` uses over `window` of idleness.
 fn idle_cpu(tids: &[u32], window: Duration) -> Vec<Duration> {
     // Past the spin window (1 ms) first.
@@ -764,6 +797,8 @@ fn efa_hw_idle_target_thread_costs_under_two_percent_of_a_core() {
         "first READ after idling (interval sleeps): {:?}",
         read_once(&a, &b, "sleep-again")
     );
+    let gap = Duration::from_millis(5);
+    let spaced_sleeping = spaced_reads(&a, &b, "sleep-spaced", 41, gap);
     drop((a, b));
 
     let (a, b, tids, events) = pair_with_events(true);
@@ -783,6 +818,10 @@ fn efa_hw_idle_target_thread_costs_under_two_percent_of_a_core() {
     println!(
         "first READ after idling: {:?}",
         read_once(&a, &b, "events-again")
+    );
+    let spaced_events = spaced_reads(&a, &b, "events-spaced", 41, gap);
+    println!(
+        "median 4 KiB two-sided READ, each {gap:?} after the last: interval sleeps {spaced_sleeping:?}, completion channel {spaced_events:?}"
     );
     if !events {
         println!("the device cannot raise CQ events: the target thread keeps its sleeps");
