@@ -204,6 +204,21 @@ pub struct TestArgs {
     /// always (to measure the protocol against RDMA on the same devices). The banner names the path taken.
     #[arg(long = "two-sided", value_enum, default_value_t = TwoSidedChoice::Fallback)]
     pub two_sided: TwoSidedChoice,
+
+    /// efa and verbs fabrics: how an idle target thread waits once its spin window is over: block on
+    /// completion channels (where the device can raise CQ events), or sleep in intervals of up to
+    /// 500 us and poll again (the behaviour before completion channels, kept for comparison).
+    #[arg(long = "idle-wait", value_enum, default_value_t = IdleWaitChoice::Events)]
+    pub idle_wait: IdleWaitChoice,
+}
+
+/// How an idle target thread waits (`--idle-wait`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IdleWaitChoice {
+    /// Block on completion channels.
+    Events,
+    /// Sleep and poll again.
+    Sleep,
 }
 
 /// When the efa fabric carries READ and WRITE over SEND/RECV (`--two-sided`).

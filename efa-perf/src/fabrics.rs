@@ -41,6 +41,8 @@ pub struct Params {
     pub slice_size: Option<u64>,
     /// When the efa fabric carries READ and WRITE over SEND/RECV.
     pub two_sided: TwoSided,
+    /// Whether idle target threads block on completion channels (`--idle-wait events`).
+    pub cq_events: bool,
 }
 
 /// Engine settings for an engine called `name`.
@@ -94,6 +96,7 @@ pub fn create(
                 gid_index: p.gid_index,
                 max_endpoints: workers.max(2),
                 unresponsive_timeout: p.timeout.min(Duration::from_secs(30)),
+                cq_events: p.cq_events,
                 ..VerbsConfig::default()
             };
             let f = VerbsFabric::new(config).context("creating the verbs fabric")?;
@@ -113,6 +116,7 @@ pub fn create(
             let config = EfaConfig {
                 devices: p.device.iter().cloned().collect(),
                 two_sided: p.two_sided,
+                cq_events: p.cq_events,
                 ..EfaConfig::default()
             };
             let f = EfaFabric::new(config).context("creating the efa fabric")?;

@@ -6,6 +6,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::caps::EfaCaps;
+use crate::channel::{ChannelInner, CompChannel};
 use crate::context::Context;
 use crate::device::DeviceKind;
 use crate::error::{Error, Limit, Result};
@@ -24,6 +25,8 @@ pub(crate) struct CqInner {
     ctx: Arc<Context>,
     raw: NonNull<efa_sys::ibv_cq_ex>,
     _td: Option<Arc<ThreadDomain>>,
+    /// The completion channel, destroyed after the CQ (field drops follow `Drop::drop`).
+    channel: Option<Arc<ChannelInner>>,
 }
 
 // SAFETY: CqInner is only a keep-alive handle for QPs (which read the pointer at creation);
@@ -56,9 +59,21 @@ pub struct CqBuilder<'c> {
     source_gid: Option<bool>,
     unsolicited: bool,
     td: Option<Arc<ThreadDomain>>,
+    channel: Option<(Arc<ChannelInner>, u64)>,
 }
 
 impl<'c> CqBuilder<'c> {
+    /// Create the CQ on completion channel `channel`, so it can be armed
+    /// ([`Cq::req_notify`]) and waited for ([`CompChannel::wait`]); events for it carry
+    /// `token` ([`CqEvent::token`](crate::CqEvent::token)). The channel must belong to the
+    /// same context. Devices that cannot raise completion events (EFA without the kernel's
+    /// `CQ_NOTIFICATIONS` capability) make [`build`](Self::build) fail with
+    /// [`Error::Unsupported`].
+    pub fn channel(mut self, channel: &CompChannel, token: u64) -> Self {
+        self.channel = Some((Arc::clone(channel.inner()), token));
+        self
+    }
+
     /// Ask the provider to skip the CQ lock (`IBV_CREATE_CQ_ATTR_SINGLE_THREADED`). Off by default.
     /// Libraries that reject the flag (EFA before rdma-core 60) get a CQ without it. Ignored on a
     /// thread-domain CQ: there the provider already polls without the lock (rdma-core 61 and
@@ -131,12 +146,37 @@ impl<'c> CqBuilder<'c> {
             efa_wc |= u64::from(efa_sys::EFADV_WC_EX_WITH_IS_UNSOLICITED);
         }
 
+        if let Some((ch, _)) = &self.channel {
+            if !Arc::ptr_eq(ch.context(), ctx) {
+                return Err(Error::Invalid {
+                    what: "completion channel of another context",
+                    value: ch.as_raw() as u64,
+                });
+            }
+        }
+        let channel = self.channel.as_ref().map(|(ch, t)| (ch.as_raw(), *t));
         let single_threaded = self.single_threaded && self.td.is_none();
-        let raw = match create(ctx, self.cqe, single_threaded, efa_wc, self.td.as_deref()) {
+        let made = match create(
+            ctx,
+            self.cqe,
+            single_threaded,
+            efa_wc,
+            self.td.as_deref(),
+            channel,
+        ) {
             Err(Error::Verbs { errno, .. })
                 if single_threaded && (errno == libc::EOPNOTSUPP || errno == libc::EINVAL) =>
             {
-                create(ctx, self.cqe, false, efa_wc, None)?
+                create(ctx, self.cqe, false, efa_wc, None, channel)
+            }
+            r => r,
+        };
+        let raw = match made {
+            Err(Error::Verbs { errno, .. }) if channel.is_some() && errno == libc::EOPNOTSUPP => {
+                return Err(Error::Unsupported {
+                    what: "completion events (CQ on a completion channel)",
+                    why: "the device cannot notify (EFA without the CQ_NOTIFICATIONS capability)",
+                })
             }
             r => r?,
         };
@@ -165,6 +205,7 @@ impl<'c> CqBuilder<'c> {
                 ctx: Arc::clone(ctx),
                 raw,
                 _td: self.td,
+                channel: self.channel.map(|(ch, _)| ch),
             }),
         })
     }
@@ -176,11 +217,17 @@ fn create(
     single_threaded: bool,
     efa_wc: u64,
     td: Option<&ThreadDomain>,
+    channel: Option<(*mut efa_sys::ibv_comp_channel, u64)>,
 ) -> Result<NonNull<efa_sys::ibv_cq_ex>> {
     // SAFETY: plain C struct; zero means no channel, no flags, no parent domain.
     let mut attr: efa_sys::ibv_cq_init_attr_ex = unsafe { std::mem::zeroed() };
     attr.cqe = cqe;
     attr.wc_flags = WC_FLAGS;
+    if let Some((ch, token)) = channel {
+        // The token travels as the CQ's context pointer and comes back with each event.
+        attr.channel = ch;
+        attr.cq_context = token as usize as *mut std::ffi::c_void;
+    }
     if single_threaded {
         attr.comp_mask |= efa_sys::IBV_CQ_INIT_ATTR_MASK_FLAGS;
         attr.flags |= efa_sys::IBV_CREATE_CQ_ATTR_SINGLE_THREADED;
@@ -300,6 +347,7 @@ impl Cq {
             source_gid: None,
             unsolicited: false,
             td: None,
+            channel: None,
         }
     }
 
@@ -321,6 +369,43 @@ impl Cq {
 
     pub(crate) fn inner(&self) -> &Arc<CqInner> {
         &self.inner
+    }
+
+    /// Whether the CQ was created on a completion channel ([`CqBuilder::channel`]).
+    pub fn has_channel(&self) -> bool {
+        self.inner.channel.is_some()
+    }
+
+    /// Arms the CQ: its next completion raises one event on its channel
+    /// ([`CompChannel::wait`]). Arm, poll once more, then wait (see [`crate::channel`]): a
+    /// completion that landed before the arming raises no event. `solicited_only` limits the
+    /// event to solicited completions; EFA refuses it ([`Error::Unsupported`]).
+    ///
+    /// Fails with [`Error::Unsupported`] on a CQ without a channel.
+    pub fn req_notify(&mut self, solicited_only: bool) -> Result<()> {
+        if self.inner.channel.is_none() {
+            return Err(Error::Unsupported {
+                what: "arming a CQ",
+                why: "the CQ was created without a completion channel",
+            });
+        }
+        // SAFETY: the CQ is live and has a channel; `&mut self` keeps pollers and armers to one.
+        let rc = unsafe {
+            efa_sys::ibv_req_notify_cq(self.inner.as_cq(), std::ffi::c_int::from(solicited_only))
+        };
+        match rc {
+            0 => Ok(()),
+            libc::EOPNOTSUPP if solicited_only => Err(Error::Unsupported {
+                what: "solicited-only completion events",
+                why: "the provider refuses them (EFA does)",
+            }),
+            e => Err(Error::verbs_arg(
+                "ibv_req_notify_cq",
+                e,
+                "solicited_only",
+                u64::from(solicited_only),
+            )),
+        }
     }
 
     /// The raw extended CQ; valid while `self` (or a QP using it) lives.

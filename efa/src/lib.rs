@@ -9,6 +9,8 @@
 //! - [`Mr`]: registered memory (owned, borrowed, raw or dma-buf), with [`Sge`]s and [`RemoteMr`].
 //! - [`Cq`]: extended completion queue with a lending poller ([`Poll`], [`Completion`]) and a
 //!   batch poll into [`WorkCompletion`]s; EFA's vendor error by name ([`EfaStatus`]).
+//! - [`CompChannel`]: completion channels, so a thread can sleep until an armed CQ
+//!   ([`Cq::req_notify`]) has a completion, with the fd for epoll, mio or tokio.
 //! - [`Ah`]: address handles for datagram transports.
 //! - [`Qp`]: queue pairs typed by transport ([`SrdQp`], [`UdQp`], [`RcQp`]); posting through a
 //!   [`Batch`] guard that checks device limits first and aborts on drop.
@@ -18,6 +20,7 @@
 
 pub mod ah;
 pub mod caps;
+pub mod channel;
 pub mod context;
 pub mod counter;
 pub mod cq;
@@ -33,6 +36,7 @@ mod teardown;
 
 pub use ah::{Ah, AhAttr};
 pub use caps::{EfaCaps, EfaDeviceAttr};
+pub use channel::{CompChannel, CqEvent};
 pub use context::{Context, DeviceAttr, LinkLayer, Mtu, PortAttr, PortState};
 pub use counter::{CompCounter, CounterOps};
 pub use cq::{Completion, Cq, CqBuilder, Poll, WorkCompletion};

@@ -501,3 +501,112 @@ fn efa_hw_recv_list_posts_chained_receives() {
     // An empty list posts nothing and succeeds.
     qp.post_recv_list(&[]).unwrap();
 }
+
+/// A wait on a completion channel times out without a completion and wakes on one; devices that
+/// cannot notify refuse the channel CQ with a typed error.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_comp_channel_wait_wakes_on_a_completion_and_times_out_without_one() {
+    use std::os::fd::AsRawFd;
+    use std::time::Instant;
+
+    let ctx = device();
+    let pd = Pd::new(&ctx).unwrap();
+    let channel = efa::CompChannel::new(&ctx).unwrap();
+    assert!(channel.as_raw_fd() >= 0);
+    let mut cq_b = match Cq::builder(&ctx, 64).channel(&channel, 0xb0b).build() {
+        Ok(cq) => cq,
+        Err(e @ Error::Unsupported { .. }) => {
+            // EFA's first generation has no CQ notifications (soft-efa's `send` profile).
+            println!("completion events refused: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert!(cq_b.has_channel());
+    let mut cq_a = Cq::new(&ctx, 64).unwrap();
+    // A CQ without a channel cannot be armed.
+    assert!(matches!(
+        cq_a.req_notify(false),
+        Err(Error::Unsupported { .. })
+    ));
+    // EFA refuses solicited-only events.
+    assert!(matches!(
+        cq_b.req_notify(true),
+        Err(Error::Unsupported { .. })
+    ));
+    let mut a: SrdQp = QpBuilder::new(&pd, &cq_a, &cq_a).build_srd().unwrap();
+    let mut b: SrdQp = QpBuilder::new(&pd, &cq_b, &cq_b).build_srd().unwrap();
+    let mr_a = Mr::alloc(&pd, 4096, Access::LOCAL_WRITE).unwrap();
+    let mr_b = Mr::alloc(&pd, 4096, Access::LOCAL_WRITE).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(b.endpoint().gid, 0)).unwrap();
+    let to_b = Dest::new(&ah, b.qp_num(), b.qkey());
+
+    // Arm, poll once more, wait: nothing comes, so the wait times out.
+    cq_b.req_notify(false).unwrap();
+    let mut wc = [WorkCompletion::default(); 4];
+    assert_eq!(cq_b.poll_into(&mut wc).unwrap(), 0);
+    let start = Instant::now();
+    assert_eq!(channel.wait(Duration::from_millis(100)).unwrap(), None);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert_eq!(channel.try_event().unwrap(), None);
+
+    // A completion on the armed CQ wakes the wait, which names the CQ.
+    b.post_recv(1, &[mr_b.sge(0, 64).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch.send(7, &to_b, &[mr_a.sge(0, 64).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    let ev = channel
+        .wait(Duration::from_secs(10))
+        .unwrap()
+        .expect("no event within 10 s");
+    assert!(ev.is_for(&cq_b));
+    assert!(!ev.is_for(&cq_a));
+    assert_eq!(ev.token(), 0xb0b);
+    let r = wait(&mut cq_b, 1)[0];
+    assert_eq!((r.wr_id, r.byte_len), (1, 64), "{r:?}");
+    assert!(wait(&mut cq_a, 1)[0].is_success());
+
+    // Events fire once per arming: without a new arm, the next completion raises none.
+    b.post_recv(2, &[mr_b.sge(0, 64).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch.send(8, &to_b, &[mr_a.sge(0, 64).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(wait(&mut cq_b, 1)[0].wr_id, 2);
+    assert!(wait(&mut cq_a, 1)[0].is_success());
+    assert_eq!(channel.wait(Duration::from_millis(50)).unwrap(), None);
+
+    // A completion that lands before the arming is found by the poll after it (and may raise
+    // an event at once, which the wait then returns without sleeping).
+    b.post_recv(3, &[mr_b.sge(0, 64).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch.send(9, &to_b, &[mr_a.sge(0, 64).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    assert!(wait(&mut cq_a, 1)[0].is_success());
+    cq_b.req_notify(false).unwrap();
+    let mut got = 0;
+    let start = Instant::now();
+    while got == 0 && start.elapsed() < Duration::from_secs(10) {
+        got = cq_b.poll_into(&mut wc).unwrap();
+    }
+    assert_eq!((got, wc[0].wr_id), (1, 3));
+    let _ = channel.wait(Duration::ZERO).unwrap();
+
+    // A CQ destroyed with an event pending takes the event with it: the channel never names
+    // a destroyed CQ.
+    cq_b.req_notify(false).unwrap();
+    b.post_recv(4, &[mr_b.sge(0, 64).unwrap()]).unwrap();
+    let mut batch = a.batch().unwrap();
+    batch.send(10, &to_b, &[mr_a.sge(0, 64).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    assert!(wait(&mut cq_a, 1)[0].is_success());
+    assert_eq!(wait(&mut cq_b, 1)[0].wr_id, 4);
+    drop(b);
+    drop(cq_b);
+    assert_eq!(channel.wait(Duration::from_millis(20)).unwrap(), None);
+
+    // The CQs keep their channel alive: dropping the channel first is fine.
+    drop(channel);
+    drop(a);
+    drop(cq_a);
+}

@@ -94,16 +94,41 @@ impl Channel {
         self.read_fd
     }
 
-    fn notify(&self, cq: usize) {
-        self.events.lock().unwrap().push_back(cq);
+    /// Raises an event for the CQ whose address `cq` holds, unless that CQ was destroyed (its
+    /// address reads 0): checked under the event lock, so [`purge`](Self::purge) never misses
+    /// one.
+    fn notify(&self, cq: &AtomicUsize) {
+        let mut events = self.events.lock().unwrap();
+        let addr = cq.load(Ordering::SeqCst);
+        if addr == 0 {
+            return;
+        }
+        events.push_back(addr);
+        drop(events);
         let one = 1u8;
         // SAFETY: writes one byte from a live local to our own pipe.
         unsafe { libc::write(self.write_fd, (&one as *const u8).cast(), 1) };
     }
 
+    /// Drops the pending events of a CQ being destroyed, as the kernel does
+    /// (`ib_uverbs_release_ucq`): none may name freed memory. Their pipe bytes stay; a read that
+    /// finds no event behind its byte reads the next.
+    fn purge(&self, cq: usize) {
+        self.events.lock().unwrap().retain(|&c| c != cq);
+    }
+
     /// Waits for one event (blocking unless the program made the fd non-blocking) and returns the
     /// CQ it is for, or the errno.
     pub fn get_event(&self) -> Result<usize, c_int> {
+        loop {
+            self.read_byte()?;
+            if let Some(cq) = self.events.lock().unwrap().pop_front() {
+                return Ok(cq);
+            }
+        }
+    }
+
+    fn read_byte(&self) -> Result<(), c_int> {
         let mut byte = 0u8;
         loop {
             // SAFETY: reads one byte into a live local from our own pipe.
@@ -117,7 +142,7 @@ impl Channel {
             }
             return Err(if n == 0 { libc::EIO } else { e });
         }
-        self.events.lock().unwrap().pop_front().ok_or(libc::EIO)
+        Ok(())
     }
 }
 
@@ -164,7 +189,7 @@ impl CqShared {
         self.queue.lock().unwrap().push_back(cqe);
         if self.armed.swap(false, Ordering::AcqRel) {
             if let Some(ch) = &self.channel {
-                ch.notify(self.cq_addr.load(Ordering::Relaxed));
+                ch.notify(&self.cq_addr);
             }
         }
     }
@@ -180,6 +205,16 @@ impl CqShared {
         Some(cqe)
     }
 
+    /// Detaches the CQ from its channel as it is destroyed: no event is raised for it any more
+    /// and the pending ones are dropped.
+    pub fn release(&self) {
+        let addr = self.cq_addr.swap(0, Ordering::SeqCst);
+        self.armed.store(false, Ordering::Release);
+        if let Some(ch) = &self.channel {
+            ch.purge(addr);
+        }
+    }
+
     /// Arms the CQ: the next completion raises an event. One that is already queued raises it now,
     /// so a program that arms, then polls, then waits never misses one.
     pub fn arm(&self) -> c_int {
@@ -190,7 +225,7 @@ impl CqShared {
         let pending = !self.queue.lock().unwrap().is_empty();
         if pending && self.armed.swap(false, Ordering::AcqRel) {
             if let Some(ch) = &self.channel {
-                ch.notify(self.cq_addr.load(Ordering::Relaxed));
+                ch.notify(&self.cq_addr);
             }
         }
         0

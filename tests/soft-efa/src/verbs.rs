@@ -844,6 +844,7 @@ unsafe extern "C" fn create_cq_ex(
 /// `ibv_destroy_cq`.
 pub unsafe extern "C" fn destroy_cq(cq: *mut ibv_cq) -> c_int {
     let s = cq.cast::<SoftCq>();
+    (*s).shared.release();
     let ch = (*s).ex.channel;
     if !ch.is_null() {
         (*ch).refcnt -= 1;

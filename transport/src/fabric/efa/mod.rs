@@ -104,9 +104,15 @@ pub struct EfaConfig {
     /// device supports it.
     pub thread_domain: bool,
     /// How long the target thread keeps busy-polling its CQs after the last notification
-    /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
-    /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
+    /// before it blocks on its completion channels (`cq_events`) or, without them, falls back
+    /// to sleeps of up to 500 µs. Covers the gap between the messages of a ping-pong so their
+    /// latency is not a wake-up; zero blocks almost at once (least CPU).
     pub idle_spin: Duration,
+    /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
+    /// poll once more, wait up to 50 ms at a time) instead of sleeping in short intervals: an
+    /// idle fabric then costs no CPU. Devices that cannot raise CQ events (EFA's first
+    /// generation) keep the sleeps whatever this says ([`EfaFabric::target_sleeps_on_events`]).
+    pub cq_events: bool,
     /// Post WRITEs of up to the device's inline size inline (the data goes in the WQE, so the
     /// NIC reads no memory for them), where the device has RDMA WRITE and libefa has inline
     /// RDMA write (rdma-core 63). Endpoint QPs then use 128-byte WQEs.
@@ -153,6 +159,7 @@ impl Default for EfaConfig {
             rendezvous_min: 16 << 10,
             thread_domain: true,
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
+            cq_events: true,
             inline_write: true,
         }
     }
@@ -187,6 +194,8 @@ pub(crate) struct Shared {
     pub peers: Box<[RouteSlot<Ah>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: AtomicBool,
+    /// Whether the target thread blocks on completion channels when idle.
+    pub target_events: bool,
     /// CQ poll errors met by endpoints and the target thread (see [`EfaFabric::poll_errors`]).
     pub poll_errors: AtomicU64,
     /// Two-sided requests the target refused or could not answer (see
@@ -238,6 +247,13 @@ impl Shared {
 }
 
 impl EfaFabric {
+    /// Whether the target thread blocks on completion channels once idle
+    /// ([`EfaConfig::cq_events`] and every device able to raise CQ events), rather than
+    /// sleeping in intervals of up to 500 µs.
+    pub fn target_sleeps_on_events(&self) -> bool {
+        self.shared.target_events
+    }
+
     /// How many CQ polls failed, in endpoints and the target thread. A failed poll loses no
     /// completion; an endpoint whose CQ fails moves that rail's QP to the error state, so its
     /// outstanding requests complete as flushed instead of waiting for ever.
@@ -371,6 +387,7 @@ impl EfaFabric {
             ahs: Mutex::new(AhTable::new(config_max_ahs)),
             notifications: OnceLock::new(),
             stop: AtomicBool::new(false),
+            target_events: service.has_events(),
             poll_errors: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
         });

@@ -14,6 +14,7 @@ use ::efa::{Ah, Cq, Dest, Gid, Mr, QpBuilder, SrdQp, WcOpcode, WcStatus, WorkCom
 use super::proto::{self, Header, ProtoOp, HEADER_LEN};
 use super::{io, EfaConfig, Rail, Shared};
 use crate::fabric::rdma::backoff::Backoff;
+use crate::fabric::rdma::events::{self, Events, WAIT_BOUND};
 use crate::FabricError;
 
 /// Sends (replies) carry this bit in their `wr_id`, with the receive slot they answer.
@@ -49,6 +50,9 @@ struct Reply {
 pub(crate) struct Service {
     rails: Vec<ServiceRail>,
     recv_depth: u32,
+    /// The completion channels the idle thread blocks on; `None` where a device cannot raise
+    /// CQ events or the config turned them off.
+    events: Option<Events>,
 }
 
 impl Service {
@@ -59,12 +63,34 @@ impl Service {
         msg: u32,
     ) -> Result<Service, FabricError> {
         let mut out = Vec::with_capacity(rails.len());
-        for r in rails {
+        let mut events = if config.cq_events {
+            Some(
+                Events::new(rails.iter().map(|r| &r.ctx))
+                    .map_err(|e| io("completion channel", e))?,
+            )
+        } else {
+            None
+        };
+        for (i, r) in rails.iter().enumerate() {
             let name = r.ctx.name();
             let depth = config.recv_depth;
             // Receives, and at most one reply per receive.
-            let cq =
-                Cq::new(&r.ctx, 2 * depth).map_err(|e| io(format_args!("{name} service CQ"), e))?;
+            let on_channel = events.as_ref().map(|ev| {
+                Cq::builder(&r.ctx, 2 * depth)
+                    .channel(ev.channel(i), i as u64)
+                    .build()
+            });
+            let cq = match on_channel {
+                Some(Ok(cq)) => Ok(cq),
+                Some(Err(e)) if events::unsupported(&e) => {
+                    // This device cannot notify: the thread keeps polling every rail.
+                    events = None;
+                    Cq::new(&r.ctx, 2 * depth)
+                }
+                Some(Err(e)) => Err(e),
+                None => Cq::new(&r.ctx, 2 * depth),
+            }
+            .map_err(|e| io(format_args!("{name} service CQ"), e))?;
             let qp = QpBuilder::new(&r.pd, &cq, &cq)
                 .max_send_wr(depth)
                 .max_recv_wr(depth)
@@ -92,7 +118,13 @@ impl Service {
         Ok(Service {
             rails: out,
             recv_depth: config.recv_depth,
+            events,
         })
+    }
+
+    /// Whether the target thread blocks on completion channels when idle.
+    pub(crate) fn has_events(&self) -> bool {
+        self.events.is_some()
     }
 
     /// The service QPNs, by rail.
@@ -123,54 +155,87 @@ fn run(shared: Arc<Shared>, mut service: Service) {
     let mut scratch = vec![WorkCompletion::default(); 64];
     let mut backoff = Backoff::new(shared.config.idle_spin);
     let mut ahs = AhCache::default();
-    let depth = u64::from(service.recv_depth);
+    let mut events = service.events.take();
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut busy = false;
-        for (index, r) in service.rails.iter_mut().enumerate() {
-            // A poll error loses no completion (the efa crate returns the ones it consumed and
-            // reports the error on the next call); it is counted, and polling goes on.
-            let n = match r.cq.poll_into(&mut scratch) {
-                Ok(n) => n,
-                Err(_) => {
-                    shared.poll_errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            busy |= n > 0;
-            for wc in &scratch[..n] {
-                let slot = wc.wr_id & !(REPLY | PULL);
-                if slot >= depth {
-                    continue;
-                }
-                if wc.wr_id & PULL != 0 {
-                    pulled(&shared, r, slot as usize, wc);
-                    continue;
-                }
-                if wc.status == WcStatus::WrFlushErr {
-                    continue;
-                }
-                let answered = wc.wr_id & REPLY != 0;
-                if answered && again(&shared, r, slot as usize, wc) {
-                    continue;
-                }
-                if answered {
-                    // The reply is done: its receive slot (which held the reply's data) is free.
-                    r.replies[slot as usize] = None;
-                } else if wc.status == WcStatus::Success
-                    && on_receive(&shared, r, index as u16, &mut ahs, wc)
-                {
-                    // The slot goes back when its reply's send completes.
-                    continue;
-                }
-                // Every slot goes back, after an error completion too (a peer's oversized or
-                // malformed message): a slot left out would, with rnr_retry 7, stall the
-                // senders for good. Only a flush (QP in error, shutdown) retires it. On failure
-                // the slot stays unposted; senders see RNR retries.
-                let _ = r.post(slot);
-            }
+        let busy = pass(&shared, &mut service, &mut scratch, &mut ahs);
+        if !backoff.spun(busy) {
+            continue;
         }
-        backoff.step(busy);
+        let Some(ev) = events.as_mut() else {
+            backoff.step(false);
+            continue;
+        };
+        // Idle past the spin window: arm, poll once more (a completion that landed before the
+        // arming raises no event), and only then block.
+        if events::arm(service.rails.iter_mut().map(|r| &mut r.cq)).is_err() {
+            shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+            events = None;
+            continue;
+        }
+        if pass(&shared, &mut service, &mut scratch, &mut ahs) {
+            backoff.spun(true);
+            continue;
+        }
+        if ev.wait(WAIT_BOUND).is_err() {
+            // The channels failed: poll with sleeps from now on.
+            shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+            events = None;
+        }
     }
+}
+
+/// One polling pass over every rail's service CQ; whether it found work.
+fn pass(
+    shared: &Shared,
+    service: &mut Service,
+    scratch: &mut [WorkCompletion],
+    ahs: &mut AhCache,
+) -> bool {
+    let depth = u64::from(service.recv_depth);
+    let mut busy = false;
+    for (index, r) in service.rails.iter_mut().enumerate() {
+        // A poll error loses no completion (the efa crate returns the ones it consumed and
+        // reports the error on the next call); it is counted, and polling goes on.
+        let n = match r.cq.poll_into(scratch) {
+            Ok(n) => n,
+            Err(_) => {
+                shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        busy |= n > 0;
+        for wc in &scratch[..n] {
+            let slot = wc.wr_id & !(REPLY | PULL);
+            if slot >= depth {
+                continue;
+            }
+            if wc.wr_id & PULL != 0 {
+                pulled(shared, r, slot as usize, wc);
+                continue;
+            }
+            if wc.status == WcStatus::WrFlushErr {
+                continue;
+            }
+            let answered = wc.wr_id & REPLY != 0;
+            if answered && again(shared, r, slot as usize, wc) {
+                continue;
+            }
+            if answered {
+                // The reply is done: its receive slot (which held the reply's data) is free.
+                r.replies[slot as usize] = None;
+            } else if wc.status == WcStatus::Success && on_receive(shared, r, index as u16, ahs, wc)
+            {
+                // The slot goes back when its reply's send completes.
+                continue;
+            }
+            // Every slot goes back, after an error completion too (a peer's oversized or
+            // malformed message): a slot left out would, with rnr_retry 7, stall the
+            // senders for good. Only a flush (QP in error, shutdown) retires it. On failure
+            // the slot stays unposted; senders see RNR retries.
+            let _ = r.post(slot);
+        }
+    }
+    busy
 }
 
 /// The target's address handles by (local rail, initiator GID), filled from the fabric's table

@@ -41,28 +41,36 @@ impl Backoff {
         }
     }
 
-    /// Call after each polling pass with whether it found work.
+    /// Call after each polling pass with whether it found work: spins, yields or sleeps.
     pub(crate) fn step(&mut self, busy: bool) {
+        if self.spun(busy) {
+            std::thread::sleep(self.pause());
+        }
+    }
+
+    /// The spinning part of [`step`](Self::step): true once the spin window is over, when the
+    /// caller should sleep or block (on a completion channel) rather than poll at once.
+    pub(crate) fn spun(&mut self, busy: bool) -> bool {
         if busy {
             self.idle = 0;
             self.since = None;
             self.sleeps = 0;
-            return;
+            return false;
         }
         self.idle = self.idle.saturating_add(1);
         if self.idle <= PURE_SPINS {
             std::hint::spin_loop();
-            return;
+            return false;
         }
         let since = *self.since.get_or_insert_with(Instant::now);
         if self.sleeps == 0 && since.elapsed() < self.spin {
             // Still in the spin window: poll again at once, but let a thread that shares this
             // core (the application waiting on our count, the device's kernel thread) run.
             std::thread::yield_now();
-            return;
+            return false;
         }
         self.sleeps = self.sleeps.saturating_add(1);
-        std::thread::sleep(self.pause());
+        true
     }
 
     /// The next sleep once the spin window is over: 10 µs more each time, up to [`MAX_SLEEP`].

@@ -4,6 +4,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod codec;
+pub(crate) mod events;
 pub(crate) mod registry;
 pub(crate) mod status;
 

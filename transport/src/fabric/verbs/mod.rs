@@ -21,8 +21,9 @@
 //!   passive QPs keep receives posted; a per-fabric target thread polls their CQs, counts tags
 //!   with [`Notifications::record`] and reposts. A notification's completion at the initiator
 //!   means the target's device acknowledged it; the count follows when the target thread polls
-//!   (at once within [`VerbsConfig::idle_spin`] of the last notification, else within half a
-//!   millisecond of an idle target's sleep), so a target waits
+//!   (at once within [`VerbsConfig::idle_spin`] of the last notification, else when the
+//!   completion wakes the idle thread from its completion channel, or within half a millisecond
+//!   of its sleep on a device without CQ events), so a target waits
 //!   with [`Notifications::wait_for`].
 //! - **Dead peers**: RC retransmits with the ACK timeout derived from
 //!   [`VerbsConfig::unresponsive_timeout`]; when retries run out the request fails with
@@ -97,9 +98,15 @@ pub struct VerbsConfig {
     /// Limit of each connection handshake.
     pub handshake_timeout: Duration,
     /// How long the target thread keeps busy-polling its CQs after the last notification
-    /// before it falls back to sleeps of up to 500 µs. Covers the gap between the messages of a
-    /// ping-pong so their latency is not a sleep; zero sleeps almost at once (least CPU).
+    /// before it blocks on its completion channels (`cq_events`) or, without them, falls back
+    /// to sleeps of up to 500 µs. Covers the gap between the messages of a ping-pong so their
+    /// latency is not a wake-up; zero blocks almost at once (least CPU).
     pub idle_spin: Duration,
+    /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
+    /// poll once more, wait up to 50 ms at a time; a connection request may then wait as long
+    /// for the thread) instead of sleeping in short intervals, so an idle fabric costs no CPU.
+    /// Devices that cannot raise CQ events keep the sleeps.
+    pub cq_events: bool,
 }
 
 /// Largest queue and table sizes a verbs fabric may be configured for (devices cap queues
@@ -150,6 +157,7 @@ impl Default for VerbsConfig {
             service_port: 0,
             handshake_timeout: Duration::from_secs(5),
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
+            cq_events: true,
         }
     }
 }

@@ -17,6 +17,7 @@ use super::addr::QpAddress;
 use super::handshake::{self, Request, Response};
 use super::{random_u64, Rail, Shared, VerbsConfig};
 use crate::fabric::rdma::backoff::Backoff;
+use crate::fabric::rdma::events::{self, Events, WAIT_BOUND};
 use crate::FabricError;
 
 /// One connection request handed from the service to the target thread.
@@ -30,19 +31,44 @@ pub(crate) struct Target {
     cqs: Vec<Cq>,
     /// Passive QPs per rail that the CQ can serve (`cq entries / recv_depth`).
     max_passive: usize,
+    /// The completion channels the idle thread blocks on; `None` where a device cannot raise
+    /// CQ events or the config turned them off.
+    events: Option<Events>,
 }
 
 impl Target {
     pub(crate) fn new(rails: &[Rail], config: &VerbsConfig) -> Result<Target, FabricError> {
         let mut cqs = Vec::with_capacity(rails.len());
-        for r in rails {
+        let mut events =
+            if config.cq_events {
+                Some(Events::new(rails.iter().map(|r| &r.ctx)).map_err(|e| {
+                    FabricError::Io(format!("verbs: target completion channel: {e}"))
+                })?)
+            } else {
+                None
+            };
+        for (i, r) in rails.iter().enumerate() {
             let max = r.ctx.device_attr().max_cqe;
             let cqe = if max == 0 {
                 config.target_cq_depth
             } else {
                 config.target_cq_depth.min(max)
             };
-            cqs.push(Cq::new(&r.ctx, cqe).map_err(|e| {
+            let on_channel = events.as_ref().map(|ev| {
+                Cq::builder(&r.ctx, cqe)
+                    .channel(ev.channel(i), i as u64)
+                    .build()
+            });
+            let cq = match on_channel {
+                Some(Ok(cq)) => Ok(cq),
+                Some(Err(e)) if events::unsupported(&e) => {
+                    events = None;
+                    Cq::new(&r.ctx, cqe)
+                }
+                Some(Err(e)) => Err(e),
+                None => Cq::new(&r.ctx, cqe),
+            };
+            cqs.push(cq.map_err(|e| {
                 FabricError::Io(format!("verbs: {} target CQ of {cqe}: {e}", r.ctx.name()))
             })?);
         }
@@ -50,6 +76,7 @@ impl Target {
         Ok(Target {
             max_passive: (min_cq / config.recv_depth.max(1)) as usize,
             cqs,
+            events,
         })
     }
 }
@@ -148,21 +175,47 @@ impl TargetThread {
 
     fn run(mut self, rx: Receiver<Setup>) {
         let mut backoff = Backoff::new(self.shared.config.idle_spin);
+        let mut events = self.target.events.take();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let mut busy = false;
-            while let Ok(setup) = rx.try_recv() {
-                let response = match self.setup(&setup.request) {
-                    Ok(qps) => Response::Accepted(qps),
-                    Err(e) => Response::Refused(e.to_string()),
-                };
-                let _ = setup.reply.send(response);
-                busy = true;
+            let busy = self.pass(&rx);
+            if !backoff.spun(busy) {
+                continue;
             }
-            for rail in 0..self.target.cqs.len() {
-                busy |= self.poll_rail(rail);
+            let Some(ev) = events.as_mut() else {
+                backoff.step(false);
+                continue;
+            };
+            // Idle past the spin window: arm, poll once more (a completion that landed before
+            // the arming raises no event), and only then block.
+            if events::arm(self.target.cqs.iter_mut()).is_err() {
+                events = None;
+                continue;
             }
-            backoff.step(busy);
+            if self.pass(&rx) {
+                backoff.spun(true);
+                continue;
+            }
+            if ev.wait(WAIT_BOUND).is_err() {
+                events = None;
+            }
         }
+    }
+
+    /// Serves pending connection requests and polls every rail once; whether there was work.
+    fn pass(&mut self, rx: &Receiver<Setup>) -> bool {
+        let mut busy = false;
+        while let Ok(setup) = rx.try_recv() {
+            let response = match self.setup(&setup.request) {
+                Ok(qps) => Response::Accepted(qps),
+                Err(e) => Response::Refused(e.to_string()),
+            };
+            let _ = setup.reply.send(response);
+            busy = true;
+        }
+        for rail in 0..self.target.cqs.len() {
+            busy |= self.poll_rail(rail);
+        }
+        busy
     }
 
     /// Creates, connects and arms the passive QPs for one initiator.

@@ -1,0 +1,85 @@
+//! Sleeping target threads: once a target thread's spin window is over, it arms its CQs, polls
+//! them once more, and blocks on their completion channels (one per device) instead of sleeping
+//! in short intervals, so an idle fabric costs no CPU and a completion wakes it at once.
+//!
+//! The block is bounded ([`WAIT_BOUND`]) so the thread notices the fabric's stop flag promptly.
+//! Devices that cannot raise CQ events (EFA without the kernel's `CQ_NOTIFICATIONS`, the first
+//! generation) keep the sleeps of [`Backoff`](super::backoff::Backoff).
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::efa::{CompChannel, Context, Cq, Error};
+
+/// Longest block of an idle target thread: bounds how long it takes to notice a stop.
+pub(crate) const WAIT_BOUND: Duration = Duration::from_millis(50);
+
+/// The completion channels of one target thread, one per device (a channel serves the CQs of
+/// its own context only).
+pub(crate) struct Events {
+    channels: Vec<CompChannel>,
+    fds: Vec<libc::pollfd>,
+}
+
+impl Events {
+    /// One channel per context of `ctxs`, in order.
+    pub(crate) fn new<'a>(
+        ctxs: impl IntoIterator<Item = &'a Arc<Context>>,
+    ) -> Result<Events, Error> {
+        let channels = ctxs
+            .into_iter()
+            .map(CompChannel::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let fds = channels
+            .iter()
+            .map(|c| libc::pollfd {
+                fd: c.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Ok(Events { channels, fds })
+    }
+
+    /// The channel of device `i` (the order given to [`new`](Self::new)).
+    pub(crate) fn channel(&self, i: usize) -> &CompChannel {
+        &self.channels[i]
+    }
+
+    /// Blocks until an event arrives on any channel or `timeout` passes, then reads (and so
+    /// acknowledges) every pending event. Returns how many there were. Arm the CQs and poll them
+    /// once more before calling this, so no completion is left waiting in a queue.
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Result<usize, Error> {
+        let ms = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a live array of `fds.len()` pollfds for the duration of the call.
+        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Verbs {
+                    call: "poll",
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    arg: Some(("channels", self.fds.len() as u64)),
+                });
+            }
+        }
+        let mut events = 0;
+        for c in &self.channels {
+            while c.try_event()?.is_some() {
+                events += 1;
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// Arms every CQ of `cqs` for its next completion.
+pub(crate) fn arm<'a>(cqs: impl IntoIterator<Item = &'a mut Cq>) -> Result<(), Error> {
+    cqs.into_iter().try_for_each(|cq| cq.req_notify(false))
+}
+
+/// Whether `e` says the device cannot raise completion events (then the caller polls as before).
+pub(crate) fn unsupported(e: &Error) -> bool {
+    matches!(e, Error::Unsupported { .. })
+}
