@@ -2,13 +2,14 @@
 //! message): hostile headers and payloads against three registrations (read-only, write-only,
 //! read-write) with guard gaps around them. Never a panic; a message that is not a request is
 //! dropped; a wrong key, an out-of-bounds range, a read-only segment written, a write-only one
-//! read or a length that does not match get an error status; and memory changes only for an
+//! read, a length that does not match or a pull longer than the target pulls get an error
+//! status; a pull changes nothing itself (the device reads into the range); and memory changes only for an
 //! accepted WRITE, only inside a remote-writable registration, only in the payload's range
 //! (`TargetModel::handle` checks every byte of the arena after each message).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use transport::fabric::efa::proto::{Header, ProtoOp, TargetModel, MODEL_REGION};
+use transport::fabric::efa::proto::{Header, ProtoOp, TargetModel, MODEL_REGION, PULL_LEN};
 
 fn u32_at(b: &[u8], i: usize) -> u32 {
     let mut w = [0u8; 4];
@@ -40,9 +41,19 @@ fuzz_target!(|data: &[u8]| {
         n => u32_at(rest, 8) % (u32::from(n) * 2048),
     };
     let payload = rest.get(12..).unwrap_or(&[]);
-    let write = pick & 0x80 != 0 || len as usize == payload.len();
+    // A payload of a pull descriptor's length asks for a rendezvous WRITE (the device would read
+    // into the range); otherwise a WRITE when the lengths agree or the top bit says so.
+    let op = match (
+        payload.len() == PULL_LEN,
+        pick & 0x80 != 0 || len as usize == payload.len(),
+    ) {
+        (true, _) => ProtoOp::Pull,
+        (false, true) => ProtoOp::Write,
+        (false, false) => ProtoOp::Read,
+    };
+    let write = op != ProtoOp::Read;
     let h = Header {
-        op: if write { ProtoOp::Write } else { ProtoOp::Read },
+        op,
         chunk: u32_at(rest, 0) & !0xff,
         qkey: 1,
         len,
