@@ -3,9 +3,9 @@
 //! read-write) with guard gaps around them. Never a panic; a message that is not a request is
 //! dropped; a wrong key, an out-of-bounds range, a read-only segment written, a write-only one
 //! read, a length that does not match or a pull longer than the target pulls get an error
-//! status; a pull changes nothing itself (the device reads into the range); and memory changes only for an
-//! accepted WRITE, only inside a remote-writable registration, only in the payload's range
-//! (`TargetModel::handle` checks every byte of the arena after each message).
+//! status; a pull changes nothing itself (the device reads into the range); and memory changes
+//! only for an accepted WRITE, only inside a remote-writable registration, only in the payload's
+//! range (`TargetModel::handle` checks every byte of the arena after each message).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
