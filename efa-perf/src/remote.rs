@@ -107,6 +107,23 @@ pub(crate) fn dial(args: &TestArgs) -> anyhow::Result<Control> {
 }
 
 impl Control {
+    /// Asks the server to start point `p` and waits for its go.
+    pub(crate) fn start_run(&mut self, p: &Point) -> anyhow::Result<()> {
+        let (iterations, duration_ms) = match p.amount {
+            Amount::Iterations(n) => (Some(n), None),
+            Amount::Duration(d) => (None, Some(d.as_millis() as u64)),
+        };
+        self.send(&Msg::Run {
+            size: p.size,
+            iterations,
+            duration_ms,
+        })?;
+        match self.recv()? {
+            Msg::Go => Ok(()),
+            other => bail!("server answered {other:?} instead of go"),
+        }
+    }
+
     fn new(stream: TcpStream, timeout: Duration, max_line: usize) -> anyhow::Result<Self> {
         // A timeout too long for the socket (`--timeout` of centuries) means none.
         let read_timeout = (timeout < Duration::from_secs(1 << 40)).then_some(timeout);
@@ -282,19 +299,7 @@ impl Client {
     }
 
     fn start(&mut self, p: &Point) -> anyhow::Result<()> {
-        let (iterations, duration_ms) = match p.amount {
-            Amount::Iterations(n) => (Some(n), None),
-            Amount::Duration(d) => (None, Some(d.as_millis() as u64)),
-        };
-        self.control.send(&Msg::Run {
-            size: p.size,
-            iterations,
-            duration_ms,
-        })?;
-        match self.control.recv()? {
-            Msg::Go => Ok(()),
-            other => bail!("server answered {other:?} instead of go"),
-        }
+        self.control.start_run(p)
     }
 
     fn finish(&mut self, ops: u64) -> anyhow::Result<(f64, Vec<StreamResult>)> {

@@ -9,7 +9,7 @@ use crate::cli::{TestArgs, Verb};
 use crate::cpu;
 use crate::measure::StreamResult;
 use crate::remote::{self, Control};
-use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
+use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::Selection;
 use anyhow::{anyhow, bail};
 use efa_perf::control::{self, Msg, StreamSummary, PROTOCOL};
@@ -63,19 +63,7 @@ impl Client {
     }
 
     fn start(&mut self, p: &Point) -> anyhow::Result<()> {
-        let (iterations, duration_ms) = match p.amount {
-            Amount::Iterations(n) => (Some(n), None),
-            Amount::Duration(d) => (None, Some(d.as_millis() as u64)),
-        };
-        self.control.send(&Msg::Run {
-            size: p.size,
-            iterations,
-            duration_ms,
-        })?;
-        match self.control.recv()? {
-            Msg::Go => Ok(()),
-            other => bail!("server answered {other:?} instead of go"),
-        }
+        self.control.start_run(p)
     }
 }
 

@@ -75,22 +75,8 @@ impl Service {
             let name = r.ctx.name();
             let depth = config.recv_depth;
             // Receives, and at most one reply per receive.
-            let on_channel = events.as_ref().map(|ev| {
-                Cq::builder(&r.ctx, 2 * depth)
-                    .channel(ev.channel(i), i as u64)
-                    .build()
-            });
-            let cq = match on_channel {
-                Some(Ok(cq)) => Ok(cq),
-                Some(Err(e)) if events::unsupported(&e) => {
-                    // This device cannot notify: the thread keeps polling every rail.
-                    events = None;
-                    Cq::new(&r.ctx, 2 * depth)
-                }
-                Some(Err(e)) => Err(e),
-                None => Cq::new(&r.ctx, 2 * depth),
-            }
-            .map_err(|e| io(format_args!("{name} service CQ"), e))?;
+            let cq = events::cq_for(&r.ctx, 2 * depth, &mut events, i)
+                .map_err(|e| io(format_args!("{name} service CQ"), e))?;
             let qp = QpBuilder::new(&r.pd, &cq, &cq)
                 .max_send_wr(depth)
                 .max_recv_wr(depth)

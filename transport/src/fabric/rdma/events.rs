@@ -83,3 +83,28 @@ pub(crate) fn arm<'a>(cqs: impl IntoIterator<Item = &'a mut Cq>) -> Result<(), E
 pub(crate) fn unsupported(e: &Error) -> bool {
     matches!(e, Error::Unsupported { .. })
 }
+
+/// A CQ of `cqe` entries for rail `i`: on the rail's completion channel while `events` has one;
+/// where the device cannot raise events, a plain CQ, and `events` becomes `None` (the thread
+/// then polls every rail).
+pub(crate) fn cq_for(
+    ctx: &Arc<Context>,
+    cqe: u32,
+    events: &mut Option<Events>,
+    i: usize,
+) -> Result<Cq, Error> {
+    let on_channel = events.as_ref().map(|ev| {
+        Cq::builder(ctx, cqe)
+            .channel(ev.channel(i), i as u64)
+            .build()
+    });
+    match on_channel {
+        Some(Ok(cq)) => Ok(cq),
+        Some(Err(e)) if unsupported(&e) => {
+            *events = None;
+            Cq::new(ctx, cqe)
+        }
+        Some(Err(e)) => Err(e),
+        None => Cq::new(ctx, cqe),
+    }
+}

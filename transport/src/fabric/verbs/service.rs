@@ -54,20 +54,7 @@ impl Target {
             } else {
                 config.target_cq_depth.min(max)
             };
-            let on_channel = events.as_ref().map(|ev| {
-                Cq::builder(&r.ctx, cqe)
-                    .channel(ev.channel(i), i as u64)
-                    .build()
-            });
-            let cq = match on_channel {
-                Some(Ok(cq)) => Ok(cq),
-                Some(Err(e)) if events::unsupported(&e) => {
-                    events = None;
-                    Cq::new(&r.ctx, cqe)
-                }
-                Some(Err(e)) => Err(e),
-                None => Cq::new(&r.ctx, cqe),
-            };
+            let cq = events::cq_for(&r.ctx, cqe, &mut events, i);
             cqs.push(cq.map_err(|e| {
                 FabricError::Io(format!("verbs: {} target CQ of {cqe}: {e}", r.ctx.name()))
             })?);
