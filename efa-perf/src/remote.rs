@@ -107,6 +107,25 @@ pub(crate) fn dial(args: &TestArgs) -> anyhow::Result<Control> {
 }
 
 impl Control {
+    /// The server's next step from the client: the size and amount of the next run, or `None`
+    /// when the client said bye (reported on stderr). `stripe` bounds the size.
+    pub(crate) fn next_run(&mut self, stripe: u64) -> anyhow::Result<Option<(u64, Amount)>> {
+        Ok(match control::check_step(self.recv()?, stripe)? {
+            Step::Run {
+                size,
+                amount: RunAmount::Iterations(n),
+            } => Some((size, Amount::Iterations(n))),
+            Step::Run {
+                size,
+                amount: RunAmount::Millis(ms),
+            } => Some((size, Amount::Duration(Duration::from_millis(ms)))),
+            Step::Bye => {
+                eprintln!("efa-perf: client {} finished", self.peer);
+                None
+            }
+        })
+    }
+
     /// Asks the server to start point `p` and waits for its go.
     pub(crate) fn start_run(&mut self, p: &Point) -> anyhow::Result<()> {
         let (iterations, duration_ms) = match p.amount {
@@ -501,19 +520,8 @@ fn serve_one(
     };
     let op = stream_op(verb);
     loop {
-        let (size, amount) = match control::check_step(control.recv()?, stripe)? {
-            Step::Run {
-                size,
-                amount: RunAmount::Iterations(n),
-            } => (size, Amount::Iterations(n)),
-            Step::Run {
-                size,
-                amount: RunAmount::Millis(ms),
-            } => (size, Amount::Duration(Duration::from_millis(ms))),
-            Step::Bye => {
-                eprintln!("efa-perf: client {} finished", control.peer);
-                return Ok(());
-            }
+        let Some((size, amount)) = control.next_run(stripe)? else {
+            return Ok(());
         };
         if metric == Metric::Lat && op == StreamOp::Write {
             link.reset_rx(size)?;

@@ -746,9 +746,8 @@ fn pair_with_events(cq_events: bool) -> (Engine, Engine, Vec<u32>, bool) {
     (a, b, tids, events.get())
 }
 
-/// One READ from `a` to `b` through the two-sided protocol (served by `b`'s target thread);
-/// returns how long the transfer took from submission.
-fn read_once(a: &Engine, b: &Engine, tag: &str) -> Duration {
+/// A 4 KiB segment `b/TAG` of `b` (a pattern) and a 4 KiB sink `a/TAG` of `a`, opened from `a`.
+fn read_setup(a: &Engine, b: &Engine, tag: &str) -> (SegmentId, SegmentId, RemoteSegment) {
     let seg = owned(
         b,
         &format!("b/{tag}"),
@@ -761,15 +760,33 @@ fn read_once(a: &Engine, b: &Engine, tag: &str) -> Duration {
         OwnedMemory::zeroed(4096, 4096).unwrap(),
         Access::NONE,
     );
-    let remote = a.open_segment(&format!("b/{tag}")).unwrap();
-    let mut w = a.worker().unwrap();
-    let batch = a.allocate_batch(1).unwrap();
+    (seg, sink, a.open_segment(&format!("b/{tag}")).unwrap())
+}
+
+/// One 4 KiB READ into `sink` on `batch`; how long it took from submission.
+fn timed_read(
+    a: &Engine,
+    w: &mut Worker,
+    batch: BatchId,
+    sink: SegmentId,
+    remote: RemoteSegment,
+) -> Duration {
     let start = std::time::Instant::now();
     w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
         .unwrap();
     let s = w.wait(batch, WAIT).unwrap();
     let took = start.elapsed();
     assert!(s.all_completed(), "{:?}", a.request_status(batch, 0));
+    took
+}
+
+/// One READ from `a` to `b` through the two-sided protocol (served by `b`'s target thread);
+/// returns how long the transfer took from submission.
+fn read_once(a: &Engine, b: &Engine, tag: &str) -> Duration {
+    let (seg, sink, remote) = read_setup(a, b, tag);
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    let took = timed_read(a, &mut w, batch, sink, remote);
     assert!(contents(a, sink, 0, 4096) == contents(b, seg, 0, 4096));
     took
 }
@@ -777,31 +794,14 @@ fn read_once(a: &Engine, b: &Engine, tag: &str) -> Duration {
 /// Median time of `n` 4 KiB READs from `a` to `b` through the two-sided protocol, each after
 /// `gap` of idleness (past the target's spin window, so each wakes an idle target thread).
 fn spaced_reads(a: &Engine, b: &Engine, tag: &str, n: usize, gap: Duration) -> Duration {
-    owned(
-        b,
-        &format!("b/{tag}"),
-        OwnedMemory::from_vec(pattern(4096, 5)).unwrap(),
-        Access::REMOTE_READ_WRITE,
-    );
-    let sink = owned(
-        a,
-        &format!("a/{tag}"),
-        OwnedMemory::zeroed(4096, 4096).unwrap(),
-        Access::NONE,
-    );
-    let remote = a.open_segment(&format!("b/{tag}")).unwrap();
+    let (_, sink, remote) = read_setup(a, b, tag);
     let mut w = a.worker().unwrap();
     let mut batch = a.allocate_batch(1).unwrap();
     let mut took = Vec::with_capacity(n);
     for _ in 0..n {
         std::thread::sleep(gap);
         batch = a.recycle_batch(batch).unwrap();
-        let start = std::time::Instant::now();
-        w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
-            .unwrap();
-        let s = w.wait(batch, WAIT).unwrap();
-        took.push(start.elapsed());
-        assert!(s.all_completed(), "{:?}", a.request_status(batch, 0));
+        took.push(timed_read(a, &mut w, batch, sink, remote));
     }
     took.sort();
     took[n / 2]

@@ -6,10 +6,10 @@ use super::{bw_run, options};
 use crate::cli::{Metric, TestArgs, Verb};
 use crate::cpu;
 use crate::remote::Control;
-use crate::runner::{Amount, Point};
+use crate::runner::Point;
 use crate::select::Selection;
 use anyhow::{anyhow, bail, Context as _};
-use efa_perf::control::{self, Hello, Msg, RunAmount, Step, StreamSummary};
+use efa_perf::control::{self, Hello, Msg, StreamSummary};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,19 +40,8 @@ pub fn serve(
     control.send(&Msg::Linked)?;
     let timeout = Duration::from_secs(args.timeout);
     loop {
-        let (size, amount) = match control::check_step(control.recv()?, hello.stripe)? {
-            Step::Run {
-                size,
-                amount: RunAmount::Iterations(n),
-            } => (size, Amount::Iterations(n)),
-            Step::Run {
-                size,
-                amount: RunAmount::Millis(ms),
-            } => (size, Amount::Duration(Duration::from_millis(ms))),
-            Step::Bye => {
-                eprintln!("efa-perf: client {} finished", control.peer);
-                return Ok(());
-            }
+        let Some((size, amount)) = control.next_run(hello.stripe)? else {
+            return Ok(());
         };
         let point = Point {
             verb: Verb::Send,
