@@ -169,6 +169,7 @@ pub struct StreamSummary {
 
 /// Why a control line could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LineError {
     /// End of stream before any byte of a line.
     #[error("closed the control connection")]
@@ -204,6 +205,7 @@ pub fn read_line<R: BufRead>(reader: &mut R, max_line: usize) -> Result<String, 
 
 /// Why a client's message is refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ControlError {
     /// Not a control message.
     #[error("bad control message: {0}")]

@@ -64,6 +64,7 @@ pub struct Selection {
 
 /// Why a requested fabric cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SelectError {
     /// No device of the wanted kind.
     #[error(

@@ -34,6 +34,7 @@ pub struct LatencyStats {
 
 /// Why statistics could not be computed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StatsError {
     /// No sample at all.
     #[error("no latency samples were measured")]

@@ -85,6 +85,7 @@ pub type DlErrorText = FixedStr<72>;
 
 /// Why libibverbs or libefa could not be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LoadError {
     /// `dlopen` failed (library not installed, or not loadable).
     LibraryNotFound {

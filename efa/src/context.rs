@@ -277,6 +277,12 @@ impl Context {
     ///
     /// On EFA devices the efadv attributes are queried here, so capability checks later cost
     /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Library`] when libibverbs cannot be loaded (the loader's error is the cause),
+    /// [`Error::NoSuchDevice`] for an unknown name, [`Error::Verbs`] when `ibv_open_device` or a
+    /// device query fails (with its errno).
     pub fn open(name: &str) -> Result<Arc<Self>> {
         let v = efa_sys::verbs()?;
         let list = RawDeviceList::get(v)?;
@@ -310,6 +316,10 @@ impl Context {
     }
 
     /// Open the first EFA device, if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`Context::open`]; [`Error::NoSuchDevice`] when no EFA device is present.
     pub fn open_first_efa() -> Result<Arc<Self>> {
         let first = crate::device::efa_devices()?.into_iter().next();
         match first {

@@ -115,6 +115,12 @@ impl<'c> CqBuilder<'c> {
     }
 
     /// Create the CQ.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Limit`] for a depth over the device's `max_cqe`, [`Error::Unsupported`] for flags
+    /// the device or library lacks, [`Error::Verbs`] when `ibv_create_cq_ex` fails (with its errno and
+    /// the depth).
     pub fn build(self) -> Result<Cq> {
         let ctx = self.ctx;
         let max = ctx.device_attr().max_cqe;
@@ -352,6 +358,10 @@ impl Cq {
     }
 
     /// A CQ with at least `cqe` entries and the defaults of [`CqBuilder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`CqBuilder::build`].
     pub fn new(ctx: &Arc<Context>, cqe: u32) -> Result<Self> {
         Self::builder(ctx, cqe).build()
     }

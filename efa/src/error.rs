@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::qp::QpState;
+use crate::status::QpState;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,15 +71,18 @@ impl fmt::Display for Limit {
 }
 
 /// Everything that can go wrong in this crate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// `libibverbs` or `libefa` could not be loaded or lacks a required symbol.
+    #[error("verbs library unavailable ({})", source.library())]
     Library {
-        /// What the loader reported.
-        reason: String,
+        /// What the loader reported: the library and `dlerror()`'s text, or the missing symbol
+        /// (boxed: it is large, and rare).
+        source: Box<efa_sys::LoadError>,
     },
     /// A verbs or efadv call failed.
+    #[error("{call} failed: {} (errno {errno}){}", os_text(*errno), ArgText(*arg))]
     Verbs {
         /// The C function that failed, e.g. `"ibv_modify_qp"`.
         call: &'static str,
@@ -89,6 +92,7 @@ pub enum Error {
         arg: Option<(&'static str, u64)>,
     },
     /// A request exceeds a device or library limit; checked before the device sees it.
+    #[error("{limit} {value} exceeds the limit {max}")]
     Limit {
         /// Which limit.
         limit: Limit,
@@ -98,6 +102,7 @@ pub enum Error {
         max: u64,
     },
     /// The device, library or transport lacks what was asked for.
+    #[error("{what} unsupported: {why}")]
     Unsupported {
         /// The operation or feature, e.g. `"RDMA write"`.
         what: &'static str,
@@ -105,6 +110,7 @@ pub enum Error {
         why: &'static str,
     },
     /// An argument is malformed.
+    #[error("invalid {what}: {value:#x}")]
     Invalid {
         /// Which argument.
         what: &'static str,
@@ -112,6 +118,7 @@ pub enum Error {
         value: u64,
     },
     /// The queue pair is in a state that does not allow the operation.
+    #[error("cannot {op} while the queue pair is in state {state:?}")]
     QpState {
         /// The operation attempted.
         op: &'static str,
@@ -119,22 +126,62 @@ pub enum Error {
         state: QpState,
     },
     /// No verbs device has this name.
+    #[error("no verbs device named {name:?}")]
     NoSuchDevice {
         /// The name asked for.
         name: String,
     },
     /// An EFA-only operation was attempted on another kind of device.
+    #[error("device {device:?} is not an EFA device")]
     NotEfa {
         /// The device's name.
         device: String,
     },
     /// Reading a sysfs file failed.
+    #[error("{}", SysfsText(path, *errno))]
     Sysfs {
         /// The path.
         path: String,
         /// The OS error number, 0 when the content was malformed.
         errno: i32,
     },
+}
+
+impl From<efa_sys::LoadError> for Error {
+    fn from(e: efa_sys::LoadError) -> Self {
+        Error::Library {
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The OS's text for an errno.
+fn os_text(errno: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
+}
+
+/// ` with NAME = VALUE` for the argument at fault of a verbs call, nothing without one.
+struct ArgText(Option<(&'static str, u64)>);
+
+impl fmt::Display for ArgText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((name, value)) => write!(f, " with {name} = {value}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A sysfs failure in words: malformed content (errno 0) or the OS error reading it.
+struct SysfsText<'a>(&'a str, i32);
+
+impl fmt::Display for SysfsText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            0 => write!(f, "malformed sysfs file {}", self.0),
+            e => write!(f, "reading {}: {} (errno {e})", self.0, os_text(e)),
+        }
+    }
 }
 
 impl Error {
@@ -188,56 +235,6 @@ pub(crate) fn last_errno() -> i32 {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Library { reason } => write!(f, "verbs library unavailable: {reason}"),
-            Error::Verbs { call, errno, arg } => {
-                write!(
-                    f,
-                    "{call} failed: {} (errno {errno})",
-                    std::io::Error::from_raw_os_error(*errno)
-                )?;
-                if let Some((name, value)) = arg {
-                    write!(f, " with {name} = {value}")?;
-                }
-                Ok(())
-            }
-            Error::Limit { limit, value, max } => {
-                write!(f, "{limit} {value} exceeds the limit {max}")
-            }
-            Error::Unsupported { what, why } => write!(f, "{what} unsupported: {why}"),
-            Error::Invalid { what, value } => write!(f, "invalid {what}: {value:#x}"),
-            Error::QpState { op, state } => {
-                write!(f, "cannot {op} while the queue pair is in state {state:?}")
-            }
-            Error::NoSuchDevice { name } => write!(f, "no verbs device named {name:?}"),
-            Error::NotEfa { device } => write!(f, "device {device:?} is not an EFA device"),
-            Error::Sysfs { path, errno } => {
-                if *errno == 0 {
-                    write!(f, "malformed sysfs file {path}")
-                } else {
-                    write!(
-                        f,
-                        "reading {path}: {}",
-                        std::io::Error::from_raw_os_error(*errno)
-                    )
-                }
-            }
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<efa_sys::LoadError> for Error {
-    fn from(e: efa_sys::LoadError) -> Self {
-        Error::Library {
-            reason: e.to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +247,20 @@ mod tests {
         assert!(s.contains("errno 22"), "{s}");
         assert!(s.contains("cqe = 1073741824"), "{s}");
         assert_eq!(e.errno(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn loader_error_is_the_source() {
+        let load = efa_sys::LoadError::SymbolMissing {
+            library: efa_sys::LibraryName::new(b"libefa.so.1"),
+            symbol: "efadv_query_device",
+            version: "EFA_1.1",
+        };
+        let e = Error::from(load);
+        assert!(e.to_string().contains("libefa.so.1"), "{e}");
+        let cause = std::error::Error::source(&e).expect("the loader's error is kept");
+        assert!(cause.to_string().contains("efadv_query_device"), "{cause}");
+        assert_eq!(e.errno(), None);
     }
 
     #[test]

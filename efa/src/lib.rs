@@ -46,11 +46,11 @@ pub use gid::{Gid, GidEntry, GidType};
 pub use mr::{Access, EfaMrAttr, Mr, RemoteMr, Sge};
 pub use pd::{Pd, ThreadDomain};
 pub use qp::{
-    Batch, Datagram, Dest, Endpoint, Payload, Qp, QpBuilder, QpCaps, QpState, Rc, RcOptions, RcQp,
+    Batch, Datagram, Dest, Endpoint, Payload, Qp, QpBuilder, QpCaps, Rc, RcOptions, RcQp,
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
     RECV_CHAIN,
 };
-pub use status::{EfaStatus, WcOpcode, WcStatus};
+pub use status::{EfaStatus, QpState, WcOpcode, WcStatus};
 pub use teardown::teardown_errors;
 
 #[cfg(test)]

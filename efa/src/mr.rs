@@ -248,6 +248,11 @@ unsafe fn reg_host(
 
 impl Mr<'static> {
     /// Allocate `len` zeroed, page-aligned bytes and register them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a length of 0, [`Error::Verbs`] when `ibv_reg_mr` fails (with its
+    /// errno and the length).
     pub fn alloc(pd: &Arc<Pd>, len: usize, access: Access) -> Result<Self> {
         if len == 0 {
             return Err(Error::Invalid {
@@ -287,6 +292,11 @@ impl Mr<'static> {
 
     /// Register caller memory by address and length.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a null or empty range, [`Error::Verbs`] when `ibv_reg_mr` fails
+    /// (with its errno and the length).
+    ///
     /// # Safety
     /// `ptr..ptr+len` must stay valid (allocated, not unmapped) until this region is dropped,
     /// and nothing may access it in a way that conflicts with device access granted by `access`
@@ -315,6 +325,11 @@ impl Mr<'static> {
     ///
     /// Needs `ibv_reg_dmabuf_mr` (rdma-core 34+) and a kernel and device that import dma-bufs.
     /// The kernel holds its own reference on the dma-buf, so `fd` may be closed afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] when the library lacks `ibv_reg_dmabuf_mr`, [`Error::Verbs`] when the
+    /// registration fails (with its errno).
     pub fn register_dmabuf(
         pd: &Arc<Pd>,
         fd: BorrowedFd<'_>,
@@ -366,6 +381,10 @@ impl Mr<'static> {
 impl<'a> Mr<'a> {
     /// Register a borrowed buffer; the region cannot outlive it, and the buffer cannot be
     /// touched except through the region until the region is dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mr::register_raw`].
     pub fn register(pd: &Arc<Pd>, buf: &'a mut [u8], access: Access) -> Result<Self> {
         if buf.is_empty() {
             return Err(Error::Invalid {

@@ -27,6 +27,10 @@ impl std::fmt::Debug for Pd {
 
 impl Pd {
     /// Allocate a protection domain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Verbs`] when `ibv_alloc_pd` fails (with its errno).
     pub fn new(ctx: &Arc<Context>) -> Result<Arc<Self>> {
         // SAFETY: the context is open; NULL reports failure through errno.
         let raw = unsafe { (ctx.verbs().ibv_alloc_pd)(ctx.as_raw()) };
@@ -92,6 +96,11 @@ impl std::fmt::Debug for ThreadDomain {
 
 impl ThreadDomain {
     /// Allocate a thread domain and a parent domain over `pd`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] when the library lacks thread domains, [`Error::Verbs`] when
+    /// `ibv_alloc_td` or `ibv_alloc_parent_domain` fails (with its errno).
     pub fn new(pd: &Arc<Pd>) -> Result<Arc<Self>> {
         let ctx = pd.context().as_raw();
         let mut td_attr = efa_sys::ibv_td_init_attr { comp_mask: 0 };

@@ -161,6 +161,57 @@ code_enum! {
     }
 }
 
+/// `enum ibv_qp_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QpState {
+    /// Reset.
+    Reset,
+    /// Initialized: receives may be posted.
+    Init,
+    /// Ready to receive.
+    Rtr,
+    /// Ready to send.
+    Rts,
+    /// Send queue drained.
+    Sqd,
+    /// Send queue error.
+    Sqe,
+    /// Error: outstanding work is flushed.
+    Err,
+    /// Anything else.
+    Unknown(u32),
+}
+
+impl QpState {
+    /// Name the raw value.
+    pub fn from_raw(v: u32) -> Self {
+        match v {
+            0 => QpState::Reset,
+            1 => QpState::Init,
+            2 => QpState::Rtr,
+            3 => QpState::Rts,
+            4 => QpState::Sqd,
+            5 => QpState::Sqe,
+            6 => QpState::Err,
+            o => QpState::Unknown(o),
+        }
+    }
+
+    /// The raw value.
+    pub fn raw(self) -> u32 {
+        match self {
+            QpState::Reset => 0,
+            QpState::Init => 1,
+            QpState::Rtr => 2,
+            QpState::Rts => 3,
+            QpState::Sqd => 4,
+            QpState::Sqe => 5,
+            QpState::Err => 6,
+            QpState::Unknown(o) => o,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(LineError::NotUtf8) => break,
             Err(LineError::Io(e)) => panic!("a cursor read failed: {e}"),
+            Err(e) => panic!("an error the target does not know: {e}"),
         };
         assert!(line.len() <= max_line && line.ends_with('\n'));
         let msg = match control::parse(&line) {

@@ -96,10 +96,23 @@ classes! { TransferFailed:
     ExceedsPeerLimit => "EXCEEDS_PEER_LIMIT: the request is larger than the target accepts in one request.",
 }
 
-/// The exception for a transport error, carrying its message.
+/// The error's message followed by each of its causes (`message: cause: cause`), so an
+/// exception keeps what the causes name (a verbs call and its errno, an OS error).
+fn message(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
+
+/// The exception for a transport error, carrying its message and causes.
 pub fn transport_err(e: TransportError) -> PyErr {
     use TransportError as T;
-    let msg = e.to_string();
+    let msg = message(&e);
     match e {
         T::ZeroLength { .. } => ZeroLength::new_err(msg),
         T::TooManySlices { .. } => TooManySlices::new_err(msg),

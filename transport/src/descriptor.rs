@@ -70,6 +70,7 @@ pub struct SegmentDescriptor {
 
 /// Why a descriptor could not be decoded or encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DescriptorError {
     /// The input ended early.
     #[error("descriptor truncated: need {need} bytes at offset {at}, have {have}")]

@@ -305,6 +305,12 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Creates an engine over `fabric` (one fabric instance per engine), publishing segments in
     /// `metadata`.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Config`] when the fabric reports no rails or more than
+    /// [`MAX_RAILS`](crate::fabric::MAX_RAILS), or a setting of `config` is out of range (the message names
+    /// it and its value).
     pub fn new(
         config: EngineConfig,
         fabric: Arc<dyn Fabric>,
@@ -378,6 +384,11 @@ impl Engine {
     }
 
     /// A worker for submitting and completing requests on the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Fabric`] when the fabric cannot create the worker's endpoint (the
+    /// cause names the device call that failed).
     pub fn worker(&self) -> Result<Worker, TransportError> {
         Worker::new(self.inner.clone())
     }
@@ -388,6 +399,13 @@ impl Engine {
     /// byte, or over 1024 bytes), a null, empty or wrapping range
     /// ([`TransportError::BadMemory`]), a name already registered. The location is the
     /// caller's word (the engine cannot tell host from device memory here).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::BadName`], [`TransportError::BadMemory`], [`TransportError::DuplicateName`],
+    /// [`TransportError::Exhausted`] (segment table full), [`TransportError::Fabric`] (the fabric
+    /// could not register the range; the cause names the device call and its errno) and
+    /// [`TransportError::Metadata`] (the descriptor could not be published).
     ///
     /// # Safety
     ///
@@ -410,6 +428,10 @@ impl Engine {
     /// refused with [`TransportError::BadLocation`]). The memory is reachable only through
     /// [`Engine::read_owned`], [`Engine::write_owned`] and transfers until
     /// [`Engine::unregister`] returns it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::register_memory`], and [`TransportError::BadLocation`] for a device location.
     pub fn register_owned(
         &self,
         name: &str,
@@ -450,11 +472,12 @@ impl Engine {
         let rails = inner.caps.rails as usize;
         if registration.local_keys.len() != rails || registration.remote_keys.len() != rails {
             let _ = inner.fabric.deregister(&registration);
-            return Err(FabricError::Io(format!(
-                "fabric returned {} local / {} remote keys for {rails} rails",
-                registration.local_keys.len(),
-                registration.remote_keys.len()
-            ))
+            return Err(FabricError::BadRegistration {
+                fabric: inner.fabric.name().to_string(),
+                local_keys: registration.local_keys.len(),
+                remote_keys: registration.remote_keys.len(),
+                rails,
+            }
             .into());
         }
         let desc = SegmentDescriptor {
@@ -516,6 +539,12 @@ impl Engine {
     /// [`TransportError::SegmentBusy`] while requests of this engine use it (wait for them,
     /// then retry); peers' later requests fail with `REMOTE_BAD_ADDRESS`. Returns the memory if
     /// the engine owned it.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::UnknownSegment`] for a stale or foreign handle,
+    /// [`TransportError::SegmentBusy`] while requests use it, [`TransportError::Fabric`] or
+    /// [`TransportError::Metadata`] when deregistering or unpublishing fails.
     pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
         let inner = &*self.inner;
         inner.check_segment(segment)?;
@@ -618,6 +647,13 @@ impl Engine {
 
     /// Opens the segment published as `name`: looks up its descriptor, connects to its owner on
     /// every rail, decodes its keys.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::SegmentNotFound`], [`TransportError::FabricMismatch`] (published by
+    /// another fabric), [`TransportError::Exhausted`] (remote segment table full),
+    /// [`TransportError::Fabric`] (bad address or key, or the peer could not be reached; the cause
+    /// says why) and [`TransportError::Metadata`] (the service failed).
     pub fn open_segment(&self, name: &str) -> Result<RemoteSegment, TransportError> {
         let inner = &*self.inner;
         let desc = inner.metadata.lookup(name).map_err(|e| match e {
@@ -715,6 +751,11 @@ impl Engine {
 
     /// Allocates a batch for up to `capacity` requests. Reusing slots allocates nothing once a
     /// slot of that capacity exists.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Config`] for a capacity of 0 or over the limit, and
+    /// [`TransportError::Exhausted`] when every batch slot is in use.
     pub fn allocate_batch(&self, capacity: usize) -> Result<BatchId, TransportError> {
         let cap = u32::try_from(capacity)
             .ok()
@@ -729,6 +770,11 @@ impl Engine {
 
     /// Frees a batch. Refused with [`TransportError::BatchBusy`] while its work requests are in
     /// flight (also after a timeout or cancel: drain it with [`Worker::drain`] first).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::StaleBatch`] for a freed or foreign handle and
+    /// [`TransportError::BatchBusy`] while work requests are in flight.
     pub fn free_batch(&self, batch: BatchId) -> Result<(), TransportError> {
         self.inner.batches.check(batch)?;
         reap_orphans(&self.inner, true);

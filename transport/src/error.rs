@@ -1,6 +1,8 @@
 //! Typed errors: validation and API errors ([`TransportError`]) and completion failures
 //! ([`FailReason`], named after the EFA completion statuses).
 
+use std::sync::Arc;
+
 use crate::{BatchId, RemoteSegment, SegmentId};
 
 /// Why a work request or a transfer request failed. The EFA-style names follow the provider's
@@ -117,15 +119,63 @@ impl std::fmt::Display for FailReason {
     }
 }
 
+/// An OS error kept as the cause of a [`FabricError`]: shared, so the error stays `Clone`, and
+/// compared by [`kind`](Self::kind) and [`raw_os_error`](Self::raw_os_error), so tests can match
+/// errors with `==`.
+#[derive(Debug, Clone)]
+pub struct OsError(Arc<std::io::Error>);
+
+impl OsError {
+    /// The kind of the OS error.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+
+    /// The errno, when the error came from the OS.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.0.raw_os_error()
+    }
+
+    /// The error itself.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl From<std::io::Error> for OsError {
+    fn from(e: std::io::Error) -> Self {
+        OsError(Arc::new(e))
+    }
+}
+
+impl PartialEq for OsError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.raw_os_error() == other.raw_os_error()
+    }
+}
+
+impl Eq for OsError {}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// An error reported by a fabric outside the completion path (setup, registration, posting).
+///
+/// Failures of the device or of the OS keep their cause as [`source`](std::error::Error::source):
+/// the verbs call, its errno and the limit at fault ([`efa::Error`](::efa::Error)), or the OS
+/// error ([`OsError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FabricError {
-    /// The send queue of `rail` is full; poll completions and post again.
-    #[error("send queue of rail {rail} is full")]
-    QueueFull {
-        /// The rail whose queue is full.
-        rail: u16,
-    },
     /// The fabric cannot do this operation.
     #[error("fabric does not support {what}")]
     Unsupported {
@@ -166,15 +216,124 @@ pub enum FabricError {
         /// What it may be.
         expected: String,
     },
-    /// A peer id that the fabric never handed out.
-    #[error("unknown peer id {0}")]
-    UnknownPeerId(u32),
     /// A resource limit (regions, peers, queues) was reached.
     #[error("fabric resource exhausted: {0}")]
     Exhausted(&'static str),
-    /// An OS or device error.
-    #[error("fabric I/O error: {0}")]
-    Io(String),
+    /// A memory range the fabric cannot register.
+    #[error("{fabric}: cannot register memory {addr:#x}+{len}: {reason}")]
+    BadRegion {
+        /// The fabric.
+        fabric: &'static str,
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A registration the fabric does not hold (already deregistered, or another fabric's).
+    #[error("{fabric}: no registration with key {handle:#x}")]
+    UnknownRegistration {
+        /// The fabric.
+        fabric: &'static str,
+        /// The registration's handle.
+        handle: u64,
+    },
+    /// A fabric returned a registration with the wrong number of keys.
+    #[error(
+        "{fabric}: registration has {local_keys} local / {remote_keys} remote keys for {rails} rails"
+    )]
+    BadRegistration {
+        /// The fabric.
+        fabric: String,
+        /// Local keys returned.
+        local_keys: usize,
+        /// Remote keys returned.
+        remote_keys: usize,
+        /// The fabric's rails.
+        rails: usize,
+    },
+    /// No device the fabric can use is present.
+    #[error("{fabric}: no {wanted} found")]
+    NoDevice {
+        /// The fabric.
+        fabric: &'static str,
+        /// The kind of device it looked for.
+        wanted: &'static str,
+    },
+    /// A device is present but cannot serve the fabric as configured.
+    #[error("{fabric}: device {device}: {reason}")]
+    DeviceUnfit {
+        /// The fabric.
+        fabric: &'static str,
+        /// The device's name.
+        device: String,
+        /// What it lacks, with the values at fault.
+        reason: String,
+    },
+    /// A peer refused to connect.
+    #[error("{fabric}: peer {peer} refused: {reason}")]
+    Refused {
+        /// The fabric.
+        fabric: &'static str,
+        /// The peer's address.
+        peer: String,
+        /// The reason it gave.
+        reason: String,
+    },
+    /// A device call (verbs, efadv) failed; the cause names the call, its errno and the value
+    /// at fault.
+    #[cfg(feature = "rdma")]
+    #[error("{fabric}: {what} failed")]
+    Device {
+        /// The fabric.
+        fabric: &'static str,
+        /// What the fabric was doing, with the device's name.
+        what: String,
+        /// The device's error.
+        #[source]
+        source: ::efa::Error,
+    },
+    /// An OS call (socket, thread) failed.
+    #[error("{fabric}: {what} failed")]
+    Os {
+        /// The fabric.
+        fabric: &'static str,
+        /// What the fabric was doing, with the address or name involved.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: OsError,
+    },
+}
+
+impl FabricError {
+    /// A failed device call of `fabric` while doing `what`.
+    #[cfg(feature = "rdma")]
+    pub(crate) fn device(
+        fabric: &'static str,
+        what: impl std::fmt::Display,
+        source: ::efa::Error,
+    ) -> Self {
+        FabricError::Device {
+            fabric,
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    /// A failed OS call of `fabric` while doing `what`.
+    pub(crate) fn os(
+        fabric: &'static str,
+        what: impl std::fmt::Display,
+        source: std::io::Error,
+    ) -> Self {
+        FabricError::Os {
+            fabric,
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A handle of the engine API, for errors that concern any kind of handle.
@@ -211,6 +370,7 @@ impl std::fmt::Display for Handle {
 
 /// Errors of the transport API. Each names the offending value(s).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// A request of zero bytes.
     #[error("request {index}: zero length")]

@@ -89,7 +89,7 @@ pub use discovery::{DiscoveryConfig, PeerMetadata};
 pub use engine::{
     Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
 };
-pub use error::{FabricError, FailReason, Handle, TransportError};
+pub use error::{FabricError, FailReason, Handle, OsError, TransportError};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};

@@ -12,6 +12,7 @@ use crate::descriptor::{DescriptorError, SegmentDescriptor};
 
 /// Errors of a metadata service.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MetadataError {
     /// No descriptor under that name.
     #[error("no descriptor named {0:?}")]
@@ -39,6 +40,25 @@ pub enum MetadataError {
     /// A setting of the service is out of range (the message names it and its value).
     #[error("bad metadata service configuration: {0}")]
     Config(String),
+    /// An OS call of the service (socket, thread) failed.
+    #[error("metadata service: {what} failed")]
+    Os {
+        /// What the service was doing, with the address involved.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: crate::OsError,
+    },
+}
+
+impl MetadataError {
+    /// A failed OS call while doing `what`.
+    pub(crate) fn os(what: impl std::fmt::Display, source: std::io::Error) -> Self {
+        MetadataError::Os {
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A directory of segment descriptors keyed by name.

@@ -100,6 +100,16 @@ impl Worker {
     /// Slices larger requests (see [`SlicePlan`](crate::SlicePlan)) and stripes slices over the
     /// local segment's rails. When a send queue is full it polls completions and retries
     /// (backpressure, never loss) for up to the engine's `submit_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// Validation errors name the request and the value at fault: [`TransportError::ZeroLength`],
+    /// [`TransportError::LocalNotRegistered`], [`TransportError::LocalOutOfRange`],
+    /// [`TransportError::RemoteOutOfRange`], [`TransportError::UnknownRemote`],
+    /// [`TransportError::AccessDenied`], [`TransportError::TooManySlices`],
+    /// [`TransportError::BatchFull`], [`TransportError::TooManyInFlight`]; a stale or foreign batch
+    /// is [`TransportError::StaleBatch`] or [`TransportError::ForeignHandle`], and a fabric that
+    /// refuses a post is [`TransportError::Fabric`].
     pub fn submit(
         &mut self,
         batch: BatchId,
@@ -295,6 +305,11 @@ impl Worker {
 
     /// Drives completions until every submitted request of `batch` is terminal or `timeout`
     /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::StaleBatch`] or [`TransportError::ForeignHandle`] for a handle that is
+    /// not a live batch of this engine (also when the batch was freed during the wait).
     pub fn wait(
         &mut self,
         batch: BatchId,
@@ -313,6 +328,10 @@ impl Worker {
     /// Drives completions until no work request of `batch` is in flight (so it can be freed or
     /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
     /// way.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::wait`].
     pub fn drain(
         &mut self,
         batch: BatchId,

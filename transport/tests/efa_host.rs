@@ -25,11 +25,30 @@ fn missing_devices_are_a_typed_error() {
         return;
     }
     let e = EfaFabric::new(EfaConfig::default()).unwrap_err();
-    assert!(matches!(e, FabricError::Io(_)), "{e}");
+    match &e {
+        // libibverbs present, no EFA device.
+        FabricError::NoDevice { fabric: "efa", .. } => {}
+        // No libibverbs: the loader's error is kept as the cause.
+        FabricError::Device {
+            source: efa::Error::Library { .. },
+            ..
+        } => assert!(std::error::Error::source(&e).is_some()),
+        other => panic!("expected a typed missing-device error, got {other:?}"),
+    }
     let named = EfaFabric::new(EfaConfig {
         devices: vec!["rdmap-none".into()],
         ..EfaConfig::default()
     })
     .unwrap_err();
     assert!(named.to_string().contains("rdmap-none"), "{named}");
+    assert!(
+        matches!(
+            &named,
+            FabricError::Device {
+                source: efa::Error::NoSuchDevice { .. } | efa::Error::Library { .. },
+                ..
+            }
+        ),
+        "{named:?}"
+    );
 }

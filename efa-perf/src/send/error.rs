@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// Why a SEND test failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// A verbs call failed.
     #[error("{what} on {device}")]

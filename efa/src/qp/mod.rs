@@ -15,6 +15,7 @@ use crate::error::{Error, Limit, Result};
 use crate::gid::{Gid, GidEntry};
 use crate::mr::Sge;
 use crate::pd::{Pd, ThreadDomain};
+use crate::status::QpState;
 
 /// Bytes of the Global Routing Header that UD receives on RoCE place before the payload.
 pub const GRH_BYTES: usize = 40;
@@ -77,57 +78,6 @@ pub type SrdQp = Qp<Srd>;
 pub type UdQp = Qp<Ud>;
 /// An RC queue pair.
 pub type RcQp = Qp<Rc>;
-
-/// `enum ibv_qp_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QpState {
-    /// Reset.
-    Reset,
-    /// Initialized: receives may be posted.
-    Init,
-    /// Ready to receive.
-    Rtr,
-    /// Ready to send.
-    Rts,
-    /// Send queue drained.
-    Sqd,
-    /// Send queue error.
-    Sqe,
-    /// Error: outstanding work is flushed.
-    Err,
-    /// Anything else.
-    Unknown(u32),
-}
-
-impl QpState {
-    /// Name the raw value.
-    pub fn from_raw(v: u32) -> Self {
-        match v {
-            0 => QpState::Reset,
-            1 => QpState::Init,
-            2 => QpState::Rtr,
-            3 => QpState::Rts,
-            4 => QpState::Sqd,
-            5 => QpState::Sqe,
-            6 => QpState::Err,
-            o => QpState::Unknown(o),
-        }
-    }
-
-    /// The raw value.
-    pub fn raw(self) -> u32 {
-        match self {
-            QpState::Reset => 0,
-            QpState::Init => 1,
-            QpState::Rtr => 2,
-            QpState::Rts => 3,
-            QpState::Sqd => 4,
-            QpState::Sqe => 5,
-            QpState::Err => 6,
-            QpState::Unknown(o) => o,
-        }
-    }
-}
 
 /// Queue sizes of a QP: requested at creation, then what the provider granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -583,6 +533,12 @@ impl<'a> QpBuilder<'a> {
     }
 
     /// Create an SRD QP and bring it to RTS (EFA only).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotEfa`] on another device, [`Error::Limit`] for queue sizes or a Q_Key beyond
+    /// the device's limits, [`Error::Unsupported`] for options the device lacks, [`Error::Verbs`]
+    /// when creation or a state transition fails (with its errno and the attribute at fault).
     pub fn build_srd(self) -> Result<SrdQp> {
         let ctx = Arc::clone(self.pd.context());
         let efa = *ctx.require_efa()?;
@@ -667,6 +623,11 @@ impl<'a> QpBuilder<'a> {
     }
 
     /// Create a UD QP and bring it to RTS.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Limit`] for queue sizes or a Q_Key beyond the device's limits, [`Error::Verbs`]
+    /// when creation or a state transition fails (with its errno and the attribute at fault).
     pub fn build_ud(self) -> Result<UdQp> {
         let ctx = Arc::clone(self.pd.context());
         self.check_qkey()?;
@@ -714,6 +675,11 @@ impl<'a> QpBuilder<'a> {
     }
 
     /// Create an RC QP in INIT; [`Qp::connect`] takes it to RTS. Not on EFA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on EFA devices (no RC), [`Error::Limit`] for queue sizes beyond the
+    /// device's limits, [`Error::Verbs`] when creation fails (with its errno).
     pub fn build_rc(self) -> Result<RcQp> {
         let ctx = Arc::clone(self.pd.context());
         if ctx.is_efa() {

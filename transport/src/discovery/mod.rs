@@ -293,12 +293,11 @@ impl PeerMetadata {
     /// Binds the server and starts its thread.
     pub fn bind(config: DiscoveryConfig) -> Result<Arc<PeerMetadata>, MetadataError> {
         check_config(&config)?;
-        let listener = TcpListener::bind(config.bind).map_err(|e| {
-            MetadataError::Unavailable(format!("discovery: cannot bind {}: {e}", config.bind))
-        })?;
+        let listener = TcpListener::bind(config.bind)
+            .map_err(|e| MetadataError::os(format_args!("bind {}", config.bind), e))?;
         let local = listener
             .local_addr()
-            .map_err(|e| MetadataError::Unavailable(format!("discovery: local address: {e}")))?;
+            .map_err(|e| MetadataError::os("read the bound address", e))?;
         let state = Arc::new(State {
             peers: RwLock::new(config.peers.clone()),
             config,
@@ -312,7 +311,7 @@ impl PeerMetadata {
         let thread = std::thread::Builder::new()
             .name("discovery".into())
             .spawn(move || server::run(listener, st))
-            .map_err(|e| MetadataError::Unavailable(format!("discovery: thread: {e}")))?;
+            .map_err(|e| MetadataError::os("spawn the discovery thread", e))?;
         log::info!(
             "discovery: engine {:?} serving on {local}",
             state.config.engine

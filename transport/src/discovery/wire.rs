@@ -153,6 +153,7 @@ pub enum Message {
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The input ended early.
     #[error("truncated: need {need} bytes, have {have}")]

@@ -272,15 +272,15 @@ pub(crate) fn register(
 pub(crate) fn deregister(
     regions: &Regions,
     registration: &Registration,
-    fabric: &str,
+    fabric: &'static str,
 ) -> Result<(), FabricError> {
     if regions.deregister(registration.handle) {
         Ok(())
     } else {
-        Err(FabricError::Io(format!(
-            "{fabric}: no registration with key {:#x}",
-            registration.handle
-        )))
+        Err(FabricError::UnknownRegistration {
+            fabric,
+            handle: registration.handle,
+        })
     }
 }
 

@@ -234,8 +234,8 @@ impl std::fmt::Debug for EfaFabric {
     }
 }
 
-fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
-    FabricError::Io(format!("efa: {what}: {e}"))
+fn io(what: impl std::fmt::Display, e: ::efa::Error) -> FabricError {
+    FabricError::device("efa", what, e)
 }
 
 impl Shared {
@@ -308,6 +308,14 @@ impl EfaFabric {
 
     /// Opens the EFA devices, decides the capabilities, creates the service QPs and starts the
     /// target thread.
+    ///
+    /// # Errors
+    ///
+    /// [`FabricError::BadConfig`] names a setting out of range; [`FabricError::NoDevice`] when
+    /// no EFA device is present; [`FabricError::Device`] when a device cannot be opened or set up
+    /// (the cause is the [`efa::Error`]: the verbs call, its errno and the value at
+    /// fault, or the loader's error); [`FabricError::DeviceUnfit`] when a device lacks what the
+    /// configuration requires.
     pub fn new(config: EfaConfig) -> Result<Arc<EfaFabric>, FabricError> {
         check_config(&config)?;
         let names = if config.devices.is_empty() {
@@ -320,7 +328,10 @@ impl EfaFabric {
             config.devices.clone()
         };
         if names.is_empty() {
-            return Err(FabricError::Io("efa: no EFA device found".into()));
+            return Err(FabricError::NoDevice {
+                fabric: "efa",
+                wanted: "EFA device",
+            });
         }
         let mut rails = Vec::with_capacity(names.len());
         let mut rail_caps = Vec::with_capacity(names.len());
@@ -345,10 +356,14 @@ impl EfaFabric {
         )?;
         let max_msg = u32::try_from(caps.max_message_size).unwrap_or(u32::MAX);
         if (max_msg as usize) <= proto::HEADER_LEN {
-            return Err(FabricError::Io(format!(
-                "efa: port max_msg_sz {max_msg} leaves no room for a {}-byte protocol header",
-                proto::HEADER_LEN
-            )));
+            return Err(FabricError::DeviceUnfit {
+                fabric: "efa",
+                device: names.join(","),
+                reason: format!(
+                    "port max_msg_sz {max_msg} leaves no room for a {}-byte protocol header",
+                    proto::HEADER_LEN
+                ),
+            });
         }
         let instance = crate::fabric::rdma::random_u64();
         let service = target::Service::new(&rails, &config, max_msg)?;

@@ -126,14 +126,21 @@ pub fn decide(
         });
     }
     if let (WritePolicy::Require, Some(r)) = (policy, rails.iter().find(|r| !r.write)) {
-        return Err(FabricError::Io(format!(
-            "efa: {} lacks RDMA WRITE (EFADV_DEVICE_ATTR_CAPS_RDMA_WRITE; needs a newer device \
-             or rdma-core 52+), and WritePolicy::Require was asked",
-            r.device
-        )));
+        return Err(FabricError::DeviceUnfit {
+            fabric: "efa",
+            device: r.device.clone(),
+            reason: "lacks RDMA WRITE (EFADV_DEVICE_ATTR_CAPS_RDMA_WRITE; needs a newer device \
+                     or rdma-core 52+), and WritePolicy::Require was asked"
+                .into(),
+        });
     }
     if queue_depth == 0 {
-        return Err(FabricError::Io("efa: queue_depth 0".into()));
+        return Err(FabricError::BadConfig {
+            fabric: "efa",
+            field: "queue_depth",
+            value: "0".into(),
+            expected: "at least 1".into(),
+        });
     }
     let hw_read = rails.iter().all(|r| r.read);
     let hw_write = rails.iter().all(|r| r.write);
@@ -337,7 +344,11 @@ mod tests {
         assert_eq!(caps.queue_depth, 256);
         assert_eq!(caps.max_message_size, 8928);
         let e = decide(&[rail(true, false)], 256, WritePolicy::Require, Fallback).unwrap_err();
-        assert!(e.to_string().contains("rdmap0s6 lacks RDMA WRITE"), "{e}");
+        assert!(
+            matches!(&e, FabricError::DeviceUnfit { device, reason, .. }
+                if device == "rdmap0s6" && reason.contains("lacks RDMA WRITE")),
+            "{e}"
+        );
         let all = decide(&[rail(true, true)], 4096, WritePolicy::Require, Fallback).unwrap();
         assert!(all.supports_write);
         assert_eq!(all.queue_depth, 512, "capped by max_sq_wr");

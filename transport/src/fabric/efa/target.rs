@@ -134,7 +134,7 @@ pub(crate) fn start(shared: Arc<Shared>, service: Service) -> Result<JoinHandle<
     std::thread::Builder::new()
         .name("efa-target".into())
         .spawn(move || run(shared, service))
-        .map_err(|e| io("spawn target thread", e))
+        .map_err(|e| FabricError::os("efa", "spawn the target thread", e))
 }
 
 fn run(shared: Arc<Shared>, mut service: Service) {

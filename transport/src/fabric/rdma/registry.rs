@@ -64,19 +64,37 @@ impl MrRegistry {
         access: ::efa::Access,
         max_regions: usize,
     ) -> Result<Registration, FabricError> {
-        let len = usize::try_from(region.len)
-            .ok()
-            .filter(|&l| l > 0)
-            .ok_or_else(|| FabricError::Io(format!("bad region length {}", region.len)))?;
+        let len =
+            usize::try_from(region.len)
+                .ok()
+                .filter(|&l| l > 0)
+                .ok_or(FabricError::BadRegion {
+                    fabric: "rdma",
+                    addr: region.addr,
+                    len: region.len,
+                    reason: "the length is 0 or beyond the address space",
+                })?;
         if region.addr == 0 {
-            return Err(FabricError::Io("region at address 0".into()));
+            return Err(FabricError::BadRegion {
+                fabric: "rdma",
+                addr: 0,
+                len: region.len,
+                reason: "the address is 0",
+            });
         }
         let mut mrs = Vec::with_capacity(pds.len());
         for (rail, pd) in pds.iter().enumerate() {
             // SAFETY: the caller keeps the memory valid until deregistration, which drops these
             // regions (and so deregisters them) before it returns.
-            let mr = unsafe { Mr::register_raw(pd, region.addr as *mut u8, len, access) }
-                .map_err(|e| FabricError::Io(format!("rail {rail}: register {len} bytes: {e}")))?;
+            let mr = unsafe { Mr::register_raw(pd, region.addr as *mut u8, len, access) }.map_err(
+                |e| {
+                    FabricError::device(
+                        "rdma",
+                        format_args!("rail {rail}: register {len} bytes at {:#x}", region.addr),
+                        e,
+                    )
+                },
+            )?;
             mrs.push(mr);
         }
         let registration = Registration {
@@ -110,9 +128,10 @@ impl MrRegistry {
                 drop(m);
                 Ok(())
             }
-            None => Err(FabricError::Io(format!(
-                "no registration with handle {handle}"
-            ))),
+            None => Err(FabricError::UnknownRegistration {
+                fabric: "rdma",
+                handle,
+            }),
         }
     }
 }

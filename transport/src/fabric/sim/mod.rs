@@ -199,6 +199,11 @@ fn address(node: u32, rail: u16) -> Vec<u8> {
 
 impl SimFabric {
     /// Adds an engine's devices to `net`.
+    ///
+    /// # Errors
+    ///
+    /// [`FabricError::BadConfig`] names a setting out of range; [`FabricError::Exhausted`] when the
+    /// network has no room for another node.
     pub fn new(net: &Arc<SimNetwork>, config: SimConfig) -> Result<Arc<SimFabric>, FabricError> {
         check_config(&config)?;
         check_range("sim", "max_nodes", net.max_nodes, 1..=MAX_NODES)?;

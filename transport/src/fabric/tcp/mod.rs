@@ -288,19 +288,28 @@ fn check_config(c: &TcpConfig) -> Result<(), FabricError> {
 impl TcpFabric {
     /// Binds the service listener and starts its thread. Every setting is checked first
     /// ([`FabricError::BadConfig`] names the one out of range).
+    ///
+    /// # Errors
+    ///
+    /// [`FabricError::BadConfig`] names a setting out of range (also an unspecified `bind` address
+    /// without `advertise`); [`FabricError::Os`] when the listener cannot bind or start (the cause is
+    /// the OS error).
     pub fn new(config: TcpConfig) -> Result<Arc<TcpFabric>, FabricError> {
         check_config(&config)?;
         let listener = TcpListener::bind(config.bind)
-            .map_err(|e| FabricError::Io(format!("tcp: cannot bind {}: {e}", config.bind)))?;
+            .map_err(|e| FabricError::os("tcp", format_args!("bind {}", config.bind), e))?;
         let bound = listener
             .local_addr()
-            .map_err(|e| FabricError::Io(format!("tcp: local address: {e}")))?;
+            .map_err(|e| FabricError::os("tcp", "read the bound address", e))?;
         let local = match config.advertise {
             Some(a) => a,
             None if bound.ip().is_unspecified() => {
-                return Err(FabricError::Io(format!(
-                    "tcp: bound to {bound}; set `advertise` to an address peers can dial"
-                )))
+                return Err(FabricError::BadConfig {
+                    fabric: "tcp",
+                    field: "advertise",
+                    value: format!("None (bound to {bound})"),
+                    expected: "an address peers can dial when `bind` is unspecified".into(),
+                })
             }
             None => bound,
         };
@@ -317,7 +326,7 @@ impl TcpFabric {
         let handle = std::thread::Builder::new()
             .name("tcp-listener".into())
             .spawn(move || service::run_listener(listener, s))
-            .map_err(|e| FabricError::Io(format!("tcp: cannot start listener thread: {e}")))?;
+            .map_err(|e| FabricError::os("tcp", "start the listener thread", e))?;
         log::info!("tcp fabric: serving on {bound} (advertised as {local})");
         Ok(Arc::new(TcpFabric {
             shared,
@@ -533,6 +542,25 @@ mod tests {
             bind: "0.0.0.0:0".parse().unwrap(),
             ..TcpConfig::default()
         };
-        assert!(matches!(TcpFabric::new(c), Err(FabricError::Io(_))));
+        assert!(matches!(
+            TcpFabric::new(c),
+            Err(FabricError::BadConfig {
+                field: "advertise",
+                ..
+            })
+        ));
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpConfig {
+            bind: taken.local_addr().unwrap(),
+            ..TcpConfig::default()
+        };
+        match TcpFabric::new(c) {
+            Err(FabricError::Os { fabric, source, .. }) => {
+                assert_eq!(fabric, "tcp");
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{source}");
+                assert!(source.raw_os_error().is_some());
+            }
+            other => panic!("expected the OS error of bind, got {other:?}"),
+        }
     }
 }

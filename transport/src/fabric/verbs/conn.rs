@@ -32,8 +32,8 @@ impl QpSet {
     }
 }
 
-fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
-    FabricError::Io(format!("verbs: {what}: {e}"))
+fn io(what: impl std::fmt::Display, e: ::efa::Error) -> FabricError {
+    FabricError::device("verbs", what, e)
 }
 
 /// The RC options of an initiator QP on `rail` towards a target serving `target_rd` READs.
@@ -133,9 +133,13 @@ pub(crate) fn connect(
     let mut it = theirs.iter();
     for set in &mut sets {
         for (i, qp) in set.qps.iter_mut().enumerate() {
-            let peer = it
-                .next()
-                .ok_or_else(|| io("handshake", "too few QP addresses"))?;
+            let peer = it.next().ok_or_else(|| FabricError::BadAddress {
+                rail: (i % set.remote_rails) as u16,
+                reason: format!(
+                    "the handshake with {at} answered {} QP addresses, fewer than needed",
+                    theirs.len()
+                ),
+            })?;
             let rail = i / set.remote_rails;
             if peer.mtu != shared.rails[rail].mtu {
                 return Err(FabricError::BadAddress {

@@ -225,7 +225,7 @@ pub(crate) fn exchange(
     timeout: Duration,
 ) -> Result<Vec<QpAddress>, FabricError> {
     let io = |what: &str, e: std::io::Error| {
-        FabricError::Io(format!("verbs handshake with {at}: {what}: {e}"))
+        FabricError::os("verbs", format_args!("handshake with {at}: {what}"), e)
     };
     let mut s = TcpStream::connect_timeout(&at, timeout).map_err(|e| io("connect", e))?;
     s.set_read_timeout(Some(timeout))
@@ -237,9 +237,11 @@ pub(crate) fn exchange(
     let body = receive(&mut s).map_err(|e| io("receive", e))?;
     match Response::decode(&body, req.expected_qps())? {
         Response::Accepted(qps) => Ok(qps),
-        Response::Refused(why) => Err(FabricError::Io(format!(
-            "verbs handshake with {at}: refused: {why}"
-        ))),
+        Response::Refused(why) => Err(FabricError::Refused {
+            fabric: "verbs",
+            peer: at.to_string(),
+            reason: why,
+        }),
     }
 }
 

@@ -250,8 +250,8 @@ impl std::fmt::Debug for VerbsFabric {
     }
 }
 
-fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> FabricError {
-    FabricError::Io(format!("verbs: {what}: {e}"))
+fn io(what: impl std::fmt::Display, e: ::efa::Error) -> FabricError {
+    FabricError::device("verbs", what, e)
 }
 
 /// Transport retries of every RC QP. Not 7: Soft-RoCE treats 7 like `rnr_retry` 7, as
@@ -280,10 +280,11 @@ fn open_rail(name: &str, config: &VerbsConfig) -> Result<Rail, FabricError> {
         .query_port(config.port)
         .map_err(|e| io(format_args!("{name} port {}", config.port), e))?;
     if port.state != PortState::Active {
-        return Err(io(
-            format_args!("{name} port {}", config.port),
-            format_args!("not active ({:?})", port.state),
-        ));
+        return Err(FabricError::DeviceUnfit {
+            fabric: "verbs",
+            device: name.to_string(),
+            reason: format!("port {} is not active ({:?})", config.port, port.state),
+        });
     }
     let gid = match config.gid_index {
         Some(i) => GidEntry {
@@ -325,13 +326,22 @@ fn default_device() -> Result<String, FabricError> {
             }
         }
     }
-    Err(FabricError::Io(
-        "verbs: no non-EFA verbs device with an active port 1".into(),
-    ))
+    Err(FabricError::NoDevice {
+        fabric: "verbs",
+        wanted: "non-EFA verbs device with an active port 1",
+    })
 }
 
 impl VerbsFabric {
     /// Opens the devices, starts the connection service and the target thread.
+    ///
+    /// # Errors
+    ///
+    /// [`FabricError::BadConfig`] names a setting out of range; [`FabricError::NoDevice`] when
+    /// no usable verbs device is present; [`FabricError::Device`] when a device cannot be opened or
+    /// set up (the cause is the [`efa::Error`]); [`FabricError::DeviceUnfit`] for an
+    /// inactive port or a GID without IPv4; [`FabricError::Os`] when the connection service cannot
+    /// bind or start.
     pub fn new(config: VerbsConfig) -> Result<Arc<VerbsFabric>, FabricError> {
         check_config(&config)?;
         let names = if config.devices.is_empty() {
@@ -345,19 +355,25 @@ impl VerbsFabric {
             .collect::<Result<Vec<_>, _>>()?;
         let ip = match config.service_ip {
             Some(ip) => ip,
-            None => rails[0].gid.gid.ipv4().ok_or_else(|| {
-                FabricError::Io(format!(
-                    "verbs: GID {} of {} is not IPv4-mapped; set service_ip",
-                    rails[0].gid.gid,
-                    rails[0].ctx.name()
-                ))
-            })?,
+            None => rails[0]
+                .gid
+                .gid
+                .ipv4()
+                .ok_or_else(|| FabricError::DeviceUnfit {
+                    fabric: "verbs",
+                    device: rails[0].ctx.name().to_string(),
+                    reason: format!(
+                        "GID {} is not IPv4-mapped; set service_ip",
+                        rails[0].gid.gid
+                    ),
+                })?,
         };
-        let listener = std::net::TcpListener::bind((ip, config.service_port))
-            .map_err(|e| io(format_args!("bind connection service on {ip}"), e))?;
+        let listener = std::net::TcpListener::bind((ip, config.service_port)).map_err(|e| {
+            FabricError::os("verbs", format_args!("bind connection service on {ip}"), e)
+        })?;
         let service = listener
             .local_addr()
-            .map_err(|e| io("service address", e))?;
+            .map_err(|e| FabricError::os("verbs", "read the service address", e))?;
         let max_transfer = rails
             .iter()
             .map(|r| u64::from(r.max_msg))
@@ -366,7 +382,11 @@ impl VerbsFabric {
             .min(config.max_transfer_size)
             .min(u64::from(u32::MAX));
         if max_transfer == 0 {
-            return Err(FabricError::Io("verbs: port max_msg_sz is 0".into()));
+            return Err(FabricError::DeviceUnfit {
+                fabric: "verbs",
+                device: names.join(","),
+                reason: "port max_msg_sz is 0".into(),
+            });
         }
         let target = service::Target::new(&rails, &config)?;
         let shared = Arc::new(Shared {

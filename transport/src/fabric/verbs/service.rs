@@ -39,14 +39,14 @@ pub(crate) struct Target {
 impl Target {
     pub(crate) fn new(rails: &[Rail], config: &VerbsConfig) -> Result<Target, FabricError> {
         let mut cqs = Vec::with_capacity(rails.len());
-        let mut events =
-            if config.cq_events {
-                Some(Events::new(rails.iter().map(|r| &r.ctx)).map_err(|e| {
-                    FabricError::Io(format!("verbs: target completion channel: {e}"))
-                })?)
-            } else {
-                None
-            };
+        let mut events = if config.cq_events {
+            Some(
+                Events::new(rails.iter().map(|r| &r.ctx))
+                    .map_err(|e| FabricError::device("verbs", "target completion channel", e))?,
+            )
+        } else {
+            None
+        };
         for (i, r) in rails.iter().enumerate() {
             let max = r.ctx.device_attr().max_cqe;
             let cqe = if max == 0 {
@@ -56,7 +56,11 @@ impl Target {
             };
             let cq = events::cq_for(&r.ctx, cqe, &mut events, i);
             cqs.push(cq.map_err(|e| {
-                FabricError::Io(format!("verbs: {} target CQ of {cqe}: {e}", r.ctx.name()))
+                FabricError::device(
+                    "verbs",
+                    format_args!("{} target CQ of {cqe}", r.ctx.name()),
+                    e,
+                )
             })?);
         }
         let min_cq = cqs.iter().map(|c| c.capacity()).min().unwrap_or(0);
@@ -76,17 +80,17 @@ pub(crate) fn start(
 ) -> Result<Vec<JoinHandle<()>>, FabricError> {
     listener
         .set_nonblocking(true)
-        .map_err(|e| FabricError::Io(format!("verbs: service socket: {e}")))?;
+        .map_err(|e| FabricError::os("verbs", "service socket", e))?;
     let (tx, rx) = mpsc::sync_channel::<Setup>(4);
     let s1 = shared.clone();
     let t1 = std::thread::Builder::new()
         .name("verbs-target".into())
         .spawn(move || TargetThread::new(s1, target).run(rx))
-        .map_err(|e| FabricError::Io(format!("verbs: spawn target thread: {e}")))?;
+        .map_err(|e| FabricError::os("verbs", "spawn the target thread", e))?;
     let t2 = std::thread::Builder::new()
         .name("verbs-service".into())
         .spawn(move || serve(shared, listener, tx))
-        .map_err(|e| FabricError::Io(format!("verbs: spawn service thread: {e}")))?;
+        .map_err(|e| FabricError::os("verbs", "spawn the service thread", e))?;
     Ok(vec![t1, t2])
 }
 
@@ -248,10 +252,11 @@ impl TargetThread {
             let psn = (random_u64() & 0x00ff_ffff) as u32;
             let cq = &self.target.cqs[t];
             let io = |what: &str, e: ::efa::Error| {
-                FabricError::Io(format!(
-                    "verbs: {} passive QP: {what}: {e}",
-                    rail.ctx.name()
-                ))
+                FabricError::device(
+                    "verbs",
+                    format_args!("{} passive QP: {what}", rail.ctx.name()),
+                    e,
+                )
             };
             let mut qp = QpBuilder::new(&rail.pd, cq, cq)
                 .max_send_wr(1)
