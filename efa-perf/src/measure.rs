@@ -189,7 +189,7 @@ fn check_batch(
 
 /// Runs one bandwidth stream: keeps up to `depth` requests of `size` bytes in flight (two batches that
 /// alternate, so the queue never drains between them) until `amount` is done.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // One stream's whole setting, as each thread receives it.
 pub fn stream(
     link: &Link,
     index: u32,

@@ -570,6 +570,7 @@ impl std::fmt::Debug for Poll<'_> {
 
 impl Poll<'_> {
     /// The next completion, borrowed until the following call; `Ok(None)` when the CQ is empty.
+    // A lending iterator: each completion borrows the poller, which `Iterator` cannot express.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Completion<'_>>> {
         if self.exhausted {

@@ -16,7 +16,6 @@
 //!   [`Batch`] guard that checks device limits first and aborts on drop.
 //!
 //! Posting and polling allocate nothing and take no lock in this crate.
-#![warn(missing_docs)]
 
 pub mod ah;
 pub mod caps;

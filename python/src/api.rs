@@ -76,6 +76,12 @@ pub struct PyEngine {
     pub(crate) core: Arc<Core>,
 }
 
+impl std::fmt::Debug for PyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyEngine").finish_non_exhaustive()
+    }
+}
+
 impl PyEngine {
     pub(crate) fn from_core(core: Arc<Core>) -> Self {
         PyEngine { core }
@@ -106,7 +112,7 @@ impl PyEngine {
     #[pyo3(signature = (name=None, fabric="auto", *, listen="127.0.0.1:0", devices=None,
         metadata="p2p", peers=None, workers=4, slice_size=None, notify_tags=1024,
         sim_error_rate=0.0, sim_error_reasons=None, sim_max_delay=None, sim_unresp_timeout=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn new(
         py: Python<'_>,
         name: Option<String>,
@@ -223,7 +229,7 @@ impl PyEngine {
     /// keeping `owner` referenced until unregistered. The range must be mapped readable and
     /// writable in this process (checked); the caller keeps it allocated while registered.
     #[pyo3(signature = (name, ptr, length, owner=None, access="rw", location="cpu:0"))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn register_ptr(
         &self,
         py: Python<'_>,
@@ -347,7 +353,7 @@ impl PyEngine {
     /// WRITE `length` bytes from `local` at `offset` to `remote` at `remote_offset` and wait;
     /// `notify`: a tag counted at the target once the bytes are placed.
     #[pyo3(signature = (local, offset, remote, remote_offset, length, notify=None, timeout=DEFAULT_TIMEOUT))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn write(
         &self,
         py: Python<'_>,
@@ -369,7 +375,7 @@ impl PyEngine {
 
     /// READ `length` bytes of `remote` at `remote_offset` into `local` at `offset` and wait.
     #[pyo3(signature = (local, offset, remote, remote_offset, length, timeout=DEFAULT_TIMEOUT))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn read(
         &self,
         py: Python<'_>,
@@ -456,7 +462,7 @@ impl PyEngine {
     /// API, run here without the GIL. Returns nanoseconds per batch. With `raw`, local memory
     /// is given by address (as the Mooncake API gives it) rather than segment and offset.
     #[pyo3(signature = (local, remote, batch, iterations, length=64, raw=false))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn _rust_loop_ns(
         &self,
         py: Python<'_>,
@@ -507,6 +513,7 @@ thread_local! {
 /// Requests converted once, to run many times (`Engine.transfer`, `Batch.submit`) without
 /// converting each `Request` again.
 #[pyclass(frozen, module = "efa_transport._native", name = "RequestList")]
+#[derive(Debug)]
 pub struct PyRequestList {
     reqs: Vec<Request>,
 }
@@ -691,6 +698,7 @@ impl PyRemoteSegment {
 
 /// One transfer request: Request.read(...) or Request.write(...).
 #[pyclass(frozen, module = "efa_transport._native", name = "Request")]
+#[derive(Debug)]
 pub struct PyRequest {
     req: Request,
 }
@@ -763,7 +771,7 @@ impl PyRequest {
     module = "efa_transport._native",
     name = "BatchStatus"
 )]
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct PyBatchStatus {
     /// Capacity given at allocation.
     capacity: u32,
@@ -828,6 +836,7 @@ impl PyBatchStatus {
     module = "efa_transport._native",
     name = "RequestStatus"
 )]
+#[derive(Debug)]
 pub struct PyRequestStatus {
     /// The state.
     state: &'static str,
@@ -857,6 +866,15 @@ pub struct PyBatch {
     /// Most requests it takes.
     #[pyo3(get)]
     capacity: usize,
+}
+
+impl std::fmt::Debug for PyBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyBatch")
+            .field("state", &self.state)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PyBatch {
@@ -994,5 +1012,27 @@ impl PyBatch {
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
         self.free(py, 5.0)
+    }
+}
+
+impl std::fmt::Debug for PySegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PySegment")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PyRemoteSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyRemoteSegment")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
     }
 }

@@ -336,7 +336,7 @@ impl Core {
     ///
     /// The range must stay valid for reads and writes until [`Core::unregister`] succeeds
     /// (which drops `hold`, so `hold` may be what keeps it valid).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python register's arguments, plus what keeps the memory alive.
     pub unsafe fn register(
         &self,
         py: Python<'_>,

@@ -47,7 +47,7 @@ pub enum TransferOpcode {
 /// Mooncake's notification message (`name`, `msg`). Accepted for signature compatibility;
 /// transfers that carry one return -1 (notifications here are counted tags: Engine.wait_notify).
 #[pyclass(module = "efa_transport._native", name = "TransferNotify")]
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TransferNotify {
     /// Notification name.
     #[pyo3(get, set)]
@@ -101,6 +101,14 @@ struct Mc {
 pub struct TransferEngine {
     state: OnceLock<Arc<Mc>>,
     last_error: Mutex<String>,
+}
+
+impl std::fmt::Debug for TransferEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferEngine")
+            .field("initialized", &self.state.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The transfer timeout: `MC_TRANSFER_TIMEOUT` seconds, 30 by default.
@@ -209,7 +217,7 @@ impl TransferEngine {
         *lock(&self.last_error) = msg;
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn init(
         &self,
         py: Python<'_>,
@@ -948,7 +956,7 @@ impl TransferEngine {
     /// transfer_sync(target_hostname, buffer, peer_buffer_address, length, opcode,
     /// notify=None, transport_hint="") -> int; a notify returns -1 (not supported).
     #[pyo3(signature = (target_hostname, buffer, peer_buffer_address, length, opcode, notify=None, transport_hint=""))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn transfer_sync(
         &self,
         py: Python<'_>,
@@ -1067,7 +1075,7 @@ impl TransferEngine {
     /// batch_transfer_sync(target_hostname, buffers, peer_buffer_addresses, lengths, opcode,
     /// notify=None, transport_hint="") -> int; a notify returns -1 (not supported).
     #[pyo3(signature = (target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None, transport_hint=""))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn batch_transfer_sync(
         &self,
         py: Python<'_>,
@@ -1147,7 +1155,7 @@ impl TransferEngine {
     /// batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode,
     /// transport_hint="") -> int: a batch id, or 0 on failure.
     #[pyo3(signature = (target_hostname, buffers, peer_buffer_addresses, lengths, opcode, transport_hint=""))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // The Python signature, argument for argument.
     fn batch_transfer_async(
         &self,
         py: Python<'_>,

@@ -62,8 +62,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![deny(missing_docs)]
-
 mod access;
 mod batch;
 pub mod descriptor;

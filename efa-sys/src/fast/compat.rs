@@ -28,11 +28,15 @@ pub unsafe fn ibv_query_port(
     port_num: u8,
     port_attr: *mut ibv_port_attr,
 ) -> c_int {
-    match ctx_op!(context, query_port) {
-        Some(f) => f(context, port_num, port_attr, size_of::<ibv_port_attr>()),
-        None => {
-            ptr::write_bytes(port_attr, 0, 1);
-            (verbs.ibv_query_port)(context, port_num, port_attr.cast::<_compat_ibv_port_attr>())
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match ctx_op!(context, query_port) {
+            Some(f) => f(context, port_num, port_attr, size_of::<ibv_port_attr>()),
+            None => {
+                ptr::write_bytes(port_attr, 0, 1);
+                (verbs.ibv_query_port)(context, port_num, port_attr.cast::<_compat_ibv_port_attr>())
+            }
         }
     }
 }
@@ -51,17 +55,21 @@ pub unsafe fn ibv_query_device_ex(
     input: *const ibv_query_device_ex_input,
     attr: *mut ibv_device_attr_ex,
 ) -> c_int {
-    if !input.is_null() && (*input).comp_mask != 0 {
-        return libc::EINVAL;
-    }
-    if let Some(f) = ctx_op!(context, query_device_ex) {
-        let ret = f(context, input, attr, size_of::<ibv_device_attr_ex>());
-        if ret != libc::EOPNOTSUPP && ret != libc::ENOSYS {
-            return ret;
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        if !input.is_null() && (*input).comp_mask != 0 {
+            return libc::EINVAL;
         }
+        if let Some(f) = ctx_op!(context, query_device_ex) {
+            let ret = f(context, input, attr, size_of::<ibv_device_attr_ex>());
+            if ret != libc::EOPNOTSUPP && ret != libc::ENOSYS {
+                return ret;
+            }
+        }
+        ptr::write_bytes(attr, 0, 1);
+        (verbs.ibv_query_device)(context, ptr::addr_of_mut!((*attr).orig_attr))
     }
-    ptr::write_bytes(attr, 0, 1);
-    (verbs.ibv_query_device)(context, ptr::addr_of_mut!((*attr).orig_attr))
 }
 
 /// `ibv_create_qp_ex` as the header does it: `ibv_create_qp` when
@@ -76,18 +84,22 @@ pub unsafe fn ibv_create_qp_ex(
     context: *mut ibv_context,
     qp_init_attr_ex: *mut ibv_qp_init_attr_ex,
 ) -> *mut ibv_qp {
-    if (*qp_init_attr_ex).comp_mask == IBV_QP_INIT_ATTR_PD {
-        // `struct ibv_qp_init_attr` is the prefix of `ibv_qp_init_attr_ex`.
-        return (verbs.ibv_create_qp)(
-            (*qp_init_attr_ex).pd,
-            qp_init_attr_ex.cast::<ibv_qp_init_attr>(),
-        );
-    }
-    match ctx_op!(context, create_qp_ex) {
-        Some(f) => f(context, qp_init_attr_ex),
-        None => {
-            set_errno(libc::EOPNOTSUPP);
-            ptr::null_mut()
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        if (*qp_init_attr_ex).comp_mask == IBV_QP_INIT_ATTR_PD {
+            // `struct ibv_qp_init_attr` is the prefix of `ibv_qp_init_attr_ex`.
+            return (verbs.ibv_create_qp)(
+                (*qp_init_attr_ex).pd,
+                qp_init_attr_ex.cast::<ibv_qp_init_attr>(),
+            );
+        }
+        match ctx_op!(context, create_qp_ex) {
+            Some(f) => f(context, qp_init_attr_ex),
+            None => {
+                set_errno(libc::EOPNOTSUPP);
+                ptr::null_mut()
+            }
         }
     }
 }
@@ -110,17 +122,21 @@ pub unsafe fn ibv_reg_mr(
     length: usize,
     access: c_uint,
 ) -> *mut ibv_mr {
-    if access & IBV_ACCESS_OPTIONAL_RANGE == 0 {
-        return (verbs.ibv_reg_mr)(pd, addr, length, access as c_int);
-    }
-    match verbs.ibv_reg_mr_iova2 {
-        Some(f) => f(pd, addr, length, addr as u64, access),
-        None => (verbs.ibv_reg_mr)(
-            pd,
-            addr,
-            length,
-            (access & !IBV_ACCESS_OPTIONAL_RANGE) as c_int,
-        ),
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        if access & IBV_ACCESS_OPTIONAL_RANGE == 0 {
+            return (verbs.ibv_reg_mr)(pd, addr, length, access as c_int);
+        }
+        match verbs.ibv_reg_mr_iova2 {
+            Some(f) => f(pd, addr, length, addr as u64, access),
+            None => (verbs.ibv_reg_mr)(
+                pd,
+                addr,
+                length,
+                (access & !IBV_ACCESS_OPTIONAL_RANGE) as c_int,
+            ),
+        }
     }
 }
 
@@ -139,20 +155,24 @@ pub unsafe fn ibv_reg_mr_iova(
     iova: u64,
     access: c_uint,
 ) -> *mut ibv_mr {
-    let plain = access & IBV_ACCESS_OPTIONAL_RANGE == 0;
-    match (plain, verbs.ibv_reg_mr_iova, verbs.ibv_reg_mr_iova2) {
-        (true, Some(f), _) => f(pd, addr, length, iova, access as c_int),
-        (_, _, Some(f)) => f(pd, addr, length, iova, access),
-        (false, Some(f), None) => f(
-            pd,
-            addr,
-            length,
-            iova,
-            (access & !IBV_ACCESS_OPTIONAL_RANGE) as c_int,
-        ),
-        (_, None, None) => {
-            set_errno(libc::EOPNOTSUPP);
-            ptr::null_mut()
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        let plain = access & IBV_ACCESS_OPTIONAL_RANGE == 0;
+        match (plain, verbs.ibv_reg_mr_iova, verbs.ibv_reg_mr_iova2) {
+            (true, Some(f), _) => f(pd, addr, length, iova, access as c_int),
+            (_, _, Some(f)) => f(pd, addr, length, iova, access),
+            (false, Some(f), None) => f(
+                pd,
+                addr,
+                length,
+                iova,
+                (access & !IBV_ACCESS_OPTIONAL_RANGE) as c_int,
+            ),
+            (_, None, None) => {
+                set_errno(libc::EOPNOTSUPP);
+                ptr::null_mut()
+            }
         }
     }
 }
@@ -171,16 +191,20 @@ pub unsafe fn ibv_query_gid_ex(
     entry: *mut ibv_gid_entry,
     flags: u32,
 ) -> c_int {
-    match verbs._ibv_query_gid_ex {
-        Some(f) => f(
-            context,
-            port_num,
-            gid_index,
-            entry,
-            flags,
-            size_of::<ibv_gid_entry>(),
-        ),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match verbs._ibv_query_gid_ex {
+            Some(f) => f(
+                context,
+                port_num,
+                gid_index,
+                entry,
+                flags,
+                size_of::<ibv_gid_entry>(),
+            ),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }
 
@@ -198,14 +222,18 @@ pub unsafe fn ibv_query_gid_table(
     max_entries: usize,
     flags: u32,
 ) -> isize {
-    match verbs._ibv_query_gid_table {
-        Some(f) => f(
-            context,
-            entries,
-            max_entries,
-            flags,
-            size_of::<ibv_gid_entry>(),
-        ),
-        None => -(libc::EOPNOTSUPP as isize),
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match verbs._ibv_query_gid_table {
+            Some(f) => f(
+                context,
+                entries,
+                max_entries,
+                flags,
+                size_of::<ibv_gid_entry>(),
+            ),
+            None => -(libc::EOPNOTSUPP as isize),
+        }
     }
 }

@@ -20,13 +20,17 @@ pub const VERBS_ABI_IS_EXTENDED: *mut c_void = usize::MAX as *mut c_void;
 /// `ctx` must point to a live `ibv_context` (from `ibv_open_device`).
 #[inline]
 pub unsafe fn verbs_get_ctx(ctx: *mut ibv_context) -> *mut verbs_context {
-    if (*ctx).abi_compat != VERBS_ABI_IS_EXTENDED {
-        return ptr::null_mut();
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        if (*ctx).abi_compat != VERBS_ABI_IS_EXTENDED {
+            return ptr::null_mut();
+        }
+        // SAFETY (of the pointer arithmetic): an extended context is the last
+        // field of the provider's verbs_context, so stepping back by its offset
+        // stays inside that allocation.
+        ctx.byte_sub(offset_of!(verbs_context, context)).cast()
     }
-    // SAFETY (of the pointer arithmetic): an extended context is the last
-    // field of the provider's verbs_context, so stepping back by its offset
-    // stays inside that allocation.
-    ctx.byte_sub(offset_of!(verbs_context, context)).cast()
 }
 
 /// Whether the provider's `verbs_context` is large enough to hold the op at
@@ -38,7 +42,9 @@ pub unsafe fn verbs_get_ctx(ctx: *mut ibv_context) -> *mut verbs_context {
 /// `vctx` must be non-null and come from [`verbs_get_ctx`].
 #[inline]
 pub unsafe fn verbs_ctx_has_room(vctx: *const verbs_context, op_offset: usize) -> bool {
-    (*vctx).sz >= core::mem::size_of::<verbs_context>() - op_offset
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe { (*vctx).sz >= core::mem::size_of::<verbs_context>() - op_offset }
 }
 
 /// `verbs_get_ctx_op(ctx, op)`: the op's function pointer when the context
@@ -72,11 +78,15 @@ pub unsafe fn ibv_create_cq_ex(
     context: *mut ibv_context,
     cq_attr: *mut ibv_cq_init_attr_ex,
 ) -> *mut ibv_cq_ex {
-    match ctx_op!(context, create_cq_ex) {
-        Some(f) => f(context, cq_attr),
-        None => {
-            set_errno(libc::EOPNOTSUPP);
-            ptr::null_mut()
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match ctx_op!(context, create_cq_ex) {
+            Some(f) => f(context, cq_attr),
+            None => {
+                set_errno(libc::EOPNOTSUPP);
+                ptr::null_mut()
+            }
         }
     }
 }
@@ -91,11 +101,15 @@ pub unsafe fn ibv_alloc_td(
     context: *mut ibv_context,
     init_attr: *mut ibv_td_init_attr,
 ) -> *mut ibv_td {
-    match ctx_op!(context, alloc_td) {
-        Some(f) => f(context, init_attr),
-        None => {
-            set_errno(libc::EOPNOTSUPP);
-            ptr::null_mut()
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match ctx_op!(context, alloc_td) {
+            Some(f) => f(context, init_attr),
+            None => {
+                set_errno(libc::EOPNOTSUPP);
+                ptr::null_mut()
+            }
         }
     }
 }
@@ -107,9 +121,13 @@ pub unsafe fn ibv_alloc_td(
 /// `td` must be a live thread domain no longer used by any parent domain.
 #[inline]
 pub unsafe fn ibv_dealloc_td(td: *mut ibv_td) -> c_int {
-    match ctx_op!((*td).context, dealloc_td) {
-        Some(f) => f(td),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match ctx_op!((*td).context, dealloc_td) {
+            Some(f) => f(td),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }
 
@@ -125,11 +143,15 @@ pub unsafe fn ibv_alloc_parent_domain(
     context: *mut ibv_context,
     attr: *mut ibv_parent_domain_init_attr,
 ) -> *mut ibv_pd {
-    match ctx_op!(context, alloc_parent_domain) {
-        Some(f) => f(context, attr),
-        None => {
-            set_errno(libc::EOPNOTSUPP);
-            ptr::null_mut()
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match ctx_op!(context, alloc_parent_domain) {
+            Some(f) => f(context, attr),
+            None => {
+                set_errno(libc::EOPNOTSUPP);
+                ptr::null_mut()
+            }
         }
     }
 }

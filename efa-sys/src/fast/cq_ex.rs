@@ -26,9 +26,13 @@ pub fn ibv_cq_ex_to_cq(cq: *mut ibv_cq_ex) -> *mut ibv_cq {
 /// must point to a `ibv_poll_cq_attr` with `comp_mask == 0`.
 #[inline]
 pub unsafe fn ibv_start_poll(cq: *mut ibv_cq_ex, attr: *mut ibv_poll_cq_attr) -> c_int {
-    match (*cq).start_poll {
-        Some(f) => f(cq, attr),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*cq).start_poll {
+            Some(f) => f(cq, attr),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }
 
@@ -39,9 +43,13 @@ pub unsafe fn ibv_start_poll(cq: *mut ibv_cq_ex, attr: *mut ibv_poll_cq_attr) ->
 /// Only after `ibv_start_poll` returned 0 and before `ibv_end_poll`.
 #[inline]
 pub unsafe fn ibv_next_poll(cq: *mut ibv_cq_ex) -> c_int {
-    match (*cq).next_poll {
-        Some(f) => f(cq),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*cq).next_poll {
+            Some(f) => f(cq),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }
 
@@ -61,9 +69,13 @@ macro_rules! cq_ops {
         /// call), polled by this thread only.
         #[inline]
         pub unsafe fn $name(cq: *mut ibv_cq_ex $(, $arg: $ty)*) $(-> $ret)? {
-            match (*cq).$field {
-                Some(f) => f(cq $(, $arg)*),
-                None => null_op(stringify!($field)),
+            // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+            // contract: the pointers are live and valid for the operations below.
+            unsafe {
+                match (*cq).$field {
+                    Some(f) => f(cq $(, $arg)*),
+                    None => null_op(stringify!($field)),
+                }
             }
         }
     )*};
@@ -113,5 +125,7 @@ cq_ops! {
 /// As [`ibv_wc_read_imm_data`].
 #[inline]
 pub unsafe fn ibv_wc_read_invalidated_rkey(cq: *mut ibv_cq_ex) -> u32 {
-    ibv_wc_read_imm_data(cq)
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe { ibv_wc_read_imm_data(cq) }
 }

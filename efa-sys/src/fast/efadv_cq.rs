@@ -14,9 +14,13 @@ use crate::{efadv_cq, ibv_gid};
 /// `ibv_next_poll` and the next poll call; `sgid` must be writable.
 #[inline]
 pub unsafe fn efadv_wc_read_sgid(efadv_cq: *mut efadv_cq, sgid: *mut ibv_gid) -> c_int {
-    match (*efadv_cq).wc_read_sgid {
-        Some(f) => f(efadv_cq, sgid),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*efadv_cq).wc_read_sgid {
+            Some(f) => f(efadv_cq, sgid),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }
 
@@ -29,8 +33,12 @@ pub unsafe fn efadv_wc_read_sgid(efadv_cq: *mut efadv_cq, sgid: *mut ibv_gid) ->
 /// shorter `struct efadv_cq` without this field (and rejects the flag).
 #[inline]
 pub unsafe fn efadv_wc_is_unsolicited(efadv_cq: *mut efadv_cq) -> bool {
-    match (*efadv_cq).wc_is_unsolicited {
-        Some(f) => f(efadv_cq),
-        None => false,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*efadv_cq).wc_is_unsolicited {
+            Some(f) => f(efadv_cq),
+            None => false,
+        }
     }
 }

@@ -11,8 +11,12 @@ use crate::efadv_qp;
 /// `EFADV_WR_EX_WITH_PROCESSING_HINTS`, inside an open `ibv_wr_start` session.
 #[inline]
 pub unsafe fn efadv_wr_set_processing_hints(efadv_qp: *mut efadv_qp, hints: u32) {
-    match (*efadv_qp).wr_set_processing_hints {
-        Some(f) => f(efadv_qp, hints),
-        None => super::null_op("wr_set_processing_hints"),
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*efadv_qp).wr_set_processing_hints {
+            Some(f) => f(efadv_qp, hints),
+            None => super::null_op("wr_set_processing_hints"),
+        }
     }
 }

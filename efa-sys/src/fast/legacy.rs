@@ -20,11 +20,15 @@ pub unsafe fn ibv_post_send(
     wr: *mut ibv_send_wr,
     bad_wr: *mut *mut ibv_send_wr,
 ) -> c_int {
-    match (*(*qp).context).ops.post_send {
-        Some(f) => f(qp, wr, bad_wr),
-        None => {
-            *bad_wr = wr;
-            libc::EOPNOTSUPP
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*(*qp).context).ops.post_send {
+            Some(f) => f(qp, wr, bad_wr),
+            None => {
+                *bad_wr = wr;
+                libc::EOPNOTSUPP
+            }
         }
     }
 }
@@ -41,11 +45,15 @@ pub unsafe fn ibv_post_recv(
     wr: *mut ibv_recv_wr,
     bad_wr: *mut *mut ibv_recv_wr,
 ) -> c_int {
-    match (*(*qp).context).ops.post_recv {
-        Some(f) => f(qp, wr, bad_wr),
-        None => {
-            *bad_wr = wr;
-            libc::EOPNOTSUPP
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*(*qp).context).ops.post_recv {
+            Some(f) => f(qp, wr, bad_wr),
+            None => {
+                *bad_wr = wr;
+                libc::EOPNOTSUPP
+            }
         }
     }
 }
@@ -59,9 +67,13 @@ pub unsafe fn ibv_post_recv(
 /// `num_entries` writable `ibv_wc`.
 #[inline]
 pub unsafe fn ibv_poll_cq(cq: *mut ibv_cq, num_entries: c_int, wc: *mut ibv_wc) -> c_int {
-    match (*(*cq).context).ops.poll_cq {
-        Some(f) => f(cq, num_entries, wc),
-        None => -libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*(*cq).context).ops.poll_cq {
+            Some(f) => f(cq, num_entries, wc),
+            None => -libc::EOPNOTSUPP,
+        }
     }
 }
 
@@ -72,8 +84,12 @@ pub unsafe fn ibv_poll_cq(cq: *mut ibv_cq, num_entries: c_int, wc: *mut ibv_wc) 
 /// `cq` must be a live CQ with a valid `context`.
 #[inline]
 pub unsafe fn ibv_req_notify_cq(cq: *mut ibv_cq, solicited_only: c_int) -> c_int {
-    match (*(*cq).context).ops.req_notify_cq {
-        Some(f) => f(cq, solicited_only),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*(*cq).context).ops.req_notify_cq {
+            Some(f) => f(cq, solicited_only),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }

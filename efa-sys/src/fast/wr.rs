@@ -28,9 +28,13 @@ macro_rules! wr_ops {
         /// must stay registered and alive until the WR completes.
         #[inline]
         pub unsafe fn $name(qp: *mut ibv_qp_ex $(, $arg: $ty)*) {
-            match (*qp).$field {
-                Some(f) => f(qp $(, $arg)*),
-                None => null_op(stringify!($field)),
+            // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+            // contract: the pointers are live and valid for the operations below.
+            unsafe {
+                match (*qp).$field {
+                    Some(f) => f(qp $(, $arg)*),
+                    None => null_op(stringify!($field)),
+                }
             }
         }
     )*};
@@ -89,8 +93,12 @@ wr_ops! {
 /// As the other `ibv_wr_*`: `qp` live, owned by this thread, inside a batch.
 #[inline]
 pub unsafe fn ibv_wr_complete(qp: *mut ibv_qp_ex) -> c_int {
-    match (*qp).wr_complete {
-        Some(f) => f(qp),
-        None => libc::EOPNOTSUPP,
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*qp).wr_complete {
+            Some(f) => f(qp),
+            None => libc::EOPNOTSUPP,
+        }
     }
 }

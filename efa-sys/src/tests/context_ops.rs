@@ -55,15 +55,19 @@ unsafe extern "C" fn query_port_compat(
     port: u8,
     attr: *mut _compat_ibv_port_attr,
 ) -> c_int {
-    // Record whether the caller zeroed the whole extended struct first.
-    let bytes = core::slice::from_raw_parts(attr.cast::<u8>(), size_of::<ibv_port_attr>());
-    let zeroed = bytes.iter().all(|b| *b == 0) as u64;
-    fake::record(
-        "ibv_query_port",
-        &[addr(ctx), port as u64, addr(attr), zeroed],
-    );
-    (*attr.cast::<ibv_port_attr>()).state = IBV_PORT_ACTIVE;
-    0
+    // SAFETY: the fast path under test calls this fake as the provider's op, with the live
+    // objects and valid out-pointers that op receives.
+    unsafe {
+        // Record whether the caller zeroed the whole extended struct first.
+        let bytes = core::slice::from_raw_parts(attr.cast::<u8>(), size_of::<ibv_port_attr>());
+        let zeroed = bytes.iter().all(|b| *b == 0) as u64;
+        fake::record(
+            "ibv_query_port",
+            &[addr(ctx), port as u64, addr(attr), zeroed],
+        );
+        (*attr.cast::<ibv_port_attr>()).state = IBV_PORT_ACTIVE;
+        0
+    }
 }
 unsafe extern "C" fn query_device_ex_unsupported(
     ctx: *mut ibv_context,
@@ -71,12 +75,16 @@ unsafe extern "C" fn query_device_ex_unsupported(
     attr: *mut ibv_device_attr_ex,
     len: usize,
 ) -> c_int {
-    fake::record(
-        "query_device_ex",
-        &[addr(ctx), addr(input), addr(attr), len as u64],
-    );
-    (*attr).max_dm_size = 1;
-    libc::EOPNOTSUPP
+    // SAFETY: the fast path under test calls this fake as the provider's op, with the live
+    // objects and valid out-pointers that op receives.
+    unsafe {
+        fake::record(
+            "query_device_ex",
+            &[addr(ctx), addr(input), addr(attr), len as u64],
+        );
+        (*attr).max_dm_size = 1;
+        libc::EOPNOTSUPP
+    }
 }
 unsafe extern "C" fn query_device_ex_ok(
     ctx: *mut ibv_context,

@@ -124,27 +124,39 @@ fakes! {
 
 /// `start_poll` that makes a completion current, as a provider does.
 pub unsafe extern "C" fn start_poll(cq: *mut ibv_cq_ex, attr: *mut ibv_poll_cq_attr) -> c_int {
-    record("start_poll", &[addr(cq), addr(attr)]);
-    (*cq).wr_id = 0xfeed;
-    (*cq).status = IBV_WC_SUCCESS;
-    0
+    // SAFETY: the fast path under test calls this fake as the provider's op, with the live
+    // objects and valid out-pointers that op receives.
+    unsafe {
+        record("start_poll", &[addr(cq), addr(attr)]);
+        (*cq).wr_id = 0xfeed;
+        (*cq).status = IBV_WC_SUCCESS;
+        0
+    }
 }
 
 /// `poll_cq` that fills `n - 1` completions with `wr_id = index`.
 pub unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_int {
-    record("poll_cq", &[addr(cq), n as u64, addr(wc)]);
-    let filled = n - 1;
-    for i in 0..filled {
-        (*wc.add(i as usize)).wr_id = i as u64;
+    // SAFETY: the fast path under test calls this fake as the provider's op, with the live
+    // objects and valid out-pointers that op receives.
+    unsafe {
+        record("poll_cq", &[addr(cq), n as u64, addr(wc)]);
+        let filled = n - 1;
+        for i in 0..filled {
+            (*wc.add(i as usize)).wr_id = i as u64;
+        }
+        filled
     }
-    filled
 }
 
 /// `wc_read_sgid` that writes a recognisable GID.
 pub unsafe extern "C" fn wc_read_sgid(cq: *mut efadv_cq, sgid: *mut ibv_gid) -> c_int {
-    record("wc_read_sgid", &[addr(cq), addr(sgid)]);
-    (*sgid).raw = [0xfe; 16];
-    0
+    // SAFETY: the fast path under test calls this fake as the provider's op, with the live
+    // objects and valid out-pointers that op receives.
+    unsafe {
+        record("wc_read_sgid", &[addr(cq), addr(sgid)]);
+        (*sgid).raw = [0xfe; 16];
+        0
+    }
 }
 
 /// An `ibv_qp_ex` with every `wr_*` op set to its fake.

@@ -238,7 +238,7 @@ impl SendCore {
         } = *wr;
         check_wr(&self.limits, self.kind, op, &payload)?;
         let q = self.qpx;
-        // SAFETY (whole block): `q` is live inside a batch (caller), the op is in the QP's
+        // SAFETY: (whole block) `q` is live inside a batch (caller), the op is in the QP's
         // send_ops_flags (checked above, so the provider set its pointer), SGE and inline
         // pointers are valid for the call (providers copy them into the WQE).
         unsafe {

@@ -1,6 +1,6 @@
 //! A counting global allocator for the zero-allocation tests. Included by those test crates
 //! only (`#[path = "common/alloc.rs"] mod counting;`): it installs itself as the allocator.
-#![allow(dead_code)]
+#![allow(dead_code)] // Each test crate that includes it uses a different part.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,5 +1,5 @@
 //! Shared setup: engines on one sim network with one registry.
-#![allow(dead_code)]
+#![allow(dead_code)] // Each test crate that includes it uses a different part.
 
 use std::sync::Arc;
 
