@@ -20,6 +20,7 @@
 //! Decoding checks every length against the input and the limits below and never panics; it
 //! is fuzzed (`fuzz/fuzz_targets/descriptor_decode.rs`).
 
+use crate::bytes::{put_blob, BytesError, Reader};
 use crate::{Access, Location};
 
 const MAGIC: &[u8; 4] = b"EFSD";
@@ -72,16 +73,9 @@ pub struct SegmentDescriptor {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DescriptorError {
-    /// The input ended early.
-    #[error("descriptor truncated: need {need} bytes at offset {at}, have {have}")]
-    Truncated {
-        /// Offset of the field.
-        at: usize,
-        /// Bytes needed.
-        need: usize,
-        /// Bytes available.
-        have: usize,
-    },
+    /// A field is short, too long or not UTF-8, or bytes are left over.
+    #[error(transparent)]
+    Bytes(#[from] BytesError),
     /// The magic bytes are wrong.
     #[error("bad descriptor magic {0:02x?}")]
     BadMagic([u8; 4]),
@@ -101,22 +95,6 @@ pub enum DescriptorError {
         /// Actual body length.
         actual: usize,
     },
-    /// Bytes left over in a body of the current minor version.
-    #[error("{0} trailing bytes after descriptor")]
-    TrailingBytes(usize),
-    /// A string that is not UTF-8.
-    #[error("field {0} is not UTF-8")]
-    BadUtf8(&'static str),
-    /// A field over its limit.
-    #[error("field {field} has {len} entries/bytes, limit {max}")]
-    TooLong {
-        /// The field.
-        field: &'static str,
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
     /// An unknown location kind.
     #[error("unknown location kind {0}")]
     BadLocation(u8),
@@ -133,88 +111,16 @@ pub enum DescriptorError {
     },
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DescriptorError> {
-        let have = self.buf.len() - self.at;
-        if n > have {
-            return Err(DescriptorError::Truncated {
-                at: self.at,
-                need: n,
-                have,
-            });
-        }
-        let s = &self.buf[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DescriptorError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8, DescriptorError> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn u16(&mut self) -> Result<u16, DescriptorError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-    fn u32(&mut self) -> Result<u32, DescriptorError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64, DescriptorError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DescriptorError> {
-        let len = self.u16()? as usize;
-        if len > max {
-            return Err(DescriptorError::TooLong { field, len, max });
-        }
-        self.take(len)
-    }
-
-    fn str(&mut self, field: &'static str) -> Result<String, DescriptorError> {
-        let b = self.blob(field, MAX_NAME_LEN)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| DescriptorError::BadUtf8(field))
-    }
-}
-
-fn put_blob(
-    out: &mut Vec<u8>,
-    field: &'static str,
-    b: &[u8],
-    max: usize,
-) -> Result<(), DescriptorError> {
-    if b.len() > max {
-        return Err(DescriptorError::TooLong {
-            field,
-            len: b.len(),
-            max,
-        });
-    }
-    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
-    out.extend_from_slice(b);
-    Ok(())
-}
-
 impl SegmentDescriptor {
     /// Encodes to the versioned binary form. Fails only when a field exceeds its limit.
     pub fn encode(&self) -> Result<Vec<u8>, DescriptorError> {
         if self.rails.len() > MAX_RAILS {
-            return Err(DescriptorError::TooLong {
+            return Err(BytesError::TooLong {
                 field: "rails",
                 len: self.rails.len(),
                 max: MAX_RAILS,
-            });
+            }
+            .into());
         }
         if self.base.checked_add(self.len).is_none() {
             return Err(DescriptorError::RangeOverflow {
@@ -248,7 +154,7 @@ impl SegmentDescriptor {
 
     /// Decodes the binary form. Never panics; every malformed input is a [`DescriptorError`].
     pub fn decode(buf: &[u8]) -> Result<SegmentDescriptor, DescriptorError> {
-        let mut r = Reader { buf, at: 0 };
+        let mut r = Reader::new(buf);
         let magic = r.array::<4>()?;
         if &magic != MAGIC {
             return Err(DescriptorError::BadMagic(magic));
@@ -259,14 +165,14 @@ impl SegmentDescriptor {
             return Err(DescriptorError::UnsupportedVersion { major, minor });
         }
         let declared = r.u32()? as usize;
-        let actual = buf.len() - r.at;
+        let actual = r.remaining();
         if declared != actual {
             return Err(DescriptorError::LengthMismatch { declared, actual });
         }
         let revision = r.u64()?;
-        let name = r.str("name")?;
-        let fabric = r.str("fabric")?;
-        let engine = r.str("engine")?;
+        let name = r.str("name", MAX_NAME_LEN)?;
+        let fabric = r.str("fabric", MAX_NAME_LEN)?;
+        let engine = r.str("engine", MAX_NAME_LEN)?;
         let kind = r.u8()?;
         let index = r.u32()?;
         let location =
@@ -280,11 +186,12 @@ impl SegmentDescriptor {
         }
         let n = r.u16()? as usize;
         if n > MAX_RAILS {
-            return Err(DescriptorError::TooLong {
+            return Err(BytesError::TooLong {
                 field: "rails",
                 len: n,
                 max: MAX_RAILS,
-            });
+            }
+            .into());
         }
         let mut rails = Vec::with_capacity(n);
         for _ in 0..n {
@@ -292,11 +199,11 @@ impl SegmentDescriptor {
             let key = r.blob("rail key", MAX_BLOB_LEN)?.to_vec();
             rails.push(RailDescriptor { address, key });
         }
-        let rest = buf.len() - r.at;
+        let rest = r.remaining();
         // A newer minor version may append fields this decoder does not know; skip them.
         let newer = minor > FORMAT_MINOR;
         if rest != 0 && !newer {
-            return Err(DescriptorError::TrailingBytes(rest));
+            return Err(BytesError::Trailing(rest).into());
         }
         Ok(SegmentDescriptor {
             revision,
@@ -387,7 +294,7 @@ mod tests {
         bytes[5] = FORMAT_MINOR;
         assert_eq!(
             SegmentDescriptor::decode(&bytes),
-            Err(DescriptorError::TrailingBytes(5))
+            Err(DescriptorError::Bytes(BytesError::Trailing(5)))
         );
     }
 
@@ -397,7 +304,10 @@ mod tests {
         d.name = "x".repeat(MAX_NAME_LEN + 1);
         assert!(matches!(
             d.encode(),
-            Err(DescriptorError::TooLong { field: "name", .. })
+            Err(DescriptorError::Bytes(BytesError::TooLong {
+                field: "name",
+                ..
+            }))
         ));
         let mut d = sample();
         d.base = u64::MAX;

@@ -64,6 +64,7 @@
 
 mod access;
 mod batch;
+mod bytes;
 pub mod descriptor;
 pub mod discovery;
 mod engine;
@@ -82,6 +83,7 @@ mod worker;
 
 pub use access::Access;
 pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
+pub use bytes::BytesError;
 pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
 pub use engine::{

@@ -27,6 +27,7 @@
 //! refused; a newer minor may append fields, which are skipped. Decoding never panics
 //! (fuzzed by `fuzz/fuzz_targets/handshake.rs`).
 
+use crate::bytes::{put_blob, BytesError, Reader};
 use crate::descriptor::{DescriptorError, SegmentDescriptor, MAX_BLOB_LEN, MAX_NAME_LEN};
 use crate::fabric::MAX_RAILS;
 
@@ -155,14 +156,9 @@ pub enum Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    /// The input ended early.
-    #[error("truncated: need {need} bytes, have {have}")]
-    Truncated {
-        /// Bytes needed.
-        need: usize,
-        /// Bytes available.
-        have: usize,
-    },
+    /// A field is short, too long or not UTF-8, or bytes are left over.
+    #[error(transparent)]
+    Bytes(#[from] BytesError),
     /// Wrong magic.
     #[error("bad magic {0:02x?}")]
     BadMagic([u8; 4]),
@@ -188,101 +184,27 @@ pub enum WireError {
         /// The limit.
         max: usize,
     },
-    /// A field over its limit.
-    #[error("field {field} has {len} entries/bytes, limit {max}")]
-    TooLong {
-        /// The field.
-        field: &'static str,
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A string that is not UTF-8.
-    #[error("field {0} is not UTF-8")]
-    BadUtf8(&'static str),
     /// A flag byte other than 0 or 1.
     #[error("field {0} is neither 0 nor 1")]
     BadFlag(&'static str),
     /// An unknown error code.
     #[error("unknown error code {0}")]
     ErrorCode(u8),
-    /// Bytes left over in a body of this minor version.
-    #[error("{0} trailing bytes in frame body")]
-    Trailing(usize),
     /// The embedded descriptor is invalid.
-    #[error("bad descriptor: {0}")]
+    #[error("bad descriptor")]
     Descriptor(#[from] DescriptorError),
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        let have = self.buf.len() - self.at;
-        if n > have {
-            return Err(WireError::Truncated { need: n, have });
-        }
-        let s = &self.buf[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, WireError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, WireError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, WireError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], WireError> {
-        let len = self.u16()? as usize;
-        if len > max {
-            return Err(WireError::TooLong { field, len, max });
-        }
-        self.take(len)
-    }
-    fn str(&mut self, field: &'static str) -> Result<String, WireError> {
-        let b = self.blob(field, MAX_NAME_LEN)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| WireError::BadUtf8(field))
-    }
-}
-
-fn put_blob(out: &mut Vec<u8>, field: &'static str, b: &[u8], max: usize) -> Result<(), WireError> {
-    if b.len() > max {
-        return Err(WireError::TooLong {
-            field,
-            len: b.len(),
-            max,
-        });
-    }
-    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
-    out.extend_from_slice(b);
-    Ok(())
 }
 
 fn put_hello(out: &mut Vec<u8>, h: &PeerHello) -> Result<(), WireError> {
     put_blob(out, "engine", h.engine.as_bytes(), MAX_NAME_LEN)?;
     put_blob(out, "fabric", h.fabric.as_bytes(), MAX_NAME_LEN)?;
     if h.addresses.len() > MAX_RAILS {
-        return Err(WireError::TooLong {
+        return Err(BytesError::TooLong {
             field: "rails",
             len: h.addresses.len(),
             max: MAX_RAILS,
-        });
+        }
+        .into());
     }
     out.extend_from_slice(&(h.addresses.len() as u16).to_le_bytes());
     for a in &h.addresses {
@@ -292,15 +214,16 @@ fn put_hello(out: &mut Vec<u8>, h: &PeerHello) -> Result<(), WireError> {
 }
 
 fn get_hello(r: &mut Reader<'_>) -> Result<PeerHello, WireError> {
-    let engine = r.str("engine")?;
-    let fabric = r.str("fabric")?;
+    let engine = r.str("engine", MAX_NAME_LEN)?;
+    let fabric = r.str("fabric", MAX_NAME_LEN)?;
     let n = r.u16()? as usize;
     if n > MAX_RAILS {
-        return Err(WireError::TooLong {
+        return Err(BytesError::TooLong {
             field: "rails",
             len: n,
             max: MAX_RAILS,
-        });
+        }
+        .into());
     }
     let mut addresses = Vec::with_capacity(n);
     for _ in 0..n {
@@ -327,7 +250,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
         Message::Lookup(name) => put_blob(&mut out, "name", name.as_bytes(), MAX_NAME_LEN)?,
         Message::List(prefix) => put_blob(&mut out, "prefix", prefix.as_bytes(), MAX_NAME_LEN)?,
         Message::Listing(l) => {
-            let n = u32::try_from(l.segments.len()).map_err(|_| WireError::TooLong {
+            let n = u32::try_from(l.segments.len()).map_err(|_| BytesError::TooLong {
                 field: "segments",
                 len: l.segments.len(),
                 max: u32::MAX as usize,
@@ -343,11 +266,12 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
         Message::Found(d) => {
             let bytes = d.encode()?;
             if bytes.len() > MAX_DESCRIPTOR {
-                return Err(WireError::TooLong {
+                return Err(BytesError::TooLong {
                     field: "descriptor",
                     len: bytes.len(),
                     max: MAX_DESCRIPTOR,
-                });
+                }
+                .into());
             }
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(&bytes);
@@ -398,7 +322,7 @@ pub struct Header {
 /// Checks a header: magic, major version, kind, reserved byte and the body length against
 /// `max_body`.
 pub fn decode_header(h: &[u8], max_body: usize) -> Result<Header, WireError> {
-    let mut r = Reader { buf: h, at: 0 };
+    let mut r = Reader::new(h);
     let magic = r.take(4)?;
     if magic != MAGIC {
         return Err(WireError::BadMagic([
@@ -426,33 +350,36 @@ pub fn decode_header(h: &[u8], max_body: usize) -> Result<Header, WireError> {
 /// Decodes a body of the kind and minor version a header announced.
 pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
     if body.len() != header.len {
-        return Err(WireError::Truncated {
+        return Err(BytesError::Truncated {
+            at: 0,
             need: header.len,
             have: body.len(),
-        });
+        }
+        .into());
     }
-    let mut r = Reader { buf: body, at: 0 };
+    let mut r = Reader::new(body);
     let msg = match header.kind {
         Kind::Hello => Message::Hello(get_hello(&mut r)?),
         Kind::Welcome => Message::Welcome(get_hello(&mut r)?),
-        Kind::Lookup => Message::Lookup(r.str("name")?),
-        Kind::List => Message::List(r.str("prefix")?),
+        Kind::Lookup => Message::Lookup(r.str("name", MAX_NAME_LEN)?),
+        Kind::List => Message::List(r.str("prefix", MAX_NAME_LEN)?),
         Kind::Listing => {
             let n = r.u32()? as usize;
             // Every entry takes at least its fixed bytes: refuse a count the body cannot hold
             // before allocating for it.
-            let room = (body.len() - r.at) / SUMMARY_FIXED_LEN;
+            let room = r.remaining() / SUMMARY_FIXED_LEN;
             if n > room {
-                return Err(WireError::TooLong {
+                return Err(BytesError::TooLong {
                     field: "segments",
                     len: n,
                     max: room,
-                });
+                }
+                .into());
             }
             let mut segments = Vec::with_capacity(n);
             for _ in 0..n {
                 segments.push(SegmentSummary {
-                    name: r.str("name")?,
+                    name: r.str("name", MAX_NAME_LEN)?,
                     base: r.u64()?,
                     len: r.u64()?,
                 });
@@ -470,11 +397,12 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
         Kind::Found => {
             let n = r.u32()? as usize;
             if n > MAX_DESCRIPTOR {
-                return Err(WireError::TooLong {
+                return Err(BytesError::TooLong {
                     field: "descriptor",
                     len: n,
                     max: MAX_DESCRIPTOR,
-                });
+                }
+                .into());
             }
             Message::Found(SegmentDescriptor::decode(r.take(n)?)?)
         }
@@ -489,14 +417,14 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, WireError> {
             };
             Message::Error {
                 code,
-                message: r.str("message")?,
+                message: r.str("message", MAX_NAME_LEN)?,
             }
         }
     };
-    let rest = body.len() - r.at;
+    let rest = r.remaining();
     let newer = header.minor > VERSION_MINOR;
     if rest != 0 && !newer {
-        return Err(WireError::Trailing(rest));
+        return Err(BytesError::Trailing(rest).into());
     }
     Ok(msg)
 }
@@ -506,10 +434,12 @@ pub fn decode(frame: &[u8], max_body: usize) -> Result<Message, WireError> {
     let header = decode_header(frame, max_body)?;
     let body = &frame[HEADER_LEN.min(frame.len())..];
     if body.len() != header.len {
-        return Err(WireError::Truncated {
+        return Err(BytesError::Truncated {
+            at: HEADER_LEN,
             need: header.len,
             have: body.len(),
-        });
+        }
+        .into());
     }
     decode_body(&header, body)
 }
@@ -603,10 +533,10 @@ mod tests {
         f[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             decode(&f, DEFAULT_MAX_BODY),
-            Err(WireError::TooLong {
+            Err(WireError::Bytes(BytesError::TooLong {
                 field: "segments",
                 ..
-            })
+            }))
         ));
         let mut f = encode(&Message::Listing(Listing::default())).unwrap();
         *f.last_mut().unwrap() = 2;
@@ -640,7 +570,10 @@ mod tests {
         let mut b = f.clone();
         b.push(0);
         b[8] += 1;
-        assert_eq!(decode(&b, 1024), Err(WireError::Trailing(1)));
+        assert_eq!(
+            decode(&b, 1024),
+            Err(WireError::Bytes(BytesError::Trailing(1)))
+        );
         b[5] = VERSION_MINOR + 1;
         assert_eq!(decode(&b, 1024).unwrap(), Message::Lookup("x".into()));
     }

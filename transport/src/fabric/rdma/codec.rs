@@ -3,7 +3,7 @@
 //! Decoding never panics: every read checks the remaining length and fails with a
 //! [`FabricError`] that names the rail and what was wrong.
 
-use crate::FabricError;
+use crate::{BytesError, FabricError};
 
 /// Appends fixed-width fields to a buffer.
 #[derive(Debug, Default)]
@@ -38,10 +38,11 @@ impl Writer {
     }
 }
 
-/// Reads fixed-width fields, checking lengths.
+/// Reads fixed-width fields with [`bytes::Reader`](crate::bytes::Reader), naming the rail and
+/// what is read in its errors.
 #[derive(Debug)]
 pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
+    bytes: crate::bytes::Reader<'a>,
     rail: u16,
     what: &'static str,
 }
@@ -49,7 +50,11 @@ pub(crate) struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader of `what` (for error messages) given for `rail`.
     pub(crate) fn new(buf: &'a [u8], rail: u16, what: &'static str) -> Self {
-        Reader { buf, rail, what }
+        Reader {
+            bytes: crate::bytes::Reader::new(buf),
+            rail,
+            what,
+        }
     }
 
     pub(crate) fn error(&self, reason: String) -> FabricError {
@@ -59,39 +64,32 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], FabricError> {
-        if self.buf.len() < N {
-            return Err(self.error(format!(
-                "truncated: needs {N} more bytes, {} left",
-                self.buf.len()
-            )));
-        }
-        let (head, rest) = self.buf.split_at(N);
-        self.buf = rest;
-        let mut out = [0u8; N];
-        out.copy_from_slice(head);
-        Ok(out)
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&mut crate::bytes::Reader<'a>) -> Result<T, BytesError>,
+    ) -> Result<T, FabricError> {
+        f(&mut self.bytes).map_err(|e| self.error(e.to_string()))
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, FabricError> {
-        Ok(self.take::<1>()?[0])
+        self.read(|r| r.u8())
     }
     pub(crate) fn u16(&mut self) -> Result<u16, FabricError> {
-        Ok(u16::from_le_bytes(self.take()?))
+        self.read(|r| r.u16())
     }
     pub(crate) fn u32(&mut self) -> Result<u32, FabricError> {
-        Ok(u32::from_le_bytes(self.take()?))
+        self.read(|r| r.u32())
     }
     pub(crate) fn u64(&mut self) -> Result<u64, FabricError> {
-        Ok(u64::from_le_bytes(self.take()?))
+        self.read(|r| r.u64())
     }
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FabricError> {
-        self.take()
+        self.read(|r| r.array())
     }
 
     /// Checks the magic bytes and the version, the first fields of every encoding.
     pub(crate) fn header(&mut self, magic: &[u8; 2], version: u8) -> Result<(), FabricError> {
-        let m: [u8; 2] = self.take()?;
+        let m: [u8; 2] = self.array()?;
         if &m != magic {
             return Err(self.error(format!(
                 "magic {m:02x?} is not {magic:02x?} (wrong fabric?)"
@@ -105,12 +103,8 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless every byte was consumed.
-    pub(crate) fn end(self) -> Result<(), FabricError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(self.error(format!("{} trailing bytes", self.buf.len())))
-        }
+    pub(crate) fn end(mut self) -> Result<(), FabricError> {
+        self.read(|r| r.end())
     }
 }
 
@@ -225,7 +219,7 @@ mod tests {
             e,
             FabricError::BadAddress {
                 rail: 3,
-                reason: "thing: truncated: needs 4 more bytes, 2 left".into()
+                reason: "thing: truncated: need 4 bytes at offset 0, have 2".into()
             }
         );
     }
