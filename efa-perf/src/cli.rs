@@ -342,6 +342,39 @@ fn parse_connection(text: &str) -> Result<FabricChoice, String> {
     }
 }
 
+/// Options for an in-process run with perftest's defaults.
+pub fn loopback_args() -> TestArgs {
+    TestArgs {
+        peer: None,
+        port: DEFAULT_PORT,
+        bind: std::net::IpAddr::from([0, 0, 0, 0]),
+        loopback: true,
+        fabric: FabricChoice::Auto,
+        connection: None,
+        device: None,
+        ib_port: 1,
+        gid_index: None,
+        size: None,
+        all: false,
+        iters: None,
+        duration: None,
+        qps: 1,
+        bidirectional: false,
+        tx_depth: None,
+        report_gbits: false,
+        cpu_freq: false,
+        rdma_cm: false,
+        cpu_util: false,
+        csv: false,
+        json: false,
+        plot: None,
+        timeout: 60,
+        slice_size: None,
+        two_sided: TwoSidedChoice::Fallback,
+        idle_wait: IdleWaitChoice::Events,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

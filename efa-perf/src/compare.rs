@@ -138,7 +138,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         format: Format::Quiet,
         plot: None,
     };
-    let test_args = crate::engine::loopback_args();
+    let test_args = crate::cli::loopback_args();
     eprintln!(
         "efa-perf: compare {} on {} ({}) and tcp",
         plan.test_name(),

@@ -1,11 +1,80 @@
 //! Device facts for `info` and the fabric choice, read through the `efa` crate (libibverbs, efadv, sysfs).
 
-use crate::info::{DeviceReport, EfaReport, GidReport, PortReport};
 use crate::select::SeenDevice;
 use efa::{Context, DeviceInfo, DeviceKind, EfaCaps, GidType, LinkLayer, PortState};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use transport::fabric::efa::plan::{path, Path};
 use transport::fabric::efa::{RailCaps, TwoSided};
+
+/// One port of a device.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PortReport {
+    /// Port number (from 1).
+    pub port: u8,
+    /// State (`ACTIVE`, `DOWN`, ...).
+    pub state: String,
+    /// Active MTU in bytes.
+    pub active_mtu: Option<u32>,
+    /// Largest message the port takes (`max_msg_sz`).
+    pub max_msg_sz: Option<u64>,
+    /// Link layer (`InfiniBand`, `Ethernet`, `Unspecified`).
+    pub link_layer: String,
+    /// Non-zero GIDs: (index, GID text, type).
+    pub gids: Vec<GidReport>,
+    /// Port-level hardware counters.
+    pub hw_counters: BTreeMap<String, u64>,
+}
+
+/// One GID table entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct GidReport {
+    /// Index (perftest -x).
+    pub index: u32,
+    /// The GID, IPv6 notation.
+    pub gid: String,
+    /// `IB/RoCE v1`, `RoCE v2`, or unknown.
+    pub kind: String,
+}
+
+/// EFA direct-verbs capabilities and limits.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EfaReport {
+    /// Capability names present (RDMA_READ, RDMA_WRITE, RNR_RETRY, CQ_WITH_SGID, ...).
+    pub caps: Vec<String>,
+    /// Named limits (max_sq_wr, max_rq_wr, max_sq_sge, max_rq_sge, inline_buf_size, max_rdma_size, ...).
+    pub limits: BTreeMap<String, u64>,
+    /// How the transport's `efa` fabric carries READ and WRITE from this device to a peer with every
+    /// RDMA operation (`rdma`, or `two-sided` over SEND/RECV where the device lacks it).
+    pub transport_path: String,
+}
+
+/// One device.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeviceReport {
+    /// Kernel name.
+    pub name: String,
+    /// Whether it is EFA.
+    pub is_efa: bool,
+    /// Kind (`efa`, `soft-roce`, `other`).
+    pub kind: String,
+    /// Kernel driver bound to it.
+    pub driver: Option<String>,
+    /// Firmware version.
+    pub fw_ver: Option<String>,
+    /// Node GUID.
+    pub node_guid: Option<String>,
+    /// Device limits from `ibv_query_device`.
+    pub limits: BTreeMap<String, u64>,
+    /// Ports.
+    pub ports: Vec<PortReport>,
+    /// EFA capabilities, for EFA devices.
+    pub efa: Option<EfaReport>,
+    /// Device-level hardware counters.
+    pub hw_counters: BTreeMap<String, u64>,
+    /// What could not be read, if anything.
+    pub errors: Vec<String>,
+}
 
 /// RDMA devices on this machine, or why they cannot be listed (libibverbs missing, ...).
 pub fn probe() -> Result<Vec<SeenDevice>, String> {

@@ -1,96 +1,15 @@
-//! Runners over the transport engine, and the device probes behind `info` and the fabric choice.
+//! Runs a plan over the transport engine: in this process (loopback), as the client of a server,
+//! or as the server.
 
 use crate::bench::{self, Plan};
-use crate::cli::{IdleWaitChoice, Metric, TestArgs, TwoSidedChoice};
-use crate::fabrics::Params;
-use crate::info::DeviceReport;
+use crate::cli::{Metric, TestArgs};
 use crate::loopback::Loopback;
 use crate::measure;
 use crate::record::Document;
 use crate::remote;
-use crate::select::{FabricKind, SeenDevice, Selection};
+use crate::select::Selection;
 use std::net::IpAddr;
 use std::time::Duration;
-use transport::fabric::efa::TwoSided;
-
-/// Fabrics the transport offers in this build.
-pub fn fabrics_built() -> Vec<FabricKind> {
-    crate::fabrics::built()
-}
-
-/// Fabric parameters from the selection and the command line.
-pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpAddr) -> Params {
-    Params {
-        device: selection.device.clone().or_else(|| args.device.clone()),
-        ib_port: args.ib_port,
-        gid_index: args.gid_index,
-        workers,
-        timeout: Duration::from_secs(args.timeout),
-        bind_ip,
-        slice_size: args.slice_size,
-        two_sided: match args.two_sided {
-            TwoSidedChoice::Fallback => TwoSided::Fallback,
-            TwoSidedChoice::Never => TwoSided::Never,
-            TwoSidedChoice::Always => TwoSided::Always,
-        },
-        cq_events: args.idle_wait == IdleWaitChoice::Events,
-    }
-}
-
-/// RDMA devices on this machine, or why they cannot be listed.
-pub fn probe_devices() -> Result<Vec<SeenDevice>, String> {
-    crate::devices::probe()
-}
-
-/// Full descriptions of every device.
-pub fn describe_devices() -> Vec<DeviceReport> {
-    crate::devices::describe_all()
-}
-
-/// The EFA kernel driver's version, when the module is loaded.
-pub fn efa_driver_version() -> Option<String> {
-    crate::devices::efa_driver_version()
-}
-
-/// What the transport's own fabric selection picks between processes, and why.
-pub fn transport_selection() -> String {
-    use transport::fabric::auto::{select, DeviceProbe, Scope};
-    let s = select(&DeviceProbe::system(), Scope::CrossProcess);
-    format!("{} ({})", s.kind, s.reason)
-}
-
-/// Options for an in-process run with perftest's defaults.
-pub fn loopback_args() -> TestArgs {
-    TestArgs {
-        peer: None,
-        port: crate::cli::DEFAULT_PORT,
-        bind: std::net::IpAddr::from([0, 0, 0, 0]),
-        loopback: true,
-        fabric: crate::cli::FabricChoice::Auto,
-        connection: None,
-        device: None,
-        ib_port: 1,
-        gid_index: None,
-        size: None,
-        all: false,
-        iters: None,
-        duration: None,
-        qps: 1,
-        bidirectional: false,
-        tx_depth: None,
-        report_gbits: false,
-        cpu_freq: false,
-        rdma_cm: false,
-        cpu_util: false,
-        csv: false,
-        json: false,
-        plot: None,
-        timeout: 60,
-        slice_size: None,
-        two_sided: TwoSidedChoice::Fallback,
-        idle_wait: IdleWaitChoice::Events,
-    }
-}
 
 /// Runs a plan on the selected fabric and returns its document: in this process (loopback) or as the
 /// client of a server.
@@ -116,7 +35,7 @@ pub fn run_selected(
     };
     let stripe = measure::stripe_len(max_size, depth, plan.streams);
     if selection.loopback {
-        let p = params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
+        let p = crate::fabrics::params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
         let (server, client, setup) = crate::fabrics::pair(selection, &p)?;
         let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout, &p)?;
         return bench::run(&mut runner, plan);

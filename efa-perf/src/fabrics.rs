@@ -1,5 +1,6 @@
 //! Creating fabric instances from the command line's choices.
 
+use crate::cli::{IdleWaitChoice, TestArgs, TwoSidedChoice};
 use crate::runner::Setup;
 use crate::select::{FabricKind, Selection};
 use anyhow::{bail, Context};
@@ -11,6 +12,25 @@ use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
 use transport::fabric::Fabric;
+
+/// Fabric parameters from the selection and the command line.
+pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpAddr) -> Params {
+    Params {
+        device: selection.device.clone().or_else(|| args.device.clone()),
+        ib_port: args.ib_port,
+        gid_index: args.gid_index,
+        workers,
+        timeout: Duration::from_secs(args.timeout),
+        bind_ip,
+        slice_size: args.slice_size,
+        two_sided: match args.two_sided {
+            TwoSidedChoice::Fallback => TwoSided::Fallback,
+            TwoSidedChoice::Never => TwoSided::Never,
+            TwoSidedChoice::Always => TwoSided::Always,
+        },
+        cq_events: args.idle_wait == IdleWaitChoice::Events,
+    }
+}
 
 /// Fabrics the transport offers in this build.
 pub fn built() -> Vec<FabricKind> {

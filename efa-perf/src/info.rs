@@ -1,78 +1,9 @@
 //! `info`: what RDMA devices this machine has, what they can do, and which fabric the transport would pick.
 
 use crate::cli::{FabricChoice, InfoArgs};
+use crate::devices::DeviceReport;
 use crate::select::{self, Environment, Selection};
 use serde::Serialize;
-use std::collections::BTreeMap;
-
-/// One port of a device.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct PortReport {
-    /// Port number (from 1).
-    pub port: u8,
-    /// State (`ACTIVE`, `DOWN`, ...).
-    pub state: String,
-    /// Active MTU in bytes.
-    pub active_mtu: Option<u32>,
-    /// Largest message the port takes (`max_msg_sz`).
-    pub max_msg_sz: Option<u64>,
-    /// Link layer (`InfiniBand`, `Ethernet`, `Unspecified`).
-    pub link_layer: String,
-    /// Non-zero GIDs: (index, GID text, type).
-    pub gids: Vec<GidReport>,
-    /// Port-level hardware counters.
-    pub hw_counters: BTreeMap<String, u64>,
-}
-
-/// One GID table entry.
-#[derive(Clone, Debug, Serialize)]
-pub struct GidReport {
-    /// Index (perftest -x).
-    pub index: u32,
-    /// The GID, IPv6 notation.
-    pub gid: String,
-    /// `IB/RoCE v1`, `RoCE v2`, or unknown.
-    pub kind: String,
-}
-
-/// EFA direct-verbs capabilities and limits.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct EfaReport {
-    /// Capability names present (RDMA_READ, RDMA_WRITE, RNR_RETRY, CQ_WITH_SGID, ...).
-    pub caps: Vec<String>,
-    /// Named limits (max_sq_wr, max_rq_wr, max_sq_sge, max_rq_sge, inline_buf_size, max_rdma_size, ...).
-    pub limits: BTreeMap<String, u64>,
-    /// How the transport's `efa` fabric carries READ and WRITE from this device to a peer with every
-    /// RDMA operation (`rdma`, or `two-sided` over SEND/RECV where the device lacks it).
-    pub transport_path: String,
-}
-
-/// One device.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct DeviceReport {
-    /// Kernel name.
-    pub name: String,
-    /// Whether it is EFA.
-    pub is_efa: bool,
-    /// Kind (`efa`, `soft-roce`, `other`).
-    pub kind: String,
-    /// Kernel driver bound to it.
-    pub driver: Option<String>,
-    /// Firmware version.
-    pub fw_ver: Option<String>,
-    /// Node GUID.
-    pub node_guid: Option<String>,
-    /// Device limits from `ibv_query_device`.
-    pub limits: BTreeMap<String, u64>,
-    /// Ports.
-    pub ports: Vec<PortReport>,
-    /// EFA capabilities, for EFA devices.
-    pub efa: Option<EfaReport>,
-    /// Device-level hardware counters.
-    pub hw_counters: BTreeMap<String, u64>,
-    /// What could not be read, if anything.
-    pub errors: Vec<String>,
-}
 
 /// The whole `info` report.
 #[derive(Clone, Debug, Serialize)]
@@ -133,15 +64,22 @@ pub fn hints(
 
 /// The environment the fabric selection sees.
 pub fn environment() -> Environment {
-    let (devices, device_error) = match crate::engine::probe_devices() {
+    let (devices, device_error) = match crate::devices::probe() {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(e)),
     };
     Environment {
         devices,
-        fabrics_built: crate::engine::fabrics_built(),
+        fabrics_built: crate::fabrics::built(),
         device_error,
     }
+}
+
+/// What the transport's own fabric selection picks between processes, and why.
+fn transport_selection() -> String {
+    use transport::fabric::auto::{select, DeviceProbe, Scope};
+    let s = select(&DeviceProbe::system(), Scope::CrossProcess);
+    format!("{} ({})", s.kind, s.reason)
 }
 
 fn render(r: &InfoReport) -> String {
@@ -257,7 +195,7 @@ fn render(r: &InfoReport) -> String {
 /// Runs `info`.
 pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     let env = environment();
-    let mut devices = crate::engine::describe_devices();
+    let mut devices = crate::devices::describe_all();
     if let Some(name) = &args.device {
         devices.retain(|d| &d.name == name);
         if devices.is_empty() {
@@ -266,7 +204,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
             anyhow::bail!("device '{name}' not found: {known}");
         }
     }
-    let driver = crate::engine::efa_driver_version();
+    let driver = crate::devices::efa_driver_version();
     let report = InfoReport {
         schema: "efa-perf.info.v1",
         hints: hints(&devices, env.device_error.as_deref(), driver.as_deref()),
@@ -274,7 +212,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         devices,
         device_error: env.device_error.clone(),
         fabrics_built: env.fabrics_built.iter().map(|f| f.to_string()).collect(),
-        transport_selection: crate::engine::transport_selection(),
+        transport_selection: transport_selection(),
         selection_without_peer: select::select(FabricChoice::Auto, None, false, None, &env)
             .map_err(|e| e.to_string()),
         selection_with_peer: select::select(FabricChoice::Auto, Some("PEER"), false, None, &env)
@@ -291,6 +229,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::PortReport;
 
     #[test]
     fn hints_without_devices_name_the_usual_suspects() {

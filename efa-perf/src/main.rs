@@ -20,6 +20,7 @@ mod report;
 mod runner;
 mod select;
 mod send;
+mod session;
 mod stats;
 mod svg;
 

@@ -22,16 +22,13 @@ use crate::cpu;
 use crate::fabrics::Params;
 use crate::loopback::{combine, register, stream_op, CLIENT_SEGMENT, SERVER_SEGMENT};
 use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
-use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
+use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::{FabricKind, Selection};
+use crate::session::{dial, Control};
 use crate::stats::Event;
 use anyhow::{anyhow, bail, Context};
-use efa_perf::control::{
-    self, LineError, Msg, RunAmount, Step, StreamSummary, CLIENT_MAX_LINE, PROTOCOL,
-    SERVER_MAX_LINE,
-};
-use std::io::{BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use efa_perf::control::{self, Msg, StreamSummary, PROTOCOL, SERVER_MAX_LINE};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,128 +67,6 @@ impl From<StreamSummary> for StreamResult {
                 .collect(),
             cpu: Duration::ZERO,
         }
-    }
-}
-
-/// A line-oriented JSON channel with a read deadline and a bound on line length.
-pub(crate) struct Control {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
-    timeout: Duration,
-    max_line: usize,
-}
-
-/// Connects to the server named by the command line (`HOST`, `-p`), as its client.
-pub(crate) fn dial(args: &TestArgs) -> anyhow::Result<Control> {
-    let host = args
-        .peer
-        .as_deref()
-        .ok_or_else(|| anyhow!("no peer given"))?;
-    let timeout = Duration::from_secs(args.timeout);
-    let target = format!("{host}:{}", args.port);
-    let addr = target
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {target}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{target} resolves to no address"))?;
-    let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
-        .with_context(|| {
-            format!(
-                "connecting to the efa-perf server at {addr} (is it running with -p {}?)",
-                args.port
-            )
-        })?;
-    Control::new(stream, timeout, CLIENT_MAX_LINE)
-}
-
-impl Control {
-    /// The server's next step from the client: the size and amount of the next run, or `None`
-    /// when the client said bye (reported on stderr). `stripe` bounds the size.
-    pub(crate) fn next_run(&mut self, stripe: u64) -> anyhow::Result<Option<(u64, Amount)>> {
-        Ok(match control::check_step(self.recv()?, stripe)? {
-            Step::Run {
-                size,
-                amount: RunAmount::Iterations(n),
-            } => Some((size, Amount::Iterations(n))),
-            Step::Run {
-                size,
-                amount: RunAmount::Millis(ms),
-            } => Some((size, Amount::Duration(Duration::from_millis(ms)))),
-            Step::Bye => {
-                eprintln!("efa-perf: client {} finished", self.peer);
-                None
-            }
-        })
-    }
-
-    /// Asks the server to start point `p` and waits for its go.
-    pub(crate) fn start_run(&mut self, p: &Point) -> anyhow::Result<()> {
-        let (iterations, duration_ms) = match p.amount {
-            Amount::Iterations(n) => (Some(n), None),
-            Amount::Duration(d) => (None, Some(d.as_millis() as u64)),
-        };
-        self.send(&Msg::Run {
-            size: p.size,
-            iterations,
-            duration_ms,
-        })?;
-        match self.recv()? {
-            Msg::Go => Ok(()),
-            other => bail!("server answered {other:?} instead of go"),
-        }
-    }
-
-    fn new(stream: TcpStream, timeout: Duration, max_line: usize) -> anyhow::Result<Self> {
-        // A timeout too long for the socket (`--timeout` of centuries) means none.
-        let read_timeout = (timeout < Duration::from_secs(1 << 40)).then_some(timeout);
-        stream.set_read_timeout(read_timeout)?;
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        let local = stream.local_addr()?;
-        Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-            peer,
-            local,
-            timeout,
-            max_line,
-        })
-    }
-
-    /// Reads one line of at most `max_line` bytes, with errors worded for a person.
-    fn read_line(&mut self) -> anyhow::Result<String> {
-        control::read_line(&mut self.reader, self.max_line).map_err(|e| match e {
-            LineError::Io(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                anyhow!(
-                    "no answer from {} within {} s (raise --timeout if the peer is slow)",
-                    self.peer,
-                    self.timeout.as_secs()
-                )
-            }
-            LineError::Io(e) => {
-                anyhow::Error::new(e).context(format!("reading from {}", self.peer))
-            }
-            LineError::TooLong(_) => anyhow!("{} {e}; closing the connection", self.peer),
-            e => anyhow!("{} {e}", self.peer),
-        })
-    }
-
-    pub(crate) fn send(&mut self, m: &Msg) -> anyhow::Result<()> {
-        let mut line = serde_json::to_string(m)?;
-        line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .with_context(|| format!("sending to {}", self.peer))
-    }
-
-    pub(crate) fn recv(&mut self) -> anyhow::Result<Msg> {
-        let line = self.read_line()?;
-        control::parse(&line).map_err(|e| match e {
-            control::ControlError::Peer(message) => anyhow!("peer {}: {message}", self.peer),
-            e => anyhow::Error::new(e).context(format!("from {}", self.peer)),
-        })
     }
 }
 
@@ -266,7 +141,7 @@ impl Client {
     ) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(args.timeout);
         let mut control = dial(args)?;
-        let params = crate::engine::params(selection, args, plan.streams, control.local.ip());
+        let params = crate::fabrics::params(selection, args, plan.streams, control.local.ip());
         let node = make_node(
             selection.fabric,
             &params,
@@ -489,7 +364,7 @@ fn serve_one(
         };
         return crate::send::serve(control, &hello, selection, args, metric);
     }
-    let params = crate::engine::params(selection, args, streams, control.local.ip());
+    let params = crate::fabrics::params(selection, args, streams, control.local.ip());
     let node = make_node(
         kind,
         &params,

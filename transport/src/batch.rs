@@ -6,18 +6,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use crate::store::RequestStore;
-use crate::{FailReason, TransportError};
-
-/// Handle of an allocated batch. Stale after [`Engine::free_batch`](crate::Engine::free_batch)
-/// or [`Engine::recycle_batch`](crate::Engine::recycle_batch): using it then is a
-/// [`TransportError::StaleBatch`]. Only the engine that allocated it accepts it (another
-/// engine refuses it with [`TransportError::ForeignHandle`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BatchId {
-    pub(crate) engine: u32,
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
-}
+use crate::{BatchId, FailReason, TransportError};
 
 /// The state of one request of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -17,27 +17,8 @@ use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
 use crate::worker::reap_orphans;
 use crate::{
     Access, BatchId, BatchStatus, FabricError, Handle, Location, Notifications, OwnedMemory,
-    RequestStatus, TransportError, Worker,
+    RemoteSegment, RequestStatus, SegmentId, TransportError, Worker,
 };
-
-/// Handle of a local segment. Stale after [`Engine::unregister`]. Only the engine that
-/// registered it accepts it (another engine refuses it with
-/// [`TransportError::ForeignHandle`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SegmentId {
-    pub(crate) engine: u32,
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
-}
-
-/// Handle of an opened remote segment. Stale after [`Engine::close_segment`]. Only the engine
-/// that opened it accepts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RemoteSegment {
-    pub(crate) engine: u32,
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
-}
 
 /// Engine ids, unique in the process (handles carry the id of their engine).
 static NEXT_ENGINE_ID: AtomicU32 = AtomicU32::new(1);

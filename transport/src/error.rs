@@ -1,9 +1,7 @@
 //! Typed errors: validation and API errors ([`TransportError`]) and completion failures
 //! ([`FailReason`], named after the EFA completion statuses).
 
-use std::sync::Arc;
-
-use crate::{BatchId, RemoteSegment, SegmentId};
+use crate::{BatchId, Handle, OsError, RemoteSegment, SegmentId};
 
 /// Why a work request or a transfer request failed. The EFA-style names follow the provider's
 /// `vendor_err` values so a failure reads the same on the sim, on verbs and on EFA hardware.
@@ -116,55 +114,6 @@ impl FailReason {
 impl std::fmt::Display for FailReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// An OS error kept as the cause of a [`FabricError`]: shared, so the error stays `Clone`, and
-/// compared by [`kind`](Self::kind) and [`raw_os_error`](Self::raw_os_error), so tests can match
-/// errors with `==`.
-#[derive(Debug, Clone)]
-pub struct OsError(Arc<std::io::Error>);
-
-impl OsError {
-    /// The kind of the OS error.
-    pub fn kind(&self) -> std::io::ErrorKind {
-        self.0.kind()
-    }
-
-    /// The errno, when the error came from the OS.
-    pub fn raw_os_error(&self) -> Option<i32> {
-        self.0.raw_os_error()
-    }
-
-    /// The error itself.
-    pub fn io_error(&self) -> &std::io::Error {
-        &self.0
-    }
-}
-
-impl From<std::io::Error> for OsError {
-    fn from(e: std::io::Error) -> Self {
-        OsError(Arc::new(e))
-    }
-}
-
-impl PartialEq for OsError {
-    fn eq(&self, other: &Self) -> bool {
-        self.kind() == other.kind() && self.raw_os_error() == other.raw_os_error()
-    }
-}
-
-impl Eq for OsError {}
-
-impl std::fmt::Display for OsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for OsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
     }
 }
 
@@ -332,38 +281,6 @@ impl FabricError {
             fabric,
             what: what.to_string(),
             source: source.into(),
-        }
-    }
-}
-
-/// A handle of the engine API, for errors that concern any kind of handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Handle {
-    /// A local segment.
-    Segment(SegmentId),
-    /// An opened remote segment.
-    Remote(RemoteSegment),
-    /// A batch.
-    Batch(BatchId),
-}
-
-impl Handle {
-    /// The engine that issued the handle (see [`Engine::id`](crate::Engine::id)).
-    pub fn engine(self) -> u32 {
-        match self {
-            Handle::Segment(h) => h.engine,
-            Handle::Remote(h) => h.engine,
-            Handle::Batch(h) => h.engine,
-        }
-    }
-}
-
-impl std::fmt::Display for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Handle::Segment(h) => write!(f, "{h:?}"),
-            Handle::Remote(h) => write!(f, "{h:?}"),
-            Handle::Batch(h) => write!(f, "{h:?}"),
         }
     }
 }

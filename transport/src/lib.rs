@@ -70,10 +70,12 @@ pub mod discovery;
 mod engine;
 mod error;
 pub mod fabric;
+mod handle;
 mod location;
 mod memory;
 pub mod metadata;
 mod notify;
+mod os_error;
 mod request;
 mod slab;
 mod slice;
@@ -82,18 +84,18 @@ mod topology;
 mod worker;
 
 pub use access::Access;
-pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
+pub use batch::{BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use bytes::BytesError;
 pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
-pub use engine::{
-    Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
-};
-pub use error::{FabricError, FailReason, Handle, OsError, TransportError};
+pub use engine::{Engine, EngineConfig, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE};
+pub use error::{FabricError, FailReason, TransportError};
+pub use handle::{BatchId, Handle, RemoteSegment, SegmentId};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use notify::Notifications;
+pub use os_error::OsError;
 pub use request::{LocalAddr, Opcode, Request};
 pub use slice::{SlicePlan, MAX_SLICES_PER_REQUEST};
 pub use topology::{AffinityTable, AllRails, RailPolicy, RailSet};

@@ -8,9 +8,9 @@ use crate::bench::Plan;
 use crate::cli::{TestArgs, Verb};
 use crate::cpu;
 use crate::measure::StreamResult;
-use crate::remote::{self, Control};
 use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::Selection;
+use crate::session::{self, Control};
 use anyhow::{anyhow, bail};
 use efa_perf::control::{self, Msg, StreamSummary, PROTOCOL};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,7 +31,7 @@ impl Client {
         plan: &Plan,
         o: &Options,
     ) -> anyhow::Result<Self> {
-        let mut control = remote::dial(args)?;
+        let mut control = session::dial(args)?;
         let mut side = Side::open(o)?;
         control.send(&Msg::Hello {
             protocol: PROTOCOL,
