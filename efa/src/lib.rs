@@ -45,7 +45,7 @@ pub use gid::{Gid, GidEntry, GidType};
 pub use mr::{Access, EfaMrAttr, Mr, RemoteMr, Sge};
 pub use pd::{Pd, ThreadDomain};
 pub use qp::{
-    Batch, Datagram, Dest, Endpoint, Payload, Qp, QpBuilder, QpCaps, Rc, RcOptions, RcQp,
+    Batch, Datagram, Dest, Payload, Qp, QpAddress, QpBuilder, QpCaps, Rc, RcOptions, RcQp,
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
     RECV_CHAIN,
 };

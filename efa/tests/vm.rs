@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use efa::{
-    Access, AhAttr, Context, Cq, Dest, DeviceKind, Endpoint, Error, Gid, Limit, Mr, Pd, QpBuilder,
+    Access, AhAttr, Context, Cq, Dest, DeviceKind, Error, Gid, Limit, Mr, Pd, QpAddress, QpBuilder,
     QpState, RcOptions, RcQp, RemoteAddr, UdQp, WcOpcode, WcStatus, WorkCompletion, GRH_BYTES,
 };
 
@@ -233,7 +233,7 @@ fn vm_rc_write_read_send_and_write_imm_between_threads() {
 }
 
 /// Wire format of the two-process test: endpoint then region.
-fn encode(e: &Endpoint, r: &efa::RemoteMr) -> [u8; 44] {
+fn encode(e: &QpAddress, r: &efa::RemoteMr) -> [u8; 44] {
     let mut b = [0u8; 44];
     b[..16].copy_from_slice(e.gid.as_bytes());
     b[16..20].copy_from_slice(&e.qpn.to_le_bytes());
@@ -244,13 +244,13 @@ fn encode(e: &Endpoint, r: &efa::RemoteMr) -> [u8; 44] {
     b
 }
 
-fn decode(b: &[u8; 44]) -> (Endpoint, efa::RemoteMr) {
+fn decode(b: &[u8; 44]) -> (QpAddress, efa::RemoteMr) {
     let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
     let mut gid = [0u8; 16];
     gid.copy_from_slice(&b[..16]);
     (
-        Endpoint {
+        QpAddress {
             gid: Gid(gid),
             qpn: u32_at(16),
             qkey_or_psn: u32_at(20),
@@ -582,7 +582,7 @@ fn vm_wrong_state_transitions_are_typed_errors() {
             ..
         })
     ));
-    let bad = Endpoint { qpn: 1 << 24, ..ep };
+    let bad = QpAddress { qpn: 1 << 24, ..ep };
     assert!(matches!(other.qp.connect(&bad), Err(Error::QpState { .. })));
     let mut fresh = rc_side(&ctx, 8, 4096);
     assert!(matches!(

@@ -5,8 +5,8 @@
 use super::error::{verbs, SendError};
 use super::plan::{self, Layout};
 use efa::{
-    Access, Ah, AhAttr, Context, Cq, Dest, Endpoint, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp, WcOpcode,
-    WcStatus, WorkCompletion,
+    Access, Ah, AhAttr, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp, WcOpcode, WcStatus,
+    WorkCompletion,
 };
 use efa_perf::control::QpAddress;
 use std::sync::Arc;
@@ -224,7 +224,7 @@ impl Side {
                     });
                 }
                 LaneQp::Rc(qp) => {
-                    let remote = Endpoint {
+                    let remote = efa::QpAddress {
                         gid: Gid(a.gid),
                         qpn: a.qpn,
                         qkey_or_psn: a.qkey_or_psn,

@@ -197,7 +197,7 @@ pub(crate) fn check_efa_depths(c: &QpCaps, max_sq_wr: u32, max_rq_wr: u32) -> Re
 
 /// The address of a datagram QP, to hand to peers: GID, QP number and Q_Key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Endpoint {
+pub struct QpAddress {
     /// The port GID.
     pub gid: Gid,
     /// The QP number.
@@ -923,8 +923,8 @@ impl<T: Transport> Qp<T> {
     }
 
     /// The address peers use for this QP: GID, QP number and Q_Key (datagram) or PSN (RC).
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint {
+    pub fn endpoint(&self) -> QpAddress {
+        QpAddress {
             gid: self.gid.gid,
             qpn: self.qp_num(),
             qkey_or_psn: if T::KIND == TransportKind::Rc {
@@ -1106,7 +1106,7 @@ impl Qp<Rc> {
     /// Connect to the peer at `remote` (INIT -> RTR -> RTS).
     ///
     /// Fails with [`Error::QpState`] unless the QP is in INIT (freshly built).
-    pub fn connect(&mut self, remote: &Endpoint) -> Result<()> {
+    pub fn connect(&mut self, remote: &QpAddress) -> Result<()> {
         if self.state != QpState::Init {
             return Err(Error::QpState {
                 op: "connect",

@@ -182,8 +182,8 @@ impl QpAddress {
     }
 
     /// The peer as the `efa` crate's RC connect takes it.
-    pub(crate) fn endpoint(&self) -> ::efa::Endpoint {
-        ::efa::Endpoint {
+    pub(crate) fn endpoint(&self) -> ::efa::QpAddress {
+        ::efa::QpAddress {
             gid: self.gid,
             qpn: self.qpn,
             qkey_or_psn: self.psn,
