@@ -90,7 +90,7 @@ pub fn probe() -> Result<Vec<SeenDevice>, String> {
 
 /// The EFA kernel driver's version, when the module is loaded.
 pub fn efa_driver_version() -> Option<String> {
-    efa::device::efa_driver_version()
+    efa::efa_driver_version()
 }
 
 fn state_name(s: PortState) -> String {

@@ -3,38 +3,8 @@
 //! A [`CompChannel`] is a file descriptor the device makes readable when an *armed* CQ created
 //! on it ([`CqBuilder::channel`](crate::CqBuilder::channel)) receives a completion. Arming is one
 //! shot: [`Cq::req_notify`](crate::Cq::req_notify) asks for the next completion's event, and the
-//! CQ must be armed again after each event.
-//!
-//! # The arm-then-poll race
-//!
-//! A completion that arrives after the last poll but before the CQ is armed raises no event: a
-//! thread that polls, finds nothing, arms and waits could sleep while a completion sits in the
-//! queue. The order that never loses one is:
-//!
-//! 1. arm the CQ ([`Cq::req_notify`](crate::Cq::req_notify));
-//! 2. poll it once more, and handle what that finds (if anything, go back to polling);
-//! 3. only then wait ([`CompChannel::wait`]).
-//!
-//! Any completion that lands after step 1 raises an event, and any that landed before it is
-//! found by step 2. After an event, poll the CQ until it is empty, then arm, poll, wait again.
-//!
-//! # Events and acknowledgements
-//!
-//! Every event read from the channel must be acknowledged (`ibv_ack_cq_events`) before its CQ
-//! is destroyed, or `ibv_destroy_cq` waits for ever. [`CompChannel::wait`] and
-//! [`CompChannel::try_event`] acknowledge each event as they read it, so a [`CqEvent`] owes
-//! nothing and dropping it is always fine. (Acknowledging takes a mutex in libibverbs; it is paid
-//! once per wake-up, never on the polling path.)
-//!
-//! # Support
-//!
-//! EFA devices report completion events through the kernel capability `CQ_NOTIFICATIONS`, which
-//! `efadv_query_device` does not expose: libefa refuses a CQ on a channel with `EOPNOTSUPP` when
-//! the device lacks it (the first generation, c5n/p3dn/m5n/hpc6a, does). [`CqBuilder::build`]
-//! turns that into [`Error::Unsupported`], so a caller can fall back to polling. EFA also refuses
-//! solicited-only events.
-//!
-//! [`CqBuilder::build`]: crate::CqBuilder::build
+//! CQ must be armed again after each event. [`CompChannel`] documents the order of arming,
+//! polling and waiting.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
@@ -88,12 +58,40 @@ impl Drop for ChannelInner {
 }
 
 /// A completion channel (`ibv_comp_channel`): a file descriptor that becomes readable when an
-/// armed CQ created on it receives a completion. See the [module docs](self) for the order of
-/// arming, polling and waiting.
+/// armed CQ created on it receives a completion.
 ///
 /// The descriptor is non-blocking: [`wait`](Self::wait) sleeps in `poll(2)`, and
 /// [`try_event`](Self::try_event) never blocks, so the fd can go into epoll, mio or tokio
 /// ([`as_raw_fd`](AsRawFd::as_raw_fd)) and be drained when it is readable.
+///
+/// # The arm-then-poll race
+///
+/// A completion that arrives after the last poll but before the CQ is armed raises no event: a
+/// thread that polls, finds nothing, arms and waits could sleep while a completion sits in the
+/// queue. The order that never loses one is:
+///
+/// 1. arm the CQ ([`Cq::req_notify`](crate::Cq::req_notify));
+/// 2. poll it once more, and handle what that finds (if anything, go back to polling);
+/// 3. only then wait ([`CompChannel::wait`]).
+///
+/// Any completion that lands after step 1 raises an event, and any that landed before it is
+/// found by step 2. After an event, poll the CQ until it is empty, then arm, poll, wait again.
+///
+/// # Events and acknowledgements
+///
+/// Every event read from the channel must be acknowledged (`ibv_ack_cq_events`) before its CQ
+/// is destroyed, or `ibv_destroy_cq` waits for ever. [`CompChannel::wait`] and
+/// [`CompChannel::try_event`] acknowledge each event as they read it, so a [`CqEvent`] owes
+/// nothing and dropping it is always fine. (Acknowledging takes a mutex in libibverbs; it is paid
+/// once per wake-up, never on the polling path.)
+///
+/// # Support
+///
+/// EFA devices report completion events through the kernel capability `CQ_NOTIFICATIONS`, which
+/// `efadv_query_device` does not expose: libefa refuses a CQ on a channel with `EOPNOTSUPP` when
+/// the device lacks it (the first generation, c5n/p3dn/m5n/hpc6a, does).
+/// [`CqBuilder::build`](crate::CqBuilder::build) turns that into [`Error::Unsupported`], so a
+/// caller can fall back to polling. EFA also refuses solicited-only events.
 #[derive(Clone)]
 pub struct CompChannel {
     inner: Arc<ChannelInner>,
@@ -201,7 +199,7 @@ impl CompChannel {
     /// Blocks until an event arrives or `timeout` passes (`Duration::MAX`, or anything over
     /// 24 days: no deadline). Returns the event (acknowledged), or `Ok(None)` on timeout.
     ///
-    /// Arm the CQs and poll them once more before calling this (see the [module docs](self)).
+    /// Arm the CQs and poll them once more before calling this (see [`CompChannel`]).
     /// A zero timeout only checks.
     pub fn wait(&self, timeout: Duration) -> Result<Option<CqEvent>> {
         let fd = self.as_raw_fd();

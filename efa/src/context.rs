@@ -495,6 +495,20 @@ impl Context {
         Ok(Gid::from_raw(&raw))
     }
 
+    /// GID table entry `index` of `port`, with its type.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Verbs`] when `ibv_query_gid` fails (with its errno and the index).
+    pub fn gid_entry(&self, port: u8, index: u32) -> Result<GidEntry> {
+        Ok(GidEntry {
+            port,
+            index,
+            gid: self.query_gid(port, index)?,
+            gid_type: sysfs::gid_type(&self.info.ibdev_path, port, index),
+        })
+    }
+
     /// The port's GID table; empty slots (zero GIDs or unreadable entries) are left out.
     pub fn gid_table(&self, port: u8) -> Result<Vec<GidEntry>> {
         let len = self.query_port(port)?.gid_tbl_len;
@@ -516,8 +530,8 @@ impl Context {
         Ok(out)
     }
 
-    /// The GID peers should address this port by (see [`preferred_gid`]): on Soft-RoCE the
-    /// RoCE v2 IPv4 entry, on EFA index 0.
+    /// The GID peers should address this port by (RoCE v2 IPv4-mapped first, then RoCE v2, then
+    /// the first non-zero entry): on Soft-RoCE the RoCE v2 IPv4 entry, on EFA index 0.
     pub fn preferred_gid(&self, port: u8) -> Result<GidEntry> {
         preferred_gid(&self.gid_table(port)?).ok_or(Error::Invalid {
             what: "GID table (no usable entry) of port",

@@ -387,7 +387,7 @@ impl Cq {
     }
 
     /// Arms the CQ: its next completion raises one event on its channel
-    /// ([`CompChannel::wait`]). Arm, poll once more, then wait (see [`crate::channel`]): a
+    /// ([`CompChannel::wait`]). Arm, poll once more, then wait (see [`CompChannel`](crate::CompChannel)): a
     /// completion that landed before the arming raises no event. `solicited_only` limits the
     /// event to solicited completions; EFA refuses it ([`Error::Unsupported`]).
     ///

@@ -92,7 +92,7 @@ pub enum DeviceKind {
 ///
 /// The bound kernel driver is the strongest evidence, then Amazon's PCI vendor id; only when
 /// sysfs says nothing does the name decide (`rdmap*` and `efa_*` are EFA, `rxe*` Soft-RoCE).
-pub fn classify(
+pub(crate) fn classify(
     name: &str,
     driver: Option<&str>,
     vendor_id: Option<u32>,
@@ -262,7 +262,7 @@ pub fn efa_devices() -> Result<Vec<DeviceInfo>> {
     Ok(devices()?.into_iter().filter(DeviceInfo::is_efa).collect())
 }
 
-/// The EFA kernel driver's version (see [`sysfs::efa_driver_version`]).
+/// The EFA kernel driver's version, e.g. `"2.10.0g"`; `None` when the module is not loaded.
 pub fn efa_driver_version() -> Option<String> {
     sysfs::efa_driver_version()
 }

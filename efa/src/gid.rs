@@ -99,7 +99,7 @@ pub struct GidEntry {
 
 /// Pick the GID to address a peer with: RoCE v2 IPv4-mapped first, then RoCE v2, then the first
 /// non-zero entry (EFA and InfiniBand have one GID at index 0).
-pub fn preferred_gid(table: &[GidEntry]) -> Option<GidEntry> {
+pub(crate) fn preferred_gid(table: &[GidEntry]) -> Option<GidEntry> {
     let nonzero = || table.iter().filter(|e| !e.gid.is_zero());
     nonzero()
         .find(|e| e.gid_type == GidType::RoceV2 && e.gid.ipv4().is_some())

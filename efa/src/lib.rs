@@ -2,7 +2,7 @@
 //!
 //! One module per verbs object, parents held by `Arc` so a child never outlives what it needs:
 //!
-//! - [`device`]: list devices and tell EFA apart ([`devices`], [`DeviceInfo::open`]).
+//! - [`devices`] and [`DeviceInfo`]: list devices and tell EFA apart ([`DeviceInfo::open`]).
 //! - [`Context`]: an open device, its attributes, ports, GID table and, on EFA, the efadv
 //!   attribute set ([`EfaDeviceAttr`], [`EfaCaps`]).
 //! - [`Pd`] and [`ThreadDomain`]: protection and thread domains.
@@ -16,21 +16,23 @@
 //!   [`Batch`] guard that checks device limits first and aborts on drop.
 //!
 //! Posting and polling allocate nothing and take no lock in this crate.
+//!
+//! Every public type has one path: the crate root (the modules are private).
 
-pub mod ah;
-pub mod caps;
-pub mod channel;
-pub mod context;
-pub mod counter;
-pub mod cq;
-pub mod device;
-pub mod error;
-pub mod gid;
-pub mod mr;
-pub mod pd;
-pub mod qp;
-pub mod status;
-pub mod sysfs;
+mod ah;
+mod caps;
+mod channel;
+mod context;
+mod counter;
+mod cq;
+mod device;
+mod error;
+mod gid;
+mod mr;
+mod pd;
+mod qp;
+mod status;
+mod sysfs;
 mod teardown;
 
 pub use ah::{Ah, AhAttr};
@@ -39,7 +41,10 @@ pub use channel::{CompChannel, CqEvent};
 pub use context::{Context, DeviceAttr, LinkLayer, Mtu, PortAttr, PortState};
 pub use counter::{CompCounter, CounterOps};
 pub use cq::{Completion, Cq, CqBuilder, Poll, WorkCompletion};
-pub use device::{devices, efa_devices, DeviceInfo, DeviceKind};
+pub use device::{
+    devices, efa_devices, efa_driver_version, hw_counters, DeviceInfo, DeviceKind, NodeType,
+    TransportType,
+};
 pub use error::{Error, Limit, Result};
 pub use gid::{Gid, GidEntry, GidType};
 pub use mr::{Access, EfaMrAttr, Mr, RemoteMr, Sge};
@@ -47,9 +52,10 @@ pub use pd::{Pd, ThreadDomain};
 pub use qp::{
     Batch, Datagram, Dest, Payload, Qp, QpAddress, QpBuilder, QpCaps, Rc, RcOptions, RcQp,
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
-    RECV_CHAIN,
+    MAX_QKEY, RECV_CHAIN,
 };
 pub use status::{EfaStatus, QpState, WcOpcode, WcStatus};
+pub use sysfs::HwCounters;
 pub use teardown::teardown_errors;
 
 #[cfg(test)]

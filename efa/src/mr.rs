@@ -39,7 +39,7 @@ impl Default for Access {
 }
 
 /// Check a requested access set against the rules and, on EFA, against the device's capabilities.
-pub fn check_access(access: Access, efa: Option<EfaCaps>) -> Result<()> {
+pub(crate) fn check_access(access: Access, efa: Option<EfaCaps>) -> Result<()> {
     if access.intersects(Access::REMOTE_WRITE | Access::REMOTE_ATOMIC)
         && !access.contains(Access::LOCAL_WRITE)
     {
@@ -130,7 +130,7 @@ impl std::fmt::Debug for Sge {
 }
 
 /// Total bytes of a scatter/gather list (u64: cannot overflow for any realistic count).
-pub fn sge_total(sges: &[Sge]) -> u64 {
+pub(crate) fn sge_total(sges: &[Sge]) -> u64 {
     sges.iter().map(|s| u64::from(s.len())).sum()
 }
 

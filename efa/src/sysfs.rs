@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// Amazon's PCI vendor id, carried by every EFA device.
-pub const AMAZON_VENDOR_ID: u32 = 0x1d0f;
+pub(crate) const AMAZON_VENDOR_ID: u32 = 0x1d0f;
 
 /// Root of the RDMA device class in sysfs.
-pub const INFINIBAND_CLASS: &str = "/sys/class/infiniband";
+pub(crate) const INFINIBAND_CLASS: &str = "/sys/class/infiniband";
 
 /// Where the EFA kernel module publishes its version.
-pub const EFA_MODULE_VERSION: &str = "/sys/module/efa/version";
+pub(crate) const EFA_MODULE_VERSION: &str = "/sys/module/efa/version";
 
 fn sysfs_err(path: &Path, e: &std::io::Error) -> Error {
     Error::Sysfs {
@@ -25,14 +25,14 @@ fn sysfs_err(path: &Path, e: &std::io::Error) -> Error {
 }
 
 /// Read a small sysfs file as trimmed text.
-pub fn read_trimmed(path: &Path) -> Result<String> {
+pub(crate) fn read_trimmed(path: &Path) -> Result<String> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
         .map_err(|e| sysfs_err(path, &e))
 }
 
 /// Parse a decimal or `0x`-prefixed hexadecimal number.
-pub fn parse_number(text: &str) -> Option<u64> {
+pub(crate) fn parse_number(text: &str) -> Option<u64> {
     let t = text.trim();
     match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
@@ -41,19 +41,19 @@ pub fn parse_number(text: &str) -> Option<u64> {
 }
 
 /// The PCI vendor id of the device behind `ibdev_path` (`device/vendor`), if it has one.
-pub fn vendor_id(ibdev_path: &Path) -> Option<u32> {
+pub(crate) fn vendor_id(ibdev_path: &Path) -> Option<u32> {
     let text = read_trimmed(&ibdev_path.join("device/vendor")).ok()?;
     parse_number(&text).and_then(|v| u32::try_from(v).ok())
 }
 
 /// The kernel driver bound to the device behind `ibdev_path` (`device/driver` link target name).
-pub fn driver_name(ibdev_path: &Path) -> Option<String> {
+pub(crate) fn driver_name(ibdev_path: &Path) -> Option<String> {
     let target = fs::read_link(ibdev_path.join("device/driver")).ok()?;
     target.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
 /// The EFA kernel driver version, e.g. `"2.10.0g"`; `None` when the module is not loaded.
-pub fn efa_driver_version() -> Option<String> {
+pub(crate) fn efa_driver_version() -> Option<String> {
     read_trimmed(Path::new(EFA_MODULE_VERSION)).ok()
 }
 
@@ -79,7 +79,7 @@ impl HwCounters {
 
 /// Read every counter file in `dir`. A missing directory is an empty set; a file that is not a
 /// number is an error naming it; `lifespan` (a setting, not a counter) is skipped.
-pub fn read_counter_dir(dir: &Path) -> Result<Vec<(String, u64)>> {
+pub(crate) fn read_counter_dir(dir: &Path) -> Result<Vec<(String, u64)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -105,7 +105,7 @@ pub fn read_counter_dir(dir: &Path) -> Result<Vec<(String, u64)>> {
 }
 
 /// Read the hardware counters of the device at `ibdev_path` (e.g. `/sys/class/infiniband/rdmap0s6`).
-pub fn hw_counters(ibdev_path: &Path) -> Result<HwCounters> {
+pub(crate) fn hw_counters(ibdev_path: &Path) -> Result<HwCounters> {
     Ok(HwCounters {
         port: read_counter_dir(&ibdev_path.join("ports/1/hw_counters"))?,
         device: read_counter_dir(&ibdev_path.join("hw_counters"))?,
@@ -116,7 +116,7 @@ pub fn hw_counters(ibdev_path: &Path) -> Result<HwCounters> {
 /// (normally [`INFINIBAND_CLASS`]). A name that is not a plain directory entry (empty, `.`,
 /// `..`, or with a `/` or NUL) or names no device there is [`Error::NoSuchDevice`], never an
 /// empty set read from elsewhere.
-pub fn device_counters(class: &Path, device: &str) -> Result<HwCounters> {
+pub(crate) fn device_counters(class: &Path, device: &str) -> Result<HwCounters> {
     let plain =
         !device.is_empty() && device != "." && device != ".." && !device.contains(['/', '\0']);
     let dir = class.join(device);
@@ -129,7 +129,7 @@ pub fn device_counters(class: &Path, device: &str) -> Result<HwCounters> {
 }
 
 /// The GID type text of `ports/<port>/gid_attrs/types/<index>`.
-pub fn gid_type(ibdev_path: &Path, port: u8, index: u32) -> crate::gid::GidType {
+pub(crate) fn gid_type(ibdev_path: &Path, port: u8, index: u32) -> crate::gid::GidType {
     let path = ibdev_path.join(format!("ports/{port}/gid_attrs/types/{index}"));
     match read_trimmed(&path).as_deref() {
         Ok("RoCE v2") => crate::gid::GidType::RoceV2,

@@ -29,7 +29,7 @@ fn listing_devices_never_fails_for_lack_of_rdma() {
 #[test]
 fn counters_of_a_missing_device_are_a_typed_error() {
     for name in ["no-such-device-7f3a", "../../../proc/self", ""] {
-        match efa::device::hw_counters(name) {
+        match efa::hw_counters(name) {
             Err(efa::Error::NoSuchDevice { name: n }) => assert_eq!(n, name),
             other => panic!("{name:?}: expected NoSuchDevice, got {other:?}"),
         }

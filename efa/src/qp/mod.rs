@@ -7,7 +7,9 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use post::SendCore;
-pub use post::{check_wr, Batch, Dest, Payload, RemoteAddr, SendLimits, SendOp};
+#[cfg(test)]
+use post::check_wr;
+pub use post::{Batch, Dest, Payload, RemoteAddr, SendLimits, SendOp};
 
 use crate::caps::EfaCaps;
 use crate::cq::{Cq, CqInner};
@@ -119,7 +121,7 @@ fn clamp_efa_recv(s: Sge) -> Sge {
 }
 
 /// Check requested queue sizes against the device's limits.
-pub fn check_caps(
+pub(crate) fn check_caps(
     c: &QpCaps,
     max_sq_wr: u32,
     max_rq_wr: u32,

@@ -94,7 +94,7 @@ impl Payload<'_> {
 
 /// Check one work request against the limits; what the device would reject is refused here,
 /// with the offending value.
-pub fn check_wr(
+pub(crate) fn check_wr(
     l: &SendLimits,
     kind: TransportKind,
     op: SendOp,

@@ -438,7 +438,7 @@ fn byte(op: u64, i: usize) -> u8 {
 }
 
 fn counters(device: &str) -> String {
-    let hw = efa::device::hw_counters(device);
+    let hw = efa::hw_counters(device);
     let dir = std::env::temp_dir()
         .join("soft-efa-sysfs")
         .join(std::process::id().to_string())

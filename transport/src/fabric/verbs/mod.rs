@@ -287,14 +287,9 @@ fn open_rail(name: &str, config: &VerbsConfig) -> Result<Rail, FabricError> {
         });
     }
     let gid = match config.gid_index {
-        Some(i) => GidEntry {
-            port: config.port,
-            index: i,
-            gid: ctx
-                .query_gid(config.port, i)
-                .map_err(|e| io(format_args!("{name} GID {i}"), e))?,
-            gid_type: ::efa::sysfs::gid_type(&ctx.info().ibdev_path, config.port, i),
-        },
+        Some(i) => ctx
+            .gid_entry(config.port, i)
+            .map_err(|e| io(format_args!("{name} GID {i}"), e))?,
         None => ctx
             .preferred_gid(config.port)
             .map_err(|e| io(format_args!("{name} GID table"), e))?,
