@@ -4,8 +4,7 @@ use crate::select::SeenDevice;
 use efa::{Context, DeviceInfo, DeviceKind, EfaCaps, GidType, LinkLayer, PortState};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use transport::fabric::efa::plan::{path, Path};
-use transport::fabric::efa::{RailCaps, TwoSided};
+use transport::fabric::efa::{Path, RailCaps, TwoSided};
 
 /// One port of a device.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -243,8 +242,7 @@ fn fill_from_context(d: &mut DeviceReport, ctx: &Context, port_counters: BTreeMa
 /// `READ <path>, WRITE <path>` of the `efa` fabric on a device with `caps`, towards a peer that has
 /// every RDMA operation.
 fn transport_path(caps: &RailCaps) -> String {
-    let bits = caps.rdma_bits();
-    let name = |write: bool| match path(write, bits, u8::MAX, TwoSided::Fallback) {
+    let name = |write: bool| match caps.path_to_full_peer(write, TwoSided::Fallback) {
         Path::Hardware => "rdma",
         Path::TwoSided => "two-sided (SEND/RECV)",
     };

@@ -6,9 +6,9 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use post::SendCore;
 #[cfg(test)]
 use post::check_wr;
+use post::SendCore;
 pub use post::{Batch, Dest, Payload, RemoteAddr, SendLimits, SendOp};
 
 use crate::caps::EfaCaps;

@@ -98,6 +98,12 @@ impl RailCaps {
         }
     }
 
+    /// How this rail carries READ (`write: false`) or WRITE towards a peer whose devices have
+    /// every RDMA operation, under `mode`.
+    pub fn path_to_full_peer(&self, write: bool, mode: TwoSided) -> Path {
+        path(write, self.rdma_bits(), u8::MAX, mode)
+    }
+
     /// The rail's RDMA bits, as published in its address.
     pub fn rdma_bits(&self) -> u8 {
         let mut b = 0;
