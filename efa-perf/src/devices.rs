@@ -1,9 +1,9 @@
 //! Device facts for `info` and the fabric choice, read through the `efa` crate (libibverbs, efadv, sysfs).
 
-use crate::select::SeenDevice;
 use efa::{Context, DeviceInfo, DeviceKind, EfaCaps, GidType, LinkLayer, PortState};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use transport::fabric::auto::DeviceProbe;
 use transport::fabric::efa::{Path, RailCaps, TwoSided};
 
 /// One port of a device.
@@ -76,15 +76,16 @@ pub struct DeviceReport {
 }
 
 /// RDMA devices on this machine, or why they cannot be listed (libibverbs missing, ...).
-pub fn probe() -> Result<Vec<SeenDevice>, String> {
-    let list = efa::devices().map_err(|e| e.to_string())?;
-    Ok(list
-        .into_iter()
-        .map(|d| SeenDevice {
-            is_efa: d.is_efa(),
-            name: d.name,
-        })
-        .collect())
+pub fn probe() -> Result<DeviceProbe, String> {
+    DeviceProbe::from_verbs().map_err(|e| {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        text
+    })
 }
 
 /// The EFA kernel driver's version, when the module is loaded.
@@ -299,8 +300,8 @@ mod tests {
         // On a machine without libibverbs or devices this is an error or an empty list, never a crash.
         let seen = probe().unwrap_or_default();
         let described = describe_all();
-        assert_eq!(seen.len(), described.len());
-        for (s, d) in seen.iter().zip(&described) {
+        assert_eq!(seen.devices.len(), described.len());
+        for (s, d) in seen.devices.iter().zip(&described) {
             assert_eq!((&s.name, s.is_efa), (&d.name, d.is_efa));
         }
     }

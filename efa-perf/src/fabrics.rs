@@ -34,12 +34,7 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
 
 /// Fabrics the transport offers in this build.
 pub fn built() -> Vec<FabricKind> {
-    vec![
-        FabricKind::Efa,
-        FabricKind::Verbs,
-        FabricKind::Sim,
-        FabricKind::Tcp,
-    ]
+    FabricKind::built().to_vec()
 }
 
 /// What a fabric instance needs beyond its kind.

@@ -18,7 +18,8 @@ pub struct InfoReport {
     pub device_error: Option<String>,
     /// Fabrics the transport has built in.
     pub fabrics_built: Vec<String>,
-    /// What the transport's own selection picks between processes, and why.
+    /// What the transport's selection ([`transport::fabric::auto`]) picks between processes, and
+    /// why: the choice `auto` makes towards a peer.
     pub transport_selection: String,
     /// What `auto` picks with no peer.
     pub selection_without_peer: Result<Selection, String>,
@@ -64,21 +65,22 @@ pub fn hints(
 
 /// The environment the fabric selection sees.
 pub fn environment() -> Environment {
-    let (devices, device_error) = match crate::devices::probe() {
-        Ok(d) => (d, None),
-        Err(e) => (Vec::new(), Some(e)),
+    let (probe, device_error) = match crate::devices::probe() {
+        Ok(p) => (p, None),
+        Err(e) => (Default::default(), Some(e)),
     };
     Environment {
-        devices,
+        probe,
         fabrics_built: crate::fabrics::built(),
         device_error,
     }
 }
 
-/// What the transport's own fabric selection picks between processes, and why.
-fn transport_selection() -> String {
-    use transport::fabric::auto::{select, DeviceProbe, Scope};
-    let s = select(&DeviceProbe::system(), Scope::CrossProcess);
+/// The transport's own choice between processes ([`transport::fabric::auto`]), and why: what
+/// `auto, towards a peer` runs.
+fn transport_selection(env: &Environment) -> String {
+    use transport::fabric::auto::{select_among, Scope};
+    let s = select_among(&env.probe, Scope::CrossProcess, &env.fabrics_built);
     format!("{} ({})", s.kind, s.reason)
 }
 
@@ -170,10 +172,6 @@ fn render(r: &InfoReport) -> String {
         Err(e) => format!("none: {e}"),
     };
     s.push_str(&format!(
-        " transport selection     : {}\n",
-        r.transport_selection
-    ));
-    s.push_str(&format!(
         " auto, no peer           : {}\n",
         sel(&r.selection_without_peer)
     ));
@@ -199,7 +197,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.device {
         devices.retain(|d| &d.name == name);
         if devices.is_empty() {
-            let names = env.devices.iter().map(|d| d.name.as_str());
+            let names = env.probe.devices.iter().map(|d| d.name.as_str());
             let known = select::known_devices(names, env.device_error.as_deref());
             anyhow::bail!("device '{name}' not found: {known}");
         }
@@ -212,7 +210,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         devices,
         device_error: env.device_error.clone(),
         fabrics_built: env.fabrics_built.iter().map(|f| f.to_string()).collect(),
-        transport_selection: transport_selection(),
+        transport_selection: transport_selection(&env),
         selection_without_peer: select::select(FabricChoice::Auto, None, false, None, &env)
             .map_err(|e| e.to_string()),
         selection_with_peer: select::select(FabricChoice::Auto, Some("PEER"), false, None, &env)

@@ -113,13 +113,7 @@ fn make_node(
 }
 
 fn parse_fabric(name: &str) -> anyhow::Result<FabricKind> {
-    Ok(match name {
-        "efa" => FabricKind::Efa,
-        "verbs" => FabricKind::Verbs,
-        "tcp" => FabricKind::Tcp,
-        "sim" => FabricKind::Sim,
-        other => bail!("unknown fabric {other:?}"),
-    })
+    Ok(name.parse::<FabricKind>()?)
 }
 
 /// The client's runner.

@@ -1,58 +1,33 @@
-//! Choosing the fabric: efa when an EFA device is present, else verbs when another RDMA device is, else tcp
-//! towards a peer, else the software model in this process.
+//! Choosing the fabric: the transport's policy ([`transport::fabric::auto`]: efa when an EFA
+//! device is present, else verbs when another verbs device is, else tcp), with the command
+//! line's overrides: `--fabric`, `--device`, and, with no peer, both sides in this process over
+//! the software model instead of tcp.
 
 use crate::cli::FabricChoice;
-use std::fmt;
-
-/// A fabric the transport can run over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FabricKind {
-    /// EFA, SRD queue pairs.
-    Efa,
-    /// Other verbs devices, RC queue pairs.
-    Verbs,
-    /// Software SRD model, one process.
-    Sim,
-    /// TCP sockets.
-    Tcp,
-}
-
-impl fmt::Display for FabricKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Efa => "efa",
-            Self::Verbs => "verbs",
-            Self::Sim => "sim",
-            Self::Tcp => "tcp",
-        })
-    }
-}
-
-/// An RDMA device seen on this machine.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct SeenDevice {
-    /// Kernel name.
-    pub name: String,
-    /// Whether it is an EFA device.
-    pub is_efa: bool,
-}
+pub use transport::fabric::auto::FabricKind;
+use transport::fabric::auto::{self, DeviceProbe, ProbedDevice, Scope};
 
 /// What the machine offers.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Environment {
     /// RDMA devices found.
-    pub devices: Vec<SeenDevice>,
+    pub probe: DeviceProbe,
     /// Fabrics the transport has built in.
     pub fabrics_built: Vec<FabricKind>,
     /// Why no device could be listed (libibverbs missing, ...), when that is the case.
     pub device_error: Option<String>,
 }
 
+/// Writes a [`FabricKind`] by its name (`efa`, `verbs`, `tcp`, `sim`).
+fn kind_name<S: serde::Serializer>(kind: &FabricKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.name())
+}
+
 /// The decision.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Selection {
     /// Fabric.
+    #[serde(serialize_with = "kind_name")]
     pub fabric: FabricKind,
     /// Device to open, for efa and verbs.
     pub device: Option<String>,
@@ -107,7 +82,7 @@ impl Environment {
     }
 
     fn built_list(&self) -> String {
-        let v: Vec<String> = self.fabrics_built.iter().map(|f| f.to_string()).collect();
+        let v: Vec<&str> = self.fabrics_built.iter().map(|f| f.name()).collect();
         if v.is_empty() {
             "none".into()
         } else {
@@ -115,27 +90,31 @@ impl Environment {
         }
     }
 
-    fn pick(
-        &self,
-        want_efa: bool,
-        device: Option<&str>,
-    ) -> Result<Option<&SeenDevice>, SelectError> {
-        if let Some(name) = device {
-            let known = || {
-                let names = self.devices.iter().map(|d| d.name.as_str());
+    /// `device`, refused when no device has that name.
+    fn named(&self, name: &str) -> Result<&ProbedDevice, SelectError> {
+        self.probe
+            .devices
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| {
+                let names = self.probe.devices.iter().map(|d| d.name.as_str());
                 SelectError::UnknownDevice(
                     name.into(),
                     known_devices(names, self.device_error.as_deref()),
                 )
-            };
-            let d = self
-                .devices
-                .iter()
-                .find(|d| d.name == name)
-                .ok_or_else(known)?;
-            return Ok((d.is_efa == want_efa).then_some(d));
+            })
+    }
+
+    /// The first device of the kind wanted (EFA or not), or `device` when it is of that kind.
+    fn pick(
+        &self,
+        want_efa: bool,
+        device: Option<&str>,
+    ) -> Result<Option<&ProbedDevice>, SelectError> {
+        match device {
+            Some(name) => Ok(Some(self.named(name)?).filter(|d| d.is_efa == want_efa)),
+            None => Ok(self.probe.devices.iter().find(|d| d.is_efa == want_efa)),
         }
-        Ok(self.devices.iter().find(|d| d.is_efa == want_efa))
     }
 }
 
@@ -194,62 +173,62 @@ pub fn select(
         FabricChoice::Verbs => explicit(FabricKind::Verbs),
         FabricChoice::Sim => explicit(FabricKind::Sim),
         FabricChoice::Tcp => explicit(FabricKind::Tcp),
-        FabricChoice::Auto => {
-            let mut skipped = Vec::new();
-            for (fabric, want_efa) in [(FabricKind::Efa, true), (FabricKind::Verbs, false)] {
-                if let Some(d) = env.pick(want_efa, device)? {
-                    if env.built(fabric) {
-                        return Ok(Selection {
-                            fabric,
-                            device: Some(d.name.clone()),
-                            loopback,
-                            reason: format!(
-                                "auto: {} device {} found",
-                                if want_efa { "EFA" } else { "verbs" },
-                                d.name
-                            ),
-                        });
-                    }
-                    skipped.push(format!(
-                        "{} device {} present but no {fabric} fabric in this build",
-                        fabric, d.name
-                    ));
-                }
-            }
-            let why = if skipped.is_empty() {
-                format!("no RDMA device found{detail}")
-            } else {
-                skipped.join("; ")
-            };
-            match peer {
-                Some(_) if env.built(FabricKind::Tcp) => Ok(Selection {
-                    fabric: FabricKind::Tcp,
-                    device: None,
-                    loopback: false,
-                    reason: format!("auto: {why}; tcp to the peer"),
-                }),
-                None if !loopback && env.built(FabricKind::Sim) => Ok(Selection {
-                    fabric: FabricKind::Sim,
-                    device: None,
-                    loopback: true,
-                    reason: format!("auto: {why}; running both sides in this process over the software SRD model (sim)"),
-                }),
-                None if env.built(FabricKind::Sim) => Ok(Selection {
-                    fabric: FabricKind::Sim,
-                    device: None,
-                    loopback: true,
-                    reason: format!("auto: {why}; loopback over the software SRD model (sim)"),
-                }),
-                _ if env.built(FabricKind::Tcp) => Ok(Selection {
-                    fabric: FabricKind::Tcp,
-                    device: None,
-                    loopback: peer.is_none(),
-                    reason: format!("auto: {why}; tcp"),
-                }),
-                _ => Err(SelectError::NotBuilt(FabricKind::Tcp, env.built_list())),
-            }
-        }
+        FabricChoice::Auto => auto_select(peer, loopback, device, env, &detail),
     }
+}
+
+/// The transport's choice between processes (restricted to `device` when one is named); where
+/// it falls back to tcp without a peer, both sides run in this process over sim instead.
+fn auto_select(
+    peer: Option<&str>,
+    loopback: bool,
+    device: Option<&str>,
+    env: &Environment,
+    detail: &str,
+) -> Result<Selection, SelectError> {
+    let probe = match device {
+        Some(name) => DeviceProbe {
+            devices: vec![env.named(name)?.clone()],
+        },
+        None => env.probe.clone(),
+    };
+    let chosen = auto::select_among(&probe, Scope::CrossProcess, &env.fabrics_built);
+    if let Some(d) = chosen.devices.first() {
+        return Ok(Selection {
+            fabric: chosen.kind,
+            device: Some(d.clone()),
+            loopback,
+            reason: format!("auto: {}", chosen.reason),
+        });
+    }
+    let why = format!("{}{detail}", chosen.reason);
+    let (fabric, loopback, how) = match peer {
+        Some(_) => (FabricKind::Tcp, false, "tcp to the peer"),
+        None if !loopback => (
+            FabricKind::Sim,
+            true,
+            "running both sides in this process over the software SRD model (sim)",
+        ),
+        None => (
+            FabricKind::Sim,
+            true,
+            "loopback over the software SRD model (sim)",
+        ),
+    };
+    let (fabric, loopback, how) = if env.built(fabric) {
+        (fabric, loopback, how)
+    } else {
+        (FabricKind::Tcp, peer.is_none(), "tcp")
+    };
+    if !env.built(fabric) {
+        return Err(SelectError::NotBuilt(fabric, env.built_list()));
+    }
+    Ok(Selection {
+        fabric,
+        device: None,
+        loopback,
+        reason: format!("auto: {why}; {how}"),
+    })
 }
 
 #[cfg(test)]
@@ -258,13 +237,15 @@ mod tests {
 
     fn env(devs: &[(&str, bool)]) -> Environment {
         Environment {
-            devices: devs
-                .iter()
-                .map(|&(n, e)| SeenDevice {
-                    name: n.into(),
-                    is_efa: e,
-                })
-                .collect(),
+            probe: DeviceProbe {
+                devices: devs
+                    .iter()
+                    .map(|&(n, e)| ProbedDevice {
+                        name: n.into(),
+                        is_efa: e,
+                    })
+                    .collect(),
+            },
             fabrics_built: vec![
                 FabricKind::Efa,
                 FabricKind::Verbs,

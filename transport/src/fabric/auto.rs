@@ -47,13 +47,39 @@ impl fmt::Display for FabricKind {
     }
 }
 
-/// Kind of a probed RDMA device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeviceKind {
-    /// An EFA device.
-    Efa,
-    /// Any other verbs device.
-    Verbs,
+impl std::str::FromStr for FabricKind {
+    type Err = UnknownFabric;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        FabricKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| UnknownFabric(name.to_owned()))
+    }
+}
+
+/// A fabric name that is none of [`FabricKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fabric {0:?} (expected efa, verbs, tcp or sim)")]
+pub struct UnknownFabric(pub String);
+
+impl FabricKind {
+    /// Every fabric, in the order [`select`] prefers them between processes.
+    pub const ALL: [FabricKind; 4] = [
+        FabricKind::Efa,
+        FabricKind::Verbs,
+        FabricKind::Tcp,
+        FabricKind::Sim,
+    ];
+
+    /// The fabrics this build of the crate has: `efa` and `verbs` need the `rdma` feature.
+    pub fn built() -> &'static [FabricKind] {
+        if cfg!(feature = "rdma") {
+            &FabricKind::ALL
+        } else {
+            &[FabricKind::Tcp, FabricKind::Sim]
+        }
+    }
 }
 
 /// One RDMA device found by a probe.
@@ -61,8 +87,9 @@ pub enum DeviceKind {
 pub struct ProbedDevice {
     /// Device name (`efa_0`, `rxe0`, `mlx5_1`).
     pub name: String,
-    /// Its kind.
-    pub kind: DeviceKind,
+    /// Whether it is an EFA device (any other is a generic verbs device); the `efa` crate's
+    /// `DeviceKind` tells more where the `rdma` feature is on.
+    pub is_efa: bool,
 }
 
 /// The devices a probe found.
@@ -85,12 +112,8 @@ impl DeviceProbe {
                 .into_iter()
                 .map(|n| {
                     let name = n.into();
-                    let kind = if name.starts_with("efa") {
-                        DeviceKind::Efa
-                    } else {
-                        DeviceKind::Verbs
-                    };
-                    ProbedDevice { name, kind }
+                    let is_efa = name.starts_with("efa");
+                    ProbedDevice { name, is_efa }
                 })
                 .collect(),
         }
@@ -110,21 +133,40 @@ impl DeviceProbe {
                 let driver = std::fs::read_link(e.path().join("device/driver"))
                     .ok()
                     .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
-                let efa = driver.as_deref() == Some("efa") || name.starts_with("efa");
-                let kind = if efa {
-                    DeviceKind::Efa
-                } else {
-                    DeviceKind::Verbs
-                };
-                Some(ProbedDevice { name, kind })
+                let is_efa = driver.as_deref() == Some("efa") || name.starts_with("efa");
+                Some(ProbedDevice { name, is_efa })
             })
             .collect();
         devices.sort_by(|a, b| a.name.cmp(&b.name));
         DeviceProbe { devices }
     }
 
-    /// Probes `/sys/class/infiniband`.
+    /// The devices libibverbs lists, told apart as the `efa` crate does (driver, vendor id,
+    /// efadv).
+    ///
+    /// # Errors
+    ///
+    /// The [`efa::Error`] when the devices cannot be listed (libibverbs missing).
+    #[cfg(feature = "rdma")]
+    pub fn from_verbs() -> Result<DeviceProbe, ::efa::Error> {
+        let devices = ::efa::devices()?
+            .into_iter()
+            .map(|d| ProbedDevice {
+                is_efa: d.is_efa(),
+                name: d.name,
+            })
+            .collect();
+        Ok(DeviceProbe { devices })
+    }
+
+    /// The devices of this machine: as libibverbs lists them where the `rdma` feature is on and
+    /// the library loads ([`from_verbs`](Self::from_verbs)), else from
+    /// `/sys/class/infiniband`.
     pub fn system() -> DeviceProbe {
+        #[cfg(feature = "rdma")]
+        if let Ok(probe) = Self::from_verbs() {
+            return probe;
+        }
         Self::from_sysfs(Path::new("/sys/class/infiniband"))
     }
 }
@@ -149,47 +191,73 @@ pub struct SelectedFabric {
     pub reason: String,
 }
 
-/// Picks the fabric for `probe` and `scope` and logs the choice.
+/// Picks the fabric for `probe` and `scope` among the fabrics of this build
+/// ([`FabricKind::built`]) and logs the choice.
 pub fn select(probe: &DeviceProbe, scope: Scope) -> SelectedFabric {
-    let of = |kind: DeviceKind| -> Vec<String> {
-        probe
-            .devices
-            .iter()
-            .filter(|d| d.kind == kind)
-            .map(|d| d.name.clone())
-            .collect()
-    };
-    let (efa, verbs) = (of(DeviceKind::Efa), of(DeviceKind::Verbs));
+    select_among(probe, scope, FabricKind::built())
+}
+
+/// [`select`] among the fabrics `built`: `sim` in one process; else `efa` with an EFA device,
+/// else `verbs` with another verbs device, else `tcp`. A device whose fabric is not built is
+/// passed over and named in the reason.
+pub fn select_among(probe: &DeviceProbe, scope: Scope, built: &[FabricKind]) -> SelectedFabric {
     let selected = if scope == Scope::InProcess {
         SelectedFabric {
             kind: FabricKind::Sim,
             devices: Vec::new(),
             reason: "all engines are in one process".into(),
         }
-    } else if !efa.is_empty() {
-        SelectedFabric {
-            kind: FabricKind::Efa,
-            reason: format!("EFA device(s) present: {}", efa.join(", ")),
-            devices: efa,
-        }
-    } else if !verbs.is_empty() {
-        SelectedFabric {
-            kind: FabricKind::Verbs,
-            reason: format!(
-                "no EFA device; verbs device(s) present: {}",
-                verbs.join(", ")
-            ),
-            devices: verbs,
-        }
     } else {
-        SelectedFabric {
-            kind: FabricKind::Tcp,
-            devices: Vec::new(),
-            reason: "no RDMA device found".into(),
-        }
+        cross_process(probe, built)
     };
     log::info!("fabric: selected {} ({})", selected.kind, selected.reason);
     selected
+}
+
+fn cross_process(probe: &DeviceProbe, built: &[FabricKind]) -> SelectedFabric {
+    let of = |efa: bool| -> Vec<String> {
+        probe
+            .devices
+            .iter()
+            .filter(|d| d.is_efa == efa)
+            .map(|d| d.name.clone())
+            .collect()
+    };
+    let mut passed_over = Vec::new();
+    for (kind, efa, what) in [
+        (FabricKind::Efa, true, "EFA"),
+        (FabricKind::Verbs, false, "verbs"),
+    ] {
+        let devices = of(efa);
+        if devices.is_empty() {
+            continue;
+        }
+        if built.contains(&kind) {
+            let mut reason = passed_over.join("; ");
+            if !reason.is_empty() {
+                reason.push_str("; ");
+            }
+            reason.push_str(&format!("{what} device(s) present: {}", devices.join(", ")));
+            return SelectedFabric {
+                kind,
+                reason,
+                devices,
+            };
+        }
+        passed_over.push(format!(
+            "{what} device(s) {} present but no {kind} fabric in this build",
+            devices.join(", ")
+        ));
+    }
+    SelectedFabric {
+        kind: FabricKind::Tcp,
+        devices: Vec::new(),
+        reason: if passed_over.is_empty() {
+            "no RDMA device found".into()
+        } else {
+            passed_over.join("; ")
+        },
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +281,36 @@ mod tests {
     }
 
     #[test]
+    fn devices_of_fabrics_not_built_are_passed_over_and_named() {
+        let probe = DeviceProbe::from_names(["efa_0", "rxe0"]);
+        let built = [FabricKind::Tcp, FabricKind::Sim];
+        let s = select_among(&probe, Scope::CrossProcess, &built);
+        assert_eq!(s.kind, FabricKind::Tcp);
+        assert!(
+            s.reason.contains("efa_0") && s.reason.contains("rxe0"),
+            "{}",
+            s.reason
+        );
+        let s = select_among(&probe, Scope::CrossProcess, &[FabricKind::Verbs]);
+        assert_eq!(
+            (s.kind, s.devices.as_slice()),
+            (FabricKind::Verbs, &["rxe0".to_owned()][..])
+        );
+        assert!(s.reason.contains("efa_0"), "{}", s.reason);
+    }
+
+    #[test]
+    fn names_parse_back_to_kinds() {
+        for k in FabricKind::ALL {
+            assert_eq!(k.name().parse::<FabricKind>(), Ok(k));
+        }
+        assert_eq!(
+            "rdma".parse::<FabricKind>(),
+            Err(UnknownFabric("rdma".into()))
+        );
+    }
+
+    #[test]
     fn sysfs_probe_reads_driver_links() {
         let root = std::env::temp_dir().join(format!("auto-probe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -229,12 +327,9 @@ mod tests {
             .devices
             .iter()
             .filter(|d| d.name != "drivers")
-            .map(|d| (d.name.as_str(), d.kind))
+            .map(|d| (d.name.as_str(), d.is_efa))
             .collect();
-        assert_eq!(
-            kinds,
-            [("rdmap0s6", DeviceKind::Efa), ("rxe0", DeviceKind::Verbs)]
-        );
+        assert_eq!(kinds, [("rdmap0s6", true), ("rxe0", false)]);
         assert!(DeviceProbe::from_sysfs(&root.join("missing"))
             .devices
             .is_empty());
