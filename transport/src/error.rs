@@ -120,8 +120,8 @@ impl std::fmt::Display for FailReason {
 /// An error reported by a fabric outside the completion path (setup, registration, posting).
 ///
 /// Failures of the device or of the OS keep their cause as [`source`](std::error::Error::source):
-/// the verbs call, its errno and the limit at fault ([`efa::Error`](::efa::Error)), or the OS
-/// error ([`OsError`]).
+/// the verbs call, its errno and the limit at fault (`efa::Error`, with the `rdma` feature), or
+/// the OS error ([`OsError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FabricError {

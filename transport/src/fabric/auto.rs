@@ -160,8 +160,7 @@ impl DeviceProbe {
     }
 
     /// The devices of this machine: as libibverbs lists them where the `rdma` feature is on and
-    /// the library loads ([`from_verbs`](Self::from_verbs)), else from
-    /// `/sys/class/infiniband`.
+    /// the library loads (`from_verbs`), else from `/sys/class/infiniband`.
     pub fn system() -> DeviceProbe {
         #[cfg(feature = "rdma")]
         if let Ok(probe) = Self::from_verbs() {
