@@ -5,7 +5,7 @@ use crate::cli::{Metric, Verb};
 use crate::progress::Progress;
 use crate::record::{BwRow, Document, LatRow, Rows, RunInfo};
 use crate::report;
-use crate::runner::{Amount, Point, Runner};
+use crate::runner::{Amount, Point, Runner, Setup};
 use crate::stats::{BandwidthStats, BwUnit, LatencyStats};
 use crate::svg::{Chart, Series};
 use anyhow::Context;
@@ -77,8 +77,47 @@ impl Plan {
 
 /// Runs the plan and returns its document (already printed in the chosen format, chart written).
 pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
-    let setup = runner.setup();
-    let info = RunInfo {
+    let info = run_info(runner.setup(), plan);
+    let table = plan.format == Format::Table;
+    let mut out = std::io::stdout().lock();
+    let head = format!(
+        "{}{}",
+        report::banner(&info),
+        report::header(plan.metric, plan.unit, plan.cpu)
+    );
+    emit(&mut out, table, &head)?;
+    let progress = Progress::new(&info.test, plan.sizes.len());
+    let mut rows = match plan.metric {
+        Metric::Bw => Rows::Bw(Vec::new()),
+        Metric::Lat => Rows::Lat(Vec::new()),
+    };
+    for (i, &size) in plan.sizes.iter().enumerate() {
+        progress.step(i, size);
+        let line = measure_point(runner, plan, &info.test, size, &mut rows)?;
+        progress.clear();
+        emit(&mut out, table, &line)?;
+        if table {
+            out.flush()?;
+        }
+    }
+    drop(progress);
+    emit(&mut out, table, report::RESULT_LINE)?;
+    let doc = Document::new(info, rows);
+    match plan.format {
+        Format::Csv => write!(out, "{}", doc.to_csv())?,
+        Format::Json => writeln!(out, "{}", doc.to_json())?,
+        Format::Table | Format::Quiet => {}
+    }
+    if let Some(path) = &plan.plot {
+        write_chart(path, &chart_of(&[&doc]))?;
+        eprintln!("chart written to {}", path.display());
+    }
+    Ok(doc)
+}
+
+/// The run's description for the banner and the document.
+fn run_info(setup: Setup, plan: &Plan) -> RunInfo {
+    RunInfo {
         test: plan.test_name(),
         verb: plan.verb,
         metric: plan.metric,
@@ -92,108 +131,76 @@ pub fn run(runner: &mut dyn Runner, plan: &Plan) -> anyhow::Result<Document> {
         tx_depth: plan.depth,
         bidirectional: plan.bidirectional,
         bw_unit: plan.unit,
-    };
-    let table = plan.format == Format::Table;
-    let mut out = std::io::stdout().lock();
-    let head = format!(
-        "{}{}",
-        report::banner(&info),
-        report::header(plan.metric, plan.unit, plan.cpu)
-    );
-    if table {
-        writeln!(out, "{head}")?;
-    } else {
-        eprintln!("{head}");
     }
-    let progress = Progress::new(&info.test, plan.sizes.len());
-    let mut bw_rows = Vec::new();
-    let mut lat_rows = Vec::new();
-    for (i, &size) in plan.sizes.iter().enumerate() {
-        progress.step(i, size);
-        let point = Point {
-            verb: plan.verb,
-            size,
-            amount: plan.amount,
-            streams: plan.streams,
-            depth: plan.depth,
-            bidirectional: plan.bidirectional,
-            cpu: plan.cpu,
-        };
-        let line = match plan.metric {
-            Metric::Bw => {
-                let m = runner
-                    .bandwidth(&point)
-                    .with_context(|| format!("{} at {size} bytes", info.test))?;
-                let s =
-                    BandwidthStats::compute(m.total, &m.windows, plan.unit).with_context(|| {
-                        format!("{} at {size} bytes: no operation completed", info.test)
-                    })?;
-                let row = BwRow {
-                    bytes: size,
-                    iterations: m.total.ops,
-                    bw_peak: s.peak,
-                    bw_average: s.average,
-                    msg_rate_mpps: s.msg_rate_mpps,
-                    cpu_util_client: m.cpu_client,
-                    cpu_util_server: m.cpu_server,
-                };
-                let line = report::bw_row(&row, plan.cpu);
-                bw_rows.push(row);
-                line
-            }
-            Metric::Lat => {
-                let m = runner
-                    .latency(&point)
-                    .with_context(|| format!("{} at {size} bytes", info.test))?;
-                let s = LatencyStats::from_samples(&m.samples_us)
-                    .with_context(|| format!("{} at {size} bytes", info.test))?;
-                let row = LatRow {
-                    bytes: size,
-                    iterations: plan.latency_iterations(m.samples_us.len() as u64),
-                    t_min_us: s.min,
-                    t_max_us: s.max,
-                    t_typical_us: s.typical,
-                    t_avg_us: s.avg,
-                    t_stdev_us: s.stdev,
-                    p99_us: s.p99,
-                    p99_9_us: s.p99_9,
-                    cpu_util_client: m.cpu_client,
-                    cpu_util_server: m.cpu_server,
-                };
-                let line = report::lat_row(&row, plan.cpu);
-                lat_rows.push(row);
-                line
-            }
-        };
-        progress.clear();
-        if table {
-            writeln!(out, "{line}")?;
-            out.flush()?;
-        } else {
-            eprintln!("{line}");
+}
+
+/// A line of the table: on stdout in table form, else on stderr (stdout carries CSV or JSON).
+fn emit(out: &mut impl Write, table: bool, line: &str) -> std::io::Result<()> {
+    if table {
+        writeln!(out, "{line}")
+    } else {
+        eprintln!("{line}");
+        Ok(())
+    }
+}
+
+/// Measures one size, appends its row to `rows` and returns the row's table line.
+fn measure_point(
+    runner: &mut dyn Runner,
+    plan: &Plan,
+    test: &str,
+    size: u64,
+    rows: &mut Rows,
+) -> anyhow::Result<String> {
+    let point = Point {
+        verb: plan.verb,
+        size,
+        amount: plan.amount,
+        streams: plan.streams,
+        depth: plan.depth,
+        bidirectional: plan.bidirectional,
+        cpu: plan.cpu,
+    };
+    let at = || format!("{test} at {size} bytes");
+    match rows {
+        Rows::Bw(bw_rows) => {
+            let m = runner.bandwidth(&point).with_context(at)?;
+            let s = BandwidthStats::compute(m.total, &m.windows, plan.unit)
+                .with_context(|| format!("{}: no operation completed", at()))?;
+            let row = BwRow {
+                bytes: size,
+                iterations: m.total.ops,
+                bw_peak: s.peak,
+                bw_average: s.average,
+                msg_rate_mpps: s.msg_rate_mpps,
+                cpu_util_client: m.cpu_client,
+                cpu_util_server: m.cpu_server,
+            };
+            let line = report::bw_row(&row, plan.cpu);
+            bw_rows.push(row);
+            Ok(line)
+        }
+        Rows::Lat(lat_rows) => {
+            let m = runner.latency(&point).with_context(at)?;
+            let s = LatencyStats::from_samples(&m.samples_us).with_context(at)?;
+            let row = LatRow {
+                bytes: size,
+                iterations: plan.latency_iterations(m.samples_us.len() as u64),
+                t_min_us: s.min,
+                t_max_us: s.max,
+                t_typical_us: s.typical,
+                t_avg_us: s.avg,
+                t_stdev_us: s.stdev,
+                p99_us: s.p99,
+                p99_9_us: s.p99_9,
+                cpu_util_client: m.cpu_client,
+                cpu_util_server: m.cpu_server,
+            };
+            let line = report::lat_row(&row, plan.cpu);
+            lat_rows.push(row);
+            Ok(line)
         }
     }
-    drop(progress);
-    if table {
-        writeln!(out, "{}", report::RESULT_LINE)?;
-    } else {
-        eprintln!("{}", report::RESULT_LINE);
-    }
-    let rows = match plan.metric {
-        Metric::Bw => Rows::Bw(bw_rows),
-        Metric::Lat => Rows::Lat(lat_rows),
-    };
-    let doc = Document::new(info, rows);
-    match plan.format {
-        Format::Csv => write!(out, "{}", doc.to_csv())?,
-        Format::Json => writeln!(out, "{}", doc.to_json())?,
-        Format::Table | Format::Quiet => {}
-    }
-    if let Some(path) = &plan.plot {
-        write_chart(path, &chart_of(&[&doc]))?;
-        eprintln!("chart written to {}", path.display());
-    }
-    Ok(doc)
 }
 
 /// Picks one figure out of a latency row.

@@ -83,6 +83,49 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     if args.fabric == FabricChoice::Tcp {
         bail!("compare measures a fast fabric against tcp; --fabric tcp leaves nothing to compare (use efa, verbs or sim)");
     }
+    let plan = plan(args)?;
+    let env = crate::info::environment();
+    let fast = select::select(args.fabric, None, true, None, &env)?;
+    if fast.fabric == FabricKind::Tcp {
+        bail!(
+            "no fast fabric available to compare with tcp (built: {:?})",
+            env.fabrics_built
+        );
+    }
+    let tcp = select::select(FabricChoice::Tcp, None, true, None, &env)?;
+    let test_args = crate::cli::loopback_args();
+    eprintln!(
+        "efa-perf: compare {} on {} ({}) and tcp",
+        plan.test_name(),
+        fast.fabric,
+        fast.reason
+    );
+    let fast_doc =
+        crate::engine::run_selected(&fast, &test_args, &plan).context("fast fabric run")?;
+    let tcp_doc = crate::engine::run_selected(&tcp, &test_args, &plan).context("tcp run")?;
+    let rows = ratios(&fast_doc, &tcp_doc);
+    let (figure, unit_label) = match plan.metric {
+        Metric::Bw => ("bw_average", plan.unit.label().to_string()),
+        Metric::Lat => ("t_typical_us", "usec".to_string()),
+    };
+    let doc = CompareDoc {
+        schema: "efa-perf.compare.v1",
+        test: plan.test_name(),
+        fast_fabric: fast.fabric.to_string(),
+        figure,
+        unit: unit_label,
+        rows,
+        runs: vec![fast_doc, tcp_doc],
+    };
+    print_doc(&doc, args)?;
+    let runs: Vec<&Document> = doc.runs.iter().collect();
+    bench::write_chart(&args.plot, &bench::chart_of(&runs))?;
+    eprintln!("chart written to {}", args.plot.display());
+    Ok(())
+}
+
+/// The plan both fabrics run: the sizes asked for, perftest's default counts and depths.
+fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
     if args.min_size > args.max_size {
         bail!(
             "--min-size {} is larger than --max-size {}",
@@ -105,21 +148,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             args.max_size
         );
     }
-    let env = crate::info::environment();
-    let fast = select::select(args.fabric, None, true, None, &env)?;
-    if fast.fabric == FabricKind::Tcp {
-        bail!(
-            "no fast fabric available to compare with tcp (built: {:?})",
-            env.fabrics_built
-        );
-    }
-    let tcp = select::select(FabricChoice::Tcp, None, true, None, &env)?;
-    let unit = if args.report_gbits {
-        BwUnit::GigabitsPerSec
-    } else {
-        BwUnit::MebibytesPerSec
-    };
-    let plan = Plan {
+    Ok(Plan {
         verb,
         metric,
         sizes,
@@ -134,37 +163,22 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         }),
         bidirectional: false,
         cpu: false,
-        unit,
+        unit: if args.report_gbits {
+            BwUnit::GigabitsPerSec
+        } else {
+            BwUnit::MebibytesPerSec
+        },
         format: Format::Quiet,
         plot: None,
-    };
-    let test_args = crate::cli::loopback_args();
-    eprintln!(
-        "efa-perf: compare {} on {} ({}) and tcp",
-        plan.test_name(),
-        fast.fabric,
-        fast.reason
-    );
-    let fast_doc =
-        crate::engine::run_selected(&fast, &test_args, &plan).context("fast fabric run")?;
-    let tcp_doc = crate::engine::run_selected(&tcp, &test_args, &plan).context("tcp run")?;
-    let rows = ratios(&fast_doc, &tcp_doc);
-    let (figure, unit_label) = match metric {
-        Metric::Bw => ("bw_average", unit.label().to_string()),
-        Metric::Lat => ("t_typical_us", "usec".to_string()),
-    };
-    let doc = CompareDoc {
-        schema: "efa-perf.compare.v1",
-        test: plan.test_name(),
-        fast_fabric: fast.fabric.to_string(),
-        figure,
-        unit: unit_label.clone(),
-        rows,
-        runs: vec![fast_doc, tcp_doc],
-    };
+    })
+}
+
+/// The comparison on stdout: JSON, CSV or the table.
+fn print_doc(doc: &CompareDoc, args: &CompareArgs) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(doc)?);
     } else if args.csv {
+        let figure = doc.figure;
         println!("bytes,fabric_fast,{figure}_fast,{figure}_tcp,speedup,unit");
         for r in &doc.rows {
             println!(
@@ -173,11 +187,8 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             );
         }
     } else {
-        print!("{}", table(&doc));
+        print!("{}", table(doc));
     }
-    let runs: Vec<&Document> = doc.runs.iter().collect();
-    bench::write_chart(&args.plot, &bench::chart_of(&runs))?;
-    eprintln!("chart written to {}", args.plot.display());
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `info`: what RDMA devices this machine has, what they can do, and which fabric the transport would pick.
 
 use crate::cli::{FabricChoice, InfoArgs};
-use crate::devices::DeviceReport;
+use crate::devices::{DeviceReport, PortReport};
 use crate::select::{self, Environment, Selection};
 use serde::Serialize;
 
@@ -98,66 +98,87 @@ fn render(r: &InfoReport) -> String {
         s.push_str(" RDMA devices       : none found\n");
     }
     for d in &r.devices {
-        s.push_str(&format!(
-            "{line}\n device {}  ({}{})\n",
-            d.name,
-            d.kind,
-            if d.is_efa { ", EFA" } else { "" }
-        ));
-        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        s.push_str(&format!("   driver           : {}\n", opt(&d.driver)));
-        s.push_str(&format!("   firmware         : {}\n", opt(&d.fw_ver)));
-        s.push_str(&format!("   node GUID        : {}\n", opt(&d.node_guid)));
-        for (k, v) in &d.limits {
-            s.push_str(&format!("   {k:<17}: {v}\n"));
-        }
-        for p in &d.ports {
-            let mtu = p
-                .active_mtu
-                .map(|m| m.to_string())
-                .unwrap_or_else(|| "-".into());
-            let msg = p
-                .max_msg_sz
-                .map(|m| m.to_string())
-                .unwrap_or_else(|| "-".into());
-            s.push_str(&format!(
-                "   port {}           : {}  mtu {}  max_msg_sz {}  link {}\n",
-                p.port, p.state, mtu, msg, p.link_layer
-            ));
-            for g in &p.gids {
-                s.push_str(&format!(
-                    "     GID[{:>3}]       : {}  {}\n",
-                    g.index, g.gid, g.kind
-                ));
-            }
-            for (k, v) in &p.hw_counters {
-                s.push_str(&format!("     {k:<30} {v}\n"));
-            }
-        }
-        if let Some(e) = &d.efa {
-            s.push_str(&format!(
-                "   efadv caps       : {}\n",
-                if e.caps.is_empty() {
-                    "none".into()
-                } else {
-                    e.caps.join(" ")
-                }
-            ));
-            for (k, v) in &e.limits {
-                s.push_str(&format!("   {k:<17}: {v}\n"));
-            }
-            s.push_str(&format!("   transport path   : {}\n", e.transport_path));
-        }
-        if !d.hw_counters.is_empty() {
-            s.push_str("   hw_counters:\n");
-            for (k, v) in &d.hw_counters {
-                s.push_str(&format!("     {k:<30} {v}\n"));
-            }
-        }
-        for e in &d.errors {
-            s.push_str(&format!("   could not read   : {e}\n"));
+        render_device(&mut s, d);
+    }
+    render_selection(&mut s, r);
+    if !r.hints.is_empty() {
+        s.push_str(&format!("{line}\n what to check:\n"));
+        for h in &r.hints {
+            s.push_str(&format!("  - {h}\n"));
         }
     }
+    s.push_str(line);
+    s.push('\n');
+    s
+}
+
+/// One device's section: identity, limits, ports, efadv facts, counters.
+fn render_device(s: &mut String, d: &DeviceReport) {
+    let line = crate::report::RESULT_LINE;
+    s.push_str(&format!(
+        "{line}\n device {}  ({}{})\n",
+        d.name,
+        d.kind,
+        if d.is_efa { ", EFA" } else { "" }
+    ));
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    s.push_str(&format!("   driver           : {}\n", opt(&d.driver)));
+    s.push_str(&format!("   firmware         : {}\n", opt(&d.fw_ver)));
+    s.push_str(&format!("   node GUID        : {}\n", opt(&d.node_guid)));
+    for (k, v) in &d.limits {
+        s.push_str(&format!("   {k:<17}: {v}\n"));
+    }
+    for p in &d.ports {
+        render_port(s, p);
+    }
+    if let Some(e) = &d.efa {
+        s.push_str(&format!(
+            "   efadv caps       : {}\n",
+            if e.caps.is_empty() {
+                "none".into()
+            } else {
+                e.caps.join(" ")
+            }
+        ));
+        for (k, v) in &e.limits {
+            s.push_str(&format!("   {k:<17}: {v}\n"));
+        }
+        s.push_str(&format!("   transport path   : {}\n", e.transport_path));
+    }
+    if !d.hw_counters.is_empty() {
+        s.push_str("   hw_counters:\n");
+        for (k, v) in &d.hw_counters {
+            s.push_str(&format!("     {k:<30} {v}\n"));
+        }
+    }
+    for e in &d.errors {
+        s.push_str(&format!("   could not read   : {e}\n"));
+    }
+}
+
+/// One port's line, its GIDs and its counters.
+fn render_port(s: &mut String, p: &PortReport) {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mtu = or_dash(p.active_mtu.map(|m| m.to_string()));
+    let msg = or_dash(p.max_msg_sz.map(|m| m.to_string()));
+    s.push_str(&format!(
+        "   port {}           : {}  mtu {}  max_msg_sz {}  link {}\n",
+        p.port, p.state, mtu, msg, p.link_layer
+    ));
+    for g in &p.gids {
+        s.push_str(&format!(
+            "     GID[{:>3}]       : {}  {}\n",
+            g.index, g.gid, g.kind
+        ));
+    }
+    for (k, v) in &p.hw_counters {
+        s.push_str(&format!("     {k:<30} {v}\n"));
+    }
+}
+
+/// The fabrics built and what `auto` picks without and with a peer.
+fn render_selection(s: &mut String, r: &InfoReport) {
+    let line = crate::report::RESULT_LINE;
     s.push_str(&format!(
         "{line}\n transport fabrics built : {}\n",
         r.fabrics_built.join(", ")
@@ -179,15 +200,6 @@ fn render(r: &InfoReport) -> String {
         " auto, towards a peer    : {}\n",
         sel(&r.selection_with_peer)
     ));
-    if !r.hints.is_empty() {
-        s.push_str(&format!("{line}\n what to check:\n"));
-        for h in &r.hints {
-            s.push_str(&format!("  - {h}\n"));
-        }
-    }
-    s.push_str(line);
-    s.push('\n');
-    s
 }
 
 /// Runs `info`.
@@ -227,7 +239,6 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::PortReport;
 
     #[test]
     fn hints_without_devices_name_the_usual_suspects() {

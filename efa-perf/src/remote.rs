@@ -22,7 +22,7 @@ use crate::cpu;
 use crate::fabrics::Params;
 use crate::loopback::{combine, register, stream_op, CLIENT_SEGMENT, SERVER_SEGMENT};
 use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
-use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
+use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::{FabricKind, Selection};
 use crate::session::{dial, Control};
 use crate::stats::Event;
@@ -333,15 +333,8 @@ fn serve_one(
     verb: Verb,
     metric: Metric,
 ) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs(args.timeout);
-    let control::Hello {
-        fabric,
-        streams,
-        depth,
-        bidirectional,
-        stripe,
-    } = control::check_hello(control.recv()?, verb, metric)?;
-    let kind = parse_fabric(&fabric)?;
+    let hello = control::check_hello(control.recv()?, verb, metric)?;
+    let kind = parse_fabric(&hello.fabric)?;
     if kind != selection.fabric {
         bail!(
             "client runs over {kind} but this server over {} (give both sides the same --fabric)",
@@ -349,16 +342,9 @@ fn serve_one(
         );
     }
     if crate::send::is_raw(verb, kind) {
-        let hello = control::Hello {
-            fabric,
-            streams,
-            depth,
-            bidirectional,
-            stripe,
-        };
         return crate::send::serve(control, &hello, selection, args, metric);
     }
-    let params = crate::fabrics::params(selection, args, streams, control.local.ip());
+    let params = crate::fabrics::params(selection, args, hello.streams, control.local.ip());
     let node = make_node(
         kind,
         &params,
@@ -366,6 +352,37 @@ fn serve_one(
         "server",
         &selection.reason,
     )?;
+    let side = ServerSide {
+        link: link_with_client(control, &node, hello.stripe, hello.streams)?,
+        op: stream_op(verb),
+        metric,
+        bidirectional: hello.bidirectional,
+        streams: hello.streams,
+        depth: hello.depth,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    while let Some((size, amount)) = control.next_run(hello.stripe)? {
+        if metric == Metric::Lat && side.op == StreamOp::Write {
+            side.link.reset_rx(size)?;
+        }
+        let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+        let results = side.run(control, size, amount)?;
+        let cpu_percent = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
+        control.send(&Msg::Result {
+            cpu_percent,
+            streams: results.iter().map(StreamSummary::from).collect(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Registers the server's segment, tells the client where to find it and opens the client's.
+fn link_with_client(
+    control: &mut Control,
+    node: &Node,
+    stripe: u64,
+    streams: u32,
+) -> anyhow::Result<Link> {
     let local = register(&node.engine, SERVER_SEGMENT, stripe * streams as u64)?;
     control.send(&Msg::Ready {
         discovery: node.meta.local_addr().to_string(),
@@ -381,35 +398,50 @@ fn serve_one(
         .open_segment(&format!("{discovery}/{CLIENT_SEGMENT}"))
         .with_context(|| format!("opening the client's segment at {discovery}"))?;
     control.send(&Msg::Linked)?;
-    let link = Link {
+    Ok(Link {
         engine: node.engine.clone(),
         local,
         remote,
         stripe,
-    };
-    let op = stream_op(verb);
-    loop {
-        let Some((size, amount)) = control.next_run(stripe)? else {
-            return Ok(());
-        };
-        if metric == Metric::Lat && op == StreamOp::Write {
-            link.reset_rx(size)?;
-        }
-        let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
+    })
+}
+
+/// The server's half of every point of a run.
+struct ServerSide {
+    link: Link,
+    op: StreamOp,
+    metric: Metric,
+    bidirectional: bool,
+    streams: u32,
+    depth: u32,
+    timeout: Duration,
+}
+
+impl ServerSide {
+    /// One point: starts the server's side (reverse streams, the pong thread), lets the client
+    /// go, and joins it all when the client has finished; checks that every ping was answered
+    /// and every SEND arrived.
+    fn run(
+        &self,
+        control: &mut Control,
+        size: u64,
+        amount: Amount,
+    ) -> anyhow::Result<Vec<StreamResult>> {
+        let (link, op, timeout) = (&self.link, self.op, self.timeout);
         let stop = AtomicBool::new(false);
-        let results: anyhow::Result<Vec<StreamResult>> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let mut hs = Vec::new();
-            if metric == Metric::Bw && bidirectional {
+            if self.metric == Metric::Bw && self.bidirectional {
                 let start = Instant::now();
-                for i in 0..streams {
-                    let link = link.clone();
+                for i in 0..self.streams {
+                    let (link, depth) = (link.clone(), self.depth);
                     hs.push(s.spawn(move || {
                         measure::stream(&link, i, op, size, amount, depth, start, timeout)
                     }));
                 }
             }
             let stop = &stop;
-            let pong = (metric == Metric::Lat && op != StreamOp::Read).then(|| {
+            let pong = (self.metric == Metric::Lat && op != StreamOp::Read).then(|| {
                 let link = link.clone();
                 s.spawn(move || measure::latency_server(&link, op, size, stop, timeout))
             });
@@ -429,18 +461,12 @@ fn serve_one(
                 .into_iter()
                 .map(|h| h.join().map_err(|_| anyhow!("a stream thread panicked"))?)
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            if metric == Metric::Bw && op == StreamOp::Send && ops > 0 {
+            if self.metric == Metric::Bw && op == StreamOp::Send && ops > 0 {
                 measure::await_tag(&link.engine, TAG_SEND, ops, timeout)
                     .context("receiving SENDs")?;
                 link.engine.notifications().consume(TAG_SEND, ops)?;
             }
             Ok(out)
-        });
-        let results = results?;
-        let cpu_percent = cpu::percent(cpu::process_cpu().saturating_sub(cpu0), wall0.elapsed());
-        control.send(&Msg::Result {
-            cpu_percent,
-            streams: results.iter().map(StreamSummary::from).collect(),
-        })?;
+        })
     }
 }

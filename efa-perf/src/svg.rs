@@ -95,17 +95,26 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-impl Chart {
-    /// Renders the chart as a standalone SVG document.
-    pub fn to_svg(&self) -> String {
-        let points = || {
-            self.series
-                .iter()
-                .flat_map(|s| s.points.iter())
-                .filter(|(x, y)| *x > 0.0 && y.is_finite())
-        };
+/// The plot area and the scales of a chart: log2 of the size on x, the value on y.
+struct Frame {
+    xmin: f64,
+    xmax: f64,
+    ytop: f64,
+    step: f64,
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    /// Fits the scales to every finite point of `chart` with a positive size.
+    fn fit(chart: &Chart) -> Frame {
         let (mut xmin, mut xmax, mut ymax) = (f64::MAX, f64::MIN, 0.0f64);
-        for &(x, y) in points() {
+        for &(x, y) in chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|(x, y)| *x > 0.0 && y.is_finite())
+        {
             xmin = xmin.min(x.log2());
             xmax = xmax.max(x.log2());
             ymax = ymax.max(y);
@@ -121,37 +130,34 @@ impl Chart {
             ymax = 1.0;
         }
         let step = nice_step(ymax, 6.0);
-        let ytop = (ymax / step).ceil() * step;
-        let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
-        let px = |x: f64| LEFT + (x.log2() - xmin) / (xmax - xmin) * pw;
-        let py = |y: f64| TOP + ph - y / ytop * ph;
+        Frame {
+            xmin,
+            xmax,
+            ytop: (ymax / step).ceil() * step,
+            step,
+            pw: W - LEFT - RIGHT,
+            ph: H - TOP - BOTTOM,
+        }
+    }
 
-        let mut s = String::new();
-        let _ = writeln!(s, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(s, "<title>{}</title>", escape(&self.title));
-        let _ = writeln!(
-            s,
-            r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
-            LEFT + pw / 2.0,
-            escape(&self.title)
-        );
-        // Grid and y ticks.
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x.log2() - self.xmin) / (self.xmax - self.xmin) * self.pw
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        TOP + self.ph - y / self.ytop * self.ph
+    }
+
+    /// Grid lines and labels of the y axis, one per step.
+    fn y_axis(&self, s: &mut String) {
         let _ = writeln!(s, r##"<g class="y-axis" stroke="#ddd">"##);
         let mut v = 0.0;
-        while v <= ytop * 1.0001 {
-            let y = py(v);
+        while v <= self.ytop * 1.0001 {
+            let y = self.py(v);
             let _ = writeln!(
                 s,
                 r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/>"#,
-                LEFT + pw
+                LEFT + self.pw
             );
             let _ = writeln!(
                 s,
@@ -160,28 +166,36 @@ impl Chart {
                 y + 4.0,
                 fmt_value(v)
             );
-            v += step;
+            v += self.step;
         }
         let _ = writeln!(s, "</g>");
-        // x ticks at each power of two (thinned to at most ~12 labels).
-        let (lo, hi) = (xmin.ceil() as i32, xmax.floor() as i32);
+    }
+
+    /// Grid lines and labels of the x axis at each power of two (thinned to at most ~12).
+    fn x_axis(&self, s: &mut String) {
+        let (lo, hi) = (self.xmin.ceil() as i32, self.xmax.floor() as i32);
         let every = (((hi - lo) / 12) + 1).max(1);
         let _ = writeln!(s, r##"<g class="x-axis" stroke="#ddd">"##);
         for e in (lo..=hi).step_by(every as usize) {
-            let x = px(2f64.powi(e));
+            let x = self.px(2f64.powi(e));
             let _ = writeln!(
                 s,
                 r#"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}"/>"#,
-                TOP + ph
+                TOP + self.ph
             );
             let _ = writeln!(
                 s,
                 r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle" stroke="none" fill="black">{}</text>"#,
-                TOP + ph + 18.0,
+                TOP + self.ph + 18.0,
                 size_label(2f64.powi(e))
             );
         }
         let _ = writeln!(s, "</g>");
+    }
+
+    /// The plot's border and the axis titles.
+    fn border_and_titles(&self, s: &mut String, y_label: &str) {
+        let (pw, ph) = (self.pw, self.ph);
         let _ = writeln!(
             s,
             r#"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
@@ -196,58 +210,89 @@ impl Chart {
             s,
             r#"<text transform="translate(22 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
             TOP + ph / 2.0,
-            escape(&self.y_label)
+            escape(y_label)
         );
-        // Series and legend.
+    }
+
+    /// Series `i`: its line, a dot per point and its legend entry.
+    fn series(&self, s: &mut String, i: usize, series: &Series) {
+        let color = COLORS[i % COLORS.len()];
+        let mut pts: Vec<(f64, f64)> = series
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| *x > 0.0 && y.is_finite())
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let _ = writeln!(
+            s,
+            r#"<g class="series" data-name="{}">"#,
+            escape(&series.name)
+        );
+        let _ = writeln!(s, "<title>{}</title>", escape(&series.name));
+        let line: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", self.px(x), self.py(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            line.join(" ")
+        );
+        for &(x, y) in &pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{}: {}</title></circle>"#,
+                self.px(x),
+                self.py(y),
+                size_label(x),
+                fmt_value(y)
+            );
+        }
+        let _ = writeln!(s, "</g>");
+        let ly = TOP + 10.0 + i as f64 * 20.0;
+        let lx = LEFT + self.pw + 15.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
+            lx + 20.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            lx + 26.0,
+            ly + 4.0,
+            escape(&series.name)
+        );
+    }
+}
+
+impl Chart {
+    /// Renders the chart as a standalone SVG document.
+    pub fn to_svg(&self) -> String {
+        let frame = Frame::fit(self);
+        let mut s = String::new();
+        let _ = writeln!(s, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, "<title>{}</title>", escape(&self.title));
+        let _ = writeln!(
+            s,
+            r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
+            LEFT + frame.pw / 2.0,
+            escape(&self.title)
+        );
+        frame.y_axis(&mut s);
+        frame.x_axis(&mut s);
+        frame.border_and_titles(&mut s, &self.y_label);
         for (i, series) in self.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let mut pts: Vec<(f64, f64)> = series
-                .points
-                .iter()
-                .copied()
-                .filter(|(x, y)| *x > 0.0 && y.is_finite())
-                .collect();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let _ = writeln!(
-                s,
-                r#"<g class="series" data-name="{}">"#,
-                escape(&series.name)
-            );
-            let _ = writeln!(s, "<title>{}</title>", escape(&series.name));
-            let line: Vec<String> = pts
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-                line.join(" ")
-            );
-            for &(x, y) in &pts {
-                let _ = writeln!(
-                    s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{}: {}</title></circle>"#,
-                    px(x),
-                    py(y),
-                    size_label(x),
-                    fmt_value(y)
-                );
-            }
-            let _ = writeln!(s, "</g>");
-            let ly = TOP + 10.0 + i as f64 * 20.0;
-            let lx = LEFT + pw + 15.0;
-            let _ = writeln!(
-                s,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
-                lx + 20.0
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}">{}</text>"#,
-                lx + 26.0,
-                ly + 4.0,
-                escape(&series.name)
-            );
+            frame.series(&mut s, i, series);
         }
         let _ = writeln!(s, "</svg>");
         s
