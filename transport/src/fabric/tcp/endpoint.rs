@@ -206,97 +206,124 @@ impl Stream {
                 return Ok(moved);
             }
             if self.data_left > 0 {
-                let wr = self.slot(self.head).wr;
-                let dst =
-                    (wr.local_addr as *mut u8).wrapping_add((wr.len - self.data_left) as usize);
-                let buffered = self.rx_end - self.rx_start;
-                if buffered > 0 {
-                    let n = buffered.min(self.data_left as usize);
-                    // SAFETY: `dst..dst+n` lies in the READ's destination, registered memory
-                    // checked at post time and valid until completion; `rx` is ours.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(self.rx[self.rx_start..].as_ptr(), dst, n)
-                    };
-                    self.rx_start += n;
-                    self.data_left -= n as u64;
-                } else {
-                    self.rx_start = 0;
-                    self.rx_end = 0;
-                    let pieces = [
-                        Piece {
-                            ptr: dst,
-                            len: self.data_left as usize,
-                        },
-                        Piece {
-                            ptr: self.rx.as_mut_ptr(),
-                            len: self.rx.len(),
-                        },
-                    ];
-                    let sock = self.sock.as_ref().ok_or(FailReason::UnresponsiveRemote)?;
-                    // SAFETY: as above for `dst`; the second piece is our buffer.
-                    match unsafe { sys::readv(sock, &pieces) } {
-                        Ok(0) => return Err(FailReason::UnresponsiveRemote),
-                        Ok(n) => {
-                            moved = true;
-                            let k = n.min(self.data_left as usize);
-                            self.data_left -= k as u64;
-                            self.rx_end = n - k;
-                        }
-                        Err(e) if sys::would_block(&e) => return Ok(moved),
-                        Err(_) => return Err(FailReason::UnresponsiveRemote),
-                    }
-                }
-                if self.data_left == 0 {
-                    self.complete(comps, me, None);
+                match self.recv_payload(comps, me)? {
+                    Some(m) => moved |= m,
+                    None => return Ok(moved),
                 }
                 continue;
             }
-            if self.rx_end - self.rx_start >= RESP_LEN {
-                let resp = Response::decode(&self.rx[self.rx_start..self.rx_start + RESP_LEN])
-                    .map_err(|e| {
-                        log::warn!(
-                            "tcp fabric: malformed response from peer {}: {e}",
-                            self.peer
-                        );
-                        FailReason::Io
-                    })?;
-                self.rx_start += RESP_LEN;
-                let wr = self.slot(self.head).wr;
-                if resp.token != wr.token {
-                    log::warn!(
-                        "tcp fabric: peer {} answered token {:#x}, expected {:#x}",
-                        self.peer,
-                        resp.token,
-                        wr.token
-                    );
-                    return Err(FailReason::Io);
-                }
-                match (resp.error(), wr.op) {
-                    (None, WorkOp::Read) => {
-                        if resp.len != wr.len {
-                            return Err(FailReason::Io);
-                        }
-                        self.data_left = resp.len;
-                    }
-                    (error, _) => self.complete(comps, me, error),
-                }
+            if self.take_response(comps, me)? {
                 continue;
             }
-            if self.rx_start > 0 {
-                self.rx.copy_within(self.rx_start..self.rx_end, 0);
-                self.rx_end -= self.rx_start;
-                self.rx_start = 0;
+            match self.fill_rx()? {
+                Some(()) => moved = true,
+                None => return Ok(moved),
             }
-            let sock = self.sock.as_mut().ok_or(FailReason::UnresponsiveRemote)?;
-            match sock.read(&mut self.rx[self.rx_end..]) {
+        }
+    }
+
+    /// Moves READ payload into the head request's destination: from the buffer, else straight
+    /// from the socket (the rest of the read lands in the buffer). Completes the READ when its
+    /// last byte is in. `None` when the socket has nothing now; else whether socket bytes moved.
+    fn recv_payload(&mut self, comps: &mut Comps, me: u32) -> Result<Option<bool>, FailReason> {
+        let wr = self.slot(self.head).wr;
+        let dst = (wr.local_addr as *mut u8).wrapping_add((wr.len - self.data_left) as usize);
+        let buffered = self.rx_end - self.rx_start;
+        let mut moved = false;
+        if buffered > 0 {
+            let n = buffered.min(self.data_left as usize);
+            // SAFETY: `dst..dst+n` lies in the READ's destination, registered memory
+            // checked at post time and valid until completion; `rx` is ours.
+            unsafe { std::ptr::copy_nonoverlapping(self.rx[self.rx_start..].as_ptr(), dst, n) };
+            self.rx_start += n;
+            self.data_left -= n as u64;
+        } else {
+            self.rx_start = 0;
+            self.rx_end = 0;
+            let pieces = [
+                Piece {
+                    ptr: dst,
+                    len: self.data_left as usize,
+                },
+                Piece {
+                    ptr: self.rx.as_mut_ptr(),
+                    len: self.rx.len(),
+                },
+            ];
+            let sock = self.sock.as_ref().ok_or(FailReason::UnresponsiveRemote)?;
+            // SAFETY: as above for `dst`; the second piece is our buffer.
+            match unsafe { sys::readv(sock, &pieces) } {
                 Ok(0) => return Err(FailReason::UnresponsiveRemote),
                 Ok(n) => {
                     moved = true;
-                    self.rx_end += n;
+                    let k = n.min(self.data_left as usize);
+                    self.data_left -= k as u64;
+                    self.rx_end = n - k;
                 }
-                Err(e) if sys::would_block(&e) => return Ok(moved),
+                Err(e) if sys::would_block(&e) => return Ok(None),
                 Err(_) => return Err(FailReason::UnresponsiveRemote),
             }
+        }
+        if self.data_left == 0 {
+            self.complete(comps, me, None);
+        }
+        Ok(Some(moved))
+    }
+
+    /// Decodes the head request's response when the buffer holds one: completes the request, or
+    /// for a successful READ expects its payload next. Returns whether a response was taken.
+    fn take_response(&mut self, comps: &mut Comps, me: u32) -> Result<bool, FailReason> {
+        if self.rx_end - self.rx_start < RESP_LEN {
+            return Ok(false);
+        }
+        let resp =
+            Response::decode(&self.rx[self.rx_start..self.rx_start + RESP_LEN]).map_err(|e| {
+                log::warn!(
+                    "tcp fabric: malformed response from peer {}: {e}",
+                    self.peer
+                );
+                FailReason::Io
+            })?;
+        self.rx_start += RESP_LEN;
+        let wr = self.slot(self.head).wr;
+        if resp.token != wr.token {
+            log::warn!(
+                "tcp fabric: peer {} answered token {:#x}, expected {:#x}",
+                self.peer,
+                resp.token,
+                wr.token
+            );
+            return Err(FailReason::Io);
+        }
+        match (resp.error(), wr.op) {
+            (None, WorkOp::Read) => {
+                if resp.len != wr.len {
+                    return Err(FailReason::Io);
+                }
+                self.data_left = resp.len;
+            }
+            (error, _) => self.complete(comps, me, error),
+        }
+        Ok(true)
+    }
+
+    /// Reads more of the socket into the buffer, after what is left of it. `None` when the
+    /// socket has nothing now.
+    fn fill_rx(&mut self) -> Result<Option<()>, FailReason> {
+        if self.rx_start > 0 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        let sock = self.sock.as_mut().ok_or(FailReason::UnresponsiveRemote)?;
+        match sock.read(&mut self.rx[self.rx_end..]) {
+            Ok(0) => Err(FailReason::UnresponsiveRemote),
+            Ok(n) => {
+                self.rx_end += n;
+                Ok(Some(()))
+            }
+            Err(e) if sys::would_block(&e) => Ok(None),
+            Err(_) => Err(FailReason::UnresponsiveRemote),
         }
     }
 }
