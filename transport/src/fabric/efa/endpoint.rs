@@ -7,15 +7,16 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ::efa::{Cq, Dest, QpBuilder, RemoteAddr, Sge, SrdQp, ThreadDomain};
+use ::efa::{Cq, Dest, QpBuilder, SrdQp, ThreadDomain};
 
 use super::addr;
 use super::peers::Route as PeerRoute;
-use super::plan::{path, plan, Path, SrdWr};
+use super::plan::{path, Path};
 use super::twosided::{Kind, TwoSided};
 use super::{io, Shared};
 use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route, SendQueue};
 use crate::fabric::rdma::status::{efa_reason, post_reason};
+use crate::fabric::rdma::wr;
 use crate::fabric::{Completion, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
 
@@ -192,61 +193,30 @@ fn two_sided_kind(
     (path(write, local.rdma, remote, mode) == Path::TwoSided).then_some(kind)
 }
 
-/// Adds `w` to `batch` as the SRD work request [`plan`] makes of it; WRITEs of at most
-/// `inline_max` bytes go inline.
+/// Adds `w` to `batch`, an SRD QP's open batch towards `d`; WRITEs of at most `inline_max`
+/// bytes go inline. The `efa` crate checks the device limits ([`wr`]).
 fn push_srd(
     batch: &mut ::efa::Batch<'_, ::efa::Srd>,
     w: &WorkRequest,
     d: &Dest<'_>,
-    caps: &crate::fabric::Capabilities,
     inline_max: u32,
-) -> Result<(), FailReason> {
-    let remote = |addr, rkey| RemoteAddr { addr, rkey };
-    let pushed = match plan(w, caps)? {
-        SrdWr::Read {
-            local_addr,
-            lkey,
-            len,
-            remote_addr,
-            rkey,
-        } => batch.read(
-            w.token,
-            d,
-            &[Sge::new(local_addr, len, lkey)],
-            remote(remote_addr, rkey),
-        ),
-        SrdWr::Write {
-            local_addr,
-            len,
-            remote_addr,
-            rkey,
-            ..
-        } if len <= inline_max => {
+) -> Result<(), ::efa::Error> {
+    match w.op {
+        WorkOp::Read => batch.read(w.token, d, &[wr::local_sge(w)?], wr::remote(w)),
+        WorkOp::Write if w.len <= u64::from(inline_max) => {
             // SAFETY: the engine validated `local_addr..+len` against a registered local
             // segment, which stays registered and mapped while this request is outstanding;
             // the bytes are copied into the WQE before `write_inline` returns.
             let data = unsafe {
-                std::slice::from_raw_parts(local_addr as usize as *const u8, len as usize)
+                std::slice::from_raw_parts(w.local_addr as usize as *const u8, w.len as usize)
             };
-            batch.write_inline(w.token, d, data, remote(remote_addr, rkey))
+            batch.write_inline(w.token, d, data, wr::remote(w))
         }
-        SrdWr::Write {
-            local_addr,
-            lkey,
-            len,
-            remote_addr,
-            rkey,
-        } => batch.write(
-            w.token,
-            d,
-            &[Sge::new(local_addr, len, lkey)],
-            remote(remote_addr, rkey),
-        ),
+        WorkOp::Write => batch.write(w.token, d, &[wr::local_sge(w)?], wr::remote(w)),
         // A 0-byte SEND with immediate, posted inline with no buffer, as libfabric posts
         // 0-byte sends on EFA.
-        SrdWr::Notify { tag } => batch.send_inline(w.token, d, &[], Some(tag)),
-    };
-    pushed.map_err(|e| post_reason(&e))
+        WorkOp::Notify { tag } => batch.send_inline(w.token, d, &[], Some(tag)),
+    }
 }
 
 impl RdmaPoster for EfaPoster {
@@ -298,8 +268,8 @@ impl RdmaPoster for EfaPoster {
         let d = Dest::new(ah, qpn, qkey);
         let mut batch = er.qp.batch().map_err(|e| post_reason(&e))?;
         for w in run {
-            if let Err(reason) = push_srd(&mut batch, w, &d, &self.shared.caps, er.inline_max) {
-                refused.push(w.token, reason);
+            if let Err(e) = push_srd(&mut batch, w, &d, er.inline_max) {
+                refused.push(w.token, post_reason(&e));
             }
         }
         batch.commit().map_err(|e| post_reason(&e))

@@ -7,12 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use ::efa::{RemoteAddr, Sge};
-
 use super::conn::QpSet;
 use super::Shared;
 use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route};
 use crate::fabric::rdma::status::{post_reason, verbs_reason};
+use crate::fabric::rdma::wr;
 use crate::fabric::{Completion, PeerId, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
 
@@ -138,27 +137,16 @@ impl VerbsPoster {
     }
 }
 
-/// Adds `wr` to `batch`, an RC QP's open batch.
-fn push_rc(batch: &mut ::efa::Batch<'_, ::efa::Rc>, wr: &WorkRequest) -> Result<(), FailReason> {
-    let remote = RemoteAddr {
-        addr: wr.remote_addr,
-        rkey: wr.remote_key as u32,
-    };
-    let pushed = match wr.op {
-        WorkOp::Read | WorkOp::Write => {
-            let len = u32::try_from(wr.len).map_err(|_| FailReason::BadLength)?;
-            let sge = [Sge::new(wr.local_addr, len, wr.local_key as u32)];
-            if wr.op == WorkOp::Read {
-                batch.read(wr.token, &sge, remote)
-            } else {
-                batch.write(wr.token, &sge, remote)
-            }
-        }
+/// Adds `w` to `batch`, an RC QP's open batch. The `efa` crate checks the device limits
+/// ([`wr`]).
+fn push_rc(batch: &mut ::efa::Batch<'_, ::efa::Rc>, w: &WorkRequest) -> Result<(), ::efa::Error> {
+    match w.op {
+        WorkOp::Read => batch.read(w.token, &[wr::local_sge(w)?], wr::remote(w)),
+        WorkOp::Write => batch.write(w.token, &[wr::local_sge(w)?], wr::remote(w)),
         // A zero-length SEND with the tag as immediate: it needs no remote key, and the
         // target's receive completion carries the tag.
-        WorkOp::Notify { tag } => batch.send_imm(wr.token, &[], tag),
-    };
-    pushed.map_err(|e| post_reason(&e))
+        WorkOp::Notify { tag } => batch.send_imm(w.token, &[], tag),
+    }
 }
 
 impl RdmaPoster for VerbsPoster {
@@ -197,9 +185,9 @@ impl RdmaPoster for VerbsPoster {
             set.remote_rails,
         );
         let mut batch = set.qps[at].batch().map_err(|e| post_reason(&e))?;
-        for wr in run {
-            if let Err(reason) = push_rc(&mut batch, wr) {
-                refused.push(wr.token, reason);
+        for w in run {
+            if let Err(e) = push_rc(&mut batch, w) {
+                refused.push(w.token, post_reason(&e));
             }
         }
         batch.commit().map_err(|e| post_reason(&e))
