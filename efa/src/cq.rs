@@ -457,9 +457,28 @@ impl Cq {
         self.core.poll()
     }
 
-    /// Poll up to `out.len()` completions into `out`; returns how many were written.
+    /// Poll up to `out.len()` completions into `out`, every field of each copied out
+    /// ([`Completion::to_owned`]); returns how many were written. [`poll_with`](Self::poll_with)
+    /// reads only what its caller asks for.
+    ///
+    /// # Errors
+    /// [`Error::Verbs`] when the provider fails to poll; completions consumed before the failure
+    /// are returned first and the error is reported by the next call.
     pub fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
         self.core.poll_into(out)
+    }
+
+    /// Completions on demand: lends up to `max` completions, one at a time, to `f`, and returns
+    /// how many. Nothing is read from the provider unless `f` asks: `wr_id` and `status` are
+    /// fields of the CQ (no call), [`Completion::efa_status`] or
+    /// [`vendor_err`](Completion::vendor_err) cost one provider call, and every other accessor
+    /// one call (or a few) of its own. Receive-only fields must be asked only of receive
+    /// completions ([`Completion::opcode`]); [`Completion::to_owned`] does that itself.
+    ///
+    /// # Errors
+    /// As [`poll_into`](Self::poll_into).
+    pub fn poll_with<F: FnMut(&Completion<'_>)>(&mut self, max: usize, f: F) -> Result<usize> {
+        self.core.poll_with(max, f)
     }
 
     /// Poll until `want` completions arrived or `timeout` passed (`Duration::MAX`: no
@@ -509,25 +528,26 @@ impl PollCore {
         }
     }
 
-    /// Fills `out` from as many passes as it takes: one pass, or on a one-per-pass CQ one pass
-    /// per completion, so a short count always means the CQ ran empty.
+    /// Lends up to `max` completions to `f`, from as many passes as it takes: one pass, or on a
+    /// one-per-pass CQ one pass per completion, so a short count always means the CQ ran empty.
+    /// Reads nothing itself: each field is read from the provider when `f` asks for it.
     ///
     /// When `ibv_next_poll` fails after completions were consumed, those come back and the error
     /// is reported by the next call, so no completion is ever lost to an error.
-    fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
+    fn poll_with<F: FnMut(&Completion<'_>)>(&mut self, max: usize, mut f: F) -> Result<usize> {
         if let Some(errno) = self.deferred.take() {
             return Err(Error::verbs("ibv_next_poll", errno));
         }
         let one_per_pass = self.one_per_pass;
         let mut n = 0;
         let mut failed = None;
-        while n < out.len() && failed.is_none() {
+        while n < max && failed.is_none() {
             let Some(mut p) = self.poll()? else {
                 break;
             };
-            while n < out.len() {
+            while n < max {
                 match p.next() {
-                    Ok(Some(c)) => out[n] = c.to_owned(),
+                    Ok(Some(c)) => f(&c),
                     Ok(None) => break,
                     Err(e) => {
                         failed = Some(e);
@@ -548,6 +568,15 @@ impl PollCore {
             }
             None => Ok(n),
         }
+    }
+
+    /// [`poll_with`](Self::poll_with), each completion copied out whole.
+    fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
+        let mut n = 0;
+        self.poll_with(out.len(), |c| {
+            out[n] = c.to_owned();
+            n += 1;
+        })
     }
 }
 
@@ -726,11 +755,13 @@ impl Completion<'_> {
     /// `wr_id`, status, vendor error and QP number.
     pub fn to_owned(&self) -> WorkCompletion {
         let status = self.status();
+        // One provider call for both views of the vendor error.
+        let vendor_err = self.vendor_err();
         let mut wc = WorkCompletion {
             wr_id: self.wr_id(),
             status,
-            vendor_err: self.vendor_err(),
-            efa_status: self.efa_status(),
+            vendor_err,
+            efa_status: self.cq.is_efa.then(|| EfaStatus::from_raw(vendor_err)),
             qp_num: self.qp_num(),
             ..WorkCompletion::default()
         };

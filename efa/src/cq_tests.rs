@@ -30,6 +30,8 @@ struct FakeCq {
     next_error_at: usize,
     /// Calls of the receive-only readers (src_qp, imm, byte_len).
     recv_reads: u32,
+    /// Calls of every field reader (`read_*`).
+    reads: u32,
 }
 
 unsafe fn fake<'a>(cq: *mut efa_sys::ibv_cq_ex) -> &'a mut FakeCq {
@@ -89,6 +91,7 @@ macro_rules! reader {
             // SAFETY: see `fake`.
             let f = unsafe { fake(cq) };
             assert!(f.in_pass, "reader outside a pass");
+            f.reads += 1;
             f.entries[f.cur].$field as $ty
         }
     };
@@ -102,6 +105,7 @@ macro_rules! recv_reader {
             let f = unsafe { fake(cq) };
             assert!(f.in_pass, "reader outside a pass");
             f.recv_reads += 1;
+            f.reads += 1;
             f.entries[f.cur].$field
         }
     };
@@ -137,6 +141,7 @@ fn fake_cq(entries: Vec<Entry>) -> Box<FakeCq> {
         ends: 0,
         next_error_at: usize::MAX,
         recv_reads: 0,
+        reads: 0,
     })
 }
 
@@ -316,5 +321,58 @@ fn send_completions_read_no_receive_fields() {
     assert_eq!(
         (out[0].opcode, out[0].src_qp, out[0].byte_len),
         (Some(WcOpcode::Recv), 6, 80)
+    );
+}
+
+/// Provider calls per CQE (field readers plus `next_poll`) of draining `entries` with `drain`.
+fn calls_per_cqe(entries: Vec<Entry>, drain: impl Fn(&mut PollCore) -> usize) -> f64 {
+    let n = entries.len();
+    let mut f = fake_cq(entries);
+    let mut c = core(&mut f, true);
+    assert_eq!(drain(&mut c), n);
+    f64::from(f.reads + f.nexts) / n as f64
+}
+
+#[test]
+fn completions_on_demand_read_only_what_is_asked() {
+    let sends: Vec<Entry> = (1..=64)
+        .map(|i| Entry {
+            opcode: efa_sys::IBV_WC_SEND,
+            ..entry(i)
+        })
+        .collect();
+    let recvs: Vec<Entry> = (1..=64)
+        .map(|i| Entry {
+            wc_flags: efa_sys::IBV_WC_WITH_IMM,
+            ..entry(i)
+        })
+        .collect();
+    let whole = |c: &mut PollCore| c.poll_into(&mut [WorkCompletion::default(); 64]).unwrap();
+    // What a transport needs: the request id, the status and the vendor error.
+    let summary = |c: &mut PollCore| {
+        let mut sum = 0u64;
+        let n = c
+            .poll_with(64, |wc| {
+                sum += wc.wr_id() + u64::from(wc.status().is_success());
+                assert_eq!(wc.efa_status(), Some(EfaStatus::Ok));
+            })
+            .unwrap();
+        assert_eq!(sum, (1..=64).sum::<u64>() + 64);
+        n
+    };
+    let (send_whole, recv_whole) = (
+        calls_per_cqe(sends.clone(), whole),
+        calls_per_cqe(recvs, whole),
+    );
+    let send_summary = calls_per_cqe(sends, summary);
+    // Copied whole: vendor_err, qp_num, opcode (+ byte_len, wc_flags, imm, src_qp on receives),
+    // plus next_poll for all but the first.
+    assert_eq!((send_whole * 64.0) as u32, 3 * 64 + 63, "{send_whole}");
+    assert_eq!((recv_whole * 64.0) as u32, 7 * 64 + 63, "{recv_whole}");
+    // On demand: vendor_err alone (wr_id and status are fields), plus next_poll.
+    assert_eq!((send_summary * 64.0) as u32, 64 + 63, "{send_summary}");
+    println!(
+        "provider calls per CQE: whole copy {send_whole:.2} (send) {recv_whole:.2} (receive), \
+         on demand {send_summary:.2}"
     );
 }

@@ -13,6 +13,8 @@
 #![cfg(feature = "rdma")]
 
 mod common;
+#[path = "common/alloc.rs"]
+mod counting;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -875,4 +877,54 @@ fn efa_hw_idle_target_thread_costs_under_two_percent_of_a_core() {
     drop((a, b));
     println!("two fabrics stopped in {:?}", stop.elapsed());
     assert!(stop.elapsed() < Duration::from_secs(5));
+}
+
+/// The efa fabric's hot path (the shared RDMA core, SRD posting, completions on demand, and on
+/// devices without RDMA the two-sided protocol) allocates nothing once warm: a counting
+/// allocator sees no allocation on the posting thread over 200 rounds of mixed requests.
+#[test]
+#[ignore = "needs an EFA device (or soft-efa)"]
+fn efa_hw_steady_state_allocates_nothing() {
+    let (a, b) = pair();
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::zeroed(1 << 20, 4096).unwrap(),
+        Access::NONE,
+    );
+    owned(
+        &b,
+        "b/dst",
+        OwnedMemory::zeroed(1 << 20, 4096).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
+    let r = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let mut batch = a.allocate_batch(16).unwrap();
+    // Small (inline where the device allows) and large writes, reads, notifications.
+    let reqs: Vec<Request> = (0..16u64)
+        .map(|i| match i % 4 {
+            0 => Request::write(src, i * 8, r, i * 8, 8),
+            1 => Request::read(src, 4096 * i, r, 4096 * i, 10_000),
+            2 => Request::write(src, 0, r, 1 << 19, 9000).with_op(Opcode::WriteWithNotify(2)),
+            _ => Request::write(src, 512, r, 1024, 8),
+        })
+        .collect();
+    let mut round = |w: &mut Worker| {
+        batch = a.recycle_batch(batch).unwrap();
+        w.submit(batch, &reqs).unwrap();
+        let st = w.wait(batch, WAIT).unwrap();
+        assert_eq!((st.completed, st.failed), (16, 0), "{st:?}");
+    };
+    for _ in 0..10 {
+        round(&mut w);
+    }
+    counting::assert_counting();
+    let before = counting::allocs();
+    let rounds = 200;
+    for _ in 0..rounds {
+        round(&mut w);
+    }
+    let n = counting::allocs() - before;
+    assert_eq!(n, 0, "{n} allocations in {rounds} rounds of 16 requests");
 }

@@ -1,19 +1,23 @@
 //! The per-worker hot path of the `efa` fabric: one SRD QP and CQ per rail, plus, on a rail
-//! that needs it, the two-sided protocol's QP ([`TwoSided`]).
+//! that needs it, the two-sided protocol's QP ([`TwoSided`]). What every RDMA fabric shares
+//! (run splitting, send-queue accounting, refused requests, CQ draining) is the
+//! [`RdmaEndpoint`] core; this module says where a request goes (SRD with an AH per peer, or
+//! the two-sided protocol) and how a run is posted.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ::efa::{Cq, Dest, QpBuilder, RemoteAddr, Sge, SrdQp, ThreadDomain, WorkCompletion};
+use ::efa::{Cq, Dest, QpBuilder, SrdQp, ThreadDomain};
 
 use super::addr;
-use super::peers::Route;
-use super::plan::{path, plan, Path, SrdWr};
+use super::peers::Route as PeerRoute;
+use super::plan::{path, Path};
 use super::twosided::{Kind, TwoSided};
 use super::{io, Shared};
+use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route, SendQueue};
 use crate::fabric::rdma::status::{efa_reason, post_reason};
-use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
+use crate::fabric::rdma::wr;
+use crate::fabric::{Completion, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
 
 struct EndpointRail {
@@ -23,7 +27,7 @@ struct EndpointRail {
     inline_max: u32,
     cq: Cq,
     _td: Option<Arc<ThreadDomain>>,
-    outstanding: u32,
+    sq: SendQueue,
     /// The rail's RDMA bits (`addr::RDMA_READ | RDMA_WRITE`).
     rdma: u8,
     /// The device retries receiver-not-ready answers itself (`RNR_RETRY`); without it
@@ -33,13 +37,13 @@ struct EndpointRail {
     two_sided: Option<TwoSided>,
 }
 
-pub(crate) struct EfaEndpoint {
+/// The `efa` fabric's endpoint: the shared RDMA core around the SRD rails.
+pub(crate) type EfaEndpoint = RdmaEndpoint<EfaPoster>;
+
+/// What is the `efa` fabric's own in an endpoint: its SRD rails and the way to each peer.
+pub(crate) struct EfaPoster {
     shared: Arc<Shared>,
     rails: Vec<EndpointRail>,
-    failed: VecDeque<Completion>,
-    failed_cap: usize,
-    scratch: Box<[WorkCompletion]>,
-    outstanding: usize,
 }
 
 /// Bytes of a WRITE that rail `r` posts inline: the device's inline size where the device has
@@ -56,70 +60,63 @@ fn inline_write_size(shared: &Shared, r: &super::Rail) -> u32 {
     }
 }
 
-impl EfaEndpoint {
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, FabricError> {
-        let depth = shared.caps.queue_depth;
-        let mut rails = Vec::with_capacity(shared.rails.len());
-        for r in &shared.rails {
-            let name = r.ctx.name();
-            let td = if shared.config.thread_domain {
-                ThreadDomain::new(&r.pd).ok()
-            } else {
-                None
-            };
-            // Initiator completions are sends: no source GID to ask for.
-            let mut cqb = Cq::builder(&r.ctx, depth).source_gid(false);
-            if let Some(td) = &td {
-                // SAFETY: the CQ and the QP on this domain live in this endpoint, which one
-                // thread at a time uses (`&mut self`); they move between threads together.
-                cqb = unsafe { cqb.thread_domain(td) };
-            }
-            let cq = cqb.build().map_err(|e| io(format_args!("{name} CQ"), e))?;
-            let inline_max = inline_write_size(&shared, r);
-            let mut qpb = QpBuilder::new(&r.pd, &cq, &cq)
-                .inline_write(inline_max > 0)
-                .max_inline_data(inline_max)
-                .max_send_wr(depth)
-                .max_recv_wr(1)
-                .qkey(shared.config.qkey)
-                .gid_index(r.gid.index);
-            if let Some(td) = &td {
-                // SAFETY: as for the CQ above.
-                qpb = unsafe { qpb.thread_domain(td) };
-            }
-            let qp = qpb
-                .build_srd()
-                .map_err(|e| io(format_args!("{name} SRD QP"), e))?;
-            rails.push(EndpointRail {
-                rdma: shared.rail_caps[rails.len()].rdma_bits(),
-                rnr_retry: shared.rail_caps[rails.len()].rnr_retry,
-                two_sided: None,
-                inline_max: qp.caps().max_inline_data.min(inline_max),
-                qp,
-                cq,
-                _td: td,
-                outstanding: 0,
-            });
-        }
-        let failed_cap = depth as usize * rails.len();
-        Ok(EfaEndpoint {
-            shared,
-            rails,
-            failed: VecDeque::with_capacity(failed_cap),
-            failed_cap,
-            scratch: vec![WorkCompletion::default(); 64].into_boxed_slice(),
-            outstanding: 0,
-        })
+/// The SRD QP and CQ of rail `i` (`r`), on a thread domain where the configuration asks.
+fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail, FabricError> {
+    let depth = shared.caps.queue_depth;
+    let name = r.ctx.name();
+    let td = if shared.config.thread_domain {
+        ThreadDomain::new(&r.pd).ok()
+    } else {
+        None
+    };
+    // Initiator completions are sends: no source GID to ask for.
+    let mut cqb = Cq::builder(&r.ctx, depth).source_gid(false);
+    if let Some(td) = &td {
+        // SAFETY: the CQ and the QP on this domain live in this endpoint, which one
+        // thread at a time uses (`&mut self`); they move between threads together.
+        cqb = unsafe { cqb.thread_domain(td) };
     }
-
-    fn fail(&mut self, token: u64, reason: FailReason) {
-        self.failed.push_back(Completion {
-            token,
-            error: Some(reason),
-        });
-        self.outstanding += 1;
+    let cq = cqb.build().map_err(|e| io(format_args!("{name} CQ"), e))?;
+    let inline_max = inline_write_size(shared, r);
+    let mut qpb = QpBuilder::new(&r.pd, &cq, &cq)
+        .inline_write(inline_max > 0)
+        .max_inline_data(inline_max)
+        .max_send_wr(depth)
+        .max_recv_wr(1)
+        .qkey(shared.config.qkey)
+        .gid_index(r.gid.index);
+    if let Some(td) = &td {
+        // SAFETY: as for the CQ above.
+        qpb = unsafe { qpb.thread_domain(td) };
     }
+    let qp = qpb
+        .build_srd()
+        .map_err(|e| io(format_args!("{name} SRD QP"), e))?;
+    Ok(EndpointRail {
+        rdma: shared.rail_caps[i].rdma_bits(),
+        rnr_retry: shared.rail_caps[i].rnr_retry,
+        two_sided: None,
+        inline_max: qp.caps().max_inline_data.min(inline_max),
+        qp,
+        cq,
+        _td: td,
+        sq: SendQueue::default(),
+    })
+}
 
+/// A new endpoint of the fabric `shared`.
+pub(crate) fn new_endpoint(shared: Arc<Shared>) -> Result<EfaEndpoint, FabricError> {
+    let rails = shared
+        .rails
+        .iter()
+        .enumerate()
+        .map(|(i, r)| open_rail(&shared, i, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let failed_cap = shared.caps.queue_depth as usize * rails.len();
+    Ok(RdmaEndpoint::new(EfaPoster { shared, rails }, failed_cap))
+}
+
+impl EfaPoster {
     /// Hands `wr` to its rail's two-sided protocol, creating the protocol QP on first use.
     /// `Ok(false)`: no room now, post it later.
     /// `pull`: both rails have RDMA READ, so a WRITE may use the rendezvous protocol.
@@ -138,6 +135,43 @@ impl EfaEndpoint {
         let t = er.two_sided.as_mut().expect("created above");
         Ok(t.start(&self.shared, wr, kind, pull))
     }
+
+    /// The peer's route, if the peer is known.
+    fn peer(&self, wr: &WorkRequest) -> Option<&PeerRoute<::efa::Ah>> {
+        self.shared
+            .peers
+            .get(wr.peer as usize)
+            .and_then(|p| p.get())
+    }
+
+    /// Drains rail `r`'s SRD CQ, then its protocol QP's, into `out`.
+    fn poll_rail(shared: &Shared, r: &mut EndpointRail, out: &mut [Completion]) -> usize {
+        let mut n = match r
+            .sq
+            .drain(&mut r.cq, out, |c| efa_reason(c.status(), c.efa_status()))
+        {
+            Ok(n) => n,
+            Err(_) => {
+                // The CQ can no longer be trusted: flush the rail's outstanding work (each
+                // request then completes once, as flushed) and count the error.
+                shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = r.qp.set_error();
+                0
+            }
+        };
+        if let Some(t) = r.two_sided.as_mut().filter(|t| t.busy()) {
+            match t.poll(shared, &mut out[n..]) {
+                Ok(got) => n += got,
+                Err(()) => {
+                    // As above: flush, so every chunk ends (sends as flushed, replies by the
+                    // reply timeout).
+                    shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                    t.set_error();
+                }
+            }
+        }
+        n
+    }
 }
 
 /// The protocol-QP operation `wr` needs from local rail `local` to the peer's rail, or `None`
@@ -147,7 +181,7 @@ fn two_sided_kind(
     mode: super::TwoSided,
     local: &EndpointRail,
     wr: &WorkRequest,
-    route: &Route<::efa::Ah>,
+    route: &PeerRoute<::efa::Ah>,
 ) -> Option<Kind> {
     let (write, kind) = match wr.op {
         WorkOp::Read => (false, Kind::Read),
@@ -159,210 +193,100 @@ fn two_sided_kind(
     (path(write, local.rdma, remote, mode) == Path::TwoSided).then_some(kind)
 }
 
-impl Endpoint for EfaEndpoint {
-    fn post(&mut self, wrs: &[WorkRequest]) -> usize {
-        let depth = self.shared.caps.queue_depth;
-        let mode = self.shared.config.two_sided;
-        let mut i = 0;
-        while i < wrs.len() {
-            let wr = wrs[i];
-            if self.failed.len() >= self.failed_cap {
-                break;
-            }
-            let rail = usize::from(wr.rail);
-            let route = self
-                .shared
-                .peers
-                .get(wr.peer as usize)
-                .and_then(|p| p.get());
-            let dest = route.and_then(|r| r.dest(wr.rail, wr.remote_rail));
-            let two_sided = match (route, self.rails.get(rail)) {
-                (Some(r), Some(er)) if dest.is_some() => two_sided_kind(mode, er, &wr, r)
-                    .map(|k| (k, er.rdma & r.rdma(wr.remote_rail) & addr::RDMA_READ != 0)),
-                _ => None,
+/// Adds `w` to `batch`, an SRD QP's open batch towards `d`; WRITEs of at most `inline_max`
+/// bytes go inline. The `efa` crate checks the device limits ([`wr`]).
+fn push_srd(
+    batch: &mut ::efa::Batch<'_, ::efa::Srd>,
+    w: &WorkRequest,
+    d: &Dest<'_>,
+    inline_max: u32,
+) -> Result<(), ::efa::Error> {
+    match w.op {
+        WorkOp::Read => batch.read(w.token, d, &[wr::local_sge(w)?], wr::remote(w)),
+        WorkOp::Write if w.len <= u64::from(inline_max) => {
+            // SAFETY: the engine validated `local_addr..+len` against a registered local
+            // segment, which stays registered and mapped while this request is outstanding;
+            // the bytes are copied into the WQE before `write_inline` returns.
+            let data = unsafe {
+                std::slice::from_raw_parts(w.local_addr as usize as *const u8, w.len as usize)
             };
-            if let Some((kind, pull)) = two_sided {
-                match self.start_two_sided(&wr, kind, pull) {
-                    Ok(true) => self.outstanding += 1,
-                    Ok(false) => break,
-                    Err(reason) => self.fail(wr.token, reason),
-                }
-                i += 1;
-                continue;
-            }
-            let (Some((ah, qpn, qkey)), Some(er)) = (dest, self.rails.get_mut(rail)) else {
-                self.fail(wr.token, FailReason::InvalidAh);
-                i += 1;
-                continue;
-            };
-            let room = (depth - er.outstanding.min(depth)) as usize;
-            let room = room.min(self.failed_cap - self.failed.len());
-            if room == 0 {
-                break;
-            }
-            let mut end = i + 1;
-            while end < wrs.len()
-                && end - i < room
-                && (wrs[end].peer, wrs[end].rail, wrs[end].remote_rail)
-                    == (wr.peer, wr.rail, wr.remote_rail)
-                && route.is_some_and(|r| two_sided_kind(mode, er, &wrs[end], r).is_none())
-            {
-                end += 1;
-            }
-            let run = &wrs[i..end];
-            let d = Dest::new(ah, qpn, qkey);
-            let mut refused = 0usize;
-            let result = match er.qp.batch() {
-                Err(e) => Err(post_reason(&e)),
-                Ok(mut batch) => {
-                    for w in run {
-                        let pushed = match plan(w, &self.shared.caps) {
-                            Err(reason) => Err(reason),
-                            Ok(SrdWr::Read {
-                                local_addr,
-                                lkey,
-                                len,
-                                remote_addr,
-                                rkey,
-                            }) => batch
-                                .read(
-                                    w.token,
-                                    &d,
-                                    &[Sge::new(local_addr, len, lkey)],
-                                    RemoteAddr {
-                                        addr: remote_addr,
-                                        rkey,
-                                    },
-                                )
-                                .map_err(|e| post_reason(&e)),
-                            Ok(SrdWr::Write {
-                                local_addr,
-                                len,
-                                remote_addr,
-                                rkey,
-                                ..
-                            }) if len <= er.inline_max => {
-                                // SAFETY: the engine validated `local_addr..+len` against a
-                                // registered local segment, which stays registered and mapped
-                                // while this request is outstanding; the bytes are copied into
-                                // the WQE before `write_inline` returns.
-                                let data = unsafe {
-                                    std::slice::from_raw_parts(
-                                        local_addr as usize as *const u8,
-                                        len as usize,
-                                    )
-                                };
-                                let remote = RemoteAddr {
-                                    addr: remote_addr,
-                                    rkey,
-                                };
-                                batch
-                                    .write_inline(w.token, &d, data, remote)
-                                    .map_err(|e| post_reason(&e))
-                            }
-                            Ok(SrdWr::Write {
-                                local_addr,
-                                lkey,
-                                len,
-                                remote_addr,
-                                rkey,
-                            }) => batch
-                                .write(
-                                    w.token,
-                                    &d,
-                                    &[Sge::new(local_addr, len, lkey)],
-                                    RemoteAddr {
-                                        addr: remote_addr,
-                                        rkey,
-                                    },
-                                )
-                                .map_err(|e| post_reason(&e)),
-                            Ok(SrdWr::Notify { tag }) => batch
-                                // A 0-byte SEND with immediate, posted inline with no buffer, as
-                                // libfabric posts 0-byte sends on EFA.
-                                .send_inline(w.token, &d, &[], Some(tag))
-                                .map_err(|e| post_reason(&e)),
-                        };
-                        if let Err(reason) = pushed {
-                            self.failed.push_back(Completion {
-                                token: w.token,
-                                error: Some(reason),
-                            });
-                            refused += 1;
-                        }
-                    }
-                    batch.commit().map_err(|e| post_reason(&e))
-                }
-            };
-            match result {
-                Ok(()) => er.outstanding += (run.len() - refused) as u32,
-                Err(reason) => {
-                    self.failed.truncate(self.failed.len() - refused);
-                    for w in run {
-                        self.failed.push_back(Completion {
-                            token: w.token,
-                            error: Some(reason),
-                        });
-                    }
-                }
-            }
-            self.outstanding += run.len();
-            i = end;
+            batch.write_inline(w.token, d, data, wr::remote(w))
         }
-        i
+        WorkOp::Write => batch.write(w.token, d, &[wr::local_sge(w)?], wr::remote(w)),
+        // A 0-byte SEND with immediate, posted inline with no buffer, as libfabric posts
+        // 0-byte sends on EFA.
+        WorkOp::Notify { tag } => batch.send_inline(w.token, d, &[], Some(tag)),
+    }
+}
+
+impl RdmaPoster for EfaPoster {
+    fn route(&mut self, wr: &WorkRequest) -> Route {
+        let rail = usize::from(wr.rail);
+        let mode = self.shared.config.two_sided;
+        let route = self.peer(wr);
+        let dest = route.and_then(|r| r.dest(wr.rail, wr.remote_rail));
+        let two_sided = match (route, self.rails.get(rail)) {
+            (Some(r), Some(er)) if dest.is_some() => two_sided_kind(mode, er, wr, r)
+                .map(|k| (k, er.rdma & r.rdma(wr.remote_rail) & addr::RDMA_READ != 0)),
+            _ => None,
+        };
+        if let Some((kind, pull)) = two_sided {
+            return match self.start_two_sided(wr, kind, pull) {
+                Ok(true) => Route::Taken,
+                Ok(false) => Route::Full,
+                Err(reason) => Route::Refused(reason),
+            };
+        }
+        match (dest, self.rails.get(rail)) {
+            (Some(_), Some(er)) => Route::Queue {
+                room: er.sq.room(self.shared.caps.queue_depth),
+            },
+            _ => Route::Refused(FailReason::InvalidAh),
+        }
+    }
+
+    fn joins(&self, first: &WorkRequest, next: &WorkRequest) -> bool {
+        let mode = self.shared.config.two_sided;
+        let er = &self.rails[usize::from(first.rail)];
+        self.peer(first)
+            .is_some_and(|r| two_sided_kind(mode, er, next, r).is_none())
+    }
+
+    fn post_run(&mut self, run: &[WorkRequest], refused: &mut Failed) -> Result<(), FailReason> {
+        let first = &run[0];
+        let route = self
+            .shared
+            .peers
+            .get(first.peer as usize)
+            .and_then(|p| p.get());
+        let (Some((ah, qpn, qkey)), Some(er)) = (
+            route.and_then(|r| r.dest(first.rail, first.remote_rail)),
+            self.rails.get_mut(usize::from(first.rail)),
+        ) else {
+            return Err(FailReason::InvalidAh);
+        };
+        let d = Dest::new(ah, qpn, qkey);
+        let mut batch = er.qp.batch().map_err(|e| post_reason(&e))?;
+        for w in run {
+            if let Err(e) = push_srd(&mut batch, w, &d, er.inline_max) {
+                refused.push(w.token, post_reason(&e));
+            }
+        }
+        batch.commit().map_err(|e| post_reason(&e))
+    }
+
+    fn posted(&mut self, first: &WorkRequest, n: u32) {
+        self.rails[usize::from(first.rail)].sq.add(n);
     }
 
     fn poll(&mut self, out: &mut [Completion]) -> usize {
         let mut n = 0;
-        while n < out.len() {
-            let Some(c) = self.failed.pop_front() else {
-                break;
-            };
-            out[n] = c;
-            n += 1;
-        }
         for r in &mut self.rails {
-            while r.outstanding > 0 && n < out.len() {
-                let want = (out.len() - n).min(self.scratch.len());
-                let got = match r.cq.poll_into(&mut self.scratch[..want]) {
-                    Ok(got) => got,
-                    Err(_) => {
-                        // The CQ can no longer be trusted: flush the rail's outstanding work
-                        // (each request then completes once, as flushed) and count the error.
-                        self.shared.poll_errors.fetch_add(1, Ordering::Relaxed);
-                        let _ = r.qp.set_error();
-                        break;
-                    }
-                };
-                for wc in &self.scratch[..got] {
-                    out[n] = Completion {
-                        token: wc.wr_id,
-                        error: efa_reason(wc.status, wc.efa_status),
-                    };
-                    n += 1;
-                }
-                r.outstanding -= (got as u32).min(r.outstanding);
-                if got < want {
-                    break;
-                }
+            if n == out.len() {
+                break;
             }
-            if let Some(t) = r.two_sided.as_mut().filter(|t| t.busy()) {
-                match t.poll(&self.shared, &mut out[n..]) {
-                    Ok(got) => n += got,
-                    Err(()) => {
-                        // As above: flush, so every chunk ends (sends as flushed, replies by
-                        // the reply timeout).
-                        self.shared.poll_errors.fetch_add(1, Ordering::Relaxed);
-                        t.set_error();
-                    }
-                }
-            }
+            n += Self::poll_rail(&self.shared, r, &mut out[n..]);
         }
-        self.outstanding -= n.min(self.outstanding);
         n
-    }
-
-    fn outstanding(&self) -> usize {
-        self.outstanding
     }
 }

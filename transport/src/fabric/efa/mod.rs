@@ -49,7 +49,6 @@ mod twosided;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ::efa::{Ah, AhAttr, Context, GidEntry, Pd};
@@ -59,6 +58,7 @@ pub use addr::EfaAddress;
 pub use plan::{Path, RailCaps, TwoSided, WritePolicy};
 
 use crate::fabric::rdma::registry::MrRegistry;
+use crate::fabric::rdma::threads::Threads;
 use crate::fabric::regions::Regions;
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
@@ -193,7 +193,7 @@ pub(crate) struct Shared {
     pub max_pull: u64,
     pub peers: Box<[RouteSlot<Ah>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
-    pub stop: AtomicBool,
+    pub stop: Arc<AtomicBool>,
     /// Whether the target thread blocks on completion channels when idle.
     pub target_events: bool,
     /// CQ poll errors met by endpoints and the target thread (see [`EfaFabric::poll_errors`]).
@@ -213,6 +213,8 @@ struct PeerIds {
 
 /// One engine's EFA devices. See the [module docs](self).
 pub struct EfaFabric {
+    /// First: dropped (stopped and joined) before the rest of the fabric.
+    _threads: Threads,
     shared: Arc<Shared>,
     addresses: Vec<EfaAddress>,
     /// [`addr::identity`] of the engine's name, once bound.
@@ -221,7 +223,6 @@ pub struct EfaFabric {
     registry: MrRegistry,
     /// The [`Regions`] key of each registration, by its handle.
     region_keys: Mutex<HashMap<u64, u64>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for EfaFabric {
@@ -401,13 +402,18 @@ impl EfaFabric {
             max_pull,
             ahs: Mutex::new(AhTable::new(config_max_ahs)),
             notifications: OnceLock::new(),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             target_events: service.has_events(),
             poll_errors: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
         });
         let thread = target::start(shared.clone(), service)?;
+        let registry = MrRegistry::new(
+            shared.rails.iter().map(|r| r.pd.clone()).collect(),
+            shared.config.max_regions,
+        );
         Ok(Arc::new(EfaFabric {
+            _threads: Threads::new(shared.stop.clone(), vec![thread]),
             shared,
             addresses,
             identity: OnceLock::new(),
@@ -416,9 +422,8 @@ impl EfaFabric {
                 by_gids: HashMap::new(),
                 next: 0,
             }),
-            registry: MrRegistry::default(),
+            registry,
             region_keys: Mutex::new(HashMap::new()),
-            threads: Mutex::new(vec![thread]),
         }))
     }
 
@@ -437,17 +442,6 @@ impl EfaFabric {
     }
 }
 
-impl Drop for EfaFabric {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Fabric for EfaFabric {
     fn name(&self) -> &str {
         "efa"
@@ -462,17 +456,13 @@ impl Fabric for EfaFabric {
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
-        let pds: Vec<_> = self.shared.rails.iter().map(|r| r.pd.clone()).collect();
         let mut access = plan::mr_access(region.access, &self.shared.rail_caps);
         if self.shared.max_pull > 0 {
             // Rendezvous WRITEs are read from this memory by the target's device.
             access |= ::efa::Access::REMOTE_READ;
         }
         // SAFETY: forwarded from the caller (same contract).
-        let mut reg = unsafe {
-            self.registry
-                .register_with(&pds, region, access, self.shared.config.max_regions)?
-        };
+        let mut reg = unsafe { self.registry.register_with(region, access)? };
         let Some(key) = self
             .shared
             .regions
@@ -589,7 +579,7 @@ impl Fabric for EfaFabric {
     }
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {
-        Ok(Box::new(endpoint::EfaEndpoint::new(self.shared.clone())?))
+        Ok(Box::new(endpoint::new_endpoint(self.shared.clone())?))
     }
 }
 

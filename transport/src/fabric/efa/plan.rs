@@ -1,6 +1,6 @@
 //! Decisions of the `efa` fabric that need no device, so they are tested on any host: what the
 //! devices' capabilities allow (and what the fabric refuses up front), the memory rights a
-//! registration may ask for, and which SRD work request carries each [`WorkRequest`].
+//! registration may ask for, and which path ([`path`]) carries each work request.
 //!
 //! # Devices without RDMA READ or WRITE
 //!
@@ -16,8 +16,8 @@
 
 use ::efa::{EfaCaps, EfaDeviceAttr};
 
-use crate::fabric::{Capabilities, WorkOp, WorkRequest};
-use crate::{Access, FabricError, FailReason};
+use crate::fabric::Capabilities;
+use crate::{Access, FabricError};
 
 /// What to do when a device lacks RDMA WRITE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,90 +194,6 @@ pub fn mr_access(access: Access, rails: &[RailCaps]) -> ::efa::Access {
     a
 }
 
-/// One SRD work request, before it meets a QP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SrdWr {
-    /// RDMA READ of `len` bytes from `(remote_addr, rkey)` into `(local_addr, lkey)`.
-    Read {
-        /// Local address.
-        local_addr: u64,
-        /// Local key.
-        lkey: u32,
-        /// Length.
-        len: u32,
-        /// Remote address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-    },
-    /// RDMA WRITE, same fields.
-    Write {
-        /// Local address.
-        local_addr: u64,
-        /// Local key.
-        lkey: u32,
-        /// Length.
-        len: u32,
-        /// Remote address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-    },
-    /// Zero-length SEND with the tag as immediate data.
-    Notify {
-        /// The tag.
-        tag: u32,
-    },
-}
-
-/// The SRD work request for `wr`, or the reason it completes with an error without reaching the
-/// device.
-pub fn plan(wr: &WorkRequest, caps: &Capabilities) -> Result<SrdWr, FailReason> {
-    let rdma = |write: bool| {
-        let allowed = if write {
-            caps.supports_write
-        } else {
-            caps.supports_read
-        };
-        if !allowed {
-            return Err(FailReason::FeatureMismatch);
-        }
-        if wr.len == 0 || wr.len > caps.max_transfer_size {
-            return Err(FailReason::BadLength);
-        }
-        let len = u32::try_from(wr.len).map_err(|_| FailReason::BadLength)?;
-        // The low half of the fabric's local key is the device lkey (the high half its rkey).
-        let lkey = wr.local_key as u32;
-        // The low half of the fabric's remote key is the device rkey.
-        let rkey = wr.remote_key as u32;
-        Ok((wr.local_addr, lkey, len, wr.remote_addr, rkey))
-    };
-    match wr.op {
-        WorkOp::Read => rdma(false).map(|(local_addr, lkey, len, remote_addr, rkey)| SrdWr::Read {
-            local_addr,
-            lkey,
-            len,
-            remote_addr,
-            rkey,
-        }),
-        WorkOp::Write => {
-            rdma(true).map(|(local_addr, lkey, len, remote_addr, rkey)| SrdWr::Write {
-                local_addr,
-                lkey,
-                len,
-                remote_addr,
-                rkey,
-            })
-        }
-        WorkOp::Notify { tag } => {
-            if wr.len > caps.max_message_size {
-                return Err(FailReason::BadLength);
-            }
-            Ok(SrdWr::Notify { tag })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +297,7 @@ mod tests {
         assert_eq!(
             path(true, 0, 0, Never),
             Path::Hardware,
-            "refused later by plan"
+            "refused at submit (the engine checks the capabilities)"
         );
         assert_eq!(rail(true, false).rdma_bits(), R);
         assert_eq!(rail(true, true).rdma_bits(), R | W);
@@ -398,70 +314,5 @@ mod tests {
             ::efa::Access::LOCAL_WRITE | ::efa::Access::REMOTE_WRITE
         );
         assert_eq!(mr_access(Access::NONE, &rw), ::efa::Access::LOCAL_WRITE);
-    }
-
-    fn wr(op: WorkOp, len: u64) -> WorkRequest {
-        WorkRequest {
-            token: 1,
-            op,
-            rail: 0,
-            peer: 0,
-            remote_rail: 0,
-            local_addr: 0x1000,
-            local_key: 5,
-            remote_addr: 0x9000,
-            remote_key: 6,
-            len,
-        }
-    }
-
-    #[test]
-    fn work_requests_map_to_srd_operations() {
-        let rw = decide(&[rail(true, true)], 256, WritePolicy::IfAvailable, Fallback).unwrap();
-        assert_eq!(
-            plan(&wr(WorkOp::Read, 100), &rw),
-            Ok(SrdWr::Read {
-                local_addr: 0x1000,
-                lkey: 5,
-                len: 100,
-                remote_addr: 0x9000,
-                rkey: 6
-            })
-        );
-        assert!(
-            matches!(plan(&wr(WorkOp::Write, 1 << 30), &rw), Ok(SrdWr::Write { len, .. }) if len == 1 << 30)
-        );
-        assert_eq!(
-            plan(&wr(WorkOp::Write, (1 << 30) + 1), &rw),
-            Err(FailReason::BadLength)
-        );
-        assert_eq!(
-            plan(&wr(WorkOp::Notify { tag: 9 }, 0), &rw),
-            Ok(SrdWr::Notify { tag: 9 })
-        );
-        assert_eq!(
-            plan(&wr(WorkOp::Notify { tag: 9 }, 9000), &rw),
-            Err(FailReason::BadLength)
-        );
-        let mut keys = wr(WorkOp::Read, 8);
-        keys.local_key = (7 << 32) | 5;
-        keys.remote_key = (9 << 32) | 6;
-        assert!(
-            matches!(
-                plan(&keys, &rw),
-                Ok(SrdWr::Read {
-                    lkey: 5,
-                    rkey: 6,
-                    ..
-                })
-            ),
-            "the device keys are the low halves"
-        );
-        let ro = decide(&[rail(true, false)], 256, WritePolicy::IfAvailable, Never).unwrap();
-        assert_eq!(
-            plan(&wr(WorkOp::Write, 8), &ro),
-            Err(FailReason::FeatureMismatch)
-        );
-        assert!(plan(&wr(WorkOp::Read, 8), &ro).is_ok());
     }
 }

@@ -402,15 +402,10 @@ impl TwoSided {
             self.expire_replies();
         }
         self.pump(shared);
-        let mut n = 0;
-        while n < out.len() {
-            let Some(c) = self.ready.pop_front() else {
-                break;
-            };
-            out[n] = c;
-            n += 1;
-        }
-        Ok(n)
+        Ok(crate::fabric::rdma::endpoint::drain_queue(
+            &mut self.ready,
+            out,
+        ))
     }
 
     fn on_send(&mut self, wc: &WorkCompletion) {

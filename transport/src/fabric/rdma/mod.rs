@@ -4,9 +4,12 @@
 
 pub(crate) mod backoff;
 pub(crate) mod codec;
+pub(crate) mod endpoint;
 pub(crate) mod events;
 pub(crate) mod registry;
 pub(crate) mod status;
+pub(crate) mod threads;
+pub(crate) mod wr;
 
 /// A random-enough 64-bit value without a dependency: time, process id and a stack address
 /// through the standard library's randomly keyed hasher.

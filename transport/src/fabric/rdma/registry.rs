@@ -23,9 +23,13 @@ pub(crate) fn mr_access(access: Access) -> ::efa::Access {
     a
 }
 
-/// Registrations of one fabric instance, by handle.
-#[derive(Debug, Default)]
+/// Registrations of one fabric instance, by handle, on the PDs of its rails.
+#[derive(Debug)]
 pub(crate) struct MrRegistry {
+    /// One PD per rail.
+    pds: Vec<Arc<Pd>>,
+    /// Most registrations at a time.
+    max_regions: usize,
     inner: Mutex<RegistryInner>,
 }
 
@@ -36,7 +40,16 @@ struct RegistryInner {
 }
 
 impl MrRegistry {
-    /// Registers `region` on every PD (one per rail).
+    /// A registry over `pds` (one per rail) holding up to `max_regions` registrations.
+    pub(crate) fn new(pds: Vec<Arc<Pd>>, max_regions: usize) -> Self {
+        MrRegistry {
+            pds,
+            max_regions,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Registers `region` on every rail's PD.
     ///
     /// # Safety
     ///
@@ -44,12 +57,10 @@ impl MrRegistry {
     /// [`deregister`](Self::deregister) returns.
     pub(crate) unsafe fn register(
         &self,
-        pds: &[Arc<Pd>],
         region: MemoryRegion,
-        max_regions: usize,
     ) -> Result<Registration, FabricError> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.register_with(pds, region, mr_access(region.access), max_regions) }
+        unsafe { self.register_with(region, mr_access(region.access)) }
     }
 
     /// As [`register`](Self::register), with the verbs rights given.
@@ -59,10 +70,8 @@ impl MrRegistry {
     /// As [`register`](Self::register).
     pub(crate) unsafe fn register_with(
         &self,
-        pds: &[Arc<Pd>],
         region: MemoryRegion,
         access: ::efa::Access,
-        max_regions: usize,
     ) -> Result<Registration, FabricError> {
         let len =
             usize::try_from(region.len)
@@ -82,8 +91,8 @@ impl MrRegistry {
                 reason: "the address is 0",
             });
         }
-        let mut mrs = Vec::with_capacity(pds.len());
-        for (rail, pd) in pds.iter().enumerate() {
+        let mut mrs = Vec::with_capacity(self.pds.len());
+        for (rail, pd) in self.pds.iter().enumerate() {
             // SAFETY: the caller keeps the memory valid until deregistration, which drops these
             // regions (and so deregisters them) before it returns.
             let mr = unsafe { Mr::register_raw(pd, region.addr as *mut u8, len, access) }.map_err(
@@ -103,7 +112,7 @@ impl MrRegistry {
             remote_keys: mrs.iter().map(|m| encode_rkey(m.rkey())).collect(),
         };
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if g.regions.len() >= max_regions {
+        if g.regions.len() >= self.max_regions {
             return Err(FabricError::Exhausted("memory regions"));
         }
         g.next += 1;

@@ -8,6 +8,7 @@ use ::efa::{Cq, QpBuilder, RcOptions, RcQp};
 use super::addr::{QpAddress, RailAddress};
 use super::handshake::{self, Request};
 use super::{random_u64, Shared};
+use crate::fabric::rdma::endpoint::SendQueue;
 use crate::FabricError;
 
 /// The QPs and CQs of one endpoint slot towards one peer.
@@ -18,8 +19,8 @@ pub(crate) struct QpSet {
     pub cqs: Vec<Cq>,
     /// QP per (local rail, remote rail), local-rail-major.
     pub qps: Vec<RcQp>,
-    /// Work requests posted and not yet completed, per local rail.
-    pub outstanding: Vec<u32>,
+    /// Work requests posted and not yet completed, per local rail (per send CQ).
+    pub sqs: Vec<SendQueue>,
     /// A work request failed: RC moved its QP to the error state, so the set is discarded
     /// once drained instead of going back to the fabric.
     pub broken: bool,
@@ -28,7 +29,7 @@ pub(crate) struct QpSet {
 impl QpSet {
     /// Work requests in flight on every rail.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.outstanding.iter().map(|&n| u64::from(n)).sum()
+        self.sqs.iter().map(|q| u64::from(q.in_flight())).sum()
     }
 }
 
@@ -98,7 +99,7 @@ fn build_set(
     Ok((
         QpSet {
             remote_rails: remote.len(),
-            outstanding: vec![0; cqs.len()],
+            sqs: (0..cqs.len()).map(|_| SendQueue::default()).collect(),
             broken: false,
             cqs,
             qps,

@@ -1,35 +1,32 @@
-//! The per-worker hot path of the `verbs` fabric.
+//! The per-worker hot path of the `verbs` fabric. What every RDMA fabric shares (run
+//! splitting, send-queue accounting, refused requests, CQ draining) is the [`RdmaEndpoint`]
+//! core; this module keeps what RC needs: a connected QP set per peer, taken from the fabric on
+//! the first post to the peer and replaced once a failure broke it.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use ::efa::{RemoteAddr, Sge, WorkCompletion};
-
 use super::conn::QpSet;
 use super::Shared;
+use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route};
 use crate::fabric::rdma::status::{post_reason, verbs_reason};
-use crate::fabric::{Completion, Endpoint, PeerId, WorkOp, WorkRequest};
+use crate::fabric::rdma::wr;
+use crate::fabric::{Completion, PeerId, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
 
-/// Completions polled per CQ per pass.
-const POLL_CHUNK: usize = 64;
+/// The `verbs` fabric's endpoint: the shared RDMA core around one slot's RC QP sets.
+pub(crate) type VerbsEndpoint = RdmaEndpoint<VerbsPoster>;
 
-/// One worker's slot: the QP sets of the peers it posted to, and completions of requests
-/// refused before the device saw them.
-pub(crate) struct VerbsEndpoint {
+/// What is the `verbs` fabric's own in an endpoint: its slot and the QP sets of the peers it
+/// posted to.
+pub(crate) struct VerbsPoster {
     shared: Arc<Shared>,
     slot: usize,
     /// By peer id; filled on the first post to a peer.
     conns: Vec<Option<QpSet>>,
     /// Peers with a set in `conns`, for polling.
     active: Vec<PeerId>,
-    /// Requests accepted and failed locally, completed on the next poll.
-    failed: VecDeque<Completion>,
-    failed_cap: usize,
-    scratch: Box<[WorkCompletion]>,
-    outstanding: usize,
     /// Per peer: no new connection attempt before this instant (after one failed).
     retry_after: Box<[Option<Instant>]>,
 }
@@ -37,42 +34,45 @@ pub(crate) struct VerbsEndpoint {
 /// Pause between connection attempts to a peer that refused or did not answer.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-impl VerbsEndpoint {
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, FabricError> {
-        let slots = shared.config.max_endpoints as usize;
-        let mut cur = shared.slots_in_use.load(Ordering::Acquire);
-        let slot = loop {
-            let free = (0..slots).find(|&s| cur & (1 << s) == 0);
-            let Some(s) = free else {
-                return Err(FabricError::Exhausted(
-                    "verbs endpoints (raise VerbsConfig::max_endpoints)",
-                ));
-            };
-            match shared.slots_in_use.compare_exchange(
-                cur,
-                cur | (1 << s),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break s,
-                Err(now) => cur = now,
-            }
+/// Claims a free endpoint slot of the fabric.
+fn claim_slot(shared: &Shared) -> Result<usize, FabricError> {
+    let slots = shared.config.max_endpoints as usize;
+    let mut cur = shared.slots_in_use.load(Ordering::Acquire);
+    loop {
+        let free = (0..slots).find(|&s| cur & (1 << s) == 0);
+        let Some(s) = free else {
+            return Err(FabricError::Exhausted(
+                "verbs endpoints (raise VerbsConfig::max_endpoints)",
+            ));
         };
-        let peers = shared.peers.len();
-        let failed_cap = (shared.config.queue_depth as usize) * shared.rails.len();
-        Ok(VerbsEndpoint {
-            slot,
-            conns: (0..peers).map(|_| None).collect(),
-            active: Vec::with_capacity(peers),
-            failed: VecDeque::with_capacity(failed_cap),
-            failed_cap,
-            scratch: vec![WorkCompletion::default(); POLL_CHUNK].into_boxed_slice(),
-            outstanding: 0,
-            retry_after: (0..peers).map(|_| None).collect(),
-            shared,
-        })
+        match shared.slots_in_use.compare_exchange(
+            cur,
+            cur | (1 << s),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(s),
+            Err(now) => cur = now,
+        }
     }
+}
 
+/// A new endpoint of the fabric `shared`, on a free slot.
+pub(crate) fn new_endpoint(shared: Arc<Shared>) -> Result<VerbsEndpoint, FabricError> {
+    let slot = claim_slot(&shared)?;
+    let peers = shared.peers.len();
+    let failed_cap = (shared.config.queue_depth as usize) * shared.rails.len();
+    let poster = VerbsPoster {
+        slot,
+        conns: (0..peers).map(|_| None).collect(),
+        active: Vec::with_capacity(peers),
+        retry_after: (0..peers).map(|_| None).collect(),
+        shared,
+    };
+    Ok(RdmaEndpoint::new(poster, failed_cap))
+}
+
+impl VerbsPoster {
     /// Takes this slot's QP set of `peer` from the fabric (once per peer per endpoint). A slot
     /// whose last connection failed is connected again here, with a handshake: this happens on
     /// the first post of a new endpoint after a failure, never in steady state.
@@ -119,192 +119,109 @@ impl VerbsEndpoint {
         Ok(())
     }
 
-    fn fail(&mut self, token: u64, reason: FailReason) {
-        self.failed.push_back(Completion {
-            token,
-            error: Some(reason),
-        });
-        self.outstanding += 1;
-    }
-}
-
-/// Posts `wrs` (all to the same peer, rail and remote rail) on one QP with one doorbell.
-/// Returns the requests the `efa` crate refused, which the caller completes with an error.
-fn post_run(
-    set: &mut QpSet,
-    wrs: &[WorkRequest],
-    refused: &mut dyn FnMut(u64, FailReason),
-) -> Result<(), FailReason> {
-    let first = &wrs[0];
-    let rail = usize::from(first.rail);
-    // Slot 0 of a one-slot list: the set's own order.
-    let at = super::handshake::qp_position(
-        0,
-        rail,
-        first.remote_rail.into(),
-        set.cqs.len(),
-        set.remote_rails,
-    );
-    let qp = &mut set.qps[at];
-    let mut batch = qp.batch().map_err(|e| post_reason(&e))?;
-    for wr in wrs {
-        let remote = RemoteAddr {
-            addr: wr.remote_addr,
-            rkey: wr.remote_key as u32,
-        };
-        let pushed = match wr.op {
-            WorkOp::Read | WorkOp::Write => {
-                let Ok(len) = u32::try_from(wr.len) else {
-                    refused(wr.token, FailReason::BadLength);
-                    continue;
-                };
-                let sge = [Sge::new(wr.local_addr, len, wr.local_key as u32)];
-                if wr.op == WorkOp::Read {
-                    batch.read(wr.token, &sge, remote)
-                } else {
-                    batch.write(wr.token, &sge, remote)
-                }
-            }
-            // A zero-length SEND with the tag as immediate: it needs no remote key, and the
-            // target's receive completion carries the tag.
-            WorkOp::Notify { tag } => batch.send_imm(wr.token, &[], tag),
-        };
-        if let Err(e) = pushed {
-            refused(wr.token, post_reason(&e));
+    /// The set of `peer`, taken (or replaced, once a failed one has drained) if need be.
+    fn set_for(&mut self, peer: PeerId) -> Result<&mut QpSet, FailReason> {
+        self.take(peer)?;
+        // A failed connection, once drained, is replaced by a new one (RC keeps a QP in the
+        // error state for good).
+        if self.conns[peer as usize]
+            .as_ref()
+            .is_some_and(|s| s.broken && s.in_flight() == 0)
+        {
+            self.conns[peer as usize] = None;
+            self.take(peer)?;
         }
+        self.conns[peer as usize]
+            .as_mut()
+            .ok_or(FailReason::InvalidAh)
     }
-    batch.commit().map_err(|e| post_reason(&e))
 }
 
-impl Endpoint for VerbsEndpoint {
-    fn post(&mut self, wrs: &[WorkRequest]) -> usize {
+/// Adds `w` to `batch`, an RC QP's open batch. The `efa` crate checks the device limits
+/// ([`wr`]).
+fn push_rc(batch: &mut ::efa::Batch<'_, ::efa::Rc>, w: &WorkRequest) -> Result<(), ::efa::Error> {
+    match w.op {
+        WorkOp::Read => batch.read(w.token, &[wr::local_sge(w)?], wr::remote(w)),
+        WorkOp::Write => batch.write(w.token, &[wr::local_sge(w)?], wr::remote(w)),
+        // A zero-length SEND with the tag as immediate: it needs no remote key, and the
+        // target's receive completion carries the tag.
+        WorkOp::Notify { tag } => batch.send_imm(w.token, &[], tag),
+    }
+}
+
+impl RdmaPoster for VerbsPoster {
+    fn route(&mut self, wr: &WorkRequest) -> Route {
         let rails = self.shared.rails.len();
         let depth = self.shared.config.queue_depth;
-        let mut i = 0;
-        while i < wrs.len() {
-            let wr = wrs[i];
-            if self.failed.len() >= self.failed_cap {
-                break;
-            }
-            if let Err(reason) = self.take(wr.peer) {
-                self.fail(wr.token, reason);
-                i += 1;
-                continue;
-            }
-            // A failed connection, once drained, is replaced by a new one (RC keeps a QP in the
-            // error state for good).
-            if self.conns[wr.peer as usize]
-                .as_ref()
-                .is_some_and(|s| s.broken && s.in_flight() == 0)
-            {
-                self.conns[wr.peer as usize] = None;
-                if let Err(reason) = self.take(wr.peer) {
-                    self.fail(wr.token, reason);
-                    i += 1;
-                    continue;
-                }
-            }
-            let Some(set) = self.conns[wr.peer as usize].as_mut() else {
-                break;
-            };
-            let rail = usize::from(wr.rail);
-            if rail >= rails || usize::from(wr.remote_rail) >= set.remote_rails {
-                self.fail(wr.token, FailReason::InvalidAh);
-                i += 1;
-                continue;
-            }
-            let room = (depth - set.outstanding[rail].min(depth)) as usize;
-            // Local refusals complete through `failed`, so a run never exceeds its room either.
-            let room = room.min(self.failed_cap - self.failed.len());
-            if room == 0 {
-                break;
-            }
-            let mut end = i + 1;
-            while end < wrs.len()
-                && end - i < room
-                && (wrs[end].peer, wrs[end].rail, wrs[end].remote_rail)
-                    == (wr.peer, wr.rail, wr.remote_rail)
-            {
-                end += 1;
-            }
-            let run = &wrs[i..end];
-            let failed = &mut self.failed;
-            let mut refused_n = 0usize;
-            let result = post_run(set, run, &mut |token, reason| {
-                failed.push_back(Completion {
-                    token,
-                    error: Some(reason),
-                });
-                refused_n += 1;
-            });
-            match result {
-                Ok(()) => {
-                    set.outstanding[rail] += (run.len() - refused_n) as u32;
-                }
-                Err(reason) => {
-                    // Nothing of the run reached the device: complete all of it with the
-                    // reason (the refused ones are already queued).
-                    self.failed.truncate(self.failed.len() - refused_n);
-                    for w in run {
-                        self.failed.push_back(Completion {
-                            token: w.token,
-                            error: Some(reason),
-                        });
-                    }
-                }
-            }
-            self.outstanding += run.len();
-            i = end;
+        let set = match self.set_for(wr.peer) {
+            Ok(set) => set,
+            Err(reason) => return Route::Refused(reason),
+        };
+        let rail = usize::from(wr.rail);
+        if rail >= rails || usize::from(wr.remote_rail) >= set.remote_rails {
+            return Route::Refused(FailReason::InvalidAh);
         }
-        i
+        Route::Queue {
+            room: set.sqs[rail].room(depth),
+        }
+    }
+
+    fn joins(&self, _first: &WorkRequest, _next: &WorkRequest) -> bool {
+        // One RC QP per (peer, rail, remote rail): the core's check is the whole rule.
+        true
+    }
+
+    fn post_run(&mut self, run: &[WorkRequest], refused: &mut Failed) -> Result<(), FailReason> {
+        let first = &run[0];
+        let set = self.conns[first.peer as usize]
+            .as_mut()
+            .ok_or(FailReason::InvalidAh)?;
+        // Slot 0 of a one-slot list: the set's own order.
+        let at = super::handshake::qp_position(
+            0,
+            usize::from(first.rail),
+            first.remote_rail.into(),
+            set.cqs.len(),
+            set.remote_rails,
+        );
+        let mut batch = set.qps[at].batch().map_err(|e| post_reason(&e))?;
+        for w in run {
+            if let Err(e) = push_rc(&mut batch, w) {
+                refused.push(w.token, post_reason(&e));
+            }
+        }
+        batch.commit().map_err(|e| post_reason(&e))
+    }
+
+    fn posted(&mut self, first: &WorkRequest, n: u32) {
+        if let Some(set) = self.conns[first.peer as usize].as_mut() {
+            set.sqs[usize::from(first.rail)].add(n);
+        }
     }
 
     fn poll(&mut self, out: &mut [Completion]) -> usize {
         let mut n = 0;
-        while n < out.len() {
-            let Some(c) = self.failed.pop_front() else {
-                break;
-            };
-            out[n] = c;
-            n += 1;
-        }
         for &peer in &self.active {
             let Some(set) = self.conns[peer as usize].as_mut() else {
                 continue;
             };
-            for rail in 0..set.cqs.len() {
-                let chunk = self.scratch.len();
-                while set.outstanding[rail] > 0 && n < out.len() {
-                    let want = (out.len() - n).min(chunk);
-                    let got = set.cqs[rail]
-                        .poll_into(&mut self.scratch[..want])
-                        .unwrap_or_default();
-                    for wc in &self.scratch[..got] {
-                        let error = verbs_reason(wc.status);
-                        set.broken |= error.is_some();
-                        out[n] = Completion {
-                            token: wc.wr_id,
-                            error,
-                        };
-                        n += 1;
-                    }
-                    set.outstanding[rail] -= (got as u32).min(set.outstanding[rail]);
-                    if got < want {
-                        break;
-                    }
-                }
+            let broken = &mut set.broken;
+            for (sq, cq) in set.sqs.iter_mut().zip(&mut set.cqs) {
+                // A CQ that fails to poll is polled again next time (RC flushes on its own).
+                n += sq
+                    .drain(cq, &mut out[n..], |c| {
+                        let error = verbs_reason(c.status());
+                        *broken |= error.is_some();
+                        error
+                    })
+                    .unwrap_or_default();
             }
         }
-        self.outstanding -= n.min(self.outstanding);
         n
-    }
-
-    fn outstanding(&self) -> usize {
-        self.outstanding
     }
 }
 
-impl Drop for VerbsEndpoint {
+impl Drop for VerbsPoster {
     fn drop(&mut self) {
         // Healthy sets with nothing in flight go back to the fabric for the slot's next
         // endpoint. A failed set, or one with work in flight (its completions would confuse the

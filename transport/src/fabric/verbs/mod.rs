@@ -45,9 +45,8 @@ mod service;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ::efa::{Context, DeviceKind, GidEntry, Mtu, Pd, PortState};
@@ -55,6 +54,7 @@ use ::efa::{Context, DeviceKind, GidEntry, Mtu, Pd, PortState};
 use crate::fabric::rdma::codec::decode_rkey;
 pub(crate) use crate::fabric::rdma::random_u64;
 use crate::fabric::rdma::registry::MrRegistry;
+use crate::fabric::rdma::threads::Threads;
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
@@ -197,7 +197,7 @@ pub(crate) struct Shared {
     pub peers: Box<[OnceLock<Peer>]>,
     pub slots_in_use: AtomicU64,
     pub notifications: OnceLock<Arc<Notifications>>,
-    pub stop: AtomicBool,
+    pub stop: Arc<AtomicBool>,
     pub max_transfer: u64,
     /// RC ACK timeout exponent (4.096 us x 2^t).
     pub ack_timeout: u8,
@@ -226,10 +226,11 @@ impl Shared {
 
 /// One engine's RC verbs devices. See the [module docs](self).
 pub struct VerbsFabric {
+    /// First: dropped (stopped and joined) before the rest of the fabric.
+    _threads: Threads,
     shared: Arc<Shared>,
     ids: Mutex<PeerIds>,
     registry: MrRegistry,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for VerbsFabric {
@@ -393,35 +394,28 @@ impl VerbsFabric {
             service,
             slots_in_use: AtomicU64::new(0),
             notifications: OnceLock::new(),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             max_transfer,
         });
         let threads = service::start(shared.clone(), listener, target)?;
+        let registry = MrRegistry::new(
+            shared.rails.iter().map(|r| r.pd.clone()).collect(),
+            shared.config.max_regions,
+        );
         Ok(Arc::new(VerbsFabric {
+            _threads: Threads::new(shared.stop.clone(), threads),
             shared,
             ids: Mutex::new(PeerIds {
                 by_instance: HashMap::new(),
                 next: 0,
             }),
-            registry: MrRegistry::default(),
-            threads: Mutex::new(threads),
+            registry,
         }))
     }
 
     /// The connection service's socket address.
     pub fn service_address(&self) -> SocketAddr {
         self.shared.service
-    }
-}
-
-impl Drop for VerbsFabric {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        for t in threads {
-            let _ = t.join();
-        }
     }
 }
 
@@ -449,12 +443,8 @@ impl Fabric for VerbsFabric {
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
-        let pds: Vec<_> = self.shared.rails.iter().map(|r| r.pd.clone()).collect();
         // SAFETY: forwarded from the caller (same contract).
-        unsafe {
-            self.registry
-                .register(&pds, region, self.shared.config.max_regions)
-        }
+        unsafe { self.registry.register(region) }
     }
 
     fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
@@ -506,7 +496,7 @@ impl Fabric for VerbsFabric {
     }
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {
-        Ok(Box::new(endpoint::VerbsEndpoint::new(self.shared.clone())?))
+        Ok(Box::new(endpoint::new_endpoint(self.shared.clone())?))
     }
 }
 
