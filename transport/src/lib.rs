@@ -84,7 +84,7 @@ mod worker;
 
 pub use access::Access;
 pub use batch::{BatchId, BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
-pub use descriptor::{DescriptorError, RailDescriptor, SegmentDescriptor};
+pub use descriptor::{DescriptorError, FabricOffer, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
 pub use engine::{
     Engine, EngineConfig, RemoteSegment, SegmentId, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,

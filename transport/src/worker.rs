@@ -165,7 +165,8 @@ impl Worker {
                 Opcode::Read => WorkOp::Read,
                 _ => WorkOp::Write,
             };
-            let rails = local.rails.as_slice();
+            // The local rails of the plane the peer is reached over (one plane on most fabrics).
+            let rails = local.plane_rails[remote.plane as usize].as_slice();
             let n = res.slices as u64;
             for s in 0..n {
                 let (off, len) = inner.plan.slice(res.len, s, n);
@@ -176,10 +177,12 @@ impl Worker {
                 }
                 let rail = rails[k];
                 self.rr = k as u32 + 1;
-                let remote_rail = if rail < remote.rails {
-                    rail
+                // The peer's rail facing ours: same index within the plane, wrapped.
+                let plane_rail = rail - remote.rail_base;
+                let remote_rail = if plane_rail < remote.rails {
+                    plane_rail
                 } else {
-                    rail % remote.rails
+                    plane_rail % remote.rails
                 };
                 if s + 1 == n {
                     req.remote_rail.store(remote_rail as u32, Relaxed);
