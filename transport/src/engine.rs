@@ -13,6 +13,7 @@ use crate::fabric::{
     MAX_RAILS,
 };
 use crate::metadata::{Metadata, MetadataError};
+use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
@@ -157,7 +158,8 @@ fn check_config(c: &EngineConfig) -> Result<(), TransportError> {
     check_range("max_segments", c.max_segments, 1..=MAX_TABLE)?;
     check_range("max_remote_segments", c.max_remote_segments, 1..=MAX_TABLE)?;
     check_range("max_batches", c.max_batches, 1..=MAX_TABLE)?;
-    check_range("notify_tags", c.notify_tags, 0..=MAX_NOTIFY_TAGS)
+    check_range("notify_tags", c.notify_tags, 0..=MAX_NOTIFY_TAGS)?;
+    check_range("retry.max_retries", c.retry.max_retries, 0..=MAX_RETRIES)
 }
 
 /// Engine settings.
@@ -180,6 +182,9 @@ pub struct EngineConfig {
     /// How long a submit keeps retrying against a full send queue before failing the rest of
     /// its work requests with `FLUSHED` (`Duration::MAX`: for as long as it takes).
     pub submit_timeout: Duration,
+    /// When work requests that fail for a transient reason are posted again (see
+    /// [`crate::retry`]); [`RetryPolicy::OFF`] turns retries off.
+    pub retry: RetryPolicy,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,
 }
@@ -196,6 +201,7 @@ impl EngineConfig {
             max_batches: 1024,
             notify_tags: 1024,
             submit_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
             rail_policy: Arc::new(AllRails),
         }
     }
@@ -211,6 +217,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_batches", &self.max_batches)
             .field("notify_tags", &self.notify_tags)
             .field("submit_timeout", &self.submit_timeout)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
@@ -230,6 +237,9 @@ pub(crate) struct Inner {
     pub plan: SlicePlan,
     pub policy: Arc<dyn RailPolicy>,
     pub submit_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Work requests posted again after a transient failure.
+    pub retried: AtomicU64,
     names: Mutex<HashMap<String, SegmentId>>,
     revision: AtomicU64,
     /// Endpoints of dropped workers with work requests still in flight (see
@@ -404,6 +414,8 @@ impl Engine {
                 plan,
                 policy: config.rail_policy,
                 submit_timeout: config.submit_timeout,
+                retry: config.retry,
+                retried: AtomicU64::new(0),
                 names: Mutex::new(HashMap::new()),
                 revision: AtomicU64::new(1),
                 orphans: Mutex::new(Vec::new()),
@@ -436,6 +448,12 @@ impl Engine {
     /// The slicing in force.
     pub fn slice_plan(&self) -> SlicePlan {
         self.inner.plan
+    }
+
+    /// Work requests posted again after a transient failure (see [`crate::retry`]), by all
+    /// of this engine's workers.
+    pub fn retries(&self) -> u64 {
+        self.inner.retried.load(Ordering::Relaxed)
     }
 
     /// Arrival counters of notifications sent to this engine.
