@@ -23,6 +23,7 @@ fn sim_and_tcp(
     let tcp = TcpFabric::new(TcpConfig::default()).unwrap();
     let sim = SimFabric::new(net, SimConfig::default()).unwrap();
     let fabric = MultiFabric::new(vec![sim, tcp.clone()]).unwrap();
+    assert_eq!(fabric.name(), "sim+tcp");
     let engine = Engine::new(EngineConfig::new(name), fabric, meta.clone()).unwrap();
     (engine, tcp)
 }
@@ -62,7 +63,6 @@ fn one_engine_reaches_each_peer_over_the_fabric_both_have() {
     let (a, a_tcp) = sim_and_tcp(&net, &meta, "a");
     let (b, b_tcp) = sim_and_tcp(&net, &meta, "b");
     let (c, c_tcp) = tcp_only(&meta, "c");
-    assert_eq!(a.fabric().name(), "sim+tcp");
 
     let len = 64 << 10;
     let src = owned(
