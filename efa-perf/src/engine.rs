@@ -1,7 +1,7 @@
 //! Runners over the transport engine, and the device probes behind `info` and the fabric choice.
 
 use crate::bench::{self, Plan};
-use crate::cli::{IdleWaitChoice, Metric, TestArgs, TwoSidedChoice};
+use crate::cli::{IdleWaitChoice, Metric, TestArgs, TwoSidedChoice, WaitChoice};
 use crate::fabrics::Params;
 use crate::info::DeviceReport;
 use crate::loopback::Loopback;
@@ -34,6 +34,7 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
             TwoSidedChoice::Always => TwoSided::Always,
         },
         cq_events: args.idle_wait == IdleWaitChoice::Events,
+        wait: args.wait.into(),
     }
 }
 
@@ -89,6 +90,7 @@ pub fn loopback_args() -> TestArgs {
         slice_size: None,
         two_sided: TwoSidedChoice::Fallback,
         idle_wait: IdleWaitChoice::Events,
+        wait: WaitChoice::Busy,
     }
 }
 

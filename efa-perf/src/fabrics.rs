@@ -43,6 +43,8 @@ pub struct Params {
     pub two_sided: TwoSided,
     /// Whether idle target threads block on completion channels (`--idle-wait events`).
     pub cq_events: bool,
+    /// How the engine's workers wait for completions (`--wait`).
+    pub wait: transport::WaitMode,
 }
 
 /// Engine settings for an engine called `name`.
@@ -51,6 +53,7 @@ pub fn engine_config(name: &str, p: &Params) -> transport::EngineConfig {
     if let Some(s) = p.slice_size {
         c.slice_size = s;
     }
+    c.wait = p.wait;
     c
 }
 

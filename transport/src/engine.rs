@@ -17,6 +17,7 @@ use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
+use crate::wait::WaitMode;
 use crate::worker::reap_orphans;
 use crate::{
     Access, BatchId, BatchStatus, FabricError, Handle, Location, Notifications, OwnedMemory,
@@ -185,6 +186,8 @@ pub struct EngineConfig {
     /// When work requests that fail for a transient reason are posted again (see
     /// [`crate::retry`]); [`RetryPolicy::OFF`] turns retries off.
     pub retry: RetryPolicy,
+    /// How workers wait for completions (see [`WaitMode`]); each worker may change its own.
+    pub wait: WaitMode,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,
 }
@@ -202,6 +205,7 @@ impl EngineConfig {
             notify_tags: 1024,
             submit_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            wait: WaitMode::default(),
             rail_policy: Arc::new(AllRails),
         }
     }
@@ -218,6 +222,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("notify_tags", &self.notify_tags)
             .field("submit_timeout", &self.submit_timeout)
             .field("retry", &self.retry)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -238,6 +243,7 @@ pub(crate) struct Inner {
     pub policy: Arc<dyn RailPolicy>,
     pub submit_timeout: Duration,
     pub retry: RetryPolicy,
+    pub wait: WaitMode,
     /// Work requests posted again after a transient failure.
     pub retried: AtomicU64,
     names: Mutex<HashMap<String, SegmentId>>,
@@ -415,6 +421,7 @@ impl Engine {
                 policy: config.rail_policy,
                 submit_timeout: config.submit_timeout,
                 retry: config.retry,
+                wait: config.wait,
                 retried: AtomicU64::new(0),
                 names: Mutex::new(HashMap::new()),
                 revision: AtomicU64::new(1),

@@ -81,6 +81,7 @@ mod slab;
 mod slice;
 mod store;
 mod topology;
+pub mod wait;
 mod worker;
 
 pub use access::Access;
@@ -99,4 +100,5 @@ pub use request::{LocalAddr, Opcode, Request};
 pub use retry::RetryPolicy;
 pub use slice::{SlicePlan, MAX_SLICES_PER_REQUEST};
 pub use topology::{AffinityTable, AllRails, RailPolicy, RailSet};
+pub use wait::WaitMode;
 pub use worker::Worker;

@@ -8,6 +8,7 @@ use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
 use crate::engine::{Inner, RemoteEntry};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::retry::{RetryPolicy, RetryQueue, MAX_RETRY_SLICES};
+use crate::wait::{Idle, Step, WaitMode};
 use crate::{
     Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
     TransportError, MAX_SLICES_PER_REQUEST,
@@ -68,6 +69,7 @@ pub struct Worker {
     rr: u32,
     /// Retries waiting for a backoff or for room on their rail.
     retries: RetryQueue,
+    wait_mode: WaitMode,
 }
 
 impl std::fmt::Debug for Worker {
@@ -81,6 +83,7 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     pub(crate) fn new(inner: Arc<Inner>) -> Result<Worker, TransportError> {
+        let wait_mode = inner.wait;
         let ep = inner.fabric.endpoint()?;
         Ok(Worker {
             inner,
@@ -90,6 +93,7 @@ impl Worker {
             resolved: Vec::with_capacity(POST_BATCH),
             rr: 0,
             retries: RetryQueue::new(),
+            wait_mode,
         })
     }
 
@@ -366,26 +370,40 @@ impl Worker {
         Ok(slot.status())
     }
 
+    /// How this worker waits once polls come back empty (see [`WaitMode`]); the engine's
+    /// [`EngineConfig::wait`](crate::EngineConfig::wait) until set.
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.wait_mode = mode;
+    }
+
+    /// This worker's [`WaitMode`].
+    pub fn wait_mode(&self) -> WaitMode {
+        self.wait_mode
+    }
+
     fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
         // Read the clock only once polls come back empty; `elapsed` cannot overflow, so
         // `Duration::MAX` waits for ever.
         let mut start: Option<Instant> = None;
-        let mut idle = 0u32;
+        let mut idle = Idle::new(self.wait_mode);
         while !done() {
             if self.progress() != 0 {
-                idle = 0;
+                idle.reset();
                 continue;
             }
-            idle = idle.wrapping_add(1);
-            if idle % 32 == 0 {
+            let step = idle.step();
+            if idle.check_due(step) {
                 // Dropped workers' requests may be what this wait is for.
                 reap_orphans(&self.inner, false);
                 let start = *start.get_or_insert_with(Instant::now);
-                if start.elapsed() >= timeout {
+                let left = timeout.saturating_sub(start.elapsed());
+                if left.is_zero() {
                     return;
                 }
-                if idle > 1024 {
-                    std::thread::yield_now();
+                match step {
+                    Step::Spin => {}
+                    Step::Yield => std::thread::yield_now(),
+                    Step::Pause(d) => std::thread::sleep(d.min(left)),
                 }
             }
         }
