@@ -210,6 +210,32 @@ pub struct TestArgs {
     /// 500 us and poll again (the behaviour before completion channels, kept for comparison).
     #[arg(long = "idle-wait", value_enum, default_value_t = IdleWaitChoice::Events)]
     pub idle_wait: IdleWaitChoice,
+
+    /// How the engine's workers wait for completions: poll without pause (as perftest does), spin then
+    /// yield then pause (the engine's default), or pause at once (least CPU, up to 2 ms added latency).
+    #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
+    pub wait: WaitChoice,
+}
+
+/// How the engine's workers wait (`--wait`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WaitChoice {
+    /// Poll without pause.
+    Busy,
+    /// Spin, yield, then pause.
+    Adaptive,
+    /// Pause from the first empty poll.
+    Block,
+}
+
+impl From<WaitChoice> for transport::WaitMode {
+    fn from(c: WaitChoice) -> Self {
+        match c {
+            WaitChoice::Busy => transport::WaitMode::Busy,
+            WaitChoice::Adaptive => transport::WaitMode::default(),
+            WaitChoice::Block => transport::WaitMode::Block,
+        }
+    }
 }
 
 /// How an idle target thread waits (`--idle-wait`).
@@ -372,6 +398,7 @@ pub fn loopback_args() -> TestArgs {
         slice_size: None,
         two_sided: TwoSidedChoice::Fallback,
         idle_wait: IdleWaitChoice::Events,
+        wait: WaitChoice::Busy,
     }
 }
 

@@ -29,6 +29,7 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
             TwoSidedChoice::Always => TwoSided::Always,
         },
         cq_events: args.idle_wait == IdleWaitChoice::Events,
+        wait: args.wait.into(),
     }
 }
 
@@ -58,6 +59,8 @@ pub struct Params {
     pub two_sided: TwoSided,
     /// Whether idle target threads block on completion channels (`--idle-wait events`).
     pub cq_events: bool,
+    /// How the engine's workers wait for completions (`--wait`).
+    pub wait: transport::WaitMode,
 }
 
 /// Engine settings for an engine called `name`.
@@ -66,6 +69,7 @@ pub fn engine_config(name: &str, p: &Params) -> transport::EngineConfig {
     if let Some(s) = p.slice_size {
         c.slice_size = s;
     }
+    c.wait = p.wait;
     c
 }
 

@@ -7,7 +7,7 @@ FAIL_REASONS: List[str]
 FAILURE_CLASSES: Dict[str, Type["TransferFailed"]]
 
 class Engine:
-    """A transfer engine over one fabric, with its own discovery server."""
+    """A transfer engine over one fabric (or several joined by "+"), with its own discovery server."""
 
     def __init__(
         self,
@@ -110,6 +110,8 @@ class RemoteSegment:
     def length(self) -> int: ...
     @property
     def access(self) -> str: ...
+    @property
+    def fabric(self) -> str: ...
     def close(self) -> None: ...
     def __len__(self) -> int: ...
 

@@ -168,10 +168,10 @@ impl PyEngine {
         self.core.engine.name().to_string()
     }
 
-    /// The fabric in use: "efa", "verbs", "tcp" or "sim".
+    /// The fabric in use: "efa", "verbs", "tcp" or "sim", or several joined by "+".
     #[getter]
-    fn fabric(&self) -> &'static str {
-        self.core.fabric
+    fn fabric(&self) -> String {
+        self.core.fabric.clone()
     }
 
     /// Why that fabric (the automatic choice's reason).
@@ -281,13 +281,14 @@ impl PyEngine {
     fn open_segment(&self, py: Python<'_>, name: &str) -> PyResult<PyRemoteSegment> {
         self.core.check_open()?;
         let engine = &self.core.engine;
-        let (id, desc) = py.detach(|| -> Result<_, Error> {
+        let (id, desc, fabric) = py.detach(|| -> Result<_, Error> {
             let id = engine.open_segment(name)?;
-            Ok((id, engine.remote_descriptor(id)?))
+            Ok((id, engine.remote_descriptor(id)?, engine.remote_fabric(id)?))
         })?;
         Ok(PyRemoteSegment {
             core: self.core.clone(),
             id,
+            fabric,
             name: name.to_string(),
             base: desc.base,
             length: desc.len,
@@ -671,6 +672,9 @@ pub struct PyRemoteSegment {
     /// What this engine may do there ("REMOTE_READ|REMOTE_WRITE", ...).
     #[pyo3(get)]
     access: String,
+    /// The fabric the peer is reached over (for an engine on several, the first both speak).
+    #[pyo3(get)]
+    fabric: String,
 }
 
 #[pymethods]
@@ -690,8 +694,8 @@ impl PyRemoteSegment {
 
     fn __repr__(&self) -> String {
         format!(
-            "RemoteSegment(name={:?}, base={:#x}, length={}, access={})",
-            self.name, self.base, self.length, self.access
+            "RemoteSegment(name={:?}, base={:#x}, length={}, access={}, fabric={})",
+            self.name, self.base, self.length, self.access, self.fabric
         )
     }
 }

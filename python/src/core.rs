@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use transport::discovery::{DiscoveryConfig, PeerMetadata};
 use transport::fabric::auto::{self, DeviceProbe, FabricKind, Scope};
 use transport::fabric::efa::{EfaConfig, EfaFabric};
+use transport::fabric::multi::MultiFabric;
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
@@ -196,7 +197,7 @@ pub struct Core {
     /// The engine.
     pub engine: Engine,
     /// The fabric's name.
-    pub fabric: &'static str,
+    pub fabric: String,
     /// Why this fabric (for `auto`).
     pub reason: String,
     /// The discovery server, for `metadata="p2p"`.
@@ -217,6 +218,60 @@ thread_local! {
     };
 }
 
+/// The fabrics named by `fabric` (`auto`, one of `efa`, `rdma`/`verbs`, `tcp`, `sim`, or
+/// several joined by `+` in order of preference, e.g. `efa+tcp`), and why.
+fn fabric_kinds(fabric: &str) -> Result<(Vec<FabricKind>, String), Error> {
+    let lower = fabric.to_ascii_lowercase();
+    if lower.is_empty() || lower == "auto" {
+        let s = auto::select(&DeviceProbe::system(), Scope::CrossProcess);
+        return Ok((vec![s.kind], s.reason));
+    }
+    let kinds = lower
+        .split('+')
+        .map(|one| match one {
+            "sim" => Ok(FabricKind::Sim),
+            "tcp" => Ok(FabricKind::Tcp),
+            "efa" => Ok(FabricKind::Efa),
+            "verbs" | "rdma" => Ok(FabricKind::Verbs),
+            other => Err(Error::Config(format!(
+                "fabric {other:?} in {fabric:?} (expected auto, or efa, rdma, verbs, tcp, sim \
+                 joined by '+' in order of preference)"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((kinds, "asked for".to_string()))
+}
+
+/// One fabric of kind `kind`, as the engine's options ask.
+fn build_fabric(
+    kind: FabricKind,
+    o: &Options,
+    listen: SocketAddr,
+) -> Result<Arc<dyn Fabric>, Error> {
+    let fabric: Arc<dyn Fabric> = match kind {
+        FabricKind::Sim => {
+            SimFabric::new(sim_network(), o.sim.clone()).map_err(TransportError::from)?
+        }
+        FabricKind::Tcp => TcpFabric::new(TcpConfig {
+            bind: SocketAddr::new(listen.ip(), 0),
+            ..TcpConfig::default()
+        })
+        .map_err(TransportError::from)?,
+        FabricKind::Efa => EfaFabric::new(EfaConfig {
+            devices: o.devices.clone(),
+            ..EfaConfig::default()
+        })
+        .map_err(TransportError::from)?,
+        FabricKind::Verbs => VerbsFabric::new(VerbsConfig {
+            devices: o.devices.clone(),
+            max_endpoints: (o.workers as u16 + 1).clamp(2, 64),
+            ..VerbsConfig::default()
+        })
+        .map_err(TransportError::from)?,
+    };
+    Ok(fabric)
+}
+
 impl Core {
     /// Builds the fabric, the metadata service and the engine.
     pub fn build(o: Options) -> Result<Core, Error> {
@@ -226,42 +281,15 @@ impl Core {
                 o.workers
             )));
         }
-        let (kind, reason) = match o.fabric.to_ascii_lowercase().as_str() {
-            "auto" | "" => {
-                let s = auto::select(&DeviceProbe::system(), Scope::CrossProcess);
-                (s.kind, s.reason)
-            }
-            "sim" => (FabricKind::Sim, "asked for".to_string()),
-            "tcp" => (FabricKind::Tcp, "asked for".to_string()),
-            "efa" => (FabricKind::Efa, "asked for".to_string()),
-            "verbs" | "rdma" => (FabricKind::Verbs, "asked for".to_string()),
-            other => {
-                return Err(Error::Config(format!(
-                    "fabric {other:?} (expected auto, efa, rdma, verbs, tcp or sim)"
-                )))
-            }
-        };
+        let (kinds, reason) = fabric_kinds(&o.fabric)?;
         let listen = resolve("listen address", &o.listen)?;
-        let fabric: Arc<dyn Fabric> = match kind {
-            FabricKind::Sim => {
-                SimFabric::new(sim_network(), o.sim.clone()).map_err(TransportError::from)?
-            }
-            FabricKind::Tcp => TcpFabric::new(TcpConfig {
-                bind: SocketAddr::new(listen.ip(), 0),
-                ..TcpConfig::default()
-            })
-            .map_err(TransportError::from)?,
-            FabricKind::Efa => EfaFabric::new(EfaConfig {
-                devices: o.devices.clone(),
-                ..EfaConfig::default()
-            })
-            .map_err(TransportError::from)?,
-            FabricKind::Verbs => VerbsFabric::new(VerbsConfig {
-                devices: o.devices.clone(),
-                max_endpoints: (o.workers as u16 + 1).clamp(2, 64),
-                ..VerbsConfig::default()
-            })
-            .map_err(TransportError::from)?,
+        let members = kinds
+            .iter()
+            .map(|&k| build_fabric(k, &o, listen))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fabric: Arc<dyn Fabric> = match <[_; 1]>::try_from(members) {
+            Ok([one]) => one,
+            Err(many) => MultiFabric::new(many).map_err(TransportError::from)?,
         };
         let (metadata, peer): (Arc<dyn Metadata>, _) = match o.metadata {
             MetaChoice::P2p => {
@@ -279,13 +307,14 @@ impl Core {
             config.slice_size = s;
         }
         config.notify_tags = o.notify_tags;
+        let fabric_name = fabric.name().to_string();
         let engine = Engine::new(config, fabric, metadata)?;
         Ok(Core {
             slots: (0..o.workers)
                 .map(|_| Mutex::new(Slot::default()))
                 .collect(),
             engine,
-            fabric: kind.name(),
+            fabric: fabric_name,
             reason,
             peer,
             closed: AtomicBool::new(false),

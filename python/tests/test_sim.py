@@ -177,3 +177,29 @@ def test_threads_share_an_engine(pair):
     assert errors == []
     assert all(b.notify_count(k) == 200 for k in range(8))
     assert all(target[k * 4096:(k + 1) * 4096] == bytes([k + 1]) * 4096 for k in range(8))
+
+
+def test_an_engine_on_two_fabrics_reaches_each_peer_over_one_both_speak():
+    both = et.Engine("mx-a", "sim+tcp")
+    mixed = et.Engine("mx-b", "sim+tcp")
+    tcp_only = et.Engine("mx-c", "tcp")
+    try:
+        assert both.fabric == "sim+tcp"
+        src = both.allocate("mx/src", 64)
+        src.write(0, b"m" * 64)
+        on_b, on_c = bytearray(64), bytearray(64)
+        mixed.register("mx/b", on_b)
+        tcp_only.register("mx/c", on_c)
+        to_b = both.open_segment(f"{mixed.address}/mx/b")
+        to_c = both.open_segment(f"{tcp_only.address}/mx/c")
+        assert (to_b.fabric, to_c.fabric) == ("sim", "tcp")
+        assert both.write(src, 0, to_b, 0, 64).ok and both.write(src, 0, to_c, 0, 64).ok
+        assert on_b == on_c == b"m" * 64
+    finally:
+        for e in (both, mixed, tcp_only):
+            e.close()
+
+
+def test_unknown_fabric_in_a_list_is_a_config_error():
+    with pytest.raises(et.ConfigError, match="fabric \"ib\" in \"sim\\+ib\""):
+        et.Engine("mx-bad", "sim+ib")

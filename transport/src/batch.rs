@@ -67,7 +67,7 @@ impl BatchStatus {
 }
 
 const ST_WAITING: u32 = 0;
-const ST_PENDING: u32 = 1;
+pub(crate) const ST_PENDING: u32 = 1;
 const ST_COMPLETED: u32 = 2;
 const ST_FAILED: u32 = 3;
 const ST_TIMED_OUT: u32 = 4;
@@ -89,6 +89,15 @@ pub(crate) struct RequestSlot {
     /// Peer and remote rail for the notification.
     pub peer: AtomicU32,
     pub remote_rail: AtomicU32,
+    /// What a retry needs to rebuild a slice (written at submit when retries are on): the
+    /// retries taken so far, with bit 31 set for a WRITE; the remote segment (generation in
+    /// the high half, slot index in the low); both start addresses and the length. The slot is
+    /// 64 bytes, one cache line.
+    pub retries: AtomicU32,
+    pub remote: AtomicU64,
+    pub local_addr: AtomicU64,
+    pub remote_addr: AtomicU64,
+    pub len: AtomicU64,
 }
 
 impl RequestSlot {
@@ -520,22 +529,29 @@ pub(crate) const MAX_IN_FLIGHT: u32 = u32::MAX / 2;
 pub const MAX_BATCH_CAPACITY: u32 = 1 << 20;
 
 /// Token layout: batch index (16 bits) | generation (12) | rail (4) | request index (32).
+/// Work request tokens: batch slot (16 bits), generation (low 12 bits), rail (4 bits), the
+/// slice's index in its request (12 bits, kept for retries: see [`crate::retry`]) and the
+/// request's index in its batch (20 bits, [`MAX_BATCH_CAPACITY`]).
 pub(crate) mod token {
+    const REQUEST_BITS: u32 = 20;
+    const REQUEST_MASK: u64 = (1 << REQUEST_BITS) - 1;
+
     #[inline]
     pub fn encode(batch: u32, generation: u32, rail: u16, request: u32) -> u64 {
         ((batch as u64 & 0xffff) << 48)
             | ((generation as u64 & 0xfff) << 36)
             | ((rail as u64 & 0xf) << 32)
-            | request as u64
+            | (request as u64 & REQUEST_MASK)
     }
 
+    /// (batch, generation, rail, request).
     #[inline]
     pub fn decode(t: u64) -> (u32, u32, u16, u32) {
         (
             (t >> 48) as u32,
             ((t >> 36) & 0xfff) as u32,
             ((t >> 32) & 0xf) as u16,
-            t as u32,
+            (t & REQUEST_MASK) as u32,
         )
     }
 
@@ -544,6 +560,18 @@ pub(crate) mod token {
     pub fn with_rail(t: u64, rail: u16) -> u64 {
         (t & !(0xf << 32)) | ((rail as u64 & 0xf) << 32)
     }
+
+    /// The token with the slice index `slice` (its low 12 bits).
+    #[inline]
+    pub fn with_slice(t: u64, slice: u64) -> u64 {
+        (t & !(0xfff << REQUEST_BITS)) | ((slice & 0xfff) << REQUEST_BITS)
+    }
+
+    /// The slice index carried by the token.
+    #[inline]
+    pub fn slice(t: u64) -> u64 {
+        (t >> REQUEST_BITS) & 0xfff
+    }
 }
 
 #[cfg(test)]
@@ -551,10 +579,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_slots_fill_one_cache_line() {
+        assert_eq!(std::mem::size_of::<RequestSlot>(), 64);
+    }
+
+    #[test]
     fn token_round_trip() {
-        let t = token::encode(65535, 4095 + 4096, 15, u32::MAX);
-        assert_eq!(token::decode(t), (65535, 4095, 15, u32::MAX));
+        let last = MAX_BATCH_CAPACITY - 1;
+        let t = token::encode(65535, 4095 + 4096, 15, last);
+        assert_eq!(token::decode(t), (65535, 4095, 15, last));
         assert_eq!(token::decode(token::with_rail(t, 3)).2, 3);
+        let s = token::with_slice(t, 4095);
+        assert_eq!(
+            (token::decode(s), token::slice(s)),
+            (token::decode(t), 4095)
+        );
+        assert_eq!(token::slice(token::with_rail(s, 1)), 4095);
     }
 
     #[test]

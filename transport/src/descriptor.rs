@@ -1,6 +1,6 @@
 //! Segment descriptors: what a peer needs to address a segment, and their binary encoding.
 //!
-//! # Wire format (format version 1.0)
+//! # Wire format (format version 1.1)
 //!
 //! All integers little-endian. `str`/`bytes` are a `u16` length followed by that many bytes.
 //!
@@ -15,7 +15,13 @@
 //! access   1  bits (1 read, 2 write)
 //! base     8, len 8 (base + len must not overflow)
 //! rails    2  count, then per rail: address bytes, key bytes
+//! -- 1.1 --
+//! offers   1  count of alternate fabrics, then per offer: fabric str, rails as above
 //! ```
+//!
+//! The first offer is `fabric` with `rails`; an engine that speaks several fabrics
+//! ([`MultiFabric`](crate::fabric::multi::MultiFabric)) lists the others as alternates, in its
+//! order of preference. A 1.0 decoder skips them (and reads the first offer only).
 //!
 //! Decoding checks every length against the input and the limits below and never panics; it
 //! is fuzzed (`fuzz/fuzz_targets/descriptor_decode.rs`).
@@ -27,13 +33,15 @@ const MAGIC: &[u8; 4] = b"EFSD";
 /// Major format version written and accepted.
 pub const FORMAT_MAJOR: u8 = 1;
 /// Minor format version written.
-pub const FORMAT_MINOR: u8 = 0;
+pub const FORMAT_MINOR: u8 = 1;
 /// Longest name (segment, fabric, engine) in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 /// Most rails a descriptor may list.
 pub const MAX_RAILS: usize = 64;
 /// Longest per-rail address or key in bytes.
 pub const MAX_BLOB_LEN: usize = 1024;
+/// Most alternate fabrics a descriptor may list.
+pub const MAX_ALTERNATES: usize = 3;
 
 /// The fabric-specific part of a descriptor for one rail: opaque to the engine, meaningful to
 /// the fabric that produced it (e.g. EFA: GID + QPN + QKey, and an rkey; TCP: host:port and a
@@ -67,6 +75,31 @@ pub struct SegmentDescriptor {
     pub len: u64,
     /// Per-rail address and key.
     pub rails: Vec<RailDescriptor>,
+    /// Other fabrics the owner can be reached over, in its order of preference after
+    /// `fabric` (empty for an engine on one fabric).
+    pub alternates: Vec<FabricOffer>,
+}
+
+/// One more fabric a segment's owner can be reached over: its name and its per-rail address
+/// and key, as in the descriptor's first offer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct FabricOffer {
+    /// Fabric name (`tcp`, `efa`, ...).
+    pub fabric: String,
+    /// Per-rail address and key on that fabric.
+    pub rails: Vec<RailDescriptor>,
+}
+
+impl SegmentDescriptor {
+    /// Every fabric the owner offers, in its order of preference: `(fabric, rails)`, the first
+    /// offer first.
+    pub fn offers(&self) -> impl Iterator<Item = (&str, &[RailDescriptor])> {
+        std::iter::once((self.fabric.as_str(), self.rails.as_slice())).chain(
+            self.alternates
+                .iter()
+                .map(|o| (o.fabric.as_str(), o.rails.as_slice())),
+        )
+    }
 }
 
 /// Why a descriptor could not be decoded or encoded.
@@ -114,11 +147,11 @@ pub enum DescriptorError {
 impl SegmentDescriptor {
     /// Encodes to the versioned binary form. Fails only when a field exceeds its limit.
     pub fn encode(&self) -> Result<Vec<u8>, DescriptorError> {
-        if self.rails.len() > MAX_RAILS {
+        if self.alternates.len() > MAX_ALTERNATES {
             return Err(BytesError::TooLong {
-                field: "rails",
-                len: self.rails.len(),
-                max: MAX_RAILS,
+                field: "offers",
+                len: self.alternates.len(),
+                max: MAX_ALTERNATES,
             }
             .into());
         }
@@ -142,10 +175,11 @@ impl SegmentDescriptor {
         out.push(self.access.bits());
         out.extend_from_slice(&self.base.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&(self.rails.len() as u16).to_le_bytes());
-        for r in &self.rails {
-            put_blob(&mut out, "rail address", &r.address, MAX_BLOB_LEN)?;
-            put_blob(&mut out, "rail key", &r.key, MAX_BLOB_LEN)?;
+        put_rails(&mut out, &self.rails)?;
+        out.push(self.alternates.len() as u8);
+        for o in &self.alternates {
+            put_blob(&mut out, "offer fabric", o.fabric.as_bytes(), MAX_NAME_LEN)?;
+            put_rails(&mut out, &o.rails)?;
         }
         let body = (out.len() - 10) as u32;
         out[6..10].copy_from_slice(&body.to_le_bytes());
@@ -184,21 +218,12 @@ impl SegmentDescriptor {
         if base.checked_add(len).is_none() {
             return Err(DescriptorError::RangeOverflow { base, len });
         }
-        let n = r.u16()? as usize;
-        if n > MAX_RAILS {
-            return Err(BytesError::TooLong {
-                field: "rails",
-                len: n,
-                max: MAX_RAILS,
-            }
-            .into());
-        }
-        let mut rails = Vec::with_capacity(n);
-        for _ in 0..n {
-            let address = r.blob("rail address", MAX_BLOB_LEN)?.to_vec();
-            let key = r.blob("rail key", MAX_BLOB_LEN)?.to_vec();
-            rails.push(RailDescriptor { address, key });
-        }
+        let rails = read_rails(&mut r)?;
+        let alternates = if minor >= 1 {
+            read_offers(&mut r)?
+        } else {
+            Vec::new()
+        };
         let rest = r.remaining();
         // A newer minor version may append fields this decoder does not know; skip them.
         let newer = minor > FORMAT_MINOR;
@@ -215,8 +240,61 @@ impl SegmentDescriptor {
             base,
             len,
             rails,
+            alternates,
         })
     }
+}
+
+fn put_rails(out: &mut Vec<u8>, rails: &[RailDescriptor]) -> Result<(), BytesError> {
+    if rails.len() > MAX_RAILS {
+        return Err(BytesError::TooLong {
+            field: "rails",
+            len: rails.len(),
+            max: MAX_RAILS,
+        });
+    }
+    out.extend_from_slice(&(rails.len() as u16).to_le_bytes());
+    for r in rails {
+        put_blob(out, "rail address", &r.address, MAX_BLOB_LEN)?;
+        put_blob(out, "rail key", &r.key, MAX_BLOB_LEN)?;
+    }
+    Ok(())
+}
+
+fn read_rails(r: &mut Reader<'_>) -> Result<Vec<RailDescriptor>, BytesError> {
+    let n = r.u16()? as usize;
+    if n > MAX_RAILS {
+        return Err(BytesError::TooLong {
+            field: "rails",
+            len: n,
+            max: MAX_RAILS,
+        });
+    }
+    let mut rails = Vec::with_capacity(n);
+    for _ in 0..n {
+        let address = r.blob("rail address", MAX_BLOB_LEN)?.to_vec();
+        let key = r.blob("rail key", MAX_BLOB_LEN)?.to_vec();
+        rails.push(RailDescriptor { address, key });
+    }
+    Ok(rails)
+}
+
+fn read_offers(r: &mut Reader<'_>) -> Result<Vec<FabricOffer>, BytesError> {
+    let n = r.u8()? as usize;
+    if n > MAX_ALTERNATES {
+        return Err(BytesError::TooLong {
+            field: "offers",
+            len: n,
+            max: MAX_ALTERNATES,
+        });
+    }
+    let mut offers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fabric = r.str("offer fabric", MAX_NAME_LEN)?;
+        let rails = read_rails(r)?;
+        offers.push(FabricOffer { fabric, rails });
+    }
+    Ok(offers)
 }
 
 #[cfg(test)]
@@ -240,7 +318,60 @@ mod tests {
                 },
                 RailDescriptor::default(),
             ],
+            alternates: vec![FabricOffer {
+                fabric: "tcp".into(),
+                rails: vec![RailDescriptor {
+                    address: b"127.0.0.1:9".to_vec(),
+                    key: vec![4; 8],
+                }],
+            }],
         }
+    }
+
+    #[test]
+    fn offers_list_the_first_fabric_then_the_alternates() {
+        let d = sample();
+        let names: Vec<&str> = d.offers().map(|(f, _)| f).collect();
+        assert_eq!(names, ["sim", "tcp"]);
+        assert_eq!(d.offers().nth(1).unwrap().1, d.alternates[0].rails);
+    }
+
+    #[test]
+    fn decodes_format_1_0_without_offers() {
+        let mut d = sample();
+        d.alternates.clear();
+        let mut bytes = d.encode().unwrap();
+        // 1.0 ends after the rails: drop the offer count and relabel.
+        bytes.pop();
+        bytes[5] = 0;
+        let body = (bytes.len() - 10) as u32;
+        bytes[6..10].copy_from_slice(&body.to_le_bytes());
+        assert_eq!(SegmentDescriptor::decode(&bytes).unwrap(), d);
+    }
+
+    #[test]
+    fn refuses_too_many_offers() {
+        let mut d = sample();
+        d.alternates = vec![FabricOffer::default(); MAX_ALTERNATES + 1];
+        assert!(matches!(
+            d.encode(),
+            Err(DescriptorError::Bytes(BytesError::TooLong {
+                field: "offers",
+                ..
+            }))
+        ));
+        let mut bytes = sample().encode().unwrap();
+        // The offer count follows the first offer's rails.
+        let at = bytes.len() - (2 + 3 + 2 + 2 + 11 + 2 + 8) - 1;
+        assert_eq!(bytes[at], 1);
+        bytes[at] = MAX_ALTERNATES as u8 + 1;
+        assert!(matches!(
+            SegmentDescriptor::decode(&bytes),
+            Err(DescriptorError::Bytes(BytesError::TooLong {
+                field: "offers",
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -273,7 +404,10 @@ mod tests {
         bytes[4] = 2;
         assert_eq!(
             SegmentDescriptor::decode(&bytes),
-            Err(DescriptorError::UnsupportedVersion { major: 2, minor: 0 })
+            Err(DescriptorError::UnsupportedVersion {
+                major: 2,
+                minor: FORMAT_MINOR
+            })
         );
         let mut bytes = sample().encode().unwrap();
         bytes.push(0);

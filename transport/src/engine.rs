@@ -6,14 +6,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchTable, MAX_BATCH_CAPACITY};
+use crate::descriptor::FabricOffer;
 use crate::descriptor::{RailDescriptor, SegmentDescriptor, MAX_NAME_LEN};
 use crate::fabric::{
-    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
+    Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Plane, Registration, MAX_PLANES,
+    MAX_RAILS,
 };
 use crate::metadata::{Metadata, MetadataError};
+use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
+use crate::wait::WaitMode;
 use crate::worker::reap_orphans;
 use crate::{
     Access, BatchId, BatchStatus, FabricError, Handle, Location, Notifications, OwnedMemory,
@@ -47,6 +51,9 @@ pub(crate) struct LocalEntry {
     pub len: u64,
     pub lkeys: [u64; MAX_RAILS],
     pub rails: RailSet,
+    /// `rails` split by plane (see [`Fabric::planes`]): the rails a request to a peer reached
+    /// over plane `p` may use.
+    pub plane_rails: [RailSet; MAX_PLANES],
     pub name: String,
     pub location: Location,
     pub access: Access,
@@ -61,6 +68,9 @@ pub(crate) struct RemoteEntry {
     pub peer: PeerId,
     pub rkeys: [u64; MAX_RAILS],
     pub rails: u16,
+    /// The plane the peer is reached over, and its first local rail.
+    pub plane: u8,
+    pub rail_base: u16,
     pub desc: SegmentDescriptor,
 }
 
@@ -130,7 +140,8 @@ fn check_config(c: &EngineConfig) -> Result<(), TransportError> {
     check_range("max_segments", c.max_segments, 1..=MAX_TABLE)?;
     check_range("max_remote_segments", c.max_remote_segments, 1..=MAX_TABLE)?;
     check_range("max_batches", c.max_batches, 1..=MAX_TABLE)?;
-    check_range("notify_tags", c.notify_tags, 0..=MAX_NOTIFY_TAGS)
+    check_range("notify_tags", c.notify_tags, 0..=MAX_NOTIFY_TAGS)?;
+    check_range("retry.max_retries", c.retry.max_retries, 0..=MAX_RETRIES)
 }
 
 /// Engine settings.
@@ -153,6 +164,11 @@ pub struct EngineConfig {
     /// How long a submit keeps retrying against a full send queue before failing the rest of
     /// its work requests with `FLUSHED` (`Duration::MAX`: for as long as it takes).
     pub submit_timeout: Duration,
+    /// When work requests that fail for a transient reason are posted again (see
+    /// [`crate::retry`]); [`RetryPolicy::OFF`] turns retries off.
+    pub retry: RetryPolicy,
+    /// How workers wait for completions (see [`WaitMode`]); each worker may change its own.
+    pub wait: WaitMode,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,
 }
@@ -169,6 +185,8 @@ impl EngineConfig {
             max_batches: 1024,
             notify_tags: 1024,
             submit_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            wait: WaitMode::default(),
             rail_policy: Arc::new(AllRails),
         }
     }
@@ -184,6 +202,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_batches", &self.max_batches)
             .field("notify_tags", &self.notify_tags)
             .field("submit_timeout", &self.submit_timeout)
+            .field("retry", &self.retry)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +213,8 @@ pub(crate) struct Inner {
     pub name: String,
     pub fabric: Arc<dyn Fabric>,
     pub caps: Capabilities,
+    /// The fabric's planes, read once.
+    pub planes: Vec<Plane>,
     pub metadata: Arc<dyn Metadata>,
     pub segments: Slab<LocalEntry>,
     pub remotes: Slab<RemoteEntry>,
@@ -201,6 +223,10 @@ pub(crate) struct Inner {
     pub plan: SlicePlan,
     pub policy: Arc<dyn RailPolicy>,
     pub submit_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub wait: WaitMode,
+    /// Work requests posted again after a transient failure.
+    pub retried: AtomicU64,
     names: Mutex<HashMap<String, SegmentId>>,
     revision: AtomicU64,
     /// Endpoints of dropped workers with work requests still in flight (see
@@ -210,6 +236,61 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// One offer per plane: this engine's addresses and the registration's keys on its rails.
+    fn offers(&self, registration: &Registration) -> Vec<FabricOffer> {
+        let addresses = self.fabric.local_addresses();
+        self.planes
+            .iter()
+            .map(|p| FabricOffer {
+                fabric: p.name.clone(),
+                rails: p
+                    .rails
+                    .clone()
+                    .filter_map(|r| {
+                        let address = addresses.get(r as usize)?.clone();
+                        let key = registration.remote_keys.get(r as usize)?.clone();
+                        Some(RailDescriptor { address, key })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// `rails` split by plane; a plane the policy left no rail of keeps all of its own, so
+    /// every peer stays reachable.
+    fn plane_rails(&self, rails: &RailSet) -> [RailSet; MAX_PLANES] {
+        let mut split = [RailSet::new(); MAX_PLANES];
+        for (set, plane) in split.iter_mut().zip(&self.planes) {
+            for &r in rails.as_slice() {
+                if plane.rails.contains(&r) {
+                    set.push(r);
+                }
+            }
+            if set.as_slice().is_empty() {
+                plane.rails.clone().for_each(|r| set.push(r));
+            }
+        }
+        split
+    }
+
+    /// The first of this engine's planes (its order of preference) that `desc` also offers,
+    /// with the peer's rails on it.
+    fn choose_plane<'d>(
+        &self,
+        desc: &'d SegmentDescriptor,
+    ) -> Result<(usize, &'d [RailDescriptor]), TransportError> {
+        for (i, plane) in self.planes.iter().enumerate() {
+            if let Some((_, rails)) = desc.offers().find(|(f, _)| *f == plane.name) {
+                return Ok((i, rails));
+            }
+        }
+        Err(TransportError::FabricMismatch {
+            name: desc.name.clone(),
+            remote: desc.offers().map(|(f, _)| f).collect::<Vec<_>>().join("+"),
+            local: self.fabric.name().to_string(),
+        })
+    }
+
     /// Takes over the endpoint of a dropped worker that still has work requests in flight.
     pub(crate) fn adopt(&self, ep: Box<dyn Endpoint>) {
         let mut orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
@@ -315,6 +396,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 id,
                 name: config.name,
+                planes: fabric.planes(),
                 fabric,
                 caps,
                 metadata,
@@ -325,6 +407,9 @@ impl Engine {
                 plan,
                 policy: config.rail_policy,
                 submit_timeout: config.submit_timeout,
+                retry: config.retry,
+                wait: config.wait,
+                retried: AtomicU64::new(0),
                 names: Mutex::new(HashMap::new()),
                 revision: AtomicU64::new(1),
                 orphans: Mutex::new(Vec::new()),
@@ -357,6 +442,12 @@ impl Engine {
     /// The slicing in force.
     pub fn slice_plan(&self) -> SlicePlan {
         self.inner.plan
+    }
+
+    /// Work requests posted again after a transient failure (see [`crate::retry`]), by all
+    /// of this engine's workers.
+    pub fn retries(&self) -> u64 {
+        self.inner.retried.load(Ordering::Relaxed)
     }
 
     /// Arrival counters of notifications sent to this engine.
@@ -461,22 +552,19 @@ impl Engine {
             }
             .into());
         }
+        let mut offers = inner.offers(&registration).into_iter();
+        let first = offers.next().unwrap_or_default();
         let desc = SegmentDescriptor {
             revision: inner.revision.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
-            fabric: inner.fabric.name().to_string(),
+            fabric: first.fabric,
             engine: inner.name.clone(),
             location,
             access,
             base: addr,
             len,
-            rails: inner
-                .fabric
-                .local_addresses()
-                .into_iter()
-                .zip(registration.remote_keys.iter().cloned())
-                .map(|(address, key)| RailDescriptor { address, key })
-                .collect(),
+            rails: first.rails,
+            alternates: offers.collect(),
         };
         if let Err(e) = inner.metadata.publish(&desc) {
             let _ = inner.fabric.deregister(&registration);
@@ -484,11 +572,13 @@ impl Engine {
         }
         let mut lkeys = [0u64; MAX_RAILS];
         lkeys[..rails].copy_from_slice(&registration.local_keys);
+        let all = effective_rails(&*inner.policy, location, inner.caps.rails);
         let entry = LocalEntry {
             base: addr,
             len,
             lkeys,
-            rails: effective_rails(&*inner.policy, location, inner.caps.rails),
+            plane_rails: inner.plane_rails(&all),
+            rails: all,
             name: name.to_string(),
             location,
             access,
@@ -641,25 +731,19 @@ impl Engine {
             MetadataError::NotFound(n) => TransportError::SegmentNotFound(n),
             other => other.into(),
         })?;
-        if desc.fabric != inner.fabric.name() {
-            return Err(TransportError::FabricMismatch {
-                name: name.to_string(),
-                remote: desc.fabric.clone(),
-                local: inner.fabric.name().to_string(),
-            });
-        }
-        if desc.rails.is_empty() || desc.rails.len() > MAX_RAILS {
+        let (plane, rails) = inner.choose_plane(&desc)?;
+        if rails.is_empty() || rails.len() > MAX_RAILS {
             return Err(FabricError::BadAddress {
                 rail: 0,
-                reason: format!("segment {name:?} lists {} rails", desc.rails.len()),
+                reason: format!("segment {name:?} lists {} rails", rails.len()),
             }
             .into());
         }
-        let addresses: Vec<Vec<u8>> = desc.rails.iter().map(|r| r.address.clone()).collect();
-        let peer = inner.fabric.connect(&addresses)?;
+        let addresses: Vec<Vec<u8>> = rails.iter().map(|r| r.address.clone()).collect();
+        let peer = inner.fabric.connect_plane(plane, &addresses)?;
         let mut rkeys = [0u64; MAX_RAILS];
-        for (i, r) in desc.rails.iter().enumerate() {
-            rkeys[i] = inner.fabric.decode_remote_key(i as u16, &r.key)?;
+        for (i, r) in rails.iter().enumerate() {
+            rkeys[i] = inner.fabric.decode_plane_key(plane, i as u16, &r.key)?;
         }
         let entry = RemoteEntry {
             base: desc.base,
@@ -667,7 +751,9 @@ impl Engine {
             access: desc.access,
             peer,
             rkeys,
-            rails: desc.rails.len() as u16,
+            rails: rails.len() as u16,
+            plane: plane as u8,
+            rail_base: inner.planes[plane].rails.start,
             desc,
         };
         let (index, generation) =
@@ -698,6 +784,23 @@ impl Engine {
         let d = e.desc.clone();
         r.unpin(remote.index);
         Ok(d)
+    }
+
+    /// The fabric an open remote segment is reached over: the first of this engine's fabrics
+    /// (see [`Fabric::planes`]) that the segment's owner also offers.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::UnknownRemote`] for a closed or foreign handle.
+    pub fn remote_fabric(&self, remote: RemoteSegment) -> Result<String, TransportError> {
+        self.inner.check_remote(remote)?;
+        let r = &self.inner.remotes;
+        let e = r
+            .pin(remote.index, remote.generation)
+            .ok_or(TransportError::UnknownRemote(remote))?;
+        let name = self.inner.planes[e.plane as usize].name.clone();
+        r.unpin(remote.index);
+        Ok(name)
     }
 
     /// Closes a remote segment handle. Requests already submitted are unaffected (they carry

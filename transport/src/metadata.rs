@@ -155,6 +155,7 @@ mod tests {
             base: 4096,
             len: 10,
             rails: vec![],
+            alternates: vec![],
         }
     }
 

@@ -4,9 +4,11 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{token, BatchSlot, ReadPin, RequestSlot};
-use crate::engine::Inner;
+use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
+use crate::engine::{Inner, RemoteEntry};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
+use crate::retry::{RetryPolicy, RetryQueue, MAX_RETRY_SLICES};
+use crate::wait::{Idle, Step, WaitMode};
 use crate::{
     Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
     TransportError, MAX_SLICES_PER_REQUEST,
@@ -25,6 +27,7 @@ struct Resolved {
     local_index: u32,
     local_addr: u64,
     remote_index: u32,
+    remote_generation: u32,
     remote_addr: u64,
     len: u64,
     slices: u32,
@@ -64,19 +67,23 @@ pub struct Worker {
     comps: Box<[Completion]>,
     resolved: Vec<Resolved>,
     rr: u32,
+    /// Retries waiting for a backoff or for room on their rail.
+    retries: RetryQueue,
+    wait_mode: WaitMode,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("engine", &self.inner.name)
-            .field("outstanding", &self.ep.outstanding())
+            .field("outstanding", &self.outstanding())
             .finish_non_exhaustive()
     }
 }
 
 impl Worker {
     pub(crate) fn new(inner: Arc<Inner>) -> Result<Worker, TransportError> {
+        let wait_mode = inner.wait;
         let ep = inner.fabric.endpoint()?;
         Ok(Worker {
             inner,
@@ -85,12 +92,14 @@ impl Worker {
             comps: vec![Completion::default(); POLL_BATCH].into_boxed_slice(),
             resolved: Vec::with_capacity(POST_BATCH),
             rr: 0,
+            retries: RetryQueue::new(),
+            wait_mode,
         })
     }
 
     /// Work requests posted by this worker and not yet completed.
     pub fn outstanding(&self) -> usize {
-        self.ep.outstanding()
+        self.ep.outstanding() + self.retries.len()
     }
 
     /// Validates every request, then posts them all (all-or-nothing: on a validation error
@@ -175,7 +184,11 @@ impl Worker {
                 Opcode::Read => WorkOp::Read,
                 _ => WorkOp::Write,
             };
-            let rails = local.rails.as_slice();
+            if inner.retry.max_retries != 0 {
+                remember(req, &res, op);
+            }
+            // The local rails of the plane the peer is reached over (one plane on most fabrics).
+            let rails = local.plane_rails[remote.plane as usize].as_slice();
             let n = res.slices as u64;
             for s in 0..n {
                 let (off, len) = inner.plan.slice(res.len, s, n);
@@ -186,16 +199,21 @@ impl Worker {
                 }
                 let rail = rails[k];
                 self.rr = k as u32 + 1;
-                let remote_rail = if rail < remote.rails {
-                    rail
+                // The peer's rail facing ours: same index within the plane, wrapped.
+                let plane_rail = rail - remote.rail_base;
+                let remote_rail = if plane_rail < remote.rails {
+                    plane_rail
                 } else {
-                    rail % remote.rails
+                    plane_rail % remote.rails
                 };
                 if s + 1 == n {
                     req.remote_rail.store(remote_rail as u32, Relaxed);
                 }
                 self.wrs.push(WorkRequest {
-                    token: token::encode(batch.index, generation, rail, index),
+                    token: token::with_slice(
+                        token::encode(batch.index, generation, rail, index),
+                        s,
+                    ),
                     op,
                     rail,
                     peer: remote.peer,
@@ -277,7 +295,7 @@ impl Worker {
                             token: self.wrs[i].token,
                             error: Some(FailReason::Flushed),
                         };
-                        complete(&self.inner, &mut *self.ep, c, &mut tally);
+                        complete(&self.inner, &mut *self.ep, None, c, &mut tally);
                     }
                     tally.flush(&self.inner);
                     break;
@@ -291,16 +309,43 @@ impl Worker {
     /// Polls the fabric once and applies the completions; returns how many there were.
     pub fn progress(&mut self) -> usize {
         let n = self.ep.poll(&mut self.comps);
-        if n == 0 {
-            return 0;
+        if n != 0 {
+            let mut tally = Tally::new();
+            for i in 0..n {
+                let c = self.comps[i];
+                let retries = Some(&mut self.retries);
+                complete(&self.inner, &mut *self.ep, retries, c, &mut tally);
+            }
+            tally.flush(&self.inner);
         }
-        let mut tally = Tally::new();
-        for i in 0..n {
-            let c = self.comps[i];
-            complete(&self.inner, &mut *self.ep, c, &mut tally);
+        if self.retries.len() != 0 {
+            self.post_retries();
         }
-        tally.flush(&self.inner);
         n
+    }
+
+    /// Completes the held retries, which were never posted, with their first failure.
+    fn fail_held_retries(&mut self) {
+        let (inner, ep) = (&*self.inner, &mut self.ep);
+        let mut tally = Tally::new();
+        self.retries.fail_all(|wr, reason| {
+            let c = Completion {
+                token: wr.token,
+                error: Some(reason),
+            };
+            complete(inner, &mut **ep, None, c, &mut tally);
+        });
+        tally.flush(inner);
+    }
+
+    /// Posts the held retries that are due and fit.
+    #[cold]
+    fn post_retries(&mut self) {
+        let ep = &mut self.ep;
+        let posted = self
+            .retries
+            .post_due(Instant::now(), |wr| ep.post(std::slice::from_ref(wr)) == 1);
+        self.inner.retried.fetch_add(posted as u64, Relaxed);
     }
 
     /// Drives completions until every submitted request of `batch` is terminal or `timeout`
@@ -344,26 +389,40 @@ impl Worker {
         Ok(slot.status())
     }
 
+    /// How this worker waits once polls come back empty (see [`WaitMode`]); the engine's
+    /// [`EngineConfig::wait`](crate::EngineConfig::wait) until set.
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.wait_mode = mode;
+    }
+
+    /// This worker's [`WaitMode`].
+    pub fn wait_mode(&self) -> WaitMode {
+        self.wait_mode
+    }
+
     fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
         // Read the clock only once polls come back empty; `elapsed` cannot overflow, so
         // `Duration::MAX` waits for ever.
         let mut start: Option<Instant> = None;
-        let mut idle = 0u32;
+        let mut idle = Idle::new(self.wait_mode);
         while !done() {
             if self.progress() != 0 {
-                idle = 0;
+                idle.reset();
                 continue;
             }
-            idle = idle.wrapping_add(1);
-            if idle % 32 == 0 {
+            let step = idle.step();
+            if idle.check_due(step) {
                 // Dropped workers' requests may be what this wait is for.
                 reap_orphans(&self.inner, false);
                 let start = *start.get_or_insert_with(Instant::now);
-                if start.elapsed() >= timeout {
+                let left = timeout.saturating_sub(start.elapsed());
+                if left.is_zero() {
                     return;
                 }
-                if idle > 1024 {
-                    std::thread::yield_now();
+                match step {
+                    Step::Spin => {}
+                    Step::Yield => std::thread::yield_now(),
+                    Step::Pause(d) => std::thread::sleep(d.min(left)),
                 }
             }
         }
@@ -377,6 +436,7 @@ const DROP_GRACE: Duration = Duration::from_secs(2);
 impl Drop for Worker {
     /// See [Dropping a worker](Worker#dropping-a-worker).
     fn drop(&mut self) {
+        self.fail_held_retries();
         let start = Instant::now();
         while self.ep.outstanding() > 0 && start.elapsed() < DROP_GRACE {
             if self.progress() == 0 {
@@ -435,7 +495,7 @@ pub(crate) fn reap_orphans(inner: &Inner, wait: bool) -> usize {
             let n = ep.poll(&mut comps);
             let mut tally = Tally::new();
             for &c in &comps[..n] {
-                complete(inner, &mut **ep, c, &mut tally);
+                complete(inner, &mut **ep, None, c, &mut tally);
             }
             tally.flush(inner);
             applied += n;
@@ -604,6 +664,7 @@ fn resolve(
             local_index,
             local_addr,
             remote_index,
+            remote_generation: r.remote.generation,
             remote_addr,
             len: r.len,
             // Checked above against MAX_SLICES_PER_REQUEST.
@@ -732,7 +793,13 @@ impl<'a> Tally<'a> {
 
 /// Applies one completion to its request; batch and segment counters go to `tally`.
 #[inline]
-fn complete<'a>(inner: &'a Inner, ep: &mut dyn Endpoint, c: Completion, tally: &mut Tally<'a>) {
+fn complete<'a>(
+    inner: &'a Inner,
+    ep: &mut dyn Endpoint,
+    retries: Option<&mut RetryQueue>,
+    c: Completion,
+    tally: &mut Tally<'a>,
+) {
     let (bi, gen12, _, ri) = token::decode(c.token);
     // Batch slot and generation: one read pin per run of completions of a batch.
     let key = c.token >> 36;
@@ -751,7 +818,7 @@ fn complete<'a>(inner: &'a Inner, ep: &mut dyn Endpoint, c: Completion, tally: &
     let pin = tally.pin.take();
     let slot = inner.batches.slots.get(bi as usize);
     if let (Some(req), Some(slot)) = (pin.as_ref().and_then(|p| p.request(ri)), slot) {
-        apply(inner, ep, c, slot, req, tally);
+        apply(inner, ep, retries, c, slot, req, tally);
     }
     tally.pin = pin;
 }
@@ -761,6 +828,7 @@ fn complete<'a>(inner: &'a Inner, ep: &mut dyn Endpoint, c: Completion, tally: &
 fn apply(
     inner: &Inner,
     ep: &mut dyn Endpoint,
+    retries: Option<&mut RetryQueue>,
     c: Completion,
     slot: &BatchSlot,
     req: &RequestSlot,
@@ -768,6 +836,12 @@ fn apply(
 ) {
     let rail = token::decode(c.token).2;
     if let Some(e) = c.error {
+        // A retry takes the failed work request's place: no count moves.
+        if let Some(q) = retries {
+            if retry(inner, ep, q, c.token, e, req) {
+                return;
+            }
+        }
         let _ = req
             .error
             .compare_exchange(0, e.code() as u32, AcqRel, Relaxed);
@@ -832,4 +906,128 @@ fn apply(
         tally.unpins += 1;
     }
     tally.retired += 1;
+}
+
+/// Marks a WRITE in [`RequestSlot::retries`].
+const WRITE_BIT: u32 = 1 << 31;
+
+/// Keeps in the request slot what [`retry`] needs to rebuild one of its slices.
+#[inline]
+fn remember(req: &RequestSlot, res: &Resolved, op: WorkOp) {
+    let remote = (res.remote_generation as u64) << 32 | res.remote_index as u64;
+    req.remote.store(remote, Relaxed);
+    req.local_addr.store(res.local_addr, Relaxed);
+    req.remote_addr.store(res.remote_addr, Relaxed);
+    req.len.store(res.len, Relaxed);
+    let write = if op == WorkOp::Write { WRITE_BIT } else { 0 };
+    req.retries.store(write, Relaxed);
+}
+
+/// Posts the failed work request `token` again (see [`crate::retry`]): on the next rail of its
+/// plane at once, or on the same rail after a backoff when the request has only one. Returns
+/// whether the retry was posted or held; `false` leaves the failure to be counted as usual.
+#[cold]
+fn retry(
+    inner: &Inner,
+    ep: &mut dyn Endpoint,
+    q: &mut RetryQueue,
+    token: u64,
+    reason: FailReason,
+    req: &RequestSlot,
+) -> bool {
+    let policy = &inner.retry;
+    if policy.max_retries == 0
+        || !RetryPolicy::is_transient(reason)
+        || req.status.load(Acquire) & 0xff != ST_PENDING
+    {
+        return false;
+    }
+    let len = req.len.load(Relaxed);
+    let n = inner.plan.count(len);
+    let budget = policy.max_retries as u64 * n;
+    let taken = (req.retries.fetch_add(1, Relaxed) & !WRITE_BIT) as u64;
+    if n > MAX_RETRY_SLICES || taken >= budget {
+        return false;
+    }
+    let remote = req.remote.load(Relaxed);
+    let (index, generation) = (remote as u32, (remote >> 32) as u32);
+    let Some(entry) = inner.remotes.pin(index, generation) else {
+        return false;
+    };
+    let wr = rebuild(inner, req, entry, token, n);
+    inner.remotes.unpin(index);
+    let Some((wr, same_rail)) = wr else {
+        return false;
+    };
+    let due = same_rail.then(|| Instant::now() + policy.backoff(taken as u32));
+    let ok = (due.is_none() && ep.post(std::slice::from_ref(&wr)) == 1) || q.hold(wr, due, reason);
+    if ok && due.is_none() {
+        inner.retried.fetch_add(1, Relaxed);
+    }
+    ok
+}
+
+/// The work request `token` stood for, moved to the next rail of the request's plane; and
+/// whether that is the same rail (a plane of one rail). `None` when the local segment is gone
+/// or the slice index does not fit the request.
+fn rebuild(
+    inner: &Inner,
+    req: &RequestSlot,
+    remote: &RemoteEntry,
+    token: u64,
+    n: u64,
+) -> Option<(WorkRequest, bool)> {
+    // The request pins its local segment until it finishes.
+    let local = inner.segments.get_pinned(req.segment.load(Relaxed))?;
+    let rails = local.plane_rails[remote.plane as usize].as_slice();
+    let failed = token::decode(token).2;
+    let k = rails.iter().position(|&r| r == failed).unwrap_or(0);
+    let rail = *rails.get((k + 1) % rails.len().max(1))?;
+    let plane_rail = rail - remote.rail_base;
+    let remote_rail = plane_rail % remote.rails.max(1);
+    let tag1 = req.notify.load(Relaxed);
+    // With a notification, the last work request in flight is the notification itself.
+    let notify = tag1 != 0 && req.remaining.load(Acquire) == 1;
+    let s = token::slice(token);
+    let (op, (off, len)) = if notify {
+        (WorkOp::Notify { tag: tag1 - 1 }, (0, 0))
+    } else if s < n {
+        let write = req.retries.load(Relaxed) & WRITE_BIT != 0;
+        let op = if write { WorkOp::Write } else { WorkOp::Read };
+        (op, inner.plan.slice(req.len.load(Relaxed), s, n))
+    } else {
+        return None;
+    };
+    if notify || s + 1 == n {
+        req.remote_rail.store(remote_rail as u32, Relaxed);
+    }
+    let (local_addr, remote_addr) = if notify {
+        (0, 0)
+    } else {
+        (
+            req.local_addr.load(Relaxed) + off,
+            req.remote_addr.load(Relaxed) + off,
+        )
+    };
+    let wr = WorkRequest {
+        token: token::with_rail(token, rail),
+        op,
+        rail,
+        peer: remote.peer,
+        remote_rail,
+        local_addr,
+        local_key: if notify {
+            0
+        } else {
+            local.lkeys[rail as usize]
+        },
+        remote_addr,
+        remote_key: if notify {
+            0
+        } else {
+            remote.rkeys[remote_rail as usize]
+        },
+        len,
+    };
+    Some((wr, rail == failed))
 }

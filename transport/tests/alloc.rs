@@ -112,5 +112,6 @@ fn batch_memory_follows_use_and_is_given_back() {
         a.free_batch(batch).unwrap();
     }
     let kept = counting::net_bytes() - before;
-    assert!(kept < 16 * (40 << 10), "{kept} bytes kept after free");
+    // Each batch keeps its first chunk of 1024 requests (64 bytes each) and its chunk table.
+    assert!(kept < 16 * (76 << 10), "{kept} bytes kept after free");
 }

@@ -26,6 +26,7 @@ fn desc(name: &str) -> SegmentDescriptor {
             address: vec![1, 2],
             key: vec![3; 8],
         }],
+        alternates: vec![],
     }
 }
 

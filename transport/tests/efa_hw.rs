@@ -928,3 +928,79 @@ fn efa_hw_steady_state_allocates_nothing() {
     let n = counting::allocs() - before;
     assert_eq!(n, 0, "{n} allocations in {rounds} rounds of 16 requests");
 }
+
+/// One engine on EFA and TCP (each of a, b) beside a TCP-only engine (c): a reaches b over
+/// SRD and c over TCP, and c reaches a over TCP; every byte checked, and TCP's service
+/// counters show which requests it carried.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_one_engine_on_efa_and_tcp_reaches_each_peer_over_the_right_fabric() {
+    use transport::fabric::multi::MultiFabric;
+    use transport::fabric::tcp::{TcpConfig, TcpFabric};
+    use transport::fabric::Fabric;
+
+    let meta = Arc::new(LocalRegistry::new());
+    let efa_and_tcp = |name: &str| {
+        let efa = EfaFabric::new(EfaConfig::default()).expect("an EFA device");
+        let tcp = TcpFabric::new(TcpConfig::default()).unwrap();
+        let both = MultiFabric::new(vec![efa.clone(), tcp.clone()]).unwrap();
+        assert_eq!(both.name(), "efa+tcp");
+        let e = Engine::new(EngineConfig::new(name), both.clone(), meta.clone()).unwrap();
+        (e, both, efa, tcp)
+    };
+    let (a, a_both, a_efa, a_tcp) = efa_and_tcp("a");
+    let (b, b_both, b_efa, b_tcp) = efa_and_tcp("b");
+    // The handshake discovery does: each accepts the other on the EFA plane (plane 0).
+    a_both.accept_plane(0, &b_efa.local_addresses()).unwrap();
+    b_both.accept_plane(0, &a_efa.local_addresses()).unwrap();
+    let c_tcp = TcpFabric::new(TcpConfig::default()).unwrap();
+    let c = Engine::new(EngineConfig::new("c"), c_tcp.clone(), meta.clone()).unwrap();
+
+    let len = 256 << 10;
+    let rw = Access::REMOTE_READ_WRITE;
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(len, 3)).unwrap(),
+        rw,
+    );
+    let on_b = owned(&b, "b/dst", OwnedMemory::zeroed(len, 4096).unwrap(), rw);
+    let on_c = owned(&c, "c/dst", OwnedMemory::zeroed(len, 4096).unwrap(), rw);
+    let c_src = owned(
+        &c,
+        "c/src",
+        OwnedMemory::from_vec(pattern(len, 9)).unwrap(),
+        rw,
+    );
+
+    let write = |from: &Engine, src: SegmentId, to: RemoteSegment| {
+        let mut w = from.worker().unwrap();
+        let batch = from.allocate_batch(1).unwrap();
+        w.submit(batch, &[Request::write(src, 0, to, 0, len as u64)])
+            .unwrap();
+        let st = w.wait(batch, WAIT).unwrap();
+        assert!(st.all_completed(), "{st:?}");
+    };
+    let rb = a.open_segment("b/dst").unwrap();
+    let rc = a.open_segment("c/dst").unwrap();
+    let ra = c.open_segment("a/src").unwrap();
+    assert_eq!(
+        [
+            a.remote_fabric(rb),
+            a.remote_fabric(rc),
+            c.remote_fabric(ra)
+        ]
+        .map(Result::unwrap),
+        ["efa", "tcp", "tcp"]
+    );
+    write(&a, src, rb);
+    assert_eq!(contents(&b, on_b, 0, len), pattern(len, 3));
+    assert_eq!(b_tcp.stats().served, 0, "b was reached over tcp");
+    write(&a, src, rc);
+    assert_eq!(contents(&c, on_c, 0, len), pattern(len, 3));
+    assert!(c_tcp.stats().served > 0);
+    write(&c, c_src, ra);
+    assert_eq!(contents(&a, src, 0, len), pattern(len, 9));
+    assert!(a_tcp.stats().served > 0);
+    drop((b_both, a_both));
+}

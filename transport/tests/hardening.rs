@@ -185,6 +185,7 @@ fn discovery_with_duration_max_idle_timeout_serves() {
         base: 4096,
         len: 64,
         rails: vec![],
+        alternates: vec![],
     };
     server.publish(&desc).unwrap();
     let client = PeerMetadata::bind(DiscoveryConfig::new("client")).unwrap();
@@ -462,6 +463,7 @@ fn local_names_shaped_like_remote_ones_are_found_locally() {
         base: 4096,
         len: 64,
         rails: vec![],
+        alternates: vec![],
     };
     meta.publish(&desc).unwrap();
     assert_eq!(meta.lookup("127.0.0.1:1/x").unwrap(), desc);

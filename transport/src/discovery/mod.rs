@@ -42,6 +42,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::descriptor::SegmentDescriptor;
+use crate::fabric::multi::{hello_name, split_hello};
 use crate::fabric::Fabric;
 use crate::metadata::{Metadata, MetadataError};
 use conn::{read_frame, write_frame, FrameError};
@@ -190,7 +191,10 @@ impl State {
         let f = self.fabric();
         PeerHello {
             engine: self.config.engine.clone(),
-            fabric: f.as_ref().map(|f| f.name().to_string()).unwrap_or_default(),
+            fabric: f
+                .as_ref()
+                .map(|f| hello_name(&f.planes()))
+                .unwrap_or_default(),
             addresses: f.map(|f| f.local_addresses()).unwrap_or_default(),
         }
     }
@@ -203,16 +207,31 @@ impl State {
         if hello.fabric.is_empty() || hello.addresses.is_empty() {
             return Ok(());
         }
-        if hello.fabric != f.name() {
+        let Some(offered) = split_hello(&hello.fabric, &hello.addresses) else {
             return Err(format!(
+                "engine {:?} sent fabric {:?} with {} addresses, which do not add up",
+                hello.engine,
+                hello.fabric,
+                hello.addresses.len()
+            ));
+        };
+        // Accept the requester on every plane both engines speak.
+        let mut accepted = Ok(false);
+        for (i, plane) in f.planes().iter().enumerate() {
+            if let Some((_, addresses)) = offered.iter().find(|(n, _)| *n == plane.name) {
+                accepted = accepted.and_then(|_| f.accept_plane(i, addresses).map(|()| true));
+            }
+        }
+        match accepted {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
                 "engine {:?} speaks fabric {:?}, this engine {:?}",
                 hello.engine,
                 hello.fabric,
                 f.name()
-            ));
+            )),
+            Err(e) => Err(format!("fabric refused engine {:?}: {e}", hello.engine)),
         }
-        f.accept(&hello.addresses)
-            .map_err(|e| format!("fabric refused engine {:?}: {e}", hello.engine))
     }
 }
 

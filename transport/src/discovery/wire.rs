@@ -472,6 +472,7 @@ mod tests {
                     address: vec![1],
                     key: vec![2; 8],
                 }],
+                alternates: vec![],
             }),
             Message::Error {
                 code: ErrorCode::NotFound,

@@ -55,6 +55,7 @@
 pub mod auto;
 #[cfg(feature = "rdma")]
 pub mod efa;
+pub mod multi;
 #[cfg(feature = "rdma")]
 mod rdma;
 mod regions;
@@ -107,6 +108,31 @@ pub(crate) fn check_nonzero(
 
 /// A peer as known to one fabric instance: a dense index handed out by [`Fabric::connect`].
 pub type PeerId = u32;
+
+/// Most planes (member fabrics) one fabric may speak.
+pub const MAX_PLANES: usize = 4;
+
+/// One fabric spoken by a fabric (see [`Fabric::planes`]): its name, as written into
+/// descriptors, and its rails in the outer fabric's numbering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plane {
+    /// The member fabric's name (`efa`, `verbs`, `tcp`, `sim`).
+    pub name: String,
+    /// Its rails, a contiguous range of the outer fabric's rails.
+    pub rails: std::ops::Range<u16>,
+}
+
+fn check_single_plane(plane: usize) -> Result<(), FabricError> {
+    if plane == 0 {
+        return Ok(());
+    }
+    Err(FabricError::BadConfig {
+        fabric: "plain",
+        field: "plane",
+        value: plane.to_string(),
+        expected: "0 (a plain fabric speaks one plane)".into(),
+    })
+}
 
 /// What a fabric can do. Read once by the engine at construction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +264,37 @@ pub trait Fabric: Send + Sync {
     /// recognises restarted peers uses it to tell a restart (the same name on the same devices)
     /// from another engine sharing those devices. The default ignores it.
     fn bind_name(&self, _name: &str) {}
+
+    /// The fabrics this one speaks, in order of preference, each with its rails in this
+    /// fabric's numbering. A plain fabric speaks itself alone on all its rails (the default); a
+    /// [`multi::MultiFabric`] lists its members. The engine publishes one offer per plane in
+    /// each descriptor and reaches a peer over the first plane the peer also offers.
+    fn planes(&self) -> Vec<Plane> {
+        vec![Plane {
+            name: self.name().to_string(),
+            rails: 0..self.capabilities().rails,
+        }]
+    }
+
+    /// [`Fabric::connect`] on plane `plane` (an index into [`Fabric::planes`]), with the
+    /// peer's addresses for that plane.
+    fn connect_plane(&self, plane: usize, remote: &[Vec<u8>]) -> Result<PeerId, FabricError> {
+        check_single_plane(plane)?;
+        self.connect(remote)
+    }
+
+    /// [`Fabric::accept`] on plane `plane`, with the initiator's addresses for that plane.
+    fn accept_plane(&self, plane: usize, initiator: &[Vec<u8>]) -> Result<(), FabricError> {
+        check_single_plane(plane)?;
+        self.accept(initiator)
+    }
+
+    /// [`Fabric::decode_remote_key`] on plane `plane`: `rail` is the peer's rail within that
+    /// plane.
+    fn decode_plane_key(&self, plane: usize, rail: u16, key: &[u8]) -> Result<u64, FabricError> {
+        check_single_plane(plane)?;
+        self.decode_remote_key(rail, key)
+    }
 
     /// Creates the per-worker hot-path resources.
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError>;

@@ -75,6 +75,9 @@ impl SimEndpoint {
         if !target.knows(me.id) {
             return Outcome::Done(Some(FailReason::UnknownPeer));
         }
+        if let Some(fault) = sh.rail_fault(wr.rail) {
+            return Outcome::Done(Some(fault));
+        }
         if sh.error_threshold != 0 && self.rng.next_u64() <= sh.error_threshold {
             let reasons = &sh.config.faults.error_reasons;
             let r = if reasons.is_empty() {

@@ -27,7 +27,7 @@ mod endpoint;
 mod node;
 mod rng;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -168,6 +168,18 @@ pub(crate) struct Shared {
     pub config: SimConfig,
     /// `error_rate` scaled to the PRNG's range.
     pub error_threshold: u64,
+    /// Per rail of this engine: the code of the reason every work request posted there fails
+    /// with, 0 for none ([`SimFabric::set_rail_fault`]).
+    pub rail_faults: [AtomicU8; MAX_RAILS],
+}
+
+impl Shared {
+    /// The fault set on `rail`, if any.
+    #[inline]
+    pub(crate) fn rail_fault(&self, rail: u16) -> Option<FailReason> {
+        let code = self.rail_faults.get(rail as usize)?.load(Ordering::Relaxed);
+        FailReason::ALL.into_iter().find(|r| *r as u8 == code)
+    }
 }
 
 /// One engine's simulated devices. See the [module docs](self).
@@ -234,6 +246,7 @@ impl SimFabric {
                 peers: (0..net.max_nodes).map(|_| OnceLock::new()).collect(),
                 config,
                 error_threshold,
+                rail_faults: Default::default(),
             }),
             endpoints: AtomicU64::new(0),
         }))
@@ -248,6 +261,14 @@ impl SimFabric {
     /// with `UNRESP_REMOTE` after `unresp_timeout`.
     pub fn set_alive(&self, alive: bool) {
         self.shared.node.alive.store(alive, Ordering::SeqCst);
+    }
+
+    /// Makes every work request this engine posts on `rail` fail with `fault` (a failing
+    /// device or path), until called again with `None`. A rail beyond the fabric's is ignored.
+    pub fn set_rail_fault(&self, rail: u16, fault: Option<FailReason>) {
+        if let Some(f) = self.shared.rail_faults.get(rail as usize) {
+            f.store(fault.map_or(0, |r| r as u8), Ordering::SeqCst);
+        }
     }
 
     /// Destroys this engine's AH for node `peer`: its later requests here fail with

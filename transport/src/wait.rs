@@ -1,0 +1,143 @@
+//! How a worker waits for completions ([`Worker::wait`](crate::Worker::wait),
+//! [`Worker::drain`](crate::Worker::drain)) once its polls come back empty: spin for the lowest
+//! latency, or pause to give the core back.
+
+use std::time::Duration;
+
+/// A worker's way of waiting (see the [module docs](self)); set per engine in
+/// [`EngineConfig::wait`](crate::EngineConfig::wait) or per worker with
+/// [`Worker::set_wait_mode`](crate::Worker::set_wait_mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Poll without pause: the lowest latency, and a whole core while waiting.
+    Busy,
+    /// Poll `spin` times, then yield the core between polls, then pause between polls for a
+    /// time that doubles from [`MIN_PAUSE`] to [`MAX_PAUSE`]. The default (`spin` 1024) keeps
+    /// the latency of a busy poll for completions that come within microseconds and costs
+    /// almost nothing while a batch waits long.
+    Adaptive {
+        /// Empty polls before the worker starts yielding.
+        spin: u32,
+    },
+    /// Pause from the first empty poll: the least CPU, and up to [`MAX_PAUSE`] of added
+    /// latency.
+    Block,
+}
+
+impl Default for WaitMode {
+    fn default() -> Self {
+        WaitMode::Adaptive { spin: 1024 }
+    }
+}
+
+/// The first pause of a waiting worker.
+pub const MIN_PAUSE: Duration = Duration::from_micros(20);
+/// The longest pause of a waiting worker.
+pub const MAX_PAUSE: Duration = Duration::from_millis(2);
+/// Yields of an adaptive worker between spinning and pausing.
+const YIELDS: u32 = 64;
+
+/// What a waiting worker does after an empty poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Poll again at once.
+    Spin,
+    /// Yield the core, then poll.
+    Yield,
+    /// Sleep this long, then poll.
+    Pause(Duration),
+}
+
+/// The empty polls of one wait, and the pause they have grown to.
+#[derive(Debug)]
+pub(crate) struct Idle {
+    mode: WaitMode,
+    empty: u32,
+    pause: Duration,
+}
+
+impl Idle {
+    pub(crate) fn new(mode: WaitMode) -> Self {
+        Idle {
+            mode,
+            empty: 0,
+            pause: MIN_PAUSE,
+        }
+    }
+
+    /// A poll found completions: start over.
+    #[inline]
+    pub(crate) fn reset(&mut self) {
+        self.empty = 0;
+        self.pause = MIN_PAUSE;
+    }
+
+    /// A poll came back empty: what to do next.
+    #[inline]
+    pub(crate) fn step(&mut self) -> Step {
+        self.empty = self.empty.saturating_add(1);
+        let spin = match self.mode {
+            WaitMode::Busy => return Step::Spin,
+            WaitMode::Block => 0,
+            WaitMode::Adaptive { spin } => spin,
+        };
+        if self.empty <= spin {
+            return Step::Spin;
+        }
+        if self.mode != WaitMode::Block && self.empty <= spin.saturating_add(YIELDS) {
+            return Step::Yield;
+        }
+        let pause = self.pause;
+        self.pause = (pause * 2).min(MAX_PAUSE);
+        Step::Pause(pause)
+    }
+
+    /// Whether this empty poll is one at which the wait checks its deadline and dropped
+    /// workers (every 32nd while spinning, every one otherwise).
+    #[inline]
+    pub(crate) fn check_due(&self, step: Step) -> bool {
+        step != Step::Spin || self.empty % 32 == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(mode: WaitMode, n: usize) -> Vec<Step> {
+        let mut idle = Idle::new(mode);
+        (0..n).map(|_| idle.step()).collect()
+    }
+
+    #[test]
+    fn busy_only_spins() {
+        assert!(steps(WaitMode::Busy, 10_000)
+            .iter()
+            .all(|s| *s == Step::Spin));
+    }
+
+    #[test]
+    fn adaptive_spins_then_yields_then_pauses_longer_up_to_the_cap() {
+        let s = steps(WaitMode::Adaptive { spin: 3 }, 3 + 64 + 9);
+        assert!(s[..3].iter().all(|s| *s == Step::Spin));
+        assert!(s[3..67].iter().all(|s| *s == Step::Yield));
+        let pauses: Vec<_> = s[67..]
+            .iter()
+            .map(|s| match s {
+                Step::Pause(d) => d.as_micros(),
+                other => panic!("expected a pause, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 320, 640, 1280, 2000, 2000]);
+    }
+
+    #[test]
+    fn block_pauses_at_once_and_a_reset_starts_over() {
+        let mut idle = Idle::new(WaitMode::Block);
+        assert_eq!(idle.step(), Step::Pause(MIN_PAUSE));
+        assert_eq!(idle.step(), Step::Pause(MIN_PAUSE * 2));
+        idle.reset();
+        assert_eq!(idle.step(), Step::Pause(MIN_PAUSE));
+        assert!(idle.check_due(Step::Pause(MIN_PAUSE)));
+    }
+}

@@ -1,0 +1,74 @@
+//! A waiting worker gives its core back: a `Worker::wait` on a batch that does not complete for
+//! 2 s uses under 2% of a core in the adaptive (default) and block modes, measured as the
+//! thread's CPU time (a bound, not a timing assertion).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use transport::fabric::sim::{SimConfig, SimFaults};
+use transport::*;
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Waits `window` in `mode` on a WRITE to a dead peer (which would fail only after a minute);
+/// returns the CPU time the waiting thread used.
+fn cpu_of_a_wait(mode: WaitMode, window: Duration) -> Duration {
+    let c = Cluster::new();
+    let sim = SimConfig {
+        faults: SimFaults {
+            unresp_timeout: Duration::from_secs(60),
+            ..SimFaults::default()
+        },
+        ..SimConfig::default()
+    };
+    let (a, _) = c.engine("a", sim.clone());
+    let (b, b_fabric) = c.engine("b", sim);
+    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
+    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
+    let remote = a.open_segment("b/dst").unwrap();
+    b_fabric.set_alive(false);
+    let mut w = a.worker().unwrap();
+    w.set_wait_mode(mode);
+    assert_eq!(w.wait_mode(), mode);
+    let batch = a.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::write(src, 0, remote, 0, 4096)])
+        .unwrap();
+    let (t0, cpu0) = (Instant::now(), thread_cpu());
+    let st = w.wait(batch, window).unwrap();
+    let (elapsed, cpu) = (t0.elapsed(), thread_cpu() - cpu0);
+    assert_eq!(st.timed_out, 1, "{st:?}");
+    assert!(elapsed >= window, "returned after {elapsed:?}");
+    println!("{mode:?}: {cpu:?} of CPU over {elapsed:?}");
+    cpu
+}
+
+#[test]
+fn a_long_wait_uses_under_two_percent_of_a_core() {
+    let window = Duration::from_secs(2);
+    for mode in [WaitMode::default(), WaitMode::Block] {
+        let cpu = cpu_of_a_wait(mode, window);
+        assert!(cpu < window / 50, "{mode:?} used {cpu:?} over {window:?}");
+    }
+}
+
+#[test]
+fn engine_config_sets_the_mode_of_new_workers() {
+    let c = Cluster::new();
+    let mut cfg = EngineConfig::new("a");
+    cfg.wait = WaitMode::Busy;
+    let (a, _) = c.engine_with(cfg, SimConfig::default());
+    assert_eq!(a.worker().unwrap().wait_mode(), WaitMode::Busy);
+    let (b, _) = c.engine("b", SimConfig::default());
+    assert_eq!(b.worker().unwrap().wait_mode(), WaitMode::default());
+}
