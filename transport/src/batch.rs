@@ -100,6 +100,9 @@ pub(crate) struct RequestSlot {
     /// Peer and remote rail for the notification.
     pub peer: AtomicU32,
     pub remote_rail: AtomicU32,
+    /// Metrics only: submit time (ns since the engine started) shifted left by 2, opcode row
+    /// in the low 2 bits.
+    pub started: AtomicU64,
 }
 
 impl RequestSlot {

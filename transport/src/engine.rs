@@ -11,6 +11,7 @@ use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
 use crate::metadata::{Metadata, MetadataError};
+use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
@@ -174,6 +175,9 @@ pub struct EngineConfig {
     pub submit_timeout: Duration,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,
+    /// Count operations, bytes, failures and latency per worker ([`Engine::metrics`]); on by
+    /// default (its cost is within the noise of the transport benchmark, see BENCHMARKS.md).
+    pub metrics: bool,
 }
 
 impl EngineConfig {
@@ -189,6 +193,7 @@ impl EngineConfig {
             notify_tags: 1024,
             submit_timeout: Duration::from_secs(10),
             rail_policy: Arc::new(AllRails),
+            metrics: true,
         }
     }
 }
@@ -203,6 +208,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_batches", &self.max_batches)
             .field("notify_tags", &self.notify_tags)
             .field("submit_timeout", &self.submit_timeout)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -226,6 +232,8 @@ pub(crate) struct Inner {
     /// [`Worker`](crate::Worker#dropping-a-worker)), and how many there are.
     pub orphans: Mutex<Vec<Box<dyn Endpoint>>>,
     pub orphan_count: AtomicUsize,
+    /// Per-worker counters and registration figures.
+    pub metrics: MetricsRegistry,
 }
 
 impl Inner {
@@ -342,6 +350,7 @@ impl Engine {
                 revision: AtomicU64::new(1),
                 orphans: Mutex::new(Vec::new()),
                 orphan_count: AtomicUsize::new(0),
+                metrics: MetricsRegistry::new(config.metrics),
             }),
         })
     }
@@ -444,9 +453,11 @@ impl Engine {
             return Err(TransportError::DuplicateName(name.to_string()));
         }
         let region = MemoryRegion { addr, len, access };
+        let started = Instant::now();
         // SAFETY: the caller of `register_memory` promised validity until unregister; owned
         // memory is kept in the entry and dropped only after `deregister`.
         let registration = unsafe { inner.fabric.register(region)? };
+        inner.metrics.registered(started.elapsed());
         let rails = inner.caps.rails as usize;
         if registration.local_keys.len() != rails || registration.remote_keys.len() != rails {
             let _ = inner.fabric.deregister(&registration);
@@ -533,6 +544,7 @@ impl Engine {
         // completions; the local teardown must go on regardless.
         let _ = inner.metadata.remove(&entry.name);
         inner.fabric.deregister(&entry.registration)?;
+        inner.metrics.unregistered();
         Ok(entry.owned)
     }
 
@@ -777,6 +789,14 @@ impl Engine {
         let n = slot.abandon(batch, true);
         reap_orphans(&self.inner, true);
         Ok(n)
+    }
+
+    /// What the engine has done so far: operations and bytes by opcode, failures by reason,
+    /// per peer and per rail, requests in flight, registrations and submit-to-complete
+    /// latency, summed over its workers (see [`metrics`](crate::metrics)). All zero when
+    /// [`EngineConfig::metrics`] is off, except the registration figures.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
     }
 
     /// Applies the completions that have arrived for work requests of dropped workers (see
