@@ -440,6 +440,8 @@ impl Engine {
         owned: Option<OwnedMemory>,
     ) -> Result<SegmentId, TransportError> {
         let inner = &*self.inner;
+        let _span =
+            tracing::info_span!("register", engine = %inner.name, segment = name, len).entered();
         check_name("segment", name)?;
         check_memory(addr, len)?;
         if owned.is_some() && matches!(location, Location::Gpu(_)) {
@@ -529,6 +531,8 @@ impl Engine {
     /// the engine owned it.
     pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
         let inner = &*self.inner;
+        let _span = tracing::info_span!("unregister", engine = %inner.name, index = segment.index)
+            .entered();
         inner.check_segment(segment)?;
         reap_orphans(inner, true);
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
@@ -632,6 +636,8 @@ impl Engine {
     /// every rail, decodes its keys.
     pub fn open_segment(&self, name: &str) -> Result<RemoteSegment, TransportError> {
         let inner = &*self.inner;
+        let _span =
+            tracing::info_span!("open_segment", engine = %inner.name, segment = name).entered();
         let desc = inner.metadata.lookup(name).map_err(|e| match e {
             MetadataError::NotFound(n) => TransportError::SegmentNotFound(n),
             other => other.into(),
@@ -651,7 +657,8 @@ impl Engine {
             .into());
         }
         let addresses: Vec<Vec<u8>> = desc.rails.iter().map(|r| r.address.clone()).collect();
-        let peer = inner.fabric.connect(&addresses)?;
+        let peer = tracing::info_span!("connect", rails = addresses.len())
+            .in_scope(|| inner.fabric.connect(&addresses))?;
         let mut rkeys = [0u64; MAX_RAILS];
         for (i, r) in desc.rails.iter().enumerate() {
             rkeys[i] = inner.fabric.decode_remote_key(i as u16, &r.key)?;
@@ -722,6 +729,9 @@ impl Engine {
     /// Accepts requests from the peer with these per-rail addresses (target side of a
     /// handshake; see [`Fabric::accept`]).
     pub fn accept_peer(&self, addresses: &[Vec<u8>]) -> Result<(), TransportError> {
+        let _span =
+            tracing::info_span!("accept", engine = %self.inner.name, rails = addresses.len())
+                .entered();
         Ok(self.inner.fabric.accept(addresses)?)
     }
 

@@ -211,6 +211,9 @@ impl State {
                 f.name()
             ));
         }
+        let _span =
+            tracing::info_span!("accept", peer = %hello.engine, rails = hello.addresses.len())
+                .entered();
         f.accept(&hello.addresses)
             .map_err(|e| format!("fabric refused engine {:?}: {e}", hello.engine))
     }
