@@ -344,6 +344,10 @@ impl Runner for Client {
         self.setup.clone()
     }
 
+    fn engines(&self) -> Vec<Engine> {
+        vec![self.link.engine.clone()]
+    }
+
     fn bandwidth(&mut self, p: &Point) -> anyhow::Result<BwMeasurement> {
         self.start(p)?;
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
