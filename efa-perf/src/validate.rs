@@ -278,7 +278,14 @@ impl Rig {
             rng.fill(&mut shadow);
             let segment = register(&engine, &name, shadow.clone(), Access::REMOTE_READ_WRITE)?;
             let path = match o.metadata {
-                MetadataChoice::Local => name.clone(),
+                MetadataChoice::Local => {
+                    // The target side of the handshake discovery does over p2p (fabrics that
+                    // answer the initiator, such as efa's two-sided protocol, need it).
+                    engine
+                        .accept_peer(&initiator.local_addresses())
+                        .with_context(|| format!("peer {} accepting the initiator", i + 1))?;
+                    name.clone()
+                }
                 MetadataChoice::P2p => format!("{}/{name}", discovery[i + 1].local_addr()),
             };
             let remote = initiator
@@ -362,8 +369,9 @@ fn plan(rig: &mut Rig, o: &Options, rng: &mut Rng, n: u32, ops: &[usize]) -> Vec
         let mut len = 1 + rng.below(o.max_len);
         let local_off = k * o.max_len + rng.below(o.max_len - len + 1);
         let overlaps = |off: u64, len: u64, out: &[Planned]| {
-            out.iter()
-                .any(|p| p.target == target && off < p.remote_off + p.len && p.remote_off < off + len)
+            out.iter().any(|p| {
+                p.target == target && off < p.remote_off + p.len && p.remote_off < off + len
+            })
         };
         // Draws for a free target range, halving the length every 8 misses in a crowded batch.
         let mut remote_off = None;
