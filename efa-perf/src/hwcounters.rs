@@ -31,7 +31,7 @@ impl Snapshot {
         let mut seen = false;
         for d in devices
             .iter()
-            .filter(|d| device.is_none_or(|n| n == d.name))
+            .filter(|d| device.map_or(true, |n| n == d.name))
         {
             seen = true;
             s.add_device(&d.name, &d.ibdev_path)

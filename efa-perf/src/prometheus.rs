@@ -11,6 +11,9 @@ use std::time::Duration;
 use transport::metrics::MetricsSnapshot;
 use transport::{Engine, FailReason};
 
+/// Samples of one family: labels and value.
+type Samples = Vec<(String, f64)>;
+
 /// Most bytes of a request read before answering.
 const MAX_REQUEST: usize = 8192;
 
@@ -33,7 +36,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 /// The metrics of `engines` in the text exposition format.
 pub fn render(engines: &[(String, MetricsSnapshot)]) -> String {
     let mut out = String::new();
-    let per = |f: &dyn Fn(&str, &MetricsSnapshot) -> Vec<(String, f64)>| -> Vec<(String, f64)> {
+    let per = |f: &dyn Fn(&str, &MetricsSnapshot) -> Samples| -> Samples {
         engines
             .iter()
             .flat_map(|(n, m)| f(&format!("engine=\"{}\"", escape(n)), m))

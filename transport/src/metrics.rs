@@ -1,16 +1,17 @@
 //! Engine metrics: operations and bytes by opcode, failures by reason, per peer and per rail,
 //! requests in flight, registration time and submit-to-complete latency.
 //!
-//! Each [`Worker`](crate::Worker) owns a [`CounterBlock`] that only it writes (relaxed loads and
+//! Each [`Worker`](crate::Worker) owns a block of counters that only it writes (relaxed loads and
 //! stores of plain atomics: no lock, no read-modify-write, no allocation). The engine keeps the
 //! list of blocks, registered when a worker is created; [`Engine::metrics`](crate::Engine::metrics)
 //! sums them into a [`MetricsSnapshot`]. A dropped worker's counts are folded into the engine's
-//! retired block, so the list stays as long as the number of live workers.
+//! retired block, so the list stays as long as the number of live workers. A submit or poll
+//! gathers its counts in local integers and adds them to the block once.
 //!
 //! Latency is measured on one submit call in [`LATENCY_SAMPLE_EVERY`]: one clock read for the
 //! submit and one per poll that ends any of its requests, shared by every request of the batch.
-//! With [`EngineConfig::metrics`](crate::EngineConfig)
-//! off, workers have no block and read no clock.
+//! With [`EngineConfig::metrics`](crate::EngineConfig) off, workers have no block and read no
+//! clock.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
