@@ -22,6 +22,7 @@ use crate::cpu;
 use crate::fabrics::Params;
 use crate::loopback::{combine, register, stream_op, CLIENT_SEGMENT, SERVER_SEGMENT};
 use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
+use crate::observe::Observer;
 use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::{FabricKind, Selection};
 use crate::stats::Event;
@@ -523,8 +524,13 @@ fn serve_one(
         stripe,
     };
     let op = stream_op(verb);
+    let engines = [node.engine.clone()];
+    let wanted = crate::engine::observe_wanted(&args.observe, selection, args.device.as_deref());
+    let mut observer = Observer::start(wanted);
+    observer.serve(&engines)?;
     loop {
         let Some((size, amount)) = control.next_run(stripe)? else {
+            eprint!("{}", observer.finish(&engines));
             return Ok(());
         };
         if metric == Metric::Lat && op == StreamOp::Write {

@@ -102,9 +102,19 @@ fn a_corrupted_peer_byte_fails_the_run_and_is_named() {
 
 #[test]
 fn stats_and_counters_report_after_the_run() {
-    let out = run(&["--fabric", "sim", "--ops", "100", "--stats", "--counters"]);
+    let out = run(&[
+        "--fabric",
+        "sim",
+        "--ops",
+        "100",
+        "--stats",
+        "--counters",
+        "--prometheus",
+        "127.0.0.1:0",
+    ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
+    assert!(t.contains("efa-perf: metrics at http://127.0.0.1:"), "{t}");
     assert!(t.contains("stats[validate-0]: requests READ"), "{t}");
     // No RDMA device behind sim: a one-line note, not a failure.
     assert!(t.contains("hw_counters: "), "{t}");
