@@ -9,8 +9,15 @@
 //! Both groups run twice: by wall-clock time, then (`*_cpu`) by the benchmark thread's CPU time,
 //! which stays meaningful when other work shares the machine's cores.
 //!
+//! - `submit_complete/8B_metrics_off/32`: `8B/32` on an engine with `EngineConfig::metrics`
+//!   off.
+//!
 //! Before criterion runs, a probe counts heap allocations per op over a warm steady state
-//! (8 B, batch 32) and prints wall and thread-CPU ns per op.
+//! (8 B, batch 32) and prints wall and thread-CPU ns per op, then runs 8 B batch-32 rounds
+//! with metrics on and off interleaved and prints both figures and their ratio.
+//! `TRANSPORT_BENCH_PROBE_ONLY=rounds` stops after the allocation probe, and
+//! `TRANSPORT_BENCH_PROBE_METRICS=0` runs that probe without metrics (for instruction counts of
+//! both under callgrind).
 //!
 //! Run: `cargo bench -p efa-benches --bench transport`
 
@@ -64,12 +71,17 @@ fn setup() -> Setup {
 }
 
 fn setup_with(slice_size: u64) -> Setup {
+    setup_full(slice_size, true)
+}
+
+fn setup_full(slice_size: u64, metrics: bool) -> Setup {
     let net = SimNetwork::new();
     let meta = Arc::new(LocalRegistry::new());
     let engine = |name: &str| {
         let fabric = SimFabric::new(&net, SimConfig::default()).unwrap();
         let mut cfg = EngineConfig::new(name);
         cfg.slice_size = slice_size;
+        cfg.metrics = metrics;
         Engine::new(cfg, fabric, meta.clone()).unwrap()
     };
     let (a, b) = (engine("a"), engine("b"));
@@ -193,7 +205,10 @@ impl Measurement for ThreadCpu {
 }
 
 fn alloc_probe() {
-    let s = setup();
+    // TRANSPORT_BENCH_PROBE_METRICS=0: the probe's engine without metrics (instruction counts of
+    // both under callgrind).
+    let metrics = std::env::var("TRANSPORT_BENCH_PROBE_METRICS").map_or(true, |v| v != "0");
+    let s = setup_full(EngineConfig::new("a").slice_size, metrics);
     let mut w = s.a.worker().unwrap();
     let reqs = requests(&s, 32, 8);
     let mut batch = s.a.allocate_batch(32).unwrap();
@@ -218,11 +233,74 @@ fn alloc_probe() {
          {allocs} allocations ({:.4} per op)",
         allocs as f64 / ops
     );
+    if std::env::var_os("TRANSPORT_BENCH_PROBE_ONLY").is_some_and(|v| v == "rounds") {
+        std::process::exit(0);
+    }
+    interleaved_metrics();
     interleaved_1mib(EngineConfig::new("a").slice_size);
     interleaved_1mib(1 << 20);
     if std::env::var_os("TRANSPORT_BENCH_PROBE_ONLY").is_some() {
         std::process::exit(0);
     }
+}
+
+/// 8 B batch-32 rounds with metrics on and off, interleaved block by block in one run so load
+/// changes hit both alike; prints the median ns per op of each and their ratio.
+fn interleaved_metrics() {
+    let (on, off) = (
+        setup_full(EngineConfig::new("a").slice_size, true),
+        setup_full(EngineConfig::new("a").slice_size, false),
+    );
+    let (mut won, mut woff) = (on.a.worker().unwrap(), off.a.worker().unwrap());
+    let (ron, roff) = (requests(&on, 32, 8), requests(&off, 32, 8));
+    let (mut bon, mut boff) = (
+        on.a.allocate_batch(32).unwrap(),
+        off.a.allocate_batch(32).unwrap(),
+    );
+    let blocks: usize = std::env::var("TRANSPORT_BENCH_METRICS_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    const ROUNDS: u32 = 200;
+    let (mut cpu_on, mut cpu_off, mut wall_on, mut wall_off) = (vec![], vec![], vec![], vec![]);
+    for i in 0..blocks + 10 {
+        let (t, c) = (Instant::now(), thread_cpu());
+        for _ in 0..ROUNDS {
+            bon = round(&on, &mut won, bon, &ron);
+        }
+        let (w1, c1) = (t.elapsed(), thread_cpu() - c);
+        let (t, c) = (Instant::now(), thread_cpu());
+        for _ in 0..ROUNDS {
+            boff = round(&off, &mut woff, boff, &roff);
+        }
+        let (w2, c2) = (t.elapsed(), thread_cpu() - c);
+        if i >= 10 {
+            wall_on.push(w1);
+            cpu_on.push(c1);
+            wall_off.push(w2);
+            cpu_off.push(c2);
+        }
+    }
+    let per_op = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_nanos() as f64 / (ROUNDS as f64 * 32.0)
+    };
+    let (con, coff, won_, woff_) = (
+        per_op(&mut cpu_on),
+        per_op(&mut cpu_off),
+        per_op(&mut wall_on),
+        per_op(&mut wall_off),
+    );
+    let m = on.a.metrics();
+    println!(
+        "interleaved 8 B batch 32, metrics on/off ({blocks} block pairs of {ROUNDS} rounds, medians): \
+         on {con:.1} ns/op CPU / {won_:.1} wall, off {coff:.1} ns/op CPU / {woff_:.1} wall, \
+         ratio (on / off) {:.3} CPU, {:.3} wall; {} requests counted, latency p50 <= {:?}",
+        con / coff,
+        won_ / woff_,
+        m.completed,
+        m.latency.quantile(0.5).unwrap_or_default()
+    );
 }
 
 /// 1 MiB WRITE and memcpy interleaved iteration by iteration, so load changes on a shared
@@ -293,6 +371,15 @@ fn submit_complete<M: Measurement>(c: &mut Criterion<M>, group: &str) {
             s.a.free_batch(batch).unwrap();
         }
     }
+    // The same 8 B batch-32 round on an engine with metrics off, to compare with `8B/32`.
+    let off = setup_full(EngineConfig::new("a").slice_size, false);
+    let mut w_off = off.a.worker().unwrap();
+    let reqs = requests(&off, 32, 8);
+    let mut batch = off.a.allocate_batch(32).unwrap();
+    g.throughput(Throughput::Elements(32));
+    g.bench_with_input(BenchmarkId::new("8B_metrics_off", 32), &32, |b, _| {
+        b.iter(|| batch = round(&off, &mut w_off, batch, &reqs))
+    });
     g.finish();
 }
 

@@ -51,6 +51,10 @@ pub enum Command {
     ReadLat(TestArgs),
     /// Run the same sweep over the fast fabric (efa, else verbs, else sim) and over tcp; print ratios and draw a chart.
     Compare(CompareArgs),
+    /// Check that every byte arrives: random READ, WRITE and WRITE_WITH_NOTIFY requests (patterns, offsets,
+    /// lengths) from one engine to N peer engines in this process, every byte compared on both sides; exits
+    /// non-zero on any mismatch or failed request.
+    Validate(ValidateArgs),
 }
 
 /// Options of `info`.
@@ -215,6 +219,10 @@ pub struct TestArgs {
     /// yield then pause (the engine's default), or pause at once (least CPU, up to 2 ms added latency).
     #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
     pub wait: WaitChoice,
+
+    /// Observability: engine metrics summary, hw_counters deltas, Prometheus listener.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 /// How the engine's workers wait (`--wait`).
@@ -236,6 +244,94 @@ impl From<WaitChoice> for transport::WaitMode {
             WaitChoice::Block => transport::WaitMode::Block,
         }
     }
+}
+
+/// What to report about the engines and devices around a test.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ObserveArgs {
+    /// After the test, print each engine's metrics (requests and bytes by opcode, failures by reason, per rail
+    /// and peer, latency, registrations) on stderr.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Print the RDMA devices' hw_counters (sysfs ports/1/hw_counters and hw_counters) that changed during the
+    /// test, on stderr; a one-line note where there are none (sim, tcp, devices without counters).
+    #[arg(long)]
+    pub counters: bool,
+
+    /// Serve the engines' metrics in Prometheus' text format at http://ADDR/metrics while the test runs (e.g.
+    /// 127.0.0.1:9464; port 0 picks one and prints it).
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<std::net::SocketAddr>,
+}
+
+/// Options of `validate`.
+#[derive(Clone, Debug, Args)]
+pub struct ValidateArgs {
+    /// Fabric: auto picks efa, else verbs, else sim. Every engine runs in this process (tcp on 127.0.0.1).
+    #[arg(long, value_enum, default_value_t = FabricChoice::Auto)]
+    pub fabric: FabricChoice,
+
+    /// Where segments are published: one in-process registry, or peer-to-peer discovery over TCP on loopback.
+    #[arg(long, value_enum, default_value_t = crate::validate::MetadataChoice::Local)]
+    pub metadata: crate::validate::MetadataChoice,
+
+    /// Peer engines the requests go to.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub peers: u32,
+
+    /// Requests in all.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: u64,
+
+    /// Longest request in bytes (lengths are drawn from 1 to this); K, M suffixes.
+    #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "BYTES")]
+    pub max_len: u64,
+
+    /// Bytes of each peer's segment (at least --max-len).
+    #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "BYTES")]
+    pub segment_size: u64,
+
+    /// Requests per batch (no two of a batch overlap on either side).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
+
+    /// Seed of every random choice (default: from the clock; printed, to repeat a run).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Seconds to wait for each batch.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..3600))]
+    pub timeout: u64,
+
+    /// RDMA device for efa and verbs (default: the first of the fabric).
+    #[arg(short = 'd', long = "ib-dev", value_name = "DEV")]
+    pub device: Option<String>,
+
+    /// Port of the RDMA device.
+    #[arg(short = 'i', long = "ib-port", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub ib_port: u8,
+
+    /// GID index (verbs; RoCE v2 usually needs the IPv4 GID).
+    #[arg(short = 'x', long = "gid-index", value_name = "INDEX")]
+    pub gid_index: Option<u32>,
+
+    /// Largest piece posted as one work request (default: the engine's 64 KiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub slice_size: Option<u64>,
+
+    /// efa fabric: when READ and WRITE travel over SEND/RECV.
+    #[arg(long = "two-sided", value_enum, default_value_t = TwoSidedChoice::Fallback)]
+    pub two_sided: TwoSidedChoice,
+
+    /// For tests of the validator itself: flip one byte of a peer's segment after the first WRITE lands, before
+    /// it is checked. The run must then fail, naming that byte.
+    #[arg(long, hide = true)]
+    pub inject_corruption: bool,
+
+    /// Observability: engine metrics summary, hw_counters deltas, Prometheus listener.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 /// How an idle target thread waits (`--idle-wait`).
@@ -399,6 +495,7 @@ pub fn loopback_args() -> TestArgs {
         two_sided: TwoSidedChoice::Fallback,
         idle_wait: IdleWaitChoice::Events,
         wait: WaitChoice::Busy,
+        observe: Default::default(),
     }
 }
 

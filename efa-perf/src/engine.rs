@@ -5,6 +5,7 @@ use crate::bench::{self, Plan};
 use crate::cli::{Metric, TestArgs};
 use crate::loopback::Loopback;
 use crate::measure;
+use crate::observe::Observer;
 use crate::record::Document;
 use crate::remote;
 use crate::select::Selection;
@@ -38,10 +39,42 @@ pub fn run_selected(
         let p = crate::fabrics::params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
         let (server, client, setup) = crate::fabrics::pair(selection, &p)?;
         let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout, &p)?;
-        return bench::run(&mut runner, plan);
+        return observed(&mut runner, plan, selection, args);
     }
     let mut client = remote::Client::connect(selection, args, plan, stripe)?;
-    bench::run(&mut client, plan)
+    observed(&mut client, plan, selection, args)
+}
+
+/// Runs the plan with what `--stats`, `--counters` and `--prometheus` ask for around it.
+fn observed(
+    runner: &mut dyn crate::runner::Runner,
+    plan: &Plan,
+    selection: &Selection,
+    args: &TestArgs,
+) -> anyhow::Result<Document> {
+    let mut observer = Observer::start(observe_wanted(
+        &args.observe,
+        selection,
+        args.device.as_deref(),
+    ));
+    observer.serve(&runner.engines())?;
+    let doc = bench::run(runner, plan)?;
+    eprint!("{}", observer.finish(&runner.engines()));
+    Ok(doc)
+}
+
+/// What the observability options ask for, on the selected device.
+pub fn observe_wanted(
+    o: &crate::cli::ObserveArgs,
+    selection: &Selection,
+    device: Option<&str>,
+) -> crate::observe::Wanted {
+    crate::observe::Wanted {
+        stats: o.stats,
+        counters: o.counters,
+        prometheus: o.prometheus,
+        device: selection.device.clone().or(device.map(str::to_string)),
+    }
 }
 
 /// Runs a test from the command line: loopback, client (a peer was given) or server (none was).

@@ -123,6 +123,10 @@ impl Runner for Loopback {
         self.setup.clone()
     }
 
+    fn engines(&self) -> Vec<Engine> {
+        vec![self.client.engine.clone(), self.server.engine.clone()]
+    }
+
     fn bandwidth(&mut self, p: &Point) -> anyhow::Result<BwMeasurement> {
         let op = stream_op(p.verb);
         let timeout = self.timeout;

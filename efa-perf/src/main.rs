@@ -10,10 +10,13 @@ mod cpu;
 mod devices;
 mod engine;
 mod fabrics;
+mod hwcounters;
 mod info;
 mod loopback;
 mod measure;
+mod observe;
 mod progress;
+mod prometheus;
 mod record;
 mod remote;
 mod report;
@@ -23,6 +26,8 @@ mod send;
 mod session;
 mod stats;
 mod svg;
+mod validate;
+mod validate_cmd;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, Metric, TestArgs, Verb};
@@ -56,6 +61,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ReadBw(a) => test(Verb::Read, Metric::Bw, a),
         Command::ReadLat(a) => test(Verb::Read, Metric::Lat, a),
         Command::Compare(a) => compare::run(&a),
+        Command::Validate(a) => validate_cmd::run(&a),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::cpu;
 use crate::fabrics::Params;
 use crate::loopback::{combine, register, stream_op, CLIENT_SEGMENT, SERVER_SEGMENT};
 use crate::measure::{self, Link, StreamOp, StreamResult, TAG_SEND};
+use crate::observe::Observer;
 use crate::runner::{Amount, BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::{FabricKind, Selection};
 use crate::session::{dial, Control};
@@ -213,6 +214,10 @@ impl Runner for Client {
         self.setup.clone()
     }
 
+    fn engines(&self) -> Vec<Engine> {
+        vec![self.link.engine.clone()]
+    }
+
     fn bandwidth(&mut self, p: &Point) -> anyhow::Result<BwMeasurement> {
         self.start(p)?;
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
@@ -361,6 +366,10 @@ fn serve_one(
         depth: hello.depth,
         timeout: Duration::from_secs(args.timeout),
     };
+    let engines = [node.engine.clone()];
+    let wanted = crate::engine::observe_wanted(&args.observe, selection, args.device.as_deref());
+    let mut observer = Observer::start(wanted);
+    observer.serve(&engines)?;
     while let Some((size, amount)) = control.next_run(hello.stripe)? {
         if metric == Metric::Lat && side.op == StreamOp::Write {
             side.link.reset_rx(size)?;
@@ -373,6 +382,7 @@ fn serve_one(
             streams: results.iter().map(StreamSummary::from).collect(),
         })?;
     }
+    eprint!("{}", observer.finish(&engines));
     Ok(())
 }
 

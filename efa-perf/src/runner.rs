@@ -84,4 +84,9 @@ pub trait Runner {
     fn bandwidth(&mut self, point: &Point) -> anyhow::Result<BwMeasurement>;
     /// Measures latency at one point.
     fn latency(&mut self, point: &Point) -> anyhow::Result<LatMeasurement>;
+    /// The transport engines it runs on, for `--stats` and `--prometheus` (none for runners that use the
+    /// verbs directly).
+    fn engines(&self) -> Vec<transport::Engine> {
+        Vec::new()
+    }
 }

@@ -274,6 +274,17 @@ pub fn hw_counters(device: &str) -> Result<sysfs::HwCounters> {
     sysfs::device_counters(Path::new(sysfs::INFINIBAND_CLASS), device)
 }
 
+/// Read the hardware counters under a device's sysfs directory (its
+/// [`DeviceInfo::ibdev_path`], or a copy of that layout): `ports/1/hw_counters/*` and
+/// `hw_counters/*`.
+///
+/// # Errors
+///
+/// A counter file that cannot be read or is not a number, named in the error.
+pub fn hw_counters_in(ibdev_path: &Path) -> Result<sysfs::HwCounters> {
+    sysfs::hw_counters(ibdev_path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,8 +42,8 @@ pub use context::{Context, DeviceAttr, LinkLayer, Mtu, PortAttr, PortState};
 pub use counter::{CompCounter, CounterOps};
 pub use cq::{Completion, Cq, CqBuilder, Poll, WorkCompletion};
 pub use device::{
-    devices, efa_devices, efa_driver_version, hw_counters, DeviceInfo, DeviceKind, NodeType,
-    TransportType,
+    devices, efa_devices, efa_driver_version, hw_counters, hw_counters_in, DeviceInfo, DeviceKind,
+    NodeType, TransportType,
 };
 pub use error::{Error, Limit, Result};
 pub use gid::{Gid, GidEntry, GidType};

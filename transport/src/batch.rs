@@ -91,13 +91,15 @@ pub(crate) struct RequestSlot {
     pub remote_rail: AtomicU32,
     /// What a retry needs to rebuild a slice (written at submit when retries are on): the
     /// retries taken so far, with bit 31 set for a WRITE; the remote segment (generation in
-    /// the high half, slot index in the low); both start addresses and the length. The slot is
-    /// 64 bytes, one cache line.
+    /// the high half, slot index in the low); both start addresses and the length.
     pub retries: AtomicU32,
     pub remote: AtomicU64,
     pub local_addr: AtomicU64,
     pub remote_addr: AtomicU64,
     pub len: AtomicU64,
+    /// Metrics only: submit time (ns since the engine started) shifted left by 2, opcode row
+    /// in the low 2 bits.
+    pub started: AtomicU64,
 }
 
 impl RequestSlot {
@@ -579,8 +581,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_slots_fill_one_cache_line() {
-        assert_eq!(std::mem::size_of::<RequestSlot>(), 64);
+    fn request_slots_stay_small() {
+        // 28 bytes of state, 36 kept for retries, 8 for metrics: 1024 requests in 72 KiB.
+        assert_eq!(std::mem::size_of::<RequestSlot>(), 72);
     }
 
     #[test]

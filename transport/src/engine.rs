@@ -13,6 +13,7 @@ use crate::fabric::{
     MAX_RAILS,
 };
 use crate::metadata::{Metadata, MetadataError};
+use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
 use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
@@ -171,6 +172,9 @@ pub struct EngineConfig {
     pub wait: WaitMode,
     /// Rail choice per location.
     pub rail_policy: Arc<dyn RailPolicy>,
+    /// Count operations, bytes, failures and latency per worker ([`Engine::metrics`]); on by
+    /// default (its cost is within the noise of the transport benchmark, see BENCHMARKS.md).
+    pub metrics: bool,
 }
 
 impl EngineConfig {
@@ -188,6 +192,7 @@ impl EngineConfig {
             retry: RetryPolicy::default(),
             wait: WaitMode::default(),
             rail_policy: Arc::new(AllRails),
+            metrics: true,
         }
     }
 }
@@ -204,6 +209,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("submit_timeout", &self.submit_timeout)
             .field("retry", &self.retry)
             .field("wait", &self.wait)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -233,6 +239,8 @@ pub(crate) struct Inner {
     /// [`Worker`](crate::Worker#dropping-a-worker)), and how many there are.
     pub orphans: Mutex<Vec<Box<dyn Endpoint>>>,
     pub orphan_count: AtomicUsize,
+    /// Per-worker counters and registration figures.
+    pub metrics: MetricsRegistry,
 }
 
 impl Inner {
@@ -414,6 +422,7 @@ impl Engine {
                 revision: AtomicU64::new(1),
                 orphans: Mutex::new(Vec::new()),
                 orphan_count: AtomicUsize::new(0),
+                metrics: MetricsRegistry::new(config.metrics),
             }),
         })
     }
@@ -525,6 +534,8 @@ impl Engine {
         owned: Option<OwnedMemory>,
     ) -> Result<SegmentId, TransportError> {
         let inner = &*self.inner;
+        let _span =
+            tracing::info_span!("register", engine = %inner.name, segment = name, len).entered();
         check_name("segment", name)?;
         check_memory(addr, len)?;
         if owned.is_some() && matches!(location, Location::Gpu(_)) {
@@ -538,9 +549,11 @@ impl Engine {
             return Err(TransportError::DuplicateName(name.to_string()));
         }
         let region = MemoryRegion { addr, len, access };
+        let started = Instant::now();
         // SAFETY: the caller of `register_memory` promised validity until unregister; owned
         // memory is kept in the entry and dropped only after `deregister`.
         let registration = unsafe { inner.fabric.register(region)? };
+        inner.metrics.registered(started.elapsed());
         let rails = inner.caps.rails as usize;
         if registration.local_keys.len() != rails || registration.remote_keys.len() != rails {
             let _ = inner.fabric.deregister(&registration);
@@ -618,6 +631,8 @@ impl Engine {
     /// [`TransportError::Metadata`] when deregistering or unpublishing fails.
     pub fn unregister(&self, segment: SegmentId) -> Result<Option<OwnedMemory>, TransportError> {
         let inner = &*self.inner;
+        let _span = tracing::info_span!("unregister", engine = %inner.name, index = segment.index)
+            .entered();
         inner.check_segment(segment)?;
         reap_orphans(inner, true);
         let mut names = inner.names.lock().unwrap_or_else(PoisonError::into_inner);
@@ -633,6 +648,7 @@ impl Engine {
         // completions; the local teardown must go on regardless.
         let _ = inner.metadata.remove(&entry.name);
         inner.fabric.deregister(&entry.registration)?;
+        inner.metrics.unregistered();
         Ok(entry.owned)
     }
 
@@ -727,6 +743,8 @@ impl Engine {
     /// says why) and [`TransportError::Metadata`] (the service failed).
     pub fn open_segment(&self, name: &str) -> Result<RemoteSegment, TransportError> {
         let inner = &*self.inner;
+        let _span =
+            tracing::info_span!("open_segment", engine = %inner.name, segment = name).entered();
         let desc = inner.metadata.lookup(name).map_err(|e| match e {
             MetadataError::NotFound(n) => TransportError::SegmentNotFound(n),
             other => other.into(),
@@ -740,7 +758,8 @@ impl Engine {
             .into());
         }
         let addresses: Vec<Vec<u8>> = rails.iter().map(|r| r.address.clone()).collect();
-        let peer = inner.fabric.connect_plane(plane, &addresses)?;
+        let peer = tracing::info_span!("connect", fabric = %inner.planes[plane].name, rails = addresses.len())
+            .in_scope(|| inner.fabric.connect_plane(plane, &addresses))?;
         let mut rkeys = [0u64; MAX_RAILS];
         for (i, r) in rails.iter().enumerate() {
             rkeys[i] = inner.fabric.decode_plane_key(plane, i as u16, &r.key)?;
@@ -830,6 +849,9 @@ impl Engine {
     /// Accepts requests from the peer with these per-rail addresses (target side of a
     /// handshake; see [`Fabric::accept`]).
     pub fn accept_peer(&self, addresses: &[Vec<u8>]) -> Result<(), TransportError> {
+        let _span =
+            tracing::info_span!("accept", engine = %self.inner.name, rails = addresses.len())
+                .entered();
         Ok(self.inner.fabric.accept(addresses)?)
     }
 
@@ -907,6 +929,17 @@ impl Engine {
         let n = slot.abandon(batch, true);
         reap_orphans(&self.inner, true);
         Ok(n)
+    }
+
+    /// What the engine has done so far: operations and bytes by opcode, failures by reason,
+    /// per peer and per rail, requests in flight, registrations and submit-to-complete
+    /// latency, summed over its workers (see [`metrics`](crate::metrics)). All zero when
+    /// [`EngineConfig::metrics`] is off, except the registration figures.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            retries: self.retries(),
+            ..self.inner.metrics.snapshot()
+        }
     }
 
     /// Applies the completions that have arrived for work requests of dropped workers (see

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering::*};
 
 use crate::batch::RequestSlot;
 
-/// Requests per chunk (64 KiB of request state).
+/// Requests per chunk (72 KiB of request state).
 pub(crate) const CHUNK: usize = 1024;
 
 /// Chunked request storage. See the [module docs](self).

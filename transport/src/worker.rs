@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
 use crate::engine::{Inner, RemoteEntry};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
+use crate::metrics::{op_row, CounterBlock, PollTally, SubmitTally, LATENCY_SAMPLE_EVERY};
 use crate::retry::{RetryPolicy, RetryQueue, MAX_RETRY_SLICES};
 use crate::wait::{Idle, Step, WaitMode};
 use crate::{
@@ -70,6 +71,10 @@ pub struct Worker {
     /// Retries waiting for a backoff or for room on their rail.
     retries: RetryQueue,
     wait_mode: WaitMode,
+    /// This worker's counters (none when metrics are off).
+    metrics: Option<Arc<CounterBlock>>,
+    /// Submit calls so far, for timing one in `LATENCY_SAMPLE_EVERY`.
+    submits: u32,
 }
 
 impl std::fmt::Debug for Worker {
@@ -85,9 +90,12 @@ impl Worker {
     pub(crate) fn new(inner: Arc<Inner>) -> Result<Worker, TransportError> {
         let wait_mode = inner.wait;
         let ep = inner.fabric.endpoint()?;
+        let metrics = inner.metrics.worker_block();
         Ok(Worker {
             inner,
             ep,
+            metrics,
+            submits: 0,
             wrs: Vec::with_capacity(POST_BATCH),
             comps: vec![Completion::default(); POLL_BATCH].into_boxed_slice(),
             resolved: Vec::with_capacity(POST_BATCH),
@@ -129,7 +137,11 @@ impl Worker {
         slot.enter(batch)?;
         // Leaves the batch on every exit, unwinding included, so it can always be freed.
         let _entered = Entered(slot);
-        self.submit_entered(&inner, slot, batch, requests)
+        let r = self.submit_entered(&inner, slot, batch, requests);
+        if let (Err(_), Some(m)) = (&r, &self.metrics) {
+            m.rejected();
+        }
+        r
     }
 
     fn submit_entered(
@@ -163,6 +175,14 @@ impl Worker {
             pin.ensure(first, requests.len() as u32);
         }
         let generation = slot.generation();
+        // One clock read per timed submit call, shared by its requests (stamps below 4 are
+        // untimed). Moved out for the call (not cloned: no reference count to touch) and
+        // handed to `flush`, whose polls count into it too.
+        let metrics = self.metrics.take();
+        let timed = metrics.is_some() && self.submits % LATENCY_SAMPLE_EVERY == 0;
+        self.submits = self.submits.wrapping_add(1);
+        let now = if timed { inner.metrics.now().max(1) } else { 0 };
+        let mut counts = SubmitTally::new();
         // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
         let resolved = std::mem::take(&mut self.resolved);
         for (k, &res) in resolved.iter().enumerate() {
@@ -187,6 +207,11 @@ impl Worker {
             if inner.retry.max_retries != 0 {
                 remember(req, &res, op);
             }
+            if let Some(m) = &metrics {
+                let row = op_row(matches!(op, WorkOp::Read), res.notify != 0);
+                req.started.store(now << 2 | row as u64, Relaxed);
+                counts.request(m, row, res.len, remote.peer);
+            }
             // The local rails of the plane the peer is reached over (one plane on most fabrics).
             let rails = local.plane_rails[remote.plane as usize].as_slice();
             let n = res.slices as u64;
@@ -206,6 +231,9 @@ impl Worker {
                 } else {
                     plane_rail % remote.rails
                 };
+                if metrics.is_some() {
+                    counts.slice(rail, len);
+                }
                 if s + 1 == n {
                     req.remote_rail.store(remote_rail as u32, Relaxed);
                 }
@@ -225,11 +253,15 @@ impl Worker {
                     len,
                 });
                 if self.wrs.len() == POST_BATCH {
-                    self.flush();
+                    self.flush(metrics.as_deref());
                 }
             }
         }
-        self.flush();
+        self.flush(metrics.as_deref());
+        if let Some(m) = &metrics {
+            counts.flush(m, inner.caps.rails as usize);
+        }
+        self.metrics = metrics;
         for res in &resolved {
             if res.remote_pin {
                 inner.remotes.unpin(res.remote_index);
@@ -273,8 +305,9 @@ impl Worker {
         self.resolved.clear();
     }
 
-    /// Posts the gathered work requests, polling while queues are full.
-    fn flush(&mut self) {
+    /// Posts the gathered work requests, polling while queues are full; completions count into
+    /// `metrics` (the worker's block, moved out by the caller).
+    fn flush(&mut self, metrics: Option<&CounterBlock>) {
         let mut pos = 0;
         // When the queues first stayed full; measured with `elapsed`, so any timeout (even
         // `Duration::MAX`, no deadline) is fine.
@@ -285,11 +318,11 @@ impl Worker {
             if pos == self.wrs.len() {
                 break;
             }
-            if self.progress() == 0 && n == 0 {
+            if self.poll_once(metrics) == 0 && n == 0 {
                 let since = *stalled.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.inner.submit_timeout {
                     // The fabric made no room in time: fail what is left rather than hang.
-                    let mut tally = Tally::new();
+                    let mut tally = tally(&self.inner, metrics);
                     for i in pos..self.wrs.len() {
                         let c = Completion {
                             token: self.wrs[i].token,
@@ -308,9 +341,17 @@ impl Worker {
 
     /// Polls the fabric once and applies the completions; returns how many there were.
     pub fn progress(&mut self) -> usize {
+        let metrics = self.metrics.take();
+        let n = self.poll_once(metrics.as_deref());
+        self.metrics = metrics;
+        n
+    }
+
+    /// [`Worker::progress`] with the worker's counters moved out.
+    fn poll_once(&mut self, metrics: Option<&CounterBlock>) -> usize {
         let n = self.ep.poll(&mut self.comps);
         if n != 0 {
-            let mut tally = Tally::new();
+            let mut tally = tally(&self.inner, metrics);
             for i in 0..n {
                 let c = self.comps[i];
                 let retries = Some(&mut self.retries);
@@ -327,7 +368,7 @@ impl Worker {
     /// Completes the held retries, which were never posted, with their first failure.
     fn fail_held_retries(&mut self) {
         let (inner, ep) = (&*self.inner, &mut self.ep);
-        let mut tally = Tally::new();
+        let mut tally = tally(inner, self.metrics.as_deref());
         self.retries.fail_all(|wr, reason| {
             let c = Completion {
                 token: wr.token,
@@ -443,6 +484,9 @@ impl Drop for Worker {
                 std::thread::yield_now();
             }
         }
+        if let Some(m) = &self.metrics {
+            self.inner.metrics.retire(m);
+        }
         if self.ep.outstanding() > 0 {
             // A zero-sized placeholder: boxing it allocates nothing.
             let ep = std::mem::replace(&mut self.ep, Box::new(Detached));
@@ -493,7 +537,8 @@ pub(crate) fn reap_orphans(inner: &Inner, wait: bool) -> usize {
         // Bounded: a few polls per call, the next call continues.
         for _ in 0..16 {
             let n = ep.poll(&mut comps);
-            let mut tally = Tally::new();
+            let m = &inner.metrics;
+            let mut tally = Tally::new(m.enabled().then(|| PollTally::new(&m.orphans, m)));
             for &c in &comps[..n] {
                 complete(inner, &mut **ep, None, c, &mut tally);
             }
@@ -720,8 +765,16 @@ impl Runs {
     }
 }
 
+/// A tally for one poll of a worker, with its counters if it counts.
+#[inline]
+fn tally<'a>(inner: &'a Inner, metrics: Option<&'a CounterBlock>) -> Tally<'a> {
+    Tally::new(metrics.map(|m| PollTally::new(m, &inner.metrics)))
+}
+
 /// Batch and segment counter updates gathered over one poll, applied with one atomic each.
 struct Tally<'a> {
+    /// Metrics of the requests this poll ends (none when metrics are off).
+    metrics: Option<PollTally<'a>>,
     /// Token bits naming the batch slot and generation of the current run.
     key: u64,
     batch: u32,
@@ -736,8 +789,9 @@ struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    fn new() -> Self {
+    fn new(metrics: Option<PollTally<'a>>) -> Self {
         Tally {
+            metrics,
             key: u64::MAX,
             batch: u32::MAX,
             pin: None,
@@ -767,6 +821,9 @@ impl<'a> Tally<'a> {
                 slot.in_flight.fetch_sub(self.retired, Release);
             }
         }
+        if let Some(m) = &mut self.metrics {
+            m.completed += self.completed as u64;
+        }
         self.pin = None;
         self.key = u64::MAX;
         self.completed = 0;
@@ -788,6 +845,9 @@ impl<'a> Tally<'a> {
         // Segment pins first: a request must not look finished while it still pins memory.
         self.flush_segment(inner);
         self.flush_batch(inner);
+        if let Some(m) = &mut self.metrics {
+            m.flush();
+        }
     }
 }
 
@@ -887,7 +947,8 @@ fn apply(
         _ => false,
     };
     if last {
-        match slot.finish(req) {
+        let outcome = slot.finish(req);
+        match outcome {
             Some(true) => {
                 tally.completed += 1;
                 tally.closed += 1;
@@ -897,6 +958,16 @@ fn apply(
                 tally.closed += 1;
             }
             None => {}
+        }
+        if let Some(m) = &mut tally.metrics {
+            // Completions are counted per batch run (`Tally::flush_batch`).
+            let started = req.started.load(Relaxed);
+            match outcome {
+                Some(true) => {}
+                Some(false) => m.failed(started, req.error.load(Relaxed), req.peer.load(Relaxed)),
+                None => m.late += 1,
+            }
+            m.ended(started);
         }
         let seg = req.segment.load(Relaxed);
         if tally.segment != seg {

@@ -80,6 +80,10 @@ fn slices_failing_on_one_rail_complete_on_the_other() {
     // Slices alternate between the rails, so half of them went to rail 1, failed and were
     // retried once on rail 0. Notifications follow the last completion's rail (rail 0).
     assert_eq!(p.a.retries(), REQUESTS * SLICES / 2);
+    let m = p.a.metrics();
+    assert_eq!(m.retries, REQUESTS * SLICES / 2);
+    assert_eq!(m.completed, REQUESTS);
+    assert!(m.failures.is_empty(), "{:?}", m.failures);
 }
 
 #[test]

@@ -215,6 +215,9 @@ impl State {
                 hello.addresses.len()
             ));
         };
+        let _span =
+            tracing::info_span!("accept", peer = %hello.engine, rails = hello.addresses.len())
+                .entered();
         // Accept the requester on every plane both engines speak.
         let mut accepted = Ok(false);
         for (i, plane) in f.planes().iter().enumerate() {
