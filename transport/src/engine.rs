@@ -1,7 +1,7 @@
 //! The engine: segments, names, remote segments, batches. Shared by all threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use crate::descriptor::{RailDescriptor, SegmentDescriptor, MAX_NAME_LEN};
 use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
-use crate::metadata::{Metadata, MetadataError};
+use crate::metadata::{Metadata, MetadataError, WatchGuard};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
@@ -81,6 +81,10 @@ pub(crate) struct RemoteEntry {
     pub rkeys: [u64; MAX_RAILS],
     pub rails: u16,
     pub desc: SegmentDescriptor,
+    /// Set when the metadata service reports the owner gone (see `peer_gone.rs`).
+    pub gone: Arc<AtomicBool>,
+    /// Keeps the service's watch on the descriptor; dropped with the entry.
+    pub _watch: WatchGuard,
 }
 
 /// Most local segments, remote segments or batches an engine may be configured for.
@@ -226,6 +230,8 @@ pub(crate) struct Inner {
     /// [`Worker`](crate::Worker#dropping-a-worker)), and how many there are.
     pub orphans: Mutex<Vec<Box<dyn Endpoint>>>,
     pub orphan_count: AtomicUsize,
+    /// Bumped each time a remote segment's owner is reported gone (see `peer_gone.rs`).
+    pub gone_epoch: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -342,6 +348,7 @@ impl Engine {
                 revision: AtomicU64::new(1),
                 orphans: Mutex::new(Vec::new()),
                 orphan_count: AtomicUsize::new(0),
+                gone_epoch: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -616,8 +623,24 @@ impl Engine {
         })?
     }
 
-    /// Opens the segment published as `name`: looks up its descriptor, connects to its owner on
-    /// every rail, decodes its keys.
+    /// Opens the segment published as `name`: looks up its descriptor, asks the metadata
+    /// service to watch it ([`Metadata::watch`]), connects to its owner on every rail, decodes
+    /// its keys.
+    ///
+    /// When the service reports the owner gone (etcd: its lease expired because the process
+    /// died or hung, or the descriptor was removed or replaced), the handle is marked gone:
+    /// requests in flight to it end `Failed(PeerGone)` at the next [`Worker::wait`] (without
+    /// waiting for a fabric timeout; their late completions are absorbed, so drain before
+    /// freeing the batch, as after a cancel), and new requests to it are refused with
+    /// [`TransportError::PeerGone`]. Close the handle and open the name again to use a
+    /// restarted owner.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::SegmentNotFound`] when nothing is published under `name` (also when
+    /// its owner is gone); [`TransportError::FabricMismatch`]; fabric errors when the owner
+    /// cannot be reached; metadata errors; [`TransportError::Exhausted`] when
+    /// `max_remote_segments` are open.
     pub fn open_segment(&self, name: &str) -> Result<RemoteSegment, TransportError> {
         let inner = &*self.inner;
         let desc = inner.metadata.lookup(name).map_err(|e| match e {
@@ -638,6 +661,17 @@ impl Engine {
             }
             .into());
         }
+        let gone = Arc::new(AtomicBool::new(false));
+        let on_gone = crate::peer_gone::on_gone(
+            gone.clone(),
+            inner.gone_epoch.clone(),
+            desc.name.clone(),
+            desc.engine.clone(),
+        );
+        let watch = inner.metadata.watch(&desc, on_gone)?;
+        if gone.load(Ordering::SeqCst) {
+            return Err(TransportError::SegmentNotFound(name.to_string()));
+        }
         let addresses: Vec<Vec<u8>> = desc.rails.iter().map(|r| r.address.clone()).collect();
         let peer = inner.fabric.connect(&addresses)?;
         let mut rkeys = [0u64; MAX_RAILS];
@@ -652,6 +686,8 @@ impl Engine {
             rkeys,
             rails: desc.rails.len() as u16,
             desc,
+            gone,
+            _watch: watch,
         };
         let (index, generation) =
             inner

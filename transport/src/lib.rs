@@ -75,6 +75,7 @@ mod location;
 mod memory;
 pub mod metadata;
 mod notify;
+mod peer_gone;
 mod request;
 mod slab;
 mod slice;
@@ -92,6 +93,8 @@ pub use engine::{
 pub use error::{FabricError, FailReason, Handle, TransportError};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};
+#[cfg(feature = "etcd")]
+pub use metadata::{EtcdConfig, EtcdMetadata};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use notify::Notifications;
 pub use request::{LocalAddr, Opcode, Request};

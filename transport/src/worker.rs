@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::batch::{token, BatchSlot, ReadPin, RequestSlot};
 use crate::engine::Inner;
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
+use crate::peer_gone;
 use crate::{
     Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
     TransportError, MAX_SLICES_PER_REQUEST,
@@ -120,6 +121,7 @@ impl Worker {
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
+        let gone_epoch = peer_gone::epoch(inner);
         // Validate (and pin) everything before reserving indices: a failed submit then never
         // touches the batch, however other submits interleave with it.
         self.resolve_all(inner, requests)?;
@@ -160,6 +162,9 @@ impl Worker {
             req.segment.store(res.local_index, Relaxed);
             req.notify.store(res.notify, Relaxed);
             req.peer.store(remote.peer, Relaxed);
+            req.remote.store(res.remote_index, Relaxed);
+            req.remote_generation
+                .store(requests[k].remote.generation, Relaxed);
             slot.start(req, res.slices + (res.notify != 0) as u32);
             let op = match requests[k].op {
                 Opcode::Read => WorkOp::Read,
@@ -208,6 +213,7 @@ impl Worker {
             }
         }
         self.resolved = resolved;
+        peer_gone::after_submit(inner, slot, gone_epoch);
         Ok(first as usize)
     }
 
@@ -295,6 +301,8 @@ impl Worker {
 
     /// Drives completions until every submitted request of `batch` is terminal or `timeout`
     /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    /// Pending requests to a peer the metadata service reported gone end
+    /// `Failed(PeerGone)` (see [`Engine::open_segment`](crate::Engine::open_segment)).
     pub fn wait(
         &mut self,
         batch: BatchId,
@@ -302,7 +310,10 @@ impl Worker {
     ) -> Result<BatchStatus, TransportError> {
         let inner = self.inner.clone();
         let slot = inner.batches.get(batch)?;
-        self.drive(timeout, || slot.open.load(Acquire) == 0);
+        self.drive(timeout, || {
+            peer_gone::sweep(&inner, slot, batch);
+            slot.open.load(Acquire) == 0
+        });
         if slot.open.load(Acquire) != 0 {
             slot.abandon(batch, false);
         }
@@ -496,6 +507,12 @@ fn resolve(
         }
     };
     let check_remote = || {
+        if remote.gone.load(Acquire) {
+            return Err(TransportError::PeerGone {
+                index,
+                name: remote.desc.name.clone(),
+            });
+        }
         if r.remote_offset
             .checked_add(r.len)
             .map_or(true, |end| end > remote.len)
