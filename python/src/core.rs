@@ -82,12 +82,15 @@ impl std::fmt::Display for Error {
 }
 
 /// Where segment descriptors go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaChoice {
     /// The peer-to-peer discovery server of this engine (`host:port/name` opens a peer's).
     P2p,
     /// A registry shared by the engines of this process (plain names; `sim` in one process).
     Local,
+    /// A service named by a connection string (`etcd://host:port[,host:port]`; needs the
+    /// package built with the `etcd` feature, else a `MetadataError` naming the string).
+    Spec(String),
 }
 
 /// Settings of an engine, from the Python constructors.
@@ -263,7 +266,7 @@ impl Core {
             })
             .map_err(TransportError::from)?,
         };
-        let (metadata, peer): (Arc<dyn Metadata>, _) = match o.metadata {
+        let (metadata, peer): (Arc<dyn Metadata>, _) = match &o.metadata {
             MetaChoice::P2p => {
                 let mut c = DiscoveryConfig::new(o.name.clone());
                 c.bind = listen;
@@ -273,6 +276,10 @@ impl Core {
                 (m.clone(), Some(m))
             }
             MetaChoice::Local => (local_registry(), None),
+            MetaChoice::Spec(spec) => (
+                transport::metadata::connect(spec, &o.name).map_err(TransportError::from)?,
+                None,
+            ),
         };
         let mut config = EngineConfig::new(o.name);
         if let Some(s) = o.slice_size {

@@ -2,7 +2,7 @@
 //!
 //! The [`Metadata`] trait is the seam for discovery services: the in-process [`LocalRegistry`]
 //! here, the peer-to-peer TCP exchange ([`PeerMetadata`](crate::discovery::PeerMetadata)) and,
-//! with the `etcd` feature, a cluster store ([`EtcdMetadata`]). Implementations deal in names
+//! with the `etcd` feature, a cluster store (`EtcdMetadata`). Implementations deal in names
 //! and owned [`SegmentDescriptor`]s only, never in fabric types, so adding a service needs no
 //! fabric change and adding a fabric needs no service change.
 //!
