@@ -415,7 +415,9 @@ impl Core {
                 return Err(e.into());
             }
             let st = w.drain(batch, SLICE.min(timeout))?;
-            if st.in_flight == 0 {
+            // Done when every request ended: a request failed early (its peer gone) may still
+            // have work requests in flight, and then the batch is parked until they drain.
+            if st.pending == 0 {
                 let f = self.finish(batch, st)?;
                 slot.give_back(&self.engine, batch, cap);
                 return Ok((batch, cap, Some(f)));
@@ -442,7 +444,7 @@ impl Core {
                 let slot = &mut *g;
                 let w = slot.worker.as_mut().expect("slot() made the worker");
                 let st = w.drain(batch, slice)?;
-                if st.in_flight != 0 {
+                if st.pending != 0 {
                     return Ok(None);
                 }
                 let f = self.finish(batch, st)?;

@@ -324,6 +324,8 @@ impl Worker {
     /// Drives completions until no work request of `batch` is in flight (so it can be freed or
     /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
     /// way.
+    /// Pending requests to a gone peer end `Failed(PeerGone)` here too (their work requests
+    /// still count as in flight until the fabric gives them back).
     pub fn drain(
         &mut self,
         batch: BatchId,
@@ -331,7 +333,10 @@ impl Worker {
     ) -> Result<BatchStatus, TransportError> {
         let inner = self.inner.clone();
         let slot = inner.batches.get(batch)?;
-        self.drive(timeout, || slot.in_flight.load(Acquire) == 0);
+        self.drive(timeout, || {
+            peer_gone::sweep(&inner, slot, batch);
+            slot.in_flight.load(Acquire) == 0
+        });
         inner.batches.get(batch)?;
         Ok(slot.status())
     }

@@ -173,7 +173,17 @@ fn pending_requests_to_a_gone_peer_fail_once_with_peer_gone() {
         .unwrap()
         .all_completed());
     a.free_batch(batch).unwrap();
-    // A closed handle no longer carries the flag; a new open gets a fresh one.
+    // A new open gets a fresh handle (and watch); a drain sweeps too.
+    a.close_segment(rb).unwrap();
+    let rb = a.open_segment("b/kv").unwrap();
+    let batch = a.allocate_batch(2).unwrap();
+    w.submit(batch, &[Request::write(src, 0, rb, 0, 8); 2])
+        .unwrap();
+    assert_eq!(s.meta.fire("b/kv"), 1);
+    let st = w.drain(batch, Duration::from_secs(20)).unwrap();
+    assert_eq!((st.failed, st.pending, st.in_flight), (2, 0, 0), "{st:?}");
+    assert_eq!(a.request_status(batch, 1).unwrap(), gone);
+    a.free_batch(batch).unwrap();
     a.close_segment(rb).unwrap();
     s.b_fabric.set_alive(true);
     let rb = a.open_segment("b/kv").unwrap();

@@ -69,6 +69,8 @@ fn check_config(c: &EtcdConfig) -> Result<(), MetadataError> {
 /// ownership rule, and watches that report a peer gone.
 ///
 /// Dropping it revokes its lease, so its descriptors vanish at once rather than after the TTL.
+/// Its calls block on its own runtime: call them (and drop it) outside any async runtime
+/// (from async code, through `spawn_blocking`).
 ///
 /// # Design
 ///
@@ -96,8 +98,8 @@ pub struct EtcdMetadata {
     /// Cleared when etcd reports the lease expired (the keep-alive could not reach it in time).
     lease_alive: Arc<AtomicBool>,
     keeper: tokio::task::JoinHandle<()>,
-    /// Last field: dropped after the tasks are aborted.
-    rt: Option<Runtime>,
+    /// Last field: dropped (its worker thread joined) after the lease is revoked.
+    rt: Runtime,
 }
 
 impl std::fmt::Debug for EtcdMetadata {
@@ -178,7 +180,7 @@ impl EtcdMetadata {
             lease,
             lease_alive,
             keeper,
-            rt: Some(rt),
+            rt,
         })
     }
 
@@ -202,17 +204,12 @@ impl EtcdMetadata {
         format!("{}{name}", self.config.prefix)
     }
 
-    fn rt(&self) -> &Runtime {
-        // Taken only in `drop`.
-        self.rt.as_ref().expect("runtime present until drop")
-    }
-
     fn call<T>(
         &self,
         op: impl FnOnce() -> String,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, MetadataError> {
-        block(self.rt(), self.config.timeout, op, fut)
+        block(&self.rt, self.config.timeout, op, fut)
     }
 
     /// One attempt at the ownership rule; `None` when the key changed under it (retry).
@@ -328,7 +325,7 @@ impl Metadata for EtcdMetadata {
             name: desc.name.clone(),
             engine: desc.engine.clone(),
         };
-        let task = self.rt().spawn(w.run(from, gone));
+        let task = &self.rt.spawn(w.run(from, gone));
         let abort = task.abort_handle();
         Ok(WatchGuard::new(move || abort.abort()))
     }
@@ -341,9 +338,6 @@ impl Drop for EtcdMetadata {
         let lease = self.lease;
         // Best effort: without it the descriptors still vanish when the lease expires.
         let _ = self.call(|| format!("revoke lease {lease}"), c.lease_revoke(lease));
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
     }
 }
 
