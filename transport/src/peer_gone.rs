@@ -98,3 +98,105 @@ fn remote_gone(inner: &Inner, index: u32, generation: u32) -> bool {
     inner.remotes.unpin(index);
     gone
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fabric::sim::{SimConfig, SimFabric, SimFaults, SimNetwork};
+    use crate::{
+        Access, Engine, EngineConfig, LocalRegistry, Location, OwnedMemory, RemoteSegment, Request,
+        RequestStatus,
+    };
+
+    /// Engine `a` with a source segment, and `b/kv` opened from it on a peer that never
+    /// answers (for 10 s), so requests to it stay pending.
+    fn hung_peer() -> (Engine, Engine, crate::SegmentId, RemoteSegment) {
+        let net = SimNetwork::new();
+        let meta = Arc::new(LocalRegistry::new());
+        let sim = SimConfig {
+            faults: SimFaults {
+                unresp_timeout: Duration::from_secs(10),
+                ..SimFaults::default()
+            },
+            ..SimConfig::default()
+        };
+        let a_fabric = SimFabric::new(&net, sim.clone()).unwrap();
+        let b_fabric = SimFabric::new(&net, sim).unwrap();
+        let a = Engine::new(EngineConfig::new("a"), a_fabric, meta.clone()).unwrap();
+        let b = Engine::new(EngineConfig::new("b"), b_fabric.clone(), meta).unwrap();
+        let mem = |n| OwnedMemory::zeroed(n, 64).unwrap();
+        let src = a
+            .register_owned("a/src", mem(4096), Location::Cpu(0), Access::NONE)
+            .unwrap();
+        let rw = Access::REMOTE_READ_WRITE;
+        b.register_owned("b/kv", mem(4096), Location::Cpu(0), rw)
+            .unwrap();
+        let remote = a.open_segment("b/kv").unwrap();
+        b_fabric.set_alive(false);
+        (a, b, src, remote)
+    }
+
+    /// Marks `remote` gone as its watch would.
+    fn mark_gone(a: &Engine, remote: RemoteSegment) {
+        let inner = &a.inner;
+        let entry = inner.remotes.pin(remote.index, remote.generation).unwrap();
+        let gone = on_gone(
+            entry.gone.clone(),
+            inner.gone_epoch.clone(),
+            "b/kv".into(),
+            "b".into(),
+        );
+        inner.remotes.unpin(remote.index);
+        gone();
+    }
+
+    /// The race `after_submit` closes: a request passes the gone check, its peer goes gone and
+    /// a sweep of the batch runs before the request is pending, so that sweep misses it. The
+    /// submit saw the epoch move and marks the batch, and the next wait catches the request.
+    #[test]
+    fn a_submit_racing_the_gone_report_is_swept_again() {
+        let (a, _b, src, remote) = hung_peer();
+        let mut w = a.worker().unwrap();
+        let batch = a.allocate_batch(1).unwrap();
+        let slot = a.inner.batches.get(batch).unwrap();
+        let before = epoch(&a.inner);
+        w.submit(batch, &[Request::write(src, 0, remote, 0, 8)])
+            .unwrap();
+        // What the racing side did meanwhile: the report, and a sweep that found nothing.
+        mark_gone(&a, remote);
+        slot.swept.store(epoch(&a.inner), SeqCst);
+        assert_eq!(
+            sweep(&a.inner, slot, batch),
+            0,
+            "already swept at this epoch"
+        );
+        // The end of that submit.
+        after_submit(&a.inner, slot, before);
+        assert_eq!(sweep(&a.inner, slot, batch), 1);
+        let st = w.wait(batch, Duration::from_secs(5)).unwrap();
+        assert_eq!((st.failed, st.pending), (1, 0));
+        assert_eq!(
+            a.request_status(batch, 0).unwrap(),
+            RequestStatus::Failed(FailReason::PeerGone)
+        );
+    }
+
+    #[test]
+    fn a_submit_without_a_report_leaves_the_sweep_alone() {
+        let (a, _b, src, remote) = hung_peer();
+        let mut w = a.worker().unwrap();
+        let batch = a.allocate_batch(1).unwrap();
+        let slot = a.inner.batches.get(batch).unwrap();
+        w.submit(batch, &[Request::write(src, 0, remote, 0, 8)])
+            .unwrap();
+        assert_eq!(slot.swept.load(SeqCst), 0);
+        assert_eq!(sweep(&a.inner, slot, batch), 0);
+        // A report after the submit is seen by the next sweep through the epoch alone.
+        mark_gone(&a, remote);
+        assert_eq!(sweep(&a.inner, slot, batch), 1);
+        assert_eq!(sweep(&a.inner, slot, batch), 0, "once");
+    }
+}
