@@ -597,4 +597,33 @@ fn three_engines_and_a_peer_gone() {
     assert_eq!(b.ask("xfer c"), "ok");
     assert_eq!(c.ask("xfer a"), "ok");
     assert_eq!(c.ask("xfer b"), "ok");
+
+    // kill -9 without a stop: the fabric sees the connection reset first, so requests end
+    // with the fabric's own failure at once (UNRESP_REMOTE on tcp); the lease expiry follows,
+    // and from then on new requests are refused as PeerGone, within TTL + 1 s of the kill.
+    let t1 = Instant::now();
+    c.kill9();
+    let (batch, _, st) = a.stuck("c", 8);
+    assert!(
+        st.iter().all(|s| matches!(s, RequestStatus::Failed(_))),
+        "{st:?}"
+    );
+    a.worker.drain(batch, Duration::from_secs(10)).unwrap();
+    a.engine.free_batch(batch).unwrap();
+    let refused = loop {
+        let batch = a.engine.allocate_batch(1).unwrap();
+        let req = Request::write(a.src, 0, a.remote("c").unwrap(), 0, 8);
+        let r = a.worker.submit(batch, &[req]);
+        a.worker.drain(batch, Duration::from_secs(10)).unwrap();
+        a.engine.free_batch(batch).unwrap();
+        match r {
+            Err(TransportError::PeerGone { .. }) => break t1.elapsed(),
+            Ok(_) if t1.elapsed() < TTL * 3 => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("{other:?} {:?} after the kill", t1.elapsed()),
+        }
+    };
+    println!(
+        "kill -9: the 8 requests ended {st:?}; new requests refused PEER_GONE {refused:?} after the kill"
+    );
+    assert!(refused <= bound, "{refused:?}");
 }
