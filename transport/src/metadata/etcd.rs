@@ -68,7 +68,8 @@ fn check_config(c: &EtcdConfig) -> Result<(), MetadataError> {
 /// A [`Metadata`] service on an etcd cluster: leased descriptors, transactions for the
 /// ownership rule, and watches that report a peer gone.
 ///
-/// Dropping it revokes its lease, so its descriptors vanish at once rather than after the TTL.
+/// Dropping it revokes its lease, so its descriptors vanish at once rather than after the TTL
+/// (waiting at most [`EtcdConfig::timeout`] for etcd to answer).
 /// Its calls block on its own runtime: call them (and drop it) outside any async runtime
 /// (from async code, through `spawn_blocking`).
 ///
