@@ -127,6 +127,12 @@ fn watches_report_removal_replacement_and_lease_expiry() {
     let (cb, rx) = notifier();
     let _w1 = m2.watch(&desc("a/1", "a", 1), cb).unwrap();
     assert!(rx.recv_timeout(quiet).is_err(), "no event yet");
+    // The same descriptor written again is no change.
+    m1.publish(&desc("a/1", "a", 1)).unwrap();
+    assert!(
+        rx.recv_timeout(quiet).is_err(),
+        "no event for the same descriptor"
+    );
     m1.remove("a/1").unwrap();
     rx.recv_timeout(Duration::from_secs(5))
         .expect("removal seen");

@@ -86,8 +86,9 @@ fn check_config(c: &EtcdConfig) -> Result<(), MetadataError> {
 ///   this instance's lease, so a hung old instance cannot withdraw its successor's descriptor.
 /// - [`Metadata::watch`] reads the key and compares it with the descriptor the engine opened;
 ///   then it watches the key from the revision it read, so no change can slip in between.
-///   Any event (deleted, expired, replaced) means the opened descriptor is gone. A watch that
-///   breaks (etcd unreachable, revision compacted) re-reads and resumes; it never reports a
+///   A deletion (lease expired, removed) or another descriptor under the name (compared
+///   decoded) means the opened descriptor is gone; one watch stream per opened segment, on the
+///   client's one connection. A watch that breaks (etcd unreachable, revision compacted) re-reads and resumes; it never reports a
 ///   peer gone on a mere loss of etcd.
 /// - The trait is blocking and etcd-client is async: the metadata object owns a small tokio
 ///   runtime (one worker thread, which runs the keep-alive and the watches) and blocks on it
@@ -305,15 +306,10 @@ impl Metadata for EtcdMetadata {
     }
 
     fn watch(&self, desc: &SegmentDescriptor, gone: OnGone) -> Result<WatchGuard, MetadataError> {
-        let expect = desc.encode().map_err(|source| MetadataError::Corrupt {
-            name: desc.name.clone(),
-            source,
-        })?;
         let key = self.key(&desc.name);
         let mut c = self.client.clone();
         let resp = self.call(|| format!("get {key:?}"), c.get(key.as_str(), None))?;
-        let current = resp.kvs().first().map(|kv| kv.value());
-        if current != Some(expect.as_slice()) {
+        if !publishes(resp.kvs().first(), desc) {
             peer_gone(&desc.name, &desc.engine, "no longer published");
             gone();
             return Ok(WatchGuard::none());
@@ -322,9 +318,7 @@ impl Metadata for EtcdMetadata {
         let w = KeyWatch {
             client: self.client.clone(),
             key,
-            expect,
-            name: desc.name.clone(),
-            engine: desc.engine.clone(),
+            expect: desc.clone(),
         };
         let task = &self.rt.spawn(w.run(from, gone));
         let abort = task.abort_handle();
@@ -372,6 +366,13 @@ async fn keep_alive(mut client: Client, lease: i64, period: Duration, alive: Arc
     }
 }
 
+/// Whether `kv` holds `desc` (compared decoded, so a peer whose codec writes the same
+/// descriptor differently is not taken for gone).
+fn publishes(kv: Option<&etcd_client::KeyValue>, desc: &SegmentDescriptor) -> bool {
+    kv.and_then(|kv| SegmentDescriptor::decode(kv.value()).ok())
+        .is_some_and(|d| d == *desc)
+}
+
 fn peer_gone(name: &str, engine: &str, why: &str) {
     let span = tracing::warn_span!("peer_gone", segment = name, engine = engine);
     let _enter = span.enter();
@@ -382,9 +383,7 @@ fn peer_gone(name: &str, engine: &str, why: &str) {
 struct KeyWatch {
     client: Client,
     key: String,
-    expect: Vec<u8>,
-    name: String,
-    engine: String,
+    expect: SegmentDescriptor,
 }
 
 /// What a watch stream ended with.
@@ -399,15 +398,19 @@ impl KeyWatch {
     async fn run(mut self, mut from: i64, gone: OnGone) {
         loop {
             match self.until_change(from).await {
-                Change::Gone(why) => break peer_gone(&self.name, &self.engine, why),
+                Change::Gone(why) => break peer_gone(&self.expect.name, &self.expect.engine, why),
                 Change::Broken => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     // Whatever happened while the stream was down shows in the current value.
                     let Ok(resp) = self.client.get(self.key.as_str(), None).await else {
                         continue;
                     };
-                    if resp.kvs().first().map(|kv| kv.value()) != Some(self.expect.as_slice()) {
-                        break peer_gone(&self.name, &self.engine, "changed while unwatched");
+                    if !publishes(resp.kvs().first(), &self.expect) {
+                        break peer_gone(
+                            &self.expect.name,
+                            &self.expect.engine,
+                            "changed while unwatched",
+                        );
                     }
                     from = resp.header().map_or(from, |h| h.revision() + 1);
                 }
@@ -425,11 +428,15 @@ impl KeyWatch {
             let Ok(Some(resp)) = stream.message().await else {
                 return Change::Broken;
             };
-            if let Some(ev) = resp.events().first() {
-                return Change::Gone(match ev.event_type() {
-                    EventType::Delete => "deleted (lease expired or removed)",
-                    EventType::Put => "replaced (owner restarted or re-registered)",
-                });
+            for ev in resp.events() {
+                match ev.event_type() {
+                    EventType::Delete => return Change::Gone("deleted (lease expired or removed)"),
+                    // The same descriptor written again (same owner, same keys) is no change.
+                    EventType::Put if publishes(ev.kv(), &self.expect) => {}
+                    EventType::Put => {
+                        return Change::Gone("replaced (owner restarted or re-registered)")
+                    }
+                }
             }
             if resp.canceled() {
                 return Change::Broken;
