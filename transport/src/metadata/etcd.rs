@@ -88,8 +88,8 @@ fn check_config(c: &EtcdConfig) -> Result<(), MetadataError> {
 ///   then it watches the key from the revision it read, so no change can slip in between.
 ///   A deletion (lease expired, removed) or another descriptor under the name (compared
 ///   decoded) means the opened descriptor is gone; one watch stream per opened segment, on the
-///   client's one connection. A watch that breaks (etcd unreachable, revision compacted) re-reads and resumes; it never reports a
-///   peer gone on a mere loss of etcd.
+///   client's one connection. A watch that breaks (etcd unreachable, revision compacted)
+///   re-reads and resumes; it never reports a peer gone on a mere loss of etcd.
 /// - The trait is blocking and etcd-client is async: the metadata object owns a small tokio
 ///   runtime (one worker thread, which runs the keep-alive and the watches) and blocks on it
 ///   in its control-path calls, each bounded by [`EtcdConfig::timeout`].
