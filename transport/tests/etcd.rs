@@ -214,6 +214,30 @@ fn watches_report_removal_replacement_and_lease_expiry() {
     ));
 }
 
+/// An etcd restart is no peer death: the keep-alive and the watch reconnect, the descriptor
+/// stays, no watch fires; the resumed watch still sees a later removal.
+#[test]
+fn an_etcd_restart_reports_no_peer_gone() {
+    let Some(mut server) = EtcdServer::start() else {
+        return;
+    };
+    let (m1, m2) = (meta(&server, "/t/"), meta(&server, "/t/"));
+    m1.publish(&desc("a/kv", "a", 1)).unwrap();
+    let (cb, rx) = notifier();
+    let _w = m2.watch(&desc("a/kv", "a", 1), cb).unwrap();
+    server.restart(Duration::from_millis(500));
+    // Two TTLs: the lease lives only if the keep-alive reconnected.
+    assert!(
+        rx.recv_timeout(TTL * 2).is_err(),
+        "a restart is no peer death"
+    );
+    assert!(m1.lease_alive());
+    assert_eq!(m2.lookup("a/kv").unwrap(), desc("a/kv", "a", 1));
+    m1.remove("a/kv").unwrap();
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the resumed watch sees the removal");
+}
+
 #[test]
 fn connection_strings_and_unreachable_servers() {
     let Some(server) = EtcdServer::start() else {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub struct EtcdServer {
     child: Child,
     dir: PathBuf,
+    peer_port: u16,
     /// `127.0.0.1:port` of its client URL.
     pub endpoint: String,
 }
@@ -49,38 +50,33 @@ impl EtcdServer {
         if !have_etcd() {
             return None;
         }
-        let (client, peer) = (free_port(), free_port());
+        let (client, peer_port) = (free_port(), free_port());
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
         let dir =
             std::env::temp_dir().join(format!("etcd-test-{}-{client}-{nanos}", std::process::id()));
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &format!("t={p}")])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
+        let endpoint = format!("127.0.0.1:{client}");
+        let child = spawn(&dir, &endpoint, peer_port);
         let server = EtcdServer {
             child,
             dir,
-            endpoint: format!("127.0.0.1:{client}"),
+            peer_port,
+            endpoint,
         };
         server.await_healthy();
         Some(server)
+    }
+
+    /// Kills the server, keeps it down for `down`, and starts it again on the same ports and
+    /// data (what clients see of an etcd restart).
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = spawn(&self.dir, &self.endpoint, self.peer_port);
+        self.await_healthy();
     }
 
     /// `etcd://` connection string of the server.
@@ -120,4 +116,26 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `etcd` serving clients on `endpoint` with its data in `dir`.
+fn spawn(dir: &std::path::Path, endpoint: &str, peer_port: u16) -> Child {
+    let c = format!("http://{endpoint}");
+    let p = format!("http://127.0.0.1:{peer_port}");
+    Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir)
+        .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+        .args([
+            "--listen-peer-urls",
+            &p,
+            "--initial-advertise-peer-urls",
+            &p,
+        ])
+        .args(["--initial-cluster", &format!("t={p}")])
+        .args(["--logger", "zap", "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd")
 }
