@@ -52,6 +52,7 @@ from ._native import (  # noqa: F401
     NoSuchRequest,
     NotOwned,
     OwnedOutOfRange,
+    PeerGone,
     RemoteAbort,
     RemoteBadAddress,
     RemoteBadLength,

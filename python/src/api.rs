@@ -135,9 +135,15 @@ impl PyEngine {
         o.metadata = match metadata {
             "p2p" | "P2PHANDSHAKE" => MetaChoice::P2p,
             "local" => MetaChoice::Local,
+            etcd if etcd
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("etcd://")) =>
+            {
+                MetaChoice::Spec(etcd.to_string())
+            }
             other => {
                 return Err(Error::Config(format!(
-                    "metadata {other:?} (expected \"p2p\" or \"local\")"
+                    "metadata {other:?} (expected \"p2p\", \"local\" or \"etcd://host:port\")"
                 ))
                 .into())
             }

@@ -83,12 +83,15 @@ impl std::fmt::Display for Error {
 }
 
 /// Where segment descriptors go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaChoice {
     /// The peer-to-peer discovery server of this engine (`host:port/name` opens a peer's).
     P2p,
     /// A registry shared by the engines of this process (plain names; `sim` in one process).
     Local,
+    /// A service named by a connection string (`etcd://host:port[,host:port]`; needs the
+    /// package built with the `etcd` feature, else a `MetadataError` naming the string).
+    Spec(String),
 }
 
 /// Settings of an engine, from the Python constructors.
@@ -291,7 +294,7 @@ impl Core {
             Ok([one]) => one,
             Err(many) => MultiFabric::new(many).map_err(TransportError::from)?,
         };
-        let (metadata, peer): (Arc<dyn Metadata>, _) = match o.metadata {
+        let (metadata, peer): (Arc<dyn Metadata>, _) = match &o.metadata {
             MetaChoice::P2p => {
                 let mut c = DiscoveryConfig::new(o.name.clone());
                 c.bind = listen;
@@ -301,6 +304,10 @@ impl Core {
                 (m.clone(), Some(m))
             }
             MetaChoice::Local => (local_registry(), None),
+            MetaChoice::Spec(spec) => (
+                transport::metadata::connect(spec, &o.name).map_err(TransportError::from)?,
+                None,
+            ),
         };
         let mut config = EngineConfig::new(o.name);
         if let Some(s) = o.slice_size {
@@ -437,7 +444,9 @@ impl Core {
                 return Err(e.into());
             }
             let st = w.drain(batch, SLICE.min(timeout))?;
-            if st.in_flight == 0 {
+            // Done when every request ended: a request failed early (its peer gone) may still
+            // have work requests in flight, and then the batch is parked until they drain.
+            if st.pending == 0 {
                 let f = self.finish(batch, st)?;
                 slot.give_back(&self.engine, batch, cap);
                 return Ok((batch, cap, Some(f)));
@@ -464,7 +473,7 @@ impl Core {
                 let slot = &mut *g;
                 let w = slot.worker.as_mut().expect("slot() made the worker");
                 let st = w.drain(batch, slice)?;
-                if st.in_flight != 0 {
+                if st.pending != 0 {
                     return Ok(None);
                 }
                 let f = self.finish(batch, st)?;

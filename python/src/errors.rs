@@ -94,6 +94,7 @@ classes! { TransferFailed:
     IoFailure => "IO: a transport-level failure with no EFA equivalent (e.g. a TCP connection reset).",
     Injected => "INJECTED: a fault injected by a test fabric.",
     ExceedsPeerLimit => "EXCEEDS_PEER_LIMIT: the request is larger than the target accepts in one request.",
+    PeerGone => "PEER_GONE: the owner of the remote segment is gone (its lease in the metadata service expired, or it was removed or replaced).",
 }
 
 /// The error's message followed by each of its causes (`message: cause: cause`), so an
@@ -171,6 +172,7 @@ pub fn failure_err(py: Python<'_>, index: usize, reason: FailReason, context: &s
         F::Io => IoFailure::new_err(msg),
         F::Injected => Injected::new_err(msg),
         F::ExceedsPeerLimit => ExceedsPeerLimit::new_err(msg),
+        F::PeerGone => PeerGone::new_err(msg),
     };
     let value = err.value(py);
     // Attributes on a fresh exception instance cannot fail short of memory exhaustion, and
@@ -249,6 +251,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         IoFailure,
         Injected,
         ExceedsPeerLimit,
+        PeerGone,
     );
     let map = pyo3::types::PyDict::new(py);
     for (name, class) in failure_classes(py) {

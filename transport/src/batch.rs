@@ -89,11 +89,13 @@ pub(crate) struct RequestSlot {
     /// Peer and remote rail for the notification.
     pub peer: AtomicU32,
     pub remote_rail: AtomicU32,
+    /// Remote segment slot and generation the request targets (for the peer-gone sweep and
+    /// retries).
+    pub remote: AtomicU32,
+    pub remote_generation: AtomicU32,
     /// What a retry needs to rebuild a slice (written at submit when retries are on): the
-    /// retries taken so far, with bit 31 set for a WRITE; the remote segment (generation in
-    /// the high half, slot index in the low); both start addresses and the length.
+    /// retries taken so far, with bit 31 set for a WRITE; both start addresses and the length.
     pub retries: AtomicU32,
-    pub remote: AtomicU64,
     pub local_addr: AtomicU64,
     pub remote_addr: AtomicU64,
     pub len: AtomicU64,
@@ -115,6 +117,12 @@ impl RequestSlot {
             ST_TIMED_OUT => RequestStatus::TimedOut,
             _ => RequestStatus::Cancelled,
         }
+    }
+
+    /// Whether the request is submitted and not yet terminal.
+    #[inline]
+    pub(crate) fn is_pending(&self) -> bool {
+        self.status.load(Acquire) & 0xff == ST_PENDING
     }
 
     /// Moves Pending to a final state; false if it already left Pending.
@@ -155,6 +163,8 @@ pub(crate) struct BatchSlot {
     pub failed: AtomicU32,
     pub timed_out: AtomicU32,
     pub cancelled: AtomicU32,
+    /// The engine's peer-gone epoch this batch was last swept at (see `peer_gone.rs`).
+    pub swept: AtomicU64,
     /// Read pins held.
     readers: AtomicU32,
     store: RequestStore,
@@ -319,6 +329,17 @@ impl BatchSlot {
         } else {
             req.leave_pending(ST_FAILED | (err << 8)).then_some(false)
         }
+    }
+
+    /// Fails `req` with `reason` if it is still Pending (its late completions are then
+    /// absorbed, as a cancelled request's are); returns whether it moved.
+    pub(crate) fn fail_pending(&self, req: &RequestSlot, reason: FailReason) -> bool {
+        if !req.leave_pending(ST_FAILED | ((reason.code() as u32) << 8)) {
+            return false;
+        }
+        self.failed.fetch_add(1, Relaxed);
+        self.open.fetch_sub(1, Release);
+        true
     }
 
     /// Moves every Pending request of batch `id` to TimedOut (or Cancelled); returns how many

@@ -1,7 +1,7 @@
 //! The engine: segments, names, remote segments, batches. Shared by all threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Plane, Registration, MAX_PLANES,
     MAX_RAILS,
 };
-use crate::metadata::{Metadata, MetadataError};
+use crate::metadata::{Metadata, MetadataError, WatchGuard};
 use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
 use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
@@ -73,6 +73,10 @@ pub(crate) struct RemoteEntry {
     pub plane: u8,
     pub rail_base: u16,
     pub desc: SegmentDescriptor,
+    /// Set when the metadata service reports the owner gone (see `peer_gone.rs`).
+    pub gone: Arc<AtomicBool>,
+    /// Keeps the service's watch on the descriptor; dropped with the entry.
+    pub _watch: WatchGuard,
 }
 
 /// Most local segments, remote segments or batches an engine may be configured for.
@@ -241,6 +245,8 @@ pub(crate) struct Inner {
     pub orphan_count: AtomicUsize,
     /// Per-worker counters and registration figures.
     pub metrics: MetricsRegistry,
+    /// Bumped each time a remote segment's owner is reported gone (see `peer_gone.rs`).
+    pub gone_epoch: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -423,6 +429,7 @@ impl Engine {
                 orphans: Mutex::new(Vec::new()),
                 orphan_count: AtomicUsize::new(0),
                 metrics: MetricsRegistry::new(config.metrics),
+                gone_epoch: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -732,15 +739,26 @@ impl Engine {
         })?
     }
 
-    /// Opens the segment published as `name`: looks up its descriptor, connects to its owner on
-    /// every rail, decodes its keys.
+    /// Opens the segment published as `name`: looks up its descriptor, asks the metadata
+    /// service to watch it ([`Metadata::watch`]), connects to its owner over the first of this
+    /// engine's fabrics it also offers ([`Engine::remote_fabric`]) on every rail, decodes its
+    /// keys.
+    ///
+    /// When the service reports the owner gone (etcd: its lease expired because the process
+    /// died or hung, or the descriptor was removed or replaced), the handle is marked gone:
+    /// requests in flight to it end `Failed(PeerGone)` at the next [`Worker::wait`] (without
+    /// waiting for a fabric timeout; their late completions are absorbed, so drain before
+    /// freeing the batch, as after a cancel), and new requests to it are refused with
+    /// [`TransportError::PeerGone`]. Close the handle and open the name again to use a
+    /// restarted owner.
     ///
     /// # Errors
     ///
-    /// [`TransportError::SegmentNotFound`], [`TransportError::FabricMismatch`] (published by
-    /// another fabric), [`TransportError::Exhausted`] (remote segment table full),
-    /// [`TransportError::Fabric`] (bad address or key, or the peer could not be reached; the cause
-    /// says why) and [`TransportError::Metadata`] (the service failed).
+    /// [`TransportError::SegmentNotFound`] when nothing is published under `name` (also when
+    /// its owner is gone); [`TransportError::FabricMismatch`] when the owner offers no fabric
+    /// this engine speaks; [`TransportError::Fabric`] when the owner cannot be reached (bad
+    /// address or key; the cause says why); [`TransportError::Metadata`] when the service
+    /// fails; [`TransportError::Exhausted`] when `max_remote_segments` are open.
     pub fn open_segment(&self, name: &str) -> Result<RemoteSegment, TransportError> {
         let inner = &*self.inner;
         let _span =
@@ -757,8 +775,20 @@ impl Engine {
             }
             .into());
         }
+        let gone = Arc::new(AtomicBool::new(false));
+        let on_gone = crate::peer_gone::on_gone(
+            gone.clone(),
+            inner.gone_epoch.clone(),
+            desc.name.clone(),
+            desc.engine.clone(),
+        );
+        let watch = inner.metadata.watch(&desc, on_gone)?;
+        if gone.load(Ordering::SeqCst) {
+            return Err(TransportError::SegmentNotFound(name.to_string()));
+        }
         let addresses: Vec<Vec<u8>> = rails.iter().map(|r| r.address.clone()).collect();
-        let peer = tracing::info_span!("connect", fabric = %inner.planes[plane].name, rails = addresses.len())
+        let plane_name = &inner.planes[plane].name;
+        let peer = tracing::info_span!("connect", fabric = %plane_name, rails = addresses.len())
             .in_scope(|| inner.fabric.connect_plane(plane, &addresses))?;
         let mut rkeys = [0u64; MAX_RAILS];
         for (i, r) in rails.iter().enumerate() {
@@ -774,6 +804,8 @@ impl Engine {
             plane: plane as u8,
             rail_base: inner.planes[plane].rails.start,
             desc,
+            gone,
+            _watch: watch,
         };
         let (index, generation) =
             inner

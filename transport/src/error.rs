@@ -42,11 +42,16 @@ pub enum FailReason {
     /// The request is larger than the target accepts in one request (its
     /// `max_transfer_size`): use a smaller `slice_size`.
     ExceedsPeerLimit = 202,
+    /// The peer that owns the remote segment is gone: the metadata service reported its
+    /// descriptor expired (its process died or hung), removed or replaced (see
+    /// [`Metadata::watch`](crate::Metadata::watch)). Requests in flight to it end with this
+    /// rather than waiting for a fabric timeout.
+    PeerGone = 203,
 }
 
 impl FailReason {
     /// Every reason, for iteration in tests and tools.
-    pub const ALL: [FailReason; 16] = [
+    pub const ALL: [FailReason; 17] = [
         FailReason::Flushed,
         FailReason::InvalidAh,
         FailReason::InvalidLkey,
@@ -63,6 +68,7 @@ impl FailReason {
         FailReason::Io,
         FailReason::Injected,
         FailReason::ExceedsPeerLimit,
+        FailReason::PeerGone,
     ];
 
     /// The EFA completion-status name (`REMOTE_BAD_ADDRESS`, `UNKNOWN_PEER`, ...).
@@ -84,13 +90,17 @@ impl FailReason {
             FailReason::Io => "IO",
             FailReason::Injected => "INJECTED",
             FailReason::ExceedsPeerLimit => "EXCEEDS_PEER_LIMIT",
+            FailReason::PeerGone => "PEER_GONE",
         }
     }
 
     /// The EFA `vendor_err` code, or `None` for reasons EFA has no code for.
     pub const fn vendor_err(self) -> Option<u32> {
         match self {
-            FailReason::Io | FailReason::Injected | FailReason::ExceedsPeerLimit => None,
+            FailReason::Io
+            | FailReason::Injected
+            | FailReason::ExceedsPeerLimit
+            | FailReason::PeerGone => None,
             other => Some(other as u32),
         }
     }
@@ -394,6 +404,15 @@ pub enum TransportError {
         /// Rights needed.
         needed: crate::Access,
     },
+    /// The peer owning the remote segment is gone (see
+    /// [`FailReason::PeerGone`]); open its segment again once it is back.
+    #[error("request {index}: the owner of remote segment {name:?} is gone")]
+    PeerGone {
+        /// Index of the request.
+        index: usize,
+        /// Remote segment name.
+        name: String,
+    },
     /// No segment of this name is published.
     #[error("no segment named {0:?}")]
     SegmentNotFound(String),
@@ -550,5 +569,7 @@ mod tests {
             "UNRESP_REMOTE"
         );
         assert_eq!(FailReason::from_vendor_err(2), None);
+        assert_eq!(FailReason::PeerGone.name(), "PEER_GONE");
+        assert_eq!(FailReason::PeerGone.vendor_err(), None);
     }
 }

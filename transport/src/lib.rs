@@ -61,6 +61,38 @@
 //! a.free_batch(batch)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Clusters (etcd)
+//!
+//! Peer-to-peer discovery ([`PeerMetadata`], segments opened as `host:port/name`) needs no
+//! service. For tens to hundreds of nodes, build with the `etcd` feature and give every engine
+//! a `metadata::EtcdMetadata` (or [`metadata::connect`] with a Mooncake-style
+//! `etcd://host:port[,host:port]`; `P2P` stays the default). Segment names are then
+//! cluster-wide and each descriptor lives under a key prefix (`/efa-transport/`), bound to a
+//! lease its process keeps alive (TTL 3 s by default).
+//!
+//! What that buys is a failure signal. When a process dies, hangs or is cut off, its lease
+//! expires, etcd deletes its descriptors, and every engine that opened one of its segments
+//! hears of it through a watch ([`Metadata::watch`]): requests in flight to that peer end
+//! `Failed(`[`FailReason::PeerGone`]`)` at the next [`Worker::wait`] instead of hanging until
+//! a fabric timeout, new ones are refused ([`TransportError::PeerGone`]), and opening its
+//! names fails ([`TransportError::SegmentNotFound`]) until it is back; a restarted peer
+//! (same names, new descriptors) is used again by opening its segment anew. The hot path
+//! pays one atomic load per request for this (a per-remote `gone` flag); a wait sweeps its
+//! batch only when a peer went gone since its last sweep. Requests complete exactly once: a
+//! late fabric completion of a request already failed `PeerGone` is absorbed, as after a
+//! cancel, so drain a batch before freeing it.
+//!
+//! ```no_run
+//! use transport::fabric::tcp::{TcpConfig, TcpFabric};
+//! use transport::{metadata, Engine, EngineConfig};
+//!
+//! let meta = metadata::connect("etcd://10.0.0.1:2379,10.0.0.2:2379", "node-7")?;
+//! let fabric = TcpFabric::new(TcpConfig::default())?;
+//! let engine = Engine::new(EngineConfig::new("node-7"), fabric, meta)?;
+//! let remote = engine.open_segment("node-3/kv")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod access;
 mod batch;
@@ -77,6 +109,7 @@ pub mod metadata;
 pub mod metrics;
 mod notify;
 mod os_error;
+mod peer_gone;
 mod request;
 pub mod retry;
 mod slab;
@@ -96,6 +129,8 @@ pub use error::{FabricError, FailReason, TransportError};
 pub use handle::{BatchId, Handle, RemoteSegment, SegmentId};
 pub use location::{Location, LocationParseError};
 pub use memory::{AllocError, OwnedMemory};
+#[cfg(feature = "etcd")]
+pub use metadata::{EtcdConfig, EtcdMetadata};
 pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use metrics::MetricsSnapshot;
 pub use notify::Notifications;

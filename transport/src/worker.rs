@@ -8,6 +8,7 @@ use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
 use crate::engine::{Inner, RemoteEntry};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::metrics::{op_row, CounterBlock, PollTally, SubmitTally, LATENCY_SAMPLE_EVERY};
+use crate::peer_gone;
 use crate::retry::{RetryPolicy, RetryQueue, MAX_RETRY_SLICES};
 use crate::wait::{Idle, Step, WaitMode};
 use crate::{
@@ -151,6 +152,7 @@ impl Worker {
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
+        let gone_epoch = peer_gone::epoch(inner);
         // Validate (and pin) everything before reserving indices: a failed submit then never
         // touches the batch, however other submits interleave with it.
         self.resolve_all(inner, requests)?;
@@ -199,6 +201,8 @@ impl Worker {
             req.segment.store(res.local_index, Relaxed);
             req.notify.store(res.notify, Relaxed);
             req.peer.store(remote.peer, Relaxed);
+            req.remote.store(res.remote_index, Relaxed);
+            req.remote_generation.store(res.remote_generation, Relaxed);
             slot.start(req, res.slices + (res.notify != 0) as u32);
             let op = match requests[k].op {
                 Opcode::Read => WorkOp::Read,
@@ -268,6 +272,7 @@ impl Worker {
             }
         }
         self.resolved = resolved;
+        peer_gone::after_submit(inner, slot, gone_epoch);
         Ok(first as usize)
     }
 
@@ -391,6 +396,8 @@ impl Worker {
 
     /// Drives completions until every submitted request of `batch` is terminal or `timeout`
     /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    /// Pending requests to a peer the metadata service reported gone end
+    /// `Failed(PeerGone)` (see [`Engine::open_segment`](crate::Engine::open_segment)).
     ///
     /// # Errors
     ///
@@ -403,7 +410,10 @@ impl Worker {
     ) -> Result<BatchStatus, TransportError> {
         let inner = self.inner.clone();
         let slot = inner.batches.get(batch)?;
-        self.drive(timeout, || slot.open.load(Acquire) == 0);
+        self.drive(timeout, || {
+            peer_gone::sweep(&inner, slot, batch);
+            slot.open.load(Acquire) == 0
+        });
         if slot.open.load(Acquire) != 0 {
             slot.abandon(batch, false);
         }
@@ -414,6 +424,8 @@ impl Worker {
     /// Drives completions until no work request of `batch` is in flight (so it can be freed or
     /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
     /// way.
+    /// Pending requests to a gone peer end `Failed(PeerGone)` here too (their work requests
+    /// still count as in flight until the fabric gives them back).
     ///
     /// # Errors
     ///
@@ -425,7 +437,10 @@ impl Worker {
     ) -> Result<BatchStatus, TransportError> {
         let inner = self.inner.clone();
         let slot = inner.batches.get(batch)?;
-        self.drive(timeout, || slot.in_flight.load(Acquire) == 0);
+        self.drive(timeout, || {
+            peer_gone::sweep(&inner, slot, batch);
+            slot.in_flight.load(Acquire) == 0
+        });
         inner.batches.get(batch)?;
         Ok(slot.status())
     }
@@ -620,6 +635,12 @@ fn resolve(
         }
     };
     let check_remote = || {
+        if remote.gone.load(Acquire) {
+            return Err(TransportError::PeerGone {
+                index,
+                name: remote.desc.name.clone(),
+            });
+        }
         if r.remote_offset
             .checked_add(r.len)
             .map_or(true, |end| end > remote.len)
@@ -985,8 +1006,6 @@ const WRITE_BIT: u32 = 1 << 31;
 /// Keeps in the request slot what [`retry`] needs to rebuild one of its slices.
 #[inline]
 fn remember(req: &RequestSlot, res: &Resolved, op: WorkOp) {
-    let remote = (res.remote_generation as u64) << 32 | res.remote_index as u64;
-    req.remote.store(remote, Relaxed);
     req.local_addr.store(res.local_addr, Relaxed);
     req.remote_addr.store(res.remote_addr, Relaxed);
     req.len.store(res.len, Relaxed);
@@ -1020,8 +1039,8 @@ fn retry(
     if n > MAX_RETRY_SLICES || taken >= budget {
         return false;
     }
-    let remote = req.remote.load(Relaxed);
-    let (index, generation) = (remote as u32, (remote >> 32) as u32);
+    let index = req.remote.load(Relaxed);
+    let generation = req.remote_generation.load(Relaxed);
     let Some(entry) = inner.remotes.pin(index, generation) else {
         return false;
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::*;
 
+pub mod etcd;
 pub mod ops;
 
 pub struct Cluster {

@@ -280,11 +280,10 @@ impl RdmaPoster for EfaPoster {
     }
 
     fn poll(&mut self, out: &mut [Completion]) -> usize {
+        // Every rail, even once `out` is full: the two-sided protocol makes progress (posts
+        // waiting chunks, expires replies) on each poll.
         let mut n = 0;
         for r in &mut self.rails {
-            if n == out.len() {
-                break;
-            }
             n += Self::poll_rail(&self.shared, r, &mut out[n..]);
         }
         n

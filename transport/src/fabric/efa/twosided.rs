@@ -388,7 +388,13 @@ impl TwoSided {
     /// Progress: reads the protocol CQ, posts waiting chunks, fails chunks whose reply is
     /// overdue, and moves finished operations to `out`. Returns how many it wrote.
     pub(crate) fn poll(&mut self, shared: &Shared, out: &mut [Completion]) -> Result<usize, ()> {
-        let got = self.cq.poll_into(&mut self.scratch).map_err(|_| ())?;
+        let (scratch, mut got) = (&mut self.scratch, 0);
+        self.cq
+            .poll_with(scratch.len(), |c| {
+                scratch[got] = reaped(c);
+                got += 1;
+            })
+            .map_err(|_| ())?;
         for k in 0..got {
             let wc = self.scratch[k];
             if wc.wr_id & RECV != 0 {
@@ -517,4 +523,21 @@ impl std::fmt::Debug for TwoSided {
             .field("in_flight", &(self.depth as usize - self.free_ops.len()))
             .finish_non_exhaustive()
     }
+}
+
+/// What the protocol reads of a completion (completions on demand): request id, status and
+/// vendor error of each, immediate data and length of successful receives only (the receive
+/// fields of a send completion alias its request id on EFA).
+fn reaped(c: &::efa::Completion<'_>) -> WorkCompletion {
+    let mut wc = WorkCompletion {
+        wr_id: c.wr_id(),
+        status: c.status(),
+        efa_status: c.efa_status(),
+        ..WorkCompletion::default()
+    };
+    if wc.wr_id & RECV != 0 && wc.status.is_success() {
+        wc.imm = c.imm();
+        wc.byte_len = c.byte_len();
+    }
+    wc
 }

@@ -1,80 +1,10 @@
-//! Where segment descriptors are published and found.
-//!
-//! The [`Metadata`] trait is the seam for discovery services: the in-process [`LocalRegistry`]
-//! here, a peer-to-peer TCP exchange or a cluster store (etcd) elsewhere. Implementations deal in
-//! names and owned [`SegmentDescriptor`]s only, never in fabric types, so adding a service needs
-//! no fabric change and adding a fabric needs no service change.
+//! The in-process registry.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use crate::descriptor::{DescriptorError, SegmentDescriptor};
-
-/// Errors of a metadata service.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MetadataError {
-    /// No descriptor under that name.
-    #[error("no descriptor named {0:?}")]
-    NotFound(String),
-    /// A descriptor with a newer or equal revision is already published under that name by a
-    /// different engine.
-    #[error("segment {name:?} is owned by engine {owner:?}")]
-    Conflict {
-        /// The name.
-        name: String,
-        /// The engine that published it.
-        owner: String,
-    },
-    /// A stored or received descriptor did not decode.
-    #[error("corrupt descriptor for {name:?}: {source}")]
-    Corrupt {
-        /// The name.
-        name: String,
-        /// The decoding error.
-        source: DescriptorError,
-    },
-    /// The service could not be reached or answered with an error.
-    #[error("metadata service unavailable: {0}")]
-    Unavailable(String),
-    /// A setting of the service is out of range (the message names it and its value).
-    #[error("bad metadata service configuration: {0}")]
-    Config(String),
-    /// An OS call of the service (socket, thread) failed.
-    #[error("metadata service: {what} failed")]
-    Os {
-        /// What the service was doing, with the address involved.
-        what: String,
-        /// The OS error.
-        #[source]
-        source: crate::OsError,
-    },
-}
-
-impl MetadataError {
-    /// A failed OS call while doing `what`.
-    pub(crate) fn os(what: impl std::fmt::Display, source: std::io::Error) -> Self {
-        MetadataError::Os {
-            what: what.to_string(),
-            source: source.into(),
-        }
-    }
-}
-
-/// A directory of segment descriptors keyed by name.
-///
-/// All methods are fallible and may block (network services); the engine calls them only on
-/// the control path (register, unregister, open), never per request. Implementations must be
-/// `Send + Sync`: an engine shares one instance across threads.
-pub trait Metadata: Send + Sync {
-    /// Publishes (inserts or replaces) a descriptor under `desc.name`. A service should refuse
-    /// ([`MetadataError::Conflict`]) a name held by another engine.
-    fn publish(&self, desc: &SegmentDescriptor) -> Result<(), MetadataError>;
-    /// Finds the descriptor published under `name`.
-    fn lookup(&self, name: &str) -> Result<SegmentDescriptor, MetadataError>;
-    /// Removes the descriptor under `name`; returns whether one was there.
-    fn remove(&self, name: &str) -> Result<bool, MetadataError>;
-}
+use super::{Metadata, MetadataError};
+use crate::descriptor::SegmentDescriptor;
 
 /// An in-process registry. Descriptors are stored in their encoded form, so everything that
 /// passes through it also passes through the codec, as it would over a network.
