@@ -33,6 +33,7 @@ fn desc(name: &str, engine: &str, rev: u64) -> SegmentDescriptor {
         base: 4096,
         len: 10,
         rails: vec![],
+        alternates: vec![],
     }
 }
 
