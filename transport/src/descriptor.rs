@@ -20,7 +20,7 @@
 //! Decoding checks every length against the input and the limits below and never panics; it
 //! is fuzzed (`fuzz/fuzz_targets/descriptor_decode.rs`).
 
-use crate::bytes::{put_blob, BytesError, Reader};
+use crate::bytes::{check_count, put_blob, BytesError, Reader};
 use crate::{Access, Location};
 
 const MAGIC: &[u8; 4] = b"EFSD";
@@ -114,14 +114,7 @@ pub enum DescriptorError {
 impl SegmentDescriptor {
     /// Encodes to the versioned binary form. Fails only when a field exceeds its limit.
     pub fn encode(&self) -> Result<Vec<u8>, DescriptorError> {
-        if self.rails.len() > MAX_RAILS {
-            return Err(BytesError::TooLong {
-                field: "rails",
-                len: self.rails.len(),
-                max: MAX_RAILS,
-            }
-            .into());
-        }
+        let rails = check_count("rails", self.rails.len(), MAX_RAILS)?;
         if self.base.checked_add(self.len).is_none() {
             return Err(DescriptorError::RangeOverflow {
                 base: self.base,
@@ -142,7 +135,7 @@ impl SegmentDescriptor {
         out.push(self.access.bits());
         out.extend_from_slice(&self.base.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&(self.rails.len() as u16).to_le_bytes());
+        out.extend_from_slice(&rails.to_le_bytes());
         for r in &self.rails {
             put_blob(&mut out, "rail address", &r.address, MAX_BLOB_LEN)?;
             put_blob(&mut out, "rail key", &r.key, MAX_BLOB_LEN)?;
@@ -184,15 +177,7 @@ impl SegmentDescriptor {
         if base.checked_add(len).is_none() {
             return Err(DescriptorError::RangeOverflow { base, len });
         }
-        let n = r.u16()? as usize;
-        if n > MAX_RAILS {
-            return Err(BytesError::TooLong {
-                field: "rails",
-                len: n,
-                max: MAX_RAILS,
-            }
-            .into());
-        }
+        let n = r.count("rails", MAX_RAILS)?;
         let mut rails = Vec::with_capacity(n);
         for _ in 0..n {
             let address = r.blob("rail address", MAX_BLOB_LEN)?.to_vec();
