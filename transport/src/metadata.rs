@@ -40,6 +40,18 @@ pub enum MetadataError {
     /// A setting of the service is out of range (the message names it and its value).
     #[error("bad metadata service configuration: {0}")]
     Config(String),
+    /// A peer's service could not be reached (its name did not resolve, or no address of it
+    /// accepted a connection).
+    #[error("metadata service {server}: cannot {what}")]
+    Unreachable {
+        /// The peer's service (`host:port`).
+        server: String,
+        /// What failed: `resolve` or `connect`.
+        what: &'static str,
+        /// The OS error (of the last address tried).
+        #[source]
+        source: crate::OsError,
+    },
     /// An OS call of the service (socket, thread) failed.
     #[error("metadata service: {what} failed")]
     Os {

@@ -393,11 +393,21 @@ impl PeerMetadata {
                 MetadataError::Unavailable(format!("{server}: {why}")),
             )
         };
+        let unreachable = |what: &'static str, e: std::io::Error| {
+            (
+                false,
+                MetadataError::Unreachable {
+                    server: server.to_owned(),
+                    what,
+                    source: e.into(),
+                },
+            )
+        };
         let addrs: Vec<SocketAddr> = server
             .to_socket_addrs()
-            .map_err(|e| unavailable(format!("cannot resolve: {e}")))?
+            .map_err(|e| unreachable("resolve", e))?
             .collect();
-        let mut last = String::from("no addresses");
+        let mut last = None;
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, c.connect_timeout) {
                 Ok(mut sock) => {
@@ -421,10 +431,13 @@ impl PeerMetadata {
                         Err(e) => Err(unavailable(e.to_string())),
                     };
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = Some(e),
             }
         }
-        Err(unavailable(last))
+        Err(match last {
+            Some(e) => unreachable("connect", e),
+            None => unavailable("resolves to no address".into()),
+        })
     }
 
     /// Handshakes with the discovery server at `server` (`host:port`) and returns what it
