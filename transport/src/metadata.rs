@@ -40,13 +40,13 @@ pub enum MetadataError {
     /// A setting of the service is out of range (the message names it and its value).
     #[error("bad metadata service configuration: {0}")]
     Config(String),
-    /// A peer's service could not be reached (its name did not resolve, or no address of it
-    /// accepted a connection).
+    /// Talking to a peer's service failed in the OS: its name did not resolve, no address of it
+    /// accepted a connection, or a frame could not be sent or read.
     #[error("metadata service {server}: cannot {what}")]
-    Unreachable {
+    PeerIo {
         /// The peer's service (`host:port`).
         server: String,
-        /// What failed: `resolve` or `connect`.
+        /// What failed: `resolve`, `connect`, `send a frame` or `read a frame`.
         what: &'static str,
         /// The OS error (of the last address tried).
         #[source]

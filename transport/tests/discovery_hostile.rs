@@ -203,7 +203,7 @@ fn discovery_unreachable_peers_are_reported_not_hung() {
         .unwrap();
     let t0 = Instant::now();
     match c.lookup(&format!("{dead}/seg")) {
-        Err(MetadataError::Unreachable {
+        Err(MetadataError::PeerIo {
             server,
             what: "connect",
             source,

@@ -289,6 +289,20 @@ pub fn split_remote_name(name: &str) -> Option<(&str, &str)> {
     Some((host, seg))
 }
 
+/// A failed frame exchange with `server`: an OS error is kept as the cause
+/// ([`MetadataError::PeerIo`]); a closed connection, a timeout or a malformed frame is told in
+/// words ([`MetadataError::Unavailable`]).
+fn frame_failure(server: &str, what: &'static str, e: FrameError) -> MetadataError {
+    match e {
+        FrameError::Io(source) => MetadataError::PeerIo {
+            server: server.to_owned(),
+            what,
+            source: source.into(),
+        },
+        e => MetadataError::Unavailable(format!("{server}: {what}: {e}")),
+    }
+}
+
 impl PeerMetadata {
     /// Binds the server and starts its thread.
     pub fn bind(config: DiscoveryConfig) -> Result<Arc<PeerMetadata>, MetadataError> {
@@ -396,7 +410,7 @@ impl PeerMetadata {
         let unreachable = |what: &'static str, e: std::io::Error| {
             (
                 false,
-                MetadataError::Unreachable {
+                MetadataError::PeerIo {
                     server: server.to_owned(),
                     what,
                     source: e.into(),
@@ -414,7 +428,7 @@ impl PeerMetadata {
                     let _ = sock.set_nodelay(true);
                     let hello = Message::Hello(self.state.own_hello());
                     write_frame(&mut sock, &hello, c.frame_timeout)
-                        .map_err(|e| unavailable(e.to_string()))?;
+                        .map_err(|e| (false, frame_failure(server, "send a frame", e)))?;
                     return match read_frame(
                         &mut sock,
                         c.max_frame,
@@ -428,7 +442,7 @@ impl PeerMetadata {
                             Err((code == ErrorCode::Busy, e))
                         }
                         Ok(_) => Err(unavailable("unexpected reply to hello".into())),
-                        Err(e) => Err(unavailable(e.to_string())),
+                        Err(e) => Err((false, frame_failure(server, "read a frame", e))),
                     };
                 }
                 Err(e) => last = Some(e),
@@ -456,7 +470,7 @@ impl PeerMetadata {
             &Message::Lookup(name.to_string()),
             c.frame_timeout,
         )
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| frame_failure(server, "send a frame", e))?;
         match read_frame(&mut sock, c.max_frame, c.frame_timeout, c.frame_timeout) {
             Ok(Message::Found(d)) if d.name == name => Ok(d),
             Ok(Message::Found(d)) => {
@@ -471,7 +485,7 @@ impl PeerMetadata {
             }
             Ok(_) => Err(unavailable("unexpected reply to lookup".into())),
             Err(FrameError::Wire(e)) => Err(unavailable(format!("malformed reply: {e}"))),
-            Err(e) => Err(unavailable(e.to_string())),
+            Err(e) => Err(frame_failure(server, "read a frame", e)),
         }
     }
 
@@ -488,14 +502,14 @@ impl PeerMetadata {
             &Message::List(prefix.to_string()),
             c.frame_timeout,
         )
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| frame_failure(server, "send a frame", e))?;
         match read_frame(&mut sock, c.max_frame, c.frame_timeout, c.frame_timeout) {
             Ok(Message::Listing(l)) => Ok(l),
             Ok(Message::Error { code, message }) => {
                 Err(unavailable(format!("{code:?}: {message}")))
             }
             Ok(_) => Err(unavailable("unexpected reply to list".into())),
-            Err(e) => Err(unavailable(e.to_string())),
+            Err(e) => Err(frame_failure(server, "read a frame", e)),
         }
     }
 
