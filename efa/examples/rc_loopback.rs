@@ -137,6 +137,12 @@ fn run(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `e` and its causes (the loader's or the OS's error), `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let causes = std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string());
+    causes.collect::<Vec<_>>().join(": ")
+}
+
 fn main() -> ExitCode {
     let name = match std::env::args().nth(1) {
         Some(n) => n,
@@ -149,7 +155,7 @@ fn main() -> ExitCode {
                 }
             },
             Err(e) => {
-                eprintln!("rc_loopback: cannot list verbs devices: {e}");
+                eprintln!("rc_loopback: cannot list verbs devices: {}", chain(&e));
                 return ExitCode::from(2);
             }
         },

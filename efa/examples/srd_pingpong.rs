@@ -285,6 +285,12 @@ fn run(o: &Opts, ctx: Arc<Context>) -> Result<(), String> {
     }
 }
 
+/// `e` and its causes (the loader's or the OS's error), `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let causes = std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string());
+    causes.collect::<Vec<_>>().join(": ")
+}
+
 fn main() -> ExitCode {
     let o = match parse() {
         Ok(o) => o,
@@ -304,11 +310,14 @@ fn main() -> ExitCode {
             return ExitCode::from(NO_EFA);
         }
         Err(e @ (efa::Error::NoSuchDevice { .. } | efa::Error::Library { .. })) => {
-            eprintln!("srd_pingpong: no EFA device found ({e}); run this on an AWS instance with an EFA interface");
+            eprintln!(
+                "srd_pingpong: no EFA device found ({}); run this on an AWS instance with an EFA interface",
+                chain(&e)
+            );
             return ExitCode::from(NO_EFA);
         }
         Err(e) => {
-            eprintln!("srd_pingpong: {e}");
+            eprintln!("srd_pingpong: {}", chain(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -79,15 +79,21 @@ impl Args {
     }
 }
 
+/// `e` and its causes (the loader's or the OS's error), `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let causes = std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string());
+    causes.collect::<Vec<_>>().join(": ")
+}
+
 fn engine(name: &str, tcp: TcpConfig, disc: SocketAddr) -> (Engine, std::sync::Arc<PeerMetadata>) {
     let fabric = TcpFabric::new(tcp).unwrap_or_else(|e| {
-        eprintln!("tcp_peer: {e}");
+        eprintln!("tcp_peer: {}", chain(&e));
         exit(4)
     });
     let mut dc = DiscoveryConfig::new(name);
     dc.bind = disc;
     let meta = PeerMetadata::bind(dc).unwrap_or_else(|e| {
-        eprintln!("tcp_peer: {e}");
+        eprintln!("tcp_peer: {}", chain(&e));
         exit(4)
     });
     meta.attach_fabric(fabric.clone());

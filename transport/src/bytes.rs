@@ -111,6 +111,15 @@ impl<'a> Reader<'a> {
             .map_err(|_| BytesError::BadUtf8(field))
     }
 
+    /// A `u16` count of entries, at most `max`.
+    pub(crate) fn count(&mut self, field: &'static str, max: usize) -> Result<usize, BytesError> {
+        let n = usize::from(self.u16()?);
+        if n > max {
+            return Err(BytesError::TooLong { field, len: n, max });
+        }
+        Ok(n)
+    }
+
     /// Fails unless every byte was read.
     pub(crate) fn end(&self) -> Result<(), BytesError> {
         match self.remaining() {
@@ -120,6 +129,14 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `n` entries of `field` as a `u16` count, refusing more than `max`.
+pub(crate) fn check_count(field: &'static str, n: usize, max: usize) -> Result<u16, BytesError> {
+    u16::try_from(n)
+        .ok()
+        .filter(|&c| usize::from(c) <= max)
+        .ok_or(BytesError::TooLong { field, len: n, max })
+}
+
 /// Appends `b` with its `u16` length prefix, refusing more than `max` bytes.
 pub(crate) fn put_blob(
     out: &mut Vec<u8>,
@@ -127,14 +144,7 @@ pub(crate) fn put_blob(
     b: &[u8],
     max: usize,
 ) -> Result<(), BytesError> {
-    let len = u16::try_from(b.len())
-        .ok()
-        .filter(|&l| usize::from(l) <= max)
-        .ok_or(BytesError::TooLong {
-            field,
-            len: b.len(),
-            max,
-        })?;
+    let len = check_count(field, b.len(), max)?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(b);
     Ok(())

@@ -26,7 +26,7 @@
 //! Decoding checks every length against the input and the limits below and never panics; it
 //! is fuzzed (`fuzz/fuzz_targets/descriptor_decode.rs`).
 
-use crate::bytes::{put_blob, BytesError, Reader};
+use crate::bytes::{check_count, put_blob, BytesError, Reader};
 use crate::{Access, Location};
 
 const MAGIC: &[u8; 4] = b"EFSD";
@@ -246,14 +246,8 @@ impl SegmentDescriptor {
 }
 
 fn put_rails(out: &mut Vec<u8>, rails: &[RailDescriptor]) -> Result<(), BytesError> {
-    if rails.len() > MAX_RAILS {
-        return Err(BytesError::TooLong {
-            field: "rails",
-            len: rails.len(),
-            max: MAX_RAILS,
-        });
-    }
-    out.extend_from_slice(&(rails.len() as u16).to_le_bytes());
+    let n = check_count("rails", rails.len(), MAX_RAILS)?;
+    out.extend_from_slice(&n.to_le_bytes());
     for r in rails {
         put_blob(out, "rail address", &r.address, MAX_BLOB_LEN)?;
         put_blob(out, "rail key", &r.key, MAX_BLOB_LEN)?;
@@ -262,14 +256,7 @@ fn put_rails(out: &mut Vec<u8>, rails: &[RailDescriptor]) -> Result<(), BytesErr
 }
 
 fn read_rails(r: &mut Reader<'_>) -> Result<Vec<RailDescriptor>, BytesError> {
-    let n = r.u16()? as usize;
-    if n > MAX_RAILS {
-        return Err(BytesError::TooLong {
-            field: "rails",
-            len: n,
-            max: MAX_RAILS,
-        });
-    }
+    let n = r.count("rails", MAX_RAILS)?;
     let mut rails = Vec::with_capacity(n);
     for _ in 0..n {
         let address = r.blob("rail address", MAX_BLOB_LEN)?.to_vec();

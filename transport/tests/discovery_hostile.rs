@@ -203,10 +203,21 @@ fn discovery_unreachable_peers_are_reported_not_hung() {
         .local_addr()
         .unwrap();
     let t0 = Instant::now();
-    assert!(matches!(
-        c.lookup(&format!("{dead}/seg")),
-        Err(MetadataError::Unavailable(_))
-    ));
+    match c.lookup(&format!("{dead}/seg")) {
+        Err(MetadataError::PeerIo {
+            server,
+            what: "connect",
+            source,
+        }) => {
+            assert_eq!(server, dead.to_string());
+            assert_eq!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "{source}"
+            );
+        }
+        other => panic!("expected the connect error as the cause, got {other:?}"),
+    }
     c.add_peer(dead.to_string());
     assert!(matches!(
         c.lookup("seg"),

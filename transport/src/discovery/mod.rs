@@ -311,6 +311,20 @@ pub fn split_remote_name(name: &str) -> Option<(&str, &str)> {
     Some((host, seg))
 }
 
+/// A failed frame exchange with `server`: an OS error is kept as the cause
+/// ([`MetadataError::PeerIo`]); a closed connection, a timeout or a malformed frame is told in
+/// words ([`MetadataError::Unavailable`]).
+fn frame_failure(server: &str, what: &'static str, e: FrameError) -> MetadataError {
+    match e {
+        FrameError::Io(source) => MetadataError::PeerIo {
+            server: server.to_owned(),
+            what,
+            source: source.into(),
+        },
+        e => MetadataError::Unavailable(format!("{server}: {what}: {e}")),
+    }
+}
+
 impl PeerMetadata {
     /// Binds the server and starts its thread.
     pub fn bind(config: DiscoveryConfig) -> Result<Arc<PeerMetadata>, MetadataError> {
@@ -415,18 +429,28 @@ impl PeerMetadata {
                 MetadataError::Unavailable(format!("{server}: {why}")),
             )
         };
+        let unreachable = |what: &'static str, e: std::io::Error| {
+            (
+                false,
+                MetadataError::PeerIo {
+                    server: server.to_owned(),
+                    what,
+                    source: e.into(),
+                },
+            )
+        };
         let addrs: Vec<SocketAddr> = server
             .to_socket_addrs()
-            .map_err(|e| unavailable(format!("cannot resolve: {e}")))?
+            .map_err(|e| unreachable("resolve", e))?
             .collect();
-        let mut last = String::from("no addresses");
+        let mut last = None;
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, c.connect_timeout) {
                 Ok(mut sock) => {
                     let _ = sock.set_nodelay(true);
                     let hello = Message::Hello(self.state.own_hello());
                     write_frame(&mut sock, &hello, c.frame_timeout)
-                        .map_err(|e| unavailable(e.to_string()))?;
+                        .map_err(|e| (false, frame_failure(server, "send a frame", e)))?;
                     return match read_frame(
                         &mut sock,
                         c.max_frame,
@@ -440,13 +464,16 @@ impl PeerMetadata {
                             Err((code == ErrorCode::Busy, e))
                         }
                         Ok(_) => Err(unavailable("unexpected reply to hello".into())),
-                        Err(e) => Err(unavailable(e.to_string())),
+                        Err(e) => Err((false, frame_failure(server, "read a frame", e))),
                     };
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = Some(e),
             }
         }
-        Err(unavailable(last))
+        Err(match last {
+            Some(e) => unreachable("connect", e),
+            None => unavailable("resolves to no address".into()),
+        })
     }
 
     /// Handshakes with the discovery server at `server` (`host:port`) and returns what it
@@ -465,7 +492,7 @@ impl PeerMetadata {
             &Message::Lookup(name.to_string()),
             c.frame_timeout,
         )
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| frame_failure(server, "send a frame", e))?;
         match read_frame(&mut sock, c.max_frame, c.frame_timeout, c.frame_timeout) {
             Ok(Message::Found(d)) if d.name == name => Ok(d),
             Ok(Message::Found(d)) => {
@@ -480,7 +507,7 @@ impl PeerMetadata {
             }
             Ok(_) => Err(unavailable("unexpected reply to lookup".into())),
             Err(FrameError::Wire(e)) => Err(unavailable(format!("malformed reply: {e}"))),
-            Err(e) => Err(unavailable(e.to_string())),
+            Err(e) => Err(frame_failure(server, "read a frame", e)),
         }
     }
 
@@ -497,14 +524,14 @@ impl PeerMetadata {
             &Message::List(prefix.to_string()),
             c.frame_timeout,
         )
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| frame_failure(server, "send a frame", e))?;
         match read_frame(&mut sock, c.max_frame, c.frame_timeout, c.frame_timeout) {
             Ok(Message::Listing(l)) => Ok(l),
             Ok(Message::Error { code, message }) => {
                 Err(unavailable(format!("{code:?}: {message}")))
             }
             Ok(_) => Err(unavailable("unexpected reply to list".into())),
-            Err(e) => Err(unavailable(e.to_string())),
+            Err(e) => Err(frame_failure(server, "read a frame", e)),
         }
     }
 

@@ -27,7 +27,7 @@
 //! refused; a newer minor may append fields, which are skipped. Decoding never panics
 //! (fuzzed by `fuzz/fuzz_targets/handshake.rs`).
 
-use crate::bytes::{put_blob, BytesError, Reader};
+use crate::bytes::{check_count, put_blob, BytesError, Reader};
 use crate::descriptor::{DescriptorError, SegmentDescriptor, MAX_BLOB_LEN, MAX_NAME_LEN};
 use crate::fabric::MAX_RAILS;
 
@@ -198,15 +198,8 @@ pub enum WireError {
 fn put_hello(out: &mut Vec<u8>, h: &PeerHello) -> Result<(), WireError> {
     put_blob(out, "engine", h.engine.as_bytes(), MAX_NAME_LEN)?;
     put_blob(out, "fabric", h.fabric.as_bytes(), MAX_NAME_LEN)?;
-    if h.addresses.len() > MAX_RAILS {
-        return Err(BytesError::TooLong {
-            field: "rails",
-            len: h.addresses.len(),
-            max: MAX_RAILS,
-        }
-        .into());
-    }
-    out.extend_from_slice(&(h.addresses.len() as u16).to_le_bytes());
+    let n = check_count("rails", h.addresses.len(), MAX_RAILS)?;
+    out.extend_from_slice(&n.to_le_bytes());
     for a in &h.addresses {
         put_blob(out, "address", a, MAX_BLOB_LEN)?;
     }
@@ -216,15 +209,7 @@ fn put_hello(out: &mut Vec<u8>, h: &PeerHello) -> Result<(), WireError> {
 fn get_hello(r: &mut Reader<'_>) -> Result<PeerHello, WireError> {
     let engine = r.str("engine", MAX_NAME_LEN)?;
     let fabric = r.str("fabric", MAX_NAME_LEN)?;
-    let n = r.u16()? as usize;
-    if n > MAX_RAILS {
-        return Err(BytesError::TooLong {
-            field: "rails",
-            len: n,
-            max: MAX_RAILS,
-        }
-        .into());
-    }
+    let n = r.count("rails", MAX_RAILS)?;
     let mut addresses = Vec::with_capacity(n);
     for _ in 0..n {
         addresses.push(r.blob("address", MAX_BLOB_LEN)?.to_vec());

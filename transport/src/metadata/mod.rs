@@ -84,6 +84,18 @@ pub enum MetadataError {
     /// A setting of the service is out of range (the message names it and its value).
     #[error("bad metadata service configuration: {0}")]
     Config(String),
+    /// Talking to a peer's service failed in the OS: its name did not resolve, no address of it
+    /// accepted a connection, or a frame could not be sent or read.
+    #[error("metadata service {server}: cannot {what}")]
+    PeerIo {
+        /// The peer's service (`host:port`).
+        server: String,
+        /// What failed: `resolve`, `connect`, `send a frame` or `read a frame`.
+        what: &'static str,
+        /// The OS error (of the last address tried).
+        #[source]
+        source: crate::OsError,
+    },
     /// An OS call of the service (socket, thread) failed.
     #[error("metadata service: {what} failed")]
     Os {

@@ -18,7 +18,8 @@
 //!   (`EFADV_DEVICE_ATTR_CAPS_RDMA_READ` / `_RDMA_WRITE`). Each rail publishes its bits in its
 //!   address; where this rail or the peer's lacks an operation, it travels over SEND/RECV with
 //!   the two-sided protocol ([`proto`]), so READ and WRITE work on every EFA generation (see
-//!   [`TwoSided`], [`WritePolicy`] and [`RailCaps::path_to_full_peer`]). [`EfaFabric::protocols`] tells which.
+//!   [`TwoSided`], [`WritePolicy`] and [`RailCaps::path_to_full_peer`]).
+//!   [`EfaFabric::protocols`] tells which.
 //! - **Notifications** are zero-length SENDs with the tag as immediate data (needing no RDMA
 //!   capability), counted by the target thread.
 //! - **Failures** come back as the EFA vendor error by name (`REMOTE_BAD_ADDRESS`,
