@@ -665,13 +665,27 @@ impl Engine {
         f: impl FnOnce(&LocalEntry) -> R,
     ) -> Result<R, TransportError> {
         self.inner.check_segment(segment)?;
-        let segs = &self.inner.segments;
-        let e = segs
+        let e = self
+            .inner
+            .segments
             .pin(segment.index, segment.generation)
             .ok_or(TransportError::UnknownSegment(segment))?;
-        let r = f(e);
-        segs.unpin(segment.index);
-        Ok(r)
+        Ok(f(&e))
+    }
+
+    /// Calls `f` on an open remote segment's entry, pinned meanwhile.
+    fn with_remote<R>(
+        &self,
+        remote: RemoteSegment,
+        f: impl FnOnce(&RemoteEntry) -> R,
+    ) -> Result<R, TransportError> {
+        self.inner.check_remote(remote)?;
+        let e = self
+            .inner
+            .remotes
+            .pin(remote.index, remote.generation)
+            .ok_or(TransportError::UnknownRemote(remote))?;
+        Ok(f(&e))
     }
 
     /// Facts about a local segment.
@@ -827,14 +841,7 @@ impl Engine {
         &self,
         remote: RemoteSegment,
     ) -> Result<SegmentDescriptor, TransportError> {
-        self.inner.check_remote(remote)?;
-        let r = &self.inner.remotes;
-        let e = r
-            .pin(remote.index, remote.generation)
-            .ok_or(TransportError::UnknownRemote(remote))?;
-        let d = e.desc.clone();
-        r.unpin(remote.index);
-        Ok(d)
+        self.with_remote(remote, |e| e.desc.clone())
     }
 
     /// The fabric an open remote segment is reached over: the first of this engine's fabrics
@@ -844,14 +851,7 @@ impl Engine {
     ///
     /// [`TransportError::UnknownRemote`] for a closed or foreign handle.
     pub fn remote_fabric(&self, remote: RemoteSegment) -> Result<String, TransportError> {
-        self.inner.check_remote(remote)?;
-        let r = &self.inner.remotes;
-        let e = r
-            .pin(remote.index, remote.generation)
-            .ok_or(TransportError::UnknownRemote(remote))?;
-        let name = self.inner.planes[e.plane as usize].name.clone();
-        r.unpin(remote.index);
-        Ok(name)
+        self.with_remote(remote, |e| self.inner.planes[e.plane as usize].name.clone())
     }
 
     /// Closes a remote segment handle. Requests already submitted are unaffected (they carry

@@ -91,12 +91,10 @@ fn sweep_now(inner: &Inner, slot: &BatchSlot, batch: BatchId, epoch: u64) -> u32
 
 /// Whether remote segment `(index, generation)` is open and its owner gone.
 fn remote_gone(inner: &Inner, index: u32, generation: u32) -> bool {
-    let Some(entry) = inner.remotes.pin(index, generation) else {
-        return false;
-    };
-    let gone = entry.gone.load(Acquire);
-    inner.remotes.unpin(index);
-    gone
+    inner
+        .remotes
+        .pin(index, generation)
+        .is_some_and(|entry| entry.gone.load(Acquire))
 }
 
 #[cfg(test)]
@@ -149,7 +147,7 @@ mod tests {
             "b/kv".into(),
             "b".into(),
         );
-        inner.remotes.unpin(remote.index);
+        drop(entry);
         gone();
     }
 

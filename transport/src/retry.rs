@@ -4,11 +4,16 @@
 //! A slice that completes with a transient reason ([`RetryPolicy::is_transient`]: the peer or
 //! the path did not answer, a receiver was not ready, the queue was flushed, the connection
 //! dropped) is posted again in place of the failed work request, so its request and batch
-//! counts do not move: the request completes once, with the retry's outcome. Permanent
-//! reasons (bad address, rights, lengths, keys, a peer that is gone) are never retried. Each
-//! request may retry up to [`RetryPolicy::max_retries`] times per slice in all; a request
-//! of more than [`MAX_RETRY_SLICES`] slices is not retried (its slice index does not fit the
-//! work request's token). Retries are counted per engine ([`Engine::retries`](crate::Engine::retries)).
+//! counts do not move: the request completes once, with the retry's outcome. The retry goes
+//! on another rail of the request's fabric, or, for the reasons a short wait can cure
+//! ([`RetryPolicy::may_retry_on_same_rail`]), on the same rail after a backoff. A peer that
+//! stayed silent through the fabric's own timeout is not asked again on the same rail: that
+//! would only double the time its death takes to be reported. Permanent reasons (bad address,
+//! rights, lengths, keys, a peer that is gone) are never retried. Each request may retry up to
+//! [`RetryPolicy::max_retries`] times per slice in all; a request of more than
+//! [`MAX_RETRY_SLICES`] slices is not retried (its slice index does not fit the work request's
+//! token). Retries are counted per engine ([`Engine::retries`](crate::Engine::retries), and
+//! in [`Engine::metrics`](crate::Engine::metrics)).
 //!
 //! Only the worker's own endpoint retries; the work requests of a dropped worker complete as
 //! they come.
@@ -62,6 +67,17 @@ impl RetryPolicy {
                 | FailReason::UnresponsiveRemote
                 | FailReason::UnreachableRemote
                 | FailReason::Io
+        )
+    }
+
+    /// Whether a retry on the rail that failed, after a backoff, may cure `reason`: a receiver
+    /// not ready, a flushed queue, a dropped connection. A peer or path that did not answer
+    /// within the fabric's own timeout (`UNRESP_REMOTE`, `UNREACH_REMOTE`) is retried on
+    /// another rail only.
+    pub const fn may_retry_on_same_rail(reason: FailReason) -> bool {
+        matches!(
+            reason,
+            FailReason::Flushed | FailReason::RemoteRnr | FailReason::Io
         )
     }
 
@@ -151,6 +167,19 @@ mod tests {
                 FailReason::Io
             ]
         );
+    }
+
+    #[test]
+    fn silent_peers_are_retried_on_another_rail_only() {
+        let same: Vec<_> = FailReason::ALL
+            .into_iter()
+            .filter(|r| RetryPolicy::may_retry_on_same_rail(*r))
+            .collect();
+        assert_eq!(
+            same,
+            [FailReason::Flushed, FailReason::RemoteRnr, FailReason::Io]
+        );
+        assert!(same.iter().all(|r| RetryPolicy::is_transient(*r)));
     }
 
     #[test]

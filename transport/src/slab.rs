@@ -3,6 +3,12 @@
 //! Readers *pin* a slot (a counter) before reading its value; a slot cannot be retired while
 //! pinned, and a retired slot's generation moves on so stale handles are detected. This is the
 //! one place where shared slot contents are accessed through `UnsafeCell`.
+//!
+//! A pin is a [`Pin`] guard: it reads the value and releases the pin when dropped, so a pin
+//! cannot leak on an early return. A pin that must outlive its scope (a request keeps its local
+//! segment pinned until its last completion, perhaps on another thread) is handed over with
+//! [`Pin::keep`]; its owner then reads the value with the `unsafe` [`Slab::get_pinned`] and
+//! releases it with [`Slab::unpin`] or [`Slab::unpin_many`].
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
@@ -77,10 +83,21 @@ impl<T> Slab<T> {
         Err(value)
     }
 
-    /// Pins the slot if it holds generation `generation`; the returned reference is valid until
-    /// the matching [`Slab::unpin`]. Callers must call `unpin` exactly once per successful pin.
+    /// Pins the slot if it holds generation `generation`; the guard reads the value and
+    /// releases the pin when dropped.
     #[inline]
-    pub(crate) fn pin(&self, index: u32, generation: u32) -> Option<&T> {
+    pub(crate) fn pin(&self, index: u32, generation: u32) -> Option<Pin<'_, T>> {
+        let value = self.pin_raw(index, generation)?;
+        Some(Pin {
+            slab: self,
+            index,
+            value,
+        })
+    }
+
+    /// [`Slab::pin`] without the guard: the caller owns the pin.
+    #[inline]
+    fn pin_raw(&self, index: u32, generation: u32) -> Option<&T> {
         let slot = self.slots.get(index as usize)?;
         // Cheap rejection of stale handles before touching the shared counter.
         if slot.state.load(SeqCst) != state(generation, ACTIVE) {
@@ -96,7 +113,7 @@ impl<T> Slab<T> {
         unsafe { (*slot.value.get()).as_ref() }
     }
 
-    /// Releases a pin taken by [`Slab::pin`] (or [`Slab::pin_again`]).
+    /// Releases a pin kept with [`Pin::keep`] (or added with [`Slab::add_pins`]).
     #[inline]
     pub(crate) fn unpin(&self, index: u32) {
         if let Some(slot) = self.slots.get(index as usize) {
@@ -121,13 +138,20 @@ impl<T> Slab<T> {
         }
     }
 
-    /// Reads a slot the caller has pinned.
+    /// Reads a slot the caller holds a kept pin on.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a pin on slot `index` of this slab (from [`Pin::keep`] or
+    /// [`Slab::add_pins`]) that it releases only after the returned reference is dropped.
     #[inline]
-    pub(crate) fn get_pinned(&self, index: u32) -> Option<&T> {
-        let slot = self.slots.get(index as usize)?;
+    pub(crate) unsafe fn get_pinned(&self, index: u32) -> &T {
+        let slot = &self.slots[index as usize];
         debug_assert!(slot.pins.load(SeqCst) > 0);
-        // SAFETY: callers hold a pin on this slot (see `pin`), so it is ACTIVE and unchanging.
-        unsafe { (*slot.value.get()).as_ref() }
+        // SAFETY: per the contract the slot is pinned, so it is ACTIVE (initialised) and
+        // `retire` cannot take the value until the pin is released.
+        let value = unsafe { (*slot.value.get()).as_ref() };
+        value.expect("a pinned slot holds a value")
     }
 
     /// Removes the value of generation `generation` unless it is pinned.
@@ -164,22 +188,65 @@ impl<T> Slab<T> {
         })
     }
 
-    /// Pins every active slot in turn and calls `f`; stops at the first `Some`. The pin is
-    /// kept for the slot whose answer is returned (caller unpins it).
-    pub(crate) fn find_pinned<R>(&self, mut f: impl FnMut(&T) -> Option<R>) -> Option<(u32, R)> {
+    /// Pins every active slot in turn and calls `f`; stops at the first `Some`, returning it
+    /// with the pin of its slot.
+    pub(crate) fn find_pinned<R>(
+        &self,
+        mut f: impl FnMut(&T) -> Option<R>,
+    ) -> Option<(Pin<'_, T>, R)> {
         for (i, slot) in self.slots.iter().enumerate() {
             let s = slot.state.load(SeqCst);
             if s & 3 != ACTIVE {
                 continue;
             }
-            if let Some(v) = self.pin(i as u32, (s >> 2) as u32) {
-                if let Some(r) = f(v) {
-                    return Some((i as u32, r));
+            if let Some(pin) = self.pin(i as u32, (s >> 2) as u32) {
+                if let Some(r) = f(&pin) {
+                    return Some((pin, r));
                 }
-                self.unpin(i as u32);
             }
         }
         None
+    }
+}
+
+/// A pin on one slot of a [`Slab`]: reads its value, which stays in place until the guard is
+/// dropped (the pin is released then) or kept ([`Pin::keep`]).
+pub(crate) struct Pin<'a, T> {
+    slab: &'a Slab<T>,
+    index: u32,
+    value: &'a T,
+}
+
+impl<'a, T> Pin<'a, T> {
+    /// The slot's index.
+    #[inline]
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Hands the pin over to the caller, who releases it later with [`Slab::unpin`] (and may
+    /// read the slot meanwhile with [`Slab::get_pinned`]); returns the value.
+    #[inline]
+    pub(crate) fn keep(self) -> &'a T {
+        let value = self.value;
+        std::mem::forget(self);
+        value
+    }
+}
+
+impl<T> std::ops::Deref for Pin<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        self.value
+    }
+}
+
+impl<T> Drop for Pin<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.slab.unpin(self.index);
     }
 }
 
@@ -191,9 +258,10 @@ mod tests {
     fn stale_handles_and_pins() {
         let s: Slab<String> = Slab::new(2);
         let (i, g) = s.insert("a".into()).unwrap();
-        assert_eq!(s.pin(i, g).map(String::as_str), Some("a"));
+        let pin = s.pin(i, g).unwrap();
+        assert_eq!(*pin, "a");
         assert_eq!(s.retire(i, g), Err(Some(1)));
-        s.unpin(i);
+        drop(pin);
         assert_eq!(s.retire(i, g).unwrap(), "a");
         assert!(s.pin(i, g).is_none());
         assert_eq!(s.retire(i, g), Err(None));
@@ -201,8 +269,40 @@ mod tests {
         assert_eq!((i2, g2), (i, g + 1));
         s.insert("c".into()).unwrap();
         assert_eq!(s.insert("d".into()), Err("d".to_string()));
-        let found = s.find_pinned(|v| (v == "c").then_some(7));
-        assert_eq!(found.map(|(_, r)| r), Some(7));
+        let (pin, r) = s.find_pinned(|v| (v == "c").then_some(7)).unwrap();
+        assert_eq!((pin.as_str(), r), ("c", 7));
+        let (i3, g3) = (pin.index(), g);
+        assert_eq!(
+            s.retire(i3, g3),
+            Err(Some(1)),
+            "the found slot stays pinned"
+        );
+    }
+
+    #[test]
+    fn kept_pins_last_until_unpinned() {
+        let s: Slab<String> = Slab::new(1);
+        let (i, g) = s.insert("a".into()).unwrap();
+        assert_eq!(s.pin(i, g).unwrap().keep(), "a");
+        // SAFETY: the pin kept above is still held.
+        assert_eq!(unsafe { s.get_pinned(i) }, "a");
+        s.add_pins(i, 2);
+        assert_eq!(s.retire(i, g), Err(Some(3)));
+        s.unpin_many(i, 2);
+        s.unpin(i);
+        assert_eq!(s.retire(i, g).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_pin_dropped_on_an_early_return_is_released() {
+        fn early(s: &Slab<String>, i: u32, g: u32) -> Option<usize> {
+            let pin = s.pin(i, g)?;
+            (pin.len() > 10).then_some(pin.len())
+        }
+        let s: Slab<String> = Slab::new(1);
+        let (i, g) = s.insert("short".into()).unwrap();
+        assert_eq!(early(&s, i, g), None);
+        assert_eq!(s.retire(i, g).unwrap(), "short");
     }
 
     #[test]

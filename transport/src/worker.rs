@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
-use crate::engine::{Inner, RemoteEntry};
+use crate::engine::{Inner, LocalEntry, RemoteEntry};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::metrics::{op_row, CounterBlock, PollTally, SubmitTally, LATENCY_SAMPLE_EVERY};
 use crate::peer_gone;
@@ -34,6 +34,19 @@ struct Resolved {
     len: u64,
     slices: u32,
     notify: u32,
+}
+
+/// What the requests of one submit call share.
+struct SubmitCtx<'a> {
+    inner: &'a Inner,
+    slot: &'a BatchSlot,
+    batch: BatchId,
+    /// The batch slot's generation (its low bits go into every token).
+    generation: u32,
+    /// The worker's counters, moved out for the call (none when metrics are off).
+    metrics: Option<&'a CounterBlock>,
+    /// The submit's timestamp, or 0 when the call is not timed.
+    now: u64,
 }
 
 /// Submits requests and drives completions for one thread. Owns the fabric [`Endpoint`], so
@@ -156,113 +169,49 @@ impl Worker {
         // Validate (and pin) everything before reserving indices: a failed submit then never
         // touches the batch, however other submits interleave with it.
         self.resolve_all(inner, requests)?;
-        let total: u64 = self.resolved.iter().map(|r| r.slices as u64).sum();
-        if let Err(e) = slot.add_in_flight(batch, total) {
-            self.release_pins(inner);
-            return Err(e);
-        }
-        let first = match slot.reserve(batch, requests.len()) {
+        let first = match self.reserve(slot, batch, requests.len()) {
             Ok(first) => first,
             Err(e) => {
-                // Exact: nobody else relies on these counts until the work requests exist.
-                slot.in_flight.fetch_sub(total as u32, AcqRel);
                 self.release_pins(inner);
                 return Err(e);
             }
         };
-        slot.open.fetch_add(requests.len() as u32, AcqRel);
         // Held by this submit (`enter`), the batch cannot be freed, so the pin is granted.
         let pin = slot.pin(batch);
         if let Some(pin) = &pin {
             pin.ensure(first, requests.len() as u32);
         }
-        let generation = slot.generation();
         // One clock read per timed submit call, shared by its requests (stamps below 4 are
         // untimed). Moved out for the call (not cloned: no reference count to touch) and
         // handed to `flush`, whose polls count into it too.
         let metrics = self.metrics.take();
         let timed = metrics.is_some() && self.submits % LATENCY_SAMPLE_EVERY == 0;
         self.submits = self.submits.wrapping_add(1);
-        let now = if timed { inner.metrics.now().max(1) } else { 0 };
+        let ctx = SubmitCtx {
+            inner,
+            slot,
+            batch,
+            generation: slot.generation(),
+            metrics: metrics.as_deref(),
+            now: if timed { inner.metrics.now().max(1) } else { 0 },
+        };
         let mut counts = SubmitTally::new();
         // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
         let resolved = std::mem::take(&mut self.resolved);
-        for (k, &res) in resolved.iter().enumerate() {
+        for (k, res) in resolved.iter().enumerate() {
             let index = first + k as u32;
-            let found = (
-                pin.as_ref().and_then(|p| p.request(index)),
-                inner.segments.get_pinned(res.local_index),
-                inner.remotes.get_pinned(res.remote_index),
-            );
-            let (Some(req), Some(local), Some(remote)) = found else {
-                unposted(inner, slot, &res);
+            let Some(req) = pin.as_ref().and_then(|p| p.request(index)) else {
+                unposted(inner, slot, res);
                 continue;
             };
-            req.segment.store(res.local_index, Relaxed);
-            req.notify.store(res.notify, Relaxed);
-            req.peer.store(remote.peer, Relaxed);
-            req.remote.store(res.remote_index, Relaxed);
-            req.remote_generation.store(res.remote_generation, Relaxed);
-            slot.start(req, res.slices + (res.notify != 0) as u32);
             let op = match requests[k].op {
                 Opcode::Read => WorkOp::Read,
                 _ => WorkOp::Write,
             };
-            if inner.retry.max_retries != 0 {
-                remember(req, &res, op);
-            }
-            if let Some(m) = &metrics {
-                let row = op_row(matches!(op, WorkOp::Read), res.notify != 0);
-                req.started.store(now << 2 | row as u64, Relaxed);
-                counts.request(m, row, res.len, remote.peer);
-            }
-            // The local rails of the plane the peer is reached over (one plane on most fabrics).
-            let rails = local.plane_rails[remote.plane as usize].as_slice();
-            let n = res.slices as u64;
-            for s in 0..n {
-                let (off, len) = inner.plan.slice(res.len, s, n);
-                // Round robin without a division per slice.
-                let mut k = self.rr as usize;
-                if k >= rails.len() {
-                    k %= rails.len();
-                }
-                let rail = rails[k];
-                self.rr = k as u32 + 1;
-                // The peer's rail facing ours: same index within the plane, wrapped.
-                let plane_rail = rail - remote.rail_base;
-                let remote_rail = if plane_rail < remote.rails {
-                    plane_rail
-                } else {
-                    plane_rail % remote.rails
-                };
-                if metrics.is_some() {
-                    counts.slice(rail, len);
-                }
-                if s + 1 == n {
-                    req.remote_rail.store(remote_rail as u32, Relaxed);
-                }
-                self.wrs.push(WorkRequest {
-                    token: token::with_slice(
-                        token::encode(batch.index, generation, rail, index),
-                        s,
-                    ),
-                    op,
-                    rail,
-                    peer: remote.peer,
-                    remote_rail,
-                    local_addr: res.local_addr + off,
-                    local_key: local.lkeys[rail as usize],
-                    remote_addr: res.remote_addr + off,
-                    remote_key: remote.rkeys[remote_rail as usize],
-                    len,
-                });
-                if self.wrs.len() == POST_BATCH {
-                    self.flush(metrics.as_deref());
-                }
-            }
+            self.post_request(&ctx, req, index, res, op, &mut counts);
         }
-        self.flush(metrics.as_deref());
-        if let Some(m) = &metrics {
+        self.flush(ctx.metrics);
+        if let Some(m) = ctx.metrics {
             counts.flush(m, inner.caps.rails as usize);
         }
         self.metrics = metrics;
@@ -274,6 +223,105 @@ impl Worker {
         self.resolved = resolved;
         peer_gone::after_submit(inner, slot, gone_epoch);
         Ok(first as usize)
+    }
+
+    /// Counts `n` resolved requests into the batch (work requests in flight, request indices,
+    /// open requests); returns the first index. On an error nothing is counted.
+    fn reserve(&self, slot: &BatchSlot, batch: BatchId, n: usize) -> Result<u32, TransportError> {
+        let total: u64 = self.resolved.iter().map(|r| r.slices as u64).sum();
+        slot.add_in_flight(batch, total)?;
+        match slot.reserve(batch, n) {
+            Ok(first) => {
+                slot.open.fetch_add(n as u32, AcqRel);
+                Ok(first)
+            }
+            Err(e) => {
+                // Exact: nobody else relies on these counts until the work requests exist.
+                slot.in_flight.fetch_sub(total as u32, AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts request `index` (its slot `req`) and queues its slices as work requests, striped
+    /// round robin over the local rails of the plane its peer is reached over.
+    #[inline]
+    fn post_request(
+        &mut self,
+        ctx: &SubmitCtx<'_>,
+        req: &RequestSlot,
+        index: u32,
+        res: &Resolved,
+        op: WorkOp,
+        counts: &mut SubmitTally,
+    ) {
+        let inner = ctx.inner;
+        // SAFETY: `resolve` kept a pin on the local segment for this request (released when it
+        // completes) and one on the remote slot for its run (released at the end of the submit).
+        let (local, remote) = unsafe {
+            (
+                inner.segments.get_pinned(res.local_index),
+                inner.remotes.get_pinned(res.remote_index),
+            )
+        };
+        req.segment.store(res.local_index, Relaxed);
+        req.notify.store(res.notify, Relaxed);
+        req.peer.store(remote.peer, Relaxed);
+        req.remote.store(res.remote_index, Relaxed);
+        req.remote_generation.store(res.remote_generation, Relaxed);
+        ctx.slot.start(req, res.slices + (res.notify != 0) as u32);
+        if inner.retry.max_retries != 0 {
+            remember(req, res, op);
+        }
+        if let Some(m) = ctx.metrics {
+            let row = op_row(matches!(op, WorkOp::Read), res.notify != 0);
+            req.started.store(ctx.now << 2 | row as u64, Relaxed);
+            counts.request(m, row, res.len, remote.peer);
+        }
+        // The local rails of the plane the peer is reached over (one plane on most fabrics).
+        let rails = local.plane_rails[remote.plane as usize].as_slice();
+        let n = res.slices as u64;
+        for s in 0..n {
+            let (off, len) = inner.plan.slice(res.len, s, n);
+            // Round robin without a division per slice.
+            let mut k = self.rr as usize;
+            if k >= rails.len() {
+                k %= rails.len();
+            }
+            let rail = rails[k];
+            self.rr = k as u32 + 1;
+            // The peer's rail facing ours: same index within the plane, wrapped.
+            let plane_rail = rail - remote.rail_base;
+            let remote_rail = if plane_rail < remote.rails {
+                plane_rail
+            } else {
+                plane_rail % remote.rails
+            };
+            if ctx.metrics.is_some() {
+                counts.slice(rail, len);
+            }
+            if s + 1 == n {
+                req.remote_rail.store(remote_rail as u32, Relaxed);
+            }
+            self.wrs.push(WorkRequest {
+                token: token::with_slice(
+                    token::encode(ctx.batch.index, ctx.generation, rail, index),
+                    s,
+                ),
+                op,
+                rail,
+                peer: remote.peer,
+                remote_rail,
+                local_addr: res.local_addr + off,
+                local_key: local.lkeys[rail as usize],
+                remote_addr: res.remote_addr + off,
+                remote_key: remote.rkeys[remote_rail as usize],
+                len,
+            });
+            if self.wrs.len() == POST_BATCH {
+                self.flush(ctx.metrics);
+            }
+        }
     }
 
     /// Resolves every request into `self.resolved`, pinning its segments. On an error nothing
@@ -569,12 +617,47 @@ pub(crate) fn reap_orphans(inner: &Inner, wait: bool) -> usize {
     applied
 }
 
+/// Checks request `index` and pins what it uses: the remote half ([`resolve_remote`]), then the
+/// local half ([`resolve_local`]). On an error, what this request pinned is released.
 fn resolve(
     inner: &Inner,
     index: usize,
     r: &Request,
     runs: &mut Runs,
 ) -> Result<Resolved, TransportError> {
+    let (slices, needed, notify) = check_request(inner, index, r)?;
+    let (remote_pin, remote_addr) = resolve_remote(inner, index, r, needed, runs)?;
+    match resolve_local(inner, index, r, runs) {
+        Ok((local_index, local_addr)) => Ok(Resolved {
+            remote_pin,
+            local_index,
+            local_addr,
+            remote_index: r.remote.index,
+            remote_generation: r.remote.generation,
+            remote_addr,
+            len: r.len,
+            // Checked against MAX_SLICES_PER_REQUEST.
+            slices: slices as u32,
+            notify,
+        }),
+        Err(e) => {
+            if remote_pin {
+                inner.remotes.unpin(r.remote.index);
+                runs.remote = None;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The checks of request `index` that need no pin: length, slice count, the operation against
+/// the fabric's capabilities, the notification tag, the handles' engine. Returns its slice
+/// count, the access it needs at the peer, and its notification tag + 1 (0 for none).
+fn check_request(
+    inner: &Inner,
+    index: usize,
+    r: &Request,
+) -> Result<(u64, Access, u32), TransportError> {
     if r.len == 0 {
         return Err(TransportError::ZeroLength { index });
     }
@@ -612,136 +695,139 @@ fn resolve(
     if let LocalAddr::Segment { segment, .. } = r.local {
         inner.check_segment(segment)?;
     }
-    let remote_pin = runs.remote != Some(r.remote);
+    Ok((slices, needed, notify))
+}
+
+/// The remote half of [`resolve`]: pins the remote segment (once per run of requests to it,
+/// kept until the end of the submit) and checks the request against it. Returns whether this
+/// request took the run's pin, and the remote address.
+#[inline]
+fn resolve_remote(
+    inner: &Inner,
+    index: usize,
+    r: &Request,
+    needed: Access,
+    runs: &mut Runs,
+) -> Result<(bool, u64), TransportError> {
+    if runs.remote == Some(r.remote) {
+        // SAFETY: the first request of this run kept a pin on the slot until the submit ends.
+        let remote = unsafe { inner.remotes.get_pinned(r.remote.index) };
+        check_remote(index, r, needed, remote)?;
+        return Ok((false, remote.base + r.remote_offset));
+    }
     // `let else` rather than `ok_or`: building (and dropping) the error on the success path
     // shows up in a per-request instruction count.
-    let found = if remote_pin {
-        inner.remotes.pin(r.remote.index, r.remote.generation)
-    } else {
-        // Pinned by an earlier request of this submit.
-        inner.remotes.get_pinned(r.remote.index)
-    };
-    let Some(remote) = found else {
+    let Some(pin) = inner.remotes.pin(r.remote.index, r.remote.generation) else {
         return Err(TransportError::UnknownRemote(r.remote));
     };
-    if remote_pin {
-        runs.remote = Some(r.remote);
+    // A refused request drops the guard, and with it the pin.
+    check_remote(index, r, needed, &pin)?;
+    runs.remote = Some(r.remote);
+    let remote = pin.keep();
+    Ok((true, remote.base + r.remote_offset))
+}
+
+/// Request `index` against its remote segment: the owner not gone, the range inside, the
+/// access granted.
+#[inline]
+fn check_remote(
+    index: usize,
+    r: &Request,
+    needed: Access,
+    remote: &RemoteEntry,
+) -> Result<(), TransportError> {
+    if remote.gone.load(Acquire) {
+        return Err(TransportError::PeerGone {
+            index,
+            name: remote.desc.name.clone(),
+        });
     }
-    let remote_index = r.remote.index;
-    let drop_remote = |runs: &mut Runs| {
-        if remote_pin {
-            inner.remotes.unpin(remote_index);
-            runs.remote = None;
-        }
-    };
-    let check_remote = || {
-        if remote.gone.load(Acquire) {
-            return Err(TransportError::PeerGone {
-                index,
-                name: remote.desc.name.clone(),
-            });
-        }
-        if r.remote_offset
-            .checked_add(r.len)
-            .map_or(true, |end| end > remote.len)
-        {
-            return Err(TransportError::RemoteOutOfRange {
-                index,
-                name: remote.desc.name.clone(),
-                offset: r.remote_offset,
-                len: r.len,
-                seg_len: remote.len,
-            });
-        }
-        let granted = remote.access;
-        if (needed.can_read() && !granted.can_read())
-            || (needed.can_write() && !granted.can_write())
-        {
-            return Err(TransportError::AccessDenied {
-                index,
-                name: remote.desc.name.clone(),
-                op: r.op.name(),
-                granted,
-                needed,
-            });
-        }
-        Ok(())
-    };
-    if let Err(e) = check_remote() {
-        drop_remote(runs);
-        return Err(e);
+    if r.remote_offset
+        .checked_add(r.len)
+        .map_or(true, |end| end > remote.len)
+    {
+        return Err(TransportError::RemoteOutOfRange {
+            index,
+            name: remote.desc.name.clone(),
+            offset: r.remote_offset,
+            len: r.len,
+            seg_len: remote.len,
+        });
     }
-    let remote_addr = remote.base + r.remote_offset;
-    let local = match r.local {
-        LocalAddr::Segment { segment, offset } => {
-            let same_run = runs.local == Some(segment);
-            let entry = if same_run {
-                inner.segments.get_pinned(segment.index)
-            } else {
-                runs.close_local(inner);
-                inner.segments.pin(segment.index, segment.generation)
-            };
-            match entry {
-                None => Err(TransportError::UnknownSegment(segment)),
-                Some(e) => {
-                    if offset.checked_add(r.len).map_or(true, |end| end > e.len) {
-                        if !same_run {
-                            inner.segments.unpin(segment.index);
-                        }
-                        Err(TransportError::LocalOutOfRange {
-                            index,
-                            segment,
-                            offset,
-                            len: r.len,
-                            seg_len: e.len,
-                        })
-                    } else {
-                        if same_run {
-                            runs.local_extra += 1;
-                        } else {
-                            runs.local = Some(segment);
-                        }
-                        Ok((segment.index, e.base + offset))
-                    }
-                }
-            }
-        }
+    let granted = remote.access;
+    if (needed.can_read() && !granted.can_read()) || (needed.can_write() && !granted.can_write()) {
+        return Err(TransportError::AccessDenied {
+            index,
+            name: remote.desc.name.clone(),
+            op: r.op.name(),
+            granted,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// The local half of [`resolve`]: pins the local segment for the request (kept until it
+/// completes; a run of requests on one segment adds its pins in one atomic) and checks the
+/// range. Returns the segment's slot and the local address.
+#[inline]
+fn resolve_local(
+    inner: &Inner,
+    index: usize,
+    r: &Request,
+    runs: &mut Runs,
+) -> Result<(u32, u64), TransportError> {
+    let (segment, offset) = match r.local {
+        LocalAddr::Segment { segment, offset } => (segment, offset),
         LocalAddr::Raw(addr) => {
             runs.close_local(inner);
-            inner
-                .segments
-                .find_pinned(|e| {
-                    let inside = addr >= e.base
-                        && addr
-                            .checked_add(r.len)
-                            .is_some_and(|end| end <= e.base + e.len);
-                    inside.then_some(addr)
-                })
-                .ok_or(TransportError::LocalNotRegistered {
+            let covers = |e: &LocalEntry| {
+                let inside = addr >= e.base
+                    && addr
+                        .checked_add(r.len)
+                        .is_some_and(|end| end <= e.base + e.len);
+                inside.then_some(addr)
+            };
+            let Some((pin, addr)) = inner.segments.find_pinned(covers) else {
+                return Err(TransportError::LocalNotRegistered {
                     index,
                     addr,
                     len: r.len,
-                })
+                });
+            };
+            let slot = pin.index();
+            pin.keep();
+            return Ok((slot, addr));
         }
     };
-    match local {
-        Ok((local_index, local_addr)) => Ok(Resolved {
-            remote_pin,
-            local_index,
-            local_addr,
-            remote_index,
-            remote_generation: r.remote.generation,
-            remote_addr,
-            len: r.len,
-            // Checked above against MAX_SLICES_PER_REQUEST.
-            slices: slices as u32,
-            notify,
-        }),
-        Err(e) => {
-            drop_remote(runs);
-            Err(e)
+    let out_of_range = |e: &LocalEntry| TransportError::LocalOutOfRange {
+        index,
+        segment,
+        offset,
+        len: r.len,
+        seg_len: e.len,
+    };
+    let inside = |e: &LocalEntry| offset.checked_add(r.len).is_some_and(|end| end <= e.len);
+    if runs.local == Some(segment) {
+        // SAFETY: the first request of this run kept a pin on the segment (released when it
+        // completes), and this one's is added when the run closes.
+        let e = unsafe { inner.segments.get_pinned(segment.index) };
+        if !inside(e) {
+            return Err(out_of_range(e));
         }
+        runs.local_extra += 1;
+        return Ok((segment.index, e.base + offset));
     }
+    runs.close_local(inner);
+    let Some(pin) = inner.segments.pin(segment.index, segment.generation) else {
+        return Err(TransportError::UnknownSegment(segment));
+    };
+    if !inside(&pin) {
+        return Err(out_of_range(&pin));
+    }
+    runs.local = Some(segment);
+    let e = pin.keep();
+    Ok((segment.index, e.base + offset))
 }
 
 /// Gives back the counts of a resolved request that cannot be posted. Unreachable while the
@@ -1044,11 +1130,13 @@ fn retry(
     let Some(entry) = inner.remotes.pin(index, generation) else {
         return false;
     };
-    let wr = rebuild(inner, req, entry, token, n);
-    inner.remotes.unpin(index);
-    let Some((wr, same_rail)) = wr else {
+    let Some((wr, same_rail)) = rebuild(inner, req, &entry, token, n) else {
         return false;
     };
+    drop(entry);
+    if same_rail && !RetryPolicy::may_retry_on_same_rail(reason) {
+        return false;
+    }
     let due = same_rail.then(|| Instant::now() + policy.backoff(taken as u32));
     let ok = (due.is_none() && ep.post(std::slice::from_ref(&wr)) == 1) || q.hold(wr, due, reason);
     if ok && due.is_none() {
@@ -1067,8 +1155,9 @@ fn rebuild(
     token: u64,
     n: u64,
 ) -> Option<(WorkRequest, bool)> {
-    // The request pins its local segment until it finishes.
-    let local = inner.segments.get_pinned(req.segment.load(Relaxed))?;
+    // SAFETY: a request keeps its pin on its local segment (taken in `resolve_local`) until its
+    // last work request completes; the one being retried has not been counted yet.
+    let local = unsafe { inner.segments.get_pinned(req.segment.load(Relaxed)) };
     let rails = local.plane_rails[remote.plane as usize].as_slice();
     let failed = token::decode(token).2;
     let k = rails.iter().position(|&r| r == failed).unwrap_or(0);

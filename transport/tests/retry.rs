@@ -105,8 +105,7 @@ fn one_rail_retries_after_a_backoff_until_the_budget_is_spent() {
         backoff: Duration::from_micros(100),
     };
     let p = pair(&c, 1, policy);
-    p.a_fabric
-        .set_rail_fault(0, Some(FailReason::UnresponsiveRemote));
+    p.a_fabric.set_rail_fault(0, Some(FailReason::Io));
     let mut w = p.a.worker().unwrap();
     let batch = p.a.allocate_batch(1).unwrap();
     let len = SLICES * SLICE;
@@ -116,10 +115,29 @@ fn one_rail_retries_after_a_backoff_until_the_budget_is_spent() {
     assert_eq!(st.failed, 1, "{st:?}");
     assert_eq!(
         p.a.request_status(batch, 0).unwrap(),
-        RequestStatus::Failed(FailReason::UnresponsiveRemote)
+        RequestStatus::Failed(FailReason::Io)
     );
     // Two retries per slice, over the request.
     assert_eq!(p.a.retries(), 2 * SLICES);
+}
+
+#[test]
+fn a_silent_peer_is_not_asked_again_on_the_same_rail() {
+    let c = Cluster::new();
+    let p = pair(&c, 1, RetryPolicy::default());
+    p.a_fabric
+        .set_rail_fault(0, Some(FailReason::UnresponsiveRemote));
+    let mut w = p.a.worker().unwrap();
+    let batch = p.a.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::write(p.src, 0, p.remote, 0, SLICE)])
+        .unwrap();
+    let st = w.wait(batch, Duration::from_secs(10)).unwrap();
+    assert_eq!(st.failed, 1, "{st:?}");
+    assert_eq!(
+        p.a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::UnresponsiveRemote)
+    );
+    assert_eq!(p.a.retries(), 0);
 }
 
 #[test]
