@@ -5,7 +5,7 @@ use crate::bench::{self, Plan};
 use crate::cli::{Metric, TestArgs};
 use crate::loopback::Loopback;
 use crate::measure;
-use crate::observe::Observer;
+use crate::observe::{Observer, Wanted};
 use crate::record::Document;
 use crate::remote;
 use crate::select::Selection;
@@ -52,7 +52,7 @@ fn observed(
     selection: &Selection,
     args: &TestArgs,
 ) -> anyhow::Result<Document> {
-    let mut observer = Observer::start(observe_wanted(
+    let mut observer = Observer::start(Wanted::from_args(
         &args.observe,
         selection,
         args.device.as_deref(),
@@ -61,20 +61,6 @@ fn observed(
     let doc = bench::run(runner, plan)?;
     eprint!("{}", observer.finish(&runner.engines()));
     Ok(doc)
-}
-
-/// What the observability options ask for, on the selected device.
-pub fn observe_wanted(
-    o: &crate::cli::ObserveArgs,
-    selection: &Selection,
-    device: Option<&str>,
-) -> crate::observe::Wanted {
-    crate::observe::Wanted {
-        stats: o.stats,
-        counters: o.counters,
-        prometheus: o.prometheus,
-        device: selection.device.clone().or(device.map(str::to_string)),
-    }
 }
 
 /// Runs a test from the command line: loopback, client (a peer was given) or server (none was).

@@ -1,8 +1,10 @@
 //! What `--stats`, `--counters` and `--prometheus` add around a test: the engines' metrics
 //! summary afterwards, the devices' hw_counters deltas, and a `/metrics` listener during the run.
 
+use crate::cli::ObserveArgs;
 use crate::hwcounters::{self, Snapshot};
 use crate::prometheus::Exporter;
+use crate::select::Selection;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use transport::metrics::MetricsSnapshot;
@@ -19,6 +21,18 @@ pub struct Wanted {
     pub prometheus: Option<SocketAddr>,
     /// Only this device's counters.
     pub device: Option<String>,
+}
+
+impl Wanted {
+    /// What the observability options ask for, on the selected device (or `device`).
+    pub fn from_args(o: &ObserveArgs, selection: &Selection, device: Option<&str>) -> Wanted {
+        Wanted {
+            stats: o.stats,
+            counters: o.counters,
+            prometheus: o.prometheus,
+            device: selection.device.clone().or(device.map(str::to_string)),
+        }
+    }
 }
 
 /// State between the start and the end of a test.

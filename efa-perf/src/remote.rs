@@ -367,7 +367,8 @@ fn serve_one(
         timeout: Duration::from_secs(args.timeout),
     };
     let engines = [node.engine.clone()];
-    let wanted = crate::engine::observe_wanted(&args.observe, selection, args.device.as_deref());
+    let wanted =
+        crate::observe::Wanted::from_args(&args.observe, selection, args.device.as_deref());
     let mut observer = Observer::start(wanted);
     observer.serve(&engines)?;
     while let Some((size, amount)) = control.next_run(hello.stripe)? {

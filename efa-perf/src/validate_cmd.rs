@@ -2,9 +2,8 @@
 
 use crate::cli::loopback_args;
 use crate::cli::{FabricChoice, ValidateArgs};
-use crate::engine::observe_wanted;
 use crate::fabrics::params;
-use crate::observe::Observer;
+use crate::observe::{Observer, Wanted};
 use crate::select::{self, FabricKind};
 use crate::validate::{self, Options, Rig};
 use anyhow::{bail, Context};
@@ -52,7 +51,11 @@ pub fn run(a: &ValidateArgs) -> anyhow::Result<()> {
         selection.fabric, selection.reason, a.metadata, a.peers, a.ops, a.max_len, a.batch
     );
     let fabrics = fabrics(selection.fabric, a)?;
-    let mut observer = Observer::start(observe_wanted(&a.observe, &selection, a.device.as_deref()));
+    let mut observer = Observer::start(Wanted::from_args(
+        &a.observe,
+        &selection,
+        a.device.as_deref(),
+    ));
     let mut rig = Rig::new(fabrics, &o, seed).context("setting up the engines")?;
     observer.serve(&rig.engines())?;
     let report = validate::run(&mut rig, &o)?;

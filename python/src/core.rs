@@ -305,7 +305,7 @@ impl Core {
             }
             MetaChoice::Local => (local_registry(), None),
             MetaChoice::Spec(spec) => (
-                transport::metadata::connect(spec, &o.name).map_err(TransportError::from)?,
+                transport::discovery::connect(spec, &o.name).map_err(TransportError::from)?,
                 None,
             ),
         };

@@ -12,7 +12,7 @@ use crate::fabric::{
     Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Plane, Registration, MAX_PLANES,
     MAX_RAILS,
 };
-use crate::metadata::{Metadata, MetadataError, WatchGuard};
+use crate::metadata::{Metadata, MetadataError, OnGone, WatchGuard};
 use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
 use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
@@ -357,6 +357,23 @@ impl Drop for Inner {
             drop(entry.owned);
         }
     }
+}
+
+/// The callback a remote segment's watch calls when its owner is gone (see `peer_gone.rs`):
+/// sets the segment's flag and moves the engine's gone epoch.
+pub(crate) fn on_gone(
+    flag: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+    name: String,
+    owner: String,
+) -> OnGone {
+    Box::new(move || {
+        flag.store(true, Ordering::SeqCst);
+        epoch.fetch_add(1, Ordering::SeqCst);
+        log::warn!(
+            "remote segment {name:?}: its owner {owner:?} is gone; its requests fail with PEER_GONE"
+        );
+    })
 }
 
 /// A transfer engine: registers memory as named segments, opens peers' segments, allocates
@@ -790,7 +807,7 @@ impl Engine {
             .into());
         }
         let gone = Arc::new(AtomicBool::new(false));
-        let on_gone = crate::peer_gone::on_gone(
+        let on_gone = on_gone(
             gone.clone(),
             inner.gone_epoch.clone(),
             desc.name.clone(),

@@ -66,7 +66,7 @@
 //!
 //! Peer-to-peer discovery ([`PeerMetadata`], segments opened as `host:port/name`) needs no
 //! service. For tens to hundreds of nodes, build with the `etcd` feature and give every engine
-//! a `metadata::EtcdMetadata` (or [`metadata::connect`] with a Mooncake-style
+//! a `metadata::EtcdMetadata` (or [`discovery::connect`] with a Mooncake-style
 //! `etcd://host:port[,host:port]`; `P2P` stays the default). Segment names are then
 //! cluster-wide and each descriptor lives under a key prefix (`/efa-transport/`), bound to a
 //! lease its process keeps alive (TTL 3 s by default).
@@ -87,7 +87,7 @@
 //! use transport::fabric::tcp::{TcpConfig, TcpFabric};
 //! use transport::{metadata, Engine, EngineConfig};
 //!
-//! let meta = metadata::connect("etcd://10.0.0.1:2379,10.0.0.2:2379", "node-7")?;
+//! let meta = discovery::connect("etcd://10.0.0.1:2379,10.0.0.2:2379", "node-7")?;
 //! let fabric = TcpFabric::new(TcpConfig::default())?;
 //! let engine = Engine::new(EngineConfig::new("node-7"), fabric, meta)?;
 //! let remote = engine.open_segment("node-3/kv")?;

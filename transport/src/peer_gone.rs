@@ -15,29 +15,11 @@
 //! A request whose remote segment was closed before the sweep is not swept (its entry, and
 //! so its flag, is gone); it ends as its fabric completion says.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::*;
 
 use crate::batch::BatchSlot;
 use crate::engine::Inner;
-use crate::metadata::OnGone;
 use crate::{BatchId, FailReason};
-
-/// The callback a remote segment's watch calls when its owner is gone.
-pub(crate) fn on_gone(
-    flag: Arc<AtomicBool>,
-    epoch: Arc<AtomicU64>,
-    name: String,
-    owner: String,
-) -> OnGone {
-    Box::new(move || {
-        flag.store(true, SeqCst);
-        epoch.fetch_add(1, SeqCst);
-        log::warn!(
-            "remote segment {name:?}: its owner {owner:?} is gone; its requests fail with PEER_GONE"
-        );
-    })
-}
 
 /// The engine's gone epoch, read at the start of a submit.
 #[inline]
@@ -141,7 +123,7 @@ mod tests {
     fn mark_gone(a: &Engine, remote: RemoteSegment) {
         let inner = &a.inner;
         let entry = inner.remotes.pin(remote.index, remote.generation).unwrap();
-        let gone = on_gone(
+        let gone = crate::engine::on_gone(
             entry.gone.clone(),
             inner.gone_epoch.clone(),
             "b/kv".into(),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdServer;
+use common::process;
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
 use transport::metadata::MetadataSpec;
 use transport::*;
@@ -244,7 +245,7 @@ fn connection_strings_and_unreachable_servers() {
     let Some(server) = EtcdServer::start() else {
         return;
     };
-    let m = metadata::connect(&server.url(), "e").unwrap();
+    let m = discovery::connect(&server.url(), "e").unwrap();
     m.publish(&desc("e/kv", "e", 1)).unwrap();
     assert_eq!(m.lookup("e/kv").unwrap().engine, "e");
     assert_eq!(
@@ -253,7 +254,7 @@ fn connection_strings_and_unreachable_servers() {
             endpoints: vec![server.endpoint.clone(), "127.0.0.1:1".into()]
         }
     );
-    let e = metadata::connect("etcd:/127.0.0.1:2379", "e")
+    let e = discovery::connect("etcd:/127.0.0.1:2379", "e")
         .err()
         .unwrap();
     assert!(matches!(e, MetadataError::BadSpec { .. }), "{e:?}");
@@ -504,28 +505,12 @@ impl Peer {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: `kill` on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0);
+        process::signal(self.child.id(), sig);
     }
 
     /// SIGSTOP, returning once `/proc` shows the process stopped.
     fn stop(&self) {
-        self.signal(libc::SIGSTOP);
-        let path = format!("/proc/{}/stat", self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let stat = std::fs::read_to_string(&path).unwrap();
-            let state = stat[stat.rfind(')').unwrap() + 1..]
-                .trim_start()
-                .chars()
-                .next();
-            if state == Some('T') {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not stopped: {state:?}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        process::stop(self.child.id());
     }
 
     fn kill9(mut self) {

@@ -3,6 +3,9 @@
 //! peers are real separate processes with their own address spaces. Data is checked byte for
 //! byte on both sides, and peers are stopped and `kill -9`ed mid-batch.
 
+#[path = "common/process.rs"]
+mod process;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -144,42 +147,15 @@ impl Peer {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: `kill` on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0);
+        process::signal(self.child.id(), sig);
     }
 
-    /// Stops the peer with SIGSTOP and returns only once the kernel shows it stopped: the signal is
-    /// asynchronous, and a peer that still runs for a moment could serve the next request.
     fn stop(&self) {
-        self.signal(libc::SIGSTOP);
-        wait_for_proc_state(self.child.id(), 'T');
+        process::stop(self.child.id());
     }
 
     fn name(&self, seg: &str) -> String {
         format!("{}/{seg}", self.discovery)
-    }
-}
-
-/// Waits (bounded) until `/proc/PID/stat` shows the process in `state`.
-fn wait_for_proc_state(pid: u32, state: char) {
-    let path = format!("/proc/{pid}/stat");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stat = std::fs::read_to_string(&path).unwrap();
-        // The state follows the command name, which is in parentheses and may itself hold spaces.
-        let now = stat[stat.rfind(')').unwrap() + 1..]
-            .trim_start()
-            .chars()
-            .next();
-        if now == Some(state) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} not in state {state} after 10 s: {now:?}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

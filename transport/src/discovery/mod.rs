@@ -31,8 +31,11 @@
 //! ```
 
 mod conn;
+mod connect;
 mod server;
 pub mod wire;
+
+pub use connect::connect;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};

@@ -27,7 +27,7 @@ use crate::descriptor::{DescriptorError, SegmentDescriptor};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdConfig, EtcdMetadata};
 pub use local::LocalRegistry;
-pub use spec::{connect, MetadataSpec};
+pub use spec::MetadataSpec;
 
 /// Errors of a metadata service.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,9 +1,7 @@
 //! Mooncake-style metadata connection strings: `P2P` (the default) or
 //! `etcd://host:port[,host:port...]`.
 
-use std::sync::Arc;
-
-use super::{Metadata, MetadataError};
+use super::MetadataError;
 
 /// A parsed metadata connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,41 +73,6 @@ fn check_endpoint(ep: &str) -> Result<String, String> {
     }
 }
 
-/// Builds the metadata service a connection string names, for engine `engine`: `P2P` binds a
-/// [`PeerMetadata`](crate::discovery::PeerMetadata) on loopback (build one with
-/// [`PeerMetadata::bind`](crate::discovery::PeerMetadata::bind) to choose its address or
-/// attach a fabric); `etcd://...` connects an `EtcdMetadata` with the default
-/// `EtcdConfig` (`etcd` feature).
-///
-/// # Errors
-///
-/// [`MetadataError::BadSpec`] for a string [`MetadataSpec::parse`] refuses, or `etcd://` in a
-/// build without the `etcd` feature; the service's own errors when it cannot start or reach
-/// its servers.
-pub fn connect(spec: &str, engine: &str) -> Result<Arc<dyn Metadata>, MetadataError> {
-    match MetadataSpec::parse(spec)? {
-        MetadataSpec::P2p => {
-            let config = crate::discovery::DiscoveryConfig::new(engine);
-            Ok(crate::discovery::PeerMetadata::bind(config)?)
-        }
-        MetadataSpec::Etcd { endpoints } => connect_etcd(spec, endpoints),
-    }
-}
-
-#[cfg(feature = "etcd")]
-fn connect_etcd(_spec: &str, endpoints: Vec<String>) -> Result<Arc<dyn Metadata>, MetadataError> {
-    let config = super::EtcdConfig::new(endpoints);
-    Ok(Arc::new(super::EtcdMetadata::connect(config)?))
-}
-
-#[cfg(not(feature = "etcd"))]
-fn connect_etcd(spec: &str, _endpoints: Vec<String>) -> Result<Arc<dyn Metadata>, MetadataError> {
-    Err(MetadataError::BadSpec {
-        spec: spec.to_string(),
-        reason: "this build of transport has no etcd support (cargo feature `etcd`)".into(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,12 +119,5 @@ mod tests {
             assert!(reason.contains(why), "{s:?}: {reason}");
             assert!(e.to_string().contains(s), "{e}");
         }
-    }
-
-    #[cfg(not(feature = "etcd"))]
-    #[test]
-    fn etcd_without_the_feature_is_a_typed_error() {
-        let e = connect("etcd://127.0.0.1:2379", "e").err().unwrap();
-        assert!(matches!(e, MetadataError::BadSpec { .. }), "{e:?}");
     }
 }

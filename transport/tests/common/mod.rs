@@ -8,6 +8,7 @@ use transport::*;
 
 pub mod etcd;
 pub mod ops;
+pub mod process;
 
 pub struct Cluster {
     pub net: Arc<SimNetwork>,
