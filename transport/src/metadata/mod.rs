@@ -11,8 +11,8 @@
 //! fails that peer's requests with [`FailReason::PeerGone`](crate::FailReason::PeerGone) (see
 //! [`Engine::open_segment`](crate::Engine::open_segment)).
 //!
-//! [`connect`] builds a service from a Mooncake-style connection string (`P2P`,
-//! `etcd://host:port[,host:port]`).
+//! [`discovery::connect`](crate::discovery::connect) builds a service from a Mooncake-style
+//! connection string (`P2P`, `etcd://host:port[,host:port]`).
 
 mod local;
 mod spec;
