@@ -85,7 +85,7 @@
 //!
 //! ```no_run
 //! use transport::fabric::tcp::{TcpConfig, TcpFabric};
-//! use transport::{metadata, Engine, EngineConfig};
+//! use transport::{discovery, Engine, EngineConfig};
 //!
 //! let meta = discovery::connect("etcd://10.0.0.1:2379,10.0.0.2:2379", "node-7")?;
 //! let fabric = TcpFabric::new(TcpConfig::default())?;
