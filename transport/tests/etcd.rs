@@ -410,14 +410,7 @@ fn etcd_peer_main() {
     let mut node = Node::new(&name, &endpoint);
     println!("PEER_READY");
     std::io::stdout().flush().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = process::stdin_lines();
     let end = Instant::now() + Duration::from_secs(120);
     while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
         let w: Vec<&str> = line.split_whitespace().collect();

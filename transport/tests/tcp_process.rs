@@ -53,14 +53,7 @@ fn peer_process_main() {
         .unwrap();
     println!("PEER_READY {}", meta.local_addr());
     std::io::stdout().flush().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = process::stdin_lines();
     let end = Instant::now() + Duration::from_secs(120);
     while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
         let f: Vec<u64> = line

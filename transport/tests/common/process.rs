@@ -1,6 +1,8 @@
 //! Signals to peer processes a test spawned, and waiting for the kernel to show their effect.
 #![allow(dead_code)]
 
+use std::io::BufRead;
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// Sends `sig` to the child `pid` (spawned by the test and not reaped).
@@ -37,4 +39,18 @@ pub fn wait_for_state(pid: u32, state: char) {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// This process's stdin, line by line, read on its own thread: how a peer process takes its
+/// commands, with `recv_timeout` so it never waits for ever.
+pub fn stdin_lines() -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
