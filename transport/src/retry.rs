@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::fabric::WorkRequest;
+use crate::fabric::{Completion, WorkRequest};
 use crate::FailReason;
 
 /// Most slices a request may have and still be retried (the token's slice field).
@@ -139,11 +139,13 @@ impl RetryQueue {
         before - self.held.len()
     }
 
-    /// Empties the queue, handing each held work request and its reason to `fail`.
-    pub(crate) fn fail_all(&mut self, mut fail: impl FnMut(&WorkRequest, FailReason)) {
-        for h in self.held.drain(..) {
-            fail(&h.wr, h.reason);
-        }
+    /// Empties the queue: each held work request as the completion it never got, with the
+    /// reason it first failed for.
+    pub(crate) fn drain_failed(&mut self) -> impl Iterator<Item = Completion> + '_ {
+        self.held.drain(..).map(|h| Completion {
+            token: h.wr.token,
+            error: Some(h.reason),
+        })
     }
 }
 
@@ -224,8 +226,10 @@ mod tests {
             1
         );
         assert_eq!((posted, q.len()), (vec![1], 2));
-        let mut failed = vec![];
-        q.fail_all(|w, r| failed.push((w.token, r)));
+        let failed: Vec<_> = q
+            .drain_failed()
+            .map(|c| (c.token, c.error.unwrap()))
+            .collect();
         assert_eq!(failed, [(2, FailReason::Io), (3, FailReason::Flushed)]);
         for t in 0..QUEUE as u64 {
             assert!(q.hold(wr(t), None, FailReason::Io));

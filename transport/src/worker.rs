@@ -375,15 +375,11 @@ impl Worker {
                 let since = *stalled.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.inner.submit_timeout {
                     // The fabric made no room in time: fail what is left rather than hang.
-                    let mut tally = tally(&self.inner, metrics);
-                    for i in pos..self.wrs.len() {
-                        let c = Completion {
-                            token: self.wrs[i].token,
-                            error: Some(FailReason::Flushed),
-                        };
-                        complete(&self.inner, &mut *self.ep, None, c, &mut tally);
-                    }
-                    tally.flush(&self.inner);
+                    let unsent = self.wrs[pos..].iter().map(|wr| Completion {
+                        token: wr.token,
+                        error: Some(FailReason::Flushed),
+                    });
+                    complete_unsent(&self.inner, &mut *self.ep, metrics, unsent);
                     break;
                 }
                 std::thread::yield_now();
@@ -420,16 +416,8 @@ impl Worker {
 
     /// Completes the held retries, which were never posted, with their first failure.
     fn fail_held_retries(&mut self) {
-        let (inner, ep) = (&*self.inner, &mut self.ep);
-        let mut tally = tally(inner, self.metrics.as_deref());
-        self.retries.fail_all(|wr, reason| {
-            let c = Completion {
-                token: wr.token,
-                error: Some(reason),
-            };
-            complete(inner, &mut **ep, None, c, &mut tally);
-        });
-        tally.flush(inner);
+        let unsent = self.retries.drain_failed();
+        complete_unsent(&self.inner, &mut *self.ep, self.metrics.as_deref(), unsent);
     }
 
     /// Posts the held retries that are due and fit.
@@ -830,11 +818,12 @@ fn resolve_local(
     Ok((segment.index, e.base + offset))
 }
 
-/// Gives back the counts of a resolved request that cannot be posted. Unreachable while the
-/// pins hold (they are taken before), but exact if it ever happened: the batch stays freeable.
+/// Gives back the counts of a resolved request whose request slot is missing. Unreachable
+/// (the submit holds the batch entered and has ensured its storage), but exact if it ever
+/// happened: the batch stays freeable.
 #[cold]
 fn unposted(inner: &Inner, slot: &BatchSlot, res: &Resolved) {
-    debug_assert!(false, "a pinned request could not be posted");
+    debug_assert!(false, "a reserved request has no slot");
     slot.in_flight.fetch_sub(res.slices, AcqRel);
     slot.open.fetch_sub(1, AcqRel);
     slot.failed.fetch_add(1, AcqRel);
@@ -870,6 +859,22 @@ impl Runs {
         }
         self.local_extra = 0;
     }
+}
+
+/// Completes work requests that never reached the fabric (`failed` carries their tokens and
+/// reasons), as if the fabric had returned them.
+#[cold]
+fn complete_unsent(
+    inner: &Inner,
+    ep: &mut dyn Endpoint,
+    metrics: Option<&CounterBlock>,
+    failed: impl Iterator<Item = Completion>,
+) {
+    let mut tally = tally(inner, metrics);
+    for c in failed {
+        complete(inner, ep, None, c, &mut tally);
+    }
+    tally.flush(inner);
 }
 
 /// A tally for one poll of a worker, with its counters if it counts.
