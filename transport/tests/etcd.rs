@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
@@ -410,7 +410,7 @@ fn etcd_peer_main() {
     let mut node = Node::new(&name, &endpoint);
     println!("PEER_READY");
     std::io::stdout().flush().unwrap();
-    let rx = process::stdin_lines();
+    let rx = process::lines_of(std::io::stdin());
     let end = Instant::now() + Duration::from_secs(120);
     while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -457,15 +457,7 @@ impl Peer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = process::lines_of(child.stdout.take().unwrap());
         let peer = Peer {
             stdin: child.stdin.take().unwrap(),
             child,
@@ -476,15 +468,7 @@ impl Peer {
     }
 
     fn expect(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
-                Ok(_) => continue,
-                Err(e) => panic!("peer said no {prefix:?} in time: {e}"),
-            }
-        }
+        process::expect_line(&self.lines, prefix)
     }
 
     fn send(&mut self, cmd: &str) {

@@ -6,9 +6,9 @@
 #[path = "common/process.rs"]
 mod process;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ fn peer_process_main() {
         .unwrap();
     println!("PEER_READY {}", meta.local_addr());
     std::io::stdout().flush().unwrap();
-    let rx = process::stdin_lines();
+    let rx = process::lines_of(std::io::stdin());
     let end = Instant::now() + Duration::from_secs(120);
     while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
         let f: Vec<u64> = line
@@ -99,15 +99,7 @@ impl Peer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = process::lines_of(child.stdout.take().unwrap());
         let mut peer = Peer {
             stdin: child.stdin.take(),
             child,
@@ -120,15 +112,7 @@ impl Peer {
     }
 
     fn expect(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
-                Ok(_) => continue,
-                Err(e) => panic!("peer said no {prefix:?} in time: {e}"),
-            }
-        }
+        process::expect_line(&self.lines, prefix)
     }
 
     /// Asks the peer to compare its own memory with `pattern(seed)` at `off..off+len`.

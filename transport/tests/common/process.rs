@@ -1,7 +1,7 @@
 //! Signals to peer processes a test spawned, and waiting for the kernel to show their effect.
 #![allow(dead_code)]
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -41,16 +41,30 @@ pub fn wait_for_state(pid: u32, state: char) {
     }
 }
 
-/// This process's stdin, line by line, read on its own thread: how a peer process takes its
-/// commands, with `recv_timeout` so it never waits for ever.
-pub fn stdin_lines() -> Receiver<String> {
+/// The lines of `reader` (a child's stdout, this process's stdin), read on their own thread, as
+/// a channel: taken with `recv_timeout`, nothing waits for ever.
+pub fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
     rx
+}
+
+/// What follows `prefix` on the next line from `lines` that starts with it; other lines are
+/// skipped. Panics if none comes within 30 s.
+pub fn expect_line(lines: &Receiver<String>, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
+            Ok(_) => continue,
+            Err(e) => panic!("peer said no {prefix:?} in time: {e}"),
+        }
+    }
 }
