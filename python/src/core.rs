@@ -232,14 +232,13 @@ fn fabric_kinds(fabric: &str) -> Result<(Vec<FabricKind>, String), Error> {
     let kinds = lower
         .split('+')
         .map(|one| match one {
-            "sim" => Ok(FabricKind::Sim),
-            "tcp" => Ok(FabricKind::Tcp),
-            "efa" => Ok(FabricKind::Efa),
-            "verbs" | "rdma" => Ok(FabricKind::Verbs),
-            other => Err(Error::Config(format!(
-                "fabric {other:?} in {fabric:?} (expected auto, or efa, rdma, verbs, tcp, sim \
-                 joined by '+' in order of preference)"
-            ))),
+            "rdma" => Ok(FabricKind::Verbs),
+            other => other.parse::<FabricKind>().map_err(|_| {
+                Error::Config(format!(
+                    "fabric {other:?} in {fabric:?} (expected auto, or efa, rdma, verbs, tcp, sim \
+                     joined by '+' in order of preference)"
+                ))
+            }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((kinds, "asked for".to_string()))
