@@ -215,6 +215,12 @@ pub struct TestArgs {
     #[arg(long = "idle-wait", value_enum, default_value_t = IdleWaitChoice::Events)]
     pub idle_wait: IdleWaitChoice,
 
+    /// efa fabric: poll each rail's CQ only when its hardware completion counter has moved (rdma-core
+    /// master, devices with COMP_CNTR): a poll while transfers are in flight reads host memory instead
+    /// of the CQ. Refused where the device or library lacks completion counters.
+    #[arg(long = "completion-counters")]
+    pub completion_counters: bool,
+
     /// How the engine's workers wait for completions: poll without pause (as perftest does), spin then
     /// yield then pause (the engine's default), or pause at once (least CPU, up to 2 ms added latency).
     #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
@@ -494,6 +500,7 @@ pub fn loopback_args() -> TestArgs {
         slice_size: None,
         two_sided: TwoSidedChoice::Fallback,
         idle_wait: IdleWaitChoice::Events,
+        completion_counters: false,
         wait: WaitChoice::Busy,
         observe: Default::default(),
     }

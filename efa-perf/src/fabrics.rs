@@ -29,6 +29,7 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
             TwoSidedChoice::Always => TwoSided::Always,
         },
         cq_events: args.idle_wait == IdleWaitChoice::Events,
+        completion_counters: args.completion_counters,
         wait: args.wait.into(),
     }
 }
@@ -59,6 +60,9 @@ pub struct Params {
     pub two_sided: TwoSided,
     /// Whether idle target threads block on completion channels (`--idle-wait events`).
     pub cq_events: bool,
+    /// Whether the efa fabric polls its CQs behind completion counters
+    /// (`--completion-counters`).
+    pub completion_counters: bool,
     /// How the engine's workers wait for completions (`--wait`).
     pub wait: transport::WaitMode,
 }
@@ -136,6 +140,7 @@ pub fn create(
                 devices: p.device.iter().cloned().collect(),
                 two_sided: p.two_sided,
                 cq_events: p.cq_events,
+                completion_counters: p.completion_counters,
                 ..EfaConfig::default()
             };
             let f = EfaFabric::new(config).context("creating the efa fabric")?;

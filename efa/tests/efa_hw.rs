@@ -365,7 +365,8 @@ fn efa_hw_newest_efadv_features_or_clean_refusals() {
     }
 }
 
-/// Whether `e` is how a provider that keeps its rings private refuses a raw view.
+/// Whether `e` is how a provider refuses what it lacks (a raw view of rings it keeps private, a
+/// counter): by name, or `EOPNOTSUPP`.
 fn refused_raw_view(e: &Error) -> bool {
     matches!(
         e,
@@ -404,13 +405,24 @@ fn efa_hw_completion_counters_count_or_are_refused() {
     assert!(ctx.efa_caps().contains(EfaCaps::COMP_CNTR));
     let pd = Pd::new(&ctx).unwrap();
     let mut cq = Cq::new(&ctx, 256).unwrap();
+    // Attached in RESET, by the builder, as ibv_qp_attach_comp_cntr(3) requires.
     let mut qp: SrdQp = QpBuilder::new(&pd, &cq, &cq)
         .max_recv_wr(64)
+        .counter(&counter, efa::CounterOps::SEND | efa::CounterOps::RECV)
         .build_srd()
         .unwrap();
-    counter
-        .attach(&mut qp, efa::CounterOps::SEND | efa::CounterOps::RECV)
-        .unwrap();
+    // The QP is in RTS now: no further counter.
+    let late = counter.attach(&mut qp, efa::CounterOps::RDMA_WRITE);
+    assert!(
+        matches!(
+            late,
+            Err(Error::QpState {
+                state: efa::QpState::Rts,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
     let mr = Mr::alloc(&pd, 64 * 64, Access::LOCAL_WRITE).unwrap();
     let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
     let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
@@ -447,6 +459,76 @@ fn efa_hw_completion_counters_count_or_are_refused() {
         cq.wait_into(&mut out, 1, Duration::from_secs(10)).unwrap(),
         1
     );
+}
+
+/// Counters whose counts the device writes into host memory (efadv, EFA_1.7): the same counts,
+/// read as loads; overlapping operations on one QP refused; the refusal by name elsewhere.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_completion_counters_in_host_memory() {
+    let ctx = device();
+    let counter = match efa::CompCounter::in_host_memory(&ctx) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("completion counters in host memory refused: {e}");
+            assert!(refused_raw_view(&e), "{e}");
+            return;
+        }
+    };
+    assert!(counter.reads_memory());
+    let pd = Pd::new(&ctx).unwrap();
+    let mut cq = Cq::new(&ctx, 256).unwrap();
+    let other = efa::CompCounter::in_host_memory(&ctx).unwrap();
+    let overlapping = QpBuilder::new(&pd, &cq, &cq)
+        .counter(&counter, efa::CounterOps::SEND)
+        .counter(&other, efa::CounterOps::SEND | efa::CounterOps::RECV)
+        .build_srd();
+    assert!(
+        matches!(
+            overlapping,
+            Err(Error::Verbs {
+                errno: libc::EBUSY,
+                ..
+            })
+        ),
+        "{overlapping:?}"
+    );
+    let mut qp: SrdQp = QpBuilder::new(&pd, &cq, &cq)
+        .max_recv_wr(64)
+        .counter(&counter, efa::CounterOps::SEND)
+        .counter(&other, efa::CounterOps::RECV)
+        .build_srd()
+        .unwrap();
+    let mr = Mr::alloc(&pd, 64 * 64, Access::LOCAL_WRITE).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+    let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
+    for i in 0..16 {
+        qp.post_recv(i, &[mr.sge(i as usize * 64, 64).unwrap()])
+            .unwrap();
+    }
+    let mut batch = qp.batch().unwrap();
+    for i in 0..16 {
+        batch
+            .send(100 + i, &to_self, &[mr.sge(0, 16).unwrap()])
+            .unwrap();
+    }
+    batch.commit().unwrap();
+    assert_eq!(
+        counter.wait_for(16, Duration::from_secs(10)).unwrap(),
+        (16, 0)
+    );
+    assert_eq!(
+        other.wait_for(16, Duration::from_secs(10)).unwrap(),
+        (16, 0)
+    );
+    assert_eq!(counter.completed().unwrap(), 16);
+    assert_eq!(
+        wait(&mut cq, 32).len(),
+        32,
+        "the CQ still gets every completion"
+    );
+    counter.set(3).unwrap();
+    assert_eq!(counter.value().unwrap(), 3, "a set reaches the memory");
 }
 
 #[test]

@@ -39,9 +39,14 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// Two engines on the EFA devices of this host, each accepting the other (the discovery
 /// handshake does this between hosts).
 fn pair() -> (Engine, Engine) {
+    pair_with(EfaConfig::default())
+}
+
+/// As [`pair`], both engines' fabrics configured as `config`.
+fn pair_with(config: EfaConfig) -> (Engine, Engine) {
     let meta = Arc::new(LocalRegistry::new());
     let mk = |name: &str| {
-        let f = EfaFabric::new(EfaConfig::default()).expect("an EFA device");
+        let f = EfaFabric::new(config.clone()).expect("an EFA device");
         println!("{name}: {f:?}");
         let mut c = EngineConfig::new(name);
         c.slice_size = 1 << 20;
@@ -407,13 +412,20 @@ fn model_op(rng: &mut Rng) -> Op {
 /// byte for byte against plain copies. Run on every soft-efa profile (and with the device's
 /// loss and reordering faults in the efa stage), once with each path where the device allows.
 fn model_run(mode: TwoSided, seed: u64) {
-    let meta = Arc::new(LocalRegistry::new());
-    let mk = |name: &str| {
-        let f = EfaFabric::new(EfaConfig {
+    model_run_with(
+        EfaConfig {
             two_sided: mode,
             ..EfaConfig::default()
-        })
-        .expect("an EFA device");
+        },
+        seed,
+    );
+}
+
+/// [`model_run`] on fabrics configured as `config`.
+fn model_run_with(config: EfaConfig, seed: u64) {
+    let meta = Arc::new(LocalRegistry::new());
+    let mk = |name: &str| {
+        let f = EfaFabric::new(config.clone()).expect("an EFA device");
         println!("{name}: {}", f.protocols());
         let mut c = EngineConfig::new(name);
         c.slice_size = 1 << 20;
@@ -498,6 +510,76 @@ fn efa_hw_model_random_batches_match_reference() {
     println!("MODEL_SEED={seed}");
     model_run(TwoSided::Fallback, seed);
     model_run(TwoSided::Always, seed ^ 0x5a5a);
+}
+
+/// Completion counters (`EfaConfig::completion_counters`, rdma-core master): where the device
+/// has them, the random model runs with every rail's CQ polled behind its counter gate, both
+/// paths, and a request that fails still completes once with its reason (errors reach the CQ
+/// and the error count); where it does not, the fabric is refused by name at creation.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_completion_counters_gate_polls_or_are_refused() {
+    let counted = EfaConfig {
+        completion_counters: true,
+        ..EfaConfig::default()
+    };
+    if let Err(e) = EfaFabric::new(counted.clone()) {
+        println!("completion counters refused: {e}");
+        let FabricError::Device { what, source, .. } = &e else {
+            panic!("not a device refusal: {e:?}");
+        };
+        assert!(what.contains("completion counter"), "{e}");
+        assert!(
+            matches!(
+                source,
+                efa::Error::Unsupported { .. }
+                    | efa::Error::Verbs {
+                        errno: libc::EOPNOTSUPP,
+                        ..
+                    }
+            ),
+            "{e:?}"
+        );
+        return;
+    }
+    let seed = 0x00c0_ffee;
+    for mode in [TwoSided::Fallback, TwoSided::Always] {
+        model_run_with(
+            EfaConfig {
+                two_sided: mode,
+                ..counted.clone()
+            },
+            seed,
+        );
+    }
+    let (a, b) = pair_with(counted);
+    let sink = owned(
+        &a,
+        "a/sink",
+        OwnedMemory::zeroed(8192, 4096).unwrap(),
+        Access::NONE,
+    );
+    let target = owned(
+        &b,
+        "b/kv",
+        OwnedMemory::zeroed(8192, 4096).unwrap(),
+        Access::REMOTE_READ,
+    );
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(2).unwrap();
+    w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
+        .unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    b.unregister(target).unwrap();
+    let batch = a.recycle_batch(batch).unwrap();
+    w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
+        .unwrap();
+    w.wait(batch, WAIT).unwrap();
+    assert_eq!(
+        a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::RemoteBadAddress)
+    );
 }
 
 /// The two-sided target refuses what RDMA hardware refuses, whatever an initiator that skips

@@ -257,6 +257,7 @@ pub struct QpBuilder<'a> {
     rc: RcOptions,
     remote_access: crate::mr::Access,
     td: Option<Arc<ThreadDomain>>,
+    counters: Vec<(Arc<crate::counter::CompCounter>, crate::counter::CounterOps)>,
 }
 
 impl<'a> QpBuilder<'a> {
@@ -278,6 +279,7 @@ impl<'a> QpBuilder<'a> {
             rc: RcOptions::default(),
             remote_access: crate::mr::Access::REMOTE_READ | crate::mr::Access::REMOTE_WRITE,
             td: None,
+            counters: Vec::new(),
         }
     }
 
@@ -381,6 +383,19 @@ impl<'a> QpBuilder<'a> {
     /// grants its own rights).
     pub fn remote_access(mut self, access: crate::mr::Access) -> Self {
         self.remote_access = access;
+        self
+    }
+
+    /// Attach `counter` to the QP, counting `ops`: done right after creation, in RESET, as
+    /// `ibv_qp_attach_comp_cntr(3)` requires (see [`CompCounter`](crate::CompCounter)). May be
+    /// given more than once, with disjoint `ops`. The build fails with the counter's error
+    /// (for example `EBUSY` for overlapping `ops`).
+    pub fn counter(
+        mut self,
+        counter: &Arc<crate::counter::CompCounter>,
+        ops: crate::counter::CounterOps,
+    ) -> Self {
+        self.counters.push((Arc::clone(counter), ops));
         self
     }
 
@@ -792,7 +807,8 @@ impl<T: Transport> Qp<T> {
             unsafe { (ctx.verbs().ibv_destroy_qp)(raw.as_ptr()) };
             return Err(e);
         }
-        Ok(Qp {
+        let counters = b.counters;
+        let mut qp = Qp {
             core: SendCore {
                 qpx,
                 kind: T::KIND,
@@ -821,7 +837,11 @@ impl<T: Transport> Qp<T> {
             active_mtu: crate::context::Mtu::Mtu1024,
             counters: Vec::new(),
             _t: PhantomData,
-        })
+        };
+        for (c, ops) in counters {
+            c.attach(&mut qp, ops)?;
+        }
+        Ok(qp)
     }
 
     /// Keeps a completion counter alive as long as the QP (see [`CompCounter::attach`]).

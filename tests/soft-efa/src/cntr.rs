@@ -30,12 +30,18 @@ pub struct Counter {
 impl Counter {
     /// Counts one completed work request.
     pub fn add(&self, ok: bool) {
-        let (cell, mem) = if ok {
-            (&self.comp, self.comp_mem)
-        } else {
+        self.update(!ok, |cell| cell.fetch_add(1, Ordering::AcqRel) + 1);
+    }
+
+    /// Changes the success (`err` false) or error count with `f`, which returns the new value,
+    /// and mirrors it into program memory where the counter has some.
+    fn update(&self, err: bool, f: impl FnOnce(&AtomicU64) -> u64) {
+        let (cell, mem) = if err {
             (&self.err, self.err_mem)
+        } else {
+            (&self.comp, self.comp_mem)
         };
-        let v = cell.fetch_add(1, Ordering::AcqRel) + 1;
+        let v = f(cell);
         if mem != 0 {
             // SAFETY: the program gave this 8-byte aligned location for the counter's life
             // (efadv_create_comp_cntr with external memory); an atomic store as the NIC's DMA.
@@ -169,15 +175,19 @@ pub unsafe extern "C" fn destroy(c: *mut ibv_comp_cntr) -> c_int {
 
 /// `ibv_set_comp_cntr` / `ibv_set_err_comp_cntr`.
 pub unsafe fn set(c: *mut ibv_comp_cntr, value: u64, err: bool) -> c_int {
-    let s = &soft(c).shared;
-    if err { &s.err } else { &s.comp }.store(value, Ordering::Release);
+    soft(c).shared.update(err, |cell| {
+        cell.store(value, Ordering::Release);
+        value
+    });
     0
 }
 
 /// `ibv_inc_comp_cntr` / `ibv_inc_err_comp_cntr`.
 pub unsafe fn inc(c: *mut ibv_comp_cntr, amount: u64, err: bool) -> c_int {
-    let s = &soft(c).shared;
-    if err { &s.err } else { &s.comp }.fetch_add(amount, Ordering::AcqRel);
+    soft(c).shared.update(err, |cell| {
+        cell.fetch_add(amount, Ordering::AcqRel)
+            .wrapping_add(amount)
+    });
     0
 }
 
@@ -201,6 +211,10 @@ pub unsafe extern "C" fn attach(
     let dev = &verbs::ctx((*qp).context).dev;
     let mut st = dev.lock();
     match st.qps.get_mut(&(*qp).qp_num) {
+        // As the verbs man page has it: only a QP in RESET or INIT takes a counter, and two
+        // counters of one QP count disjoint operations.
+        Some(e) if e.state != IBV_QPS_RESET && e.state != IBV_QPS_INIT => libc::EINVAL,
+        Some(e) if e.counters.iter().any(|(_, m)| m & a.op_mask != 0) => libc::EBUSY,
         Some(e) => {
             e.counters.push((soft(c).shared.clone(), a.op_mask));
             0

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ::efa::{Cq, Dest, QpBuilder, SrdQp, ThreadDomain};
+use ::efa::{CompCounter, Context, CounterOps, Cq, Dest, QpBuilder, SrdQp, ThreadDomain};
 
 use super::addr;
 use super::peers::Route as PeerRoute;
@@ -15,6 +15,7 @@ use super::plan::{path, Path};
 use super::twosided::{Kind, TwoSided};
 use super::{io, Shared};
 use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route, SendQueue};
+use crate::fabric::rdma::gate::CounterGate;
 use crate::fabric::rdma::status::{efa_reason, post_reason};
 use crate::fabric::rdma::wr;
 use crate::fabric::{Completion, WorkOp, WorkRequest};
@@ -28,6 +29,8 @@ struct EndpointRail {
     cq: Cq,
     _td: Option<Arc<ThreadDomain>>,
     sq: SendQueue,
+    /// The completion-counter gate of the CQ's polls (`EfaConfig::completion_counters`).
+    gate: Option<CounterGate<CompCounter>>,
     /// The rail's RDMA bits (`addr::RDMA_READ | RDMA_WRITE`).
     rdma: u8,
     /// The device retries receiver-not-ready answers itself (`RNR_RETRY`); without it
@@ -60,6 +63,12 @@ fn inline_write_size(shared: &Shared, r: &super::Rail) -> u32 {
     }
 }
 
+/// A completion counter for a rail of `ctx`: in host memory where libefa can (reads are
+/// loads), else in the provider's.
+pub(crate) fn rail_counter(ctx: &Arc<Context>) -> Result<Arc<CompCounter>, ::efa::Error> {
+    CompCounter::in_host_memory(ctx).or_else(|_| CompCounter::new(ctx))
+}
+
 /// The SRD QP and CQ of rail `i` (`r`), on a thread domain where the configuration asks.
 fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail, FabricError> {
     let depth = shared.caps.queue_depth;
@@ -89,6 +98,17 @@ fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail,
         // SAFETY: as for the CQ above.
         qpb = unsafe { qpb.thread_domain(td) };
     }
+    let counter = match shared.config.completion_counters {
+        true => Some(rail_counter(&r.ctx).map_err(|e| io(format_args!("{name} counter"), e))?),
+        false => None,
+    };
+    if let Some(c) = &counter {
+        // Every work request of the QP: its CQ sees no other.
+        qpb = qpb.counter(
+            c,
+            CounterOps::SEND | CounterOps::RDMA_READ | CounterOps::RDMA_WRITE,
+        );
+    }
     let qp = qpb
         .build_srd()
         .map_err(|e| io(format_args!("{name} SRD QP"), e))?;
@@ -101,6 +121,7 @@ fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail,
         cq,
         _td: td,
         sq: SendQueue::default(),
+        gate: counter.map(CounterGate::new),
     })
 }
 
@@ -144,21 +165,29 @@ impl EfaPoster {
             .and_then(|p| p.get())
     }
 
-    /// Drains rail `r`'s SRD CQ, then its protocol QP's, into `out`.
+    /// Drains rail `r`'s SRD CQ (when its counter gate, if any, is open), then its protocol
+    /// QP's, into `out`.
     fn poll_rail(shared: &Shared, r: &mut EndpointRail, out: &mut [Completion]) -> usize {
-        let mut n = match r
-            .sq
-            .drain(&mut r.cq, out, |c| efa_reason(c.status(), c.efa_status()))
-        {
-            Ok(n) => n,
-            Err(_) => {
-                // The CQ can no longer be trusted: flush the rail's outstanding work (each
-                // request then completes once, as flushed) and count the error.
-                shared.poll_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = r.qp.set_error();
-                0
-            }
+        let due = r.sq.in_flight() > 0 && r.gate.as_mut().map_or(true, CounterGate::open);
+        let mut n = match due {
+            false => 0,
+            true => match r
+                .sq
+                .drain(&mut r.cq, out, |c| efa_reason(c.status(), c.efa_status()))
+            {
+                Ok(n) => n,
+                Err(_) => {
+                    // The CQ can no longer be trusted: flush the rail's outstanding work (each
+                    // request then completes once, as flushed) and count the error.
+                    shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = r.qp.set_error();
+                    0
+                }
+            },
         };
+        if let (true, Some(g)) = (due, r.gate.as_mut()) {
+            g.drained(n, r.sq.in_flight());
+        }
         if let Some(t) = r.two_sided.as_mut().filter(|t| t.busy()) {
             match t.poll(shared, &mut out[n..]) {
                 Ok(got) => n += got,

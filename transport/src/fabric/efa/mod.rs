@@ -118,6 +118,14 @@ pub struct EfaConfig {
     /// NIC reads no memory for them), where the device has RDMA WRITE and libefa has inline
     /// RDMA write (rdma-core 63). Endpoint QPs then use 128-byte WQEs.
     pub inline_write: bool,
+    /// Count each endpoint rail's completed work requests on a hardware completion counter
+    /// (rdma-core master's `efadv_create_comp_cntr`, devices with `COMP_CNTR`) and poll the
+    /// rail's CQ only when the count has moved: while requests are in flight a poll then costs
+    /// a read of host memory instead of a provider CQ poll (see the RDMA core's counter gate).
+    /// Completions still come from the CQ, one per request, errors included. Off by default;
+    /// [`EfaFabric::new`] refuses it with [`FabricError::Device`] on a device or library
+    /// without counters.
+    pub completion_counters: bool,
 }
 
 /// Largest queue and table sizes an efa fabric may be configured for (devices cap queues
@@ -162,6 +170,7 @@ impl Default for EfaConfig {
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
             cq_events: true,
             inline_write: true,
+            completion_counters: false,
         }
     }
 }
@@ -348,6 +357,11 @@ impl EfaFabric {
                 .preferred_gid(1)
                 .map_err(|e| io(format_args!("{name} GID"), e))?;
             let pd = Pd::new(&ctx).map_err(|e| io(format_args!("{name} PD"), e))?;
+            if config.completion_counters {
+                // Refused here, by name, rather than at the first worker.
+                endpoint::rail_counter(&ctx)
+                    .map_err(|e| io(format_args!("{name} completion counter"), e))?;
+            }
             rails.push(Rail { ctx, pd, gid });
         }
         let caps = plan::decide(

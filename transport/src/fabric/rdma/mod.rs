@@ -1,11 +1,13 @@
 //! Pieces shared by the two fabrics over real verbs devices ([`verbs`](super::verbs) and
 //! [`efa`](super::efa)): the byte codec of addresses and keys, completion-status mapping,
-//! memory registration on every rail, and the polling backoff of target-side threads.
+//! memory registration on every rail, the polling backoff of target-side threads, and the
+//! completion-counter gate of CQ polls.
 
 pub(crate) mod backoff;
 pub(crate) mod codec;
 pub(crate) mod endpoint;
 pub(crate) mod events;
+pub(crate) mod gate;
 pub(crate) mod registry;
 pub(crate) mod status;
 pub(crate) mod threads;
