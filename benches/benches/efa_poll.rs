@@ -1,14 +1,16 @@
 //! The efa fabric's CQ polling against its completion-counter gate
-//! (`EfaConfig::completion_counters`), on the EFA device of this host (soft-efa's newest
+//! (`EfaConfig::completion_counters`) and against WRITEs posted without inline data, on the EFA device of this host (soft-efa's newest
 //! profile where there is no EFA), the two alternating block by block in one run:
 //!
 //! - **poll while in flight**: thread CPU per `Worker::progress` call while a 16 MiB WRITE
 //!   (256 slices) is in flight in loopback, and how many calls a transfer takes: most polls of
 //!   this phase find nothing, which is where the gate replaces a provider CQ poll with a read
 //!   of host memory;
-//! - **8 B WRITE, batch 32**: thread CPU per request of a whole submit-to-complete round.
+//! - **8 B WRITE, batch 32**: thread CPU per request of a whole submit-to-complete round; a
+//!   third configuration polls its CQ with inline WRITEs off (`EfaConfig::inline_write`), the
+//!   reference of the small WRITEs the fabric posts inline.
 //!
-//! Prints medians over the blocks and the counter path's ratio to CQ polling. Exits with a
+//! Prints medians over the blocks and each configuration's ratio to CQ polling. Exits with a
 //! note, not a failure, where the device or library has no completion counters.
 //!
 //! Run: `cargo bench -p efa-benches --features efa --bench efa_poll` under soft-efa:
@@ -42,11 +44,12 @@ struct Pair {
     dst: RemoteSegment,
 }
 
-fn pair(counters: bool) -> Result<Pair, Box<dyn std::error::Error>> {
+fn pair(counters: bool, inline: bool) -> Result<Pair, Box<dyn std::error::Error>> {
     let meta = Arc::new(LocalRegistry::new());
     let mk = |name: &str| -> Result<Engine, TransportError> {
         let f = EfaFabric::new(EfaConfig {
             completion_counters: counters,
+            inline_write: inline,
             ..EfaConfig::default()
         })?;
         Engine::new(EngineConfig::new(name), f, meta.clone())
@@ -105,55 +108,66 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The configurations measured, the first the reference of the ratios.
+const PATHS: [(&str, bool, bool); 3] = [
+    // (name, completion_counters, inline_write)
+    ("CQ polling", false, true),
+    ("completion counters", true, true),
+    ("CQ polling, inline WRITE off", false, false),
+];
+
 fn main() {
     let blocks: usize = std::env::var("EFA_POLL_BLOCKS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    let (cq, counted) = match (pair(false), pair(true)) {
-        (Ok(c), Ok(k)) => (c, k),
-        (Err(e), _) | (_, Err(e)) => {
+    let pairs: Result<Vec<Pair>, _> = PATHS
+        .iter()
+        .map(|&(_, counters, inline)| pair(counters, inline))
+        .collect();
+    let pairs = match pairs {
+        Ok(p) => p,
+        Err(e) => {
             println!("efa_poll: skipped, no EFA device with completion counters here: {e}");
             return;
         }
     };
-    let paths = [("CQ polling", &cq), ("completion counters", &counted)];
-    let mut workers: Vec<(Worker, BatchId)> = paths
+    let mut workers: Vec<(Worker, BatchId)> = pairs
         .iter()
-        .map(|(_, p)| (p.a.worker().unwrap(), p.a.allocate_batch(32).unwrap()))
+        .map(|p| (p.a.worker().unwrap(), p.a.allocate_batch(32).unwrap()))
         .collect();
-    // [path] -> per-block figures.
-    let (mut poll_ns, mut calls, mut op_ns) =
-        ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    // [measure][path] -> per-block figures.
+    let mut figures = vec![vec![Vec::new(); PATHS.len()]; 3];
     for block in 0..=blocks {
-        for (i, (_, p)) in paths.iter().enumerate() {
+        for (i, p) in pairs.iter().enumerate() {
             let (w, b) = &mut workers[i];
             let (ns, n) = in_flight(p, w, b);
             let per_op = small(p, w, b, 200);
             if block > 0 {
-                // Block 0 warms both up.
-                poll_ns[i].push(ns);
-                calls[i].push(n as f64);
-                op_ns[i].push(per_op);
+                // Block 0 warms every path up.
+                figures[0][i].push(ns);
+                figures[1][i].push(n as f64);
+                figures[2][i].push(per_op);
             }
         }
     }
-    let m = |v: &mut Vec<f64>| median(v);
-    let rows = [
-        (
-            "thread CPU per poll, 16 MiB WRITE in flight (ns)",
-            &mut poll_ns,
-        ),
-        ("polls per 16 MiB WRITE", &mut calls),
-        (
-            "thread CPU per request, 8 B WRITE batch 32 (ns)",
-            &mut op_ns,
-        ),
+    let names = [
+        "thread CPU per poll, 16 MiB WRITE in flight (ns)",
+        "polls per 16 MiB WRITE",
+        "thread CPU per request, 8 B WRITE batch 32 (ns)",
     ];
-    println!("| measure (median of {blocks} blocks) | CQ polling | completion counters | ratio |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, v) in rows {
-        let (a, b) = (m(&mut v[0]), m(&mut v[1]));
-        println!("| {name} | {a:.1} | {b:.1} | {:.2} |", b / a);
+    print!("| measure (median of {blocks} blocks) |");
+    PATHS.iter().for_each(|(n, ..)| print!(" {n} |"));
+    println!(" ratios to {} |", PATHS[0].0);
+    println!("| --- |{} --- |", " ---: |".repeat(PATHS.len()));
+    for (name, per_path) in names.iter().zip(&mut figures) {
+        let med: Vec<f64> = per_path.iter_mut().map(|v| median(v)).collect();
+        print!("| {name} |");
+        med.iter().for_each(|m| print!(" {m:.1} |"));
+        let ratios: Vec<String> = med[1..]
+            .iter()
+            .map(|m| format!("{:.2}", m / med[0]))
+            .collect();
+        println!(" {} |", ratios.join(" / "));
     }
 }
