@@ -139,5 +139,5 @@ pub use request::{LocalAddr, Opcode, Request};
 pub use retry::RetryPolicy;
 pub use slice::{SlicePlan, MAX_SLICES_PER_REQUEST};
 pub use topology::{AffinityTable, AllRails, RailPolicy, RailSet};
-pub use wait::WaitMode;
+pub use wait::{WaitMode, BLOCK_BOUND};
 pub use worker::Worker;

@@ -1,6 +1,13 @@
 //! How a worker waits for completions ([`Worker::wait`](crate::Worker::wait),
 //! [`Worker::drain`](crate::Worker::drain)) once its polls come back empty: spin for the lowest
 //! latency, or pause to give the core back.
+//!
+//! A pause blocks on the endpoint's completion channels where the fabric has them (the `efa`
+//! fabric with `EfaConfig::cq_events`, on devices that raise CQ events): the worker arms its
+//! CQs, polls once more, and sleeps until a completion arrives (at most [`BLOCK_BOUND`]), so it
+//! wakes at once instead of at the end of a pause, as perftest's `-e` does. Elsewhere (`sim`,
+//! `tcp`, `verbs`, several fabrics in one engine, EFA's first generation, and while the
+//! two-sided protocol or held retries need polls) the pause is a sleep.
 
 use std::time::Duration;
 
@@ -19,8 +26,9 @@ pub enum WaitMode {
         /// Empty polls before the worker starts yielding.
         spin: u32,
     },
-    /// Pause from the first empty poll: the least CPU, and up to [`MAX_PAUSE`] of added
-    /// latency.
+    /// Pause from the first empty poll: the least CPU. Blocks on completion channels where the
+    /// fabric has them (no added latency beyond a wake-up), else sleeps, adding up to
+    /// [`MAX_PAUSE`] of latency.
     Block,
 }
 
@@ -34,6 +42,10 @@ impl Default for WaitMode {
 pub const MIN_PAUSE: Duration = Duration::from_micros(20);
 /// The longest pause of a waiting worker.
 pub const MAX_PAUSE: Duration = Duration::from_millis(2);
+/// The longest block of a waiting worker on its endpoint's completion channels (where the
+/// fabric has them: see [`WaitMode`]): bounds how late it notices a deadline, a dropped worker's
+/// requests or a peer reported gone, none of which raises a completion event.
+pub const BLOCK_BOUND: Duration = Duration::from_millis(50);
 /// Yields of an adaptive worker between spinning and pausing.
 const YIELDS: u32 = 64;
 

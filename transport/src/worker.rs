@@ -10,7 +10,7 @@ use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
 use crate::metrics::{op_row, CounterBlock, PollTally, SubmitTally, LATENCY_SAMPLE_EVERY};
 use crate::peer_gone;
 use crate::retry::{RetryPolicy, RetryQueue, MAX_RETRY_SLICES};
-use crate::wait::{Idle, Step, WaitMode};
+use crate::wait::{Idle, Step, WaitMode, BLOCK_BOUND};
 use crate::{
     Access, BatchId, BatchStatus, FabricError, FailReason, LocalAddr, Opcode, Request,
     TransportError, MAX_SLICES_PER_REQUEST,
@@ -514,7 +514,19 @@ impl Worker {
                 match step {
                     Step::Spin => {}
                     Step::Yield => std::thread::yield_now(),
-                    Step::Pause(d) => std::thread::sleep(d.min(left)),
+                    // Held retries are due within milliseconds: pause for them, never block.
+                    Step::Pause(d) if self.retries.len() != 0 || !self.ep.arm() => {
+                        std::thread::sleep(d.min(left));
+                    }
+                    Step::Pause(_) => {
+                        // Armed: poll once more, as a completion that came before the arming
+                        // raises no event, then block until one does.
+                        if self.progress() != 0 {
+                            idle.reset();
+                            continue;
+                        }
+                        self.ep.block(BLOCK_BOUND.min(left));
+                    }
                 }
             }
         }

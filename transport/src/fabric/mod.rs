@@ -312,4 +312,20 @@ pub trait Endpoint: Send {
 
     /// Work requests accepted and not yet returned by `poll`.
     fn outstanding(&self) -> usize;
+
+    /// Arms the endpoint's completion notifications, so that [`block`](Self::block) returns
+    /// once a completion arrives. `false`: this endpoint cannot block now (no completion
+    /// channels, or progress that only polling makes); the caller pauses instead. After `true`,
+    /// poll once more before blocking, so a completion that came before the arming is not slept
+    /// through. The default cannot block.
+    fn arm(&mut self) -> bool {
+        false
+    }
+
+    /// Blocks until a completion event arrives or `timeout` passes; only after
+    /// [`arm`](Self::arm) returned `true` and a poll since found nothing. Returns at once where
+    /// the endpoint cannot block.
+    fn block(&mut self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
 }

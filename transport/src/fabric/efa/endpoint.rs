@@ -15,6 +15,7 @@ use super::plan::{path, Path};
 use super::twosided::{Kind, TwoSided};
 use super::{io, Shared};
 use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route, SendQueue};
+use crate::fabric::rdma::events::{self, Events};
 use crate::fabric::rdma::gate::CounterGate;
 use crate::fabric::rdma::status::{efa_reason, post_reason};
 use crate::fabric::rdma::wr;
@@ -47,6 +48,10 @@ pub(crate) type EfaEndpoint = RdmaEndpoint<EfaPoster>;
 pub(crate) struct EfaPoster {
     shared: Arc<Shared>,
     rails: Vec<EndpointRail>,
+    /// The completion channels of the rails' CQs, one per rail, where the configuration asks
+    /// (`EfaConfig::cq_events`) and every device can raise CQ events: a waiting worker blocks
+    /// on them ([`RdmaPoster::block`]).
+    events: Option<Events>,
 }
 
 /// Bytes of a WRITE that rail `r` posts inline: the device's inline size where the device has
@@ -70,7 +75,12 @@ pub(crate) fn rail_counter(ctx: &Arc<Context>) -> Result<Arc<CompCounter>, ::efa
 }
 
 /// The SRD QP and CQ of rail `i` (`r`), on a thread domain where the configuration asks.
-fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail, FabricError> {
+fn open_rail(
+    shared: &Shared,
+    i: usize,
+    r: &super::Rail,
+    events: &mut Option<Events>,
+) -> Result<EndpointRail, FabricError> {
     let depth = shared.caps.queue_depth;
     let name = r.ctx.name();
     let td = if shared.config.thread_domain {
@@ -78,14 +88,28 @@ fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail,
     } else {
         None
     };
-    // Initiator completions are sends: no source GID to ask for.
-    let mut cqb = Cq::builder(&r.ctx, depth).source_gid(false);
-    if let Some(td) = &td {
-        // SAFETY: the CQ and the QP on this domain live in this endpoint, which one
-        // thread at a time uses (`&mut self`); they move between threads together.
-        cqb = unsafe { cqb.thread_domain(td) };
+    let cq_on = |channel: Option<&::efa::CompChannel>| {
+        // Initiator completions are sends: no source GID to ask for.
+        let mut cqb = Cq::builder(&r.ctx, depth).source_gid(false);
+        if let Some(td) = &td {
+            // SAFETY: the CQ and the QP on this domain live in this endpoint, which one
+            // thread at a time uses (`&mut self`); they move between threads together.
+            cqb = unsafe { cqb.thread_domain(td) };
+        }
+        if let Some(c) = channel {
+            cqb = cqb.channel(c, i as u64);
+        }
+        cqb.build()
+    };
+    let cq = match cq_on(events.as_ref().map(|ev| ev.channel(i))) {
+        // A device that cannot raise CQ events: every rail polls, and workers pause.
+        Err(e) if events.is_some() && events::unsupported(&e) => {
+            *events = None;
+            cq_on(None)
+        }
+        other => other,
     }
-    let cq = cqb.build().map_err(|e| io(format_args!("{name} CQ"), e))?;
+    .map_err(|e| io(format_args!("{name} CQ"), e))?;
     let inline_max = inline_write_size(shared, r);
     let mut qpb = QpBuilder::new(&r.pd, &cq, &cq)
         .inline_write(inline_max > 0)
@@ -127,14 +151,27 @@ fn open_rail(shared: &Shared, i: usize, r: &super::Rail) -> Result<EndpointRail,
 
 /// A new endpoint of the fabric `shared`.
 pub(crate) fn new_endpoint(shared: Arc<Shared>) -> Result<EfaEndpoint, FabricError> {
+    let mut events = match shared.config.cq_events {
+        true => Events::new(shared.rails.iter().map(|r| &r.ctx)).ok(),
+        false => None,
+    };
     let rails = shared
         .rails
         .iter()
         .enumerate()
-        .map(|(i, r)| open_rail(&shared, i, r))
+        .map(|(i, r)| open_rail(&shared, i, r, &mut events))
         .collect::<Result<Vec<_>, _>>()?;
+    if events.is_some() && rails.iter().any(|r| !r.cq.has_channel()) {
+        // A rail after the first lacked CQ events: blocking would sleep through its CQ.
+        events = None;
+    }
     let failed_cap = shared.caps.queue_depth as usize * rails.len();
-    Ok(RdmaEndpoint::new(EfaPoster { shared, rails }, failed_cap))
+    let poster = EfaPoster {
+        shared,
+        rails,
+        events,
+    };
+    Ok(RdmaEndpoint::new(poster, failed_cap))
 }
 
 impl EfaPoster {
@@ -306,6 +343,26 @@ impl RdmaPoster for EfaPoster {
 
     fn posted(&mut self, first: &WorkRequest, n: u32) {
         self.rails[usize::from(first.rail)].sq.add(n);
+    }
+
+    fn arm(&mut self) -> bool {
+        // The two-sided protocol moves on polls (chunks to post, replies to expire).
+        if self.events.is_none()
+            || self
+                .rails
+                .iter()
+                .any(|r| r.two_sided.as_ref().is_some_and(TwoSided::busy))
+        {
+            return false;
+        }
+        events::arm(self.rails.iter_mut().map(|r| &mut r.cq)).is_ok()
+    }
+
+    fn block(&mut self, timeout: std::time::Duration) {
+        if let Some(ev) = self.events.as_mut() {
+            // An error (a signal, a broken channel) ends the block early: the worker polls.
+            let _ = ev.wait(timeout);
+        }
     }
 
     fn poll(&mut self, out: &mut [Completion]) -> usize {

@@ -51,6 +51,16 @@ pub(crate) trait RdmaPoster: Send {
     /// Drains the fabric's completions (its CQs, and any other path) into `out`; returns how
     /// many.
     fn poll(&mut self, out: &mut [Completion]) -> usize;
+
+    /// As [`Endpoint::arm`]: arms the CQs for [`block`](Self::block). The default cannot.
+    fn arm(&mut self) -> bool {
+        false
+    }
+
+    /// As [`Endpoint::block`].
+    fn block(&mut self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
 }
 
 /// Requests accepted and refused before the device, completed on the next poll. Bounded: the
@@ -254,6 +264,15 @@ impl<P: RdmaPoster> Endpoint for RdmaEndpoint<P> {
 
     fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    fn arm(&mut self) -> bool {
+        // Refused requests complete from memory on the next poll: nothing to wait for.
+        self.failed.len() == 0 && self.poster.arm()
+    }
+
+    fn block(&mut self, timeout: std::time::Duration) {
+        self.poster.block(timeout);
     }
 }
 

@@ -1,0 +1,90 @@
+//! A worker in `WaitMode::Block` on the `efa` fabric blocks on its endpoint's completion
+//! channels: while a READ goes unanswered (soft-efa drops every packet, so the request ends
+//! `UNRESPONSIVE_REMOTE` after the device's retry budget, 2 s), the waiting thread uses under
+//! 2% of a core and sleeps a few dozen times (once per `BLOCK_BOUND`) rather than once per
+//! pause of up to 2 ms. Bounds on the thread's own rusage, not timing assertions.
+//!
+//! Its own test binary, because the packet loss is set for the whole process before the device
+//! opens. Run on soft-efa (`tests/soft-efa/stage` does):
+//! `LD_LIBRARY_PATH=$(tests/soft-efa/run --lib-dir) SOFT_EFA_PROFILE=newest cargo test -p transport --test efa_block -- --ignored`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use transport::fabric::efa::{EfaConfig, EfaFabric};
+use transport::*;
+
+/// The calling thread's CPU time and voluntary context switches.
+fn thread_usage() -> (Duration, i64) {
+    // SAFETY: all-zero is a valid rusage for the call to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid out-pointer; RUSAGE_THREAD is Linux's, for the calling thread.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    assert_eq!(rc, 0);
+    let cpu = Duration::from_secs((ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as u64)
+        + Duration::from_micros((ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as u64);
+    (cpu, ru.ru_nvcsw)
+}
+
+#[test]
+#[ignore = "needs EFA hardware that loses every packet: soft-efa (see the module docs)"]
+fn efa_hw_a_blocked_worker_sleeps_on_its_completion_channels() {
+    // Before any device opens: soft-efa reads its faults once per process.
+    std::env::set_var("SOFT_EFA_FAULTS", "loss=1,seed=1");
+    let meta = Arc::new(LocalRegistry::new());
+    let mk = |name: &str| {
+        let f = EfaFabric::new(EfaConfig::default()).expect("an EFA device");
+        let mut c = EngineConfig::new(name);
+        c.wait = WaitMode::Block;
+        Engine::new(c, f, meta.clone()).unwrap()
+    };
+    let (a, b) = (mk("a"), mk("b"));
+    a.accept_peer(&b.local_addresses()).unwrap();
+    b.accept_peer(&a.local_addresses()).unwrap();
+    let sink = a
+        .register_owned(
+            "a/sink",
+            OwnedMemory::zeroed(4096, 4096).unwrap(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+        .unwrap();
+    b.register_owned(
+        "b/src",
+        OwnedMemory::zeroed(4096, 4096).unwrap(),
+        Location::Cpu(0),
+        Access::REMOTE_READ,
+    )
+    .unwrap();
+    let remote = a.open_segment("b/src").unwrap();
+    let mut w = a.worker().unwrap();
+    assert_eq!(w.wait_mode(), WaitMode::Block);
+    let batch = a.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::read(sink, 0, remote, 0, 4096)])
+        .unwrap();
+    let (t0, (cpu0, switches0)) = (Instant::now(), thread_usage());
+    let st = w.wait(batch, Duration::from_secs(30)).unwrap();
+    let (elapsed, (cpu1, switches1)) = (t0.elapsed(), thread_usage());
+    let (cpu, switches) = (cpu1 - cpu0, switches1 - switches0);
+    println!("blocked worker: {cpu:?} of CPU and {switches} sleeps over {elapsed:?}");
+    assert_eq!(
+        a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::UnresponsiveRemote),
+        "{st:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "the request ended after {elapsed:?}: not the device's retry budget"
+    );
+    assert!(
+        cpu * 50 < elapsed,
+        "{cpu:?} of CPU over {elapsed:?}: 2% of a core or more"
+    );
+    // Pauses of at most 2 ms would be a thousand sleeps over 2 s; blocks of up to 50 ms on the
+    // channels are a few dozen.
+    let bound = 4 * elapsed.as_millis() as i64 / BLOCK_BOUND.as_millis() as i64 + 20;
+    assert!(
+        switches <= bound,
+        "{switches} sleeps over {elapsed:?} (at most {bound} when blocking on channels)"
+    );
+}
