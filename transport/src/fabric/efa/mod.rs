@@ -111,7 +111,9 @@ pub struct EfaConfig {
     pub idle_spin: Duration,
     /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
     /// poll once more, wait up to 50 ms at a time) instead of sleeping in short intervals: an
-    /// idle fabric then costs no CPU. Devices that cannot raise CQ events (EFA's first
+    /// idle fabric then costs no CPU. Workers' endpoints get channels too, so a worker that
+    /// pauses ([`WaitMode`](crate::WaitMode)) blocks until a completion arrives instead of
+    /// sleeping. Devices that cannot raise CQ events (EFA's first
     /// generation) keep the sleeps whatever this says ([`EfaFabric::target_sleeps_on_events`]).
     pub cq_events: bool,
     /// Post WRITEs of up to the device's inline size inline (the data goes in the WQE, so the
