@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use transport::affinity::Affinity;
 use transport::fabric::efa::{EfaConfig, EfaFabric, TwoSided};
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
@@ -28,8 +29,15 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
             TwoSidedChoice::Never => TwoSided::Never,
             TwoSidedChoice::Always => TwoSided::Always,
         },
-        cq_events: args.idle_wait == IdleWaitChoice::Events,
-        wait: args.wait.into(),
+        // -e: workers pause (the engine has no completion channel of its own), targets sleep on
+        // events; clap keeps it apart from an explicit --wait or --idle-wait.
+        cq_events: args.use_event || args.idle_wait == IdleWaitChoice::Events,
+        wait: if args.use_event {
+            transport::WaitMode::Block
+        } else {
+            args.wait.into()
+        },
+        affinity: args.cpu.map_or(Affinity::default(), Affinity::Cpus),
     }
 }
 
@@ -59,8 +67,10 @@ pub struct Params {
     pub two_sided: TwoSided,
     /// Whether idle target threads block on completion channels (`--idle-wait events`).
     pub cq_events: bool,
-    /// How the engine's workers wait for completions (`--wait`).
+    /// How the engine's workers wait for completions (`--wait`, `-e`).
     pub wait: transport::WaitMode,
+    /// Where the fabric's own threads run (`--cpu`, else its device's NUMA node).
+    pub affinity: Affinity,
 }
 
 /// Engine settings for an engine called `name`.
@@ -99,6 +109,7 @@ pub fn create(
                 bind: SocketAddr::new(p.bind_ip, 0),
                 queue_depth: 128,
                 timeout: p.timeout,
+                affinity: p.affinity,
                 ..TcpConfig::default()
             };
             let f = TcpFabric::new(config).context("creating the tcp fabric")?;
@@ -116,6 +127,7 @@ pub fn create(
                 max_endpoints: workers.max(2),
                 unresponsive_timeout: p.timeout.min(Duration::from_secs(30)),
                 cq_events: p.cq_events,
+                affinity: p.affinity,
                 ..VerbsConfig::default()
             };
             let f = VerbsFabric::new(config).context("creating the verbs fabric")?;
@@ -136,6 +148,7 @@ pub fn create(
                 devices: p.device.iter().cloned().collect(),
                 two_sided: p.two_sided,
                 cq_events: p.cq_events,
+                affinity: p.affinity,
                 ..EfaConfig::default()
             };
             let f = EfaFabric::new(config).context("creating the efa fabric")?;
