@@ -50,6 +50,10 @@ pub struct Plan {
     pub format: Format,
     /// Chart file.
     pub plot: Option<PathBuf>,
+    /// Completions waited for rather than busy-polled (`-e`).
+    pub use_event: bool,
+    /// The cpus the process is pinned to (`--cpu`), for the banner and the document.
+    pub cpu_set: Option<String>,
 }
 
 /// Sizes of perftest's -a: 2 bytes to 8 MiB, powers of two.
@@ -131,6 +135,8 @@ fn run_info(setup: Setup, plan: &Plan) -> RunInfo {
         tx_depth: plan.depth,
         bidirectional: plan.bidirectional,
         bw_unit: plan.unit,
+        use_event: plan.use_event,
+        cpu_set: plan.cpu_set.clone(),
     }
 }
 

@@ -222,9 +222,29 @@ pub struct TestArgs {
     pub completion_counters: bool,
 
     /// How the engine's workers wait for completions: poll without pause (as perftest does), spin then
-    /// yield then pause (the engine's default), or pause at once (least CPU, up to 2 ms added latency).
+    /// yield then pause (the engine's default), or pause at once (least CPU). A pause blocks on the
+    /// endpoint's completion channels where the efa fabric has them (wakes on the completion), else sleeps
+    /// (up to 2 ms added latency).
     #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
     pub wait: WaitChoice,
+
+    /// Wait for completions instead of busy polling (perftest -e). send-bw and send-lat over efa or verbs
+    /// (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
+    /// that finds them empty arms them, polls once more, then sleeps on the channel (events acknowledged as
+    /// read). Tests through the engine (write, read, notify, and send over sim or tcp): -e means --wait
+    /// block with --idle-wait events: workers block on their endpoints' completion channels (the efa fabric
+    /// on devices that raise CQ events; elsewhere they pause between polls, up to 2 ms) and target threads
+    /// sleep on theirs. Give -e on both sides, as with perftest.
+    #[arg(short = 'e', long = "use_event", alias = "use-event", conflicts_with_all = ["wait", "idle_wait"])]
+    pub use_event: bool,
+
+    /// Pin this process to these cpus, a Linux cpu list such as 2 or 0-3,8: the measuring threads (every
+    /// thread efa-perf starts inherits the set) and the fabric's own target and service threads
+    /// (the fabric's affinity). perftest has no core flag of its own: it is pinned from outside, with
+    /// `taskset -c LIST ib_write_bw ...`, which works here too. Without --cpu, measuring threads are not
+    /// pinned and the efa and verbs fabrics' threads go on their device's NUMA node when sysfs names one.
+    #[arg(long = "cpu", value_name = "LIST", value_parser = parse_cpus)]
+    pub cpu: Option<transport::affinity::CpuSet>,
 
     /// Observability: engine metrics summary, hw_counters deltas, Prometheus listener.
     #[command(flatten)]
@@ -458,6 +478,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses `--cpu`: a non-empty Linux cpu list.
+pub fn parse_cpus(text: &str) -> Result<transport::affinity::CpuSet, String> {
+    let set: transport::affinity::CpuSet = text.parse().map_err(|e| format!("{e}"))?;
+    if set.is_empty() {
+        return Err("the cpu list is empty (give cpus such as 0-3,8)".into());
+    }
+    Ok(set)
+}
+
 /// Maps perftest's connection types onto fabrics.
 fn parse_connection(text: &str) -> Result<FabricChoice, String> {
     match text.to_ascii_uppercase().as_str() {
@@ -502,6 +531,8 @@ pub fn loopback_args() -> TestArgs {
         idle_wait: IdleWaitChoice::Events,
         completion_counters: false,
         wait: WaitChoice::Busy,
+        use_event: false,
+        cpu: None,
         observe: Default::default(),
     }
 }
@@ -524,6 +555,30 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("12x").unwrap_err().contains("12x"));
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn cpu_lists_parse_or_say_why() {
+        assert_eq!(
+            parse_cpus("0-1,3").map(|s| s.to_string()),
+            Ok("0-1,3".into())
+        );
+        assert!(parse_cpus("").unwrap_err().contains("empty"));
+        assert!(parse_cpus("2-x").unwrap_err().contains("2-x"));
+        assert!(parse_cpus("4096").unwrap_err().contains("4096"));
+    }
+
+    #[test]
+    fn use_event_conflicts_with_explicit_wait_modes_only() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let cli = parse(&["efa-perf", "send-lat", "-e"]).unwrap();
+        let Command::SendLat(a) = cli.command else {
+            panic!("send-lat")
+        };
+        assert!(a.use_event);
+        assert!(parse(&["efa-perf", "write-bw", "--use_event", "--wait", "busy"]).is_err());
+        assert!(parse(&["efa-perf", "write-bw", "-e", "--idle-wait", "sleep"]).is_err());
+        assert!(parse(&["efa-perf", "write-bw", "--use-event", "--cpu", "0"]).is_ok());
     }
 
     #[test]

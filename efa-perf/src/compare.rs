@@ -170,6 +170,8 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
         },
         format: Format::Quiet,
         plot: None,
+        use_event: false,
+        cpu_set: None,
     })
 }
 
@@ -242,6 +244,8 @@ mod tests {
             tx_depth: 1,
             bidirectional: false,
             bw_unit: BwUnit::MebibytesPerSec,
+            use_event: false,
+            cpu_set: None,
         }
     }
 

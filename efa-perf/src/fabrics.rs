@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use transport::affinity::Affinity;
 use transport::fabric::efa::{EfaConfig, EfaFabric, TwoSided};
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::fabric::tcp::{TcpConfig, TcpFabric};
@@ -28,9 +29,16 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
             TwoSidedChoice::Never => TwoSided::Never,
             TwoSidedChoice::Always => TwoSided::Always,
         },
-        cq_events: args.idle_wait == IdleWaitChoice::Events,
+        // -e: workers block on their endpoints' completion channels where the fabric has them,
+        // targets sleep on events; clap keeps it apart from an explicit --wait or --idle-wait.
+        cq_events: args.use_event || args.idle_wait == IdleWaitChoice::Events,
         completion_counters: args.completion_counters,
-        wait: args.wait.into(),
+        wait: if args.use_event {
+            transport::WaitMode::Block
+        } else {
+            args.wait.into()
+        },
+        affinity: args.cpu.map_or(Affinity::default(), Affinity::Cpus),
     }
 }
 
@@ -63,8 +71,10 @@ pub struct Params {
     /// Whether the efa fabric polls its CQs behind completion counters
     /// (`--completion-counters`).
     pub completion_counters: bool,
-    /// How the engine's workers wait for completions (`--wait`).
+    /// How the engine's workers wait for completions (`--wait`, `-e`).
     pub wait: transport::WaitMode,
+    /// Where the fabric's own threads run (`--cpu`, else its device's NUMA node).
+    pub affinity: Affinity,
 }
 
 /// Engine settings for an engine called `name`.
@@ -103,6 +113,7 @@ pub fn create(
                 bind: SocketAddr::new(p.bind_ip, 0),
                 queue_depth: 128,
                 timeout: p.timeout,
+                affinity: p.affinity,
                 ..TcpConfig::default()
             };
             let f = TcpFabric::new(config).context("creating the tcp fabric")?;
@@ -120,6 +131,7 @@ pub fn create(
                 max_endpoints: workers.max(2),
                 unresponsive_timeout: p.timeout.min(Duration::from_secs(30)),
                 cq_events: p.cq_events,
+                affinity: p.affinity,
                 ..VerbsConfig::default()
             };
             let f = VerbsFabric::new(config).context("creating the verbs fabric")?;
@@ -141,6 +153,7 @@ pub fn create(
                 two_sided: p.two_sided,
                 cq_events: p.cq_events,
                 completion_counters: p.completion_counters,
+                affinity: p.affinity,
                 ..EfaConfig::default()
             };
             let f = EfaFabric::new(config).context("creating the efa fabric")?;

@@ -108,6 +108,11 @@ fn validate(verb: Verb, metric: Metric, a: &TestArgs) {
 
 fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
     validate(verb, metric, &a);
+    if let Some(cpus) = &a.cpu {
+        // Before any thread starts: every thread of the run inherits the set, as under taskset.
+        transport::affinity::pin_current_thread(cpus)
+            .map_err(|e| anyhow::Error::new(e).context(format!("--cpu {cpus}")))?;
+    }
     let sizes = if a.all {
         bench::all_sizes()
     } else {
@@ -152,6 +157,8 @@ fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
         },
         format,
         plot: a.plot.clone(),
+        use_event: a.use_event,
+        cpu_set: a.cpu.map(|c| c.to_string()),
     };
     let choice = a.connection.unwrap_or(a.fabric);
     let env = info::environment();

@@ -39,6 +39,13 @@ pub struct RunInfo {
     pub bidirectional: bool,
     /// Unit of the bandwidth figures.
     pub bw_unit: BwUnit,
+    /// Completions were waited for (`-e`: a completion channel for send tests over efa and verbs, paused
+    /// workers and event-driven targets through the engine) rather than busy-polled.
+    #[serde(default)]
+    pub use_event: bool,
+    /// The cpus this process was pinned to (`--cpu`), as a Linux cpu list; null when not pinned.
+    #[serde(default)]
+    pub cpu_set: Option<String>,
 }
 
 /// One bandwidth result (one message size).
@@ -219,6 +226,8 @@ mod tests {
             tx_depth: 64,
             bidirectional: false,
             bw_unit: BwUnit::GigabitsPerSec,
+            use_event: false,
+            cpu_set: None,
         }
     }
 

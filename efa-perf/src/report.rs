@@ -44,6 +44,11 @@ pub fn banner(info: &RunInfo) -> String {
         info.fabric, info.mode
     ));
     s.push_str(&format!(" Fabric choice   : {}\n", info.fabric_reason));
+    s.push_str(&format!(
+        " Use event       : {}\t\tCPU set        : {}\n",
+        if info.use_event { "ON" } else { "OFF" },
+        info.cpu_set.as_deref().unwrap_or("not pinned")
+    ));
     s.push_str(RESULT_LINE);
     s.push('\n');
     s

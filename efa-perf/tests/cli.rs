@@ -751,3 +751,201 @@ fn unknown_device_says_what_there_is() {
         );
     }
 }
+
+/// Runs `test` as a server and a client process on the efa fabric of soft-efa device profile
+/// `profile`, both with `extra`; returns the client's JSON document after checking both exited 0.
+fn efa_pair(profile: &str, test: &str, extra: &[&str]) -> serde_json::Value {
+    use std::io::BufRead;
+    let port = free_port().to_string();
+    let common = [test, "--fabric", "efa", "-p", &port, "--timeout", "30"];
+    let mut server = bin()
+        .env("SOFT_EFA_PROFILE", profile)
+        .args(common)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
+        line.clear();
+    }
+    assert!(
+        line.contains("waiting for a client"),
+        "server did not start: {line}"
+    );
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).map(|_| rest)
+    });
+    let out = bin()
+        .env("SOFT_EFA_PROFILE", profile)
+        .args(common)
+        .args(extra)
+        .args(["--json", "127.0.0.1"])
+        .output()
+        .expect("run the client");
+    let status = server.wait().unwrap();
+    let server_err = drain.join().unwrap().unwrap_or_default();
+    assert!(
+        out.status.success() && status.success(),
+        "client {:?}: {}\nserver {status:?}: {server_err}",
+        out.status,
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs an EFA device: runs on soft-efa in tests/soft-efa/stage"]
+fn efa_hw_send_tests_with_use_event_wait_on_completion_channels() {
+    // A ping-pong between two processes, each side sleeping on its completion channel.
+    let v = efa_pair("newest", "send-lat", &["-e", "-s", "64", "-n", "300"]);
+    assert_eq!(
+        (v["test"].as_str(), v["use_event"].as_bool()),
+        (Some("send_lat"), Some(true))
+    );
+    let r = &v["results"][0];
+    assert_eq!(r["iterations"], 300, "{r}");
+    let t = |k: &str| r[k].as_f64().unwrap();
+    assert!(t("t_min_us") > 0.0, "{r}");
+    assert!(
+        t("t_min_us") <= t("t_typical_us") && t("t_typical_us") <= t("t_max_us"),
+        "{r}"
+    );
+
+    // Bandwidth both ways on two queue pairs: every message counted.
+    let v = efa_pair(
+        "newest",
+        "send-bw",
+        &["-e", "-s", "4096", "-n", "250", "-q", "2", "-b"],
+    );
+    assert_eq!(
+        (v["test"].as_str(), v["use_event"].as_bool()),
+        (Some("send_bw"), Some(true))
+    );
+    let r = &v["results"][0];
+    assert_eq!(
+        r["iterations"], 1000,
+        "2 queue pairs x 250, both directions: {r}"
+    );
+    assert!(r["bw_average"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["bw_peak"].as_f64().unwrap() >= r["bw_average"].as_f64().unwrap(),
+        "{r}"
+    );
+
+    // -e puts the CQs on a completion channel: a device that cannot raise CQ events (EFA's first
+    // generation, soft-efa's `send` profile) refuses it by name, and runs the same test without it.
+    let loopback = |extra: &[&str]| {
+        bin()
+            .env("SOFT_EFA_PROFILE", "send")
+            .args([
+                "send-bw",
+                "--fabric",
+                "efa",
+                "--loopback",
+                "-s",
+                "1024",
+                "-n",
+                "50",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = loopback(&["-e"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("completion events"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = loopback(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn cpu_pins_the_run_and_is_reported() {
+    // Loopback over sim (no device needed): the banner and the document name the set.
+    let out = run(&[
+        "write-lat",
+        "--loopback",
+        "--fabric",
+        "sim",
+        "-n",
+        "20",
+        "--cpu",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cpu_set"], "0");
+    assert_eq!(v["use_event"], false);
+    assert!(
+        text(&out.stderr).contains("CPU set        : 0"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "write-lat",
+        "--loopback",
+        "--fabric",
+        "sim",
+        "-n",
+        "20",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["cpu_set"].is_null(), "{v}");
+    // A cpu the machine lacks: refused at start, naming the set and the OS error.
+    let out = run(&[
+        "write-lat",
+        "--loopback",
+        "--fabric",
+        "sim",
+        "--cpu",
+        "1023",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--cpu 1023") && err.contains("os error 22"),
+        "{err}"
+    );
+    // Not a cpu list: a usage error.
+    let out = run(&["write-lat", "--cpu", "1-x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("1-x"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn use_event_through_the_engine_runs_and_is_reported() {
+    // Over tcp, -e means paused workers: the run completes every operation and says -e was on.
+    let out = run(&[
+        "write-bw",
+        "--loopback",
+        "--fabric",
+        "tcp",
+        "-e",
+        "-s",
+        "4K",
+        "-n",
+        "50",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["use_event"], true);
+    assert_eq!(v["results"][0]["iterations"], 50);
+    assert!(
+        text(&out.stderr).contains("Use event       : ON"),
+        "{}",
+        text(&out.stderr)
+    );
+    // -e chooses the wait modes itself.
+    let out = run(&["write-bw", "-e", "--wait", "busy"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -488,6 +488,32 @@ impl Engine {
         &self.inner.notifications
     }
 
+    /// The cpus the fabric's own threads run on (its target and service threads), chosen by
+    /// the fabric config's [`Affinity`](crate::affinity::Affinity): by default the cores of the
+    /// NUMA node of its devices. `None` when they are not pinned (no NUMA information in sysfs,
+    /// a fabric without devices or threads, or `Affinity::None`). Pin worker threads here
+    /// ([`Engine::pin_current_thread`]) to keep them beside the devices.
+    pub fn local_cpus(&self) -> Option<crate::affinity::CpuSet> {
+        self.inner.fabric.local_cpus()
+    }
+
+    /// Pins the calling thread (say, the one driving a [`Worker`]) to [`Engine::local_cpus`],
+    /// and returns them; `Ok(None)`, leaving the thread as it is, when there are none.
+    ///
+    /// # Errors
+    ///
+    /// [`AffinityError::Pin`](crate::affinity::AffinityError::Pin) when the kernel refuses the
+    /// set (the set and the OS error are in it).
+    pub fn pin_current_thread(
+        &self,
+    ) -> Result<Option<crate::affinity::CpuSet>, crate::affinity::AffinityError> {
+        let Some(cpus) = self.local_cpus() else {
+            return Ok(None);
+        };
+        crate::affinity::pin_current_thread(&cpus)?;
+        Ok(Some(cpus))
+    }
+
     /// A worker for submitting and completing requests on the calling thread.
     ///
     /// # Errors

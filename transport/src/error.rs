@@ -253,6 +253,18 @@ pub enum FabricError {
         #[source]
         source: ::efa::Error,
     },
+    /// A thread of the fabric could not be placed as its [`Affinity`](crate::affinity::Affinity)
+    /// asks (the cpu set and the OS error are in the cause).
+    #[error("{fabric}: {what}")]
+    Affinity {
+        /// The fabric.
+        fabric: &'static str,
+        /// Which thread.
+        what: String,
+        /// Why.
+        #[source]
+        source: crate::affinity::AffinityError,
+    },
     /// An OS call (socket, thread) failed.
     #[error("{fabric}: {what} failed")]
     Os {
@@ -275,6 +287,19 @@ impl FabricError {
         source: ::efa::Error,
     ) -> Self {
         FabricError::Device {
+            fabric,
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    /// A thread of `fabric` (`what`) that could not be started or pinned.
+    pub(crate) fn affinity(
+        fabric: &'static str,
+        what: impl std::fmt::Display,
+        source: crate::affinity::AffinityError,
+    ) -> Self {
+        FabricError::Affinity {
             fabric,
             what: what.to_string(),
             source,

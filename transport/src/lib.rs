@@ -95,6 +95,7 @@
 //! ```
 
 mod access;
+pub mod affinity;
 mod batch;
 mod bytes;
 pub mod descriptor;

@@ -1086,3 +1086,76 @@ fn efa_hw_one_engine_on_efa_and_tcp_reaches_each_peer_over_the_right_fabric() {
     assert!(a_tcp.stats().served > 0);
     drop((b_both, a_both));
 }
+
+/// The `Cpus_allowed_list` of thread `tid` of this process.
+fn allowed_cpus(tid: u32) -> transport::affinity::CpuSet {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The `efa-target` threads started by `f`.
+fn new_target_threads<T>(f: impl FnOnce() -> T) -> (T, Vec<u32>) {
+    let before = threads_named("efa-target");
+    let out = f();
+    let start = std::time::Instant::now();
+    loop {
+        let tids: Vec<u32> = threads_named("efa-target")
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect();
+        if !tids.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            return (out, tids);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_target_thread_runs_on_the_cpus_given() {
+    use transport::affinity::{current_thread_cpus, Affinity, CpuSet};
+    use transport::fabric::Fabric;
+    let allowed = current_thread_cpus().unwrap();
+    let cpu = CpuSet::from_cpus([allowed.iter().last().unwrap()]).unwrap();
+    let (f, tids) = new_target_threads(|| {
+        EfaFabric::new(EfaConfig {
+            affinity: Affinity::Cpus(cpu),
+            ..EfaConfig::default()
+        })
+        .expect("an EFA device")
+    });
+    assert_eq!(tids.len(), 1, "one efa-target thread");
+    assert_eq!(allowed_cpus(tids[0]), cpu, "pinned as asked");
+    let engine = Engine::new(
+        EngineConfig::new("pinned"),
+        f,
+        Arc::new(LocalRegistry::new()),
+    )
+    .unwrap();
+    assert_eq!(engine.local_cpus(), Some(cpu));
+    drop(engine);
+
+    // The default follows the device's NUMA node where sysfs tells it; either way the thread
+    // runs where the fabric says it does.
+    let (f, tids) = new_target_threads(|| EfaFabric::new(EfaConfig::default()).unwrap());
+    let local = f.local_cpus();
+    println!("default affinity: local cpus {local:?}");
+    assert_eq!(allowed_cpus(tids[0]), local.unwrap_or(allowed));
+    drop(f);
+
+    let (f, tids) = new_target_threads(|| {
+        EfaFabric::new(EfaConfig {
+            affinity: Affinity::None,
+            ..EfaConfig::default()
+        })
+        .unwrap()
+    });
+    assert_eq!(f.local_cpus(), None);
+    assert_eq!(allowed_cpus(tids[0]), allowed);
+}

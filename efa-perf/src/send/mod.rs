@@ -96,6 +96,7 @@ fn options(
         tx_depth,
         rx_depth,
         inline,
+        events: args.use_event,
     })
 }
 
@@ -224,6 +225,8 @@ mod tests {
             unit: BwUnit::MebibytesPerSec,
             format: Format::Quiet,
             plot: None,
+            use_event: false,
+            cpu_set: None,
         }
     }
 

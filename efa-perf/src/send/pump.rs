@@ -1,6 +1,10 @@
 //! The loops of a SEND test on one side: a bandwidth pump (sends kept `-t` deep on every queue
 //! pair, receives kept posted, both at once with `-b`) and the two ends of a ping-pong. They
 //! poll the CQs from the calling thread, as perftest does, and allocate nothing per message.
+//!
+//! With `-e` (a [`Side`] on a completion channel) a pass that finds nothing does not spin: the
+//! next arms the CQs and polls once more, and only a pass that still finds nothing blocks on the
+//! channel ([`Rest`]), as perftest's `-e` sleeps in `ibv_get_cq_event`.
 
 use super::error::SendError;
 use super::side::Side;
@@ -18,6 +22,36 @@ pub const UNKNOWN: u64 = u64::MAX;
 const CHECK_EVERY: u32 = 1024;
 /// Fruitless receive polls of a ping-pong between two polls of the send CQ.
 const SEND_POLL_EVERY: u32 = 16;
+/// Longest sleep on the completion channel (`-e`) before a loop looks at its abort flag and
+/// clock again.
+const EVENT_BOUND: Duration = Duration::from_millis(50);
+
+/// What a loop on a completion channel (`-e`) does after a pass that found nothing: the first
+/// arms the CQs (the loop then polls once more, which finds any completion that landed before
+/// the arming), the next blocks on the channel. A pass that finds something starts over.
+#[derive(Default)]
+struct Rest {
+    armed: bool,
+}
+
+impl Rest {
+    /// A pass found completions: the CQs must be armed again before the next block.
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// A pass found nothing.
+    fn empty(&mut self, side: &mut Side) -> Result<(), SendError> {
+        if self.armed {
+            side.wait_event(EVENT_BOUND)?;
+            self.armed = false;
+        } else {
+            side.arm()?;
+            self.armed = true;
+        }
+        Ok(())
+    }
+}
 
 /// What a bandwidth run does on this side.
 #[derive(Clone, Copy, Debug)]
@@ -111,18 +145,20 @@ fn fill(side: &mut Side, want: u64, depth: u32, size: u32) -> Result<u64, SendEr
     Ok(posted)
 }
 
-/// Waits between fruitless polls; every [`CHECK_EVERY`] of them, fails when `abort` is set or
-/// nothing completed for `timeout` since `last`.
+/// Waits between fruitless polls; every [`CHECK_EVERY`] of them (every one with `-e`, where
+/// a wait is a system call anyway), fails when `abort` is set or nothing completed for
+/// `timeout` since `last`.
 fn idle(
     spins: &mut u32,
+    rest: &mut Rest,
     last: Instant,
     timeout: Duration,
     abort: &AtomicBool,
-    side: &Side,
+    side: &mut Side,
     expect: u64,
 ) -> Result<(), SendError> {
     *spins = spins.wrapping_add(1);
-    if *spins % CHECK_EVERY == 0 {
+    if *spins % CHECK_EVERY == 0 || side.has_events() {
         if abort.load(Ordering::Acquire) {
             return Err(SendError::Aborted);
         }
@@ -135,6 +171,9 @@ fn idle(
                 expect,
             });
         }
+    }
+    if side.has_events() {
+        return rest.empty(side);
     }
     relax(*spins);
     Ok(())
@@ -155,6 +194,7 @@ pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamR
     let mut events = Events::new(run, side.lanes());
     let mut end = None;
     let (mut spins, mut last) = (0u32, Instant::now());
+    let mut rest = Rest::default();
     loop {
         let mut progress = 0;
         if end.is_none() && want > 0 {
@@ -182,8 +222,17 @@ pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamR
         }
         if progress > 0 {
             (spins, last) = (0, Instant::now());
+            rest.progress();
         } else {
-            idle(&mut spins, last, run.timeout, meet.abort, side, expect)?;
+            idle(
+                &mut spins,
+                &mut rest,
+                last,
+                run.timeout,
+                meet.abort,
+                side,
+                expect,
+            )?;
         }
     }
     Ok(StreamResult {
@@ -207,11 +256,18 @@ fn sends_done(side: &Side, want: u64) -> bool {
 /// Sends one `size`-byte message on queue pair 0, first making room in the send queue.
 fn send_one(side: &mut Side, size: u32, timeout: Duration) -> Result<(), SendError> {
     // The clock is read only when the queue is full: a read can cost a system call (a VM's clock).
-    let mut start = None;
+    let (mut start, mut rest) = (None, Rest::default());
     while side.lane_counts(0).1 >= side.tx_depth {
         let since = *start.get_or_insert_with(Instant::now);
-        if side.poll_sends()? == 0 && since.elapsed() >= timeout {
+        if side.poll_sends()? > 0 {
+            rest.progress();
+            continue;
+        }
+        if since.elapsed() >= timeout {
             return Err(stalled(side, timeout, 0));
+        }
+        if side.has_events() {
+            rest.empty(side)?;
         }
     }
     side.post_sends(0, 1, size)
@@ -237,9 +293,25 @@ fn await_received(
     stop: &AtomicBool,
 ) -> Result<bool, SendError> {
     // The clock is first read after CHECK_EVERY empty polls, not per message.
-    let (mut spins, mut since) = (0u32, None);
+    let (mut spins, mut since, mut rest) = (0u32, None, Rest::default());
     while side.received() < n {
         if side.poll_recvs(size)? > 0 {
+            rest.progress();
+            continue;
+        }
+        if side.has_events() {
+            // Send completions raise events too: take them, or each would wake this loop.
+            if side.poll_sends()? > 0 {
+                rest.progress();
+                continue;
+            }
+            if stop.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            if since.get_or_insert_with(Instant::now).elapsed() >= timeout {
+                return Err(stalled(side, timeout, n));
+            }
+            rest.empty(side)?;
             continue;
         }
         spins = spins.wrapping_add(1);
@@ -264,10 +336,17 @@ fn await_received(
 
 /// Waits for every outstanding send to complete.
 fn drain_sends(side: &mut Side, timeout: Duration) -> Result<(), SendError> {
-    let start = Instant::now();
+    let (start, mut rest) = (Instant::now(), Rest::default());
     while side.outstanding() > 0 {
-        if side.poll_sends()? == 0 && start.elapsed() >= timeout {
+        if side.poll_sends()? > 0 {
+            rest.progress();
+            continue;
+        }
+        if start.elapsed() >= timeout {
             return Err(stalled(side, timeout, 0));
+        }
+        if side.has_events() {
+            rest.empty(side)?;
         }
     }
     Ok(())

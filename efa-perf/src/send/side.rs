@@ -5,8 +5,8 @@
 use super::error::{verbs, SendError};
 use super::plan::{self, Layout};
 use efa::{
-    Access, Ah, AhAttr, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp, WcOpcode, WcStatus,
-    WorkCompletion,
+    Access, Ah, AhAttr, CompChannel, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp,
+    WcOpcode, WcStatus, WorkCompletion,
 };
 use efa_perf::control::QpAddress;
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub struct Options {
     pub rx_depth: u32,
     /// Inline bytes to ask for (bounded by the device; 0: none).
     pub inline: u32,
+    /// Wait for completions on a completion channel instead of busy polling (perftest's `-e`).
+    pub events: bool,
 }
 
 /// Where inline SENDs take their bytes from: their content is never read.
@@ -71,6 +73,8 @@ pub struct Side {
     lanes: Vec<Lane>,
     scq: Cq,
     rcq: Cq,
+    /// The completion channel both CQs are on, with `-e`.
+    channel: Option<CompChannel>,
     mr: Mr<'static>,
     pd: Arc<Pd>,
     layout: Layout,
@@ -115,10 +119,20 @@ impl Side {
         let attr = ctx.device_attr();
         let rx = plan::rx_depth(o.rx_depth, o.qps, attr.max_qp_wr, attr.max_cqe);
         let pd = Pd::new(&ctx).map_err(verbs("allocating a PD", dev))?;
-        let scq = Cq::new(&ctx, o.tx_depth.saturating_mul(o.qps).min(attr.max_cqe))
+        let channel = match o.events {
+            true => Some(
+                CompChannel::new(&ctx).map_err(verbs("creating a completion channel (-e)", dev))?,
+            ),
+            false => None,
+        };
+        // With -e both CQs sit on the channel (tokens 0 and 1), as perftest's -e puts them.
+        let cq = |cqe: u32, token: u64| match &channel {
+            Some(ch) => Cq::builder(&ctx, cqe).channel(ch, token).build(),
+            None => Cq::new(&ctx, cqe),
+        };
+        let scq = cq(o.tx_depth.saturating_mul(o.qps).min(attr.max_cqe), 0)
             .map_err(verbs("creating the send CQ", dev))?;
-        let rcq = Cq::new(&ctx, rx.saturating_mul(o.qps))
-            .map_err(verbs("creating the receive CQ", dev))?;
+        let rcq = cq(rx.saturating_mul(o.qps), 1).map_err(verbs("creating the receive CQ", dev))?;
         let layout = Layout::new(o.qps, o.slot, o.tx_depth, rx);
         let len = usize::try_from(layout.len()).unwrap_or(usize::MAX);
         let mr = Mr::alloc(&pd, len, Access::LOCAL_WRITE)
@@ -171,6 +185,7 @@ impl Side {
             lanes,
             scq,
             rcq,
+            channel,
             mr,
             pd,
             layout,
@@ -235,6 +250,41 @@ impl Side {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Whether completions are waited for on a completion channel (`-e`).
+    pub fn has_events(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// Arms both CQs: their next completion raises an event on the channel. Poll them once more
+    /// before [`Side::wait_event`]: a completion that landed before the arming raises none.
+    pub fn arm(&mut self) -> Result<(), SendError> {
+        let dev = self.device.as_str();
+        self.scq
+            .req_notify(false)
+            .map_err(verbs("arming the send CQ", dev))?;
+        self.rcq
+            .req_notify(false)
+            .map_err(verbs("arming the receive CQ", dev))
+    }
+
+    /// Blocks on the completion channel until an armed CQ has a completion or `bound` passes
+    /// (the event is acknowledged as it is read); returns at once without a channel.
+    pub fn wait_event(&self, bound: std::time::Duration) -> Result<(), SendError> {
+        let Some(ch) = &self.channel else {
+            return Ok(());
+        };
+        ch.wait(bound)
+            .map_err(verbs("waiting on the completion channel", &self.device))?;
+        // Both CQs share the channel: take any event already queued too, so the next wait
+        // sleeps until a new completion.
+        while ch
+            .try_event()
+            .map_err(verbs("reading the completion channel", &self.device))?
+            .is_some()
+        {}
         Ok(())
     }
 

@@ -298,6 +298,14 @@ pub trait Fabric: Send + Sync {
 
     /// Creates the per-worker hot-path resources.
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError>;
+
+    /// The cpus this fabric's own threads were pinned to by its
+    /// [`Affinity`](crate::affinity::Affinity) (the cores of its devices' NUMA node by
+    /// default), for the user's worker threads to follow; `None` where they are not pinned
+    /// (no NUMA information, no threads, or [`Affinity::None`](crate::affinity::Affinity::None)).
+    fn local_cpus(&self) -> Option<crate::affinity::CpuSet> {
+        None
+    }
 }
 
 /// Per-worker posting and polling. Owned by one thread at a time.

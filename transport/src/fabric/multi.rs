@@ -283,6 +283,14 @@ impl Fabric for MultiFabric {
         self.member(plane)?.decode_remote_key(rail, key)
     }
 
+    /// The union of the members' cpus (`None` when no member pinned its threads).
+    fn local_cpus(&self) -> Option<crate::affinity::CpuSet> {
+        self.members
+            .iter()
+            .filter_map(|m| m.local_cpus())
+            .reduce(|a, b| a.union(&b))
+    }
+
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {
         let eps = self
             .members

@@ -128,6 +128,10 @@ pub struct EfaConfig {
     /// [`EfaFabric::new`] refuses it with [`FabricError::Device`] on a device or library
     /// without counters.
     pub completion_counters: bool,
+    /// Where the target thread runs: on the cores of the devices' NUMA node by default
+    /// ([`Affinity`](crate::affinity::Affinity)); [`EfaFabric::local_cpus`](crate::fabric::Fabric::local_cpus)
+    /// says what was chosen.
+    pub affinity: crate::affinity::Affinity,
 }
 
 /// Largest queue and table sizes an efa fabric may be configured for (devices cap queues
@@ -173,6 +177,7 @@ impl Default for EfaConfig {
             cq_events: true,
             inline_write: true,
             completion_counters: false,
+            affinity: crate::affinity::Affinity::default(),
         }
     }
 }
@@ -227,6 +232,8 @@ struct PeerIds {
 pub struct EfaFabric {
     /// First: dropped (stopped and joined) before the rest of the fabric.
     _threads: Threads,
+    /// The cpus the target thread was pinned to.
+    cpus: Option<crate::affinity::CpuSet>,
     shared: Arc<Shared>,
     addresses: Vec<EfaAddress>,
     /// [`addr::identity`] of the engine's name, once bound.
@@ -424,13 +431,24 @@ impl EfaFabric {
             poll_errors: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
         });
-        let thread = target::start(shared.clone(), service)?;
+        let dirs: Vec<_> = shared
+            .rails
+            .iter()
+            .map(|r| &r.ctx.info().ibdev_path)
+            .collect();
+        let cpus = shared
+            .config
+            .affinity
+            .for_fabric("efa", &dirs)
+            .map_err(|e| FabricError::affinity("efa", "target thread", e))?;
+        let thread = target::start(shared.clone(), service, cpus)?;
         let registry = MrRegistry::new(
             shared.rails.iter().map(|r| r.pd.clone()).collect(),
             shared.config.max_regions,
         );
         Ok(Arc::new(EfaFabric {
             _threads: Threads::new(shared.stop.clone(), vec![thread]),
+            cpus,
             shared,
             addresses,
             identity: OnceLock::new(),
@@ -593,6 +611,10 @@ impl Fabric for EfaFabric {
 
     fn bind_name(&self, name: &str) {
         let _ = self.identity.set(addr::identity(name));
+    }
+
+    fn local_cpus(&self) -> Option<crate::affinity::CpuSet> {
+        self.cpus
     }
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {

@@ -129,12 +129,14 @@ impl ServiceRail {
     }
 }
 
-/// Starts the target thread.
-pub(crate) fn start(shared: Arc<Shared>, service: Service) -> Result<JoinHandle<()>, FabricError> {
-    std::thread::Builder::new()
-        .name("efa-target".into())
-        .spawn(move || run(shared, service))
-        .map_err(|e| FabricError::os("efa", "spawn the target thread", e))
+/// Starts the target thread, pinned to `cpus` when given.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    service: Service,
+    cpus: Option<crate::affinity::CpuSet>,
+) -> Result<JoinHandle<()>, FabricError> {
+    crate::affinity::spawn_pinned("efa-target", cpus, move || run(shared, service))
+        .map_err(|e| FabricError::affinity("efa", "the target thread", e))
 }
 
 fn run(shared: Arc<Shared>, mut service: Service) {

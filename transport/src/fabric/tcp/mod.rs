@@ -89,6 +89,11 @@ pub struct TcpConfig {
     /// `connect_timeout`. Connections beyond either limit are answered with a refusal at once
     /// and closed.
     pub max_connections: usize,
+    /// Where the listener thread runs; the service threads it starts inherit its cpus. TCP has
+    /// no RDMA device to read a NUMA node from, so the default
+    /// ([`Affinity::DeviceNuma`](crate::affinity::Affinity::DeviceNuma)) leaves them unpinned;
+    /// [`Affinity::Cpus`](crate::affinity::Affinity::Cpus) pins them.
+    pub affinity: crate::affinity::Affinity,
 }
 
 impl Default for TcpConfig {
@@ -107,6 +112,7 @@ impl Default for TcpConfig {
             max_regions: 1024,
             max_peers: 1024,
             max_connections: 256,
+            affinity: crate::affinity::Affinity::default(),
         }
     }
 }
@@ -175,6 +181,8 @@ pub struct TcpFabric {
     local: SocketAddr,
     peer_ids: Mutex<HashMap<Vec<Vec<u8>>, PeerId>>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// The cpus the listener (and so every service thread) was pinned to.
+    cpus: Option<crate::affinity::CpuSet>,
 }
 
 const ADDR_MAGIC: &[u8; 4] = b"TCP1";
@@ -322,17 +330,23 @@ impl TcpFabric {
             stats: Stats::default(),
             config,
         });
+        let cpus = shared
+            .config
+            .affinity
+            .for_fabric::<&std::path::Path>("tcp", &[])
+            .map_err(|e| FabricError::affinity("tcp", "listener thread", e))?;
         let s = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("tcp-listener".into())
-            .spawn(move || service::run_listener(listener, s))
-            .map_err(|e| FabricError::os("tcp", "start the listener thread", e))?;
+        let handle = crate::affinity::spawn_pinned("tcp-listener", cpus, move || {
+            service::run_listener(listener, s)
+        })
+        .map_err(|e| FabricError::affinity("tcp", "the listener thread", e))?;
         log::info!("tcp fabric: serving on {bound} (advertised as {local})");
         Ok(Arc::new(TcpFabric {
             shared,
             local,
             peer_ids: Mutex::new(HashMap::new()),
             listener: Mutex::new(Some(handle)),
+            cpus,
         }))
     }
 
@@ -498,6 +512,10 @@ impl Fabric for TcpFabric {
 
     fn bind_notifications(&self, sink: Arc<Notifications>) {
         let _ = self.shared.notifications.set(sink);
+    }
+
+    fn local_cpus(&self) -> Option<crate::affinity::CpuSet> {
+        self.cpus
     }
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {

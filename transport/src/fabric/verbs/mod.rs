@@ -107,6 +107,9 @@ pub struct VerbsConfig {
     /// for the thread) instead of sleeping in short intervals, so an idle fabric costs no CPU.
     /// Devices that cannot raise CQ events keep the sleeps.
     pub cq_events: bool,
+    /// Where the target and connection-service threads run: on the cores of the devices' NUMA
+    /// node by default ([`Affinity`](crate::affinity::Affinity)).
+    pub affinity: crate::affinity::Affinity,
 }
 
 /// Largest queue and table sizes a verbs fabric may be configured for (devices cap queues
@@ -158,6 +161,7 @@ impl Default for VerbsConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_spin: crate::fabric::rdma::backoff::DEFAULT_IDLE_SPIN,
             cq_events: true,
+            affinity: crate::affinity::Affinity::default(),
         }
     }
 }
@@ -228,6 +232,8 @@ impl Shared {
 pub struct VerbsFabric {
     /// First: dropped (stopped and joined) before the rest of the fabric.
     _threads: Threads,
+    /// The cpus the fabric's threads were pinned to.
+    cpus: Option<crate::affinity::CpuSet>,
     shared: Arc<Shared>,
     ids: Mutex<PeerIds>,
     registry: MrRegistry,
@@ -397,13 +403,24 @@ impl VerbsFabric {
             stop: Arc::new(AtomicBool::new(false)),
             max_transfer,
         });
-        let threads = service::start(shared.clone(), listener, target)?;
+        let dirs: Vec<_> = shared
+            .rails
+            .iter()
+            .map(|r| &r.ctx.info().ibdev_path)
+            .collect();
+        let cpus = shared
+            .config
+            .affinity
+            .for_fabric("verbs", &dirs)
+            .map_err(|e| FabricError::affinity("verbs", "target and service threads", e))?;
+        let threads = service::start(shared.clone(), listener, target, cpus)?;
         let registry = MrRegistry::new(
             shared.rails.iter().map(|r| r.pd.clone()).collect(),
             shared.config.max_regions,
         );
         Ok(Arc::new(VerbsFabric {
             _threads: Threads::new(shared.stop.clone(), threads),
+            cpus,
             shared,
             ids: Mutex::new(PeerIds {
                 by_instance: HashMap::new(),
@@ -493,6 +510,10 @@ impl Fabric for VerbsFabric {
 
     fn bind_notifications(&self, sink: Arc<Notifications>) {
         let _ = self.shared.notifications.set(sink);
+    }
+
+    fn local_cpus(&self) -> Option<crate::affinity::CpuSet> {
+        self.cpus
     }
 
     fn endpoint(&self) -> Result<Box<dyn Endpoint>, FabricError> {

@@ -77,21 +77,28 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     listener: TcpListener,
     target: Target,
+    cpus: Option<crate::affinity::CpuSet>,
 ) -> Result<Vec<JoinHandle<()>>, FabricError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| FabricError::os("verbs", "service socket", e))?;
     let (tx, rx) = mpsc::sync_channel::<Setup>(4);
     let s1 = shared.clone();
-    let t1 = std::thread::Builder::new()
-        .name("verbs-target".into())
-        .spawn(move || TargetThread::new(s1, target).run(rx))
-        .map_err(|e| FabricError::os("verbs", "spawn the target thread", e))?;
-    let t2 = std::thread::Builder::new()
-        .name("verbs-service".into())
-        .spawn(move || serve(shared, listener, tx))
-        .map_err(|e| FabricError::os("verbs", "spawn the service thread", e))?;
-    Ok(vec![t1, t2])
+    let t1 = crate::affinity::spawn_pinned("verbs-target", cpus, move || {
+        TargetThread::new(s1, target).run(rx)
+    })
+    .map_err(|e| FabricError::affinity("verbs", "the target thread", e))?;
+    let stop = shared.stop.clone();
+    match crate::affinity::spawn_pinned("verbs-service", cpus, move || serve(shared, listener, tx))
+    {
+        Ok(t2) => Ok(vec![t1, t2]),
+        Err(e) => {
+            // The target thread ends once the flag is up.
+            stop.store(true, Ordering::SeqCst);
+            let _ = t1.join();
+            Err(FabricError::affinity("verbs", "the service thread", e))
+        }
+    }
 }
 
 /// Accepts handshakes one at a time until the fabric stops.
