@@ -232,7 +232,7 @@ pub struct TestArgs {
     /// (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
     /// that finds them empty arms them, polls once more, then sleeps on the channel (events acknowledged as
     /// read). Tests through the engine (write, read, notify, and send over sim or tcp): -e means --wait
-    /// block with --idle-wait events: workers block on their endpoints' completion channels (the efa fabric
+    /// block with --idle-wait events: workers block on their endpoints' completion channels (the efa and verbs fabrics
     /// on devices that raise CQ events; elsewhere they pause between polls, up to 2 ms) and target threads
     /// sleep on theirs. Give -e on both sides, as with perftest.
     #[arg(short = 'e', long = "use_event", alias = "use-event", conflicts_with_all = ["wait", "idle_wait"])]

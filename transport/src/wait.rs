@@ -3,11 +3,11 @@
 //! latency, or pause to give the core back.
 //!
 //! A pause blocks on the endpoint's completion channels where the fabric has them (the `efa`
-//! fabric with `EfaConfig::cq_events`, on devices that raise CQ events): the worker arms its
-//! CQs, polls once more, and sleeps until a completion arrives (at most [`BLOCK_BOUND`]), so it
-//! wakes at once instead of at the end of a pause, as perftest's `-e` does. Elsewhere (`sim`,
-//! `tcp`, `verbs`, several fabrics in one engine, EFA's first generation, and while the
-//! two-sided protocol or held retries need polls) the pause is a sleep.
+//! and `verbs` fabrics with `cq_events` in their configuration, on devices that raise CQ
+//! events): the worker arms its CQs, polls once more, and sleeps until a completion arrives (at
+//! most [`BLOCK_BOUND`]), so it wakes at once instead of at the end of a pause, as perftest's
+//! `-e` does. Elsewhere (`sim`, `tcp`, several fabrics in one engine, EFA's first generation,
+//! and while the two-sided protocol or held retries need polls) the pause is a sleep.
 
 use std::time::Duration;
 

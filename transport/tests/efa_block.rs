@@ -8,23 +8,15 @@
 //! opens. Run on soft-efa (`tests/soft-efa/stage` does):
 //! `LD_LIBRARY_PATH=$(tests/soft-efa/run --lib-dir) SOFT_EFA_PROFILE=newest cargo test -p transport --test efa_block -- --ignored`
 
+#[path = "common/usage.rs"]
+mod usage;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use transport::fabric::efa::{EfaConfig, EfaFabric};
 use transport::*;
-
-/// The calling thread's CPU time and voluntary context switches.
-fn thread_usage() -> (Duration, i64) {
-    // SAFETY: all-zero is a valid rusage for the call to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid out-pointer; RUSAGE_THREAD is Linux's, for the calling thread.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    assert_eq!(rc, 0);
-    let cpu = Duration::from_secs((ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as u64)
-        + Duration::from_micros((ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as u64);
-    (cpu, ru.ru_nvcsw)
-}
+use usage::thread_usage;
 
 #[test]
 #[ignore = "needs EFA hardware that loses every packet: soft-efa (see the module docs)"]

@@ -5,6 +5,9 @@
 //! --ignored`).
 #![cfg(feature = "rdma")]
 
+#[path = "common/usage.rs"]
+mod usage;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
 use transport::fabric::{Completion, Fabric, MemoryRegion, WorkOp, WorkRequest};
 use transport::*;
+use usage::thread_usage;
 
 const VM: &str = "needs a verbs device: runs in the VM stage (tests/vm)";
 const WAIT: Duration = Duration::from_secs(60);
@@ -411,12 +415,28 @@ fn vm_verbs_killed_peer_process_fails_in_bounded_time() {
     server.kill().unwrap();
     server.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    // The peer's QPs are gone: its kernel no longer answers for them.
+    // The peer's QPs are gone: its kernel no longer answers for them. The worker waits in
+    // block mode, on its endpoint's completion channel.
     batch = e.recycle_batch(batch).unwrap();
+    w.set_wait_mode(WaitMode::Block);
     let t = Instant::now();
     w.submit(batch, &[Request::write(src, 0, remote, 0, 65536)])
         .unwrap();
+    let usage0 = thread_usage();
     let s = w.wait(batch, WAIT).unwrap();
+    let (elapsed, usage1) = (t.elapsed(), thread_usage());
+    let (cpu, sleeps) = (usage1.0 - usage0.0, usage1.1 - usage0.1);
+    println!("blocked worker: {cpu:?} of CPU and {sleeps} sleeps over {elapsed:?}");
+    if elapsed >= Duration::from_secs(1) {
+        // Pauses of up to 2 ms would be hundreds of sleeps a second; blocks of up to
+        // BLOCK_BOUND on the channel are a few dozen.
+        let bound = 4 * elapsed.as_millis() as i64 / BLOCK_BOUND.as_millis() as i64 + 20;
+        assert!(
+            sleeps <= bound,
+            "{sleeps} sleeps over {elapsed:?} (bound {bound})"
+        );
+        assert!(cpu * 20 < elapsed, "{cpu:?} of CPU over {elapsed:?}");
+    }
     let st = e.request_status(batch, 0).unwrap();
     assert_eq!(s.failed, 1, "{s:?} {st:?}");
     assert!(

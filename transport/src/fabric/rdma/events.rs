@@ -31,6 +31,11 @@ impl Events {
             .into_iter()
             .map(CompChannel::new)
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(Events::from_channels(channels))
+    }
+
+    /// Waits on `channels` (already made, shared with whoever creates CQs on them).
+    pub(crate) fn from_channels(channels: Vec<CompChannel>) -> Events {
         let fds = channels
             .iter()
             .map(|c| libc::pollfd {
@@ -39,7 +44,7 @@ impl Events {
                 revents: 0,
             })
             .collect();
-        Ok(Events { channels, fds })
+        Events { channels, fds }
     }
 
     /// The channel of device `i` (the order given to [`new`](Self::new)).
@@ -82,6 +87,21 @@ pub(crate) fn arm<'a>(cqs: impl IntoIterator<Item = &'a mut Cq>) -> Result<(), E
 /// Whether `e` says the device cannot raise completion events (then the caller polls as before).
 pub(crate) fn unsupported(e: &Error) -> bool {
     matches!(e, Error::Unsupported { .. })
+}
+
+/// A CQ of `cqe` entries on `channel` (event token `token`) where given and the device can
+/// raise events, else a plain CQ.
+pub(crate) fn cq_on(
+    ctx: &Arc<Context>,
+    cqe: u32,
+    channel: Option<&CompChannel>,
+    token: u64,
+) -> Result<Cq, Error> {
+    match channel.map(|c| Cq::builder(ctx, cqe).channel(c, token).build()) {
+        Some(Err(e)) if unsupported(&e) => Cq::new(ctx, cqe),
+        Some(r) => r,
+        None => Cq::new(ctx, cqe),
+    }
 }
 
 /// A CQ of `cqe` entries for rail `i`: on the rail's completion channel while `events` has one;

@@ -9,6 +9,7 @@ use super::addr::{QpAddress, RailAddress};
 use super::handshake::{self, Request};
 use super::{random_u64, Shared};
 use crate::fabric::rdma::endpoint::SendQueue;
+use crate::fabric::rdma::events;
 use crate::FabricError;
 
 /// The QPs and CQs of one endpoint slot towards one peer.
@@ -52,7 +53,9 @@ pub(crate) fn initiator_options(shared: &Shared, rail: usize, target_rd: u8) -> 
 fn build_set(
     shared: &Shared,
     remote: &[RailAddress],
+    slot: usize,
 ) -> Result<(QpSet, Vec<QpAddress>), FabricError> {
+    let channels = shared.slot_channels.get(slot);
     let depth = shared.config.queue_depth;
     let mut cqs = Vec::with_capacity(shared.rails.len());
     let mut qps = Vec::with_capacity(shared.rails.len() * remote.len());
@@ -60,7 +63,9 @@ fn build_set(
     for (l, rail) in shared.rails.iter().enumerate() {
         let name = rail.ctx.name();
         let cqe = depth.saturating_mul(remote.len() as u32);
-        let cq = Cq::new(&rail.ctx, cqe).map_err(|e| io(format_args!("{name} CQ of {cqe}"), e))?;
+        let channel = channels.and_then(|c| c.get(l));
+        let cq = events::cq_on(&rail.ctx, cqe, channel, l as u64)
+            .map_err(|e| io(format_args!("{name} CQ of {cqe}"), e))?;
         for r in remote {
             if r.mtu != rail.mtu {
                 return Err(FabricError::BadAddress {
@@ -116,8 +121,8 @@ pub(crate) fn connect(
 ) -> Result<Vec<QpSet>, FabricError> {
     let mut sets = Vec::with_capacity(slots.into());
     let mut mine = Vec::new();
-    for _ in 0..slots {
-        let (set, addrs) = build_set(shared, remote)?;
+    for slot in 0..slots {
+        let (set, addrs) = build_set(shared, remote, slot.into())?;
         sets.push(set);
         mine.extend(addrs);
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::conn::QpSet;
 use super::Shared;
 use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route};
+use crate::fabric::rdma::events::{self, Events};
 use crate::fabric::rdma::status::{post_reason, verbs_reason};
 use crate::fabric::rdma::wr;
 use crate::fabric::{Completion, PeerId, WorkOp, WorkRequest};
@@ -29,6 +30,8 @@ pub(crate) struct VerbsPoster {
     active: Vec<PeerId>,
     /// Per peer: no new connection attempt before this instant (after one failed).
     retry_after: Box<[Option<Instant>]>,
+    /// The slot's completion channels, where it has them: a waiting worker blocks on them.
+    events: Option<Events>,
 }
 
 /// Pause between connection attempts to a peer that refused or did not answer.
@@ -62,7 +65,9 @@ pub(crate) fn new_endpoint(shared: Arc<Shared>) -> Result<VerbsEndpoint, FabricE
     let slot = claim_slot(&shared)?;
     let peers = shared.peers.len();
     let failed_cap = (shared.config.queue_depth as usize) * shared.rails.len();
+    let channels = shared.slot_channels[slot].clone();
     let poster = VerbsPoster {
+        events: (!channels.is_empty()).then(|| Events::from_channels(channels)),
         slot,
         conns: (0..peers).map(|_| None).collect(),
         active: Vec::with_capacity(peers),
@@ -196,6 +201,29 @@ impl RdmaPoster for VerbsPoster {
     fn posted(&mut self, first: &WorkRequest, n: u32) {
         if let Some(set) = self.conns[first.peer as usize].as_mut() {
             set.sqs[usize::from(first.rail)].add(n);
+        }
+    }
+
+    fn arm(&mut self) -> bool {
+        if self.events.is_none() {
+            return false;
+        }
+        let mut ok = true;
+        for &p in &self.active {
+            if let Some(set) = self.conns[p as usize].as_mut() {
+                // A CQ made without a channel (a device without CQ events) would be slept
+                // through: then pause instead.
+                ok &= set.cqs.iter().all(::efa::Cq::has_channel)
+                    && events::arm(set.cqs.iter_mut()).is_ok();
+            }
+        }
+        ok
+    }
+
+    fn block(&mut self, timeout: Duration) {
+        if let Some(ev) = self.events.as_mut() {
+            // An error (a signal, a broken channel) ends the block early: the worker polls.
+            let _ = ev.wait(timeout);
         }
     }
 

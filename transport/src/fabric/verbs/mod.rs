@@ -105,6 +105,8 @@ pub struct VerbsConfig {
     /// Once `idle_spin` is over, block the target thread on completion channels (arm its CQs,
     /// poll once more, wait up to 50 ms at a time; a connection request may then wait as long
     /// for the thread) instead of sleeping in short intervals, so an idle fabric costs no CPU.
+    /// Each endpoint slot's send CQs get channels too, so a worker that pauses
+    /// ([`WaitMode`](crate::WaitMode)) blocks until a completion arrives instead of sleeping.
     /// Devices that cannot raise CQ events keep the sleeps.
     pub cq_events: bool,
     /// Where the target and connection-service threads run: on the cores of the devices' NUMA
@@ -200,6 +202,9 @@ pub(crate) struct Shared {
     pub service: SocketAddr,
     pub peers: Box<[OnceLock<Peer>]>,
     pub slots_in_use: AtomicU64,
+    /// Per endpoint slot, one completion channel per rail for the slot's send CQs, so a waiting
+    /// worker blocks on them (`cq_events`); empty where the devices cannot make channels.
+    pub slot_channels: Box<[Vec<::efa::CompChannel>]>,
     pub notifications: OnceLock<Arc<Notifications>>,
     pub stop: Arc<AtomicBool>,
     pub max_transfer: u64,
@@ -391,7 +396,18 @@ impl VerbsFabric {
             });
         }
         let target = service::Target::new(&rails, &config)?;
+        let slot_channels = (0..config.max_endpoints)
+            .map(|_| match config.cq_events {
+                true => rails
+                    .iter()
+                    .map(|r| ::efa::CompChannel::new(&r.ctx))
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap_or_default(),
+                false => Vec::new(),
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            slot_channels,
             peers: (0..config.max_peers).map(|_| OnceLock::new()).collect(),
             ack_timeout: ack_timeout_exponent(config.unresponsive_timeout),
             config,
