@@ -19,22 +19,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use efa_benches::thread_cpu;
 use transport::fabric::efa::{EfaConfig, EfaFabric};
 use transport::*;
 
 const SEG: usize = 16 << 20;
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Thread CPU time of the caller.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_THREAD_CPUTIME_ID is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// An initiator engine, its peer, a source segment and the peer's segment, in loopback.
 struct Pair {

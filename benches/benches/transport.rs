@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput};
+use efa_benches::thread_cpu;
 use transport::fabric::sim::{SimConfig, SimFabric, SimNetwork};
 use transport::*;
 
@@ -125,17 +126,6 @@ fn round(s: &Setup, w: &mut Worker, batch: BatchId, reqs: &[Request]) -> BatchId
     debug_assert_eq!(st.completed as usize, reqs.len());
     black_box(st);
     batch
-}
-
-/// CPU time of the calling thread: the cost on one core, whatever else the machine runs.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_THREAD_CPUTIME_ID is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Criterion measurement by thread CPU time: what the benchmarked code costs on the core it

@@ -11,48 +11,11 @@
 # names the binary (default: $CARGO_TARGET_DIR/release/efa-perf); from the host, pass BW_ITERS,
 # LAT_ITERS and REPS as VM_ENV_BW_ITERS=... and so on.
 set -euo pipefail
-bin=${EFA_PERF:-${CARGO_TARGET_DIR:-target}/release/efa-perf}
-dev=${VM_RDMA_DEV:-rxe0}
-gid=${VM_GID_INDEX:-1}
-ip=${VM_SELF_IP:-127.0.0.1}
+PORT_BASE=18600
+source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 bw_iters=${BW_ITERS:-1000}
 lat_iters=${LAT_ITERS:-500}
 reps=${REPS:-3}
-port=18600
-out=$(mktemp -d)
-
-# run_pair NAME SERVER_CMD... -- CLIENT_CMD...: server in the background, client once it listens.
-run_pair() {
-  local name=$1
-  shift
-  local server=() client=()
-  while [[ $1 != -- ]]; do server+=("$1"); shift; done
-  shift
-  client=("$@")
-  port=$((port + 1))
-  "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
-  local pid=$!
-  if ! vm-wait-listen "$port" 120; then
-    echo "$name: server did not listen:" >&2
-    cat "$out/$name.server" >&2
-    kill "$pid" 2>/dev/null || true
-    return 1
-  fi
-  if ! timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; then
-    echo "$name: client failed:" >&2
-    cat "$out/$name.client" "$out/$name.server" >&2
-    kill "$pid" 2>/dev/null || true
-    return 1
-  fi
-  wait "$pid" || { echo "$name: server failed:" >&2; cat "$out/$name.server" >&2; return 1; }
-}
-
-# column LOG SIZE N: field N of the result row for SIZE bytes.
-column() {
-  awk -v size="$2" -v n="$3" '$1 == size && NF >= 5 { v = $n } END { print v }' "$1"
-}
-median() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "-"}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 
 for t in send-bw send-lat; do
   "$bin" "$t" --loopback --fabric verbs -d "$dev" -x "$gid" -s 4096 -n 100 -q 1 2>&1 | sed -n '/Test$/p;/#bytes/,+1p'

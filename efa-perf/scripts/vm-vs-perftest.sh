@@ -8,45 +8,10 @@
 # efa-perf bandwidth runs use --slice-size SIZE so each message is one work request, as in perftest.
 # Runs inside the guest; EFA_PERF names the binary (default: $CARGO_TARGET_DIR/release/efa-perf).
 set -euo pipefail
-bin=${EFA_PERF:-${CARGO_TARGET_DIR:-target}/release/efa-perf}
-dev=${VM_RDMA_DEV:-rxe0}
-gid=${VM_GID_INDEX:-1}
-ip=${VM_SELF_IP:-127.0.0.1}
+PORT_BASE=18515
+source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 bw_iters=${BW_ITERS:-200}
 lat_iters=${LAT_ITERS:-200}
-port=18515
-out=$(mktemp -d)
-
-# run_pair NAME SERVER_CMD... -- CLIENT_CMD...: server in the background, client once it listens.
-run_pair() {
-  local name=$1
-  shift
-  local server=() client=()
-  while [[ $1 != -- ]]; do server+=("$1"); shift; done
-  shift
-  client=("$@")
-  port=$((port + 1))
-  "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
-  local pid=$!
-  if ! vm-wait-listen "$port" 120; then
-    echo "$name: server did not listen:" >&2
-    cat "$out/$name.server" >&2
-    kill "$pid" 2>/dev/null || true
-    return 1
-  fi
-  if ! timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; then
-    echo "$name: client failed:" >&2
-    cat "$out/$name.client" "$out/$name.server" >&2
-    kill "$pid" 2>/dev/null || true
-    return 1
-  fi
-  wait "$pid" || { echo "$name: server failed:" >&2; cat "$out/$name.server" >&2; return 1; }
-}
-
-# column LOG SIZE N: field N of the result row for SIZE bytes.
-column() {
-  awk -v size="$2" -v n="$3" '$1 == size && NF >= 5 { v = $n } END { print v }' "$1"
-}
 
 printf '%-10s %9s %6s %18s %18s\n' test bytes iters perftest efa-perf
 for size in 4096 65536 1048576; do

@@ -7,6 +7,7 @@
 //! Its own test binary, because the packet loss is set for the whole process before the device
 //! opens. Run on soft-efa (`tests/soft-efa/stage` does):
 //! `LD_LIBRARY_PATH=$(tests/soft-efa/run --lib-dir) SOFT_EFA_PROFILE=newest cargo test -p transport --test efa_block -- --ignored`
+#![cfg(feature = "rdma")]
 
 #[path = "common/usage.rs"]
 mod usage;

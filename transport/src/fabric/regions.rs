@@ -36,11 +36,13 @@ pub(crate) struct Regions {
 
 /// Proof that a checked range stays registered until dropped.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "rdma"), allow(dead_code))] // Pins of the RDMA fabrics' targets.
 pub(crate) struct Guard<'a> {
     region: &'a Region,
     slot: usize,
 }
 
+#[cfg_attr(not(feature = "rdma"), allow(dead_code))]
 impl Guard<'_> {
     /// Keeps the pin past the guard: the caller must [`Regions::release`] the returned slot.
     pub(crate) fn into_pin(self) -> usize {
@@ -171,11 +173,13 @@ impl Regions {
     /// that carry keys in 32 bits. A short key goes stale like a full one, except that it
     /// matches again after 65,536 re-registrations of its slot (as a hardware rkey may be
     /// reused).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
     pub(crate) fn short_key(key: u64) -> u32 {
         key as u32
     }
 
     /// [`acquire`](Self::acquire) by a [`short_key`](Self::short_key).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
     pub(crate) fn acquire_short(
         &self,
         short: u32,

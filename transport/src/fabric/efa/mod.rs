@@ -431,16 +431,12 @@ impl EfaFabric {
             poll_errors: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
         });
-        let dirs: Vec<_> = shared
-            .rails
-            .iter()
-            .map(|r| &r.ctx.info().ibdev_path)
-            .collect();
-        let cpus = shared
-            .config
-            .affinity
-            .for_fabric("efa", &dirs)
-            .map_err(|e| FabricError::affinity("efa", "target thread", e))?;
+        let cpus = crate::fabric::rdma::threads::rail_cpus(
+            "efa",
+            "target thread",
+            &shared.config.affinity,
+            shared.rails.iter().map(|r| &r.ctx),
+        )?;
         let thread = target::start(shared.clone(), service, cpus)?;
         let registry = MrRegistry::new(
             shared.rails.iter().map(|r| r.pd.clone()).collect(),

@@ -5,6 +5,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use ::efa::Context;
+
+use crate::affinity::{Affinity, CpuSet};
+use crate::FabricError;
+
+/// The cpus `affinity` puts the threads (`what`) of `fabric` on, from the NUMA node of its
+/// rails' devices (`ctxs`) by default.
+pub(crate) fn rail_cpus<'a>(
+    fabric: &'static str,
+    what: &'static str,
+    affinity: &Affinity,
+    ctxs: impl Iterator<Item = &'a Arc<Context>>,
+) -> Result<Option<CpuSet>, FabricError> {
+    let dirs: Vec<_> = ctxs.map(|c| c.info().ibdev_path.clone()).collect();
+    affinity
+        .for_fabric(fabric, &dirs)
+        .map_err(|e| FabricError::affinity(fabric, what, e))
+}
+
 /// A fabric's threads and the flag they watch. Dropping it raises the flag and joins them: the
 /// fabric keeps it as its first field, so the threads end before anything else of the fabric
 /// (registrations above all) goes away.

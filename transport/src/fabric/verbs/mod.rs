@@ -419,16 +419,12 @@ impl VerbsFabric {
             stop: Arc::new(AtomicBool::new(false)),
             max_transfer,
         });
-        let dirs: Vec<_> = shared
-            .rails
-            .iter()
-            .map(|r| &r.ctx.info().ibdev_path)
-            .collect();
-        let cpus = shared
-            .config
-            .affinity
-            .for_fabric("verbs", &dirs)
-            .map_err(|e| FabricError::affinity("verbs", "target and service threads", e))?;
+        let cpus = crate::fabric::rdma::threads::rail_cpus(
+            "verbs",
+            "target and service threads",
+            &shared.config.affinity,
+            shared.rails.iter().map(|r| &r.ctx),
+        )?;
         let threads = service::start(shared.clone(), listener, target, cpus)?;
         let registry = MrRegistry::new(
             shared.rails.iter().map(|r| r.pd.clone()).collect(),

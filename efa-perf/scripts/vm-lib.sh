@@ -1,0 +1,62 @@
+# What the VM comparison scripts share (sourced, not run): the binary and device settings, a
+# server/client pair runner that also records each side's CPU time, and the table helpers.
+# Runs inside the guest; EFA_PERF names the binary (default: $CARGO_TARGET_DIR/release/efa-perf).
+bin=${EFA_PERF:-${CARGO_TARGET_DIR:-target}/release/efa-perf}
+dev=${VM_RDMA_DEV:-rxe0}
+gid=${VM_GID_INDEX:-1}
+ip=${VM_SELF_IP:-127.0.0.1}
+out=$(mktemp -d)
+port=${PORT_BASE:-18600}
+
+# now_ns: the wall clock in nanoseconds.
+now_ns() { date +%s%N; }
+# cpu_of FILE: children's user + system seconds from a `times` output.
+cpu_of() { awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] } print t }' "$1"; }
+
+# run_pair NAME SERVER_CMD... -- CLIENT_CMD...: server in the background, client once it
+# listens (each gets -p PORT, the client the address too); leaves NAME.client, NAME.server and
+# NAME.cpu ("client_cpu server_cpu wall_ms": CPU seconds of each process, the client's wall time).
+run_pair() {
+  local name=$1
+  shift
+  local server=() client=()
+  while [[ $1 != -- ]]; do server+=("$1"); shift; done
+  shift
+  client=("$@")
+  port=$((port + 1))
+  ( "${server[@]}" -p "$port" >"$out/$name.server" 2>&1; rc=$?; times >"$out/$name.stimes"; exit $rc ) &
+  local pid=$!
+  if ! vm-wait-listen "$port" 120; then
+    echo "$name: server did not listen:" >&2
+    cat "$out/$name.server" >&2
+    kill "$pid" 2>/dev/null || true
+    return 1
+  fi
+  local t0 t1
+  t0=$(now_ns)
+  if ! ( timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ); then
+    echo "$name: client failed:" >&2
+    cat "$out/$name.client" "$out/$name.server" >&2
+    kill "$pid" 2>/dev/null || true
+    return 1
+  fi
+  t1=$(now_ns)
+  wait "$pid" || { echo "$name: server failed:" >&2; cat "$out/$name.server" >&2; return 1; }
+  echo "$(cpu_of "$out/$name.ctimes") $(cpu_of "$out/$name.stimes") $(((t1 - t0) / 1000000))" >"$out/$name.cpu"
+}
+
+# column LOG SIZE N: field N of the result row for SIZE bytes.
+column() {
+  awk -v size="$2" -v n="$3" '$1 == size && NF >= 5 { v = $n } END { print v }' "$1"
+}
+# stats VALUES...: "median (min-max)" of the numeric values, "-" without any.
+stats() {
+  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
+    awk '{v[NR]=$1} END {if (NR == 0) {print "-"; exit}; printf "%.2f (%.2f-%.2f)", v[int((NR+1)/2)], v[1], v[NR]}'
+}
+# median VALUES...: the median of the numeric values, "-" without any.
+median() { stats "$@" | awk '{print $1}'; }
+# ratio A B: A / B to two places, "-" when B is not positive.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+# cpu_pct NAME: "client% server%" of one run, in % of one core over the client's wall time.
+cpu_pct() { awk '{ if ($3 > 0) printf "%.0f %.0f", 100 * $1 / ($3 / 1000), 100 * $2 / ($3 / 1000) }' "$out/$1.cpu"; }
