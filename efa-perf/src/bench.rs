@@ -3,7 +3,7 @@
 
 use crate::cli::{Metric, Verb};
 use crate::progress::Progress;
-use crate::record::{BwRow, Document, LatRow, Rows, RunInfo};
+use crate::record::{BwRow, CoreBusy, Document, LatRow, Rows, RunInfo};
 use crate::report;
 use crate::runner::{Amount, Point, Runner, Setup};
 use crate::stats::{BandwidthStats, BwUnit, LatencyStats};
@@ -168,6 +168,23 @@ fn measure_point(
         cpu: plan.cpu,
     };
     let at = || format!("{test} at {size} bytes");
+    let cores0 = plan.cpu.then(crate::cpu::CoreTimes::now).flatten();
+    let cores = |line: String| -> (String, Option<Vec<CoreBusy>>) {
+        let busy = cores0
+            .as_ref()
+            .zip(crate::cpu::CoreTimes::now())
+            .map(|(before, now)| now.busy_since(before));
+        match busy {
+            Some(b) if !b.is_empty() => {
+                let line = format!("{line}\n  cores busy: {}", crate::cpu::cores_line(&b));
+                let busy = b
+                    .into_iter()
+                    .map(|(cpu, busy_pct)| CoreBusy { cpu, busy_pct });
+                (line, Some(busy.collect()))
+            }
+            _ => (line, None),
+        }
+    };
     match rows {
         Rows::Bw(bw_rows) => {
             let m = runner.bandwidth(&point).with_context(at)?;
@@ -181,9 +198,13 @@ fn measure_point(
                 msg_rate_mpps: s.msg_rate_mpps,
                 cpu_util_client: m.cpu_client,
                 cpu_util_server: m.cpu_server,
+                cores_busy: None,
             };
-            let line = report::bw_row(&row, plan.cpu);
-            bw_rows.push(row);
+            let (line, busy) = cores(report::bw_row(&row, plan.cpu));
+            bw_rows.push(BwRow {
+                cores_busy: busy,
+                ..row
+            });
             Ok(line)
         }
         Rows::Lat(lat_rows) => {
@@ -201,9 +222,13 @@ fn measure_point(
                 p99_9_us: s.p99_9,
                 cpu_util_client: m.cpu_client,
                 cpu_util_server: m.cpu_server,
+                cores_busy: None,
             };
-            let line = report::lat_row(&row, plan.cpu);
-            lat_rows.push(row);
+            let (line, busy) = cores(report::lat_row(&row, plan.cpu));
+            lat_rows.push(LatRow {
+                cores_busy: busy,
+                ..row
+            });
             Ok(line)
         }
     }

@@ -258,6 +258,7 @@ mod tests {
             msg_rate_mpps: 0.0,
             cpu_util_client: None,
             cpu_util_server: None,
+            cores_busy: None,
         }
     }
 
@@ -291,6 +292,7 @@ mod tests {
             p99_9_us: t,
             cpu_util_client: None,
             cpu_util_server: None,
+            cores_busy: None,
         };
         let f = Document::new(info(Metric::Lat), Rows::Lat(vec![lat(2.0)]));
         let t = Document::new(info(Metric::Lat), Rows::Lat(vec![lat(20.0)]));

@@ -65,6 +65,19 @@ pub struct BwRow {
     pub cpu_util_client: Option<f64>,
     /// CPU use of the server side, percent of one core; absent without --cpu-util or when unknown.
     pub cpu_util_server: Option<f64>,
+    /// Each core's busy share of the machine over the point (mpstat's figure from /proc/stat,
+    /// the whole machine: other work included); absent without --cpu-util.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_busy: Option<Vec<CoreBusy>>,
+}
+
+/// One core's busy share over a point.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CoreBusy {
+    /// The cpu number.
+    pub cpu: u32,
+    /// Percent of the core's time it was busy (anything but idle and iowait).
+    pub busy_pct: f64,
 }
 
 /// One latency result (one message size), all times in microseconds.
@@ -92,6 +105,10 @@ pub struct LatRow {
     pub cpu_util_client: Option<f64>,
     /// CPU use of the server, percent of one core; absent without --cpu-util or when unknown.
     pub cpu_util_server: Option<f64>,
+    /// Each core's busy share of the machine over the point (mpstat's figure from /proc/stat,
+    /// the whole machine: other work included); absent without --cpu-util.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_busy: Option<Vec<CoreBusy>>,
 }
 
 /// Results of a run, bandwidth or latency.
@@ -243,6 +260,7 @@ mod tests {
                 msg_rate_mpps: 0.1,
                 cpu_util_client: None,
                 cpu_util_server: Some(12.5),
+                cores_busy: None,
             }]),
         );
         let text = doc.to_json();
@@ -268,6 +286,7 @@ mod tests {
                 msg_rate_mpps: 1.0,
                 cpu_util_client: Some(50.0),
                 cpu_util_server: None,
+                cores_busy: None,
             }]),
         );
         let csv = doc.to_csv();

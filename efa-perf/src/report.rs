@@ -136,6 +136,7 @@ mod tests {
             msg_rate_mpps: 0.177999,
             cpu_util_client: None,
             cpu_util_server: None,
+            cores_busy: None,
         };
         let line = bw_row(&r, false);
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -155,6 +156,7 @@ mod tests {
             p99_9_us: 9.0,
             cpu_util_client: Some(99.0),
             cpu_util_server: None,
+            cores_busy: None,
         };
         let line = lat_row(&l, true);
         let fields: Vec<&str> = line.split_whitespace().collect();

@@ -489,6 +489,19 @@ fn client_and_server_processes_over_tcp() {
         r["cpu_util_server"].as_f64().is_some(),
         "server CPU comes back: {r}"
     );
+    // mpstat's view beside it: cores of this machine (those the kernel charged ticks to over
+    // the point), each busy 0 to 100%.
+    let cores = r["cores_busy"]
+        .as_array()
+        .expect("cores_busy with --cpu-util");
+    assert!(!cores.is_empty());
+    for c in cores {
+        let (cpu, busy) = (c["cpu"].as_u64().unwrap(), c["busy_pct"].as_f64().unwrap());
+        assert!(
+            cpu < online.max(1024) && (0.0..=100.0).contains(&busy),
+            "{c}"
+        );
+    }
 
     let out = client_server("send-lat", &["-n", "100", "--csv"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
