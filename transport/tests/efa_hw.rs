@@ -1086,3 +1086,46 @@ fn efa_hw_one_engine_on_efa_and_tcp_reaches_each_peer_over_the_right_fabric() {
     assert!(a_tcp.stats().served > 0);
     drop((b_both, a_both));
 }
+
+/// A region of 64 MiB (the size from which the rails register it in parallel, one thread per
+/// rail) is registered on every rail: a WRITE to its last bytes and a READ back from each end
+/// move the right bytes over whichever rail the stripe takes. With one device it takes the
+/// serial path; the soft-efa stage runs it again with two devices.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_large_region_is_registered_on_every_rail() {
+    const LEN: usize = 64 << 20;
+    let (a, b) = pair();
+    println!("rails: {}", a.capabilities().rails);
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(1 << 20, 7)).unwrap(),
+        Access::NONE,
+    );
+    let big = owned(
+        &b,
+        "b/big",
+        OwnedMemory::zeroed(LEN, 4096).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
+    let info = b.segment_info(big).unwrap();
+    assert_eq!(info.len, LEN as u64);
+    let remote = a.open_segment("b/big").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(4).unwrap();
+    let end = (LEN - (1 << 20)) as u64;
+    w.submit(
+        batch,
+        &[
+            Request::write(src, 0, remote, 0, 1 << 20),
+            Request::write(src, 0, remote, end, 1 << 20),
+        ],
+    )
+    .unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    assert_eq!(contents(&b, big, 0, 1 << 20), pattern(1 << 20, 7));
+    assert_eq!(contents(&b, big, end, 1 << 20), pattern(1 << 20, 7));
+    assert!(contents(&b, big, 1 << 20, 4096).iter().all(|&x| x == 0));
+    a.free_batch(batch).unwrap();
+}

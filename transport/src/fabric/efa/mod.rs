@@ -477,7 +477,10 @@ impl Fabric for EfaFabric {
             access |= ::efa::Access::REMOTE_READ;
         }
         // SAFETY: forwarded from the caller (same contract).
-        let mut reg = unsafe { self.registry.register_with(region, access)? };
+        let mut reg = unsafe {
+            self.registry
+                .register_with(region, access, &self.registry.all_rails())?
+        };
         let Some(key) = self
             .shared
             .regions
