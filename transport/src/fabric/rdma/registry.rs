@@ -13,7 +13,7 @@
 //! rail): a work request's SGE must then lie inside one chunk, so the hot path would have to
 //! split slices at chunk boundaries and look up the chunk's key per slice. The work that
 //! chunking parallelises (pinning) is the kernel's, and with hugepage-backed memory it is
-//! already 512 (2 MiB) or 262,144 (1 GiB) times smaller.
+//! already 512 (2 MiB) or 262,144 (1 GiB) times smaller; see `OwnedMemory::huge`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
