@@ -45,6 +45,53 @@ pub struct SegmentInfo {
     pub rails: RailSet,
     /// Whether the engine owns the memory.
     pub owned: bool,
+    /// How its registration went.
+    pub registration: RegistrationReport,
+}
+
+/// How a segment's registration went: recorded once, when it was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationReport {
+    /// Time the fabric took to register the memory on its rails (`ibv_reg_mr` on each; in
+    /// parallel for large regions on several rails).
+    pub took: Duration,
+    /// Bytes registered.
+    pub len: u64,
+    /// Rails the memory is registered on (those with a key in the segment's descriptor).
+    pub rails: RailSet,
+    /// The page size backing the memory when it was registered: the hugetlbfs page size of
+    /// [`OwnedMemory::huge`] memory, else, for regions of at least 2 MiB, what
+    /// [`page_info`](crate::page_info) reports for its first byte (2 MiB where transparent
+    /// hugepages back some of it), else the base page size (not looked up: smaller regions
+    /// gain nothing from hugepages).
+    pub page_size: u64,
+}
+
+impl RegistrationReport {
+    /// Bytes registered per second.
+    pub fn bytes_per_sec(&self) -> f64 {
+        self.len as f64 / self.took.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The base page size of this machine.
+fn base_page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is touched.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// The page size backing `addr..addr+len` (see [`RegistrationReport::page_size`]).
+fn backing_page_size(addr: u64, len: u64, owned: Option<&OwnedMemory>) -> u64 {
+    if let Some(crate::Backing::Huge(size)) = owned.map(OwnedMemory::backing) {
+        return size;
+    }
+    if len < crate::pages::SIZE_2M {
+        return base_page_size();
+    }
+    crate::page_info(addr)
+        .map(|i| i.effective_page_size())
+        .unwrap_or_else(|_| base_page_size())
 }
 
 pub(crate) struct LocalEntry {
@@ -59,6 +106,7 @@ pub(crate) struct LocalEntry {
     pub location: Location,
     pub access: Access,
     pub registration: Registration,
+    pub report: RegistrationReport,
     pub owned: Option<OwnedMemory>,
 }
 
@@ -577,7 +625,8 @@ impl Engine {
         // SAFETY: the caller of `register_memory` promised validity until unregister; owned
         // memory is kept in the entry and dropped only after `deregister`.
         let registration = unsafe { inner.fabric.register(region)? };
-        inner.metrics.registered(started.elapsed());
+        let took = started.elapsed();
+        inner.metrics.registered(took, len);
         let rails = inner.caps.rails as usize;
         if registration.local_keys.len() != rails || registration.remote_keys.len() != rails {
             let _ = inner.fabric.deregister(&registration);
@@ -610,6 +659,24 @@ impl Engine {
         let mut lkeys = [0u64; MAX_RAILS];
         lkeys[..rails].copy_from_slice(&registration.local_keys);
         let all = effective_rails(&*inner.policy, location, inner.caps.rails);
+        let mut registered = RailSet::new();
+        for (r, key) in registration.remote_keys.iter().enumerate() {
+            if !key.is_empty() {
+                registered.push(r as u16);
+            }
+        }
+        let report = RegistrationReport {
+            took,
+            len,
+            rails: registered,
+            page_size: backing_page_size(addr, len, owned.as_ref()),
+        };
+        tracing::debug!(
+            took_us = took.as_micros() as u64,
+            page_size = report.page_size,
+            rails = registered.len(),
+            "registered"
+        );
         let entry = LocalEntry {
             base: addr,
             len,
@@ -620,6 +687,7 @@ impl Engine {
             location,
             access,
             registration,
+            report,
             owned,
         };
         match inner.segments.insert(entry) {
@@ -715,6 +783,7 @@ impl Engine {
             access: e.access,
             rails: e.rails,
             owned: e.owned.is_some(),
+            registration: e.report,
         })
     }
 

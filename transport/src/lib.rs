@@ -125,7 +125,9 @@ pub use batch::{BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use bytes::BytesError;
 pub use descriptor::{DescriptorError, FabricOffer, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
-pub use engine::{Engine, EngineConfig, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE};
+pub use engine::{
+    Engine, EngineConfig, RegistrationReport, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
+};
 pub use error::{FabricError, FailReason, TransportError};
 pub use handle::{BatchId, Handle, RemoteSegment, SegmentId};
 pub use location::{Location, LocationParseError};
