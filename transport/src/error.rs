@@ -212,6 +212,15 @@ pub enum FabricError {
         /// The fabric's rails.
         rails: usize,
     },
+    /// A registration made for an engine that registers memory only on its policy's rails
+    /// has no key on a rail that the policy uses for the memory.
+    #[error("{fabric}: registration has no key on rail {rail}, which the rail policy uses")]
+    MissingRail {
+        /// The fabric.
+        fabric: String,
+        /// The rail without a key.
+        rail: u16,
+    },
     /// No device the fabric can use is present.
     #[error("{fabric}: no {wanted} found")]
     NoDevice {

@@ -104,7 +104,10 @@ impl SimEndpoint {
         if wr.len > sh.config.max_rdma_size || wr.len == 0 {
             return Outcome::Done(Some(FailReason::BadLength));
         }
-        if !me.regions.check_local(wr.local_key, wr.local_addr, wr.len) {
+        if !me
+            .regions
+            .check_local_on(wr.local_key, wr.rail, wr.local_addr, wr.len)
+        {
             return Outcome::Done(Some(FailReason::InvalidLkey));
         }
         let slot = match self.held {
@@ -118,7 +121,10 @@ impl SimEndpoint {
                 slot
             }
         };
-        if !target.regions.covers(slot, wr.remote_addr, wr.len, need) {
+        // A key from another rail's registration, as a device's rkey of another PD.
+        if !target.regions.covers(slot, wr.remote_addr, wr.len, need)
+            || !target.regions.on_rail(slot, wr.remote_rail)
+        {
             return Outcome::Done(Some(FailReason::RemoteBadAddress));
         }
         let (src, dst) = if write {
