@@ -751,3 +751,76 @@ fn unknown_device_says_what_there_is() {
         );
     }
 }
+
+/// The data rows of `efa-perf reg`'s table (those starting with the size).
+fn reg_rows(stdout: &str, size: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(size))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn reg_over_sim_prints_the_engine_figure_alone() {
+    let out = run(&[
+        "reg",
+        "--fabric",
+        "sim",
+        "-s",
+        "4M",
+        "-n",
+        "2",
+        "--hugepages",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("engine GiB/s") && stdout.contains("ibv_reg_mr GiB/s"),
+        "{stdout}"
+    );
+    let rows = reg_rows(&stdout, "4194304");
+    // 4 KiB pages, then 2 MiB ones (hugetlbfs or THP) unless none could be had, said in a note.
+    let huge_skipped = stdout.contains("--hugepages skipped");
+    assert_eq!(rows.len(), if huge_skipped { 1 } else { 2 }, "{stdout}");
+    assert_eq!(rows[0][1], "4K", "{stdout}");
+    if !huge_skipped {
+        assert!(rows[1][1].starts_with("2M"), "{stdout}");
+    }
+    for r in &rows {
+        assert_eq!(r.len(), 9, "one token per column: {r:?}");
+        let median: f64 = r[3].parse().unwrap();
+        assert!(median > 0.0, "{stdout}");
+        assert_eq!(
+            r.last().unwrap(),
+            "-",
+            "no ratio without ibv_reg_mr: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("over sim there is no ibv_reg_mr"),
+        "{stdout}"
+    );
+    // Bad input is refused with the usage code.
+    let out = run(&["reg", "--fabric", "sim", "-n", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// On soft-efa (`LD_LIBRARY_PATH=$(tests/soft-efa/run --lib-dir)`; the soft-efa stage runs it):
+/// the engine against one plain `ibv_reg_mr` on the same device, with a ratio per row.
+#[test]
+#[ignore = "needs an EFA device (or soft-efa)"]
+fn efa_reg_compares_the_engine_with_ibv_reg_mr() {
+    let out = run(&["reg", "--fabric", "efa", "-s", "64M", "-n", "2"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let rows = reg_rows(&stdout, "67108864");
+    assert_eq!(rows.len(), 1, "{stdout}");
+    let r = &rows[0];
+    assert_eq!(r.len(), 12, "one token per column: {r:?}");
+    assert_eq!(r[1], "4K");
+    assert_eq!(r[2], "1", "one rail: the device asked for");
+    let ratio: f64 = r.last().unwrap().parse().unwrap();
+    assert!(ratio > 0.0, "{stdout}");
+    assert!(!stdout.contains("no ibv_reg_mr"), "{stdout}");
+}

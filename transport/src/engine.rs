@@ -59,12 +59,14 @@ pub struct RegistrationReport {
     pub len: u64,
     /// Rails the memory is registered on (those with a key in the segment's descriptor).
     pub rails: RailSet,
-    /// The page size backing the memory when it was registered: the hugetlbfs page size of
-    /// [`OwnedMemory::huge`] memory, else, for regions of at least 2 MiB, what
-    /// [`page_info`](crate::page_info) reports for its first byte (2 MiB where transparent
-    /// hugepages back some of it), else the base page size (not looked up: smaller regions
-    /// gain nothing from hugepages).
-    pub page_size: u64,
+    /// The page size backing the memory, where the engine knows it without asking the
+    /// kernel: the hugetlbfs page size of [`OwnedMemory::huge`] memory, the base page size of
+    /// other owned memory while transparent hugepages are not `always` on. `None` otherwise
+    /// (memory advised for transparent hugepages, memory the engine does not own):
+    /// [`Engine::segment_pages`] asks the kernel. Not looked up at registration, because
+    /// reading `/proc/self/smaps` walks the mapping's page table: about 8 ms per GiB of 4 KiB
+    /// pages, a few percent of pinning it.
+    pub page_size: Option<u64>,
 }
 
 impl RegistrationReport {
@@ -81,17 +83,23 @@ fn base_page_size() -> u64 {
     u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
-/// The page size backing `addr..addr+len` (see [`RegistrationReport::page_size`]).
-fn backing_page_size(addr: u64, len: u64, owned: Option<&OwnedMemory>) -> u64 {
-    if let Some(crate::Backing::Huge(size)) = owned.map(OwnedMemory::backing) {
-        return size;
+/// Whether transparent hugepages are `always` on (then any anonymous memory may get them).
+fn thp_always() -> bool {
+    static ALWAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALWAYS.get_or_init(|| {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|t| t.contains("[always]"))
+    })
+}
+
+/// The page size backing owned memory, where known without asking the kernel (see
+/// [`RegistrationReport::page_size`]).
+fn known_page_size(owned: Option<&OwnedMemory>) -> Option<u64> {
+    match owned.map(OwnedMemory::backing)? {
+        crate::Backing::Huge(size) => Some(size),
+        crate::Backing::Base if !thp_always() => Some(base_page_size()),
+        crate::Backing::Base | crate::Backing::Transparent => None,
     }
-    if len < crate::pages::SIZE_2M {
-        return base_page_size();
-    }
-    crate::page_info(addr)
-        .map(|i| i.effective_page_size())
-        .unwrap_or_else(|_| base_page_size())
 }
 
 pub(crate) struct LocalEntry {
@@ -729,11 +737,11 @@ impl Engine {
             took,
             len,
             rails: registered,
-            page_size: backing_page_size(addr, len, owned.as_ref()),
+            page_size: known_page_size(owned.as_ref()),
         };
         tracing::debug!(
             took_us = took.as_micros() as u64,
-            page_size = report.page_size,
+            page_size = report.page_size.unwrap_or(0),
             rails = registered.len(),
             "registered"
         );
@@ -845,6 +853,20 @@ impl Engine {
             owned: e.owned.is_some(),
             registration: e.report,
         })
+    }
+
+    /// What backs a local segment's memory now, as the kernel reports it for its first byte
+    /// ([`page_info`](crate::page_info)): a control-path call that reads `/proc/self/smaps`
+    /// (milliseconds for a GiB of 4 KiB pages).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::UnknownSegment`] for a stale or foreign handle,
+    /// [`TransportError::Pages`] when smaps cannot be read or does not hold the address (the
+    /// memory of a device, not of this process).
+    pub fn segment_pages(&self, segment: SegmentId) -> Result<crate::PageInfo, TransportError> {
+        let base = self.with_segment(segment, |e| e.base)?;
+        crate::page_info(base).map_err(|source| TransportError::Pages { segment, source })
     }
 
     fn owned_range(

@@ -447,6 +447,15 @@ pub enum TransportError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// What backs a segment's memory could not be read.
+    #[error("segment {segment:?}: cannot tell what pages back its memory")]
+    Pages {
+        /// The segment.
+        segment: crate::SegmentId,
+        /// Why.
+        #[source]
+        source: crate::PageInfoError,
+    },
     /// A memory range that cannot be registered.
     #[error("memory {addr:#x}+{len} cannot be registered: {reason}")]
     BadMemory {
