@@ -377,6 +377,10 @@ pub struct RegArgs {
     /// advised for transparent hugepages (said so in the pages column); skipped with a note when neither can be had.
     #[arg(long)]
     pub hugepages: bool,
+    /// The page sizes to run, comma separated (default 4k, and 2m with --hugepages): e.g. `--pages 2m` alone
+    /// after reserving hugepages, to keep both sizes' memory from being needed at once.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub pages: Vec<PageChoice>,
     /// Fabric of the engine: auto picks efa, else verbs, else sim. Over sim and tcp there is no ibv_reg_mr to
     /// compare with: the engine's figure alone is printed.
     #[arg(long, value_enum, default_value_t = FabricChoice::Auto)]
@@ -384,6 +388,17 @@ pub struct RegArgs {
     /// RDMA device for the engine and the plain registration (default: the fabric's first).
     #[arg(short = 'd', long = "ib-dev", value_name = "DEV")]
     pub device: Option<String>,
+}
+
+/// A page size of `efa-perf reg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PageChoice {
+    /// 4 KiB pages from the allocator.
+    #[value(name = "4k")]
+    Base,
+    /// 2 MiB pages: hugetlbfs, else transparent hugepages.
+    #[value(name = "2m")]
+    Huge2M,
 }
 
 /// Options of `compare`.

@@ -781,7 +781,7 @@ fn reg_over_sim_prints_the_engine_figure_alone() {
     );
     let rows = reg_rows(&stdout, "4194304");
     // 4 KiB pages, then 2 MiB ones (hugetlbfs or THP) unless none could be had, said in a note.
-    let huge_skipped = stdout.contains("--hugepages skipped");
+    let huge_skipped = stdout.contains("2 MiB pages skipped");
     assert_eq!(rows.len(), if huge_skipped { 1 } else { 2 }, "{stdout}");
     assert_eq!(rows[0][1], "4K", "{stdout}");
     if !huge_skipped {
@@ -801,9 +801,16 @@ fn reg_over_sim_prints_the_engine_figure_alone() {
         stdout.contains("over sim there is no ibv_reg_mr"),
         "{stdout}"
     );
+    // One page size alone.
+    let out = run(&[
+        "reg", "--fabric", "sim", "-s", "4M", "-n", "1", "--pages", "4k",
+    ]);
+    assert_eq!(reg_rows(&text(&out.stdout), "4194304").len(), 1);
     // Bad input is refused with the usage code.
-    let out = run(&["reg", "--fabric", "sim", "-n", "0"]);
-    assert_eq!(out.status.code(), Some(2));
+    for bad in [&["-n", "0"][..], &["--pages", "3m"]] {
+        let out = run(&[&["reg", "--fabric", "sim"][..], bad].concat());
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
 }
 
 /// On soft-efa (`LD_LIBRARY_PATH=$(tests/soft-efa/run --lib-dir)`; the soft-efa stage runs it):

@@ -80,6 +80,24 @@ impl OwnedMemory {
         })
     }
 
+    /// Zeroed memory of `len` bytes (at least 1) on base pages only: an anonymous mapping
+    /// advised `MADV_NOHUGEPAGE`, so transparent hugepages never back it, even where they are
+    /// `always` on (as on Debian's kernels). For comparing page sizes, or where hugepages are
+    /// unwanted. Unmapped on drop.
+    ///
+    /// # Errors
+    ///
+    /// [`HugeAllocError`] naming the length (page size 4096) with the OS error as its source;
+    /// also for a length of 0.
+    pub fn base_pages(len: usize) -> Result<Self, HugeAllocError> {
+        let m = crate::pages::map_base(len)?;
+        Ok(OwnedMemory {
+            ptr: m.ptr,
+            len,
+            kind: Kind::Mapped(m),
+        })
+    }
+
     /// What backs the memory, as chosen when it was allocated ([`page_info`](crate::page_info)
     /// tells what the kernel did with transparent hugepages).
     pub fn backing(&self) -> Backing {
@@ -212,6 +230,19 @@ mod tests {
         if let Ok(info) = crate::page_info(addr) {
             assert!(info.mapping_len > 0);
         }
+    }
+
+    #[test]
+    fn base_pages_are_never_transparent_hugepages() {
+        let mut m = OwnedMemory::base_pages(4 << 20).unwrap();
+        assert_eq!(m.backing(), Backing::Base);
+        assert_eq!(m.addr() % 4096, 0);
+        m.as_mut_slice().fill(3);
+        let info = crate::page_info(m.addr()).unwrap();
+        assert_eq!(info.page_size, 4096);
+        assert_eq!(info.transparent_huge_bytes, 0, "{info:?}");
+        assert!(m.as_slice().iter().all(|&b| b == 3));
+        assert!(OwnedMemory::base_pages(0).is_err());
     }
 
     #[test]

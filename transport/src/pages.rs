@@ -227,6 +227,45 @@ fn map_hugetlb(len: usize, page: u64) -> Result<Mapping, Option<OsError>> {
     })
 }
 
+/// Maps `len` bytes (at least 1) of anonymous memory on base pages only: advised
+/// `MADV_NOHUGEPAGE`, so the kernel backs it with base pages even where transparent hugepages
+/// are `always` on.
+pub(crate) fn map_base(len: usize) -> Result<Mapping, HugeAllocError> {
+    let page = 4096;
+    let err = |source| HugeAllocError {
+        len,
+        page_size: page,
+        what: "base pages",
+        source,
+    };
+    let map_len = round_up(len, page)
+        .filter(|&l| l > 0)
+        .ok_or_else(|| err(None))?;
+    // SAFETY: as in `map_hugetlb`.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(err(Some(std::io::Error::last_os_error().into())));
+    }
+    // Advice only: a kernel without transparent hugepages refuses it, and has none to give.
+    // SAFETY: `p..p+map_len` is this mapping.
+    unsafe { libc::madvise(p, map_len, libc::MADV_NOHUGEPAGE) };
+    let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| err(None))?;
+    Ok(Mapping {
+        ptr,
+        map_len,
+        backing: Backing::Base,
+    })
+}
+
 /// Anonymous memory aligned to 2 MiB (so whole transparent hugepages fit), advised for them.
 fn map_transparent(len: usize) -> Result<Mapping, Option<OsError>> {
     let two = SIZE_2M as usize;
