@@ -257,20 +257,21 @@ impl Regions {
         self.guard_covering(slot, addr, len, need)
     }
 
-    /// Whether the pinned registration `slot` is registered on `rail`.
+    /// The rails (bit mask) the pinned registration `slot` is registered on.
     #[inline]
-    pub(crate) fn on_rail(&self, slot: usize, rail: u16) -> bool {
-        self.slots
-            .get(slot)
-            .is_some_and(|r| rail < 32 && r.rails.load(Relaxed) & (1 << rail) != 0)
+    pub(crate) fn rails_of(&self, slot: usize) -> u32 {
+        self.slots.get(slot).map_or(0, |r| r.rails.load(Relaxed))
     }
 
-    /// Checks the initiator's own local key and range on `rail`.
+    /// Checks the initiator's own local key and range on `rail` (below 32).
     #[inline]
     pub(crate) fn check_local_on(&self, key: u64, rail: u16, addr: u64, len: u64) -> bool {
-        self.active(key).is_some_and(|r| {
-            Self::in_bounds(r, addr, len) && rail < 32 && r.rails.load(Relaxed) & (1 << rail) != 0
-        })
+        match self.active(key) {
+            Some(r) => {
+                Self::in_bounds(r, addr, len) && (r.rails.load(Relaxed) >> (rail & 31)) & 1 != 0
+            }
+            None => false,
+        }
     }
 
     /// Checks the initiator's own local key and range (the engine's lkey).
@@ -301,7 +302,7 @@ pub(crate) fn register(
 
 /// `Fabric::register_on` for a fabric whose one key serves every rail it is registered on: the
 /// rails outside `on` get an empty remote key, and requests on them are refused
-/// ([`Regions::on_rail`], [`Regions::check_local_on`]).
+/// ([`Regions::rails_of`], [`Regions::check_local_on`]).
 pub(crate) fn register_on(
     regions: &Regions,
     region: MemoryRegion,
