@@ -51,6 +51,10 @@ pub enum Command {
     ReadLat(TestArgs),
     /// Run the same sweep over the fast fabric (efa, else verbs, else sim) and over tcp; print ratios and draw a chart.
     Compare(CompareArgs),
+    /// Memory registration speed (GiB/s): SIZE bytes registered through the engine and with one plain ibv_reg_mr
+    /// of the same memory on the same device (the efa crate's Mr), N times each, with 4 KiB pages and, with
+    /// --hugepages, 2 MiB pages; median and min-max, and the engine's ratio to the plain call.
+    Reg(RegArgs),
     /// Check that every byte arrives: random READ, WRITE and WRITE_WITH_NOTIFY requests (patterns, offsets,
     /// lengths) from one engine to N peer engines in this process, every byte compared on both sides; exits
     /// non-zero on any mismatch or failed request.
@@ -378,6 +382,43 @@ pub enum TwoSidedChoice {
     Never,
     /// Always, even where RDMA would do.
     Always,
+}
+
+/// Options of `reg`.
+#[derive(Debug, Args)]
+pub struct RegArgs {
+    /// Bytes to register; K, M, G suffixes are powers of 1024.
+    #[arg(short = 's', long = "size", default_value = "1G", value_parser = parse_size, value_name = "BYTES")]
+    pub size: u64,
+    /// Registrations of each kind per page size (the figures are their median, min and max).
+    #[arg(short = 'n', long = "iters", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+    /// Also run with 2 MiB pages: hugetlbfs pages when some are free (`/proc/sys/vm/nr_hugepages`), else memory
+    /// advised for transparent hugepages (said so in the pages column); skipped with a note when neither can be had.
+    #[arg(long)]
+    pub hugepages: bool,
+    /// The page sizes to run, comma separated (default 4k, and 2m with --hugepages): e.g. `--pages 2m` alone
+    /// after reserving hugepages, to keep both sizes' memory from being needed at once.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub pages: Vec<PageChoice>,
+    /// Fabric of the engine: auto picks efa, else verbs, else sim. Over sim and tcp there is no ibv_reg_mr to
+    /// compare with: the engine's figure alone is printed.
+    #[arg(long, value_enum, default_value_t = FabricChoice::Auto)]
+    pub fabric: FabricChoice,
+    /// RDMA device for the engine and the plain registration (default: the fabric's first).
+    #[arg(short = 'd', long = "ib-dev", value_name = "DEV")]
+    pub device: Option<String>,
+}
+
+/// A page size of `efa-perf reg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PageChoice {
+    /// 4 KiB pages from the allocator.
+    #[value(name = "4k")]
+    Base,
+    /// 2 MiB pages: hugetlbfs, else transparent hugepages.
+    #[value(name = "2m")]
+    Huge2M,
 }
 
 /// Options of `compare`.

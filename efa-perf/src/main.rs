@@ -18,6 +18,7 @@ mod observe;
 mod progress;
 mod prometheus;
 mod record;
+mod reg;
 mod remote;
 mod report;
 mod runner;
@@ -62,6 +63,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ReadLat(a) => test(Verb::Read, Metric::Lat, a),
         Command::Compare(a) => compare::run(&a),
         Command::Validate(a) => validate_cmd::run(&a),
+        Command::Reg(a) => reg::run(&a),
     }
 }
 

@@ -154,8 +154,8 @@ pub fn summary(engine: &str, m: &MetricsSnapshot) -> String {
     }
     let _ = writeln!(
         s,
-        "{p} registrations {} ({:?}), unregistrations {}",
-        m.registrations, m.registration_time, m.unregistrations
+        "{p} registrations {} ({} B in {:?}), unregistrations {}",
+        m.registrations, m.registered_bytes, m.registration_time, m.unregistrations
     );
     s
 }

@@ -139,6 +139,13 @@ pub fn render(engines: &[(String, MetricsSnapshot)]) -> String {
         "Time spent registering memory.",
         &one(|m| m.registration_time.as_secs_f64()),
     );
+    family(
+        &mut out,
+        "efa_transport_registered_bytes_total",
+        "counter",
+        "Bytes of memory registered.",
+        &one(|m| m.registered_bytes as f64),
+    );
     let reasons = per(&|e, m| {
         m.failures
             .iter()

@@ -212,6 +212,15 @@ pub enum FabricError {
         /// The fabric's rails.
         rails: usize,
     },
+    /// A registration made for an engine that registers memory only on its policy's rails
+    /// has no key on a rail that the policy uses for the memory.
+    #[error("{fabric}: registration has no key on rail {rail}, which the rail policy uses")]
+    MissingRail {
+        /// The fabric.
+        fabric: String,
+        /// The rail without a key.
+        rail: u16,
+    },
     /// No device the fabric can use is present.
     #[error("{fabric}: no {wanted} found")]
     NoDevice {
@@ -462,6 +471,15 @@ pub enum TransportError {
         len: usize,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// What backs a segment's memory could not be read.
+    #[error("segment {segment:?}: cannot tell what pages back its memory")]
+    Pages {
+        /// The segment.
+        segment: crate::SegmentId,
+        /// Why.
+        #[source]
+        source: crate::PageInfoError,
     },
     /// A memory range that cannot be registered.
     #[error("memory {addr:#x}+{len} cannot be registered: {reason}")]

@@ -110,6 +110,7 @@ pub mod metadata;
 pub mod metrics;
 mod notify;
 mod os_error;
+pub mod pages;
 mod peer_gone;
 mod request;
 pub mod retry;
@@ -125,7 +126,9 @@ pub use batch::{BatchStatus, RequestStatus, MAX_BATCH_CAPACITY};
 pub use bytes::BytesError;
 pub use descriptor::{DescriptorError, FabricOffer, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
-pub use engine::{Engine, EngineConfig, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE};
+pub use engine::{
+    Engine, EngineConfig, RegistrationReport, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
+};
 pub use error::{FabricError, FailReason, TransportError};
 pub use handle::{BatchId, Handle, RemoteSegment, SegmentId};
 pub use location::{Location, LocationParseError};
@@ -136,6 +139,7 @@ pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use metrics::MetricsSnapshot;
 pub use notify::Notifications;
 pub use os_error::OsError;
+pub use pages::{page_info, Backing, HugeAllocError, HugePages, PageInfo, PageInfoError};
 pub use request::{LocalAddr, Opcode, Request};
 pub use retry::RetryPolicy;
 pub use slice::{SlicePlan, MAX_SLICES_PER_REQUEST};

@@ -3,6 +3,8 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
+use crate::pages::{Backing, HugeAllocError, HugePages};
+
 /// Memory handed to the engine with [`Engine::register_owned`](crate::Engine::register_owned).
 /// While registered, the engine owns it and peers may access it, so the program reaches it only
 /// through [`Engine::read_owned`](crate::Engine::read_owned) /
@@ -18,6 +20,7 @@ pub struct OwnedMemory {
 enum Kind {
     Aligned(Layout),
     Boxed,
+    Mapped(crate::pages::Mapping),
 }
 
 // SAFETY: `OwnedMemory` uniquely owns its allocation, like a `Box<[u8]>`.
@@ -53,6 +56,55 @@ impl OwnedMemory {
             len,
             kind: Kind::Aligned(layout),
         })
+    }
+
+    /// Zeroed memory of `len` bytes (at least 1) on hugepages, as `pages` asks (see
+    /// [`HugePages`]): hugetlbfs pages mapped with `MAP_HUGETLB`, or for [`HugePages::Any`]
+    /// when none are free, anonymous memory aligned to 2 MiB and advised for transparent
+    /// hugepages. [`backing`](Self::backing) says which it got. The mapping covers whole
+    /// pages (`len` rounded up); [`len`](Self::len) is `len`. Unmapped on drop.
+    ///
+    /// Registering hugepage-backed memory pins a page per 2 MiB or 1 GiB instead of one per
+    /// 4 KiB, which is most of a large registration's cost.
+    ///
+    /// # Errors
+    ///
+    /// [`HugeAllocError`] naming the length and page size, with the OS error (`ENOMEM` when
+    /// no hugepages of that size are free) as its source; also for a length of 0.
+    pub fn huge(len: usize, pages: HugePages) -> Result<Self, HugeAllocError> {
+        let m = crate::pages::map(len, pages)?;
+        Ok(OwnedMemory {
+            ptr: m.ptr,
+            len,
+            kind: Kind::Mapped(m),
+        })
+    }
+
+    /// Zeroed memory of `len` bytes (at least 1) on base pages only: an anonymous mapping
+    /// advised `MADV_NOHUGEPAGE`, so transparent hugepages never back it, even where they are
+    /// `always` on (as on Debian's kernels). For comparing page sizes, or where hugepages are
+    /// unwanted. Unmapped on drop.
+    ///
+    /// # Errors
+    ///
+    /// [`HugeAllocError`] naming the length (page size 4096) with the OS error as its source;
+    /// also for a length of 0.
+    pub fn base_pages(len: usize) -> Result<Self, HugeAllocError> {
+        let m = crate::pages::map_base(len)?;
+        Ok(OwnedMemory {
+            ptr: m.ptr,
+            len,
+            kind: Kind::Mapped(m),
+        })
+    }
+
+    /// What backs the memory, as chosen when it was allocated ([`page_info`](crate::page_info)
+    /// tells what the kernel did with transparent hugepages).
+    pub fn backing(&self) -> Backing {
+        match &self.kind {
+            Kind::Mapped(m) => m.backing,
+            Kind::Aligned(_) | Kind::Boxed => Backing::Base,
+        }
     }
 
     /// Takes ownership of a boxed slice (at least 1 byte).
@@ -110,9 +162,11 @@ impl OwnedMemory {
 
 impl Drop for OwnedMemory {
     fn drop(&mut self) {
-        match self.kind {
+        match &self.kind {
+            // SAFETY: mapped by `pages::map`, unmapped only here; `self` is the last user.
+            Kind::Mapped(m) => unsafe { crate::pages::unmap(m) },
             // SAFETY: allocated by `alloc_zeroed` with this layout.
-            Kind::Aligned(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) },
+            Kind::Aligned(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr(), *layout) },
             Kind::Boxed => {
                 let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
                 // SAFETY: created by `Box::into_raw` of a `Box<[u8]>` of this length.
@@ -137,5 +191,72 @@ mod tests {
         assert!(OwnedMemory::zeroed(0, 8).is_err());
         assert!(OwnedMemory::zeroed(8, 3).is_err());
         assert!(OwnedMemory::from_vec(vec![]).is_err());
+        assert_eq!(v.backing(), Backing::Base);
+    }
+
+    /// Hugetlbfs pages reserved on this machine (`HugePages_Free` of `/proc/meminfo`).
+    fn free_hugepages() -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn huge_any_falls_back_to_transparent_pages_and_reads_back() {
+        let len = 3 << 20 | 123;
+        let mut m = OwnedMemory::huge(len, HugePages::Any).unwrap();
+        assert_eq!(m.len(), len);
+        assert_eq!(m.addr() % crate::pages::SIZE_2M, 0);
+        if free_hugepages() < 2 {
+            assert_eq!(m.backing(), Backing::Transparent);
+        } else {
+            assert_eq!(m.backing(), Backing::Huge(crate::pages::SIZE_2M));
+            let info = crate::page_info(m.addr()).unwrap();
+            assert_eq!(info.page_size, crate::pages::SIZE_2M);
+        }
+        assert!(m.as_slice().iter().all(|&b| b == 0));
+        m.as_mut_slice()[len - 1] = 7;
+        m.as_mut_slice()[0] = 9;
+        assert_eq!((m.as_slice()[0], m.as_slice()[len - 1]), (9, 7));
+        let addr = m.addr();
+        drop(m);
+        // Unmapped on drop: no mapping holds the address any more (unless reused meanwhile by
+        // another test's mapping, which then starts exactly there).
+        if let Ok(info) = crate::page_info(addr) {
+            assert!(info.mapping_len > 0);
+        }
+    }
+
+    #[test]
+    fn base_pages_are_never_transparent_hugepages() {
+        let mut m = OwnedMemory::base_pages(4 << 20).unwrap();
+        assert_eq!(m.backing(), Backing::Base);
+        assert_eq!(m.addr() % 4096, 0);
+        m.as_mut_slice().fill(3);
+        let info = crate::page_info(m.addr()).unwrap();
+        assert_eq!(info.page_size, 4096);
+        assert_eq!(info.transparent_huge_bytes, 0, "{info:?}");
+        assert!(m.as_slice().iter().all(|&b| b == 3));
+        assert!(OwnedMemory::base_pages(0).is_err());
+    }
+
+    #[test]
+    fn explicit_hugetlb_sizes_are_refused_by_name_when_none_are_free() {
+        assert_eq!(HugePages::Size1G.page_size(), 1 << 30);
+        let e = OwnedMemory::huge(0, HugePages::Any).unwrap_err();
+        assert_eq!((e.len, e.source), (0, None));
+        if free_hugepages() == 0 {
+            let e = OwnedMemory::huge(4 << 20, HugePages::Size2M).unwrap_err();
+            assert_eq!((e.len, e.page_size), (4 << 20, 2 << 20));
+            assert!(e.source.is_some(), "the OS error is kept");
+            assert!(e.to_string().contains("4194304"), "{e}");
+            let e = OwnedMemory::huge(1 << 20, HugePages::Size1G).unwrap_err();
+            assert_eq!(e.page_size, 1 << 30);
+        }
     }
 }

@@ -351,6 +351,7 @@ pub(crate) struct Registry {
     pub orphans: CounterBlock,
     registrations: AtomicU64,
     registration_ns: AtomicU64,
+    registered_bytes: AtomicU64,
     unregistrations: AtomicU64,
 }
 
@@ -364,6 +365,7 @@ impl Registry {
             orphans: CounterBlock::default(),
             registrations: AtomicU64::new(0),
             registration_ns: AtomicU64::new(0),
+            registered_bytes: AtomicU64::new(0),
             unregistrations: AtomicU64::new(0),
         }
     }
@@ -401,9 +403,10 @@ impl Registry {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A registration took `took`.
-    pub(crate) fn registered(&self, took: Duration) {
+    /// A registration of `len` bytes took `took`.
+    pub(crate) fn registered(&self, took: Duration, len: u64) {
         self.registrations.fetch_add(1, Relaxed);
+        self.registered_bytes.fetch_add(len, Relaxed);
         self.registration_ns
             .fetch_add(took.as_nanos() as u64, Relaxed);
     }
@@ -540,6 +543,9 @@ pub struct MetricsSnapshot {
     pub registrations: u64,
     /// Time spent in the fabric's memory registration, all registrations together.
     pub registration_time: Duration,
+    /// Bytes registered, all registrations together (divided by `registration_time`: the
+    /// registration rate).
+    pub registered_bytes: u64,
     /// Segments unregistered.
     pub unregistrations: u64,
 }
@@ -596,6 +602,7 @@ impl MetricsSnapshot {
             },
             registrations: reg.registrations.load(Relaxed),
             registration_time: Duration::from_nanos(reg.registration_ns.load(Relaxed)),
+            registered_bytes: reg.registered_bytes.load(Relaxed),
             unregistrations: reg.unregistrations.load(Relaxed),
         }
     }

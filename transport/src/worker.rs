@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
 use crate::engine::{Inner, LocalEntry, RemoteEntry};
-use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest};
+use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest, MAX_RAILS};
 use crate::metrics::{op_row, CounterBlock, PollTally, SubmitTally, LATENCY_SAMPLE_EVERY};
 use crate::peer_gone;
 use crate::retry::{RetryPolicy, RetryQueue, MAX_RETRY_SLICES};
@@ -290,13 +290,10 @@ impl Worker {
             }
             let rail = rails[k];
             self.rr = k as u32 + 1;
-            // The peer's rail facing ours: same index within the plane, wrapped.
+            // The peer's rail facing ours: same index within the plane, wrapped to the rails
+            // the peer registered the segment on (worked out when it was opened).
             let plane_rail = rail - remote.rail_base;
-            let remote_rail = if plane_rail < remote.rails {
-                plane_rail
-            } else {
-                plane_rail % remote.rails
-            };
+            let remote_rail = remote.rail_map[plane_rail as usize % MAX_RAILS];
             if ctx.metrics.is_some() {
                 counts.slice(rail, len);
             }
@@ -1180,7 +1177,7 @@ fn rebuild(
     let k = rails.iter().position(|&r| r == failed).unwrap_or(0);
     let rail = *rails.get((k + 1) % rails.len().max(1))?;
     let plane_rail = rail - remote.rail_base;
-    let remote_rail = plane_rail % remote.rails.max(1);
+    let remote_rail = remote.rail_map[plane_rail as usize % MAX_RAILS];
     let tag1 = req.notify.load(Relaxed);
     // With a notification, the last work request in flight is the notification itself.
     let notify = tag1 != 0 && req.remaining.load(Acquire) == 1;

@@ -1143,3 +1143,98 @@ fn efa_hw_target_thread_runs_on_the_cpus_given() {
     assert_eq!(f.local_cpus(), None);
     assert_eq!(allowed_cpus(tids[0]), allowed);
 }
+
+/// A region of 64 MiB (the size from which the rails register it in parallel, one thread per
+/// rail) is registered on every rail: a WRITE to its last bytes and a READ back from each end
+/// move the right bytes over whichever rail the stripe takes. With one device it takes the
+/// serial path; the soft-efa stage runs it again with two devices.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_large_region_is_registered_on_every_rail() {
+    const LEN: usize = 64 << 20;
+    let (a, b) = pair();
+    println!("rails: {}", a.capabilities().rails);
+    let src = owned(
+        &a,
+        "a/src",
+        OwnedMemory::from_vec(pattern(1 << 20, 7)).unwrap(),
+        Access::NONE,
+    );
+    let big = owned(
+        &b,
+        "b/big",
+        OwnedMemory::zeroed(LEN, 4096).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
+    let info = b.segment_info(big).unwrap();
+    assert_eq!(info.len, LEN as u64);
+    let remote = a.open_segment("b/big").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(4).unwrap();
+    let end = (LEN - (1 << 20)) as u64;
+    w.submit(
+        batch,
+        &[
+            Request::write(src, 0, remote, 0, 1 << 20),
+            Request::write(src, 0, remote, end, 1 << 20),
+        ],
+    )
+    .unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    assert_eq!(contents(&b, big, 0, 1 << 20), pattern(1 << 20, 7));
+    assert_eq!(contents(&b, big, end, 1 << 20), pattern(1 << 20, 7));
+    assert!(contents(&b, big, 1 << 20, 4096).iter().all(|&x| x == 0));
+    a.free_batch(batch).unwrap();
+}
+
+/// With two or more devices: memory registered only on the rail its location's policy names
+/// (`register_policy_rails_only`) has a key there alone, and a peer striping over every rail
+/// reaches it there (a key of another device's PD would be refused). The soft-efa stage runs
+/// it on two devices; with one it says so and checks the one-rail case.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_memory_registered_on_its_policy_rail_only() {
+    let meta = Arc::new(LocalRegistry::new());
+    let mk = |name: &str, local: bool| {
+        let f = EfaFabric::new(EfaConfig::default()).expect("an EFA device");
+        let mut c = EngineConfig::new(name);
+        c.slice_size = 4096;
+        let last = transport::fabric::Fabric::capabilities(&*f).rails - 1;
+        c.rail_policy = Arc::new(AffinityTable::new().with(Location::Cpu(0), &[last]));
+        c.register_policy_rails_only = local;
+        Engine::new(c, f, meta.clone()).unwrap()
+    };
+    let (a, b) = (mk("a", false), mk("b", true));
+    a.accept_peer(&b.local_addresses()).unwrap();
+    b.accept_peer(&a.local_addresses()).unwrap();
+    let rails = b.capabilities().rails;
+    println!("rails: {rails}");
+    let kv = owned(
+        &b,
+        "b/kv",
+        OwnedMemory::zeroed(1 << 16, 4096).unwrap(),
+        Access::REMOTE_READ_WRITE,
+    );
+    let report = b.segment_info(kv).unwrap().registration;
+    assert_eq!(report.rails.as_slice(), &[rails - 1]);
+    let src = a
+        .register_owned(
+            "a/src",
+            OwnedMemory::from_vec(pattern(1 << 16, 3)).unwrap(),
+            Location::Cpu(1),
+            Access::NONE,
+        )
+        .unwrap();
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    w.submit(batch, &[Request::write(src, 0, remote, 0, 1 << 16)])
+        .unwrap();
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    assert_eq!(contents(&b, kv, 0, 1 << 16), pattern(1 << 16, 3));
+    assert_eq!(
+        a.metrics().rails.len(),
+        rails as usize,
+        "A striped over its rails"
+    );
+}

@@ -57,6 +57,7 @@ fn metrics_count_ops_bytes_rails_peers_and_latency() {
     assert!(m.latency.mean().unwrap() > Duration::ZERO);
     assert!(m.latency.quantile(1.0).unwrap() >= m.latency.mean().unwrap());
     assert_eq!(m.registrations, 1);
+    assert_eq!(m.registered_bytes, 1 << 16);
     // A refused submit is counted and posts nothing.
     assert!(w
         .submit(batch, &[Request::write(src, 0, r, 1 << 20, 8)])
@@ -122,4 +123,50 @@ fn metrics_off_counts_no_requests() {
     assert!(!m.enabled);
     assert_eq!((m.submitted(), m.completed, m.latency.count), (0, 0, 0));
     assert_eq!(m.registrations, 1, "registrations are counted either way");
+}
+
+#[test]
+fn each_registration_reports_its_time_length_rails_and_pages() {
+    let c = Cluster::new();
+    let sim = SimConfig {
+        rails: 2,
+        ..SimConfig::default()
+    };
+    let (a, _) = c.engine("a", sim);
+    let small = owned(&a, "a/small", 8192, Access::NONE, |_| 0);
+    let report = a.segment_info(small).unwrap().registration;
+    assert_eq!(report.len, 8192);
+    assert_eq!(report.rails.as_slice(), &[0, 1]);
+    // Allocator memory: base pages, unless transparent hugepages are always on.
+    if let Some(size) = report.page_size {
+        assert!(size >= 4096 && size.is_power_of_two());
+    }
+    assert!(a.segment_pages(small).unwrap().page_size >= 4096);
+    assert!(report.bytes_per_sec() > 0.0);
+    // 2 MiB-aligned memory advised for transparent hugepages (or hugetlbfs pages where some
+    // are reserved): the report knows hugetlbfs sizes; the kernel is asked about the rest.
+    let mut mem = OwnedMemory::huge(4 << 20, HugePages::Any).unwrap();
+    mem.as_mut_slice().fill(1);
+    let backing = mem.backing();
+    let huge = a
+        .register_owned("a/huge", mem, Location::Cpu(0), Access::NONE)
+        .unwrap();
+    let report = a.segment_info(huge).unwrap().registration;
+    assert_eq!(report.len, 4 << 20);
+    let pages = a.segment_pages(huge).unwrap();
+    match backing {
+        Backing::Huge(size) => {
+            assert_eq!(report.page_size, Some(size));
+            assert_eq!(pages.page_size, size);
+        }
+        _ => {
+            assert_eq!(report.page_size, None);
+            let seen = pages.effective_page_size();
+            assert!(seen == 4096 || seen == pages::SIZE_2M, "{pages:?}");
+        }
+    }
+    let m = a.metrics();
+    assert_eq!(m.registrations, 2);
+    assert_eq!(m.registered_bytes, 8192 + (4 << 20));
+    assert!(m.registration_time >= report.took);
 }

@@ -66,7 +66,7 @@ pub mod verbs;
 
 use std::sync::Arc;
 
-use crate::{Access, FabricError, FailReason, Notifications};
+use crate::{Access, FabricError, FailReason, Notifications, RailSet};
 
 /// Most rails (devices) an engine may use.
 pub const MAX_RAILS: usize = 16;
@@ -243,6 +243,26 @@ pub trait Fabric: Send + Sync {
     /// `region` must be valid for reads and writes until [`Fabric::deregister`] returns; the
     /// fabric (and peers through it) may access it at any time in between.
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError>;
+
+    /// Registers memory on the rails of `rails` (rails out of range are ignored), for an engine
+    /// that registers memory only on the rails its [`RailPolicy`](crate::RailPolicy) uses for
+    /// the memory's location ([`EngineConfig::register_policy_rails_only`](crate::EngineConfig)).
+    /// The registration still has an entry per rail: a rail left out has local key 0 and an
+    /// *empty* remote key, and peers never target it. A fabric may register on more rails than
+    /// asked; the default registers on every rail.
+    ///
+    /// # Safety
+    ///
+    /// As [`Fabric::register`].
+    unsafe fn register_on(
+        &self,
+        region: MemoryRegion,
+        rails: &RailSet,
+    ) -> Result<Registration, FabricError> {
+        let _ = rails;
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe { self.register(region) }
+    }
 
     /// Undoes a registration. After it returns, no peer can access the memory through it.
     fn deregister(&self, registration: &Registration) -> Result<(), FabricError>;

@@ -167,11 +167,32 @@ impl Fabric for MultiFabric {
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe { self.register_on(region, &crate::RailSet::all(self.caps.rails)) }
+    }
+
+    /// Each member registers on its rails of `rails`, renumbered to its own; a member left
+    /// without any registers on all of its rails, so every plane stays reachable.
+    unsafe fn register_on(
+        &self,
+        region: MemoryRegion,
+        rails: &crate::RailSet,
+    ) -> Result<Registration, FabricError> {
         let mut done: Vec<Registration> = Vec::with_capacity(self.members.len());
-        for m in &self.members {
+        for (i, m) in self.members.iter().enumerate() {
+            let (start, end) = (self.bases[i], self.bases[i + 1]);
+            let mut own = crate::RailSet::new();
+            for &r in rails.as_slice() {
+                if (start..end).contains(&r) {
+                    own.push(r - start);
+                }
+            }
+            if own.is_empty() {
+                own = crate::RailSet::all(end - start);
+            }
             // SAFETY: the caller's promise (valid until deregister) is passed on unchanged;
             // every member's registration is undone before `deregister` returns.
-            match unsafe { m.register(region) } {
+            match unsafe { m.register_on(region, &own) } {
                 Ok(r) => done.push(r),
                 Err(e) => {
                     for (m, r) in self.members.iter().zip(&done) {

@@ -26,6 +26,9 @@ struct Region {
     base: AtomicU64,
     len: AtomicU64,
     access: AtomicU8,
+    /// Bit `r` set: registered on rail `r` (a fabric that registers on a subset, see
+    /// `Fabric::register_on`).
+    rails: AtomicU32,
 }
 
 /// A fixed-capacity table of registrations.
@@ -71,8 +74,19 @@ impl Regions {
         }
     }
 
-    /// Adds a registration; `None` when the table is full.
+    /// Adds a registration on every rail; `None` when the table is full.
     pub(crate) fn register(&self, base: u64, len: u64, access: Access) -> Option<u64> {
+        self.register_on(base, len, access, u32::MAX)
+    }
+
+    /// Adds a registration on the rails of the bit mask `rails`; `None` when the table is full.
+    pub(crate) fn register_on(
+        &self,
+        base: u64,
+        len: u64,
+        access: Access,
+        rails: u32,
+    ) -> Option<u64> {
         for (i, r) in self.slots.iter().enumerate() {
             let s = r.state.load(SeqCst);
             if s & 3 != FREE {
@@ -88,6 +102,7 @@ impl Regions {
             r.base.store(base, Relaxed);
             r.len.store(len, Relaxed);
             r.access.store(access.bits(), Relaxed);
+            r.rails.store(rails, Relaxed);
             r.state.store((generation << 2) | ACTIVE, SeqCst);
             return Some(key(i, generation));
         }
@@ -246,6 +261,23 @@ impl Regions {
         self.guard_covering(slot, addr, len, need)
     }
 
+    /// The rails (bit mask) the pinned registration `slot` is registered on.
+    #[inline]
+    pub(crate) fn rails_of(&self, slot: usize) -> u32 {
+        self.slots.get(slot).map_or(0, |r| r.rails.load(Relaxed))
+    }
+
+    /// Checks the initiator's own local key and range on `rail` (below 32).
+    #[inline]
+    pub(crate) fn check_local_on(&self, key: u64, rail: u16, addr: u64, len: u64) -> bool {
+        match self.active(key) {
+            Some(r) => {
+                Self::in_bounds(r, addr, len) && (r.rails.load(Relaxed) >> (rail & 31)) & 1 != 0
+            }
+            None => false,
+        }
+    }
+
     /// Checks the initiator's own local key and range (the engine's lkey).
     #[inline]
     pub(crate) fn check_local(&self, key: u64, addr: u64, len: u64) -> bool {
@@ -269,6 +301,39 @@ pub(crate) fn register(
         handle: key,
         local_keys: vec![key; rails],
         remote_keys: vec![key.to_le_bytes().to_vec(); rails],
+    })
+}
+
+/// `Fabric::register_on` for a fabric whose one key serves every rail it is registered on: the
+/// rails outside `on` get an empty remote key, and requests on them are refused
+/// ([`Regions::rails_of`], [`Regions::check_local_on`]).
+pub(crate) fn register_on(
+    regions: &Regions,
+    region: MemoryRegion,
+    rails: u16,
+    on: &crate::RailSet,
+    fabric: &'static str,
+) -> Result<Registration, FabricError> {
+    let mask = on
+        .as_slice()
+        .iter()
+        .filter(|&&r| r < rails.min(32))
+        .fold(0u32, |m, &r| m | 1 << r);
+    let key = regions
+        .register_on(region.addr, region.len, region.access, mask)
+        .ok_or(FabricError::Exhausted(fabric))?;
+    Ok(Registration {
+        handle: key,
+        local_keys: vec![key; rails as usize],
+        remote_keys: (0..rails)
+            .map(|r| {
+                if mask & (1 << r) != 0 {
+                    key.to_le_bytes().to_vec()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect(),
     })
 }
 

@@ -487,13 +487,22 @@ impl Fabric for EfaFabric {
     }
 
     unsafe fn register(&self, region: MemoryRegion) -> Result<Registration, FabricError> {
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe { self.register_on(region, &self.registry.all_rails()) }
+    }
+
+    unsafe fn register_on(
+        &self,
+        region: MemoryRegion,
+        rails: &crate::RailSet,
+    ) -> Result<Registration, FabricError> {
         let mut access = plan::mr_access(region.access, &self.shared.rail_caps);
         if self.shared.max_pull > 0 {
             // Rendezvous WRITEs are read from this memory by the target's device.
             access |= ::efa::Access::REMOTE_READ;
         }
         // SAFETY: forwarded from the caller (same contract).
-        let mut reg = unsafe { self.registry.register_with(region, access)? };
+        let mut reg = unsafe { self.registry.register_with(region, access, rails)? };
         let Some(key) = self
             .shared
             .regions
@@ -503,14 +512,19 @@ impl Fabric for EfaFabric {
             return Err(FabricError::Exhausted("efa memory regions"));
         };
         let short = Regions::short_key(key);
-        let rails = self.shared.rails.len();
+        let n_rails = self.shared.rails.len();
         for (rail, k) in reg.remote_keys.iter_mut().enumerate() {
+            let slot = (key & 0xffff) as usize * n_rails + rail;
+            if k.is_empty() {
+                // Not registered on this rail: no peer targets it.
+                self.shared.lkeys[slot].store(0, Ordering::Release);
+                continue;
+            }
             let rkey = crate::fabric::rdma::codec::decode_rkey(rail as u16, k)? as u32;
             *k = addr::encode_key(rkey, short);
             // Work requests carry the rkey beside the lkey (a rendezvous request names it).
             let lkey = reg.local_keys[rail] as u32;
             reg.local_keys[rail] = (u64::from(rkey) << 32) | u64::from(lkey);
-            let slot = (key & 0xffff) as usize * rails + rail;
             self.shared.lkeys[slot].store(lkey, Ordering::Release);
         }
         self.region_keys

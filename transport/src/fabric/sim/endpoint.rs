@@ -32,13 +32,14 @@ pub(crate) struct SimEndpoint {
     timed: usize,
     /// Remote region pinned during one `post` call, as (peer, key, slot): consecutive requests
     /// to the same region share one pin.
-    held: Option<(u32, u64, usize)>,
+    /// The peer, key, slot and rail mask of the region pinned across a `post` call.
+    held: Option<(u32, u64, usize, u32)>,
 }
 
 /// Unpins the region held across a `post` call (a free function so callers can borrow other
 /// fields of the endpoint meanwhile).
-fn release_held(shared: &Shared, held: &mut Option<(u32, u64, usize)>) {
-    if let Some((peer, _, slot)) = held.take() {
+fn release_held(shared: &Shared, held: &mut Option<(u32, u64, usize, u32)>) {
+    if let Some((peer, _, slot, _)) = held.take() {
         if let Some(node) = shared.peers.get(peer as usize).and_then(|p| p.get()) {
             node.regions.release(slot);
         }
@@ -104,21 +105,30 @@ impl SimEndpoint {
         if wr.len > sh.config.max_rdma_size || wr.len == 0 {
             return Outcome::Done(Some(FailReason::BadLength));
         }
-        if !me.regions.check_local(wr.local_key, wr.local_addr, wr.len) {
+        if !me
+            .regions
+            .check_local_on(wr.local_key, wr.rail, wr.local_addr, wr.len)
+        {
             return Outcome::Done(Some(FailReason::InvalidLkey));
         }
-        let slot = match self.held {
-            Some((peer, key, slot)) if peer == wr.peer && key == wr.remote_key => slot,
+        let (slot, rails) = match self.held {
+            Some((peer, key, slot, rails)) if peer == wr.peer && key == wr.remote_key => {
+                (slot, rails)
+            }
             _ => {
                 release_held(sh, &mut self.held);
                 let Some(slot) = target.regions.pin(wr.remote_key) else {
                     return Outcome::Done(Some(FailReason::RemoteBadAddress));
                 };
-                self.held = Some((wr.peer, wr.remote_key, slot));
-                slot
+                let rails = target.regions.rails_of(slot);
+                self.held = Some((wr.peer, wr.remote_key, slot, rails));
+                (slot, rails)
             }
         };
-        if !target.regions.covers(slot, wr.remote_addr, wr.len, need) {
+        // A key from another rail's registration, as a device's rkey of another PD.
+        if (rails >> (wr.remote_rail & 31)) & 1 == 0
+            || !target.regions.covers(slot, wr.remote_addr, wr.len, need)
+        {
             return Outcome::Done(Some(FailReason::RemoteBadAddress));
         }
         let (src, dst) = if write {

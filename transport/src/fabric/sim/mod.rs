@@ -35,7 +35,7 @@ use crate::fabric::regions;
 use crate::fabric::{
     check_range, Capabilities, Endpoint, Fabric, MemoryRegion, PeerId, Registration, MAX_RAILS,
 };
-use crate::{FabricError, FailReason, Notifications};
+use crate::{FabricError, FailReason, Notifications, RailSet};
 use node::Node;
 
 /// Injected faults. The default injects none.
@@ -348,6 +348,20 @@ impl Fabric for SimFabric {
             &self.shared.node.regions,
             region,
             self.shared.config.rails,
+            "sim memory regions",
+        )
+    }
+
+    unsafe fn register_on(
+        &self,
+        region: MemoryRegion,
+        rails: &RailSet,
+    ) -> Result<Registration, FabricError> {
+        regions::register_on(
+            &self.shared.node.regions,
+            region,
+            self.shared.config.rails,
+            rails,
             "sim memory regions",
         )
     }

@@ -300,3 +300,55 @@ fn rejects_bad_addresses() {
     assert!(p.a.connect(&addrs).is_err());
     assert!(p.a.decode_remote_key(0, &[1, 2]).is_err());
 }
+
+#[test]
+fn a_registration_on_some_rails_refuses_requests_on_the_others() {
+    let two = SimConfig {
+        rails: 2,
+        ..SimConfig::default()
+    };
+    let p = pair(two.clone(), two);
+    let mut src = vec![5u8; 64];
+    let mut dst = vec![0u8; 64];
+    let ls = reg(&p.a, &mut src, Access::NONE);
+    let mut on1 = crate::RailSet::new();
+    on1.push(1);
+    // SAFETY: `dst` outlives every request posted against it.
+    let rd = unsafe {
+        p.b.register_on(
+            MemoryRegion {
+                addr: dst.as_mut_ptr() as u64,
+                len: 64,
+                access: Access::REMOTE_WRITE,
+            },
+            &on1,
+        )
+        .unwrap()
+    };
+    assert!(rd.remote_keys[0].is_empty(), "no key on rail 0");
+    let rk = p.a.decode_remote_key(1, &rd.remote_keys[1]).unwrap();
+    let mut ep = p.a.endpoint().unwrap();
+    let to_rail0 = wr(
+        WorkOp::Write,
+        1,
+        p.peer_b,
+        &src,
+        ls.local_keys[0],
+        &dst,
+        rk,
+        64,
+    );
+    let to_rail1 = WorkRequest {
+        token: 2,
+        remote_rail: 1,
+        ..to_rail0
+    };
+    assert_eq!(ep.post(&[to_rail0, to_rail1]), 2);
+    let mut got = poll_all(&mut *ep, 2);
+    got.sort_by_key(|c| c.token);
+    assert_eq!(
+        got.iter().map(|c| c.error).collect::<Vec<_>>(),
+        vec![Some(FailReason::RemoteBadAddress), None]
+    );
+    assert_eq!(dst, vec![5u8; 64]);
+}

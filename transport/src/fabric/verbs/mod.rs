@@ -476,6 +476,16 @@ impl Fabric for VerbsFabric {
         unsafe { self.registry.register(region) }
     }
 
+    unsafe fn register_on(
+        &self,
+        region: MemoryRegion,
+        rails: &crate::RailSet,
+    ) -> Result<Registration, FabricError> {
+        let access = crate::fabric::rdma::registry::mr_access(region.access);
+        // SAFETY: forwarded from the caller (same contract).
+        unsafe { self.registry.register_with(region, access, rails) }
+    }
+
     fn deregister(&self, registration: &Registration) -> Result<(), FabricError> {
         self.registry.deregister(registration.handle)
     }
