@@ -246,6 +246,17 @@ pub struct TestArgs {
     #[arg(long = "cpu", value_name = "LIST", value_parser = parse_cpus)]
     pub cpu: Option<transport::affinity::CpuSet>,
 
+    /// Run the test straight on the efa crate's queue pairs, as perftest measures (verbs level),
+    /// instead of through the transport engine: SRD queue pairs on EFA, RC on other verbs devices.
+    /// write-bw/read-bw: the client keeps -t RDMA WRITEs/READs in flight per queue pair against the
+    /// server's region, the server posts nothing; read-lat: one READ at a time; write-lat: perftest's
+    /// ping-pong polling memory (RC only: refused on EFA, whose SRD places bytes out of order). On
+    /// EFA, RDMA needs the device's RDMA_WRITE/RDMA_READ capability (refused by name otherwise).
+    /// send-bw and send-lat always run this way (accepted, changes nothing). Needs --fabric efa or
+    /// verbs; give it on both sides. Compare with the default run to see the engine's own cost.
+    #[arg(long)]
+    pub raw: bool,
+
     /// Observability: engine metrics summary, hw_counters deltas, Prometheus listener.
     #[command(flatten)]
     pub observe: ObserveArgs,
@@ -533,6 +544,7 @@ pub fn loopback_args() -> TestArgs {
         wait: WaitChoice::Busy,
         use_event: false,
         cpu: None,
+        raw: false,
         observe: Default::default(),
     }
 }
