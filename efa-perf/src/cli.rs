@@ -228,8 +228,8 @@ pub struct TestArgs {
     #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
     pub wait: WaitChoice,
 
-    /// Wait for completions instead of busy polling (perftest -e). send-bw and send-lat over efa or verbs
-    /// (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
+    /// Wait for completions instead of busy polling (perftest -e). send-bw and send-lat over efa or verbs,
+    /// and the --raw tests (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
     /// that finds them empty arms them, polls once more, then sleeps on the channel (events acknowledged as
     /// read). Tests through the engine (write, read, notify, and send over sim or tcp): -e means --wait
     /// block with --idle-wait events: workers block on their endpoints' completion channels (the efa and verbs fabrics
