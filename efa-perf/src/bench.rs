@@ -137,6 +137,7 @@ fn run_info(setup: Setup, plan: &Plan) -> RunInfo {
         bw_unit: plan.unit,
         use_event: plan.use_event,
         cpu_set: plan.cpu_set.clone(),
+        raw: setup.raw,
     }
 }
 

@@ -232,8 +232,8 @@ pub struct TestArgs {
     #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
     pub wait: WaitChoice,
 
-    /// Wait for completions instead of busy polling (perftest -e). send-bw and send-lat over efa or verbs
-    /// (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
+    /// Wait for completions instead of busy polling (perftest -e). send-bw and send-lat over efa or verbs,
+    /// and the --raw tests (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
     /// that finds them empty arms them, polls once more, then sleeps on the channel (events acknowledged as
     /// read). Tests through the engine (write, read, notify, and send over sim or tcp): -e means --wait
     /// block with --idle-wait events: workers block on their endpoints' completion channels (the efa and verbs fabrics
@@ -249,6 +249,17 @@ pub struct TestArgs {
     /// pinned and the efa and verbs fabrics' threads go on their device's NUMA node when sysfs names one.
     #[arg(long = "cpu", value_name = "LIST", value_parser = parse_cpus)]
     pub cpu: Option<transport::affinity::CpuSet>,
+
+    /// Run the test straight on the efa crate's queue pairs, as perftest measures (verbs level),
+    /// instead of through the transport engine: SRD queue pairs on EFA, RC on other verbs devices.
+    /// write-bw/read-bw: the client keeps -t RDMA WRITEs/READs in flight per queue pair against the
+    /// server's region, the server posts nothing; read-lat: one READ at a time; write-lat: perftest's
+    /// ping-pong polling memory (RC only: refused on EFA, whose SRD places bytes out of order). On
+    /// EFA, RDMA needs the device's RDMA_WRITE/RDMA_READ capability (refused by name otherwise).
+    /// send-bw and send-lat always run this way (accepted, changes nothing). Needs --fabric efa or
+    /// verbs; give it on both sides. Compare with the default run to see the engine's own cost.
+    #[arg(long)]
+    pub raw: bool,
 
     /// Observability: engine metrics summary, hw_counters deltas, Prometheus listener.
     #[command(flatten)]
@@ -574,6 +585,7 @@ pub fn loopback_args() -> TestArgs {
         wait: WaitChoice::Busy,
         use_event: false,
         cpu: None,
+        raw: false,
         observe: Default::default(),
     }
 }

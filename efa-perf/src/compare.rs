@@ -246,6 +246,7 @@ mod tests {
             bw_unit: BwUnit::MebibytesPerSec,
             use_event: false,
             cpu_set: None,
+            raw: false,
         }
     }
 

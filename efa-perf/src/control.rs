@@ -79,6 +79,10 @@ pub enum Msg {
         depth: u32,
         bidirectional: bool,
         stripe: u64,
+        /// The test runs straight on the efa crate (`--raw`; SEND tests always do), not through
+        /// the engine. Absent from older clients: false.
+        #[serde(default)]
+        raw: bool,
     },
     /// Server: its engine is up.
     Ready {
@@ -89,11 +93,15 @@ pub enum Msg {
     },
     /// Client: it opened the server's segment.
     Opened { discovery: String },
-    /// Either side of a SEND test: its queue pairs' addresses and the port's largest message
-    /// (the server answers a hello with it, the client answers the server's).
+    /// Either side of a raw test: its queue pairs' addresses, its largest message of the test's
+    /// operation (the port's `max_msg_sz`, or EFA's `max_rdma_size` for RDMA) and, in RDMA
+    /// tests, the region the peer WRITEs to or READs from (the server answers a hello with it,
+    /// the client answers the server's).
     Qps {
         max_msg_sz: u64,
         qps: Vec<QpAddress>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<Region>,
     },
     /// Server: it opened the client's segment.
     Linked,
@@ -132,10 +140,39 @@ pub struct QpAddress {
     pub lid: u16,
 }
 
+/// A registered region a peer reaches by RDMA: its address in the owner's address space, its
+/// length and its remote key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// Start address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Remote key.
+    pub rkey: u32,
+}
+
+/// A peer's queue pairs, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerQps {
+    /// The peer's largest message of the test's operation.
+    pub max_msg_sz: u64,
+    /// One address per stream.
+    pub qps: Vec<QpAddress>,
+    /// The region RDMA tests reach, when the peer gave one.
+    pub region: Option<Region>,
+}
+
 /// Checks a peer's queue-pair addresses: one per stream, every QP number and PSN in 24 bits,
-/// a largest message of at least one byte.
-pub fn check_qps(msg: Msg, streams: u32) -> Result<(u64, Vec<QpAddress>), ControlError> {
-    let Msg::Qps { max_msg_sz, qps } = msg else {
+/// a largest message of at least one byte, and a region (if any) of at least one byte that does
+/// not wrap the address space.
+pub fn check_qps(msg: Msg, streams: u32) -> Result<PeerQps, ControlError> {
+    let Msg::Qps {
+        max_msg_sz,
+        qps,
+        region,
+    } = msg
+    else {
         return Err(ControlError::OutOfTurn(format!(
             "expected queue-pair addresses, got {msg:?}"
         )));
@@ -151,7 +188,19 @@ pub fn check_qps(msg: Msg, streams: u32) -> Result<(u64, Vec<QpAddress>), Contro
             "peer gave a QP number over 24 bits or a largest message of 0 bytes".into(),
         ));
     }
-    Ok((max_msg_sz, qps))
+    if let Some(r) = region {
+        if r.len == 0 || r.addr.checked_add(r.len).is_none() {
+            return Err(ControlError::OutOfTurn(format!(
+                "peer gave a region of {} bytes at {:#x}",
+                r.len, r.addr
+            )));
+        }
+    }
+    Ok(PeerQps {
+        max_msg_sz,
+        qps,
+        region,
+    })
 }
 
 /// What a server-side stream reports back.
@@ -274,6 +323,8 @@ pub struct Hello {
     pub bidirectional: bool,
     /// Bytes per stream, at least 1; `stripe * streams` is at most [`SERVER_MAX_MEMORY`].
     pub stripe: u64,
+    /// The client runs the test straight on the efa crate (`--raw`).
+    pub raw: bool,
 }
 
 /// Checks the first message of a client against the server's test.
@@ -287,6 +338,7 @@ pub fn check_hello(msg: Msg, verb: Verb, metric: Metric) -> Result<Hello, Contro
         depth,
         bidirectional,
         stripe,
+        raw,
     } = msg
     else {
         return Err(ControlError::OutOfTurn(
@@ -316,6 +368,7 @@ pub fn check_hello(msg: Msg, verb: Verb, metric: Metric) -> Result<Hello, Contro
         depth,
         bidirectional,
         stripe,
+        raw,
     })
 }
 
@@ -378,6 +431,7 @@ mod tests {
             depth: 8,
             bidirectional: false,
             stripe,
+            raw: false,
         })
         .unwrap()
     }
@@ -398,6 +452,20 @@ mod tests {
     fn hello_is_checked() {
         let h = check_hello(parse(&hello(4096, 2)).unwrap(), Verb::Write, Metric::Bw).unwrap();
         assert_eq!((h.stripe, h.streams, h.fabric.as_str()), (4096, 2, "tcp"));
+        assert!(!h.raw);
+        // A hello without `raw` (an older client) runs through the engine; `raw` is carried.
+        let old = r#"{"msg":"hello","protocol":1,"fabric":"efa","verb":"read","metric":"lat","streams":1,"depth":1,"bidirectional":false,"stripe":64}"#;
+        assert!(
+            !check_hello(parse(old).unwrap(), Verb::Read, Metric::Lat)
+                .unwrap()
+                .raw
+        );
+        let raw = old.replace("\"stripe\":64", "\"stripe\":64,\"raw\":true");
+        assert!(
+            check_hello(parse(&raw).unwrap(), Verb::Read, Metric::Lat)
+                .unwrap()
+                .raw
+        );
         for (stripe, streams) in [(0, 1), (1, 0), (SERVER_MAX_MEMORY, 2), (u64::MAX, u32::MAX)] {
             let m = parse(&hello(stripe, streams)).unwrap();
             assert!(matches!(
@@ -429,12 +497,37 @@ mod tests {
             qkey_or_psn: 0x1111_1111,
             lid: 0,
         };
-        let msg = |max_msg_sz, qps: Vec<QpAddress>| {
-            let line = serde_json::to_string(&Msg::Qps { max_msg_sz, qps }).unwrap();
+        let with = |max_msg_sz, qps: Vec<QpAddress>, region| {
+            let line = serde_json::to_string(&Msg::Qps {
+                max_msg_sz,
+                qps,
+                region,
+            })
+            .unwrap();
             parse(&line).unwrap()
         };
-        let (max, got) = check_qps(msg(8928, vec![qp, qp]), 2).unwrap();
-        assert_eq!((max, got), (8928, vec![qp, qp]));
+        let msg = |max_msg_sz, qps| with(max_msg_sz, qps, None);
+        let got = check_qps(msg(8928, vec![qp, qp]), 2).unwrap();
+        assert_eq!(
+            (got.max_msg_sz, got.qps, got.region),
+            (8928, vec![qp, qp], None)
+        );
+        let region = Region {
+            addr: 0x7f00_0000_0000,
+            len: 4096,
+            rkey: 9,
+        };
+        let got = check_qps(with(8928, vec![qp], Some(region)), 1).unwrap();
+        assert_eq!(got.region, Some(region));
+        for bad in [
+            Region { len: 0, ..region },
+            Region {
+                addr: u64::MAX - 10,
+                ..region
+            },
+        ] {
+            assert!(check_qps(with(8928, vec![qp], Some(bad)), 1).is_err());
+        }
         assert!(check_qps(msg(8928, vec![qp]), 2).is_err());
         assert!(check_qps(msg(0, vec![qp]), 1).is_err());
         let wide = QpAddress { qpn: 1 << 24, ..qp };

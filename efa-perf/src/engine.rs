@@ -20,11 +20,11 @@ pub fn run_selected(
     plan: &Plan,
 ) -> anyhow::Result<Document> {
     let plan = &Plan {
-        verb: crate::send::resolve(plan.verb, selection.fabric),
+        verb: crate::raw::resolve(plan.verb, selection.fabric),
         ..plan.clone()
     };
-    if crate::send::is_raw(plan.verb, selection.fabric) {
-        return crate::send::run(selection, args, plan);
+    if crate::raw::is_raw(plan.verb, selection.fabric, args.raw) {
+        return crate::raw::run(selection, args, plan);
     }
     let timeout = Duration::from_secs(args.timeout);
     let max_size = plan.sizes.iter().copied().max().unwrap_or(1);
@@ -65,8 +65,9 @@ fn observed(
 
 /// Runs a test from the command line: loopback, client (a peer was given) or server (none was).
 pub fn execute(selection: &Selection, args: &TestArgs, plan: &Plan) -> anyhow::Result<()> {
+    crate::raw::check_raw(args.raw, plan.verb, selection.fabric)?;
     if !selection.loopback && args.peer.is_none() {
-        let verb = crate::send::resolve(plan.verb, selection.fabric);
+        let verb = crate::raw::resolve(plan.verb, selection.fabric);
         return remote::serve(selection, args, verb, plan.metric);
     }
     run_selected(selection, args, plan).map(|_| ())

@@ -100,6 +100,7 @@ pub fn create(
         connection_type: connection_type.into(),
         mode: String::new(),
         reason: String::new(),
+        raw: false,
     };
     Ok(match kind {
         FabricKind::Sim => {

@@ -46,6 +46,10 @@ pub struct RunInfo {
     /// The cpus this process was pinned to (`--cpu`), as a Linux cpu list; null when not pinned.
     #[serde(default)]
     pub cpu_set: Option<String>,
+    /// The test ran straight on the efa crate's queue pairs (`--raw`, and SEND tests on efa and
+    /// verbs devices), as perftest measures, rather than through the transport engine.
+    #[serde(default)]
+    pub raw: bool,
 }
 
 /// One bandwidth result (one message size).
@@ -245,6 +249,7 @@ mod tests {
             bw_unit: BwUnit::GigabitsPerSec,
             use_event: false,
             cpu_set: None,
+            raw: false,
         }
     }
 

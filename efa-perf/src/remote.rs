@@ -153,6 +153,7 @@ impl Client {
             depth: plan.depth,
             bidirectional: plan.bidirectional,
             stripe,
+            raw: false,
         })?;
         let Msg::Ready {
             discovery, device, ..
@@ -346,8 +347,25 @@ fn serve_one(
             selection.fabric
         );
     }
-    if crate::send::is_raw(verb, kind) {
-        return crate::send::serve(control, &hello, selection, args, metric);
+    let raw = crate::raw::is_raw(verb, kind, hello.raw);
+    if raw != crate::raw::is_raw(verb, kind, args.raw) {
+        bail!(
+            "client runs {} {} but this server {} (give both sides the same --raw)",
+            verb.name(),
+            if raw {
+                "with --raw"
+            } else {
+                "through the engine"
+            },
+            if raw {
+                "through the engine"
+            } else {
+                "with --raw"
+            },
+        );
+    }
+    if raw {
+        return crate::raw::serve(control, &hello, selection, args, verb, metric);
     }
     let params = crate::fabrics::params(selection, args, hello.streams, control.local.ip());
     let node = make_node(

@@ -45,6 +45,14 @@ pub fn banner(info: &RunInfo) -> String {
     ));
     s.push_str(&format!(" Fabric choice   : {}\n", info.fabric_reason));
     s.push_str(&format!(
+        " Level           : {}\n",
+        if info.raw {
+            "raw (efa crate queue pairs, no engine)"
+        } else {
+            "engine (transport::Engine)"
+        }
+    ));
+    s.push_str(&format!(
         " Use event       : {}\t\tCPU set        : {}\n",
         if info.use_event { "ON" } else { "OFF" },
         info.cpu_set.as_deref().unwrap_or("not pinned")

@@ -74,6 +74,9 @@ pub struct Setup {
     pub mode: String,
     /// Why this fabric.
     pub reason: String,
+    /// The test ran straight on the efa crate (`--raw`, and SEND tests on verbs devices), not
+    /// through the engine.
+    pub raw: bool,
 }
 
 /// Something that can take measurements.

@@ -593,6 +593,124 @@ fn vm_verbs_loopback_and_client_server() {
     assert!(row[8].parse::<f64>().unwrap() > 0.0, "{row:?}");
 }
 
+/// Runs `test --raw` over rxe0 in loopback and returns its JSON document after checking it ran
+/// on the efa crate's RC queue pairs.
+fn vm_raw(test: &str, extra: &[&str]) -> serde_json::Value {
+    let out = run(&[
+        &[
+            test,
+            "--raw",
+            "--loopback",
+            "--fabric",
+            "verbs",
+            "-d",
+            "rxe0",
+            "-x",
+            "1",
+        ][..],
+        extra,
+        &["--json"],
+    ]
+    .concat());
+    assert!(out.status.success(), "{test}: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["raw"].as_bool(), v["connection_type"].as_str()),
+        (Some(true), Some("RC")),
+        "{v}"
+    );
+    assert!(
+        v["fabric_reason"]
+            .as_str()
+            .unwrap()
+            .contains("raw: efa crate RC queue pairs, no engine"),
+        "{v}"
+    );
+    v
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_raw_rdma_tests_on_rc_queue_pairs() {
+    // Bandwidth: WRITEs and READs against the peer's region, two queue pairs, both directions.
+    for test in ["write-bw", "read-bw"] {
+        let v = vm_raw(test, &["-s", "64K", "-n", "100", "-q", "2", "-b"]);
+        let r = &v["results"][0];
+        assert_eq!(r["iterations"], 400, "{test}: 2 QPs x 100, both ways: {r}");
+        assert!(r["bw_average"].as_f64().unwrap() > 0.0, "{test}: {r}");
+    }
+    // -e: the CQs on a completion channel.
+    let v = vm_raw("read-bw", &["-s", "4K", "-n", "200", "-e"]);
+    assert_eq!(v["use_event"], true);
+    assert_eq!(v["results"][0]["iterations"], 200);
+    // Latency: the WRITE ping-pong (each side polls its memory for the peer's last byte) over a
+    // sweep whose earlier sizes leave bytes behind, and one READ at a time.
+    for test in ["write-lat", "read-lat"] {
+        let v = vm_raw(test, &["-a", "-n", "50"]);
+        let rows = v["results"].as_array().unwrap();
+        assert_eq!(rows.len(), 23, "{test}: 2 B to 8 MiB: {v}");
+        for r in rows {
+            assert_eq!(r["iterations"], 50, "{test}: {r}");
+            let t = |k: &str| r[k].as_f64().unwrap();
+            assert!(
+                t("t_min_us") > 0.0 && t("t_min_us") <= t("t_typical_us"),
+                "{r}"
+            );
+        }
+    }
+    // A WRITE ping-pong waits on memory: -e has nothing to wait for.
+    let out = run(&[
+        "write-lat",
+        "--raw",
+        "--loopback",
+        "--fabric",
+        "verbs",
+        "-x",
+        "1",
+        "-e",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no completion"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Between two processes: the server posts nothing and learns the run's end from the client.
+    let port = free_port().to_string();
+    for test in ["write-lat", "write-bw"] {
+        let mut server = bin()
+            .args([test, "--raw", "--fabric", "verbs", "-x", "1", "-p", &port])
+            .args(["--timeout", "60"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
+            && !line.contains("waiting for a client")
+        {
+            line.clear();
+        }
+        let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        let ip = std::env::var("VM_SELF_IP").unwrap_or_else(|_| "127.0.0.1".into());
+        let out = run(&[
+            test, "--raw", "--fabric", "verbs", "-x", "1", "-p", &port, "-s", "4K", "-n", "200",
+            "--json", &ip,
+        ]);
+        assert!(server.wait().unwrap().success(), "{test}: server failed");
+        let _ = drain.join();
+        assert!(out.status.success(), "{test}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (v["raw"].as_bool(), v["mode"].as_str()),
+            (Some(true), Some("client"))
+        );
+        assert_eq!(v["results"][0]["iterations"], 200, "{test}: {v}");
+    }
+}
+
 #[test]
 fn huge_timeout_means_no_limit_and_zero_is_refused() {
     // u64::MAX seconds is "wait for ever", in loopback over sim and tcp, bandwidth and latency.
@@ -1038,4 +1156,147 @@ fn efa_reg_compares_the_engine_with_ibv_reg_mr() {
     let ratio: f64 = r.last().unwrap().parse().unwrap();
     assert!(ratio > 0.0, "{stdout}");
     assert!(!stdout.contains("no ibv_reg_mr"), "{stdout}");
+}
+
+#[test]
+fn raw_is_refused_without_a_verbs_device_and_recorded_otherwise() {
+    // --raw posts on the efa crate's queue pairs: sim and tcp have none.
+    for (test, fabric) in [("write-bw", "sim"), ("read-lat", "tcp"), ("send-bw", "sim")] {
+        let out = run(&[test, "--raw", "--loopback", "--fabric", fabric, "-n", "5"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{test} over {fabric}: {err}");
+        assert!(
+            err.contains(&format!("the {fabric} fabric does not have")),
+            "{err}"
+        );
+    }
+    let out = run(&[
+        "notify-bw",
+        "--raw",
+        "--loopback",
+        "--fabric",
+        "sim",
+        "-n",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("WRITE_WITH_NOTIFY"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without --raw the document says the engine ran, and the banner says so.
+    let out = run(&[
+        "write-bw",
+        "--loopback",
+        "--fabric",
+        "sim",
+        "-s",
+        "4K",
+        "-n",
+        "20",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["raw"], false);
+    assert!(
+        text(&out.stderr).contains("Level           : engine"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Runs `test --raw` in loopback on soft-efa profile `profile`.
+fn efa_raw_loopback(profile: &str, test: &str, extra: &[&str]) -> Output {
+    bin()
+        .env("SOFT_EFA_PROFILE", profile)
+        .args([
+            test,
+            "--raw",
+            "--fabric",
+            "efa",
+            "--loopback",
+            "--timeout",
+            "30",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs an EFA device: runs on soft-efa in tests/soft-efa/stage"]
+fn efa_hw_raw_rdma_tests_on_srd_queue_pairs() {
+    // Two processes: WRITEs both ways on two queue pairs (each side the other's target), READs
+    // with -e, and one READ at a time.
+    let v = efa_pair(
+        "newest",
+        "write-bw",
+        &["--raw", "-s", "4096", "-n", "200", "-q", "2", "-b"],
+    );
+    assert_eq!(
+        (v["test"].as_str(), v["raw"].as_bool()),
+        (Some("write_bw"), Some(true))
+    );
+    let reason = v["fabric_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("raw: efa crate SRD queue pairs, no engine"),
+        "{reason}"
+    );
+    let r = &v["results"][0];
+    assert_eq!(
+        r["iterations"], 800,
+        "2 queue pairs x 200, both directions: {r}"
+    );
+    assert!(r["bw_average"].as_f64().unwrap() > 0.0, "{r}");
+
+    let v = efa_pair(
+        "newest",
+        "read-bw",
+        &["--raw", "-e", "-s", "65536", "-n", "100"],
+    );
+    assert_eq!(
+        (v["use_event"].as_bool(), v["raw"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(v["results"][0]["iterations"], 100, "{v}");
+
+    let v = efa_pair("newest", "read-lat", &["--raw", "-s", "64", "-n", "300"]);
+    let r = &v["results"][0];
+    assert_eq!(
+        (v["test"].as_str(), &r["iterations"]),
+        (Some("read_lat"), &300.into())
+    );
+    assert!(r["t_min_us"].as_f64().unwrap() > 0.0, "{r}");
+
+    // In one process, on the READ-only generation, READ runs.
+    let out = efa_raw_loopback("read", "read-bw", &["-s", "4096", "-n", "50", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Refusals by name: the SEND-only generation has neither RDMA, the READ-only one no WRITE,
+    // and no SRD device orders a WRITE ping-pong; each says what to run instead.
+    for (profile, test, cap) in [
+        ("send", "write-bw", "RDMA_WRITE"),
+        ("send", "read-bw", "RDMA_READ"),
+        ("send", "read-lat", "RDMA_READ"),
+        ("read", "write-bw", "RDMA_WRITE"),
+    ] {
+        let out = efa_raw_loopback(profile, test, &["-n", "5"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{test} on {profile}: {err}");
+        assert!(
+            err.contains(&format!("lacks the {cap} capability")) && err.contains("without --raw"),
+            "{test} on {profile}: {err}"
+        );
+    }
+    let out = efa_raw_loopback("newest", "write-lat", &["-n", "5"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("SRD") && err.contains("in order"), "{err}");
+    // Sizes above the device's max_rdma_size are refused with the limit.
+    let out = efa_raw_loopback("newest", "read-bw", &["-s", "4G", "-n", "5"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("max_rdma_size"), "{err}");
 }

@@ -52,9 +52,10 @@ fuzz_target!(|data: &[u8]| {
             },
             // A SEND test's queue-pair addresses: one per stream, 24-bit QP numbers.
             Some(_) if matches!(msg, Msg::Qps { .. }) => match control::check_qps(msg, streams) {
-                Ok((max, qps)) => {
-                    assert!(max >= 1 && qps.len() == streams as usize);
-                    assert!(qps.iter().all(|q| q.qpn <= 0x00ff_ffff));
+                Ok(peer) => {
+                    assert!(peer.max_msg_sz >= 1 && peer.qps.len() == streams as usize);
+                    assert!(peer.qps.iter().all(|q| q.qpn <= 0x00ff_ffff));
+                    assert!(peer.region.map_or(true, |r| r.len >= 1 && r.addr.checked_add(r.len).is_some()));
                 }
                 Err(_) => break,
             },

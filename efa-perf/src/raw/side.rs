@@ -1,14 +1,17 @@
-//! One side of a SEND test straight on the `efa` crate: a device, one registered region, one
+//! One side of a raw test straight on the `efa` crate: a device, one registered region, one
 //! send and one receive CQ shared by `-q` queue pairs (SRD on EFA, RC on other verbs devices),
-//! and the counters of a run. Posting and polling allocate nothing.
+//! and the counters of a run. The side posts SENDs, RDMA WRITEs or RDMA READs (its [`Op`]);
+//! in RDMA tests its region grants the peer the matching remote right and the peer's region is
+//! the target. Posting and polling allocate nothing.
 
-use super::error::{verbs, SendError};
-use super::plan::{self, Layout};
+use super::error::{verbs, RawError};
+use super::plan::{self, Layout, Op};
 use efa::{
-    Access, Ah, AhAttr, CompChannel, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcQp, SrdQp,
-    WcOpcode, WcStatus, WorkCompletion,
+    Ah, AhAttr, CompChannel, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcOptions, RcQp,
+    RemoteAddr, RemoteMr, SrdQp, WcOpcode, WcStatus, WorkCompletion,
 };
-use efa_perf::control::QpAddress;
+use efa_perf::control::{QpAddress, Region};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Completions taken from a CQ per poll.
@@ -19,6 +22,10 @@ const POLL_BATCH: usize = 64;
 pub struct Options {
     /// Device name.
     pub device: String,
+    /// What the side posts.
+    pub op: Op,
+    /// A latency test (one operation at a time; RDMA tests then use one slot each way).
+    pub lat: bool,
     /// Port (1 on EFA).
     pub port: u8,
     /// GID index (verbs devices; EFA has only 0).
@@ -29,7 +36,7 @@ pub struct Options {
     pub slot: u64,
     /// Send-queue depth per queue pair.
     pub tx_depth: u32,
-    /// Receives to keep posted per queue pair (bounded by the device).
+    /// Receives to keep posted per queue pair (bounded by the device; SEND tests only).
     pub rx_depth: u32,
     /// Inline bytes to ask for (bounded by the device; 0: none).
     pub inline: u32,
@@ -37,7 +44,8 @@ pub struct Options {
     pub events: bool,
 }
 
-/// Where inline SENDs take their bytes from: their content is never read.
+/// Where inline SENDs take their bytes from: their content is never read (inline WRITEs take
+/// theirs from [`Side::stamp`]'s buffer).
 static INLINE_BYTES: [u8; plan::INLINE_LAT as usize] = [0; plan::INLINE_LAT as usize];
 
 /// An SRD peer: every SEND names it.
@@ -70,12 +78,17 @@ struct Lane {
 
 /// One side: device objects and run counters.
 pub struct Side {
+    op: Op,
     lanes: Vec<Lane>,
     scq: Cq,
     rcq: Cq,
     /// The completion channel both CQs are on, with `-e`.
     channel: Option<CompChannel>,
     mr: Mr<'static>,
+    /// The peer's region, in RDMA tests.
+    remote: Option<RemoteMr>,
+    /// The bytes of an inline WRITE ping: zeros ending in the ping's sequence byte.
+    ping: [u8; plan::INLINE_LAT as usize],
     pd: Arc<Pd>,
     layout: Layout,
     refill: u32,
@@ -84,7 +97,8 @@ pub struct Side {
     /// Receives completed this run.
     received: u64,
     wcs: Vec<WorkCompletion>,
-    /// The port's `max_msg_sz`.
+    /// The largest message of the side's operation: the port's `max_msg_sz`, or EFA's
+    /// `max_rdma_size` for RDMA.
     pub max_msg_sz: u64,
     /// Device name.
     pub device: String,
@@ -96,28 +110,61 @@ pub struct Side {
     inline: u32,
 }
 
-/// The port's largest message on `device`, for checking sizes before anything is built.
-pub fn max_msg_sz(device: &str, port: u8) -> Result<u64, SendError> {
+/// Checks that `device` runs the test ([`plan::check_device`]) and returns the largest message
+/// of its operation (see [`plan::limit_name`]) and whether it is EFA, before anything is built.
+pub fn max_size(device: &str, port: u8, o: &Options) -> Result<(u64, bool), RawError> {
     let ctx = Context::open(device).map_err(verbs("opening the device", device))?;
-    let attr = ctx
-        .query_port(port)
-        .map_err(verbs("querying the port", device))?;
-    Ok(attr.max_msg_sz.into())
+    plan::check_device(
+        o.op,
+        o.lat,
+        o.events,
+        ctx.efa_attr().map(|a| a.caps),
+        device,
+    )?;
+    Ok((op_limit(&ctx, port, o.op)?, ctx.is_efa()))
+}
+
+fn op_limit(ctx: &Context, port: u8, op: Op) -> Result<u64, RawError> {
+    let dev = ctx.name();
+    let max_msg_sz = u64::from(
+        ctx.query_port(port)
+            .map_err(verbs("querying the port", dev))?
+            .max_msg_sz,
+    );
+    Ok(match (op, ctx.efa_attr()) {
+        (Op::Write | Op::Read, Some(efa)) => efa.max_rdma_size.into(),
+        _ => max_msg_sz,
+    })
+}
+
+/// What a completion of `op` is called in errors, and what posting it is.
+fn op_words(op: Op) -> (&'static str, &'static str) {
+    match op {
+        Op::Send => ("send", "posting SENDs"),
+        Op::Write => ("RDMA WRITE", "posting RDMA WRITEs"),
+        Op::Read => ("RDMA READ", "posting RDMA READs"),
+    }
 }
 
 impl Side {
     /// Opens the device and builds the queue pairs, with every receive posted.
-    pub fn open(o: &Options) -> Result<Self, SendError> {
+    pub fn open(o: &Options) -> Result<Self, RawError> {
         let dev = o.device.as_str();
         let ctx = Context::open(dev).map_err(verbs("opening the device", dev))?;
-        let max_msg_sz = u64::from(
-            ctx.query_port(o.port)
-                .map_err(verbs("querying the port", dev))?
-                .max_msg_sz,
-        );
-        plan::check_size(o.slot, max_msg_sz, dev)?;
+        plan::check_device(o.op, o.lat, o.events, ctx.efa_attr().map(|a| a.caps), dev)?;
+        let max_msg_sz = op_limit(&ctx, o.port, o.op)?;
+        plan::check_size(o.slot, max_msg_sz, dev, o.op, ctx.is_efa())?;
         let attr = ctx.device_attr();
-        let rx = plan::rx_depth(o.rx_depth, o.qps, attr.max_qp_wr, attr.max_cqe);
+        // RDMA targets post no receives: one receive-queue entry, never used.
+        let rx = match o.op.two_sided() {
+            true => plan::rx_depth(o.rx_depth, o.qps, attr.max_qp_wr, attr.max_cqe),
+            false => 1,
+        };
+        // RC READs: as many outstanding as the device takes (perftest's out_reads), up to 16.
+        let rd_atomic = attr
+            .max_qp_rd_atom
+            .min(attr.max_qp_init_rd_atom)
+            .clamp(1, 16) as u8;
         let pd = Pd::new(&ctx).map_err(verbs("allocating a PD", dev))?;
         let channel = match o.events {
             true => Some(
@@ -133,10 +180,13 @@ impl Side {
         let scq = cq(o.tx_depth.saturating_mul(o.qps).min(attr.max_cqe), 0)
             .map_err(verbs("creating the send CQ", dev))?;
         let rcq = cq(rx.saturating_mul(o.qps), 1).map_err(verbs("creating the receive CQ", dev))?;
-        let layout = Layout::new(o.qps, o.slot, o.tx_depth, rx);
+        let layout = match o.op.two_sided() {
+            true => Layout::new(o.qps, o.slot, o.tx_depth, rx),
+            false => Layout::rdma(o.qps, o.slot, o.tx_depth, o.lat),
+        };
         let len = usize::try_from(layout.len()).unwrap_or(usize::MAX);
-        let mr = Mr::alloc(&pd, len, Access::LOCAL_WRITE)
-            .map_err(verbs("registering the buffers", dev))?;
+        let mr =
+            Mr::alloc(&pd, len, o.op.access()).map_err(verbs("registering the buffers", dev))?;
         let mut lanes = Vec::with_capacity(o.qps as usize);
         let mut inline = match ctx.efa_attr() {
             Some(a) => o.inline.min(a.max_inline()).min(plan::INLINE_EFA),
@@ -155,7 +205,12 @@ impl Side {
                 if ctx.is_efa() {
                     b.build_srd().map(LaneQp::Srd)
                 } else {
-                    b.build_rc().map(LaneQp::Rc)
+                    b.rc_options(RcOptions {
+                        max_rd_atomic: rd_atomic,
+                        ..RcOptions::default()
+                    })
+                    .build_rc()
+                    .map(LaneQp::Rc)
                 }
             };
             // A device that grants no inline data still runs the test, without it.
@@ -182,11 +237,14 @@ impl Side {
             });
         }
         let mut side = Self {
+            op: o.op,
             lanes,
             scq,
             rcq,
             channel,
             mr,
+            remote: None,
+            ping: [0; plan::INLINE_LAT as usize],
             pd,
             layout,
             refill: plan::refill_batch(rx),
@@ -199,10 +257,29 @@ impl Side {
             tx_depth: o.tx_depth,
             inline,
         };
-        for i in 0..side.lanes.len() {
-            side.post_recvs(i, rx)?;
+        if o.op.two_sided() {
+            for i in 0..side.lanes.len() {
+                side.post_recvs(i, rx)?;
+            }
         }
         Ok(side)
+    }
+
+    /// What the side posts.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The region the peer reaches, in RDMA tests.
+    pub fn region(&self) -> Option<Region> {
+        (!self.op.two_sided()).then(|| {
+            let r = self.mr.remote();
+            Region {
+                addr: r.addr,
+                len: r.len,
+                rkey: r.rkey,
+            }
+        })
     }
 
     /// The addresses a peer needs, one per queue pair.
@@ -224,8 +301,17 @@ impl Side {
             .collect()
     }
 
-    /// Points each queue pair at its peer: an address handle (SRD) or a connection (RC).
-    pub fn connect(&mut self, peers: &[QpAddress]) -> Result<(), SendError> {
+    /// Points each queue pair at its peer: an address handle (SRD) or a connection (RC); an
+    /// RDMA test's side takes the peer's region as its target.
+    pub fn connect(&mut self, peers: &[QpAddress], region: Option<Region>) -> Result<(), RawError> {
+        if !self.op.two_sided() {
+            let r = region.ok_or(RawError::NoRegion(self.op.name()))?;
+            self.remote = Some(RemoteMr {
+                addr: r.addr,
+                len: r.len,
+                rkey: r.rkey,
+            });
+        }
         let dev = self.device.as_str();
         for (lane, a) in self.lanes.iter_mut().zip(peers) {
             match &mut lane.qp {
@@ -260,7 +346,7 @@ impl Side {
 
     /// Arms both CQs: their next completion raises an event on the channel. Poll them once more
     /// before [`Side::wait_event`]: a completion that landed before the arming raises none.
-    pub fn arm(&mut self) -> Result<(), SendError> {
+    pub fn arm(&mut self) -> Result<(), RawError> {
         let dev = self.device.as_str();
         self.scq
             .req_notify(false)
@@ -272,7 +358,7 @@ impl Side {
 
     /// Blocks on the completion channel until an armed CQ has a completion or `bound` passes
     /// (the event is acknowledged as it is read); returns at once without a channel.
-    pub fn wait_event(&self, bound: std::time::Duration) -> Result<(), SendError> {
+    pub fn wait_event(&self, bound: std::time::Duration) -> Result<(), RawError> {
         let Some(ch) = &self.channel else {
             return Ok(());
         };
@@ -329,12 +415,20 @@ impl Side {
         self.received
     }
 
-    /// Posts `count` SENDs of `size` bytes on queue pair `i` as one batch (one doorbell).
-    pub fn post_sends(&mut self, i: usize, count: u32, size: u32) -> Result<(), SendError> {
-        let inline = (size <= self.inline).then(|| &INLINE_BYTES[..size as usize]);
+    /// Posts `count` operations (the side's [`Op`]) of `size` bytes on queue pair `i` as one
+    /// batch (one doorbell). Operation `n` takes send slot `n`; an RDMA one reaches the peer's
+    /// receive slot `n` (see [`Layout`]).
+    pub fn post_ops(&mut self, i: usize, count: u32, size: u32) -> Result<(), RawError> {
+        let op = self.op;
+        let inline = match op {
+            Op::Send if size <= self.inline => Some(&INLINE_BYTES[..size as usize]),
+            Op::Write if size <= self.inline => Some(&self.ping[..size as usize]),
+            _ => None,
+        };
         let Self {
             lanes,
             mr,
+            remote,
             layout,
             device,
             ..
@@ -342,27 +436,35 @@ impl Side {
         let lane = &mut lanes[i];
         let qp_index = i as u32;
         let dev = device.as_str();
+        let (_, posting) = op_words(op);
         let sge = |n: u64| {
             mr.sge(layout.send_offset(qp_index, n) as usize, size)
                 .map_err(verbs("slicing a send buffer", dev))
         };
+        let target = |n: u64| {
+            let r = remote.as_ref().ok_or(RawError::NoRegion(op.name()))?;
+            let addr = r
+                .at(layout.recv_offset(qp_index, n), size.into())
+                .map_err(verbs("addressing the peer's region", dev))?;
+            Ok::<_, RawError>(RemoteAddr { addr, rkey: r.rkey })
+        };
         match &mut lane.qp {
             LaneQp::Srd(qp) => {
-                let peer = lane
-                    .peer
-                    .as_ref()
-                    .ok_or(SendError::NotConnected(qp_index))?;
+                let peer = lane.peer.as_ref().ok_or(RawError::NotConnected(qp_index))?;
                 let dest = Dest::new(&peer.ah, peer.qpn, peer.qkey);
                 let mut b = qp.batch().map_err(verbs("opening a send batch", dev))?;
                 for n in lane.posted..lane.posted + u64::from(count) {
                     let id = plan::wr_id(qp_index, n);
-                    match inline {
-                        Some(data) => b.send_inline(id, &dest, data, None),
-                        None => b.send(id, &dest, &[sge(n)?]),
+                    match (op, inline) {
+                        (Op::Send, Some(data)) => b.send_inline(id, &dest, data, None),
+                        (Op::Send, None) => b.send(id, &dest, &[sge(n)?]),
+                        // SRD QPs here have no inline WRITE: its bytes come from the region.
+                        (Op::Write, _) => b.write(id, &dest, &[sge(n)?], target(n)?),
+                        (Op::Read, _) => b.read(id, &dest, &[sge(n)?], target(n)?),
                     }
-                    .map_err(verbs("posting a SEND", dev))?;
+                    .map_err(verbs(posting, dev))?;
                 }
-                b.commit().map_err(verbs("posting SENDs", dev))?;
+                b.commit().map_err(verbs(posting, dev))?;
             }
             LaneQp::Rc(qp) => {
                 let mut b = qp.batch().map_err(verbs("opening a send batch", dev))?;
@@ -371,13 +473,16 @@ impl Side {
                     b.set_signaled(plan::signaled(n, n + 1 == end))
                         .map_err(verbs("moderating completions", dev))?;
                     let id = plan::wr_id(qp_index, n);
-                    match inline {
-                        Some(data) => b.send_inline(id, data, None),
-                        None => b.send(id, &[sge(n)?]),
+                    match (op, inline) {
+                        (Op::Send, Some(data)) => b.send_inline(id, data, None),
+                        (Op::Send, None) => b.send(id, &[sge(n)?]),
+                        (Op::Write, Some(data)) => b.write_inline(id, data, target(n)?),
+                        (Op::Write, None) => b.write(id, &[sge(n)?], target(n)?),
+                        (Op::Read, _) => b.read(id, &[sge(n)?], target(n)?),
                     }
-                    .map_err(verbs("posting a SEND", dev))?;
+                    .map_err(verbs(posting, dev))?;
                 }
-                b.commit().map_err(verbs("posting SENDs", dev))?;
+                b.commit().map_err(verbs(posting, dev))?;
             }
         }
         lane.posted += u64::from(count);
@@ -387,7 +492,7 @@ impl Side {
 
     /// Posts `count` receives of a whole slot each on queue pair `i`, chained
     /// ([`efa::RECV_CHAIN`] per provider call).
-    fn post_recvs(&mut self, i: usize, count: u32) -> Result<(), SendError> {
+    fn post_recvs(&mut self, i: usize, count: u32) -> Result<(), RawError> {
         let Self {
             lanes,
             mr,
@@ -421,8 +526,46 @@ impl Side {
         Ok(())
     }
 
-    /// Reaps send completions; returns how many.
-    pub fn poll_sends(&mut self) -> Result<u32, SendError> {
+    /// Makes the next WRITE ping of `size` bytes end in `seq`: the last byte of send slot 0,
+    /// and of the inline bytes.
+    pub fn stamp(&mut self, size: u64, seq: u8) -> Result<(), RawError> {
+        let last = size.max(1) - 1;
+        if let Some(b) = self.ping.get_mut(last as usize) {
+            *b = seq;
+        }
+        let at = (self.layout.send_offset(0, 0) + last) as usize;
+        self.mr
+            .write_at(at, &[seq])
+            .map_err(verbs("stamping a ping", &self.device))
+    }
+
+    /// Clears the byte a WRITE ping of `size` bytes is detected by (the last of receive slot
+    /// 0), before a run: a byte left from an earlier run is never taken for an arrival.
+    pub fn clear_landing(&mut self, size: u64) -> Result<(), RawError> {
+        let at = (self.layout.recv_offset(0, 0) + size.max(1) - 1) as usize;
+        self.mr
+            .write_at(at, &[0])
+            .map_err(verbs("clearing the landing byte", &self.device))
+    }
+
+    /// The last byte of receive slot 0 for `size`-byte pings, where the peer's WRITE ping lands
+    /// last on RC (perftest's write_lat polls it the same way).
+    pub fn landed(&self, size: u64) -> u8 {
+        let at = (self.layout.recv_offset(0, 0) + size.max(1) - 1) as usize;
+        let at = at.min(self.mr.len() - 1);
+        let base = self.mr.addr() as *mut u8;
+        // SAFETY: `at` lies inside the region, host memory Mr::alloc allocated and `self.mr`
+        // owns for as long as `self` lives. The device writes it by RDMA while we read, so the
+        // byte is read as an atomic (AtomicU8 has u8's size and alignment), never through a
+        // reference to plain memory.
+        let byte = unsafe { AtomicU8::from_ptr(base.add(at)) };
+        byte.load(Ordering::Acquire)
+    }
+
+    /// Reaps send-queue completions (SENDs, WRITEs, READs); returns how many operations they
+    /// complete.
+    pub fn poll_sends(&mut self) -> Result<u32, RawError> {
+        let (what, _) = op_words(self.op);
         let dev = self.device.as_str();
         let n = self
             .scq
@@ -431,7 +574,7 @@ impl Side {
         let mut sends = 0;
         for wc in &self.wcs[..n] {
             let qp = plan::wr_qp(wc.wr_id);
-            check("send", qp, wc)?;
+            check(what, qp, wc)?;
             let Some(l) = self.lanes.get_mut(qp as usize) else {
                 continue;
             };
@@ -451,7 +594,11 @@ impl Side {
 
     /// Reaps receive completions of `size`-byte messages, reposting each queue pair's receives
     /// once a batch of them has completed; returns how many.
-    pub fn poll_recvs(&mut self, size: u64) -> Result<u32, SendError> {
+    pub fn poll_recvs(&mut self, size: u64) -> Result<u32, RawError> {
+        if !self.op.two_sided() {
+            // RDMA targets post no receives: nothing can complete there.
+            return Ok(0);
+        }
         let n = self
             .rcq
             .poll_into(&mut self.wcs)
@@ -465,7 +612,7 @@ impl Side {
             }
             check("receive", qp, &wc)?;
             if u64::from(wc.byte_len) != size || wc.opcode != Some(WcOpcode::Recv) {
-                return Err(SendError::Length {
+                return Err(RawError::Length {
                     got: wc.byte_len,
                     want: size,
                 });
@@ -485,11 +632,11 @@ impl Side {
 }
 
 /// A failed completion as an error naming the queue pair and EFA's status.
-fn check(what: &'static str, qp: u32, wc: &WorkCompletion) -> Result<(), SendError> {
+fn check(what: &'static str, qp: u32, wc: &WorkCompletion) -> Result<(), RawError> {
     if wc.is_success() {
         return Ok(());
     }
-    Err(SendError::Completion {
+    Err(RawError::Completion {
         what,
         qp,
         status: wc.status,

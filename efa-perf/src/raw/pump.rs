@@ -1,12 +1,19 @@
-//! The loops of a SEND test on one side: a bandwidth pump (sends kept `-t` deep on every queue
-//! pair, receives kept posted, both at once with `-b`) and the two ends of a ping-pong. They
-//! poll the CQs from the calling thread, as perftest does, and allocate nothing per message.
+//! The loops of a raw test on one side: a bandwidth pump (operations kept `-t` deep on every
+//! queue pair; in SEND tests receives kept posted, both at once with `-b`), the two ends of a
+//! ping-pong (SEND, or perftest's RDMA WRITE ping-pong that polls memory) and the READ latency
+//! loop (one READ at a time). They poll the CQs from the calling thread, as perftest does, and
+//! allocate nothing per message.
+//!
+//! In RDMA tests the target posts nothing and learns of nothing: its pump (with `-b`, its own
+//! WRITEs or READs) ends when its operations complete, and the run ends when the initiator's
+//! did.
 //!
 //! With `-e` (a [`Side`] on a completion channel) a pass that finds nothing does not spin: the
 //! next arms the CQs and polls once more, and only a pass that still finds nothing blocks on the
 //! channel ([`Rest`]), as perftest's `-e` sleeps in `ibv_get_cq_event`.
 
-use super::error::SendError;
+use super::error::RawError;
+use super::plan::{seq, Op};
 use super::side::Side;
 use crate::cpu;
 use crate::measure::{relax, StreamResult};
@@ -41,7 +48,7 @@ impl Rest {
     }
 
     /// A pass found nothing.
-    fn empty(&mut self, side: &mut Side) -> Result<(), SendError> {
+    fn empty(&mut self, side: &mut Side) -> Result<(), RawError> {
         if self.armed {
             side.wait_event(EVENT_BOUND)?;
             self.armed = false;
@@ -129,7 +136,7 @@ impl Events {
 
 /// Posts what the send queues have room for: at most `want` per queue pair, in batches of at
 /// least a quarter queue so one doorbell carries many sends. Returns how many were posted.
-fn fill(side: &mut Side, want: u64, depth: u32, size: u32) -> Result<u64, SendError> {
+fn fill(side: &mut Side, want: u64, depth: u32, size: u32) -> Result<u64, RawError> {
     let burst = u64::from((depth / 4).max(1));
     let mut posted = 0;
     for i in 0..side.lanes() as usize {
@@ -138,7 +145,7 @@ fn fill(side: &mut Side, want: u64, depth: u32, size: u32) -> Result<u64, SendEr
         let room = u64::from(depth.saturating_sub(outstanding));
         let k = room.min(left);
         if k > 0 && k >= burst.min(left) {
-            side.post_sends(i, k as u32, size)?;
+            side.post_ops(i, k as u32, size)?;
             posted += k;
         }
     }
@@ -156,14 +163,14 @@ fn idle(
     abort: &AtomicBool,
     side: &mut Side,
     expect: u64,
-) -> Result<(), SendError> {
+) -> Result<(), RawError> {
     *spins = spins.wrapping_add(1);
     if *spins % CHECK_EVERY == 0 || side.has_events() {
         if abort.load(Ordering::Acquire) {
-            return Err(SendError::Aborted);
+            return Err(RawError::Aborted);
         }
         if last.elapsed() >= timeout {
-            return Err(SendError::Stalled {
+            return Err(RawError::Stalled {
                 timeout,
                 sent: side.posted(),
                 outstanding: side.outstanding(),
@@ -181,7 +188,7 @@ fn idle(
 
 /// Runs one bandwidth run on this side (see [`Meet`] for how it ends). The result counts this
 /// side's completed sends.
-pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamResult, SendError> {
+pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamResult, RawError> {
     let cpu0 = cpu::thread_cpu();
     let size = u32::try_from(run.size).unwrap_or(u32::MAX);
     let (mut want, deadline) = match run.amount {
@@ -216,7 +223,11 @@ pub fn bandwidth(side: &mut Side, run: &BwRun, meet: Meet<'_>) -> Result<StreamR
                 t.unpark();
             }
         }
-        let expect = meet.expect.load(Ordering::Acquire);
+        // RDMA targets receive nothing: a side is done once its own operations are.
+        let expect = match side.op().two_sided() {
+            true => meet.expect.load(Ordering::Acquire),
+            false => 0,
+        };
         if end.is_some() && side.received() >= expect {
             break;
         }
@@ -253,8 +264,8 @@ fn sends_done(side: &Side, want: u64) -> bool {
     })
 }
 
-/// Sends one `size`-byte message on queue pair 0, first making room in the send queue.
-fn send_one(side: &mut Side, size: u32, timeout: Duration) -> Result<(), SendError> {
+/// Posts one `size`-byte operation on queue pair 0, first making room in the send queue.
+fn send_one(side: &mut Side, size: u32, timeout: Duration) -> Result<(), RawError> {
     // The clock is read only when the queue is full: a read can cost a system call (a VM's clock).
     let (mut start, mut rest) = (None, Rest::default());
     while side.lane_counts(0).1 >= side.tx_depth {
@@ -270,11 +281,11 @@ fn send_one(side: &mut Side, size: u32, timeout: Duration) -> Result<(), SendErr
             rest.empty(side)?;
         }
     }
-    side.post_sends(0, 1, size)
+    side.post_ops(0, 1, size)
 }
 
-fn stalled(side: &Side, timeout: Duration, expect: u64) -> SendError {
-    SendError::Stalled {
+fn stalled(side: &Side, timeout: Duration, expect: u64) -> RawError {
+    RawError::Stalled {
         timeout,
         sent: side.posted(),
         outstanding: side.outstanding(),
@@ -291,7 +302,7 @@ fn await_received(
     size: u64,
     timeout: Duration,
     stop: &AtomicBool,
-) -> Result<bool, SendError> {
+) -> Result<bool, RawError> {
     // The clock is first read after CHECK_EVERY empty polls, not per message.
     let (mut spins, mut since, mut rest) = (0u32, None, Rest::default());
     while side.received() < n {
@@ -334,15 +345,47 @@ fn await_received(
     Ok(true)
 }
 
-/// Waits for every outstanding send to complete.
-fn drain_sends(side: &mut Side, timeout: Duration) -> Result<(), SendError> {
-    let (start, mut rest) = (Instant::now(), Rest::default());
+/// Polls this side's own memory until the peer's WRITE ping ending in `want` has landed,
+/// reaping send completions meanwhile; `Ok(false)` when `stop` is set first.
+fn await_landed(
+    side: &mut Side,
+    size: u64,
+    want: u8,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<bool, RawError> {
+    let (mut spins, mut since) = (0u32, None);
+    while side.landed(size) != want {
+        spins = spins.wrapping_add(1);
+        if spins % SEND_POLL_EVERY == 0 {
+            side.poll_sends()?;
+        }
+        if spins % CHECK_EVERY == 0 {
+            if stop.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            if since.get_or_insert_with(Instant::now).elapsed() >= timeout {
+                return Err(RawError::NoArrival { timeout, want });
+            }
+        }
+        std::hint::spin_loop();
+    }
+    Ok(true)
+}
+
+/// Waits for every outstanding operation to complete. The clock is read only after
+/// [`CHECK_EVERY`] empty polls (or at once with `-e`), not per operation.
+fn drain_sends(side: &mut Side, timeout: Duration) -> Result<(), RawError> {
+    let (mut spins, mut start, mut rest) = (0u32, None, Rest::default());
     while side.outstanding() > 0 {
         if side.poll_sends()? > 0 {
             rest.progress();
             continue;
         }
-        if start.elapsed() >= timeout {
+        spins = spins.wrapping_add(1);
+        if (side.has_events() || spins % CHECK_EVERY == 0)
+            && start.get_or_insert_with(Instant::now).elapsed() >= timeout
+        {
             return Err(stalled(side, timeout, 0));
         }
         if side.has_events() {
@@ -352,17 +395,69 @@ fn drain_sends(side: &mut Side, timeout: Duration) -> Result<(), SendError> {
     Ok(())
 }
 
-/// The client's end of a ping-pong: one SEND, then the peer's SEND back, timed; half the round
-/// trip per sample, as perftest reports it. Stops early when `abort` is set.
+/// Waits until the peer's message `i` (counted from 0 this run) arrived: a receive (SEND) or
+/// the ping's last byte in this side's memory (WRITE); `Ok(false)` when `stop` is set first.
+fn await_ping(
+    side: &mut Side,
+    i: u64,
+    size: u64,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<bool, RawError> {
+    match side.op() {
+        Op::Write => await_landed(side, size, seq(i), timeout, stop),
+        _ => await_received(side, i + 1, size, timeout, stop),
+    }
+}
+
+/// Posts this side's message `i` of a ping-pong (a WRITE first gets its sequence byte).
+fn post_ping(side: &mut Side, i: u64, size: u64, timeout: Duration) -> Result<(), RawError> {
+    if side.op() == Op::Write {
+        side.stamp(size, seq(i))?;
+    }
+    send_one(side, u32::try_from(size).unwrap_or(u32::MAX), timeout)
+}
+
+/// READ latency, as perftest's read_lat: one READ at a time, each timed from its post to its
+/// completion (one clock read per READ: a sample is the time between two stamps).
+fn reads(
+    side: &mut Side,
+    size: u64,
+    amount: Amount,
+    timeout: Duration,
+) -> Result<(Vec<f64>, Duration), RawError> {
+    let cpu0 = cpu::thread_cpu();
+    let size32 = u32::try_from(size).unwrap_or(u32::MAX);
+    let (limit, deadline) = match amount {
+        Amount::Iterations(n) => (n, None),
+        Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
+    };
+    let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
+    let mut t0 = Instant::now();
+    while (samples.len() as u64) < limit && deadline.map_or(true, |d| t0 < d) {
+        send_one(side, size32, timeout)?;
+        drain_sends(side, timeout)?;
+        let t1 = Instant::now();
+        samples.push(t1.duration_since(t0).as_secs_f64() * 1e6);
+        t0 = t1;
+    }
+    Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
+}
+
+/// The client's end of a latency run. A ping-pong: one SEND (or WRITE), then the peer's back,
+/// timed; half the round trip per sample, as perftest reports it; stops early when `abort` is
+/// set. A READ test: each READ's own time ([`reads`]).
 pub fn ping(
     side: &mut Side,
     size: u64,
     amount: Amount,
     timeout: Duration,
     abort: &AtomicBool,
-) -> Result<(Vec<f64>, Duration), SendError> {
+) -> Result<(Vec<f64>, Duration), RawError> {
+    if side.op() == Op::Read {
+        return reads(side, size, amount, timeout);
+    }
     let cpu0 = cpu::thread_cpu();
-    let size32 = u32::try_from(size).unwrap_or(u32::MAX);
     let (limit, deadline) = match amount {
         Amount::Iterations(n) => (n, None),
         Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
@@ -373,9 +468,9 @@ pub fn ping(
     let mut i = 0;
     let mut t0 = Instant::now();
     while i < limit && deadline.map_or(true, |d| t0 < d) {
-        send_one(side, size32, timeout)?;
-        if !await_received(side, i + 1, size, timeout, abort)? {
-            return Err(SendError::Aborted);
+        post_ping(side, i, size, timeout)?;
+        if !await_ping(side, i, size, timeout, abort)? {
+            return Err(RawError::Aborted);
         }
         let t1 = Instant::now();
         samples.push(t1.duration_since(t0).as_secs_f64() * 1e6 / 2.0);
@@ -393,13 +488,12 @@ pub fn pong(
     size: u64,
     stop: &AtomicBool,
     timeout: Duration,
-) -> Result<u64, SendError> {
-    let size32 = u32::try_from(size).unwrap_or(u32::MAX);
+) -> Result<u64, RawError> {
     let mut answered = 0;
     // The wait for a ping has no bound of its own: the client's pause between runs is not a
     // stall; `stop` ends it.
-    while await_received(side, answered + 1, size, Duration::MAX, stop)? {
-        send_one(side, size32, timeout)?;
+    while await_ping(side, answered, size, Duration::MAX, stop)? {
+        post_ping(side, answered, size, timeout)?;
         answered += 1;
     }
     drain_sends(side, timeout)?;

@@ -1,11 +1,12 @@
-//! The client of a SEND test: opens its queue pairs, trades addresses with the server over the
-//! control connection, and drives each run.
+//! The client of a raw test: opens its queue pairs, trades addresses (and, for RDMA, regions)
+//! with the server over the control connection, and drives each run.
 
+use super::plan::Op;
 use super::pump::{self, Meet, UNKNOWN};
 use super::side::{Options, Side};
 use super::{bw_run, measurement, plan, setup};
 use crate::bench::Plan;
-use crate::cli::{TestArgs, Verb};
+use crate::cli::TestArgs;
 use crate::cpu;
 use crate::measure::StreamResult;
 use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
@@ -36,24 +37,32 @@ impl Client {
         control.send(&Msg::Hello {
             protocol: PROTOCOL,
             fabric: selection.fabric.to_string(),
-            verb: Verb::Send,
+            verb: plan.verb,
             metric: plan.metric,
             streams: plan.streams,
             depth: plan.depth,
             bidirectional: plan.bidirectional,
             stripe: o.slot,
+            raw: true,
         })?;
-        let (peer_max, peers) = control::check_qps(control.recv()?, plan.streams)?;
-        plan::check_size(o.slot, peer_max, "the server's device")?;
+        let peer = control::check_qps(control.recv()?, plan.streams)?;
+        plan::check_size(
+            o.slot,
+            peer.max_msg_sz,
+            "the server's device",
+            o.op,
+            side.efa,
+        )?;
         control.send(&Msg::Qps {
             max_msg_sz: side.max_msg_sz,
             qps: side.addresses(),
+            region: side.region(),
         })?;
-        side.connect(&peers)?;
+        side.connect(&peer.qps, peer.region)?;
         let Msg::Linked = control.recv()? else {
             bail!("server answered out of turn");
         };
-        let setup = setup(selection, &side, "client");
+        let setup = setup(selection, &side, "client", o.lat);
         Ok(Self {
             control,
             side,
@@ -150,6 +159,10 @@ impl Runner for Client {
 
     fn latency(&mut self, p: &Point) -> anyhow::Result<LatMeasurement> {
         self.side.begin_run();
+        if self.side.op() == Op::Write {
+            // Before the run starts: the server's first pong can come only after our first ping.
+            self.side.clear_landing(p.size)?;
+        }
         self.start(p)?;
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
         let never = AtomicBool::new(false);

@@ -1,13 +1,13 @@
-//! What can go wrong in a SEND test, each with its cause.
+//! What can go wrong in a raw test, each with its cause.
 
-use super::plan::TooLarge;
+use super::plan::{TooLarge, Unsupported};
 use efa::{EfaStatus, WcStatus};
 use std::time::Duration;
 
-/// Why a SEND test failed.
+/// Why a raw test failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SendError {
+pub enum RawError {
     /// A verbs call failed.
     #[error("{what} on {device}")]
     Verbs {
@@ -19,13 +19,19 @@ pub enum SendError {
         #[source]
         source: efa::Error,
     },
-    /// A message larger than a port's `max_msg_sz`.
+    /// A message larger than the device's limit for the operation.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
+    /// A test the device cannot run as asked.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// An RDMA test's peer gave no region to reach.
+    #[error("the peer gave no memory region for {0}: it runs another test or an older efa-perf")]
+    NoRegion(&'static str),
     /// A work request completed in error.
     #[error("a {what} on queue pair {qp} completed with {status:?} (EFA status {efa:?}, vendor_err {vendor_err})")]
     Completion {
-        /// `send` or `receive`.
+        /// `send`, `receive`, `RDMA WRITE` or `RDMA READ`.
         what: &'static str,
         /// Index of the queue pair.
         qp: u32,
@@ -44,25 +50,36 @@ pub enum SendError {
         /// Bytes expected.
         want: u64,
     },
-    /// A send on a queue pair that has no peer yet.
+    /// An operation on a queue pair that has no peer yet.
     #[error("queue pair {0} has no peer address")]
     NotConnected(u32),
     /// Nothing completed for too long.
     #[error(
-        "no completion for {timeout:?}: {sent} sends posted, {outstanding} of them outstanding, \
+        "no completion for {timeout:?}: {sent} operations posted, {outstanding} of them outstanding, \
          {received} messages received (of {expect}); raise --timeout if the peer is slow"
     )]
     Stalled {
         /// The bound.
         timeout: Duration,
-        /// Sends posted in this run.
+        /// Operations (SENDs, WRITEs, READs) posted in this run.
         sent: u64,
-        /// Sends not yet completed.
+        /// Operations not yet completed.
         outstanding: u64,
         /// Receives completed in this run.
         received: u64,
         /// Receives awaited (`u64::MAX`: not yet known).
         expect: u64,
+    },
+    /// A WRITE ping-pong's next message never landed.
+    #[error(
+        "no RDMA WRITE landed within {timeout:?} (waiting for sequence byte {want}); raise \
+         --timeout if the peer is slow"
+    )]
+    NoArrival {
+        /// The bound.
+        timeout: Duration,
+        /// The sequence byte awaited.
+        want: u8,
     },
     /// The other side of the run gave up.
     #[error("stopped because the other side of the run failed")]
@@ -70,8 +87,8 @@ pub enum SendError {
 }
 
 /// Wraps an efa error with what was being done and where.
-pub fn verbs<'a>(what: &'static str, device: &'a str) -> impl FnOnce(efa::Error) -> SendError + 'a {
-    move |source| SendError::Verbs {
+pub fn verbs<'a>(what: &'static str, device: &'a str) -> impl FnOnce(efa::Error) -> RawError + 'a {
+    move |source| RawError::Verbs {
         what,
         device: device.into(),
         source,

@@ -1,6 +1,7 @@
-//! Both sides of a SEND test in this process, each on its own context of the device, each
+//! Both sides of a raw test in this process, each on its own context of the device, each
 //! side's loop on its own thread.
 
+use super::plan::Op;
 use super::pump::{self, BwRun, Meet, UNKNOWN};
 use super::side::{Options, Side};
 use super::{bw_run, measurement, or_abort, setup};
@@ -25,9 +26,9 @@ impl Loopback {
         let mut client = Side::open(o)?;
         let mut server = Side::open(o)?;
         let (c, s) = (client.addresses(), server.addresses());
-        client.connect(&s)?;
-        server.connect(&c)?;
-        let setup = setup(selection, &client, "loopback");
+        client.connect(&s, server.region())?;
+        server.connect(&c, client.region())?;
+        let setup = setup(selection, &client, "loopback", o.lat);
         Ok(Self {
             client,
             server,
@@ -97,9 +98,18 @@ impl Runner for Loopback {
         self.server.begin_run();
         let (stop, abort) = (AtomicBool::new(false), AtomicBool::new(false));
         let timeout = self.timeout;
+        if self.client.op() == Op::Write {
+            self.client.clear_landing(p.size)?;
+            self.server.clear_landing(p.size)?;
+        }
+        let read = self.client.op() == Op::Read;
         let (client, server) = (&mut self.client, &mut self.server);
         let (c, s) = std::thread::scope(|scope| {
-            let h = scope.spawn(|| or_abort(&abort, || pump::pong(server, p.size, &stop, timeout)));
+            // A READ's target does nothing: no thread answers.
+            let h = scope.spawn(|| match read {
+                true => Ok(0),
+                false => or_abort(&abort, || pump::pong(server, p.size, &stop, timeout)),
+            });
             let c = pump::ping(client, p.size, p.amount, timeout, &abort);
             stop.store(true, Ordering::Release);
             (c, h.join())
@@ -108,7 +118,7 @@ impl Runner for Loopback {
             .map_err(|_| anyhow!("the server thread panicked"))?
             .context("server")?;
         let (samples, client_cpu) = c.context("client")?;
-        if answered != samples.len() as u64 {
+        if !read && answered != samples.len() as u64 {
             bail!(
                 "the server answered {answered} pings, the client counted {}",
                 samples.len()

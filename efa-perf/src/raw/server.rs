@@ -1,5 +1,6 @@
-//! The server of a SEND test: one client, its runs until it says bye.
+//! The server of a raw test: one client, its runs until it says bye.
 
+use super::plan::Op;
 use super::pump::{self, Meet, UNKNOWN};
 use super::side::Side;
 use super::{bw_run, options};
@@ -13,18 +14,22 @@ use efa_perf::control::{self, Hello, Msg, StreamSummary};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Serves a SEND test to the client on `control`, whose hello was `hello`, until it says bye.
+/// Serves a raw test of `verb` to the client on `control`, whose hello was `hello`, until it
+/// says bye.
 pub fn serve(
     control: &mut Control,
     hello: &Hello,
     selection: &Selection,
     args: &TestArgs,
+    verb: Verb,
     metric: Metric,
 ) -> anyhow::Result<()> {
     super::plan::check_shape(hello.streams, hello.depth)?;
+    let op = Op::of(verb).ok_or_else(|| anyhow!("{} has no raw test", verb.perftest_name()))?;
     let o = options(
         selection,
         args,
+        op,
         hello.streams,
         hello.stripe,
         hello.depth,
@@ -34,9 +39,10 @@ pub fn serve(
     control.send(&Msg::Qps {
         max_msg_sz: side.max_msg_sz,
         qps: side.addresses(),
+        region: side.region(),
     })?;
-    let (_, peers) = control::check_qps(control.recv()?, hello.streams)?;
-    side.connect(&peers)?;
+    let peer = control::check_qps(control.recv()?, hello.streams)?;
+    side.connect(&peer.qps, peer.region)?;
     control.send(&Msg::Linked)?;
     let timeout = Duration::from_secs(args.timeout);
     loop {
@@ -44,7 +50,7 @@ pub fn serve(
             return Ok(());
         };
         let point = Point {
-            verb: Verb::Send,
+            verb,
             size,
             amount,
             streams: hello.streams,
@@ -105,13 +111,26 @@ fn serve_bw(
     })
 }
 
-/// The server's side of one latency run: answers every ping.
+/// The server's side of one latency run: answers every ping (a READ test's target does nothing
+/// but wait for the client's end).
 fn serve_lat(
     control: &mut Control,
     side: &mut Side,
     p: &Point,
     timeout: Duration,
 ) -> anyhow::Result<Vec<StreamSummary>> {
+    match side.op() {
+        Op::Read => {
+            control.send(&Msg::Go)?;
+            let Msg::Finished { .. } = control.recv()? else {
+                bail!("client answered out of turn");
+            };
+            return Ok(Vec::new());
+        }
+        // Before the go: the client's first ping can come only after it.
+        Op::Write => side.clear_landing(p.size)?,
+        Op::Send => {}
+    }
     let stop = AtomicBool::new(false);
     let (answered, finished) = std::thread::scope(|scope| {
         let h = scope.spawn(|| pump::pong(side, p.size, &stop, timeout));
