@@ -1,8 +1,9 @@
 #!/bin/bash
 # efa-perf beside perftest on the same Soft-RoCE device, every point REPS times, in one VM run:
 # write, read and send bandwidth at 4 KiB, 64 KiB and 1 MiB, write and send latency at 2 B and
-# 4 KiB, and the latency tests again with -e (perftest's ib_write_lat has no -e). Each run is
-# a server and a client process on rxe0; perftest's and efa-perf's runs alternate.
+# 4 KiB, the latency tests again with -e (perftest's ib_write_lat has no -e), and efa-perf's
+# WRITE and READ tests again with --raw (on the efa crate, no engine), with read latency. Each run
+# is a server and a client process on rxe0; perftest's and efa-perf's runs alternate.
 #
 #   tests/vm/run --timeout 3600 --script efa-perf/scripts/vm-matrix.sh
 #
@@ -13,7 +14,7 @@
 # engine (verbs fabric, one work request per message: --slice-size SIZE); send-bw and send-lat run
 # on the efa crate's RC queue pairs, as perftest does. EFA_PERF names the binary (default:
 # $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_1M, LAT_ITERS, REPS
-# and PARTS ("bw lat events", the default, or some of them) as VM_ENV_BW_ITERS=... and so on
+# and PARTS ("bw lat events raw", the default, or some of them) as VM_ENV_BW_ITERS=... and so on
 # (tests/vm/README.md).
 set -euo pipefail
 PORT_BASE=18700
@@ -22,7 +23,7 @@ bw_iters=${BW_ITERS:-1000}
 bw_iters_1m=${BW_ITERS_1M:-200}
 lat_iters=${LAT_ITERS:-1000}
 reps=${REPS:-3}
-parts=${PARTS:-bw lat events}
+parts=${PARTS:-bw lat events raw}
 
 # point TEST SIZE COL PT_CMD... -- EP_CMD...: REPS alternating runs of both tools (each command
 # runs as both server and client, with -s SIZE); prints one table row.
@@ -79,6 +80,24 @@ if [[ " $parts " == *" events "* ]]; then
       "$bin" write-lat --fabric verbs "${common[@]}" -n "$lat_iters" -e
     point "send_lat -e" "$size" 5 ib_send_lat "${common[@]}" -n "$lat_iters" -e -- \
       "$bin" send-lat --fabric verbs "${common[@]}" -n "$lat_iters" -e
+  done
+fi
+# --raw: efa-perf's WRITE and READ straight on the efa crate's RC queue pairs, as perftest posts them.
+if [[ " $parts " == *" raw "* ]]; then
+  for size in 4096 65536 1048576; do
+    n=$bw_iters; ((size < 1048576)) || n=$bw_iters_1m
+    for t in write read; do
+      point "${t}_bw --raw" "$size" 4 "ib_${t}_bw" "${common[@]}" -n "$n" -- \
+        "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n "$n"
+    done
+  done
+  for size in 2 4096; do
+    for t in write read; do
+      point "${t}_lat --raw" "$size" 5 "ib_${t}_lat" "${common[@]}" -n "$lat_iters" -- \
+        "$bin" "$t-lat" --raw --fabric verbs "${common[@]}" -n "$lat_iters"
+    done
+    point read_lat "$size" 5 ib_read_lat "${common[@]}" -n "$lat_iters" -- \
+      "$bin" read-lat --fabric verbs "${common[@]}" -n "$lat_iters"
   done
 fi
 echo "logs: $out"
