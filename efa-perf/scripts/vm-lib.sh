@@ -1,10 +1,21 @@
 # What the VM comparison scripts share (sourced, not run): the binary and device settings, a
 # server/client pair runner that also records each side's CPU time, and the table helpers.
 # Runs inside the guest; EFA_PERF names the binary (default: $CARGO_TARGET_DIR/release/efa-perf).
+#
+# With two VMs (`tests/vm/run --hosts 2 --script ...`) both run the same script: VM 1 runs every
+# server, VM 0 every client against it and prints the table (VM 1's stdout is dropped); the
+# server's CPU is then not known to VM 0 and shows as "-".
 bin=${EFA_PERF:-${CARGO_TARGET_DIR:-target}/release/efa-perf}
 dev=${VM_RDMA_DEV:-rxe0}
 gid=${VM_GID_INDEX:-1}
-ip=${VM_SELF_IP:-127.0.0.1}
+two_vms=0
+[[ ${VM_HOSTS:-1} == 2 ]] && two_vms=1
+if ((two_vms)); then
+  ip=$VM_PEER_IP
+  [[ $VM_HOST_INDEX == 1 ]] && exec >/dev/null
+else
+  ip=${VM_SELF_IP:-127.0.0.1}
+fi
 out=$(mktemp -d)
 port=${PORT_BASE:-18600}
 
@@ -24,6 +35,10 @@ run_pair() {
   shift
   client=("$@")
   port=$((port + 1))
+  if ((two_vms)); then
+    run_split "$name"
+    return
+  fi
   ( "${server[@]}" -p "$port" >"$out/$name.server" 2>&1; rc=$?; times >"$out/$name.stimes"; exit $rc ) &
   local pid=$!
   if ! vm-wait-listen "$port" 120; then
@@ -45,8 +60,34 @@ run_pair() {
   echo "$(cpu_of "$out/$name.ctimes") $(cpu_of "$out/$name.stimes") $(((t1 - t0) / 1000000))" >"$out/$name.cpu"
 }
 
+# run_split NAME: run_pair across two VMs (server[] and client[] set by run_pair): VM 1 serves and
+# says when it listens (or gave up), VM 0 then runs the client; only VM 0's files mean anything.
+run_split() {
+  local name=$1 rc=0
+  if [[ $VM_HOST_INDEX == 1 ]]; then
+    "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
+    local pid=$!
+    vm-wait-listen "$port" 120 || { echo "$name: server did not listen" >&2; cat "$out/$name.server" >&2; }
+    vm-signal "listening-$name"
+    wait "$pid" || { echo "$name: server failed:" >&2; cat "$out/$name.server" >&2; return 1; }
+    return 0
+  fi
+  vm-wait-signal "listening-$name" 180 || { echo "$name: no server on VM 1" >&2; return 1; }
+  local t0 t1
+  t0=$(now_ns)
+  ( timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ) || rc=$?
+  t1=$(now_ns)
+  if ((rc)); then
+    echo "$name: client failed:" >&2
+    cat "$out/$name.client" >&2
+    return 1
+  fi
+  echo "$(cpu_of "$out/$name.ctimes") - $(((t1 - t0) / 1000000))" >"$out/$name.cpu"
+}
+
 # column LOG SIZE N: field N of the result row for SIZE bytes.
 column() {
+  [[ -f $1 ]] || return 0
   awk -v size="$2" -v n="$3" '$1 == size && NF >= 5 { v = $n } END { print v }' "$1"
 }
 # stats VALUES...: "median (min-max)" of the numeric values, "-" without any.
@@ -59,4 +100,7 @@ median() { stats "$@" | awk '{print $1}'; }
 # ratio A B: A / B to two places, "-" when B is not positive.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 # cpu_pct NAME: "client% server%" of one run, in % of one core over the client's wall time.
-cpu_pct() { awk '{ if ($3 > 0) printf "%.0f %.0f", 100 * $1 / ($3 / 1000), 100 * $2 / ($3 / 1000) }' "$out/$1.cpu"; }
+cpu_pct() {
+  [[ -f $out/$1.cpu ]] || return 0
+  awk '{ if ($3 > 0) { printf "%.0f ", 100 * $1 / ($3 / 1000); if ($2 == "-") print "-"; else printf "%.0f\n", 100 * $2 / ($3 / 1000) } }' "$out/$1.cpu"
+}

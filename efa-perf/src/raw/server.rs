@@ -73,13 +73,17 @@ pub fn serve(
 }
 
 /// The server's side of one bandwidth run: receives (and with `-b` sends) until the client's
-/// count arrived.
+/// count arrived. The target of one-way RDMA WRITEs or READs does nothing: it waits for the
+/// client's end on the control connection, asleep, as perftest's server does.
 fn serve_bw(
     control: &mut Control,
     side: &mut Side,
     p: &Point,
     timeout: Duration,
 ) -> anyhow::Result<Vec<StreamSummary>> {
+    if side.op() != Op::Send && !p.bidirectional {
+        return await_client(control);
+    }
     let (expect, sent) = (AtomicU64::new(UNKNOWN), AtomicU64::new(UNKNOWN));
     let abort = AtomicBool::new(false);
     let run = bw_run(p, p.bidirectional, timeout);
@@ -111,6 +115,15 @@ fn serve_bw(
     })
 }
 
+/// Starts a run the server takes no part in (one-way RDMA) and waits for the client's end.
+fn await_client(control: &mut Control) -> anyhow::Result<Vec<StreamSummary>> {
+    control.send(&Msg::Go)?;
+    let Msg::Finished { .. } = control.recv()? else {
+        bail!("client answered out of turn");
+    };
+    Ok(Vec::new())
+}
+
 /// The server's side of one latency run: answers every ping (a READ test's target does nothing
 /// but wait for the client's end).
 fn serve_lat(
@@ -120,13 +133,7 @@ fn serve_lat(
     timeout: Duration,
 ) -> anyhow::Result<Vec<StreamSummary>> {
     match side.op() {
-        Op::Read => {
-            control.send(&Msg::Go)?;
-            let Msg::Finished { .. } = control.recv()? else {
-                bail!("client answered out of turn");
-            };
-            return Ok(Vec::new());
-        }
+        Op::Read => return await_client(control),
         // Before the go: the client's first ping can come only after it.
         Op::Write => side.clear_landing(p.size)?,
         Op::Send => {}
