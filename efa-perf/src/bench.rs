@@ -175,16 +175,19 @@ fn measure_point(
             .as_ref()
             .zip(crate::cpu::CoreTimes::now())
             .map(|(before, now)| now.busy_since(before));
-        match busy {
+        // A point shorter than a clock tick charges no core: an empty list, and no line.
+        let line = match &busy {
             Some(b) if !b.is_empty() => {
-                let line = format!("{line}\n  cores busy: {}", crate::cpu::cores_line(&b));
-                let busy = b
-                    .into_iter()
-                    .map(|(cpu, busy_pct)| CoreBusy { cpu, busy_pct });
-                (line, Some(busy.collect()))
+                format!("{line}\n  cores busy: {}", crate::cpu::cores_line(b))
             }
-            _ => (line, None),
-        }
+            _ => line,
+        };
+        let busy = busy.map(|b| {
+            b.into_iter()
+                .map(|(cpu, busy_pct)| CoreBusy { cpu, busy_pct })
+                .collect()
+        });
+        (line, busy)
     };
     match rows {
         Rows::Bw(bw_rows) => {

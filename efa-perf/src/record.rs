@@ -70,7 +70,8 @@ pub struct BwRow {
     /// CPU use of the server side, percent of one core; absent without --cpu-util or when unknown.
     pub cpu_util_server: Option<f64>,
     /// Each core's busy share of the machine over the point (mpstat's figure from /proc/stat,
-    /// the whole machine: other work included); absent without --cpu-util.
+    /// the whole machine: other work included; cores the kernel charged no tick to over the
+    /// point are left out, so a point shorter than a tick has none); absent without --cpu-util.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores_busy: Option<Vec<CoreBusy>>,
 }
@@ -110,7 +111,8 @@ pub struct LatRow {
     /// CPU use of the server, percent of one core; absent without --cpu-util or when unknown.
     pub cpu_util_server: Option<f64>,
     /// Each core's busy share of the machine over the point (mpstat's figure from /proc/stat,
-    /// the whole machine: other work included); absent without --cpu-util.
+    /// the whole machine: other work included; cores the kernel charged no tick to over the
+    /// point are left out, so a point shorter than a tick has none); absent without --cpu-util.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores_busy: Option<Vec<CoreBusy>>,
 }
