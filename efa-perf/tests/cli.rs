@@ -429,27 +429,51 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A server process that has said it listens, its stderr read on a thread.
+struct Server {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    /// Starts `cmd` as a server and returns once it says on stderr that it listens; fails the
+    /// test if it exits first.
+    fn start(mut cmd: std::process::Command) -> Server {
+        use std::io::{BufRead, Read};
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (mut line, mut seen) = (String::new(), String::new());
+        while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
+            seen.push_str(&line);
+            line.clear();
+        }
+        assert!(
+            line.contains("waiting for a client"),
+            "server did not start: {seen}{line}"
+        );
+        seen.push_str(&line);
+        let stderr = std::thread::spawn(move || {
+            let _ = err.read_to_string(&mut seen);
+            seen
+        });
+        Server { child, stderr }
+    }
+
+    /// Waits for the server to exit: its status and its whole stderr.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.join().unwrap_or_default())
+    }
+}
+
 /// Runs a server process and a client process on loopback over the tcp fabric; returns the client's output.
 fn client_server(test: &str, extra: &[&str]) -> Output {
-    use std::io::BufRead;
-    let port = free_port().to_string();
-    let mut server = bin()
-        .args([test, "--fabric", "tcp", "-p", &port, "--timeout", "30"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start server");
-    // The server says so on stderr once it listens (or exits, which ends the stream).
-    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
-        line.clear();
-    }
-    assert!(
-        line.contains("waiting for a client"),
-        "server did not start: {line}"
-    );
-    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (server, port) = start_server(test, &[]);
+    let port = port.to_string();
     let mut args = vec![
         test,
         "--fabric",
@@ -462,11 +486,10 @@ fn client_server(test: &str, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     let out = run(&args);
-    let status = server.wait().unwrap();
-    let _ = drain.join();
+    let (status, server_err) = server.wait();
     assert!(
         status.success(),
-        "server failed: {status:?}; client: {}",
+        "server failed: {status:?}: {server_err}; client: {}",
         text(&out.stderr)
     );
     out
@@ -595,36 +618,25 @@ fn vm_verbs_loopback_and_client_server() {
     assert!(v["results"][0]["bw_average"].as_f64().unwrap() > 0.0);
 
     let port = free_port().to_string();
-    let mut server = bin()
-        .args([
-            "send-lat",
-            "--fabric",
-            "verbs",
-            "-x",
-            "1",
-            "-p",
-            &port,
-            "--timeout",
-            "60",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start server");
-    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
-        && !line.contains("waiting for a client")
-    {
-        line.clear();
-    }
-    let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut cmd = bin();
+    cmd.args([
+        "send-lat",
+        "--fabric",
+        "verbs",
+        "-x",
+        "1",
+        "-p",
+        &port,
+        "--timeout",
+        "60",
+    ]);
+    let server = Server::start(cmd);
     let ip = std::env::var("VM_SELF_IP").unwrap_or_else(|_| "127.0.0.1".into());
     let out = run(&[
         "send-lat", "--fabric", "verbs", "-x", "1", "-p", &port, "-n", "50", "--csv", &ip,
     ]);
-    assert!(server.wait().unwrap().success());
-    let _ = drain.join();
+    let (status, server_err) = server.wait();
+    assert!(status.success(), "server: {server_err}");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     let row: Vec<&str> = s.lines().nth(1).unwrap().split(',').collect();
@@ -718,28 +730,17 @@ fn vm_raw_rdma_tests_on_rc_queue_pairs() {
     // Between two processes: the server posts nothing and learns the run's end from the client.
     let port = free_port().to_string();
     for test in ["write-lat", "write-bw"] {
-        let mut server = bin()
-            .args([test, "--raw", "--fabric", "verbs", "-x", "1", "-p", &port])
-            .args(["--timeout", "60"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start server");
-        let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
-        let mut line = String::new();
-        while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
-            && !line.contains("waiting for a client")
-        {
-            line.clear();
-        }
-        let drain = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        let mut cmd = bin();
+        cmd.args([test, "--raw", "--fabric", "verbs", "-x", "1", "-p", &port])
+            .args(["--timeout", "60"]);
+        let server = Server::start(cmd);
         let ip = std::env::var("VM_SELF_IP").unwrap_or_else(|_| "127.0.0.1".into());
         let out = run(&[
             test, "--raw", "--fabric", "verbs", "-x", "1", "-p", &port, "-s", "4K", "-n", "200",
             "--json", &ip,
         ]);
-        assert!(server.wait().unwrap().success(), "{test}: server failed");
-        let _ = drain.join();
+        let (status, server_err) = server.wait();
+        assert!(status.success(), "{test}: server failed: {server_err}");
         assert!(out.status.success(), "{test}: {}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
@@ -786,41 +787,21 @@ fn huge_timeout_means_no_limit_and_zero_is_refused() {
     );
 }
 
-/// Starts a server process on a free loopback port; returns it, the port and its stderr (drained
-/// into a string by a thread).
-fn start_server(
-    test: &str,
-    extra: &[&str],
-) -> (std::process::Child, u16, std::thread::JoinHandle<String>) {
-    use std::io::{BufRead, Read};
+/// Starts a `test` server over tcp on a free loopback port, with `extra`; returns it and the port.
+fn start_server(test: &str, extra: &[&str]) -> (Server, u16) {
     let port = free_port();
-    let p = port.to_string();
-    let mut args = vec![test, "--fabric", "tcp", "-p", &p, "--timeout", "30"];
-    args.extend_from_slice(extra);
-    let mut server = bin()
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start server");
-    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut seen = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
-        seen.push_str(&line);
-        line.clear();
-    }
-    assert!(
-        line.contains("waiting for a client"),
-        "server did not start: {seen}{line}"
-    );
-    seen.push_str(&line);
-    let rest = std::thread::spawn(move || {
-        let mut s = seen;
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    (server, port, rest)
+    let mut cmd = bin();
+    cmd.args([
+        test,
+        "--fabric",
+        "tcp",
+        "-p",
+        &port.to_string(),
+        "--timeout",
+        "30",
+    ])
+    .args(extra);
+    (Server::start(cmd), port)
 }
 
 #[test]
@@ -828,19 +809,19 @@ fn server_bounds_control_lines_and_stripes() {
     use std::io::{BufRead, Write};
     use std::net::TcpStream;
     // A line without end: the server stops reading it long before 64 MiB.
-    let (mut server, port, stderr) = start_server("write-bw", &[]);
+    let (server, port) = start_server("write-bw", &[]);
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let chunk = vec![b' '; 1 << 20];
     let sent = (0..64)
         .take_while(|_| sock.write_all(&chunk).is_ok())
         .count();
     assert!(sent < 64, "the server took a 64 MiB control line");
-    assert!(!server.wait().unwrap().success());
-    let err = stderr.join().unwrap();
+    let (status, err) = server.wait();
+    assert!(!status.success());
     assert!(err.contains("longer than"), "{err}");
 
     // A hello asking for more memory than the server registers is refused, with the reason.
-    let (mut server, port, stderr) = start_server("write-bw", &[]);
+    let (server, port) = start_server("write-bw", &[]);
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let hello = r#"{"msg":"hello","protocol":1,"fabric":"tcp","verb":"write","metric":"bw","streams":1,"depth":1,"bidirectional":false,"stripe":4294967296}"#;
     writeln!(sock, "{hello}").unwrap();
@@ -852,8 +833,7 @@ fn server_bounds_control_lines_and_stripes() {
         reply.contains("\"error\"") && reply.contains("4294967296"),
         "{reply}"
     );
-    assert!(!server.wait().unwrap().success());
-    drop(stderr);
+    assert!(!server.wait().0.success());
 }
 
 #[test]
@@ -881,7 +861,7 @@ fn client_timeout_is_worded_for_a_person() {
 
 #[test]
 fn server_binds_the_address_asked_for() {
-    let (server, port, stderr) = start_server("write-bw", &["--bind", "127.0.0.1"]);
+    let (server, port) = start_server("write-bw", &["--bind", "127.0.0.1"]);
     let out = run(&[
         "write-bw",
         "--fabric",
@@ -895,9 +875,8 @@ fn server_binds_the_address_asked_for() {
         "127.0.0.1",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let mut server = server;
-    assert!(server.wait().unwrap().success());
-    let err = stderr.join().unwrap();
+    let (status, err) = server.wait();
+    assert!(status.success(), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
@@ -922,30 +901,13 @@ fn unknown_device_says_what_there_is() {
 /// Runs `test` as a server and a client process on the efa fabric of soft-efa device profile
 /// `profile`, both with `extra`; returns the client's JSON document after checking both exited 0.
 fn efa_pair(profile: &str, test: &str, extra: &[&str]) -> serde_json::Value {
-    use std::io::BufRead;
     let port = free_port().to_string();
     let common = [test, "--fabric", "efa", "-p", &port, "--timeout", "30"];
-    let mut server = bin()
-        .env("SOFT_EFA_PROFILE", profile)
+    let mut cmd = bin();
+    cmd.env("SOFT_EFA_PROFILE", profile)
         .args(common)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start server");
-    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("waiting for a client") {
-        line.clear();
-    }
-    assert!(
-        line.contains("waiting for a client"),
-        "server did not start: {line}"
-    );
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut err, &mut rest).map(|_| rest)
-    });
+        .args(extra);
+    let server = Server::start(cmd);
     let out = bin()
         .env("SOFT_EFA_PROFILE", profile)
         .args(common)
@@ -953,8 +915,7 @@ fn efa_pair(profile: &str, test: &str, extra: &[&str]) -> serde_json::Value {
         .args(["--json", "127.0.0.1"])
         .output()
         .expect("run the client");
-    let status = server.wait().unwrap();
-    let server_err = drain.join().unwrap().unwrap_or_default();
+    let (status, server_err) = server.wait();
     assert!(
         out.status.success() && status.success(),
         "client {:?}: {}\nserver {status:?}: {server_err}",
