@@ -28,7 +28,7 @@ use crate::select::{FabricKind, Selection};
 use crate::session::{dial, Control};
 use crate::stats::Event;
 use anyhow::{anyhow, bail, Context};
-use efa_perf::control::{self, Msg, StreamSummary, PROTOCOL, SERVER_MAX_LINE};
+use efa_perf::control::{self, Msg, StreamSummary, SERVER_MAX_LINE};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -144,17 +144,7 @@ impl Client {
             "client",
             &selection.reason,
         )?;
-        control.send(&Msg::Hello {
-            protocol: PROTOCOL,
-            fabric: selection.fabric.to_string(),
-            verb: plan.verb,
-            metric: plan.metric,
-            streams: plan.streams,
-            depth: plan.depth,
-            bidirectional: plan.bidirectional,
-            stripe,
-            raw: false,
-        })?;
+        control.send(&crate::session::hello(selection, plan, stripe, false))?;
         let Msg::Ready {
             discovery, device, ..
         } = control.recv()?

@@ -20,6 +20,27 @@ pub(crate) struct Control {
     max_line: usize,
 }
 
+/// The client's first message: the run `plan` over `selection`'s fabric, messages of up to
+/// `stripe` bytes, on the efa crate directly (`raw`) or through the engine.
+pub(crate) fn hello(
+    selection: &crate::select::Selection,
+    plan: &crate::bench::Plan,
+    stripe: u64,
+    raw: bool,
+) -> Msg {
+    Msg::Hello {
+        protocol: control::PROTOCOL,
+        fabric: selection.fabric.to_string(),
+        verb: plan.verb,
+        metric: plan.metric,
+        streams: plan.streams,
+        depth: plan.depth,
+        bidirectional: plan.bidirectional,
+        stripe,
+        raw,
+    }
+}
+
 /// Connects to the server named by the command line (`HOST`, `-p`), as its client.
 pub(crate) fn dial(args: &TestArgs) -> anyhow::Result<Control> {
     let host = args

@@ -13,7 +13,7 @@ use crate::runner::{BwMeasurement, LatMeasurement, Point, Runner, Setup};
 use crate::select::Selection;
 use crate::session::{self, Control};
 use anyhow::{anyhow, bail};
-use efa_perf::control::{self, Msg, StreamSummary, PROTOCOL};
+use efa_perf::control::{self, Msg, StreamSummary};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,17 +34,7 @@ impl Client {
     ) -> anyhow::Result<Self> {
         let mut control = session::dial(args)?;
         let mut side = Side::open(o)?;
-        control.send(&Msg::Hello {
-            protocol: PROTOCOL,
-            fabric: selection.fabric.to_string(),
-            verb: plan.verb,
-            metric: plan.metric,
-            streams: plan.streams,
-            depth: plan.depth,
-            bidirectional: plan.bidirectional,
-            stripe: o.slot,
-            raw: true,
-        })?;
+        control.send(&session::hello(selection, plan, o.slot, true))?;
         let peer = control::check_qps(control.recv()?, plan.streams)?;
         plan::check_size(
             o.slot,
