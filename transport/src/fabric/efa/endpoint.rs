@@ -88,28 +88,18 @@ fn open_rail(
     } else {
         None
     };
-    let cq_on = |channel: Option<&::efa::CompChannel>| {
+    let base = || {
         // Initiator completions are sends: no source GID to ask for.
-        let mut cqb = Cq::builder(&r.ctx, depth).source_gid(false);
-        if let Some(td) = &td {
+        let cqb = Cq::builder(&r.ctx, depth).source_gid(false);
+        match &td {
             // SAFETY: the CQ and the QP on this domain live in this endpoint, which one
             // thread at a time uses (`&mut self`); they move between threads together.
-            cqb = unsafe { cqb.thread_domain(td) };
+            Some(td) => unsafe { cqb.thread_domain(td) },
+            None => cqb,
         }
-        if let Some(c) = channel {
-            cqb = cqb.channel(c, i as u64);
-        }
-        cqb.build()
     };
-    let cq = match cq_on(events.as_ref().map(|ev| ev.channel(i))) {
-        // A device that cannot raise CQ events: every rail polls, and workers pause.
-        Err(e) if events.is_some() && events::unsupported(&e) => {
-            *events = None;
-            cq_on(None)
-        }
-        other => other,
-    }
-    .map_err(|e| io(format_args!("{name} CQ"), e))?;
+    // A device that cannot raise CQ events: every rail polls, and workers pause.
+    let cq = events::cq_for(base, events, i).map_err(|e| io(format_args!("{name} CQ"), e))?;
     let inline_max = inline_write_size(shared, r);
     let mut qpb = QpBuilder::new(&r.pd, &cq, &cq)
         .inline_write(inline_max > 0)
@@ -161,10 +151,6 @@ pub(crate) fn new_endpoint(shared: Arc<Shared>) -> Result<EfaEndpoint, FabricErr
         .enumerate()
         .map(|(i, r)| open_rail(&shared, i, r, &mut events))
         .collect::<Result<Vec<_>, _>>()?;
-    if events.is_some() && rails.iter().any(|r| !r.cq.has_channel()) {
-        // A rail after the first lacked CQ events: blocking would sleep through its CQ.
-        events = None;
-    }
     let failed_cap = shared.caps.queue_depth as usize * rails.len();
     let poster = EfaPoster {
         shared,

@@ -75,7 +75,7 @@ impl Service {
             let name = r.ctx.name();
             let depth = config.recv_depth;
             // Receives, and at most one reply per receive.
-            let cq = events::cq_for(&r.ctx, 2 * depth, &mut events, i)
+            let cq = events::cq_for(|| Cq::builder(&r.ctx, 2 * depth), &mut events, i)
                 .map_err(|e| io(format_args!("{name} service CQ"), e))?;
             let qp = QpBuilder::new(&r.pd, &cq, &cq)
                 .max_send_wr(depth)

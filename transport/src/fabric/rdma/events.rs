@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::efa::{CompChannel, Context, Cq, Error};
+use ::efa::{CompChannel, Context, Cq, CqBuilder, Error};
 
 /// Longest block of an idle target thread: bounds how long it takes to notice a stop.
 pub(crate) const WAIT_BOUND: Duration = Duration::from_millis(50);
@@ -89,42 +89,30 @@ pub(crate) fn unsupported(e: &Error) -> bool {
     matches!(e, Error::Unsupported { .. })
 }
 
-/// A CQ of `cqe` entries on `channel` (event token `token`) where given and the device can
-/// raise events, else a plain CQ.
-pub(crate) fn cq_on(
-    ctx: &Arc<Context>,
-    cqe: u32,
-    channel: Option<&CompChannel>,
-    token: u64,
+/// A CQ from `base` on `channel` (with its event token) where one is given and the device can
+/// raise CQ events; otherwise a plain CQ from `base`.
+pub(crate) fn cq_on<'c>(
+    base: impl Fn() -> CqBuilder<'c>,
+    channel: Option<(&CompChannel, u64)>,
 ) -> Result<Cq, Error> {
-    match channel.map(|c| Cq::builder(ctx, cqe).channel(c, token).build()) {
-        Some(Err(e)) if unsupported(&e) => Cq::new(ctx, cqe),
+    match channel.map(|(c, token)| base().channel(c, token).build()) {
+        Some(Err(e)) if unsupported(&e) => base().build(),
         Some(r) => r,
-        None => Cq::new(ctx, cqe),
+        None => base().build(),
     }
 }
 
-/// A CQ of `cqe` entries for rail `i`: on the rail's completion channel while `events` has one;
-/// where the device cannot raise events, a plain CQ, and `events` becomes `None` (the thread
-/// then polls every rail).
-pub(crate) fn cq_for(
-    ctx: &Arc<Context>,
-    cqe: u32,
+/// A CQ from `base` for rail `i`: on the rail's completion channel while `events` has one; where
+/// the device cannot raise events, a plain CQ, and `events` becomes `None` (its owner then
+/// polls every rail).
+pub(crate) fn cq_for<'c>(
+    base: impl Fn() -> CqBuilder<'c>,
     events: &mut Option<Events>,
     i: usize,
 ) -> Result<Cq, Error> {
-    let on_channel = events.as_ref().map(|ev| {
-        Cq::builder(ctx, cqe)
-            .channel(ev.channel(i), i as u64)
-            .build()
-    });
-    match on_channel {
-        Some(Ok(cq)) => Ok(cq),
-        Some(Err(e)) if unsupported(&e) => {
-            *events = None;
-            Cq::new(ctx, cqe)
-        }
-        Some(Err(e)) => Err(e),
-        None => Cq::new(ctx, cqe),
+    let cq = cq_on(base, events.as_ref().map(|ev| (ev.channel(i), i as u64)))?;
+    if !cq.has_channel() {
+        *events = None;
     }
+    Ok(cq)
 }

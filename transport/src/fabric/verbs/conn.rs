@@ -63,8 +63,8 @@ fn build_set(
     for (l, rail) in shared.rails.iter().enumerate() {
         let name = rail.ctx.name();
         let cqe = depth.saturating_mul(remote.len() as u32);
-        let channel = channels.and_then(|c| c.get(l));
-        let cq = events::cq_on(&rail.ctx, cqe, channel, l as u64)
+        let channel = channels.and_then(|c| c.get(l)).map(|c| (c, l as u64));
+        let cq = events::cq_on(|| Cq::builder(&rail.ctx, cqe), channel)
             .map_err(|e| io(format_args!("{name} CQ of {cqe}"), e))?;
         for r in remote {
             if r.mtu != rail.mtu {

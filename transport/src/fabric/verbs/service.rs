@@ -54,7 +54,7 @@ impl Target {
             } else {
                 config.target_cq_depth.min(max)
             };
-            let cq = events::cq_for(&r.ctx, cqe, &mut events, i);
+            let cq = events::cq_for(|| Cq::builder(&r.ctx, cqe), &mut events, i);
             cqs.push(cq.map_err(|e| {
                 FabricError::device(
                     "verbs",
