@@ -294,6 +294,53 @@ fn stalled(side: &Side, timeout: Duration, expect: u64) -> RawError {
     }
 }
 
+/// Why a spinning wait ends before what it waits for.
+enum End {
+    /// The stop flag was raised.
+    Stopped,
+    /// The deadline passed.
+    Late,
+}
+
+/// The periodic duties of a pure spin (no yield, as perftest's latency loops spin): a look at
+/// the send CQ every [`SEND_POLL_EVERY`] spins (send completions only free send-queue room, so
+/// now and then keeps the awaited CQ or memory polled as often as perftest polls it), the stop
+/// flag and the deadline every [`CHECK_EVERY`], the clock first read then, not per message.
+#[derive(Default)]
+struct Spin {
+    spins: u32,
+    since: Option<Instant>,
+}
+
+impl Spin {
+    /// Whether the wait must end now: `stop` raised, or `timeout` passed since the first check.
+    fn check(&mut self, stop: &AtomicBool, timeout: Duration) -> Option<End> {
+        if stop.load(Ordering::Acquire) {
+            return Some(End::Stopped);
+        }
+        (self.since.get_or_insert_with(Instant::now).elapsed() >= timeout).then_some(End::Late)
+    }
+
+    /// One spin with its duties.
+    fn spin(
+        &mut self,
+        side: &mut Side,
+        stop: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<Option<End>, RawError> {
+        self.spins = self.spins.wrapping_add(1);
+        if self.spins % SEND_POLL_EVERY == 0 {
+            side.poll_sends()?;
+        }
+        let end = match self.spins % CHECK_EVERY {
+            0 => self.check(stop, timeout),
+            _ => None,
+        };
+        std::hint::spin_loop();
+        Ok(end)
+    }
+}
+
 /// Waits until `n` messages have arrived this run, reaping send completions meanwhile, spinning
 /// without yielding; `Ok(false)` when `stop` is set first.
 fn await_received(
@@ -303,44 +350,31 @@ fn await_received(
     timeout: Duration,
     stop: &AtomicBool,
 ) -> Result<bool, RawError> {
-    // The clock is first read after CHECK_EVERY empty polls, not per message.
-    let (mut spins, mut since, mut rest) = (0u32, None, Rest::default());
+    let (mut spin, mut rest) = (Spin::default(), Rest::default());
     while side.received() < n {
         if side.poll_recvs(size)? > 0 {
             rest.progress();
             continue;
         }
-        if side.has_events() {
+        let end = if side.has_events() {
             // Send completions raise events too: take them, or each would wake this loop.
             if side.poll_sends()? > 0 {
                 rest.progress();
                 continue;
             }
-            if stop.load(Ordering::Acquire) {
-                return Ok(false);
+            let end = spin.check(stop, timeout);
+            if end.is_none() {
+                rest.empty(side)?;
             }
-            if since.get_or_insert_with(Instant::now).elapsed() >= timeout {
-                return Err(stalled(side, timeout, n));
-            }
-            rest.empty(side)?;
-            continue;
+            end
+        } else {
+            spin.spin(side, stop, timeout)?
+        };
+        match end {
+            Some(End::Stopped) => return Ok(false),
+            Some(End::Late) => return Err(stalled(side, timeout, n)),
+            None => {}
         }
-        spins = spins.wrapping_add(1);
-        // Send completions only free send-queue room (send_one waits for it when full): a look
-        // now and then keeps the receive CQ polled as often as ib_send_lat polls it.
-        if spins % SEND_POLL_EVERY == 0 {
-            side.poll_sends()?;
-        }
-        if spins % CHECK_EVERY == 0 {
-            if stop.load(Ordering::Acquire) {
-                return Ok(false);
-            }
-            if since.get_or_insert_with(Instant::now).elapsed() >= timeout {
-                return Err(stalled(side, timeout, n));
-            }
-        }
-        // A pure spin, as ib_send_lat polls: yielding here costs a scheduler pass per message.
-        std::hint::spin_loop();
     }
     Ok(true)
 }
@@ -354,21 +388,13 @@ fn await_landed(
     timeout: Duration,
     stop: &AtomicBool,
 ) -> Result<bool, RawError> {
-    let (mut spins, mut since) = (0u32, None);
+    let mut spin = Spin::default();
     while side.landed(size) != want {
-        spins = spins.wrapping_add(1);
-        if spins % SEND_POLL_EVERY == 0 {
-            side.poll_sends()?;
+        match spin.spin(side, stop, timeout)? {
+            Some(End::Stopped) => return Ok(false),
+            Some(End::Late) => return Err(RawError::NoArrival { timeout, want }),
+            None => {}
         }
-        if spins % CHECK_EVERY == 0 {
-            if stop.load(Ordering::Acquire) {
-                return Ok(false);
-            }
-            if since.get_or_insert_with(Instant::now).elapsed() >= timeout {
-                return Err(RawError::NoArrival { timeout, want });
-            }
-        }
-        std::hint::spin_loop();
     }
     Ok(true)
 }
