@@ -196,6 +196,27 @@ fn round_up(len: usize, page: u64) -> Option<usize> {
     len.checked_add(page - 1).map(|l| l / page * page)
 }
 
+/// A private anonymous read-write mapping of `len` bytes, with `flags` beside
+/// `MAP_PRIVATE | MAP_ANONYMOUS`.
+fn mmap_anonymous(len: usize, flags: libc::c_int) -> Result<*mut libc::c_void, OsError> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory; the result is checked before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(p)
+}
+
 fn map_hugetlb(len: usize, page: u64) -> Result<Mapping, Option<OsError>> {
     let map_len = round_up(len, page).ok_or(None)?;
     let size_flag = if page == SIZE_1G {
@@ -203,22 +224,7 @@ fn map_hugetlb(len: usize, page: u64) -> Result<Mapping, Option<OsError>> {
     } else {
         libc::MAP_HUGE_2MB
     };
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | size_flag;
-    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
-    // existing memory; the result is checked before use.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Some(std::io::Error::last_os_error().into()));
-    }
+    let p = mmap_anonymous(map_len, libc::MAP_HUGETLB | size_flag)?;
     let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or(None)?;
     Ok(Mapping {
         ptr,
@@ -241,20 +247,7 @@ pub(crate) fn map_base(len: usize) -> Result<Mapping, HugeAllocError> {
     let map_len = round_up(len, page)
         .filter(|&l| l > 0)
         .ok_or_else(|| err(None))?;
-    // SAFETY: as in `map_hugetlb`.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(err(Some(std::io::Error::last_os_error().into())));
-    }
+    let p = mmap_anonymous(map_len, 0).map_err(|e| err(Some(e)))?;
     // Advice only: a kernel without transparent hugepages refuses it, and has none to give.
     // SAFETY: `p..p+map_len` is this mapping.
     unsafe { libc::madvise(p, map_len, libc::MADV_NOHUGEPAGE) };
@@ -271,20 +264,7 @@ fn map_transparent(len: usize) -> Result<Mapping, Option<OsError>> {
     let two = SIZE_2M as usize;
     let map_len = round_up(len, SIZE_2M).ok_or(None)?;
     let over = map_len.checked_add(two).ok_or(None)?;
-    // SAFETY: as in `map_hugetlb`.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            over,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Some(std::io::Error::last_os_error().into()));
-    }
+    let p = mmap_anonymous(over, 0)?;
     let base = p as usize;
     let start = (base + two - 1) & !(two - 1);
     let head = start - base;
