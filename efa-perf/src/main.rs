@@ -25,6 +25,7 @@ mod report;
 mod runner;
 mod select;
 mod session;
+mod stamp;
 mod stats;
 mod svg;
 mod validate;

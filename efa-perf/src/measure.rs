@@ -6,6 +6,7 @@
 
 use crate::cpu;
 use crate::runner::Amount;
+use crate::stamp::Run;
 use crate::stats::Event;
 use anyhow::{bail, Context};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +73,7 @@ fn await_byte(
     stop: Option<&AtomicBool>,
 ) -> anyhow::Result<bool> {
     let at = link.rx_offset() + size - 1;
-    let start = Instant::now();
+    let mut patience = Patience::default();
     let mut b = [0u8];
     let mut spins = 0u32;
     loop {
@@ -85,11 +86,26 @@ fn await_byte(
             if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
                 return Ok(false);
             }
-            if start.elapsed() >= timeout {
+            if patience.exhausted(timeout) {
                 bail!("no WRITE arrived within {timeout:?} (waiting for sequence {want})");
             }
         }
         relax(spins);
+    }
+}
+
+/// A wait's timeout, its clock first read at its first check rather than when the wait starts:
+/// most waits of a latency loop end before their first check, and a clock read can cost a
+/// system call (a VM's emulated clock source, see [`stamp`](crate::stamp)).
+#[derive(Default)]
+pub(crate) struct Patience {
+    since: Option<Instant>,
+}
+
+impl Patience {
+    /// Whether `timeout` passed since the first call.
+    pub(crate) fn exhausted(&mut self, timeout: Duration) -> bool {
+        self.since.get_or_insert_with(Instant::now).elapsed() >= timeout
     }
 }
 
@@ -300,7 +316,7 @@ pub fn await_tag_or_stop(
     stop: Option<&AtomicBool>,
 ) -> anyhow::Result<bool> {
     let notes = engine.notifications();
-    let start = Instant::now();
+    let mut patience = Patience::default();
     let mut spins = 0u32;
     loop {
         let c = notes.count(tag)?;
@@ -312,7 +328,7 @@ pub fn await_tag_or_stop(
             if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
                 return Ok(false);
             }
-            if start.elapsed() >= timeout {
+            if patience.exhausted(timeout) {
                 bail!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}");
             }
         }
@@ -358,24 +374,18 @@ pub fn latency_client(
     let cpu0 = cpu::thread_cpu();
     let mut worker = link.engine.worker()?;
     let mut batch = link.engine.allocate_batch(1)?;
-    let (limit, deadline) = match amount {
-        Amount::Iterations(n) => (n, None),
-        Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
-    };
-    let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
-    let mut i = 0u64;
-    while i < limit && deadline.map_or(true, |d| Instant::now() < d) {
-        let t0 = Instant::now();
+    // One stamp per iteration, as perftest stamps each one (see `stamp`).
+    let mut run = Run::new(amount);
+    while run.goes_on() {
+        let i = run.stamps.len() as u64;
         match op {
             StreamOp::Read => {
                 one(link, &mut worker, &mut batch, Opcode::Read, size, timeout)?;
-                samples.push(t0.elapsed().as_secs_f64() * 1e6);
             }
             StreamOp::Write => {
                 link.engine.write_owned(link.local, size - 1, &[seq(i)])?;
                 one(link, &mut worker, &mut batch, Opcode::Write, size, timeout)?;
                 await_byte(link, size, seq(i), timeout, None).context("waiting for the pong")?;
-                samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
             }
             StreamOp::Send => {
                 one(
@@ -388,11 +398,14 @@ pub fn latency_client(
                 )?;
                 await_tag(&link.engine, TAG_PONG, i + 1, timeout)
                     .context("waiting for the pong")?;
-                samples.push(t0.elapsed().as_secs_f64() * 1e6 / 2.0);
             }
         }
-        i += 1;
+        run.lap();
     }
+    let i = run.stamps.len() as u64;
+    // READ reports each operation whole; WRITE and SEND half a round trip.
+    let scale = if op == StreamOp::Read { 1.0 } else { 0.5 };
+    let samples = run.stamps.finish(scale);
     let _ = link.engine.free_batch(batch);
     if op == StreamOp::Send {
         link.engine.notifications().consume(TAG_PONG, i)?;

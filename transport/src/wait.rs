@@ -48,6 +48,10 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(2);
 pub const BLOCK_BOUND: Duration = Duration::from_millis(50);
 /// Yields of an adaptive worker between spinning and pausing.
 const YIELDS: u32 = 64;
+/// Empty polls of a spinning worker between two checks of its deadline (a clock read, which
+/// costs a system call where the vDSO cannot read the clock source, as in an emulated guest) and
+/// of dropped workers: most waits for a completion end before the first.
+const SPIN_CHECK_EVERY: u32 = 256;
 
 /// What a waiting worker does after an empty poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,10 +109,10 @@ impl Idle {
     }
 
     /// Whether this empty poll is one at which the wait checks its deadline and dropped
-    /// workers (every 32nd while spinning, every one otherwise).
+    /// workers (every [`SPIN_CHECK_EVERY`]th while spinning, every one otherwise).
     #[inline]
     pub(crate) fn check_due(&self, step: Step) -> bool {
-        step != Step::Spin || self.empty % 32 == 0
+        step != Step::Spin || self.empty % SPIN_CHECK_EVERY == 0
     }
 }
 
@@ -151,5 +155,25 @@ mod tests {
         idle.reset();
         assert_eq!(idle.step(), Step::Pause(MIN_PAUSE));
         assert!(idle.check_due(Step::Pause(MIN_PAUSE)));
+    }
+
+    #[test]
+    fn a_spinning_wait_checks_its_deadline_every_256th_empty_poll_and_every_slower_one() {
+        let mut idle = Idle::new(WaitMode::Busy);
+        let due: Vec<u32> = (1..=1024)
+            .filter(|_| {
+                let step = idle.step();
+                idle.check_due(step)
+            })
+            .collect();
+        assert_eq!(due, [256, 512, 768, 1024]);
+        let mut idle = Idle::new(WaitMode::Adaptive { spin: 2 });
+        let due: Vec<bool> = (0..4)
+            .map(|_| {
+                let step = idle.step();
+                idle.check_due(step)
+            })
+            .collect();
+        assert_eq!(due, [false, false, true, true]);
     }
 }

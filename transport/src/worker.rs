@@ -490,8 +490,9 @@ impl Worker {
     }
 
     fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
-        // Read the clock only once polls come back empty; `elapsed` cannot overflow, so
-        // `Duration::MAX` waits for ever.
+        // Read the clock only at the first deadline check (see `Idle::check_due`), which most
+        // waits for a completion never reach; `elapsed` cannot overflow, so `Duration::MAX`
+        // waits for ever.
         let mut start: Option<Instant> = None;
         let mut idle = Idle::new(self.wait_mode);
         while !done() {
@@ -499,12 +500,22 @@ impl Worker {
                 idle.reset();
                 continue;
             }
+            if timeout.is_zero() {
+                // A look, not a wait.
+                return;
+            }
             let step = idle.step();
             if idle.check_due(step) {
                 // Dropped workers' requests may be what this wait is for.
                 reap_orphans(&self.inner, false);
-                let start = *start.get_or_insert_with(Instant::now);
-                let left = timeout.saturating_sub(start.elapsed());
+                let left = match start {
+                    Some(s) => timeout.saturating_sub(s.elapsed()),
+                    // The first check starts the clock: one read, nothing elapsed yet.
+                    None => {
+                        start = Some(Instant::now());
+                        timeout
+                    }
+                };
                 if left.is_zero() {
                     return;
                 }

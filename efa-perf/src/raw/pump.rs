@@ -16,8 +16,9 @@ use super::error::RawError;
 use super::plan::{seq, Op};
 use super::side::Side;
 use crate::cpu;
-use crate::measure::{relax, StreamResult};
+use crate::measure::{relax, Patience, StreamResult};
 use crate::runner::Amount;
+use crate::stamp::Run;
 use crate::stats::Event;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -267,14 +268,13 @@ fn sends_done(side: &Side, want: u64) -> bool {
 /// Posts one `size`-byte operation on queue pair 0, first making room in the send queue.
 fn send_one(side: &mut Side, size: u32, timeout: Duration) -> Result<(), RawError> {
     // The clock is read only when the queue is full: a read can cost a system call (a VM's clock).
-    let (mut start, mut rest) = (None, Rest::default());
+    let (mut patience, mut rest) = (Patience::default(), Rest::default());
     while side.lane_counts(0).1 >= side.tx_depth {
-        let since = *start.get_or_insert_with(Instant::now);
         if side.poll_sends()? > 0 {
             rest.progress();
             continue;
         }
-        if since.elapsed() >= timeout {
+        if patience.exhausted(timeout) {
             return Err(stalled(side, timeout, 0));
         }
         if side.has_events() {
@@ -309,7 +309,7 @@ enum End {
 #[derive(Default)]
 struct Spin {
     spins: u32,
-    since: Option<Instant>,
+    patience: Patience,
 }
 
 impl Spin {
@@ -318,7 +318,7 @@ impl Spin {
         if stop.load(Ordering::Acquire) {
             return Some(End::Stopped);
         }
-        (self.since.get_or_insert_with(Instant::now).elapsed() >= timeout).then_some(End::Late)
+        self.patience.exhausted(timeout).then_some(End::Late)
     }
 
     /// One spin with its duties.
@@ -402,16 +402,14 @@ fn await_landed(
 /// Waits for every outstanding operation to complete. The clock is read only after
 /// [`CHECK_EVERY`] empty polls (or at once with `-e`), not per operation.
 fn drain_sends(side: &mut Side, timeout: Duration) -> Result<(), RawError> {
-    let (mut spins, mut start, mut rest) = (0u32, None, Rest::default());
+    let (mut spins, mut patience, mut rest) = (0u32, Patience::default(), Rest::default());
     while side.outstanding() > 0 {
         if side.poll_sends()? > 0 {
             rest.progress();
             continue;
         }
         spins = spins.wrapping_add(1);
-        if (side.has_events() || spins % CHECK_EVERY == 0)
-            && start.get_or_insert_with(Instant::now).elapsed() >= timeout
-        {
+        if (side.has_events() || spins % CHECK_EVERY == 0) && patience.exhausted(timeout) {
             return Err(stalled(side, timeout, 0));
         }
         if side.has_events() {
@@ -445,7 +443,7 @@ fn post_ping(side: &mut Side, i: u64, size: u64, timeout: Duration) -> Result<()
 }
 
 /// READ latency, as perftest's read_lat: one READ at a time, each timed from its post to its
-/// completion (one clock read per READ: a sample is the time between two stamps).
+/// completion (one stamp per READ: a sample is the time between two stamps).
 fn reads(
     side: &mut Side,
     size: u64,
@@ -454,20 +452,16 @@ fn reads(
 ) -> Result<(Vec<f64>, Duration), RawError> {
     let cpu0 = cpu::thread_cpu();
     let size32 = u32::try_from(size).unwrap_or(u32::MAX);
-    let (limit, deadline) = match amount {
-        Amount::Iterations(n) => (n, None),
-        Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
-    };
-    let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
-    let mut t0 = Instant::now();
-    while (samples.len() as u64) < limit && deadline.map_or(true, |d| t0 < d) {
+    let mut run = Run::new(amount);
+    while run.goes_on() {
         send_one(side, size32, timeout)?;
         drain_sends(side, timeout)?;
-        let t1 = Instant::now();
-        samples.push(t1.duration_since(t0).as_secs_f64() * 1e6);
-        t0 = t1;
+        run.lap();
     }
-    Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
+    Ok((
+        run.stamps.finish(1.0),
+        cpu::thread_cpu().saturating_sub(cpu0),
+    ))
 }
 
 /// The client's end of a latency run. A ping-pong: one SEND (or WRITE), then the peer's back,
@@ -484,27 +478,22 @@ pub fn ping(
         return reads(side, size, amount, timeout);
     }
     let cpu0 = cpu::thread_cpu();
-    let (limit, deadline) = match amount {
-        Amount::Iterations(n) => (n, None),
-        Amount::Duration(d) => (u64::MAX, Instant::now().checked_add(d)),
-    };
-    let mut samples = Vec::with_capacity(limit.min(1 << 20) as usize);
-    // One clock read per round trip, as perftest stamps each iteration: a sample is the time
+    // One stamp per round trip, as perftest stamps each iteration: a sample is the time
     // between two stamps, halved.
-    let mut i = 0;
-    let mut t0 = Instant::now();
-    while i < limit && deadline.map_or(true, |d| t0 < d) {
+    let mut run = Run::new(amount);
+    while run.goes_on() {
+        let i = run.stamps.len() as u64;
         post_ping(side, i, size, timeout)?;
         if !await_ping(side, i, size, timeout, abort)? {
             return Err(RawError::Aborted);
         }
-        let t1 = Instant::now();
-        samples.push(t1.duration_since(t0).as_secs_f64() * 1e6 / 2.0);
-        t0 = t1;
-        i += 1;
+        run.lap();
     }
     drain_sends(side, timeout)?;
-    Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
+    Ok((
+        run.stamps.finish(0.5),
+        cpu::thread_cpu().saturating_sub(cpu0),
+    ))
 }
 
 /// The server's end of a ping-pong: answers each message with one of the same size until
