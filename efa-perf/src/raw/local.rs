@@ -108,7 +108,9 @@ impl Runner for Loopback {
             // A READ's target does nothing: no thread answers.
             let h = scope.spawn(|| match read {
                 true => Ok(0),
-                false => or_abort(&abort, || pump::pong(server, p.size, &stop, timeout)),
+                false => or_abort(&abort, || {
+                    pump::pong(server, p.size, p.amount, &stop, timeout)
+                }),
             });
             let c = pump::ping(client, p.size, p.amount, timeout, &abort);
             stop.store(true, Ordering::Release);

@@ -140,6 +140,11 @@ pub const RX_DEPTH_BW: u32 = 512;
 pub const RX_DEPTH_LAT: u32 = 64;
 /// Send-queue depth of a latency test: one ping in flight, completions reaped lazily.
 pub const TX_DEPTH_LAT: u32 = 16;
+/// SENDs of a SEND latency run per completion asked for on RC (see
+/// `Side::moderate_latency_sends`): at most the send queue's depth, which the unsignaled ones
+/// hold until a signaled one completes.
+pub const LAT_CQ_MOD: u64 = 8;
+const _: () = assert!(LAT_CQ_MOD <= TX_DEPTH_LAT as u64);
 /// Inline bytes a latency test asks for, as perftest's latency tests send small messages inline
 /// (copied into the work request: no buffer read by the device). On EFA at most 32, the size that
 /// keeps the 64-byte work-queue entry.
@@ -311,6 +316,12 @@ pub fn signaled(n: u64, last: bool) -> bool {
     last || (n + 1) % CQ_MODERATION == 0
 }
 
+/// Whether SEND `n` of a latency run of `total` SENDs asks for a completion on RC: every
+/// [`LAT_CQ_MOD`]th and the last.
+pub fn lat_signaled(n: u64, total: u64) -> bool {
+    (n + 1) % LAT_CQ_MOD == 0 || n + 1 >= total
+}
+
 /// Sends of a queue pair completed once the send whose id has counter bits `low` completed, when
 /// `done` had completed before it (in-order completion, as RC gives).
 pub fn covered(done: u64, low: u32) -> u64 {
@@ -410,6 +421,21 @@ mod tests {
         // Counters wrap at 32 bits in the id, not in the count.
         let done = (1u64 << 32) - 3;
         assert_eq!(covered(done, 4), (1 << 32) + 5);
+    }
+
+    #[test]
+    fn a_send_latency_run_signals_every_eighth_send_and_its_last() {
+        let signaled: Vec<u64> = (0..50).filter(|&n| lat_signaled(n, 50)).collect();
+        assert_eq!(signaled, [7, 15, 23, 31, 39, 47, 49]);
+        // Never more unsignaled SENDs in a row than the queue holds beside a signaled one.
+        for total in [1, 7, 8, 9, 1000] {
+            let mut run = 0;
+            for n in 0..total {
+                run = if lat_signaled(n, total) { 0 } else { run + 1 };
+                assert!(run < TX_DEPTH_LAT as u64, "total {total}, send {n}");
+            }
+            assert!(lat_signaled(total - 1, total), "the last of {total}");
+        }
     }
 
     #[test]

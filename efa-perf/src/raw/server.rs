@@ -140,7 +140,7 @@ fn serve_lat(
     }
     let stop = AtomicBool::new(false);
     let (answered, finished) = std::thread::scope(|scope| {
-        let h = scope.spawn(|| pump::pong(side, p.size, &stop, timeout));
+        let h = scope.spawn(|| pump::pong(side, p.size, p.amount, &stop, timeout));
         let finished = control.send(&Msg::Go).and_then(|()| control.recv());
         stop.store(true, Ordering::Release);
         (h.join(), finished)

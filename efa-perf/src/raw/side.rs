@@ -6,6 +6,7 @@
 
 use super::error::{verbs, RawError};
 use super::plan::{self, Layout, Op};
+use crate::runner::Amount;
 use efa::{
     Ah, AhAttr, CompChannel, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcOptions, RcQp,
     RemoteAddr, RemoteMr, SrdQp, WcOpcode, WcStatus, WorkCompletion,
@@ -108,6 +109,9 @@ pub struct Side {
     pub tx_depth: u32,
     /// Messages up to this size are sent inline.
     inline: u32,
+    /// The SENDs of this latency run on queue pair 0, when known (see
+    /// [`Side::moderate_latency_sends`]).
+    run_sends: Option<u64>,
 }
 
 /// Checks that `device` runs the test ([`plan::check_device`]) and returns the largest message
@@ -245,6 +249,7 @@ impl Side {
             mr,
             remote: None,
             ping: [0; plan::INLINE_LAT as usize],
+            run_sends: None,
             pd,
             layout,
             refill: plan::refill_batch(rx),
@@ -387,6 +392,20 @@ impl Side {
         }
         self.completed = 0;
         self.received = 0;
+        self.run_sends = None;
+    }
+
+    /// Makes this run's SENDs (a latency run of `amount`) ask for a completion only every
+    /// [`plan::LAT_CQ_MOD`]th and at the run's last, on RC, as perftest's `send_lat` signals
+    /// every `cq_mod`th: every completion is work for the device and a CQE to poll, and on a
+    /// software device a round trip's worth of it. A run of a time (its last SEND not known in
+    /// advance) and the other operations keep one completion per operation (a WRITE ping-pong
+    /// signals each, as perftest's `write_lat` does).
+    pub fn moderate_latency_sends(&mut self, amount: Amount) {
+        self.run_sends = match (self.op, amount) {
+            (Op::Send, Amount::Iterations(n)) => Some(n),
+            _ => None,
+        };
     }
 
     /// Sends posted this run on queue pair `i`, and how many are outstanding.
@@ -431,6 +450,7 @@ impl Side {
             remote,
             layout,
             device,
+            run_sends,
             ..
         } = self;
         let lane = &mut lanes[i];
@@ -470,7 +490,11 @@ impl Side {
                 let mut b = qp.batch().map_err(verbs("opening a send batch", dev))?;
                 let end = lane.posted + u64::from(count);
                 for n in lane.posted..end {
-                    b.set_signaled(plan::signaled(n, n + 1 == end))
+                    let signaled = match run_sends {
+                        Some(total) => plan::lat_signaled(n, *total),
+                        None => plan::signaled(n, n + 1 == end),
+                    };
+                    b.set_signaled(signaled)
                         .map_err(verbs("moderating completions", dev))?;
                     let id = plan::wr_id(qp_index, n);
                     match (op, inline) {
