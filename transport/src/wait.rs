@@ -28,7 +28,9 @@ pub enum WaitMode {
     },
     /// Pause from the first empty poll: the least CPU. Blocks on completion channels where the
     /// fabric has them (no added latency beyond a wake-up), else sleeps, adding up to
-    /// [`MAX_PAUSE`] of latency.
+    /// [`MAX_PAUSE`] of latency. Also the faster mode where the completion needs the CPU the
+    /// worker would spin on: a software device (Soft-RoCE) on a one-CPU machine, where it moved
+    /// 4 KiB bandwidth from 0.63-0.79 to 0.86-0.90 of perftest's (`BENCHMARKS.md`).
     Block,
 }
 

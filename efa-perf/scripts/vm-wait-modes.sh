@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# efa-perf's WRITE and READ bandwidth through the engine in each worker wait mode (the default
+# adaptive spin, --wait busy, -e), and with --raw, beside perftest, at 4 KiB and 64 KiB: REPS runs
+# per row (default 3), medians with the spread. Made for two 1-vCPU guests, where a polling thread
+# and the device's kernel work share the one CPU:
+#
+#   tests/vm/run --hosts 2 --timeout 1500 --script efa-perf/scripts/vm-wait-modes.sh
+#
+# Prints "NAME SIZE MEDIAN (MIN-MAX)" in MB/s per row (VM 0; VM 1 serves). Runs in one VM too.
+set -uo pipefail
+PORT_BASE=18800
+source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
+common=(-d "$dev" -x "$gid" -F)
+reps=${REPS:-3}
+# row NAME SIZE CMD...: REPS runs of CMD as server and client with -s SIZE; one line.
+row() {
+  local name=$1 size=$2 v=() r
+  shift 2
+  for ((r = 0; r < reps; r++)); do
+    if run_pair "$name-$size-$r" "$@" -s "$size" -- "$@" -s "$size"; then
+      v+=("$(column "$out/$name-$size-$r.client" "$size" 4)")
+    fi
+  done
+  echo "$name $size $(stats "${v[@]}")"
+}
+for size in 4096 65536; do
+  for t in write read; do
+    row "perftest-$t" "$size" "ib_${t}_bw" "${common[@]}" -n 1000
+    row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n 1000 --slice-size "$size"
+    row "engine-$t-busy" "$size" "$bin" "$t-bw" --fabric verbs --wait busy "${common[@]}" -n 1000 --slice-size "$size"
+    row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n 1000 --slice-size "$size"
+    row "raw-$t" "$size" "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n 1000
+  done
+done
