@@ -412,7 +412,7 @@ impl BatchTable {
         let slot = self
             .slots
             .get(id.index as usize)
-            .ok_or(TransportError::StaleBatch(id))?;
+            .ok_or_else(|| TransportError::StaleBatch(id))?;
         if slot.is(id) {
             Ok(slot)
         } else {
@@ -477,7 +477,7 @@ impl BatchTable {
         let slot = self
             .slots
             .get(id.index as usize)
-            .ok_or(TransportError::StaleBatch(id))?;
+            .ok_or_else(|| TransportError::StaleBatch(id))?;
         let used = slot_state(id.generation, SLOT_USED);
         slot.state
             .compare_exchange(

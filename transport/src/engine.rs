@@ -848,7 +848,9 @@ impl Engine {
             .inner
             .segments
             .pin(segment.index, segment.generation)
-            .ok_or(TransportError::UnknownSegment(segment))?;
+            // Lazily: `ok_or` builds the error and runs its drop glue on every call, which
+            // showed in the per-op profile (`BENCHMARKS.md`); so throughout the hot path.
+            .ok_or_else(|| TransportError::UnknownSegment(segment))?;
         Ok(f(&e))
     }
 
@@ -863,7 +865,7 @@ impl Engine {
             .inner
             .remotes
             .pin(remote.index, remote.generation)
-            .ok_or(TransportError::UnknownRemote(remote))?;
+            .ok_or_else(|| TransportError::UnknownRemote(remote))?;
         Ok(f(&e))
     }
 
@@ -901,7 +903,10 @@ impl Engine {
         offset: u64,
         len: usize,
     ) -> Result<*mut u8, TransportError> {
-        let owned = e.owned.as_ref().ok_or(TransportError::NotOwned(segment))?;
+        let owned = e
+            .owned
+            .as_ref()
+            .ok_or_else(|| TransportError::NotOwned(segment))?;
         let end = offset.checked_add(len as u64);
         if end.map_or(true, |end| end > e.len) {
             return Err(TransportError::OwnedOutOfRange {

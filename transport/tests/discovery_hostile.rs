@@ -239,6 +239,15 @@ fn greeted_client(addr: SocketAddr) -> TcpStream {
     sock
 }
 
+/// Waits (up to 10 s) until the server's stats satisfy `done`, and asserts that they do.
+fn settle(s: &PeerMetadata, done: impl Fn(DiscoveryStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(s.stats()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(done(s.stats()), "{:?}", s.stats());
+}
+
 /// Reads one frame (or `None` when the server closed without one).
 fn read_message(sock: &mut TcpStream) -> Option<Message> {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -274,22 +283,27 @@ fn discovery_is_not_locked_out_by_clients_holding_every_slot() {
     for _ in 0..3 {
         good_lookup_works(addr);
     }
+    // The lookups' connections are gone once only squatters are open (the lookups, the newest,
+    // took the slots of the oldest idle squatters): from here the server's slots change only
+    // by what this test does.
+    settle(&s, |st| st.open == 4 - st.evicted && st.idle == st.open);
     // Slots held mid-frame cannot be taken over: the next client is refused, with a reason.
-    let busy: Vec<TcpStream> = (0..4)
-        .map(|_| {
+    // Each client is connected once the server has read the previous one's first bytes: until
+    // then a connection is idle to the server, and the next could take its slot.
+    let busy: Vec<TcpStream> = (1..=4)
+        .map(|k| {
             let mut sock = TcpStream::connect(addr).unwrap();
             sock.write_all(&hello_frame()[..3]).unwrap();
+            // Read: the `k` busy clients are the open connections that are not idle.
+            settle(&s, |st| st.accepted == 4 + 3 + k && st.open - st.idle == k);
             sock
         })
         .collect();
-    // Wait until the server has taken them in (each taking an idle slot) and read their
-    // first bytes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let settled = |st: DiscoveryStats| st.open == 4 && st.idle == 0 && st.accepted == 4 + 3 + 4;
-    while !settled(s.stats()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(settled(s.stats()), "{:?}", s.stats());
+    let st = s.stats();
+    assert!(
+        st.open == 4 && st.idle == 0 && st.accepted == 4 + 3 + 4,
+        "{st:?}"
+    );
     let mut refused = TcpStream::connect(addr).unwrap();
     match read_message(&mut refused) {
         Some(Message::Error { code, message }) => {
