@@ -302,10 +302,11 @@ enum End {
     Late,
 }
 
-/// The periodic duties of a pure spin (no yield and no PAUSE, as perftest's latency loops spin): a look at
-/// the send CQ every [`SEND_POLL_EVERY`] spins (send completions only free send-queue room, so
-/// now and then keeps the awaited CQ or memory polled as often as perftest polls it), the stop
-/// flag and the deadline every [`CHECK_EVERY`], the clock first read then, not per message.
+/// The periodic duties of a pure spin (no yield and no PAUSE, as perftest's latency loops
+/// spin): a look at the send CQ every [`SEND_POLL_EVERY`] spins (send completions only free
+/// send-queue room, so now and then keeps the awaited CQ or memory polled as often as perftest
+/// polls it), the stop flag and the deadline every [`CHECK_EVERY`], the clock first read then,
+/// not per message.
 #[derive(Default)]
 struct Spin {
     spins: u32,
