@@ -431,7 +431,7 @@ impl VerbsFabric {
             shared.config.max_regions,
         );
         Ok(Arc::new(VerbsFabric {
-            _threads: Threads::new(shared.stop.clone(), threads),
+            _threads: Threads::new(shared.stop.clone(), threads).waking(shared.service),
             cpus,
             shared,
             ids: Mutex::new(PeerIds {

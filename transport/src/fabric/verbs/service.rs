@@ -18,6 +18,7 @@ use super::handshake::{self, Request, Response};
 use super::{random_u64, Rail, Shared, VerbsConfig};
 use crate::fabric::rdma::backoff::Backoff;
 use crate::fabric::rdma::events::{self, Events, WAIT_BOUND};
+use crate::fabric::rdma::threads;
 use crate::FabricError;
 
 /// One connection request handed from the service to the target thread.
@@ -101,21 +102,27 @@ pub(crate) fn start(
     }
 }
 
-/// Accepts handshakes one at a time until the fabric stops.
+/// Accepts handshakes one at a time until the fabric stops, asleep in poll(2) between them
+/// (the fabric's drop wakes it with a connection: see `Threads::waking`).
 fn serve(shared: Arc<Shared>, listener: TcpListener, tx: SyncSender<Setup>) {
     let timeout = shared.config.handshake_timeout;
     while !shared.stop.load(Ordering::Relaxed) {
+        if !threads::acceptable(&listener, threads::ACCEPT_WAIT) {
+            continue;
+        }
+        // Non-blocking: a connection that went away between the poll and here is no wait.
         let stream = match listener.accept() {
             Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => {
+                // Out of descriptors, say: the next poll would report the same at once.
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
         };
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
         let _ = handle(stream, &tx, timeout);
     }
 }
