@@ -228,7 +228,7 @@ pub struct TestArgs {
     /// How the engine's workers wait for completions: poll without pause (as perftest does), spin then
     /// yield then pause (the engine's default), or pause at once (least CPU). A pause blocks on the
     /// endpoint's completion channels where the efa fabric has them (wakes on the completion), else sleeps
-    /// (up to 2 ms added latency).
+    /// (a completion noticed up to 2 ms late, or 1/32 of the time waited in a longer wait).
     #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
     pub wait: WaitChoice,
 
@@ -237,7 +237,7 @@ pub struct TestArgs {
     /// that finds them empty arms them, polls once more, then sleeps on the channel (events acknowledged as
     /// read). Tests through the engine (write, read, notify, and send over sim or tcp): -e means --wait
     /// block with --idle-wait events: workers block on their endpoints' completion channels (the efa and verbs fabrics
-    /// on devices that raise CQ events; elsewhere they pause between polls, up to 2 ms) and target threads
+    /// on devices that raise CQ events; elsewhere they pause between polls, see --wait) and target threads
     /// sleep on theirs. Give -e on both sides, as with perftest.
     #[arg(short = 'e', long = "use_event", alias = "use-event", conflicts_with_all = ["wait", "idle_wait"])]
     pub use_event: bool,

@@ -64,7 +64,9 @@ fn seq(i: u64) -> u8 {
 }
 
 /// Polls this side's own memory until the last byte of the receive slot reads `want` (perftest's
-/// write_lat detects arrival the same way); `Ok(false)` when `stop` is set first.
+/// write_lat detects arrival the same way); `Ok(false)` when `stop` is set first. A pure spin, as
+/// perftest's and the `--raw` loops spin: the WRITE lands without any thread of this process, and
+/// a PAUSE or a yield per pass would only see it later.
 fn await_byte(
     link: &Link,
     size: u64,
@@ -90,7 +92,6 @@ fn await_byte(
                 bail!("no WRITE arrived within {timeout:?} (waiting for sequence {want})");
             }
         }
-        relax(spins);
     }
 }
 

@@ -148,7 +148,8 @@ const READERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// One batch slot: counters, and request storage sized to what is used (see `store.rs`).
 ///
 /// Request storage is read under a *read pin* ([`BatchSlot::pin`]): status reads, cancel and
-/// timeouts, submits, and completions (one pin per run of completions of the batch). Its
+/// timeouts, and completions (one pin per run of completions of the batch); submits read it
+/// inside the batch ([`Entered`]), which holds it as a pin does. Its
 /// storage changes only in the FREEING state, entered with no work request in flight and
 /// held until the pins are gone.
 #[derive(Debug, Default)]
@@ -181,10 +182,35 @@ impl ReadPin<'_> {
     pub(crate) fn request(&self, i: u32) -> Option<&RequestSlot> {
         self.slot.store.get(i)
     }
+}
+
+/// A submit call inside batch `id` ([`BatchSlot::enter`]): counted in flight, so free and
+/// recycle, which check the count after leaving USED (as `enter` checks the state after
+/// counting, both sequentially consistent), cannot move the slot to FREEING. The request storage
+/// then stays as it is without a read pin: the guard is one.
+pub(crate) struct Entered<'a> {
+    slot: &'a BatchSlot,
+}
+
+impl Entered<'_> {
+    /// Request `i`, if it has storage (every reserved request has).
+    #[inline]
+    pub(crate) fn request(&self, i: u32) -> Option<&RequestSlot> {
+        self.slot.store.get(i)
+    }
 
     /// Allocates storage for requests `first..first + n` where missing.
     pub(crate) fn ensure(&self, first: u32, n: u32) {
         self.slot.store.ensure(first, n)
+    }
+}
+
+impl Drop for Entered<'_> {
+    /// Leaves the batch, on every exit of the submit, unwinding included, so it can always be
+    /// freed.
+    #[inline]
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Release);
     }
 }
 
@@ -234,10 +260,12 @@ impl BatchSlot {
     }
 
     /// Waits (bounded) until no read pin is held; the caller has moved the slot to FREEING.
+    /// The clock is read only when a pin is held (it almost never is): a recycle per operation
+    /// then reads none.
     fn await_readers(&self) -> bool {
-        let start = std::time::Instant::now();
+        let mut start = None;
         while self.readers.load(SeqCst) != 0 {
-            if start.elapsed() >= READERS_WAIT {
+            if start.get_or_insert_with(std::time::Instant::now).elapsed() >= READERS_WAIT {
                 return false;
             }
             std::thread::yield_now();
@@ -258,18 +286,14 @@ impl BatchSlot {
         }
     }
 
-    /// Enters a submit call: holds the batch against free/recycle. Undo with `leave`.
-    pub(crate) fn enter(&self, id: BatchId) -> Result<(), TransportError> {
+    /// Enters a submit call: holds the batch against free/recycle until the guard drops.
+    pub(crate) fn enter(&self, id: BatchId) -> Result<Entered<'_>, TransportError> {
         self.in_flight.fetch_add(1, SeqCst);
         if !self.is(id) {
             self.in_flight.fetch_sub(1, SeqCst);
             return Err(TransportError::StaleBatch(id));
         }
-        Ok(())
-    }
-
-    pub(crate) fn leave(&self) {
-        self.in_flight.fetch_sub(1, Release);
+        Ok(Entered { slot: self })
     }
 
     /// Counts `n` more work requests in flight, unless that would pass [`MAX_IN_FLIGHT`].

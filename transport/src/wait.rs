@@ -19,16 +19,17 @@ pub enum WaitMode {
     /// Poll without pause: the lowest latency, and a whole core while waiting.
     Busy,
     /// Poll `spin` times, then yield the core between polls, then pause between polls for a
-    /// time that doubles from [`MIN_PAUSE`] to [`MAX_PAUSE`]. The default (`spin` 1024) keeps
-    /// the latency of a busy poll for completions that come within microseconds and costs
+    /// time that doubles from [`MIN_PAUSE`] to [`SHORT_PAUSE`], and past it grows with the time
+    /// waited (at most [`PAUSE_SHARE`]th of it, and [`MAX_PAUSE`]). The default (`spin` 1024)
+    /// keeps the latency of a busy poll for completions that come within microseconds and costs
     /// almost nothing while a batch waits long.
     Adaptive {
         /// Empty polls before the worker starts yielding.
         spin: u32,
     },
     /// Pause from the first empty poll: the least CPU. Blocks on completion channels where the
-    /// fabric has them (no added latency beyond a wake-up), else sleeps, adding up to
-    /// [`MAX_PAUSE`] of latency. Also the faster mode where the completion needs the CPU the
+    /// fabric has them (no added latency beyond a wake-up), else sleeps, noticing a completion
+    /// at most a pause late (see `Adaptive`). Also the faster mode where the completion needs the CPU the
     /// worker would spin on: a software device (Soft-RoCE) on a one-CPU machine, where it moved
     /// 4 KiB bandwidth from 0.63-0.79 to 0.86-0.90 of perftest's (`BENCHMARKS.md`).
     Block,
@@ -42,8 +43,15 @@ impl Default for WaitMode {
 
 /// The first pause of a waiting worker.
 pub const MIN_PAUSE: Duration = Duration::from_micros(20);
+/// Pauses double up to this whatever the wait has lasted.
+pub const SHORT_PAUSE: Duration = Duration::from_millis(2);
+/// Past [`SHORT_PAUSE`], a pause is at most this share of the time waited so far: a completion
+/// is noticed at most 1/32 of the wait late, and a long wait sleeps a few dozen times a second
+/// instead of 500 (each sleep costs a timer and two context switches: about 37 us of CPU on a
+/// virtual machine, 1.8% of a core at 500 a second).
+pub const PAUSE_SHARE: u32 = 32;
 /// The longest pause of a waiting worker.
-pub const MAX_PAUSE: Duration = Duration::from_millis(2);
+pub const MAX_PAUSE: Duration = Duration::from_millis(20);
 /// The longest block of a waiting worker on its endpoint's completion channels (where the
 /// fabric has them: see [`WaitMode`]): bounds how late it notices a deadline, a dropped worker's
 /// requests or a peer reported gone, none of which raises a completion event.
@@ -72,6 +80,8 @@ pub(crate) struct Idle {
     mode: WaitMode,
     empty: u32,
     pause: Duration,
+    /// What the pause may grow to, set by the time waited ([`Idle::waited`]).
+    longest: Duration,
 }
 
 impl Idle {
@@ -80,7 +90,15 @@ impl Idle {
             mode,
             empty: 0,
             pause: MIN_PAUSE,
+            longest: SHORT_PAUSE,
         }
+    }
+
+    /// The wait has lasted `waited`: later pauses may grow to its [`PAUSE_SHARE`]th (between
+    /// [`SHORT_PAUSE`] and [`MAX_PAUSE`]).
+    #[inline]
+    pub(crate) fn waited(&mut self, waited: Duration) {
+        self.longest = (waited / PAUSE_SHARE).clamp(SHORT_PAUSE, MAX_PAUSE);
     }
 
     /// A poll found completions: start over.
@@ -106,7 +124,7 @@ impl Idle {
             return Step::Yield;
         }
         let pause = self.pause;
-        self.pause = (pause * 2).min(MAX_PAUSE);
+        self.pause = (pause * 2).min(self.longest);
         Step::Pause(pause)
     }
 
@@ -147,6 +165,44 @@ mod tests {
             })
             .collect();
         assert_eq!(pauses, [20, 40, 80, 160, 320, 640, 1280, 2000, 2000]);
+    }
+
+    /// A wait of `total` in Block mode on a simulated clock (each pause lasts what it says);
+    /// returns the pauses, each with the time waited before it.
+    fn long_wait(total: Duration) -> Vec<(Duration, Duration)> {
+        let mut idle = Idle::new(WaitMode::Block);
+        let (mut waited, mut out) = (Duration::ZERO, Vec::new());
+        while waited < total {
+            idle.waited(waited);
+            let Step::Pause(d) = idle.step() else {
+                panic!("Block mode only pauses");
+            };
+            out.push((waited, d));
+            waited += d;
+        }
+        out
+    }
+
+    #[test]
+    fn pauses_past_the_short_cap_grow_with_the_time_waited_up_to_the_longest() {
+        let pauses = long_wait(Duration::from_secs(2));
+        for &(waited, d) in &pauses {
+            let allowed = (waited / PAUSE_SHARE).clamp(SHORT_PAUSE, MAX_PAUSE);
+            assert!(
+                d <= allowed,
+                "a {d:?} pause after {waited:?} (at most {allowed:?})"
+            );
+        }
+        assert_eq!(pauses.last().map(|p| p.1), Some(MAX_PAUSE));
+        // Doubling to 2 ms and staying there would be about a thousand sleeps.
+        assert!(
+            pauses.len() < 250,
+            "{} sleeps over 2 s: the pause did not grow",
+            pauses.len()
+        );
+        // A short wait keeps the short pauses.
+        let short = long_wait(Duration::from_millis(40));
+        assert!(short.iter().all(|&(_, d)| d <= SHORT_PAUSE));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{token, BatchSlot, ReadPin, RequestSlot, ST_PENDING};
+use crate::batch::{token, BatchSlot, Entered, ReadPin, RequestSlot, ST_PENDING};
 use crate::engine::{Inner, LocalEntry, RemoteEntry};
 use crate::fabric::{Completion, Endpoint, WorkOp, WorkRequest, MAX_RAILS};
 use crate::metrics::{op_row, CounterBlock, PollTally, SubmitTally, LATENCY_SAMPLE_EVERY};
@@ -77,6 +77,12 @@ struct SubmitCtx<'a> {
 /// [`Engine::progress_dropped_workers`]: crate::Engine::progress_dropped_workers
 pub struct Worker {
     inner: Arc<Inner>,
+    /// Everything else, apart so the hot path borrows `inner` beside it without a clone.
+    core: Core,
+}
+
+/// A worker's own state; its methods take the engine's `Inner` by reference.
+struct Core {
     ep: Box<dyn Endpoint>,
     wrs: Vec<WorkRequest>,
     comps: Box<[Completion]>,
@@ -107,21 +113,23 @@ impl Worker {
         let metrics = inner.metrics.worker_block();
         Ok(Worker {
             inner,
-            ep,
-            metrics,
-            submits: 0,
-            wrs: Vec::with_capacity(POST_BATCH),
-            comps: vec![Completion::default(); POLL_BATCH].into_boxed_slice(),
-            resolved: Vec::with_capacity(POST_BATCH),
-            rr: 0,
-            retries: RetryQueue::new(),
-            wait_mode,
+            core: Core {
+                ep,
+                metrics,
+                submits: 0,
+                wrs: Vec::with_capacity(POST_BATCH),
+                comps: vec![Completion::default(); POLL_BATCH].into_boxed_slice(),
+                resolved: Vec::with_capacity(POST_BATCH),
+                rr: 0,
+                retries: RetryQueue::new(),
+                wait_mode,
+            },
         })
     }
 
     /// Work requests posted by this worker and not yet completed.
     pub fn outstanding(&self) -> usize {
-        self.ep.outstanding() + self.retries.len()
+        self.core.ep.outstanding() + self.core.retries.len()
     }
 
     /// Validates every request, then posts them all (all-or-nothing: on a validation error
@@ -146,22 +154,92 @@ impl Worker {
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
-        let inner = self.inner.clone();
+        let inner = &*self.inner;
         let slot = inner.batches.get(batch)?;
-        slot.enter(batch)?;
-        // Leaves the batch on every exit, unwinding included, so it can always be freed.
-        let _entered = Entered(slot);
-        let r = self.submit_entered(&inner, slot, batch, requests);
-        if let (Err(_), Some(m)) = (&r, &self.metrics) {
+        let entered = slot.enter(batch)?;
+        let r = self
+            .core
+            .submit_entered(inner, slot, &entered, batch, requests);
+        if let (Err(_), Some(m)) = (&r, &self.core.metrics) {
             m.rejected();
         }
         r
     }
 
+    /// Polls the fabric once and applies the completions; returns how many there were.
+    pub fn progress(&mut self) -> usize {
+        self.core.progress(&self.inner)
+    }
+
+    /// Drives completions until every submitted request of `batch` is terminal or `timeout`
+    /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
+    /// Pending requests to a peer the metadata service reported gone end
+    /// `Failed(PeerGone)` (see [`Engine::open_segment`](crate::Engine::open_segment)).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::StaleBatch`] or [`TransportError::ForeignHandle`] for a handle that is
+    /// not a live batch of this engine (also when the batch was freed during the wait).
+    pub fn wait(
+        &mut self,
+        batch: BatchId,
+        timeout: Duration,
+    ) -> Result<BatchStatus, TransportError> {
+        let inner = &*self.inner;
+        let slot = inner.batches.get(batch)?;
+        self.core.drive(inner, timeout, || {
+            peer_gone::sweep(inner, slot, batch);
+            slot.open.load(Acquire) == 0
+        });
+        if slot.open.load(Acquire) != 0 {
+            slot.abandon(batch, false);
+        }
+        inner.batches.get(batch)?;
+        Ok(slot.status())
+    }
+
+    /// Drives completions until no work request of `batch` is in flight (so it can be freed or
+    /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
+    /// way.
+    /// Pending requests to a gone peer end `Failed(PeerGone)` here too (their work requests
+    /// still count as in flight until the fabric gives them back).
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::wait`].
+    pub fn drain(
+        &mut self,
+        batch: BatchId,
+        timeout: Duration,
+    ) -> Result<BatchStatus, TransportError> {
+        let inner = &*self.inner;
+        let slot = inner.batches.get(batch)?;
+        self.core.drive(inner, timeout, || {
+            peer_gone::sweep(inner, slot, batch);
+            slot.in_flight.load(Acquire) == 0
+        });
+        inner.batches.get(batch)?;
+        Ok(slot.status())
+    }
+
+    /// How this worker waits once polls come back empty (see [`WaitMode`]); the engine's
+    /// [`EngineConfig::wait`](crate::EngineConfig::wait) until set.
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.core.wait_mode = mode;
+    }
+
+    /// This worker's [`WaitMode`].
+    pub fn wait_mode(&self) -> WaitMode {
+        self.core.wait_mode
+    }
+}
+
+impl Core {
     fn submit_entered(
         &mut self,
         inner: &Inner,
         slot: &BatchSlot,
+        entered: &Entered<'_>,
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
@@ -176,11 +254,7 @@ impl Worker {
                 return Err(e);
             }
         };
-        // Held by this submit (`enter`), the batch cannot be freed, so the pin is granted.
-        let pin = slot.pin(batch);
-        if let Some(pin) = &pin {
-            pin.ensure(first, requests.len() as u32);
-        }
+        entered.ensure(first, requests.len() as u32);
         // One clock read per timed submit call, shared by its requests (stamps below 4 are
         // untimed). Moved out for the call (not cloned: no reference count to touch) and
         // handed to `flush`, whose polls count into it too.
@@ -200,7 +274,7 @@ impl Worker {
         let resolved = std::mem::take(&mut self.resolved);
         for (k, res) in resolved.iter().enumerate() {
             let index = first + k as u32;
-            let Some(req) = pin.as_ref().and_then(|p| p.request(index)) else {
+            let Some(req) = entered.request(index) else {
                 unposted(inner, slot, res);
                 continue;
             };
@@ -210,7 +284,7 @@ impl Worker {
             };
             self.post_request(&ctx, req, index, res, op, &mut counts);
         }
-        self.flush(ctx.metrics);
+        self.flush(inner, ctx.metrics);
         if let Some(m) = ctx.metrics {
             counts.flush(m, inner.caps.rails as usize);
         }
@@ -316,7 +390,7 @@ impl Worker {
                 len,
             });
             if self.wrs.len() == POST_BATCH {
-                self.flush(ctx.metrics);
+                self.flush(ctx.inner, ctx.metrics);
             }
         }
     }
@@ -357,7 +431,7 @@ impl Worker {
 
     /// Posts the gathered work requests, polling while queues are full; completions count into
     /// `metrics` (the worker's block, moved out by the caller).
-    fn flush(&mut self, metrics: Option<&CounterBlock>) {
+    fn flush(&mut self, inner: &Inner, metrics: Option<&CounterBlock>) {
         let mut pos = 0;
         // When the queues first stayed full; measured with `elapsed`, so any timeout (even
         // `Duration::MAX`, no deadline) is fine.
@@ -368,15 +442,15 @@ impl Worker {
             if pos == self.wrs.len() {
                 break;
             }
-            if self.poll_once(metrics) == 0 && n == 0 {
+            if self.poll_once(inner, metrics) == 0 && n == 0 {
                 let since = *stalled.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.inner.submit_timeout {
+                if since.elapsed() >= inner.submit_timeout {
                     // The fabric made no room in time: fail what is left rather than hang.
                     let unsent = self.wrs[pos..].iter().map(|wr| Completion {
                         token: wr.token,
                         error: Some(FailReason::Flushed),
                     });
-                    complete_unsent(&self.inner, &mut *self.ep, metrics, unsent);
+                    complete_unsent(inner, &mut *self.ep, metrics, unsent);
                     break;
                 }
                 std::thread::yield_now();
@@ -385,118 +459,56 @@ impl Worker {
         self.wrs.clear();
     }
 
-    /// Polls the fabric once and applies the completions; returns how many there were.
-    pub fn progress(&mut self) -> usize {
+    /// [`Worker::progress`].
+    fn progress(&mut self, inner: &Inner) -> usize {
         let metrics = self.metrics.take();
-        let n = self.poll_once(metrics.as_deref());
+        let n = self.poll_once(inner, metrics.as_deref());
         self.metrics = metrics;
         n
     }
 
     /// [`Worker::progress`] with the worker's counters moved out.
-    fn poll_once(&mut self, metrics: Option<&CounterBlock>) -> usize {
+    fn poll_once(&mut self, inner: &Inner, metrics: Option<&CounterBlock>) -> usize {
         let n = self.ep.poll(&mut self.comps);
         if n != 0 {
-            let mut tally = tally(&self.inner, metrics);
+            let mut tally = tally(inner, metrics);
             for i in 0..n {
                 let c = self.comps[i];
                 let retries = Some(&mut self.retries);
-                complete(&self.inner, &mut *self.ep, retries, c, &mut tally);
+                complete(inner, &mut *self.ep, retries, c, &mut tally);
             }
-            tally.flush(&self.inner);
+            tally.flush(inner);
         }
         if self.retries.len() != 0 {
-            self.post_retries();
+            self.post_retries(inner);
         }
         n
     }
 
     /// Completes the held retries, which were never posted, with their first failure.
-    fn fail_held_retries(&mut self) {
+    fn fail_held_retries(&mut self, inner: &Inner) {
         let unsent = self.retries.drain_failed();
-        complete_unsent(&self.inner, &mut *self.ep, self.metrics.as_deref(), unsent);
+        complete_unsent(inner, &mut *self.ep, self.metrics.as_deref(), unsent);
     }
 
     /// Posts the held retries that are due and fit.
     #[cold]
-    fn post_retries(&mut self) {
+    fn post_retries(&mut self, inner: &Inner) {
         let ep = &mut self.ep;
         let posted = self
             .retries
             .post_due(Instant::now(), |wr| ep.post(std::slice::from_ref(wr)) == 1);
-        self.inner.retried.fetch_add(posted as u64, Relaxed);
+        inner.retried.fetch_add(posted as u64, Relaxed);
     }
 
-    /// Drives completions until every submitted request of `batch` is terminal or `timeout`
-    /// passes (`Duration::MAX`: no deadline); requests still pending then become [`RequestStatus::TimedOut`](crate::RequestStatus).
-    /// Pending requests to a peer the metadata service reported gone end
-    /// `Failed(PeerGone)` (see [`Engine::open_segment`](crate::Engine::open_segment)).
-    ///
-    /// # Errors
-    ///
-    /// [`TransportError::StaleBatch`] or [`TransportError::ForeignHandle`] for a handle that is
-    /// not a live batch of this engine (also when the batch was freed during the wait).
-    pub fn wait(
-        &mut self,
-        batch: BatchId,
-        timeout: Duration,
-    ) -> Result<BatchStatus, TransportError> {
-        let inner = self.inner.clone();
-        let slot = inner.batches.get(batch)?;
-        self.drive(timeout, || {
-            peer_gone::sweep(&inner, slot, batch);
-            slot.open.load(Acquire) == 0
-        });
-        if slot.open.load(Acquire) != 0 {
-            slot.abandon(batch, false);
-        }
-        inner.batches.get(batch)?;
-        Ok(slot.status())
-    }
-
-    /// Drives completions until no work request of `batch` is in flight (so it can be freed or
-    /// recycled) or `timeout` passes (`Duration::MAX`: no deadline); returns the status either
-    /// way.
-    /// Pending requests to a gone peer end `Failed(PeerGone)` here too (their work requests
-    /// still count as in flight until the fabric gives them back).
-    ///
-    /// # Errors
-    ///
-    /// As [`Worker::wait`].
-    pub fn drain(
-        &mut self,
-        batch: BatchId,
-        timeout: Duration,
-    ) -> Result<BatchStatus, TransportError> {
-        let inner = self.inner.clone();
-        let slot = inner.batches.get(batch)?;
-        self.drive(timeout, || {
-            peer_gone::sweep(&inner, slot, batch);
-            slot.in_flight.load(Acquire) == 0
-        });
-        inner.batches.get(batch)?;
-        Ok(slot.status())
-    }
-
-    /// How this worker waits once polls come back empty (see [`WaitMode`]); the engine's
-    /// [`EngineConfig::wait`](crate::EngineConfig::wait) until set.
-    pub fn set_wait_mode(&mut self, mode: WaitMode) {
-        self.wait_mode = mode;
-    }
-
-    /// This worker's [`WaitMode`].
-    pub fn wait_mode(&self) -> WaitMode {
-        self.wait_mode
-    }
-
-    fn drive(&mut self, timeout: Duration, done: impl Fn() -> bool) {
+    fn drive(&mut self, inner: &Inner, timeout: Duration, done: impl Fn() -> bool) {
         // Read the clock only at the first deadline check (see `Idle::check_due`), which most
         // waits for a completion never reach; `elapsed` cannot overflow, so `Duration::MAX`
         // waits for ever.
         let mut start: Option<Instant> = None;
         let mut idle = Idle::new(self.wait_mode);
         while !done() {
-            if self.progress() != 0 {
+            if self.progress(inner) != 0 {
                 idle.reset();
                 continue;
             }
@@ -507,18 +519,20 @@ impl Worker {
             let step = idle.step();
             if idle.check_due(step) {
                 // Dropped workers' requests may be what this wait is for.
-                reap_orphans(&self.inner, false);
-                let left = match start {
-                    Some(s) => timeout.saturating_sub(s.elapsed()),
+                reap_orphans(inner, false);
+                let waited = match start {
+                    Some(s) => s.elapsed(),
                     // The first check starts the clock: one read, nothing elapsed yet.
                     None => {
                         start = Some(Instant::now());
-                        timeout
+                        Duration::ZERO
                     }
                 };
+                let left = timeout.saturating_sub(waited);
                 if left.is_zero() {
                     return;
                 }
+                idle.waited(waited);
                 match step {
                     Step::Spin => {}
                     Step::Yield => std::thread::yield_now(),
@@ -529,7 +543,7 @@ impl Worker {
                     Step::Pause(_) => {
                         // Armed: poll once more, as a completion that came before the arming
                         // raises no event, then block until one does.
-                        if self.progress() != 0 {
+                        if self.progress(inner) != 0 {
                             idle.reset();
                             continue;
                         }
@@ -548,20 +562,21 @@ const DROP_GRACE: Duration = Duration::from_secs(2);
 impl Drop for Worker {
     /// See [Dropping a worker](Worker#dropping-a-worker).
     fn drop(&mut self) {
-        self.fail_held_retries();
+        let (inner, core) = (&*self.inner, &mut self.core);
+        core.fail_held_retries(inner);
         let start = Instant::now();
-        while self.ep.outstanding() > 0 && start.elapsed() < DROP_GRACE {
-            if self.progress() == 0 {
+        while core.ep.outstanding() > 0 && start.elapsed() < DROP_GRACE {
+            if core.progress(inner) == 0 {
                 std::thread::yield_now();
             }
         }
-        if let Some(m) = &self.metrics {
-            self.inner.metrics.retire(m);
+        if let Some(m) = &core.metrics {
+            inner.metrics.retire(m);
         }
-        if self.ep.outstanding() > 0 {
+        if core.ep.outstanding() > 0 {
             // A zero-sized placeholder: boxing it allocates nothing.
-            let ep = std::mem::replace(&mut self.ep, Box::new(Detached));
-            self.inner.adopt(ep);
+            let ep = std::mem::replace(&mut core.ep, Box::new(Detached));
+            inner.adopt(ep);
         }
     }
 }
@@ -848,15 +863,6 @@ fn unposted(inner: &Inner, slot: &BatchSlot, res: &Resolved) {
     slot.open.fetch_sub(1, AcqRel);
     slot.failed.fetch_add(1, AcqRel);
     inner.segments.unpin(res.local_index);
-}
-
-/// Holds a batch entered by a submit; leaves it when dropped.
-struct Entered<'a>(&'a BatchSlot);
-
-impl Drop for Entered<'_> {
-    fn drop(&mut self) {
-        self.0.leave();
-    }
 }
 
 /// Runs of consecutive requests on the same segments within one submit.
