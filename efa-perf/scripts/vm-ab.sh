@@ -11,7 +11,8 @@
 #     --script efa-perf/scripts/vm-ab.sh
 #
 # Prints one row per point: perftest's, A's and B's medians with their spreads (t_typical, us),
-# and A and B over perftest. TESTS (default "write_lat read_lat") and SIZES (default "2 4096")
+# A and B over perftest, and B against A run by run (B ran right after A in each round): the
+# median of B / A and the rounds where B was faster. Then every run's value, in order. TESTS (default "write_lat read_lat") and SIZES (default "2 4096")
 # choose the points; LAT_ITERS (default 1000) the iterations; pass them with --env.
 set -uo pipefail
 PORT_BASE=19100
@@ -22,27 +23,40 @@ reps=${REPS:-5}
 iters=${LAT_ITERS:-1000}
 common=(-d "$dev" -x "$gid" -F)
 
-# one NAME COL SIZE CMD...: runs CMD as server and client with -s SIZE; prints field COL of the
-# client's row for SIZE (nothing when the run failed).
+# one NAME SIZE CMD...: runs CMD as server and client with -s SIZE (not in a subshell: each run
+# takes the next port); sets `got` to t_typical of the client's row for SIZE, empty when it failed.
 one() {
-  local name=$1 col=$2 size=$3
-  shift 3
-  run_pair "$name" "$@" -s "$size" -- "$@" -s "$size" && column "$out/$name.client" "$size" "$col"
+  local name=$1 size=$2
+  shift 2
+  got=
+  run_pair "$name" "$@" -s "$size" -- "$@" -s "$size" && got=$(column "$out/$name.client" "$size" 5)
 }
 
 echo "reps $reps, $iters iterations; t_typical in us, median (min-max)"
-echo "| test | bytes | perftest | A | B | A / perftest | B / perftest |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| test | bytes | perftest | A | B | A / perftest | B / perftest | B / A by round | B faster |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+log=()
 for test in ${TESTS:-write_lat read_lat}; do
   for size in ${SIZES:-2 4096}; do
     p=() x=() y=()
     for ((r = 0; r < reps; r++)); do
-      p+=("$(one "pt-$test-$size-$r" 5 "$size" "ib_$test" "${common[@]}" -n "$iters")")
-      x+=("$(one "a-$test-$size-$r" 5 "$size" "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters")")
-      y+=("$(one "b-$test-$size-$r" 5 "$size" "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters")")
+      one "pt-$test-$size-$r" "$size" "ib_$test" "${common[@]}" -n "$iters"; p+=("$got")
+      one "a-$test-$size-$r" "$size" "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x+=("$got")
+      one "b-$test-$size-$r" "$size" "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y+=("$got")
     done
     pm=$(median "${p[@]}")
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$test" "$size" "$(stats "${p[@]}")" "$(stats "${x[@]}")" \
-      "$(stats "${y[@]}")" "$(ratio "$(median "${x[@]}")" "$pm")" "$(ratio "$(median "${y[@]}")" "$pm")"
+    # Rounds where both builds ran: B / A, and whether B was faster.
+    pairs=() faster=0 both=0
+    for ((r = 0; r < reps; r++)); do
+      [[ -n ${x[r]} && -n ${y[r]} ]] || continue
+      pairs+=("$(ratio "${y[r]}" "${x[r]}")")
+      both=$((both + 1))
+      awk -v a="${x[r]}" -v b="${y[r]}" 'BEGIN { exit !(b < a) }' && faster=$((faster + 1))
+    done
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s of %s |\n' "$test" "$size" "$(stats "${p[@]}")" \
+      "$(stats "${x[@]}")" "$(stats "${y[@]}")" "$(ratio "$(median "${x[@]}")" "$pm")" \
+      "$(ratio "$(median "${y[@]}")" "$pm")" "$(median "${pairs[@]}")" "$faster" "$both"
+    log+=("$test $size perftest: ${p[*]}" "$test $size A: ${x[*]}" "$test $size B: ${y[*]}")
   done
 done
+printf '%s\n' "${log[@]}"

@@ -78,7 +78,8 @@ fn vm_verbs_read_write_sizes_one_process() {
     let remote = a.open_segment("b/kv").unwrap();
     let mut w = a.worker().unwrap();
     let mut batch = a.allocate_batch(4).unwrap();
-    for len in [1usize, 7, 4096, 65_537, (1 << 20) + 3, max] {
+    // Up to `DEFAULT_INLINE` (64) bytes a WRITE goes inline, from 65 through the local key.
+    for len in [1usize, 7, 64, 65, 4096, 65_537, (1 << 20) + 3, max] {
         // READ b's current contents at offset 5 into a's sink at offset 1.
         let expect = contents(&b, target, 5, len);
         batch = a.recycle_batch(batch).unwrap();

@@ -256,12 +256,9 @@ fn push_srd(
     match w.op {
         WorkOp::Read => batch.read(w.token, d, &[wr::local_sge(w)?], wr::remote(w)),
         WorkOp::Write if w.len <= u64::from(inline_max) => {
-            // SAFETY: the engine validated `local_addr..+len` against a registered local
-            // segment, which stays registered and mapped while this request is outstanding;
-            // the bytes are copied into the WQE before `write_inline` returns.
-            let data = unsafe {
-                std::slice::from_raw_parts(w.local_addr as usize as *const u8, w.len as usize)
-            };
+            // SAFETY: `w` comes from the engine, and the bytes are copied into the WQE before
+            // `write_inline` returns.
+            let data = unsafe { wr::local_bytes(w) };
             batch.write_inline(w.token, d, data, wr::remote(w))
         }
         WorkOp::Write => batch.write(w.token, d, &[wr::local_sge(w)?], wr::remote(w)),

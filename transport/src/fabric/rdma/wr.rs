@@ -28,6 +28,18 @@ pub(crate) fn local_sge(wr: &WorkRequest) -> Result<Sge, ::efa::Error> {
     Ok(Sge::new(wr.local_addr, len, wr.local_key as u32))
 }
 
+/// The local bytes of an inline WRITE, which the provider copies into the work request as it
+/// joins a batch.
+///
+/// # Safety
+/// `wr` comes from the engine: it validated `local_addr..+len` against a registered local
+/// segment, which stays registered and mapped while the request is outstanding, and the slice
+/// is dropped before the post returns.
+pub(crate) unsafe fn local_bytes(wr: &WorkRequest) -> &[u8] {
+    // SAFETY: as the caller promises (above); `len` is at most an inline size here.
+    unsafe { std::slice::from_raw_parts(wr.local_addr as usize as *const u8, wr.len as usize) }
+}
+
 /// The remote side of an RDMA READ or WRITE: the low half of the fabric's remote key is the
 /// device rkey (the `efa` fabric keeps its region key in the high half).
 pub(crate) fn remote(wr: &WorkRequest) -> RemoteAddr {

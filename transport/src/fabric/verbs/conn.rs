@@ -22,6 +22,8 @@ pub(crate) struct QpSet {
     pub qps: Vec<RcQp>,
     /// Work requests posted and not yet completed, per local rail (per send CQ).
     pub sqs: Vec<SendQueue>,
+    /// WRITEs of at most this many bytes go inline: the least every QP of the set granted.
+    pub inline_max: u32,
     /// A work request failed: RC moved its QP to the error state, so the set is discarded
     /// once drained instead of going back to the fabric.
     pub broken: bool,
@@ -57,6 +59,7 @@ fn build_set(
 ) -> Result<(QpSet, Vec<QpAddress>), FabricError> {
     let channels = shared.slot_channels.get(slot);
     let depth = shared.config.queue_depth;
+    let mut inline = shared.config.inline_size;
     let mut cqs = Vec::with_capacity(shared.rails.len());
     let mut qps = Vec::with_capacity(shared.rails.len() * remote.len());
     let mut addrs = Vec::with_capacity(qps.capacity());
@@ -77,18 +80,30 @@ fn build_set(
                 });
             }
             let psn = (random_u64() & 0x00ff_ffff) as u32;
-            let qp = QpBuilder::new(&rail.pd, &cq, &cq)
-                .max_send_wr(depth)
-                .max_recv_wr(1)
-                .max_send_sge(1)
-                .max_recv_sge(1)
-                .psn(psn)
-                .port(shared.config.port)
-                .gid_index(rail.gid.index)
-                .rc_options(initiator_options(shared, l, r.rd_atomic))
-                .remote_access(::efa::Access::empty())
-                .build_rc()
-                .map_err(|e| io(format_args!("{name} RC QP"), e))?;
+            let build = |inline: u32| {
+                QpBuilder::new(&rail.pd, &cq, &cq)
+                    .max_send_wr(depth)
+                    .max_recv_wr(1)
+                    .max_send_sge(1)
+                    .max_recv_sge(1)
+                    .max_inline_data(inline)
+                    .psn(psn)
+                    .port(shared.config.port)
+                    .gid_index(rail.gid.index)
+                    .rc_options(initiator_options(shared, l, r.rd_atomic))
+                    .remote_access(::efa::Access::empty())
+                    .build_rc()
+            };
+            // A device that grants less inline data than asked gets a QP without.
+            let qp = match build(inline) {
+                Err(_) if inline > 0 => {
+                    inline = 0;
+                    build(0)
+                }
+                built => built,
+            }
+            .map_err(|e| io(format_args!("{name} RC QP"), e))?;
+            inline = inline.min(qp.caps().max_inline_data);
             addrs.push(QpAddress {
                 qpn: qp.qp_num(),
                 psn,
@@ -105,6 +120,7 @@ fn build_set(
         QpSet {
             remote_rails: remote.len(),
             sqs: (0..cqs.len()).map(|_| SendQueue::default()).collect(),
+            inline_max: inline,
             broken: false,
             cqs,
             qps,

@@ -142,11 +142,21 @@ impl VerbsPoster {
     }
 }
 
-/// Adds `w` to `batch`, an RC QP's open batch. The `efa` crate checks the device limits
-/// ([`wr`]).
-fn push_rc(batch: &mut ::efa::Batch<'_, ::efa::Rc>, w: &WorkRequest) -> Result<(), ::efa::Error> {
+/// Adds `w` to `batch`, an RC QP's open batch; WRITEs of at most `inline_max` bytes go inline.
+/// The `efa` crate checks the device limits ([`wr`]).
+fn push_rc(
+    batch: &mut ::efa::Batch<'_, ::efa::Rc>,
+    w: &WorkRequest,
+    inline_max: u32,
+) -> Result<(), ::efa::Error> {
     match w.op {
         WorkOp::Read => batch.read(w.token, &[wr::local_sge(w)?], wr::remote(w)),
+        WorkOp::Write if w.len <= u64::from(inline_max) => {
+            // SAFETY: `w` comes from the engine, and the bytes are copied into the WQE before
+            // `write_inline` returns.
+            let data = unsafe { wr::local_bytes(w) };
+            batch.write_inline(w.token, data, wr::remote(w))
+        }
         WorkOp::Write => batch.write(w.token, &[wr::local_sge(w)?], wr::remote(w)),
         // A zero-length SEND with the tag as immediate: it needs no remote key, and the
         // target's receive completion carries the tag.
@@ -189,9 +199,10 @@ impl RdmaPoster for VerbsPoster {
             set.cqs.len(),
             set.remote_rails,
         );
+        let inline_max = set.inline_max;
         let mut batch = set.qps[at].batch().map_err(|e| post_reason(&e))?;
         for w in run {
-            if let Err(e) = push_rc(&mut batch, w) {
+            if let Err(e) = push_rc(&mut batch, w, inline_max) {
                 refused.push(w.token, post_reason(&e));
             }
         }

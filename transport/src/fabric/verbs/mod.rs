@@ -87,6 +87,11 @@ pub struct VerbsConfig {
     pub max_regions: usize,
     /// Cap on one READ/WRITE work request (further capped by the port's `max_msg_sz`).
     pub max_transfer_size: u64,
+    /// WRITEs of at most this many bytes are posted inline: the provider copies them into the
+    /// work request, and the device reads no local memory for them (perftest's latency tests
+    /// post inline too). Each initiator QP asks for this much inline data; a device that
+    /// refuses gets QPs without (0 turns inline WRITEs off).
+    pub inline_size: u32,
     /// How long RC retransmits to a silent peer before its requests fail with
     /// `UNRESP_REMOTE` (rounded to the RC ACK-timeout grid).
     pub unresponsive_timeout: Duration,
@@ -117,6 +122,11 @@ pub struct VerbsConfig {
 /// Largest queue and table sizes a verbs fabric may be configured for (devices cap queues
 /// further).
 const MAX_SIZE: u32 = 1 << 16;
+/// Inline bytes an initiator QP asks for by default: small WRITEs (flags, pings, doorbells of
+/// the layers above) without growing the send WQE much.
+pub const DEFAULT_INLINE: u32 = 64;
+/// Most inline bytes a verbs fabric may ask for (devices grant far less).
+const MAX_INLINE: u32 = 4096;
 
 /// Refuses settings that cannot work or would exhaust memory, naming the value; before any
 /// device is opened.
@@ -134,6 +144,7 @@ fn check_config(c: &VerbsConfig) -> Result<(), FabricError> {
     check_range("verbs", "max_endpoints", c.max_endpoints, 1..=64)?;
     check_range("verbs", "max_peers", c.max_peers, 1..=MAX_SIZE)?;
     check_range("verbs", "max_regions", c.max_regions, 1..=MAX_SIZE as usize)?;
+    check_range("verbs", "inline_size", c.inline_size, 0..=MAX_INLINE)?;
     check_range(
         "verbs",
         "max_transfer_size",
@@ -157,6 +168,7 @@ impl Default for VerbsConfig {
             max_peers: 64,
             max_regions: 1024,
             max_transfer_size: 1 << 30,
+            inline_size: DEFAULT_INLINE,
             unresponsive_timeout: Duration::from_secs(4),
             service_ip: None,
             service_port: 0,
@@ -550,8 +562,9 @@ mod tests {
     #[test]
     fn config_is_checked_before_any_device() {
         type Edit = fn(&mut VerbsConfig);
-        let cases: [(&str, Edit); 5] = [
+        let cases: [(&str, Edit); 6] = [
             ("queue_depth", |c| c.queue_depth = u32::MAX),
+            ("inline_size", |c| c.inline_size = MAX_INLINE + 1),
             ("recv_depth", |c| c.recv_depth = c.target_cq_depth + 1),
             ("max_peers", |c| c.max_peers = u32::MAX),
             ("max_regions", |c| c.max_regions = 1 << 40),
