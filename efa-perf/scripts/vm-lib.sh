@@ -65,7 +65,9 @@ run_pair() {
 run_split() {
   local name=$1 rc=0
   if [[ $VM_HOST_INDEX == 1 ]]; then
-    "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
+    # Bounded: VM 1 cannot tell that VM 0's client gave up (after 300 s), and a server left
+    # waiting would hold every later pair.
+    timeout 360 "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
     local pid=$!
     vm-wait-listen "$port" 120 || { echo "$name: server did not listen" >&2; cat "$out/$name.server" >&2; }
     vm-signal "listening-$name"

@@ -24,12 +24,14 @@ row() {
   done
   echo "$name $size $(stats "${v[@]}")"
 }
-for size in 4096 65536; do
+# SIZES (default "4096 65536"; 1048576 runs 200 iterations, as vm-matrix.sh does).
+for size in ${SIZES:-4096 65536}; do
+  n=1000; ((size < 1048576)) || n=200
   for t in write read; do
-    row "perftest-$t" "$size" "ib_${t}_bw" "${common[@]}" -n 1000
-    row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n 1000 --slice-size "$size"
-    row "engine-$t-adaptive" "$size" "$bin" "$t-bw" --fabric verbs --wait adaptive "${common[@]}" -n 1000 --slice-size "$size"
-    row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n 1000 --slice-size "$size"
-    row "raw-$t" "$size" "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n 1000
+    row "perftest-$t" "$size" "ib_${t}_bw" "${common[@]}" -n "$n"
+    row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" --slice-size "$size"
+    row "engine-$t-adaptive" "$size" "$bin" "$t-bw" --fabric verbs --wait adaptive "${common[@]}" -n "$n" --slice-size "$size"
+    row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n "$n" --slice-size "$size"
+    row "raw-$t" "$size" "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n "$n"
   done
 done

@@ -29,9 +29,10 @@ pub enum WaitMode {
     },
     /// Pause from the first empty poll: the least CPU. Blocks on completion channels where the
     /// fabric has them (no added latency beyond a wake-up), else sleeps, noticing a completion
-    /// at most a pause late (see `Adaptive`). Also the faster mode where the completion needs the CPU the
-    /// worker would spin on: a software device (Soft-RoCE) on a one-CPU machine, where it moved
-    /// 4 KiB bandwidth from 0.63-0.79 to 0.86-0.90 of perftest's (`BENCHMARKS.md`).
+    /// at most a pause late (see `Adaptive`). Also the faster mode where the completion needs
+    /// the CPU the worker would spin on: a software device (Soft-RoCE) on a one-CPU machine,
+    /// where it moved 4 KiB bandwidth from 0.63-0.81 of perftest's (busy polling) to 0.86-1.36
+    /// (`BENCHMARKS.md`).
     Block,
 }
 

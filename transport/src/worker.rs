@@ -186,11 +186,9 @@ impl Worker {
         timeout: Duration,
     ) -> Result<BatchStatus, TransportError> {
         let inner = &*self.inner;
-        let slot = inner.batches.get(batch)?;
-        self.core.drive(inner, timeout, || {
-            peer_gone::sweep(inner, slot, batch);
-            slot.open.load(Acquire) == 0
-        });
+        let slot = drive_batch(inner, &mut self.core, batch, timeout, |s| {
+            s.open.load(Acquire) == 0
+        })?;
         if slot.open.load(Acquire) != 0 {
             slot.abandon(batch, false);
         }
@@ -213,11 +211,9 @@ impl Worker {
         timeout: Duration,
     ) -> Result<BatchStatus, TransportError> {
         let inner = &*self.inner;
-        let slot = inner.batches.get(batch)?;
-        self.core.drive(inner, timeout, || {
-            peer_gone::sweep(inner, slot, batch);
-            slot.in_flight.load(Acquire) == 0
-        });
+        let slot = drive_batch(inner, &mut self.core, batch, timeout, |s| {
+            s.in_flight.load(Acquire) == 0
+        })?;
         inner.batches.get(batch)?;
         Ok(slot.status())
     }
@@ -553,6 +549,23 @@ impl Core {
             }
         }
     }
+}
+
+/// Drives `core`'s completions until `done` holds for `batch`'s slot (requests to peers reported
+/// gone failing meanwhile) or `timeout` passes; returns the slot.
+fn drive_batch<'a>(
+    inner: &'a Inner,
+    core: &mut Core,
+    batch: BatchId,
+    timeout: Duration,
+    done: impl Fn(&BatchSlot) -> bool,
+) -> Result<&'a BatchSlot, TransportError> {
+    let slot = inner.batches.get(batch)?;
+    core.drive(inner, timeout, || {
+        peer_gone::sweep(inner, slot, batch);
+        done(slot)
+    });
+    Ok(slot)
 }
 
 /// How long a dropped worker waits for its own completions before handing the rest to the
