@@ -65,20 +65,29 @@ run_pair() {
 run_split() {
   local name=$1 rc=0
   if [[ $VM_HOST_INDEX == 1 ]]; then
-    # Bounded: VM 1 cannot tell that VM 0's client gave up (after 300 s), and a server left
-    # waiting would hold every later pair.
     timeout 360 "${server[@]}" -p "$port" >"$out/$name.server" 2>&1 &
     local pid=$!
     vm-wait-listen "$port" 120 || { echo "$name: server did not listen" >&2; cat "$out/$name.server" >&2; }
     vm-signal "listening-$name"
-    wait "$pid" || { echo "$name: server failed:" >&2; cat "$out/$name.server" >&2; return 1; }
+    # VM 0 says when its client is over, however it ended: a server whose client gave up would
+    # otherwise hold this VM, and every later pair, until its own timeout.
+    vm-wait-signal "done-$name" 330 || true
+    local i
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill "$pid" 2>/dev/null
+    wait "$pid" || { echo "$name: server failed or was stopped:" >&2; cat "$out/$name.server" >&2; return 1; }
     return 0
   fi
-  vm-wait-signal "listening-$name" 180 || { echo "$name: no server on VM 1" >&2; return 1; }
+  if ! vm-wait-signal "listening-$name" 180; then
+    echo "$name: no server on VM 1" >&2
+    vm-signal "done-$name"
+    return 1
+  fi
   local t0 t1
   t0=$(now_ns)
   ( timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ) || rc=$?
   t1=$(now_ns)
+  vm-signal "done-$name"
   if ((rc)); then
     echo "$name: client failed:" >&2
     cat "$out/$name.client" >&2
