@@ -23,15 +23,6 @@ reps=${REPS:-5}
 iters=${LAT_ITERS:-1000}
 common=(-d "$dev" -x "$gid" -F)
 
-# one NAME SIZE CMD...: runs CMD as server and client with -s SIZE (not in a subshell: each run
-# takes the next port); sets `got` to t_typical of the client's row for SIZE, empty when it failed.
-one() {
-  local name=$1 size=$2
-  shift 2
-  got=
-  run_pair "$name" "$@" -s "$size" -- "$@" -s "$size" && got=$(column "$out/$name.client" "$size" 5)
-}
-
 echo "reps $reps, $iters iterations; t_typical in us, median (min-max)"
 echo "| test | bytes | perftest | A | B | A / perftest | B / perftest | B / A by round | B faster |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -40,9 +31,9 @@ for test in ${TESTS:-write_lat read_lat}; do
   for size in ${SIZES:-2 4096}; do
     p=() x=() y=()
     for ((r = 0; r < reps; r++)); do
-      one "pt-$test-$size-$r" "$size" "ib_$test" "${common[@]}" -n "$iters"; p+=("$got")
-      one "a-$test-$size-$r" "$size" "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x+=("$got")
-      one "b-$test-$size-$r" "$size" "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y+=("$got")
+      sample "pt-$test-$size-$r" "$size" 5 "ib_$test" "${common[@]}" -n "$iters"; p+=("$got")
+      sample "a-$test-$size-$r" "$size" 5 "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x+=("$got")
+      sample "b-$test-$size-$r" "$size" 5 "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y+=("$got")
     done
     pm=$(median "${p[@]}")
     # Rounds where both builds ran: B / A, and whether B was faster.

@@ -96,6 +96,16 @@ run_split() {
   echo "$(cpu_of "$out/$name.ctimes") - $(((t1 - t0) / 1000000))" >"$out/$name.cpu"
 }
 
+# sample NAME SIZE COL CMD...: one run of CMD as both server and client with -s SIZE (not in a
+# subshell, so each run takes the next port); sets `got` to field COL of the client's row for
+# SIZE, empty when the run failed.
+sample() {
+  local name=$1 size=$2 col=$3
+  shift 3
+  got=
+  run_pair "$name" "$@" -s "$size" -- "$@" -s "$size" && got=$(column "$out/$name.client" "$size" "$col")
+}
+
 # column LOG SIZE N: field N of the result row for SIZE bytes.
 column() {
   [[ -f $1 ]] || return 0

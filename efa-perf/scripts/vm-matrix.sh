@@ -36,12 +36,12 @@ point() {
   ep=("$@")
   local p=() e=() pc=() ps=() ec=() es=() r c
   for ((r = 0; r < reps; r++)); do
-    if run_pair "pt-$test-$size-$r" "${pt[@]}" -s "$size" -- "${pt[@]}" -s "$size"; then
-      p+=("$(column "$out/pt-$test-$size-$r.client" "$size" "$col")")
+    if sample "pt-$test-$size-$r" "$size" "$col" "${pt[@]}"; then
+      p+=("$got")
       c=($(cpu_pct "pt-$test-$size-$r")); pc+=("${c[0]:-}"); ps+=("${c[1]:-}")
     fi
-    if run_pair "ep-$test-$size-$r" "${ep[@]}" -s "$size" -- "${ep[@]}" -s "$size"; then
-      e+=("$(column "$out/ep-$test-$size-$r.client" "$size" "$col")")
+    if sample "ep-$test-$size-$r" "$size" "$col" "${ep[@]}"; then
+      e+=("$got")
       c=($(cpu_pct "ep-$test-$size-$r")); ec+=("${c[0]:-}"); es+=("${c[1]:-}")
     fi
   done

@@ -18,9 +18,8 @@ row() {
   local name=$1 size=$2 v=() r
   shift 2
   for ((r = 0; r < reps; r++)); do
-    if run_pair "$name-$size-$r" "$@" -s "$size" -- "$@" -s "$size"; then
-      v+=("$(column "$out/$name-$size-$r.client" "$size" 4)")
-    fi
+    sample "$name-$size-$r" "$size" 4 "$@"
+    v+=("$got")
   done
   echo "$name $size $(stats "${v[@]}")"
 }
