@@ -213,6 +213,16 @@ fn nonneg(v: libc::c_int) -> u32 {
 }
 
 impl DeviceAttr {
+    /// RDMA READs an RC QP of this device can keep outstanding in both roles: the
+    /// `max_rd_atomic` (and `max_dest_rd_atomic`) to give [`RcOptions`](crate::RcOptions), as
+    /// perftest's default `out_reads`. At least 1 (a device that reports 0 still serves one),
+    /// at most what the attribute's `u8` holds.
+    pub fn rc_read_depth(&self) -> u8 {
+        self.max_qp_rd_atom
+            .min(self.max_qp_init_rd_atom)
+            .clamp(1, u8::MAX.into()) as u8
+    }
+
     fn from_raw(r: &efa_sys::ibv_device_attr) -> Self {
         // SAFETY: fw_ver is a fixed array the library NUL-terminates; the copy below bounds it.
         let fw = r
@@ -613,5 +623,25 @@ mod tests {
             LinkLayer::from_raw(efa_sys::IBV_LINK_LAYER_ETHERNET as u8),
             LinkLayer::Ethernet
         );
+    }
+
+    #[test]
+    fn rc_read_depth_is_the_smaller_limit_within_a_u8() {
+        // SAFETY: ibv_device_attr is plain old data; all zeroes is a valid value.
+        let mut raw: efa_sys::ibv_device_attr = unsafe { std::mem::zeroed() };
+        let depth = |raw: &efa_sys::ibv_device_attr| DeviceAttr::from_raw(raw).rc_read_depth();
+        assert_eq!(
+            depth(&raw),
+            1,
+            "a device that reports 0 still serves one READ"
+        );
+        (raw.max_qp_rd_atom, raw.max_qp_init_rd_atom) = (128, 128);
+        assert_eq!(depth(&raw), 128, "rxe");
+        (raw.max_qp_rd_atom, raw.max_qp_init_rd_atom) = (16, 128);
+        assert_eq!(depth(&raw), 16, "the responder's limit");
+        (raw.max_qp_rd_atom, raw.max_qp_init_rd_atom) = (4096, 1000);
+        assert_eq!(depth(&raw), 255, "clamped to the attribute's u8");
+        raw.max_qp_rd_atom = -1;
+        assert_eq!(depth(&raw), 1, "a negative count reads as 0");
     }
 }

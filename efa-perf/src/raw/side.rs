@@ -164,11 +164,8 @@ impl Side {
             true => plan::rx_depth(o.rx_depth, o.qps, attr.max_qp_wr, attr.max_cqe),
             false => 1,
         };
-        // RC READs: as many outstanding as the device takes (perftest's out_reads), up to 16.
-        let rd_atomic = attr
-            .max_qp_rd_atom
-            .min(attr.max_qp_init_rd_atom)
-            .clamp(1, 16) as u8;
+        // RC READs: as many outstanding as the device takes (perftest's out_reads).
+        let rd_atomic = attr.rc_read_depth();
         let pd = Pd::new(&ctx).map_err(verbs("allocating a PD", dev))?;
         let channel = match o.events {
             true => Some(

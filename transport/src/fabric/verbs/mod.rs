@@ -318,8 +318,9 @@ fn open_rail(name: &str, config: &VerbsConfig) -> Result<Rail, FabricError> {
             .preferred_gid(config.port)
             .map_err(|e| io(format_args!("{name} GID table"), e))?,
     };
-    let d = ctx.device_attr();
-    let rd = d.max_qp_rd_atom.min(d.max_qp_init_rd_atom).clamp(1, 16) as u8;
+    // As many READs in flight per QP as the device takes (perftest's default out_reads): 16 on
+    // most HCAs, 128 on rxe, where a link's round trip otherwise caps READ bandwidth.
+    let rd = ctx.device_attr().rc_read_depth();
     let pd = Pd::new(&ctx).map_err(|e| io(format_args!("{name} PD"), e))?;
     Ok(Rail {
         pd,
