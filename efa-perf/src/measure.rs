@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use transport::{
-    BatchId, Engine, Opcode, RemoteSegment, Request, RequestStatus, SegmentId, Worker,
+    BatchId, Engine, Opcode, RemoteSegment, Request, RequestStatus, SegmentId, TransportError,
+    Worker,
 };
 
 /// Notification tag of SEND bandwidth messages.
@@ -337,8 +338,19 @@ pub fn await_tag_or_stop(
     }
 }
 
-/// One request of `size` bytes from local offset 0, waited for. WRITE pings land in the peer's receive
-/// half (see [`Link::rx_offset`]) so the bytes a side sends never look like bytes it received.
+/// The request of a latency test's side: `size` bytes from local offset 0. WRITE pings land in the
+/// peer's receive half (see [`Link::rx_offset`]) so the bytes a side sends never look like bytes it
+/// received.
+fn request(link: &Link, op: Opcode, size: u64) -> Request {
+    let remote_off = if op == Opcode::Write {
+        link.rx_offset()
+    } else {
+        0
+    };
+    Request::write(link.local, 0, link.remote, remote_off, size).with_op(op)
+}
+
+/// One request, waited for.
 fn one(
     link: &Link,
     worker: &mut Worker,
@@ -347,19 +359,87 @@ fn one(
     size: u64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let remote_off = if op == Opcode::Write {
-        link.rx_offset()
-    } else {
-        0
-    };
-    let mut r = Request::write(link.local, 0, link.remote, remote_off, size);
-    r.op = op;
     worker
-        .submit(*batch, std::slice::from_ref(&r))
+        .submit(*batch, &[request(link, op, size)])
         .context("submitting")?;
     check_batch(&link.engine, worker, *batch, timeout)?;
     *batch = link.engine.recycle_batch(*batch)?;
     Ok(())
+}
+
+/// A ping-pong side's next message, prepared while the peer's is on its way: its sequence byte
+/// written, the request validated, pinned and turned into work requests
+/// ([`Worker::submit_deferred`]), so only the doorbell stands between an arrival and the answer. perftest
+/// builds its work request before its loop and stores the sequence byte just before each post; the
+/// engine's own share of a message then sits off the round trip, as perftest's does. A message of more
+/// work requests than a worker defers (large messages in small slices) is submitted when due.
+struct Pinger<'a> {
+    link: &'a Link,
+    worker: Worker,
+    batch: BatchId,
+    op: Opcode,
+    size: u64,
+    timeout: Duration,
+    /// Whether the next message is deferred (else it is submitted by `send`).
+    deferred: bool,
+}
+
+impl<'a> Pinger<'a> {
+    /// A side sending `op` messages of `size` bytes, message 0 prepared.
+    fn new(link: &'a Link, op: Opcode, size: u64, timeout: Duration) -> anyhow::Result<Self> {
+        let mut p = Pinger {
+            link,
+            worker: link.engine.worker()?,
+            batch: link.engine.allocate_batch(1)?,
+            op,
+            size,
+            timeout,
+            deferred: false,
+        };
+        p.prepare(0)?;
+        Ok(p)
+    }
+
+    /// Prepares message `i` (deferred until [`send`](Self::send)).
+    fn prepare(&mut self, i: u64) -> anyhow::Result<()> {
+        if self.op == Opcode::Write {
+            self.link
+                .engine
+                .write_owned(self.link.local, self.size - 1, &[seq(i)])?;
+        }
+        let r = request(self.link, self.op, self.size);
+        self.deferred = match self.worker.submit_deferred(self.batch, &[r]) {
+            Ok(_) => true,
+            Err(TransportError::DeferredQueueFull { .. }) => false,
+            Err(e) => return Err(anyhow::Error::new(e).context("submitting")),
+        };
+        Ok(())
+    }
+
+    /// Rings the doorbell of the prepared message `i`, waits for its completion (the device has
+    /// read its bytes) and prepares message `i + 1`.
+    fn send(&mut self, i: u64) -> anyhow::Result<()> {
+        if self.deferred {
+            self.worker.post_deferred();
+        } else {
+            let r = request(self.link, self.op, self.size);
+            self.worker.submit(self.batch, &[r]).context("submitting")?;
+        }
+        check_batch(
+            &self.link.engine,
+            &mut self.worker,
+            self.batch,
+            self.timeout,
+        )?;
+        self.batch = self.link.engine.recycle_batch(self.batch)?;
+        self.prepare(i + 1)
+    }
+
+    /// Takes back the message prepared last (never sent) and frees the batch.
+    fn finish(mut self) {
+        self.worker.discard_deferred();
+        let _ = self.link.engine.free_batch(self.batch);
+    }
 }
 
 /// Client side of a latency test: operations one at a time until `amount` is done. READ reports the full
@@ -373,45 +453,51 @@ pub fn latency_client(
     timeout: Duration,
 ) -> anyhow::Result<(Vec<f64>, Duration)> {
     let cpu0 = cpu::thread_cpu();
-    let mut worker = link.engine.worker()?;
-    let mut batch = link.engine.allocate_batch(1)?;
     // One stamp per iteration, as perftest stamps each one (see `stamp`).
     let mut run = Run::new(amount);
+    if op == StreamOp::Read {
+        let mut worker = link.engine.worker()?;
+        let mut batch = link.engine.allocate_batch(1)?;
+        while run.goes_on() {
+            one(link, &mut worker, &mut batch, Opcode::Read, size, timeout)?;
+            run.lap();
+        }
+        let _ = link.engine.free_batch(batch);
+        return Ok((
+            run.stamps.finish(1.0),
+            cpu::thread_cpu().saturating_sub(cpu0),
+        ));
+    }
+    let mut ping = Pinger::new(link, ping_op(op, TAG_PING), size, timeout)?;
     while run.goes_on() {
         let i = run.stamps.len() as u64;
-        match op {
-            StreamOp::Read => {
-                one(link, &mut worker, &mut batch, Opcode::Read, size, timeout)?;
-            }
-            StreamOp::Write => {
-                link.engine.write_owned(link.local, size - 1, &[seq(i)])?;
-                one(link, &mut worker, &mut batch, Opcode::Write, size, timeout)?;
-                await_byte(link, size, seq(i), timeout, None).context("waiting for the pong")?;
-            }
-            StreamOp::Send => {
-                one(
-                    link,
-                    &mut worker,
-                    &mut batch,
-                    Opcode::WriteWithNotify(TAG_PING),
-                    size,
-                    timeout,
-                )?;
-                await_tag(&link.engine, TAG_PONG, i + 1, timeout)
-                    .context("waiting for the pong")?;
-            }
+        ping.send(i)?;
+        if op == StreamOp::Write {
+            await_byte(link, size, seq(i), timeout, None).map(drop)
+        } else {
+            await_tag(&link.engine, TAG_PONG, i + 1, timeout)
         }
+        .context("waiting for the pong")?;
         run.lap();
     }
+    ping.finish();
     let i = run.stamps.len() as u64;
-    // READ reports each operation whole; WRITE and SEND half a round trip.
-    let scale = if op == StreamOp::Read { 1.0 } else { 0.5 };
-    let samples = run.stamps.finish(scale);
-    let _ = link.engine.free_batch(batch);
+    // Half a round trip per sample.
+    let samples = run.stamps.finish(0.5);
     if op == StreamOp::Send {
         link.engine.notifications().consume(TAG_PONG, i)?;
     }
     Ok((samples, cpu::thread_cpu().saturating_sub(cpu0)))
+}
+
+/// The engine operation of a ping-pong's messages: a WRITE, or for SEND a WRITE with notification
+/// `tag`.
+fn ping_op(op: StreamOp, tag: u32) -> Opcode {
+    if op == StreamOp::Write {
+        Opcode::Write
+    } else {
+        Opcode::WriteWithNotify(tag)
+    }
 }
 
 /// Server side of a WRITE/SEND latency test: answers each ping with a pong of the same size until `stop`
@@ -425,8 +511,7 @@ pub fn latency_server(
     timeout: Duration,
 ) -> anyhow::Result<(u64, Duration)> {
     let cpu0 = cpu::thread_cpu();
-    let mut worker = link.engine.worker()?;
-    let mut batch = link.engine.allocate_batch(1)?;
+    let mut pong = Pinger::new(link, ping_op(op, TAG_PONG), size, timeout)?;
     let mut i = 0u64;
     loop {
         let arrived = if op == StreamOp::Write {
@@ -437,22 +522,10 @@ pub fn latency_server(
         if !arrived.context("waiting for the ping")? {
             break;
         }
-        if op == StreamOp::Write {
-            link.engine.write_owned(link.local, size - 1, &[seq(i)])?;
-            one(link, &mut worker, &mut batch, Opcode::Write, size, timeout)?;
-        } else {
-            one(
-                link,
-                &mut worker,
-                &mut batch,
-                Opcode::WriteWithNotify(TAG_PONG),
-                size,
-                timeout,
-            )?;
-        }
+        pong.send(i)?;
         i += 1;
     }
-    let _ = link.engine.free_batch(batch);
+    pong.finish();
     if op == StreamOp::Send {
         link.engine.notifications().consume(TAG_PING, i)?;
     }

@@ -370,6 +370,18 @@ pub enum TransportError {
         /// The limit.
         max: u32,
     },
+    /// A deferred submit ([`Worker::submit_deferred`](crate::Worker::submit_deferred)) needs
+    /// more work requests than the worker's post queue has room for; nothing was submitted.
+    #[error(
+        "a deferred submit needs {work_requests} work requests and the worker's post queue has \
+         room for {room}: post the deferred ones first (post_deferred) or submit at once"
+    )]
+    DeferredQueueFull {
+        /// Work requests the submit needs.
+        work_requests: u64,
+        /// Free places in the post queue.
+        room: usize,
+    },
     /// Local memory not inside any registered segment.
     #[error("request {index}: local range {addr:#x}+{len} is not inside a registered segment")]
     LocalNotRegistered {

@@ -16,7 +16,8 @@ use crate::{
     TransportError, MAX_SLICES_PER_REQUEST,
 };
 
-/// Work requests gathered before one bulk post.
+/// Work requests gathered before one bulk post: also the most a worker defers
+/// ([`Worker::submit_deferred`]).
 const POST_BATCH: usize = 64;
 /// Completions taken per poll.
 const POLL_BATCH: usize = 64;
@@ -47,6 +48,9 @@ struct SubmitCtx<'a> {
     metrics: Option<&'a CounterBlock>,
     /// The submit's timestamp, or 0 when the call is not timed.
     now: u64,
+    /// Whether the submit rings the doorbell; a deferred one fits its work requests in the post
+    /// queue ([`Core::check_room`]) and posts none.
+    ring: bool,
 }
 
 /// Submits requests and drives completions for one thread. Owns the fabric [`Endpoint`], so
@@ -127,9 +131,10 @@ impl Worker {
         })
     }
 
-    /// Work requests posted by this worker and not yet completed.
+    /// Work requests of this worker not yet completed: posted, held for a retry, or deferred
+    /// ([`Worker::submit_deferred`]).
     pub fn outstanding(&self) -> usize {
-        self.core.ep.outstanding() + self.core.retries.len()
+        self.core.ep.outstanding() + self.core.retries.len() + self.core.wrs.len()
     }
 
     /// Validates every request, then posts them all (all-or-nothing: on a validation error
@@ -154,20 +159,85 @@ impl Worker {
         batch: BatchId,
         requests: &[Request],
     ) -> Result<usize, TransportError> {
+        self.submit_with(batch, requests, true)
+    }
+
+    /// As [`Worker::submit`], but leaves the work requests in this worker's post queue: the
+    /// doorbell rings at the next [`Worker::post_deferred`], [`Worker::submit`],
+    /// [`Worker::wait`], [`Worker::drain`] or [`Worker::progress`] of this worker, or when it is
+    /// dropped. Everything else happens now: validation, pins, request indices, the work
+    /// requests themselves. The queue holds 64 work requests: a submit that would overflow it
+    /// is refused whole ([`TransportError::DeferredQueueFull`]), never posted in part.
+    ///
+    /// This is libfabric's `FI_MORE`: prepare a message ahead and ring the doorbell when it is
+    /// due (a ping-pong answers an arrival with one post, as perftest's loop does with the work
+    /// request it built before the test), or gather several submits behind one doorbell.
+    /// [`Worker::discard_deferred`] takes deferred work back unsent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::submit`], and [`TransportError::DeferredQueueFull`].
+    pub fn submit_deferred(
+        &mut self,
+        batch: BatchId,
+        requests: &[Request],
+    ) -> Result<usize, TransportError> {
+        self.submit_with(batch, requests, false)
+    }
+
+    /// Posts the deferred work requests ([`Worker::submit_deferred`]); returns how many there
+    /// were. A full send queue is waited out as in [`Worker::submit`].
+    pub fn post_deferred(&mut self) -> usize {
+        let n = self.core.wrs.len();
+        self.core.post_deferred(&self.inner);
+        n
+    }
+
+    /// Work requests deferred and not posted yet ([`Worker::submit_deferred`]).
+    pub fn deferred(&self) -> usize {
+        self.core.wrs.len()
+    }
+
+    /// Takes the deferred work requests back unsent: their requests end
+    /// `Failed(`[`FailReason::Flushed`]`)` at once, as requests the fabric never saw, and
+    /// release their batch and segments. Returns how many work requests there were.
+    pub fn discard_deferred(&mut self) -> usize {
+        let (inner, core) = (&*self.inner, &mut self.core);
+        let n = core.wrs.len();
+        if n != 0 {
+            let metrics = core.metrics.take();
+            let unsent = core.wrs.drain(..).map(|wr| Completion {
+                token: wr.token,
+                error: Some(FailReason::Flushed),
+            });
+            complete_unsent(inner, &mut *core.ep, metrics.as_deref(), unsent);
+            core.metrics = metrics;
+        }
+        n
+    }
+
+    fn submit_with(
+        &mut self,
+        batch: BatchId,
+        requests: &[Request],
+        ring: bool,
+    ) -> Result<usize, TransportError> {
         let inner = &*self.inner;
         let slot = inner.batches.get(batch)?;
         let entered = slot.enter(batch)?;
         let r = self
             .core
-            .submit_entered(inner, slot, &entered, batch, requests);
+            .submit_entered(inner, slot, &entered, batch, requests, ring);
         if let (Err(_), Some(m)) = (&r, &self.core.metrics) {
             m.rejected();
         }
         r
     }
 
-    /// Polls the fabric once and applies the completions; returns how many there were.
+    /// Posts deferred work requests ([`Worker::submit_deferred`]), polls the fabric once and
+    /// applies the completions; returns how many there were.
     pub fn progress(&mut self) -> usize {
+        self.core.post_deferred(&self.inner);
         self.core.progress(&self.inner)
     }
 
@@ -186,6 +256,7 @@ impl Worker {
         timeout: Duration,
     ) -> Result<BatchStatus, TransportError> {
         let inner = &*self.inner;
+        self.core.post_deferred(inner);
         let slot = drive_batch(inner, &mut self.core, batch, timeout, |s| {
             s.open.load(Acquire) == 0
         })?;
@@ -211,6 +282,7 @@ impl Worker {
         timeout: Duration,
     ) -> Result<BatchStatus, TransportError> {
         let inner = &*self.inner;
+        self.core.post_deferred(inner);
         let slot = drive_batch(inner, &mut self.core, batch, timeout, |s| {
             s.in_flight.load(Acquire) == 0
         })?;
@@ -238,11 +310,15 @@ impl Core {
         entered: &Entered<'_>,
         batch: BatchId,
         requests: &[Request],
+        ring: bool,
     ) -> Result<usize, TransportError> {
         let gone_epoch = peer_gone::epoch(inner);
         // Validate (and pin) everything before reserving indices: a failed submit then never
         // touches the batch, however other submits interleave with it.
         self.resolve_all(inner, requests)?;
+        if !ring {
+            self.check_room(inner)?;
+        }
         let first = match self.reserve(slot, batch, requests.len()) {
             Ok(first) => first,
             Err(e) => {
@@ -264,6 +340,7 @@ impl Core {
             generation: slot.generation(),
             metrics: metrics.as_deref(),
             now: if timed { inner.metrics.now().max(1) } else { 0 },
+            ring,
         };
         let mut counts = SubmitTally::new();
         // Moved out (not copied) so `flush` can borrow the worker mutably inside the loop.
@@ -280,7 +357,9 @@ impl Core {
             };
             self.post_request(&ctx, req, index, res, op, &mut counts);
         }
-        self.flush(inner, ctx.metrics);
+        if ctx.ring {
+            self.flush(inner, ctx.metrics);
+        }
         if let Some(m) = ctx.metrics {
             counts.flush(m, inner.caps.rails as usize);
         }
@@ -293,6 +372,21 @@ impl Core {
         self.resolved = resolved;
         peer_gone::after_submit(inner, slot, gone_epoch);
         Ok(first as usize)
+    }
+
+    /// Refuses (releasing the pins) resolved requests whose work requests would overflow the
+    /// post queue: deferred work is never posted in part.
+    fn check_room(&mut self, inner: &Inner) -> Result<(), TransportError> {
+        let work_requests: u64 = self.resolved.iter().map(|r| u64::from(r.slices)).sum();
+        let room = POST_BATCH - self.wrs.len();
+        if work_requests > room as u64 {
+            self.release_pins(inner);
+            return Err(TransportError::DeferredQueueFull {
+                work_requests,
+                room,
+            });
+        }
+        Ok(())
     }
 
     /// Counts `n` resolved requests into the batch (work requests in flight, request indices,
@@ -385,7 +479,7 @@ impl Core {
                 remote_key: remote.rkeys[remote_rail as usize],
                 len,
             });
-            if self.wrs.len() == POST_BATCH {
+            if ctx.ring && self.wrs.len() == POST_BATCH {
                 self.flush(ctx.inner, ctx.metrics);
             }
         }
@@ -453,6 +547,16 @@ impl Core {
             }
         }
         self.wrs.clear();
+    }
+
+    /// Posts what [`Worker::submit_deferred`] left in the post queue.
+    #[inline]
+    fn post_deferred(&mut self, inner: &Inner) {
+        if !self.wrs.is_empty() {
+            let metrics = self.metrics.take();
+            self.flush(inner, metrics.as_deref());
+            self.metrics = metrics;
+        }
     }
 
     /// [`Worker::progress`].
@@ -576,6 +680,7 @@ impl Drop for Worker {
     /// See [Dropping a worker](Worker#dropping-a-worker).
     fn drop(&mut self) {
         let (inner, core) = (&*self.inner, &mut self.core);
+        core.post_deferred(inner);
         core.fail_held_retries(inner);
         let start = Instant::now();
         while core.ep.outstanding() > 0 && start.elapsed() < DROP_GRACE {

@@ -74,6 +74,20 @@ fn steady_state_submit_and_complete_allocate_nothing() {
     // One submit call in LATENCY_SAMPLE_EVERY is timed, the first included.
     let every = metrics::LATENCY_SAMPLE_EVERY as u64;
     assert_eq!(m.latency.count, 32 * submits.div_ceil(every));
+
+    // Deferred doorbells (`Worker::submit_deferred`, 8 requests: 20 work requests) allocate
+    // nothing either: submitted ahead, posted by `post_deferred`, or by the wait.
+    let eight = &reqs[..8];
+    let before = allocs();
+    for i in 0..1000 {
+        batch = a.recycle_batch(batch).unwrap();
+        w.submit_deferred(batch, eight).unwrap();
+        if i % 2 == 0 {
+            assert_eq!(w.post_deferred(), 20);
+        }
+        assert_eq!(w.wait(batch, Duration::from_secs(5)).unwrap().completed, 8);
+    }
+    assert_eq!(allocs() - before, 0, "deferred submits allocated");
 }
 
 /// Batch memory follows what is used: allocating the largest batch costs little until requests
