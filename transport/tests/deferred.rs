@@ -126,6 +126,16 @@ fn discarded_work_never_reaches_the_peer() {
         );
     }
     assert!(p.landed().iter().all(|&x| x == 0xEE));
+    // A notifying request ends too, and counts no notification at the peer.
+    let notify = p.write(0, 64).with_op(Opcode::WriteWithNotify(5));
+    let batch = p.a.recycle_batch(batch).unwrap();
+    w.submit_deferred(batch, &[notify]).unwrap();
+    assert_eq!(w.discard_deferred(), 1);
+    assert_eq!(
+        p.a.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::Flushed)
+    );
+    assert_eq!(p.b.notifications().count(5).unwrap(), 0);
     // Nothing stays pinned or in flight: the batch recycles and the segment unregisters.
     let batch = p.a.recycle_batch(batch).unwrap();
     w.submit(batch, &[p.write(0, 64)]).unwrap();
