@@ -362,6 +362,16 @@ fn one(
     worker
         .submit(*batch, &[request(link, op, size)])
         .context("submitting")?;
+    complete_one(link, worker, batch, timeout)
+}
+
+/// Waits for the request in `batch` (checked, see [`check_batch`]) and recycles the batch.
+fn complete_one(
+    link: &Link,
+    worker: &mut Worker,
+    batch: &mut BatchId,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     check_batch(&link.engine, worker, *batch, timeout)?;
     *batch = link.engine.recycle_batch(*batch)?;
     Ok(())
@@ -425,13 +435,7 @@ impl<'a> Pinger<'a> {
             let r = request(self.link, self.op, self.size);
             self.worker.submit(self.batch, &[r]).context("submitting")?;
         }
-        check_batch(
-            &self.link.engine,
-            &mut self.worker,
-            self.batch,
-            self.timeout,
-        )?;
-        self.batch = self.link.engine.recycle_batch(self.batch)?;
+        complete_one(self.link, &mut self.worker, &mut self.batch, self.timeout)?;
         self.prepare(i + 1)
     }
 

@@ -206,11 +206,8 @@ impl Worker {
         let n = core.wrs.len();
         if n != 0 {
             let metrics = core.metrics.take();
-            let unsent = core.wrs.drain(..).map(|wr| Completion {
-                token: wr.token,
-                error: Some(FailReason::Flushed),
-            });
-            complete_unsent(inner, &mut *core.ep, metrics.as_deref(), unsent);
+            core.fail_unsent(inner, metrics.as_deref(), 0);
+            core.wrs.clear();
             core.metrics = metrics;
         }
         n
@@ -316,10 +313,11 @@ impl Core {
         // Validate (and pin) everything before reserving indices: a failed submit then never
         // touches the batch, however other submits interleave with it.
         self.resolve_all(inner, requests)?;
+        let work_requests: u64 = self.resolved.iter().map(|r| u64::from(r.slices)).sum();
         if !ring {
-            self.check_room(inner)?;
+            self.check_room(inner, work_requests)?;
         }
-        let first = match self.reserve(slot, batch, requests.len()) {
+        let first = match self.reserve(slot, batch, requests.len(), work_requests) {
             Ok(first) => first,
             Err(e) => {
                 self.release_pins(inner);
@@ -376,8 +374,7 @@ impl Core {
 
     /// Refuses (releasing the pins) resolved requests whose work requests would overflow the
     /// post queue: deferred work is never posted in part.
-    fn check_room(&mut self, inner: &Inner) -> Result<(), TransportError> {
-        let work_requests: u64 = self.resolved.iter().map(|r| u64::from(r.slices)).sum();
+    fn check_room(&mut self, inner: &Inner, work_requests: u64) -> Result<(), TransportError> {
         let room = POST_BATCH - self.wrs.len();
         if work_requests > room as u64 {
             self.release_pins(inner);
@@ -389,10 +386,16 @@ impl Core {
         Ok(())
     }
 
-    /// Counts `n` resolved requests into the batch (work requests in flight, request indices,
-    /// open requests); returns the first index. On an error nothing is counted.
-    fn reserve(&self, slot: &BatchSlot, batch: BatchId, n: usize) -> Result<u32, TransportError> {
-        let total: u64 = self.resolved.iter().map(|r| r.slices as u64).sum();
+    /// Counts `n` resolved requests of `total` work requests into the batch (work requests in
+    /// flight, request indices, open requests); returns the first index. On an error nothing is
+    /// counted.
+    fn reserve(
+        &self,
+        slot: &BatchSlot,
+        batch: BatchId,
+        n: usize,
+        total: u64,
+    ) -> Result<u32, TransportError> {
         slot.add_in_flight(batch, total)?;
         match slot.reserve(batch, n) {
             Ok(first) => {
@@ -536,17 +539,24 @@ impl Core {
                 let since = *stalled.get_or_insert_with(Instant::now);
                 if since.elapsed() >= inner.submit_timeout {
                     // The fabric made no room in time: fail what is left rather than hang.
-                    let unsent = self.wrs[pos..].iter().map(|wr| Completion {
-                        token: wr.token,
-                        error: Some(FailReason::Flushed),
-                    });
-                    complete_unsent(inner, &mut *self.ep, metrics, unsent);
+                    self.fail_unsent(inner, metrics, pos);
                     break;
                 }
                 std::thread::yield_now();
             }
         }
         self.wrs.clear();
+    }
+
+    /// Ends the queued work requests from `from` on as `FLUSHED`, as the fabric never saw them
+    /// (the caller empties the queue).
+    #[cold]
+    fn fail_unsent(&mut self, inner: &Inner, metrics: Option<&CounterBlock>, from: usize) {
+        let unsent = self.wrs[from..].iter().map(|wr| Completion {
+            token: wr.token,
+            error: Some(FailReason::Flushed),
+        });
+        complete_unsent(inner, &mut *self.ep, metrics, unsent);
     }
 
     /// Posts what [`Worker::submit_deferred`] left in the post queue.
