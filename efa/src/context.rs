@@ -202,6 +202,12 @@ pub struct DeviceAttr {
     pub max_qp_rd_atom: u32,
     /// Most outstanding RDMA reads as initiator (RC).
     pub max_qp_init_rd_atom: u32,
+    /// Most shared receive queues (0: none).
+    pub max_srq: u32,
+    /// Deepest shared receive queue.
+    pub max_srq_wr: u32,
+    /// Most SGEs per shared-receive-queue work request.
+    pub max_srq_sge: u32,
     /// `device_cap_flags`.
     pub device_cap_flags: u32,
     /// Number of ports.
@@ -249,6 +255,9 @@ impl DeviceAttr {
             max_ah: nonneg(r.max_ah),
             max_qp_rd_atom: nonneg(r.max_qp_rd_atom),
             max_qp_init_rd_atom: nonneg(r.max_qp_init_rd_atom),
+            max_srq: nonneg(r.max_srq),
+            max_srq_wr: nonneg(r.max_srq_wr),
+            max_srq_sge: nonneg(r.max_srq_sge),
             device_cap_flags: r.device_cap_flags,
             phys_port_cnt: r.phys_port_cnt,
         }

@@ -31,6 +31,7 @@ mod gid;
 mod mr;
 mod pd;
 mod qp;
+mod srq;
 mod status;
 mod sysfs;
 mod teardown;
@@ -54,6 +55,7 @@ pub use qp::{
     RemoteAddr, SendLimits, SendOp, Srd, SrdQp, Transport, TransportKind, Ud, UdQp, GRH_BYTES,
     MAX_QKEY, RECV_CHAIN,
 };
+pub use srq::Srq;
 pub use status::{EfaStatus, QpState, WcOpcode, WcStatus};
 pub use sysfs::HwCounters;
 pub use teardown::teardown_errors;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use efa::{
     Access, AhAttr, Context, Cq, Dest, DeviceKind, Error, Gid, Limit, Mr, Pd, QpAddress, QpBuilder,
-    QpState, RcOptions, RcQp, RemoteAddr, UdQp, WcOpcode, WcStatus, WorkCompletion, GRH_BYTES,
+    QpState, RcOptions, RcQp, RemoteAddr, Srq, UdQp, WcOpcode, WcStatus, WorkCompletion, GRH_BYTES,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -230,6 +230,119 @@ fn vm_rc_write_read_send_and_write_imm_between_threads() {
         imm_data,
         "write-with-imm data"
     );
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_srq_feeds_two_rc_qps_reposted_from_another_thread() {
+    let (ca, cb) = (open(), open());
+    let mut a = rc_side(&ca, 16, 4096);
+    // Side b: two RC QPs that take their receives from one SRQ, completing into one CQ.
+    let pd = Pd::new(&cb).unwrap();
+    let d = cb.device_attr();
+    assert!(d.max_srq > 0 && d.max_srq_wr >= 8, "{d:?}");
+    assert!(matches!(
+        Srq::new(&pd, d.max_srq_wr + 1, 1),
+        Err(Error::Limit { .. })
+    ));
+    let srq = Srq::new(&pd, 8, 1).unwrap();
+    assert!(srq.capacity() >= 8, "{srq:?}");
+    let mut cq = Cq::new(&cb, 64).unwrap();
+    let build = || {
+        QpBuilder::new(&pd, &cq, &cq)
+            .max_send_wr(16)
+            .max_inline_data(64)
+            .srq(&srq)
+            .build_rc()
+            .unwrap()
+    };
+    let (mut b1, mut b2) = (build(), build());
+    // A receive belongs to the SRQ now, not to the QP.
+    assert!(b1.post_recv(0, &[]).is_err());
+    let a2_cq = Cq::new(&ca, 64).unwrap();
+    let mut a2 = QpBuilder::new(&a._pd, &a2_cq, &a2_cq)
+        .max_send_wr(16)
+        .max_recv_wr(1)
+        .build_rc()
+        .unwrap();
+    a.qp.connect(&b1.endpoint()).unwrap();
+    b1.connect(&a.qp.endpoint()).unwrap();
+    a2.connect(&b2.endpoint()).unwrap();
+    b2.connect(&a2.endpoint()).unwrap();
+
+    // Only 4 receives posted for 8 messages: the rest wait (RNR retries) until the other
+    // thread reposts, through its own handle on the SRQ.
+    for i in 0..4 {
+        srq.post_recv(i, &[]).unwrap();
+    }
+    let reposter = {
+        let srq = Arc::clone(&srq);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [WorkCompletion::default(); 8];
+            let deadline = std::time::Instant::now() + WAIT;
+            while seen.len() < 8 && std::time::Instant::now() < deadline {
+                let n = cq.poll_into(&mut buf).unwrap();
+                for w in &buf[..n] {
+                    assert_eq!(w.status, WcStatus::Success, "{w:?}");
+                    seen.push((w.qp_num, w.imm));
+                    srq.post_recv(100 + seen.len() as u64, &[]).unwrap();
+                }
+            }
+            (seen, cq)
+        })
+    };
+    let mut batch = a.qp.batch().unwrap();
+    for i in 0..4u32 {
+        batch.send_imm(u64::from(i), &[], 0x100 + i).unwrap();
+    }
+    batch.commit().unwrap();
+    let mut batch = a2.batch().unwrap();
+    for i in 0..4u32 {
+        batch.send_imm(u64::from(i), &[], 0x200 + i).unwrap();
+    }
+    batch.commit().unwrap();
+    for w in wait(&mut a.cq, 4) {
+        assert_eq!(w.status, WcStatus::Success, "{w:?}");
+    }
+    let (seen, mut cq) = reposter.join().unwrap();
+    let from = |qpn: u32| -> Vec<Option<u32>> {
+        seen.iter()
+            .filter(|(q, _)| *q == qpn)
+            .map(|(_, imm)| *imm)
+            .collect()
+    };
+    // In order per QP, each on the QP it arrived at.
+    assert_eq!(
+        from(b1.qp_num()),
+        (0..4).map(|i| Some(0x100 + i)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        from(b2.qp_num()),
+        (0..4).map(|i| Some(0x200 + i)).collect::<Vec<_>>()
+    );
+
+    // The QPs on the SRQ still send: b1 writes back to a over the same connection.
+    let peer = a.mr.remote();
+    let mut batch = b1.batch().unwrap();
+    batch
+        .write_inline(
+            7,
+            &[0x5a; 32],
+            RemoteAddr {
+                addr: peer.at(64, 32).unwrap(),
+                rkey: peer.rkey,
+            },
+        )
+        .unwrap();
+    batch.commit().unwrap();
+    let w = wait(&mut cq, 1)[0];
+    assert_eq!(
+        (w.wr_id, w.status, w.qp_num),
+        (7, WcStatus::Success, b1.qp_num()),
+        "{w:?}"
+    );
+    assert_eq!(read_back(&a.mr, 64, 32), vec![0x5a; 32]);
 }
 
 /// Wire format of the two-process test: endpoint then region.

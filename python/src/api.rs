@@ -913,11 +913,32 @@ impl Drop for PyBatch {
 #[pymethods]
 impl PyBatch {
     /// Validates then posts the requests (all or none); returns the index of the first.
-    fn submit(&self, py: Python<'_>, requests: &Bound<'_, PyAny>) -> PyResult<usize> {
+    ///
+    /// With `defer`, everything but the doorbell happens now (validation, pins, work
+    /// requests); the requests are posted by the next `submit`, `wait` or `status` of a batch
+    /// of the same thread, by `post_deferred`, or when the engine closes (as the engine's
+    /// `Worker::submit_deferred`). A ping-pong prepares its next message this way while the
+    /// peer's is on its way.
+    #[pyo3(signature = (requests, defer=false))]
+    fn submit(&self, py: Python<'_>, requests: &Bound<'_, PyAny>, defer: bool) -> PyResult<usize> {
         let id = self.id()?;
         let mut reqs = Vec::new();
         collect_requests(requests, &mut reqs)?;
-        Ok(self.core.submit(py, self.slot, id, &reqs)?)
+        Ok(self.core.submit(py, self.slot, id, &reqs, defer)?)
+    }
+
+    /// Posts the deferred requests of this batch's thread (every batch of it); returns how
+    /// many work requests went out.
+    fn post_deferred(&self, py: Python<'_>) -> PyResult<usize> {
+        self.id()?;
+        Ok(self.core.settle_deferred(py, self.slot, true)?)
+    }
+
+    /// Takes back the deferred requests of this batch's thread unsent: they end failed with
+    /// reason "FLUSHED". Returns how many work requests were dropped.
+    fn discard_deferred(&self, py: Python<'_>) -> PyResult<usize> {
+        self.id()?;
+        Ok(self.core.settle_deferred(py, self.slot, false)?)
     }
 
     /// Waits (GIL released; Ctrl-C raises KeyboardInterrupt and leaves the batch as it is)

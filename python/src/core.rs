@@ -529,18 +529,35 @@ impl Core {
         Ok((self.engine.allocate_batch(capacity)?, self.slot_index()))
     }
 
-    /// Submits to a batch through worker slot `i`.
+    /// Submits to a batch through worker slot `i`; with `defer`, without ringing the doorbell
+    /// (see [`transport::Worker::submit_deferred`]).
     pub fn submit(
         &self,
         py: Python<'_>,
         i: usize,
         batch: BatchId,
         reqs: &[Request],
+        defer: bool,
     ) -> Result<usize, Error> {
         py.detach(|| {
             let mut g = self.slot(i)?;
             let w = g.worker.as_mut().expect("slot() made the worker");
-            Ok(w.submit(batch, reqs)?)
+            Ok(match defer {
+                true => w.submit_deferred(batch, reqs)?,
+                false => w.submit(batch, reqs)?,
+            })
+        })
+    }
+
+    /// Posts (`post`) or discards the deferred work of worker slot `i`; how many work requests.
+    pub fn settle_deferred(&self, py: Python<'_>, i: usize, post: bool) -> Result<usize, Error> {
+        py.detach(|| {
+            let mut g = self.slot(i)?;
+            let w = g.worker.as_mut().expect("slot() made the worker");
+            Ok(match post {
+                true => w.post_deferred(),
+                false => w.discard_deferred(),
+            })
         })
     }
 

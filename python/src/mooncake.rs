@@ -591,7 +591,7 @@ impl Mc {
     ) -> Result<i64, Error> {
         let reqs = self.requests(py, target, buffers, peers, lengths, op)?;
         let (id, slot) = self.core.allocate_batch(reqs.len())?;
-        if let Err(e) = self.core.submit(py, slot, id, &reqs) {
+        if let Err(e) = self.core.submit(py, slot, id, &reqs, false) {
             let _ = self.core.engine.free_batch(id);
             return Err(e);
         }

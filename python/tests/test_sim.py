@@ -99,6 +99,29 @@ def test_batches_status_and_notifications(pair):
         a.read(seg, 0, remote, 0, 16)
 
 
+def test_deferred_submit_waits_for_the_doorbell(pair):
+    a, b = pair
+    target = bytearray(4096)
+    b.register("dk", target, access="w")
+    seg = a.register("dsrc", bytearray(b"\x07" * 4096))
+    remote = a.open_segment(f"{b.address}/dk")
+    with a.batch(8) as batch:
+        assert batch.submit([et.Request.write(seg, 0, remote, 0, 64)], defer=True) == 0
+        # sim moves the bytes when a work request is posted: nothing has landed yet.
+        assert not any(target)
+        assert batch.post_deferred() == 1
+        assert batch.post_deferred() == 0
+        assert batch.wait(timeout=5).completed == 1
+        assert bytes(target[:64]) == b"\x07" * 64
+        assert batch.submit([et.Request.write(seg, 64, remote, 64, 64, notify=3)], defer=True) == 1
+        assert batch.discard_deferred() == 1
+        st = batch.wait(timeout=5, check=False)
+        assert (st.completed, st.failed) == (1, 1)
+        assert batch.request_status(1).reason == "FLUSHED"
+        assert not any(target[64:128])
+    assert b.notify_count(3) == 0
+
+
 def test_failures_raise_the_reason():
     a = et.Engine("fa", "sim", sim_error_rate=1.0, sim_error_reasons=["REMOTE_ABORT"])
     b = et.Engine("fb", "sim")

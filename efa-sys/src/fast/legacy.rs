@@ -2,7 +2,7 @@
 
 use core::ffi::c_int;
 
-use crate::{ibv_cq, ibv_qp, ibv_recv_wr, ibv_send_wr, ibv_wc};
+use crate::{ibv_cq, ibv_qp, ibv_recv_wr, ibv_send_wr, ibv_srq, ibv_wc};
 
 /// Posts a list of send work requests (`qp->context->ops.post_send`).
 ///
@@ -50,6 +50,33 @@ pub unsafe fn ibv_post_recv(
     unsafe {
         match (*(*qp).context).ops.post_recv {
             Some(f) => f(qp, wr, bad_wr),
+            None => {
+                *bad_wr = wr;
+                libc::EOPNOTSUPP
+            }
+        }
+    }
+}
+
+/// Posts a list of receive work requests to a shared receive queue
+/// (`srq->context->ops.post_srq_recv`).
+///
+/// Returns 0 or an errno value, as [`ibv_post_send`].
+///
+/// # Safety
+/// `srq` must be a live SRQ whose `context` is valid; otherwise as
+/// [`ibv_post_recv`].
+#[inline]
+pub unsafe fn ibv_post_srq_recv(
+    srq: *mut ibv_srq,
+    wr: *mut ibv_recv_wr,
+    bad_wr: *mut *mut ibv_recv_wr,
+) -> c_int {
+    // SAFETY: forwarded from the caller, who keeps this function's `# Safety`
+    // contract: the pointers are live and valid for the operations below.
+    unsafe {
+        match (*(*srq).context).ops.post_srq_recv {
+            Some(f) => f(srq, wr, bad_wr),
             None => {
                 *bad_wr = wr;
                 libc::EOPNOTSUPP

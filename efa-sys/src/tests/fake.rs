@@ -113,6 +113,7 @@ fakes! {
     // struct ibv_context_ops
     fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int = 0;
     fn post_recv(qp: *mut ibv_qp, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int = 0;
+    fn post_srq_recv(srq: *mut ibv_srq, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int = 0;
     fn req_notify_cq(cq: *mut ibv_cq, solicited_only: c_int) -> c_int = 0;
 
     // struct efadv_cq
@@ -221,6 +222,7 @@ pub fn verbs_ctx() -> std::boxed::Box<verbs_context> {
     v.context.abi_compat = VERBS_ABI_IS_EXTENDED;
     v.context.ops.post_send = Some(post_send);
     v.context.ops.post_recv = Some(post_recv);
+    v.context.ops.post_srq_recv = Some(post_srq_recv);
     v.context.ops.poll_cq = Some(poll_cq);
     v.context.ops.req_notify_cq = Some(req_notify_cq);
     v

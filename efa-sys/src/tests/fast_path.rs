@@ -234,6 +234,10 @@ fn legacy_post_and_poll_go_through_context_ops() {
         context: ctx,
         ..Default::default()
     };
+    let mut srq = ibv_srq {
+        context: ctx,
+        ..Default::default()
+    };
     let mut swr = ibv_send_wr::default();
     let mut rwr = ibv_recv_wr::default();
     let mut bad_s: *mut ibv_send_wr = core::ptr::null_mut();
@@ -249,7 +253,10 @@ fn legacy_post_and_poll_go_through_context_ops() {
             ibv_req_notify_cq(&mut cq, 1),
         )
     };
+    // SAFETY: as above.
+    let srq_ret = unsafe { ibv_post_srq_recv(&mut srq, &mut rwr, &mut bad_r) };
     assert_eq!(rets, (0, 0, 3, 0));
+    assert_eq!(srq_ret, 0);
     assert_eq!([wcs[0].wr_id, wcs[1].wr_id, wcs[2].wr_id], [0, 1, 2]);
     assert_eq!(
         fake::take(),
@@ -258,6 +265,7 @@ fn legacy_post_and_poll_go_through_context_ops() {
             ("post_recv", vec![addr(&qp), addr(&rwr), addr(&bad_r)]),
             ("poll_cq", vec![addr(&cq), 4, addr(wcs.as_ptr())]),
             ("req_notify_cq", vec![addr(&cq), 1]),
+            ("post_srq_recv", vec![addr(&srq), addr(&rwr), addr(&bad_r)]),
         ]
     );
 }

@@ -257,6 +257,7 @@ pub struct QpBuilder<'a> {
     rc: RcOptions,
     remote_access: crate::mr::Access,
     td: Option<Arc<ThreadDomain>>,
+    srq: Option<Arc<crate::srq::Srq>>,
     counters: Vec<(Arc<crate::counter::CompCounter>, crate::counter::CounterOps)>,
 }
 
@@ -279,6 +280,7 @@ impl<'a> QpBuilder<'a> {
             rc: RcOptions::default(),
             remote_access: crate::mr::Access::REMOTE_READ | crate::mr::Access::REMOTE_WRITE,
             td: None,
+            srq: None,
             counters: Vec::new(),
         }
     }
@@ -409,6 +411,14 @@ impl<'a> QpBuilder<'a> {
         self
     }
 
+    /// Take receives from `srq` instead of a receive queue of the QP's own (the receive
+    /// queue sizes are then ignored, and [`Qp::post_recv`] fails: post to the SRQ). The QP
+    /// keeps the SRQ alive. RC and UD on verbs devices; `srq` must be on the QP's PD.
+    pub fn srq(mut self, srq: &Arc<crate::srq::Srq>) -> Self {
+        self.srq = Some(Arc::clone(srq));
+        self
+    }
+
     fn local_gid(&self) -> Result<GidEntry> {
         let ctx = self.pd.context();
         match self.gid_index {
@@ -435,9 +445,14 @@ impl<'a> QpBuilder<'a> {
         a.send_cq = self.send_cq.inner().as_cq();
         a.recv_cq = self.recv_cq.inner().as_cq();
         a.cap.max_send_wr = self.caps.max_send_wr;
-        a.cap.max_recv_wr = self.caps.max_recv_wr;
         a.cap.max_send_sge = self.caps.max_send_sge;
-        a.cap.max_recv_sge = self.caps.max_recv_sge;
+        match &self.srq {
+            Some(srq) => a.srq = srq.as_raw(),
+            None => {
+                a.cap.max_recv_wr = self.caps.max_recv_wr;
+                a.cap.max_recv_sge = self.caps.max_recv_sge;
+            }
+        }
         a.cap.max_inline_data = self.caps.max_inline_data;
         a.qp_type = qp_type as _;
         a.sq_sig_all = sig_all.into();
@@ -453,6 +468,14 @@ impl<'a> QpBuilder<'a> {
                 return Err(Error::Invalid {
                     what: "thread domain made for another protection domain than the QP's (its PD handle)",
                     value: td.pd().handle().into(),
+                });
+            }
+        }
+        if let Some(srq) = &self.srq {
+            if !Arc::ptr_eq(srq.pd(), self.pd) {
+                return Err(Error::Invalid {
+                    what: "shared receive queue made for another protection domain than the QP's (its PD handle)",
+                    value: srq.pd().handle().into(),
                 });
             }
         }
@@ -759,6 +782,7 @@ pub struct Qp<T: Transport> {
     _send_cq: Arc<CqInner>,
     _recv_cq: Arc<CqInner>,
     _td: Option<Arc<ThreadDomain>>,
+    _srq: Option<Arc<crate::srq::Srq>>,
     caps: QpCaps,
     state: QpState,
     qkey: u32,
@@ -820,6 +844,7 @@ impl<T: Transport> Qp<T> {
             _send_cq: Arc::clone(b.send_cq.inner()),
             _recv_cq: Arc::clone(b.recv_cq.inner()),
             _td: b.td,
+            _srq: b.srq,
             caps: QpCaps {
                 max_send_wr: cap.max_send_wr,
                 max_recv_wr: cap.max_recv_wr,
@@ -983,13 +1008,7 @@ impl<T: Transport> Qp<T> {
     /// Post one receive of `sges` (on UD over RoCE the first [`GRH_BYTES`] receive the GRH).
     pub fn post_recv(&mut self, wr_id: u64, sges: &[Sge]) -> Result<()> {
         self.check_recv_state()?;
-        if sges.len() as u64 > u64::from(self.caps.max_recv_sge) {
-            return Err(Error::limit(
-                Limit::RecvSges,
-                sges.len() as u64,
-                self.caps.max_recv_sge.into(),
-            ));
-        }
+        check_recv_sges(sges, self.caps.max_recv_sge)?;
         let mut clamped = [Sge::new(0, 0, 0); MAX_CLAMPED_RECV_SGES];
         let sges = if self.pd.context().is_efa()
             && sges.len() <= MAX_CLAMPED_RECV_SGES
@@ -1002,12 +1021,7 @@ impl<T: Transport> Qp<T> {
         } else {
             sges
         };
-        let mut wr = efa_sys::ibv_recv_wr {
-            wr_id,
-            next: std::ptr::null_mut(),
-            sg_list: Sge::as_raw_slice(sges) as *mut _,
-            num_sge: sges.len() as libc::c_int,
-        };
+        let mut wr = recv_wr(wr_id, sges);
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is live; the WR and SGEs are valid for the call (providers copy them).
         let rc = unsafe { efa_sys::ibv_post_recv(self.raw.as_ptr(), &mut wr, &mut bad) };
@@ -1185,6 +1199,24 @@ impl Qp<Rc> {
                 a.max_rd_atomic = rc.max_rd_atomic;
             },
         )
+    }
+}
+
+/// Refuses a receive of more entries than `max` (the queue's `max_recv_sge`).
+pub(crate) fn check_recv_sges(sges: &[Sge], max: u32) -> Result<()> {
+    if sges.len() as u64 > u64::from(max) {
+        return Err(Error::limit(Limit::RecvSges, sges.len() as u64, max.into()));
+    }
+    Ok(())
+}
+
+/// One receive work request of `sges`, unchained; valid while `sges` is.
+pub(crate) fn recv_wr(wr_id: u64, sges: &[Sge]) -> efa_sys::ibv_recv_wr {
+    efa_sys::ibv_recv_wr {
+        wr_id,
+        next: std::ptr::null_mut(),
+        sg_list: Sge::as_raw_slice(sges) as *mut _,
+        num_sge: sges.len() as libc::c_int,
     }
 }
 

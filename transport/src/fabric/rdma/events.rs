@@ -6,7 +6,7 @@
 //! Devices that cannot raise CQ events (EFA without the kernel's `CQ_NOTIFICATIONS`, the first
 //! generation) keep the sleeps of [`Backoff`](super::backoff::Backoff).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,15 @@ impl Events {
         Events { channels, fds }
     }
 
+    /// Also ends [`wait`](Self::wait) when `waker` is woken.
+    pub(crate) fn watch(&mut self, waker: &Waker) {
+        self.fds.push(libc::pollfd {
+            fd: waker.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
     /// The channel of device `i` (the order given to [`new`](Self::new)).
     pub(crate) fn channel(&self, i: usize) -> &CompChannel {
         &self.channels[i]
@@ -76,6 +85,42 @@ impl Events {
             }
         }
         Ok(events)
+    }
+}
+
+/// Wakes a thread blocked in [`Events::wait`] (an `eventfd` it [watches](Events::watch)): work
+/// that arrives by another way than a completion, such as a connection request, gets its
+/// attention at once.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub(crate) fn new() -> std::io::Result<Waker> {
+        // SAFETY: plain system call; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Waker { fd })
+    }
+
+    /// Makes the descriptor readable (wakes the watcher, now or at its next wait).
+    pub(crate) fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our descriptor. A full counter (never,
+        // in practice) already wakes the watcher, so the result does not matter.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Resets the descriptor once the watcher is awake (a no-op when it was not woken).
+    pub(crate) fn clear(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from our non-blocking descriptor.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     }
 }
 

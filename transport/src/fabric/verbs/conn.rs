@@ -1,13 +1,22 @@
-//! The initiator's side of a connection: one [`QpSet`] per endpoint slot, built, exchanged in
-//! the handshake and connected.
+//! Connections: one [`QpSet`] per endpoint slot at each end, built on the target thread (every
+//! QP takes its receives from its rail's shared receive queue and completes them into the
+//! target thread's CQ), exchanged in the handshake and connected.
+//!
+//! A connection carries both directions. The initiator posts on the set it built; the target
+//! keeps the set it built in answer, and once the initiator confirmed, offers it as its own
+//! connection to the initiator's engine ([`Shared::adopt`]): a later [`connect`] back to that
+//! engine finds it and runs no handshake, so a ping-pong between two engines runs on one RC
+//! QP pair each way, as perftest's does.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
-use ::efa::{Cq, QpBuilder, RcOptions, RcQp};
+use ::efa::{Cq, QpBuilder, RcOptions, RcQp, Srq};
 
 use super::addr::{QpAddress, RailAddress};
 use super::handshake::{self, Request};
-use super::{random_u64, Shared};
+use super::{random_u64, Peer, Shared};
 use crate::fabric::rdma::endpoint::SendQueue;
 use crate::fabric::rdma::events;
 use crate::FabricError;
@@ -34,26 +43,42 @@ impl QpSet {
     pub(crate) fn in_flight(&self) -> u64 {
         self.sqs.iter().map(|q| u64::from(q.in_flight())).sum()
     }
+
+    /// Position of the QP from local rail `local` to remote rail `remote` in [`qps`](Self::qps).
+    pub(crate) fn position(&self, local: usize, remote: usize) -> usize {
+        local * self.remote_rails + remote
+    }
+}
+
+/// What the QPs of each rail share: the target thread's receive CQ and shared receive queue.
+pub(crate) struct Receivers<'a> {
+    pub cqs: &'a [Cq],
+    pub srqs: &'a [Arc<Srq>],
 }
 
 fn io(what: impl std::fmt::Display, e: ::efa::Error) -> FabricError {
     FabricError::device("verbs", what, e)
 }
 
-/// The RC options of an initiator QP on `rail` towards a target serving `target_rd` READs.
-pub(crate) fn initiator_options(shared: &Shared, rail: usize, target_rd: u8) -> RcOptions {
+/// The RC options of a QP on `rail` towards a peer rail serving `peer_rd` READs. Both ends
+/// send (SENDs too), so both wait for receivers rather than fail.
+pub(crate) fn rc_options(shared: &Shared, rail: usize, peer_rd: u8) -> RcOptions {
     RcOptions {
         timeout: shared.ack_timeout,
         retry_cnt: super::RETRY_CNT,
         // Receivers repost as fast as they poll; wait for them rather than fail.
         rnr_retry: 7,
         min_rnr_timer: 12,
-        max_rd_atomic: shared.rails[rail].rd_atomic.min(target_rd).max(1),
+        max_rd_atomic: shared.rails[rail].rd_atomic.min(peer_rd).max(1),
     }
 }
 
-fn build_set(
+/// Builds one set towards the rails `remote`, its send CQs on the completion channels of
+/// endpoint slot `slot` (none past the fabric's slots). Returns the set and its QPs'
+/// addresses, local-rail-major. Runs on the target thread, which owns `recv`.
+pub(crate) fn build_set(
     shared: &Shared,
+    recv: &Receivers<'_>,
     remote: &[RailAddress],
     slot: usize,
 ) -> Result<(QpSet, Vec<QpAddress>), FabricError> {
@@ -81,17 +106,15 @@ fn build_set(
             }
             let psn = (random_u64() & 0x00ff_ffff) as u32;
             let build = |inline: u32| {
-                QpBuilder::new(&rail.pd, &cq, &cq)
+                QpBuilder::new(&rail.pd, &cq, &recv.cqs[l])
+                    .srq(&recv.srqs[l])
                     .max_send_wr(depth)
-                    .max_recv_wr(1)
                     .max_send_sge(1)
-                    .max_recv_sge(1)
                     .max_inline_data(inline)
                     .psn(psn)
                     .port(shared.config.port)
                     .gid_index(rail.gid.index)
-                    .rc_options(initiator_options(shared, l, r.rd_atomic))
-                    .remote_access(::efa::Access::empty())
+                    .rc_options(rc_options(shared, l, r.rd_atomic))
                     .build_rc()
             };
             // A device that grants less inline data than asked gets a QP without.
@@ -129,16 +152,50 @@ fn build_set(
     ))
 }
 
-/// Builds `slots` QP sets, runs the handshake with the target and connects them.
+/// Connects the QP at `position` of `set` to the peer's QP `peer`, whose MTU must be the local
+/// rail's.
+pub(crate) fn connect_qp(
+    shared: &Shared,
+    set: &mut QpSet,
+    position: usize,
+    peer: &QpAddress,
+) -> Result<(), FabricError> {
+    let local = position / set.remote_rails;
+    if peer.mtu != shared.rails[local].mtu {
+        return Err(FabricError::BadAddress {
+            rail: (position % set.remote_rails) as u16,
+            reason: format!(
+                "QP {:#x} runs {:?}, {} runs {:?}",
+                peer.qpn,
+                peer.mtu,
+                shared.rails[local].ctx.name(),
+                shared.rails[local].mtu
+            ),
+        });
+    }
+    let qp = &mut set.qps[position];
+    qp.connect(&peer.endpoint()).map_err(|e| {
+        io(
+            format_args!("connect QP {:#x} to {:#x}", qp.qp_num(), peer.qpn),
+            e,
+        )
+    })
+}
+
+/// Builds the sets of endpoint slots `first..first + count` towards `remote` (on the target
+/// thread), runs the handshake with the peer's service and connects them.
 pub(crate) fn connect(
     shared: &Shared,
     remote: &[RailAddress],
-    slots: u16,
+    first: u16,
+    count: u16,
 ) -> Result<Vec<QpSet>, FabricError> {
-    let mut sets = Vec::with_capacity(slots.into());
+    let built = shared
+        .jobs
+        .build(remote, first, count, shared.config.handshake_timeout)?;
+    let mut sets = Vec::with_capacity(built.len());
     let mut mine = Vec::new();
-    for slot in 0..slots {
-        let (set, addrs) = build_set(shared, remote, slot.into())?;
+    for (set, addrs) in built {
         sets.push(set);
         mine.extend(addrs);
     }
@@ -146,36 +203,62 @@ pub(crate) fn connect(
         rails: (0..shared.rails.len())
             .map(|r| shared.rail_address(r))
             .collect(),
-        slots,
+        slots: count,
         target_rails: remote.len() as u16,
         qps: mine,
     };
     let at = SocketAddr::from((remote[0].ip, remote[0].port));
-    let theirs = handshake::exchange(at, &req, shared.config.handshake_timeout)?;
+    let (theirs, stream) = handshake::exchange(at, &req, shared.config.handshake_timeout)?;
+    shared.counts.dialed.fetch_add(1, Ordering::Relaxed);
+    // The request's order is each set's own (local rail, remote rail) order, slot by slot.
     let mut it = theirs.iter();
     for set in &mut sets {
-        for (i, qp) in set.qps.iter_mut().enumerate() {
+        for position in 0..set.qps.len() {
             let peer = it.next().ok_or_else(|| FabricError::BadAddress {
-                rail: (i % set.remote_rails) as u16,
+                rail: (position % set.remote_rails) as u16,
                 reason: format!(
                     "the handshake with {at} answered {} QP addresses, fewer than needed",
                     theirs.len()
                 ),
             })?;
-            let rail = i / set.remote_rails;
-            if peer.mtu != shared.rails[rail].mtu {
-                return Err(FabricError::BadAddress {
-                    rail: (i % set.remote_rails) as u16,
-                    reason: format!("passive QP {:#x} has MTU {:?}", peer.qpn, peer.mtu),
-                });
-            }
-            qp.connect(&peer.endpoint()).map_err(|e| {
-                io(
-                    format_args!("connect QP {:#x} to {:#x}", qp.qp_num(), peer.qpn),
-                    e,
-                )
-            })?;
+            connect_qp(shared, set, position, peer)?;
         }
     }
+    handshake::confirm(stream);
     Ok(sets)
+}
+
+impl Shared {
+    /// Offers the sets a target built for the initiator whose rails are `rails` as this
+    /// engine's connection to it: a peer entry with one set per endpoint slot. Gives back what
+    /// it did not take (all of them when the engine already knows the peer, has no peer entry
+    /// left, or is itself connecting to someone right now: the target thread never waits for
+    /// that lock, and the peer is then connected by handshake as before).
+    pub(crate) fn adopt(&self, rails: Vec<RailAddress>, sets: Vec<QpSet>) -> Vec<QpSet> {
+        let Ok(mut ids) = self.ids.try_lock() else {
+            return sets;
+        };
+        let instance = rails[0].instance;
+        let id = ids.next;
+        let Some(entry) = self.peers.get(id as usize) else {
+            return sets;
+        };
+        if ids.by_instance.contains_key(&instance) || entry.get().is_some() {
+            return sets;
+        }
+        let mut it = sets.into_iter();
+        let peer = Peer {
+            addrs: rails,
+            sets: (0..self.config.max_endpoints)
+                .map(|_| Mutex::new(it.next()))
+                .collect(),
+        };
+        if entry.set(peer).is_err() {
+            return it.collect();
+        }
+        ids.by_instance.insert(instance, id);
+        ids.next += 1;
+        self.counts.adopted.fetch_add(1, Ordering::Relaxed);
+        it.collect()
+    }
 }

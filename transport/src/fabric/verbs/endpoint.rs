@@ -102,7 +102,7 @@ impl VerbsPoster {
                 if retry.is_some_and(|t| Instant::now() < t) {
                     return Err(FailReason::UnreachableRemote);
                 }
-                match super::conn::connect(&self.shared, &p.addrs, 1)
+                match super::conn::connect(&self.shared, &p.addrs, self.slot as u16, 1)
                     .ok()
                     .and_then(|v| v.into_iter().next())
                 {
@@ -191,14 +191,7 @@ impl RdmaPoster for VerbsPoster {
         let set = self.conns[first.peer as usize]
             .as_mut()
             .ok_or(FailReason::InvalidAh)?;
-        // Slot 0 of a one-slot list: the set's own order.
-        let at = super::handshake::qp_position(
-            0,
-            usize::from(first.rail),
-            first.remote_rail.into(),
-            set.cqs.len(),
-            set.remote_rails,
-        );
+        let at = set.position(first.rail.into(), first.remote_rail.into());
         let inline_max = set.inline_max;
         let mut batch = set.qps[at].batch().map_err(|e| post_reason(&e))?;
         for w in run {
@@ -263,18 +256,25 @@ impl RdmaPoster for VerbsPoster {
 impl Drop for VerbsPoster {
     fn drop(&mut self) {
         // Healthy sets with nothing in flight go back to the fabric for the slot's next
-        // endpoint. A failed set, or one with work in flight (its completions would confuse the
-        // next owner), is destroyed; the slot's next endpoint connects the peer again.
+        // endpoint. A healthy set with work in flight (its completions would confuse the next
+        // owner) goes to the target thread, which keeps it connected: the peer may be posting
+        // on the other end of the same QPs. A failed set is destroyed (RC holds its QPs in
+        // error for good); the slot's next endpoint connects the peer again.
         for &peer in &self.active {
             let Some(set) = self.conns[peer as usize].take() else {
                 continue;
             };
-            if set.in_flight() == 0 && !set.broken {
-                if let Some(p) = self.shared.peers.get(peer as usize).and_then(|p| p.get()) {
+            if set.broken {
+                continue;
+            }
+            let entry = self.shared.peers.get(peer as usize).and_then(|p| p.get());
+            match entry {
+                Some(p) if set.in_flight() == 0 => {
                     *p.sets[self.slot]
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = Some(set);
                 }
+                _ => self.shared.jobs.keep(set),
             }
         }
         self.shared

@@ -2,9 +2,11 @@
 //!
 //! The initiator sends its instance id, its per-rail [`RailAddress`]es, and one [`QpAddress`]
 //! per queue pair it created for the target (`slots x initiator rails x target rails`, in that
-//! order); the target creates as many passive QPs, connects them, posts their receives, and
-//! answers with their addresses in the same order. Messages are length-prefixed (u32), versioned
-//! and checked like every address; a malformed message is refused, never trusted.
+//! order); the target creates as many QPs of its own, connects them, and answers with their
+//! addresses in the same order. Once the initiator has connected its QPs too it confirms
+//! ([`confirm`]): from then on the target may post on its ends as well (each connection carries
+//! both directions). Messages are length-prefixed (u32), versioned and checked like every
+//! address; a malformed message is refused, never trusted.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,10 +17,11 @@ use crate::fabric::rdma::codec::{Reader, Writer};
 use crate::FabricError;
 
 const MAGIC: &[u8; 2] = b"VH";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_REQUEST: u8 = 1;
 const KIND_ACCEPTED: u8 = 2;
 const KIND_REFUSED: u8 = 3;
+const KIND_CONNECTED: u8 = 4;
 /// Largest message either side accepts.
 pub(crate) const MAX_MESSAGE: usize = 1 << 20;
 
@@ -81,17 +84,6 @@ pub(crate) fn qp_position(
     target_rails: usize,
 ) -> usize {
     (slot * initiator_rails + initiator_rail) * target_rails + target_rail
-}
-
-/// The inverse of [`qp_position`]: `(slot, initiator rail, target rail)`.
-pub(crate) fn qp_rails(
-    position: usize,
-    initiator_rails: usize,
-    target_rails: usize,
-) -> (usize, usize, usize) {
-    let t = position % target_rails;
-    let i = (position / target_rails) % initiator_rails;
-    (position / (target_rails * initiator_rails), i, t)
 }
 
 impl Request {
@@ -218,12 +210,38 @@ pub(crate) fn receive(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Runs the initiator's side: sends `req` to the service at `at`, returns the passive QPs.
+/// The initiator's last message: its QPs are connected (ready to receive).
+pub(crate) fn connected_message() -> Vec<u8> {
+    Writer::with_capacity(4)
+        .bytes(MAGIC)
+        .u8(VERSION)
+        .u8(KIND_CONNECTED)
+        .finish()
+}
+
+/// Whether `bytes` is the initiator's [`connected_message`].
+pub(crate) fn is_connected_message(bytes: &[u8]) -> bool {
+    let mut r = Reader::new(bytes, 0, "verbs handshake confirmation");
+    r.header(MAGIC, VERSION).is_ok() && matches!(r.u8(), Ok(KIND_CONNECTED)) && r.end().is_ok()
+}
+
+/// Tells the target over the handshake's stream that the initiator's QPs are connected, and
+/// waits (up to the stream's timeout) for its answer: by then the target has settled whether it
+/// posts on its ends too. Best effort: without it the target only leaves its ends unused for
+/// sending.
+pub(crate) fn confirm(mut stream: TcpStream) {
+    if send(&mut stream, &connected_message()).is_ok() {
+        let _ = receive(&mut stream);
+    }
+}
+
+/// Runs the initiator's side: sends `req` to the service at `at`, returns the target's QPs
+/// and the stream to [`confirm`] on.
 pub(crate) fn exchange(
     at: SocketAddr,
     req: &Request,
     timeout: Duration,
-) -> Result<Vec<QpAddress>, FabricError> {
+) -> Result<(Vec<QpAddress>, TcpStream), FabricError> {
     let io = |what: &str, e: std::io::Error| {
         FabricError::os("verbs", format_args!("handshake with {at}: {what}"), e)
     };
@@ -236,7 +254,7 @@ pub(crate) fn exchange(
     send(&mut s, &req.encode()).map_err(|e| io("send", e))?;
     let body = receive(&mut s).map_err(|e| io("receive", e))?;
     match Response::decode(&body, req.expected_qps())? {
-        Response::Accepted(qps) => Ok(qps),
+        Response::Accepted(qps) => Ok((qps, s)),
         Response::Refused(why) => Err(FabricError::Refused {
             fabric: "verbs",
             peer: at.to_string(),
@@ -294,7 +312,7 @@ mod tests {
     #[test]
     fn qp_positions_agree_on_both_sides() {
         // The initiator lists QPs slot by slot, each slot's set local-rail-major (the order
-        // `QpSet::qps` and the endpoint's indexing use); the target reads them back.
+        // `QpSet::qps` and the endpoint's indexing use), every position once.
         for (ir, tr, slots) in [(1, 1, 1), (2, 3, 2), (4, 1, 3), (1, 4, 4)] {
             let mut seen = std::collections::HashSet::new();
             for s in 0..slots {
@@ -302,7 +320,6 @@ mod tests {
                     for t in 0..tr {
                         let p = qp_position(s, i, t, ir, tr);
                         assert_eq!(p, s * ir * tr + i * tr + t);
-                        assert_eq!(qp_rails(p, ir, tr), (s, i, t));
                         assert!(seen.insert(p));
                     }
                 }
@@ -333,6 +350,9 @@ mod tests {
             let req = Request::decode(&receive(&mut s).unwrap()).unwrap();
             let answer: Vec<_> = req.qps.iter().map(|q| qp(q.qpn + 100)).collect();
             send(&mut s, &Response::Accepted(answer).encode()).unwrap();
+            let confirmed = is_connected_message(&receive(&mut s).unwrap());
+            send(&mut s, &connected_message()).unwrap();
+            confirmed
         });
         let req = Request {
             rails: vec![rail(0)],
@@ -340,9 +360,14 @@ mod tests {
             target_rails: 2,
             qps: vec![qp(1), qp(2)],
         };
-        let got = exchange(at, &req, Duration::from_secs(5)).unwrap();
+        let (got, stream) = exchange(at, &req, Duration::from_secs(5)).unwrap();
         assert_eq!(got, vec![qp(101), qp(102)]);
-        server.join().unwrap();
+        confirm(stream);
+        assert!(server.join().unwrap(), "the confirmation reads as one");
+        assert!(!is_connected_message(&Response::Accepted(vec![]).encode()));
+        assert!(!is_connected_message(
+            &[connected_message(), vec![0]].concat()
+        ));
     }
 
     proptest! {
@@ -350,6 +375,7 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Request::decode(&bytes);
             let _ = Response::decode(&bytes, 3);
+            let _ = is_connected_message(&bytes);
         }
     }
 }

@@ -10,29 +10,40 @@
 //!   [`VerbsConfig::service_ip`]). [`Fabric::connect`] creates, for each of the
 //!   [`VerbsConfig::max_endpoints`] endpoint slots, one RC QP per local rail per remote rail,
 //!   sends their QPN/PSN/GID/MTU to the target's service (a length-prefixed, versioned
-//!   TCP exchange), and connects them to
-//!   the passive QPs the target created in answer. The target side of that handshake is this
-//!   fabric's [`Fabric::accept`] path; an out-of-band `accept` has nothing left to do.
+//!   TCP exchange), and connects them to the QPs the target created in answer. The target side
+//!   of that handshake is this fabric's [`Fabric::accept`] path; an out-of-band `accept` has
+//!   nothing left to do.
+//! - **One QP pair each way**: a connection carries both directions. Once the initiator has
+//!   confirmed that its QPs are connected, the target takes the sets it built in answer as its
+//!   own connection to the initiator's engine, so its later [`Fabric::connect`] to that engine
+//!   runs no handshake and its endpoints post on the other end of the initiator's QPs (as
+//!   perftest's two sides share one QP pair). Where both engines connect at the same moment each
+//!   keeps its own, and [`VerbsFabric::connections`] tells which happened.
 //! - **Endpoints** (one per worker) claim a slot and own that slot's QPs and CQs of every peer
 //!   they post to (taken from the fabric once per peer, on the first post). Posting and polling
 //!   then touch only endpoint-owned objects: no lock, no allocation, one doorbell per run of
 //!   work requests to the same QP, batch polls into a fixed array.
-//! - **Notifications** are zero-length SENDs with immediate data (the tag). The target's
-//!   passive QPs keep receives posted; a per-fabric target thread polls their CQs, counts tags
-//!   with [`Notifications::record`] and reposts. A notification's completion at the initiator
-//!   means the target's device acknowledged it; the count follows when the target thread polls
-//!   (at once within [`VerbsConfig::idle_spin`] of the last notification, else when the
-//!   completion wakes the idle thread from its completion channel, or within half a millisecond
-//!   of its sleep on a device without CQ events), so a target waits
-//!   with [`Notifications::wait_for`].
+//! - **Notifications** are zero-length SENDs with immediate data (the tag). Every QP takes its
+//!   receives from its rail's shared receive queue ([`VerbsConfig::recv_depth`] of them) and
+//!   completes them into the rail's receive CQ, which one target thread per fabric polls: it
+//!   counts tags with [`Notifications::record`] and reposts. A notification's completion at
+//!   the initiator means the target's device acknowledged it; the count follows when the
+//!   target thread polls (at once within [`VerbsConfig::idle_spin`] of the last notification,
+//!   else when the completion wakes the idle thread from its completion channel, or within half
+//!   a millisecond of its sleep on a device without CQ events), so a target waits with
+//!   [`Notifications::wait_for`]. The target thread also creates every QP (it owns the CQ and
+//!   queue they share), woken by an `eventfd` when a connection needs one.
 //! - **Dead peers**: RC retransmits with the ACK timeout derived from
 //!   [`VerbsConfig::unresponsive_timeout`]; when retries run out the request fails with
 //!   `UNRESP_REMOTE`.
 //! - **Failed connections**: RC moves a QP to the error state on any failed work request, and
-//!   the requests behind it in that QP complete with `FLUSHED`. Once the endpoint has drained
+//!   the requests behind it in that QP complete with `FLUSHED`; as a connection carries both
+//!   directions, the peer's requests on it fail too (both are transient reasons, which the
+//!   engine's [`RetryPolicy`](crate::RetryPolicy) posts again). Once the endpoint has drained
 //!   them, its next post to that peer connects a new QP set (one handshake); after a failed
 //!   attempt it waits a second before the next, failing requests with `UNREACH_REMOTE`
-//!   meanwhile. The target keeps the old passive QPs until the fabric drops.
+//!   meanwhile. The target keeps the QPs it built for a peer's connections until the fabric
+//!   drops (or, once in the error state, until it needs room for new ones).
 //!
 //! [`Notifications::record`]: crate::Notifications::record
 //! [`Notifications::wait_for`]: crate::Notifications::wait_for
@@ -45,7 +56,7 @@ mod service;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -74,10 +85,12 @@ pub struct VerbsConfig {
     pub gid_index: Option<u32>,
     /// Send-queue depth per QP (per rail per peer per endpoint).
     pub queue_depth: u32,
-    /// Receives kept posted on each passive QP (notifications in flight per connection).
+    /// Receives kept posted in each rail's shared receive queue: notifications in flight to
+    /// this engine per rail, from every peer together (a sender past them waits for the RNR
+    /// retry). Capped by the device's `max_srq_wr` and by `target_cq_depth`.
     pub recv_depth: u32,
-    /// Entries of each rail's target-side CQ; bounds passive QPs per rail to
-    /// `target_cq_depth / recv_depth`.
+    /// Entries of each rail's receive CQ, into which every QP of the rail completes its
+    /// receives (at least `recv_depth`).
     pub target_cq_depth: u32,
     /// Endpoints (workers) alive at once; every connection creates QPs for each.
     pub max_endpoints: u16,
@@ -162,7 +175,7 @@ impl Default for VerbsConfig {
             port: 1,
             gid_index: None,
             queue_depth: 256,
-            recv_depth: 64,
+            recv_depth: 4096,
             target_cq_depth: 16384,
             max_endpoints: 4,
             max_peers: 64,
@@ -178,6 +191,27 @@ impl Default for VerbsConfig {
             affinity: crate::affinity::Affinity::default(),
         }
     }
+}
+
+/// How a fabric's connections came about (see [`VerbsFabric::connections`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerbsConnections {
+    /// Handshakes this fabric ran as initiator (a `connect`, or an endpoint connecting a slot
+    /// again after a failure).
+    pub dialed: u64,
+    /// Handshakes this fabric answered for a peer.
+    pub answered: u64,
+    /// Peers this fabric posts to over the QPs it built in answer to theirs, with no handshake
+    /// of its own.
+    pub adopted: u64,
+}
+
+/// The counters behind [`VerbsConnections`].
+#[derive(Default)]
+pub(crate) struct ConnectionCounts {
+    pub dialed: AtomicU64,
+    pub answered: AtomicU64,
+    pub adopted: AtomicU64,
 }
 
 /// One device of the fabric.
@@ -201,9 +235,10 @@ pub(crate) struct Peer {
     pub sets: Box<[Mutex<Option<QpSet>>]>,
 }
 
-struct PeerIds {
-    by_instance: HashMap<u64, PeerId>,
-    next: PeerId,
+/// Peer ids by engine instance, and the next id to give.
+pub(crate) struct PeerIds {
+    pub by_instance: HashMap<u64, PeerId>,
+    pub next: PeerId,
 }
 
 /// State shared by the fabric, its endpoints and its threads.
@@ -213,6 +248,12 @@ pub(crate) struct Shared {
     pub instance: u64,
     pub service: SocketAddr,
     pub peers: Box<[OnceLock<Peer>]>,
+    /// Held through a connect (a second connect to the same peer waits and then finds it);
+    /// the target thread only tries it ([`Shared::adopt`]).
+    pub ids: Mutex<PeerIds>,
+    /// The target thread's job queue.
+    pub jobs: service::Jobs,
+    pub counts: ConnectionCounts,
     pub slots_in_use: AtomicU64,
     /// Per endpoint slot, one completion channel per rail for the slot's send CQs, so a waiting
     /// worker blocks on them (`cq_events`); empty where the devices cannot make channels.
@@ -252,7 +293,6 @@ pub struct VerbsFabric {
     /// The cpus the fabric's threads were pinned to.
     cpus: Option<crate::affinity::CpuSet>,
     shared: Arc<Shared>,
-    ids: Mutex<PeerIds>,
     registry: MrRegistry,
 }
 
@@ -409,6 +449,7 @@ impl VerbsFabric {
             });
         }
         let target = service::Target::new(&rails, &config)?;
+        let (jobs, job_rx) = service::Jobs::new()?;
         let slot_channels = (0..config.max_endpoints)
             .map(|_| match config.cq_events {
                 true => rails
@@ -422,6 +463,12 @@ impl VerbsFabric {
         let shared = Arc::new(Shared {
             slot_channels,
             peers: (0..config.max_peers).map(|_| OnceLock::new()).collect(),
+            ids: Mutex::new(PeerIds {
+                by_instance: HashMap::new(),
+                next: 0,
+            }),
+            jobs,
+            counts: ConnectionCounts::default(),
             ack_timeout: ack_timeout_exponent(config.unresponsive_timeout),
             config,
             rails,
@@ -438,7 +485,7 @@ impl VerbsFabric {
             &shared.config.affinity,
             shared.rails.iter().map(|r| &r.ctx),
         )?;
-        let threads = service::start(shared.clone(), listener, target, cpus)?;
+        let threads = service::start(shared.clone(), listener, target, job_rx, cpus)?;
         let registry = MrRegistry::new(
             shared.rails.iter().map(|r| r.pd.clone()).collect(),
             shared.config.max_regions,
@@ -447,10 +494,6 @@ impl VerbsFabric {
             _threads: Threads::new(shared.stop.clone(), threads).waking(shared.service),
             cpus,
             shared,
-            ids: Mutex::new(PeerIds {
-                by_instance: HashMap::new(),
-                next: 0,
-            }),
             registry,
         }))
     }
@@ -458,6 +501,17 @@ impl VerbsFabric {
     /// The connection service's socket address.
     pub fn service_address(&self) -> SocketAddr {
         self.shared.service
+    }
+
+    /// How this fabric's connections came about so far: handshakes dialed and answered, and
+    /// peers reached over a connection they made (one RC QP pair serves both directions).
+    pub fn connections(&self) -> VerbsConnections {
+        let c = &self.shared.counts;
+        VerbsConnections {
+            dialed: c.dialed.load(Ordering::Relaxed),
+            answered: c.answered.load(Ordering::Relaxed),
+            adopted: c.adopted.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -511,7 +565,11 @@ impl Fabric for VerbsFabric {
         let addrs = RailAddress::decode_all(remote)?;
         // Held through the handshake: a second connect to the same peer waits and then finds
         // it, rather than building a second set of QPs.
-        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ids = self
+            .shared
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let instance = addrs[0].instance;
         if let Some(&id) = ids.by_instance.get(&instance) {
             return Ok(id);
@@ -522,7 +580,7 @@ impl Fabric for VerbsFabric {
             .peers
             .get(id as usize)
             .ok_or(FabricError::Exhausted("verbs peers"))?;
-        let sets = conn::connect(&self.shared, &addrs, self.shared.config.max_endpoints)?;
+        let sets = conn::connect(&self.shared, &addrs, 0, self.shared.config.max_endpoints)?;
         if slot
             .set(Peer {
                 addrs,
