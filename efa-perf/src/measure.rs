@@ -205,8 +205,20 @@ fn check_batch(
     )
 }
 
-/// Runs one bandwidth stream: keeps up to `depth` requests of `size` bytes in flight (two batches that
-/// alternate, so the queue never drains between them) until `amount` is done.
+/// Batches a bandwidth stream splits its `-t` requests into (fewer when `-t` is smaller).
+const STREAM_BATCHES: u32 = 8;
+
+/// How a stream of `depth` requests in flight is batched: `(batches, requests per batch)`. A stream waits
+/// for its oldest batch whole before it refills it, so `n` batches keep at least `(n - 1) / n` of `depth`
+/// in flight (perftest refills per completion and keeps all of it; two batches kept half).
+fn stream_batches(depth: u32) -> (u32, u32) {
+    let depth = depth.max(1);
+    let per = depth.div_ceil(STREAM_BATCHES);
+    (depth / per, per)
+}
+
+/// Runs one bandwidth stream: keeps up to `depth` requests of `size` bytes in flight (in
+/// [`stream_batches`], refilled as each completes, so the queue never drains) until `amount` is done.
 #[allow(clippy::too_many_arguments)] // One stream's whole setting, as each thread receives it.
 pub fn stream(
     link: &Link,
@@ -221,8 +233,8 @@ pub fn stream(
     let cpu0 = cpu::thread_cpu();
     let engine = &link.engine;
     let mut worker = engine.worker().context("creating a worker")?;
-    let nbatches = if depth >= 2 { 2 } else { 1 };
-    let per = (depth / nbatches).max(1) as usize;
+    let (nbatches, per) = stream_batches(depth);
+    let per = per as usize;
     let base = index as u64 * link.stripe;
     let slots = (link.stripe / size).max(1);
     let mut slot = 0u64;
@@ -534,4 +546,23 @@ pub fn latency_server(
         link.engine.notifications().consume(TAG_PING, i)?;
     }
     Ok((i, cpu::thread_cpu().saturating_sub(cpu0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_batches_keep_most_of_the_depth_in_flight() {
+        for depth in 1..=4096u32 {
+            let (n, per) = stream_batches(depth);
+            assert!((1..=STREAM_BATCHES).contains(&n), "{depth}: {n} batches");
+            assert!(n * per <= depth, "{depth}: {n} x {per}");
+            // Short of the depth by less than one batch.
+            assert!(n * per + per > depth, "{depth}: {n} x {per}");
+        }
+        assert_eq!(stream_batches(128), (8, 16));
+        assert_eq!(stream_batches(2), (2, 1));
+        assert_eq!(stream_batches(0), (1, 1));
+    }
 }
