@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # efa-perf's WRITE and READ bandwidth through the engine in each worker wait mode (efa-perf's
 # default --wait busy, as perftest polls; the engine's own default --wait adaptive; -e), and with
-# --raw, beside perftest, at 4 KiB and 64 KiB: REPS runs
+# --raw, beside perftest polling and, for READ, perftest -e (events; ib_write_bw refuses -e:
+# "Events feature not available on WRITE verb"), at 4 KiB and 64 KiB: REPS runs
 # per row (default 3), medians with the spread. Made for two 1-vCPU guests, where a polling thread
 # and the device's kernel work share the one CPU:
 #
@@ -28,6 +29,7 @@ for size in ${SIZES:-4096 65536}; do
   n=1000; ((size < 1048576)) || n=200
   for t in write read; do
     row "perftest-$t" "$size" "ib_${t}_bw" "${common[@]}" -n "$n"
+    [[ $t == read ]] && row "perftest-$t-e" "$size" "ib_${t}_bw" -e "${common[@]}" -n "$n"
     row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" --slice-size "$size"
     row "engine-$t-adaptive" "$size" "$bin" "$t-bw" --fabric verbs --wait adaptive "${common[@]}" -n "$n" --slice-size "$size"
     row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n "$n" --slice-size "$size"
