@@ -41,7 +41,7 @@ pub(crate) struct Request {
 /// The target's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Response {
-    /// The passive QPs, in the request's order.
+    /// The target's QPs, in the request's order.
     Accepted(Vec<QpAddress>),
     /// Why the target refused.
     Refused(String),

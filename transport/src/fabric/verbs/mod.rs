@@ -596,7 +596,7 @@ impl Fabric for VerbsFabric {
     }
 
     fn accept(&self, initiator: &[Vec<u8>]) -> Result<(), FabricError> {
-        // The connection handshake already created and connected the passive QPs; only check
+        // The connection handshake already created and connected the target's QPs; only check
         // that the addresses are ours to speak.
         RailAddress::decode_all(initiator).map(|_| ())
     }
