@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ::efa::{Cq, QpBuilder, RcOptions, RcQp, Srq};
 
@@ -239,11 +239,7 @@ impl Shared {
             return sets;
         };
         let instance = rails[0].instance;
-        let id = ids.next;
-        let Some(entry) = self.peers.get(id as usize) else {
-            return sets;
-        };
-        if ids.by_instance.contains_key(&instance) || entry.get().is_some() {
+        if ids.by_instance.contains_key(&instance) {
             return sets;
         }
         let mut it = sets.into_iter();
@@ -253,12 +249,19 @@ impl Shared {
                 .map(|_| Mutex::new(it.next()))
                 .collect(),
         };
-        if entry.set(peer).is_err() {
-            return it.collect();
+        match ids.add(&self.peers, instance, peer) {
+            Ok(_) => {
+                self.counts.adopted.fetch_add(1, Ordering::Relaxed);
+                it.collect()
+            }
+            // The table is full: every set goes back, those the entry held first.
+            Err(peer) => peer
+                .sets
+                .into_vec()
+                .into_iter()
+                .filter_map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+                .chain(it)
+                .collect(),
         }
-        ids.by_instance.insert(instance, id);
-        ids.next += 1;
-        self.counts.adopted.fetch_add(1, Ordering::Relaxed);
-        it.collect()
     }
 }

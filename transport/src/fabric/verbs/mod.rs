@@ -241,6 +241,31 @@ pub(crate) struct PeerIds {
     pub next: PeerId,
 }
 
+impl PeerIds {
+    /// Whether `table` has an entry left for the next peer.
+    fn has_room(&self, table: &[OnceLock<Peer>]) -> bool {
+        table.get(self.next as usize).is_some()
+    }
+
+    /// Enters `peer`, the engine `instance`, under the next id of `table`; gives it back when
+    /// the table is full.
+    pub(crate) fn add(
+        &mut self,
+        table: &[OnceLock<Peer>],
+        instance: u64,
+        peer: Peer,
+    ) -> Result<PeerId, Peer> {
+        let id = self.next;
+        match table.get(id as usize) {
+            Some(entry) => entry.set(peer)?,
+            None => return Err(peer),
+        }
+        self.by_instance.insert(instance, id);
+        self.next += 1;
+        Ok(id)
+    }
+}
+
 /// State shared by the fabric, its endpoints and its threads.
 pub(crate) struct Shared {
     pub config: VerbsConfig,
@@ -574,25 +599,17 @@ impl Fabric for VerbsFabric {
         if let Some(&id) = ids.by_instance.get(&instance) {
             return Ok(id);
         }
-        let id = ids.next;
-        let slot = self
-            .shared
-            .peers
-            .get(id as usize)
-            .ok_or(FabricError::Exhausted("verbs peers"))?;
-        let sets = conn::connect(&self.shared, &addrs, 0, self.shared.config.max_endpoints)?;
-        if slot
-            .set(Peer {
-                addrs,
-                sets: sets.into_iter().map(|s| Mutex::new(Some(s))).collect(),
-            })
-            .is_err()
-        {
+        // Checked before the handshake: a full table builds no QPs.
+        if !ids.has_room(&self.shared.peers) {
             return Err(FabricError::Exhausted("verbs peers"));
         }
-        ids.by_instance.insert(instance, id);
-        ids.next += 1;
-        Ok(id)
+        let sets = conn::connect(&self.shared, &addrs, 0, self.shared.config.max_endpoints)?;
+        let peer = Peer {
+            addrs,
+            sets: sets.into_iter().map(|s| Mutex::new(Some(s))).collect(),
+        };
+        ids.add(&self.shared.peers, instance, peer)
+            .map_err(|_| FabricError::Exhausted("verbs peers"))
     }
 
     fn accept(&self, initiator: &[Vec<u8>]) -> Result<(), FabricError> {

@@ -393,16 +393,19 @@ impl TargetThread {
         }
     }
 
-    /// Most sets the thread keeps for peers' connections: one per endpoint slot of every peer.
-    fn max_kept(&self) -> usize {
-        self.shared.config.max_peers as usize * usize::from(self.shared.config.max_endpoints)
+    /// Whether `n` more sets fit beside the kept and pending ones: at most one per endpoint slot
+    /// of every peer.
+    fn fits(&self, n: usize) -> bool {
+        let pending: usize = self.pending.values().map(|p| p.sets.len()).sum();
+        let max =
+            self.shared.config.max_peers as usize * usize::from(self.shared.config.max_endpoints);
+        self.kept.len() + pending + n <= max
     }
 
     /// Makes room for `n` more kept sets: drops kept sets whose connection failed (their QPs
     /// are in the error state for good, and the peer reconnects with new ones).
     fn make_room(&mut self, n: usize) -> Result<(), FabricError> {
-        let held = self.kept.len() + self.pending.values().map(|p| p.sets.len()).sum::<usize>();
-        if held + n <= self.max_kept() {
+        if self.fits(n) {
             return Ok(());
         }
         self.kept.retain(|set| {
@@ -410,8 +413,7 @@ impl TargetThread {
                 .iter()
                 .all(|qp| qp.query_state().is_ok_and(|s| s != ::efa::QpState::Err))
         });
-        let held = self.kept.len() + self.pending.values().map(|p| p.sets.len()).sum::<usize>();
-        match held + n <= self.max_kept() {
+        match self.fits(n) {
             true => Ok(()),
             false => Err(FabricError::Exhausted(
                 "verbs connections served (raise max_peers or max_endpoints)",
