@@ -87,16 +87,19 @@ impl RetryPolicy {
     }
 }
 
-/// A retry held back until `due` (a backoff) or until its rail has room.
+/// A work request held back until `due` (a backoff) or until its rail has room: a retry, or a
+/// notification whose rail a retry filled first.
 #[derive(Clone, Copy)]
 struct Held {
     wr: WorkRequest,
     due: Option<Instant>,
-    /// The reason it failed, reported if the retry cannot be posted in the end.
+    /// The reason it failed, reported if it cannot be posted in the end.
     reason: FailReason,
+    /// Whether it is a retry (counted as one once posted).
+    retry: bool,
 }
 
-/// A worker's held-back retries (capacity [`QUEUE`], allocated once).
+/// A worker's held-back retries and notifications (capacity [`QUEUE`], allocated once).
 pub(crate) struct RetryQueue {
     held: Vec<Held>,
 }
@@ -119,24 +122,47 @@ impl RetryQueue {
         due: Option<Instant>,
         reason: FailReason,
     ) -> bool {
+        self.push(Held {
+            wr,
+            due,
+            reason,
+            retry: true,
+        })
+    }
+
+    /// Holds back a notification until its rail has room (it failed for no reason yet: it is
+    /// reported as [`FailReason::Flushed`] if it is never posted); `false` when the queue is full.
+    pub(crate) fn hold_notify(&mut self, wr: WorkRequest) -> bool {
+        self.push(Held {
+            wr,
+            due: None,
+            reason: FailReason::Flushed,
+            retry: false,
+        })
+    }
+
+    fn push(&mut self, h: Held) -> bool {
         if self.held.len() == QUEUE {
             return false;
         }
-        self.held.push(Held { wr, due, reason });
+        self.held.push(h);
         true
     }
 
     /// Posts what is due through `post` (which returns whether the work request was taken);
-    /// keeps the rest. Returns how many were posted.
+    /// keeps the rest. Returns how many retries were posted.
     pub(crate) fn post_due(
         &mut self,
         now: Instant,
         mut post: impl FnMut(&WorkRequest) -> bool,
     ) -> usize {
-        let before = self.held.len();
-        self.held
-            .retain(|h| h.due.is_some_and(|d| d > now) || !post(&h.wr));
-        before - self.held.len()
+        let mut retries = 0;
+        self.held.retain(|h| {
+            let keep = h.due.is_some_and(|d| d > now) || !post(&h.wr);
+            retries += (!keep && h.retry) as usize;
+            keep
+        });
+        retries
     }
 
     /// Empties the queue: each held work request as the completion it never got, with the
@@ -216,24 +242,34 @@ mod tests {
         assert!(q.hold(wr(1), None, FailReason::Io));
         assert!(q.hold(wr(2), Some(now + Duration::from_secs(60)), FailReason::Io));
         assert!(q.hold(wr(3), None, FailReason::Flushed));
-        // 3's rail is full: only 1 goes.
+        assert!(q.hold_notify(wr(4)));
+        assert!(q.hold_notify(wr(5)));
+        // 3's and 5's rails are full: 1 and 4 go, and only 1 counts as a retry.
         let mut posted = vec![];
         assert_eq!(
-            q.post_due(now, |w| w.token != 3 && {
+            q.post_due(now, |w| w.token != 3 && w.token != 5 && {
                 posted.push(w.token);
                 true
             }),
             1
         );
-        assert_eq!((posted, q.len()), (vec![1], 2));
+        assert_eq!((posted, q.len()), (vec![1, 4], 3));
         let failed: Vec<_> = q
             .drain_failed()
             .map(|c| (c.token, c.error.unwrap()))
             .collect();
-        assert_eq!(failed, [(2, FailReason::Io), (3, FailReason::Flushed)]);
+        assert_eq!(
+            failed,
+            [
+                (2, FailReason::Io),
+                (3, FailReason::Flushed),
+                (5, FailReason::Flushed)
+            ]
+        );
         for t in 0..QUEUE as u64 {
             assert!(q.hold(wr(t), None, FailReason::Io));
         }
         assert!(!q.hold(wr(0), None, FailReason::Io));
+        assert!(!q.hold_notify(wr(0)));
     }
 }

@@ -131,7 +131,8 @@ impl Worker {
         })
     }
 
-    /// Work requests of this worker not yet completed: posted, held for a retry, or deferred
+    /// Work requests of this worker not yet completed: posted, held (a retry, or a notification
+    /// waiting for room on its rail), or deferred
     /// ([`Worker::submit_deferred`]).
     pub fn outstanding(&self) -> usize {
         self.core.ep.outstanding() + self.core.retries.len() + self.core.wrs.len()
@@ -595,13 +596,13 @@ impl Core {
         n
     }
 
-    /// Completes the held retries, which were never posted, with their first failure.
+    /// Completes the held work requests, which were never posted, with their first failure.
     fn fail_held_retries(&mut self, inner: &Inner) {
         let unsent = self.retries.drain_failed();
         complete_unsent(inner, &mut *self.ep, self.metrics.as_deref(), unsent);
     }
 
-    /// Posts the held retries that are due and fit.
+    /// Posts the held work requests that are due and fit.
     #[cold]
     fn post_retries(&mut self, inner: &Inner) {
         let ep = &mut self.ep;
@@ -646,7 +647,8 @@ impl Core {
                 match step {
                     Step::Spin => {}
                     Step::Yield => std::thread::yield_now(),
-                    // Held retries are due within milliseconds: pause for them, never block.
+                    // Held work requests are due within milliseconds (a backoff, or room on a
+                    // rail): pause for them, never block.
                     Step::Pause(d) if self.retries.len() != 0 || !self.ep.arm() => {
                         std::thread::sleep(d.min(left));
                     }
@@ -1154,7 +1156,7 @@ fn complete<'a>(
 fn apply(
     inner: &Inner,
     ep: &mut dyn Endpoint,
-    retries: Option<&mut RetryQueue>,
+    mut retries: Option<&mut RetryQueue>,
     c: Completion,
     slot: &BatchSlot,
     req: &RequestSlot,
@@ -1163,7 +1165,7 @@ fn apply(
     let rail = token::decode(c.token).2;
     if let Some(e) = c.error {
         // A retry takes the failed work request's place: no count moves.
-        if let Some(q) = retries {
+        if let Some(q) = retries.as_deref_mut() {
             if retry(inner, ep, q, c.token, e, req) {
                 return;
             }
@@ -1194,9 +1196,12 @@ fn apply(
                         remote_key: 0,
                         len: 0,
                     };
-                    // The completion just taken freed a slot on `rail`, so this post fits;
-                    // it replaces the completed work request in the in-flight count.
-                    if ep.post(std::slice::from_ref(&wr)) == 1 {
+                    // It replaces the completed work request in the in-flight count. The
+                    // completion just taken freed a slot on `rail`, but a retry moved there
+                    // may have taken it first: then the notification waits for room.
+                    if ep.post(std::slice::from_ref(&wr)) == 1
+                        || retries.is_some_and(|q| q.hold_notify(wr))
+                    {
                         return;
                     }
                     let _ = req.error.compare_exchange(

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use transport::fabric::sim::{SimConfig, SimFabric};
+use transport::fabric::sim::{SimConfig, SimFabric, SimFaults};
 use transport::*;
 
 const SLICE: u64 = 4096;
@@ -28,6 +28,10 @@ fn pair(c: &Cluster, rails: u16, retry: RetryPolicy) -> Pair {
         rails,
         ..SimConfig::default()
     };
+    pair_on(c, sim, retry)
+}
+
+fn pair_on(c: &Cluster, sim: SimConfig, retry: RetryPolicy) -> Pair {
     let mut cfg = EngineConfig::new("a");
     cfg.slice_size = SLICE;
     cfg.retry = retry;
@@ -50,11 +54,16 @@ fn pair(c: &Cluster, rails: u16, retry: RetryPolicy) -> Pair {
 /// Writes the whole source over `REQUESTS` requests of `SLICES` slices, every fourth with a
 /// notification (tag 7); returns the batch status.
 fn write_all(p: &Pair) -> BatchStatus {
+    write_all_notifying(p, 4)
+}
+
+/// [`write_all`] with a notification on every `every`-th request.
+fn write_all_notifying(p: &Pair, every: u64) -> BatchStatus {
     let reqs: Vec<Request> = (0..REQUESTS)
         .map(|i| {
             let (off, len) = (i * SLICES * SLICE, SLICES * SLICE);
             let r = Request::write(p.src, off, p.remote, off, len);
-            if i % 4 == 0 {
+            if i % every == 0 {
                 r.with_op(Opcode::WriteWithNotify(7))
             } else {
                 r
@@ -84,6 +93,42 @@ fn slices_failing_on_one_rail_complete_on_the_other() {
     assert_eq!(m.retries, REQUESTS * SLICES / 2);
     assert_eq!(m.completed, REQUESTS);
     assert!(m.failures.is_empty(), "{:?}", m.failures);
+}
+
+#[test]
+fn a_notification_waits_for_room_a_retry_took() {
+    // Two work requests per rail and completions delayed at random: a retry moved onto rail 0
+    // often takes the slot a request's completed last slice freed there, and that request's
+    // notification must then wait for room, not fail.
+    const ROUNDS: u64 = 20;
+    let c = Cluster::new();
+    let sim = SimConfig {
+        rails: 2,
+        queue_depth: 2,
+        faults: SimFaults {
+            max_delay_steps: 3,
+            ..SimFaults::default()
+        },
+        ..SimConfig::default()
+    };
+    let p = pair_on(&c, sim, RetryPolicy::default());
+    p.a_fabric
+        .set_rail_fault(1, Some(FailReason::UnreachableRemote));
+    for round in 0..ROUNDS {
+        let st = write_all_notifying(&p, 1);
+        assert!(st.all_completed(), "round {round}: {st:?}");
+    }
+    assert_eq!(read_all(&p.b, p.dst), read_all(&p.a, p.src));
+    assert_eq!(p.b.notifications().count(7).unwrap(), ROUNDS * REQUESTS);
+    // Every slice on rail 1 was retried once, and so was every notification that followed a
+    // last completion on rail 1; notifications waiting for room are no retries.
+    let slices = ROUNDS * REQUESTS * SLICES / 2;
+    let retries = p.a.retries();
+    assert!(
+        (slices..=slices + ROUNDS * REQUESTS).contains(&retries),
+        "{retries} retries for {slices} slices on rail 1"
+    );
+    assert!(p.a.metrics().failures.is_empty());
 }
 
 #[test]
