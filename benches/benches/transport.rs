@@ -68,7 +68,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    setup_with(EngineConfig::new("a").slice_size)
+    setup_with(DEFAULT_SLICE_SIZE)
 }
 
 fn setup_with(slice_size: u64) -> Setup {
@@ -81,7 +81,7 @@ fn setup_full(slice_size: u64, metrics: bool) -> Setup {
     let engine = |name: &str| {
         let fabric = SimFabric::new(&net, SimConfig::default()).unwrap();
         let mut cfg = EngineConfig::new(name);
-        cfg.slice_size = slice_size;
+        cfg.slice_size = Some(slice_size);
         cfg.metrics = metrics;
         Engine::new(cfg, fabric, meta.clone()).unwrap()
     };
@@ -198,7 +198,7 @@ fn alloc_probe() {
     // TRANSPORT_BENCH_PROBE_METRICS=0: the probe's engine without metrics (instruction counts of
     // both under callgrind).
     let metrics = std::env::var("TRANSPORT_BENCH_PROBE_METRICS").map_or(true, |v| v != "0");
-    let s = setup_full(EngineConfig::new("a").slice_size, metrics);
+    let s = setup_full(DEFAULT_SLICE_SIZE, metrics);
     let mut w = s.a.worker().unwrap();
     let reqs = requests(&s, 32, 8);
     let mut batch = s.a.allocate_batch(32).unwrap();
@@ -227,7 +227,7 @@ fn alloc_probe() {
         std::process::exit(0);
     }
     interleaved_metrics();
-    interleaved_1mib(EngineConfig::new("a").slice_size);
+    interleaved_1mib(DEFAULT_SLICE_SIZE);
     interleaved_1mib(1 << 20);
     if std::env::var_os("TRANSPORT_BENCH_PROBE_ONLY").is_some() {
         std::process::exit(0);
@@ -238,8 +238,8 @@ fn alloc_probe() {
 /// changes hit both alike; prints the median ns per op of each and their ratio.
 fn interleaved_metrics() {
     let (on, off) = (
-        setup_full(EngineConfig::new("a").slice_size, true),
-        setup_full(EngineConfig::new("a").slice_size, false),
+        setup_full(DEFAULT_SLICE_SIZE, true),
+        setup_full(DEFAULT_SLICE_SIZE, false),
     );
     let (mut won, mut woff) = (on.a.worker().unwrap(), off.a.worker().unwrap());
     let (ron, roff) = (requests(&on, 32, 8), requests(&off, 32, 8));
@@ -362,7 +362,7 @@ fn submit_complete<M: Measurement>(c: &mut Criterion<M>, group: &str) {
         }
     }
     // The same 8 B batch-32 round on an engine with metrics off, to compare with `8B/32`.
-    let off = setup_full(EngineConfig::new("a").slice_size, false);
+    let off = setup_full(DEFAULT_SLICE_SIZE, false);
     let mut w_off = off.a.worker().unwrap();
     let reqs = requests(&off, 32, 8);
     let mut batch = off.a.allocate_batch(32).unwrap();

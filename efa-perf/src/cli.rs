@@ -201,9 +201,9 @@ pub struct TestArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
 
-    /// Largest piece the transport posts as one work request (default: the engine's 64 KiB); larger
-    /// messages are sliced and striped over rails. perftest posts every message whole: give the message
-    /// size to compare one to one.
+    /// Largest piece the transport posts as one work request. Default: the engine's, 64 KiB slices
+    /// striped over the rails where there are several, and every message whole (as perftest posts it)
+    /// where each fabric has one rail.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub slice_size: Option<u64>,
 
@@ -357,7 +357,8 @@ pub struct ValidateArgs {
     #[arg(short = 'x', long = "gid-index", value_name = "INDEX")]
     pub gid_index: Option<u32>,
 
-    /// Largest piece posted as one work request (default: the engine's 64 KiB).
+    /// Largest piece posted as one work request (default: the engine's: 64 KiB over several rails,
+    /// whole requests on one).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub slice_size: Option<u64>,
 

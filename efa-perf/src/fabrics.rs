@@ -80,9 +80,7 @@ pub struct Params {
 /// Engine settings for an engine called `name`.
 pub fn engine_config(name: &str, p: &Params) -> transport::EngineConfig {
     let mut c = transport::EngineConfig::new(name);
-    if let Some(s) = p.slice_size {
-        c.slice_size = s;
-    }
+    c.slice_size = p.slice_size;
     c.wait = p.wait;
     c
 }

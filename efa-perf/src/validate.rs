@@ -242,9 +242,7 @@ impl Rig {
             let name = format!("validate-{i}");
             let mut cfg = EngineConfig::new(&name);
             cfg.notify_tags = TAGS;
-            if let Some(s) = o.slice_size {
-                cfg.slice_size = s;
-            }
+            cfg.slice_size = o.slice_size;
             let meta: Arc<dyn Metadata> = match o.metadata {
                 MetadataChoice::Local => registry.clone(),
                 MetadataChoice::P2p => {

@@ -307,7 +307,7 @@ fn setup(u: &mut Unstructured) -> ArbResult<Run> {
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = u.int_in_range(256..=8192)?;
+    cfg.slice_size = Some(u.int_in_range(256..=8192)?);
     cfg.max_batches = u.int_in_range(1..=6)?;
     cfg.notify_tags = 16;
     // Small tables: a run sets up two engines, and setting up is most of its cost.

@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = b.u16() as u64 % 8192 + 256;
+    cfg.slice_size = Some(b.u16() as u64 % 8192 + 256);
     let fa = SimFabric::new(&net, sim.clone()).unwrap();
     let a = Engine::new(cfg, fa, meta.clone()).unwrap();
     let fb = SimFabric::new(&net, SimConfig::default()).unwrap();

@@ -309,9 +309,7 @@ impl Core {
             ),
         };
         let mut config = EngineConfig::new(o.name);
-        if let Some(s) = o.slice_size {
-            config.slice_size = s;
-        }
+        config.slice_size = o.slice_size;
         config.notify_tags = o.notify_tags;
         let fabric_name = fabric.name().to_string();
         let engine = Engine::new(config, fabric, metadata)?;

@@ -98,7 +98,7 @@ fn engine(name: &str, tcp: TcpConfig, disc: SocketAddr) -> (Engine, std::sync::A
     });
     meta.attach_fabric(fabric.clone());
     let mut ec = EngineConfig::new(name);
-    ec.slice_size = 1 << 20;
+    ec.slice_size = Some(1 << 20);
     let engine = Engine::new(ec, fabric, meta.clone()).unwrap();
     (engine, meta)
 }

@@ -54,7 +54,7 @@ fn engine(name: &str, unresp: Duration) -> Res<(Engine, Arc<LocalRegistry>, Stri
     })?;
     let meta = Arc::new(LocalRegistry::new());
     let mut config = EngineConfig::new(name);
-    config.slice_size = 256 << 10;
+    config.slice_size = Some(256 << 10);
     let about = format!("{fabric:?}");
     Ok((Engine::new(config, fabric, meta.clone())?, meta, about))
 }

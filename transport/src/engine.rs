@@ -216,10 +216,26 @@ fn check_memory(addr: u64, len: u64) -> Result<(), TransportError> {
     Err(TransportError::BadMemory { addr, len, reason })
 }
 
+/// Slice size where a plane has several rails (requests are cut to be striped over them).
+pub const DEFAULT_SLICE_SIZE: u64 = 64 << 10;
+
+/// [`EngineConfig::slice_size`] when not set: [`DEFAULT_SLICE_SIZE`] when a plane has rails to
+/// stripe over, else the fabric's largest work request (`max`): slices on one rail add work
+/// requests and completions and stripe nothing.
+fn default_slice_size(planes: &[Plane], max: u64) -> u64 {
+    if planes.iter().any(|p| p.rails.len() > 1) {
+        DEFAULT_SLICE_SIZE
+    } else {
+        max
+    }
+}
+
 /// Refuses settings that cannot work or would exhaust memory.
 fn check_config(c: &EngineConfig) -> Result<(), TransportError> {
     check_name("engine", &c.name)?;
-    check_range("slice_size", c.slice_size, 1..=u64::MAX)?;
+    if let Some(size) = c.slice_size {
+        check_range("slice_size", size, 1..=u64::MAX)?;
+    }
     check_range("max_segments", c.max_segments, 1..=MAX_TABLE)?;
     check_range("max_remote_segments", c.max_remote_segments, 1..=MAX_TABLE)?;
     check_range("max_batches", c.max_batches, 1..=MAX_TABLE)?;
@@ -233,8 +249,11 @@ pub struct EngineConfig {
     /// Engine name (owner of its segments in the metadata service).
     pub name: String,
     /// Slice size for splitting requests (at least 1; clamped to the fabric's
-    /// `max_transfer_size`).
-    pub slice_size: u64,
+    /// `max_transfer_size`). `None` (the default): [`DEFAULT_SLICE_SIZE`] where a plane of the
+    /// fabric has several rails to stripe over; where every plane has one rail there is nothing
+    /// to stripe, and each request goes as one work request up to the fabric's
+    /// `max_transfer_size`, as perftest and libfabric post a message.
+    pub slice_size: Option<u64>,
     /// Most local segments, `1..=MAX_TABLE`.
     pub max_segments: usize,
     /// Most remote segments open at once, `1..=MAX_TABLE`.
@@ -267,12 +286,13 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults for an engine called `name`: 64 KiB slices, 256 segments, 1024 remote segments,
+    /// Defaults for an engine called `name`: 64 KiB slices over several rails (whole requests on
+    /// one), 256 segments, 1024 remote segments,
     /// 1024 batches, 1024 tags, 10 s submit timeout, all rails for all memory.
     pub fn new(name: impl Into<String>) -> Self {
         EngineConfig {
             name: name.into(),
-            slice_size: 64 << 10,
+            slice_size: None,
             max_segments: 256,
             max_remote_segments: 1024,
             max_batches: 1024,
@@ -513,13 +533,17 @@ impl Engine {
         let notifications = Arc::new(Notifications::new(config.notify_tags));
         fabric.bind_notifications(notifications.clone());
         fabric.bind_name(&config.name);
-        let plan = SlicePlan::new(config.slice_size, caps.max_transfer_size);
+        let planes = fabric.planes();
+        let slice_size = config
+            .slice_size
+            .unwrap_or_else(|| default_slice_size(&planes, caps.max_transfer_size));
+        let plan = SlicePlan::new(slice_size, caps.max_transfer_size);
         let id = NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Engine {
             inner: Arc::new(Inner {
                 id,
                 name: config.name,
-                planes: fabric.planes(),
+                planes,
                 fabric,
                 caps,
                 metadata,

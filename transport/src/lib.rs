@@ -127,7 +127,8 @@ pub use bytes::BytesError;
 pub use descriptor::{DescriptorError, FabricOffer, RailDescriptor, SegmentDescriptor};
 pub use discovery::{DiscoveryConfig, PeerMetadata};
 pub use engine::{
-    Engine, EngineConfig, RegistrationReport, SegmentInfo, MAX_NOTIFY_TAGS, MAX_TABLE,
+    Engine, EngineConfig, RegistrationReport, SegmentInfo, DEFAULT_SLICE_SIZE, MAX_NOTIFY_TAGS,
+    MAX_TABLE,
 };
 pub use error::{FabricError, FailReason, TransportError};
 pub use handle::{BatchId, Handle, RemoteSegment, SegmentId};

@@ -20,7 +20,7 @@ fn steady_state_submit_and_complete_allocate_nothing() {
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 4096;
+    cfg.slice_size = Some(4096);
     let (a, _) = c.engine_with(cfg, sim.clone());
     let (b, _) = c.engine("b", sim);
     let src = owned(&a, "a/src", 1 << 20, Access::NONE, |i| i as u8);

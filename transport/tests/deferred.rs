@@ -25,7 +25,7 @@ fn pair(slice_size: Option<u64>) -> Pair {
     let c = Cluster::new();
     let mut cfg = EngineConfig::new("a");
     if let Some(s) = slice_size {
-        cfg.slice_size = s;
+        cfg.slice_size = Some(s);
     }
     let (a, _) = c.engine_with(cfg, SimConfig::default());
     let (b, _) = c.engine("b", SimConfig::default());

@@ -49,7 +49,7 @@ fn pair_with(config: EfaConfig) -> (Engine, Engine) {
         let f = EfaFabric::new(config.clone()).expect("an EFA device");
         println!("{name}: {f:?}");
         let mut c = EngineConfig::new(name);
-        c.slice_size = 1 << 20;
+        c.slice_size = Some(1 << 20);
         Engine::new(c, f, meta.clone()).unwrap()
     };
     let (a, b) = (mk("a"), mk("b"));
@@ -438,7 +438,7 @@ fn model_run_with(config: EfaConfig, seed: u64) {
         let f = EfaFabric::new(config.clone()).expect("an EFA device");
         println!("{name}: {}", f.protocols());
         let mut c = EngineConfig::new(name);
-        c.slice_size = 1 << 20;
+        c.slice_size = Some(1 << 20);
         Engine::new(c, f, meta.clone()).unwrap()
     };
     let a = mk("a");
@@ -685,7 +685,7 @@ fn efa_hw_two_sided_writes_pull_large_and_send_small() {
             .unwrap();
             // One work request per transfer: one pull for the large one.
             let mut c = EngineConfig::new(name);
-            c.slice_size = 1 << 20;
+            c.slice_size = Some(1 << 20);
             let e = Engine::new(c, f.clone(), meta.clone()).unwrap();
             (e, f)
         };
@@ -1198,7 +1198,7 @@ fn efa_hw_memory_registered_on_its_policy_rail_only() {
     let mk = |name: &str, local: bool| {
         let f = EfaFabric::new(EfaConfig::default()).expect("an EFA device");
         let mut c = EngineConfig::new(name);
-        c.slice_size = 4096;
+        c.slice_size = Some(4096);
         let last = transport::fabric::Fabric::capabilities(&*f).rails - 1;
         c.rail_policy = Arc::new(AffinityTable::new().with(Location::Cpu(0), &[last]));
         c.register_policy_rails_only = local;

@@ -19,7 +19,7 @@ fn write_then_read_back_across_rails() {
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 1000;
+    cfg.slice_size = Some(1000);
     let (a, _) = c.engine_with(cfg, sim.clone());
     let (b, _) = c.engine("b", sim);
     let src = owned(&a, "a/src", 10_000, Access::NONE, |i| (i * 7) as u8);
@@ -48,6 +48,42 @@ fn write_then_read_back_across_rails() {
         RequestStatus::Completed
     );
     assert_eq!(a.segment_info(src).unwrap().rails.len(), 4);
+}
+
+#[test]
+fn requests_are_sliced_to_stripe_over_rails_only() {
+    const MIB: u64 = 1 << 20;
+    // Posts a 1 MiB WRITE through an engine on `rails` rails; returns its slice size and the
+    // work requests the WRITE took.
+    let run = |rails: u16, slice_size: Option<u64>| {
+        let c = Cluster::new();
+        let sim = SimConfig {
+            rails,
+            ..SimConfig::default()
+        };
+        let mut cfg = EngineConfig::new("a");
+        cfg.slice_size = slice_size;
+        let (a, _) = c.engine_with(cfg, sim.clone());
+        let (b, _) = c.engine("b", sim.clone());
+        let src = owned(&a, "a/src", MIB as usize, Access::NONE, |i| (i % 251) as u8);
+        let dst = owned(&b, "b/dst", MIB as usize, Access::REMOTE_READ_WRITE, |_| 0);
+        let r = a.open_segment("b/dst").unwrap();
+        let mut w = a.worker().unwrap();
+        let batch = a.allocate_batch(1).unwrap();
+        w.submit(batch, &[Request::write(src, 0, r, 0, MIB)])
+            .unwrap();
+        assert!(w.wait(batch, WAIT).unwrap().all_completed());
+        assert_eq!(read_all(&b, dst), read_all(&a, src));
+        let wrs: u64 = a.metrics().rails.iter().map(|r| r.work_requests).sum();
+        (a.slice_plan().slice_size, wrs)
+    };
+    let max = SimConfig::default().max_rdma_size;
+    // One rail: nothing to stripe, the request goes whole.
+    assert_eq!(run(1, None), (max, 1));
+    // Several rails: 64 KiB slices over them.
+    assert_eq!(run(2, None), (DEFAULT_SLICE_SIZE, MIB / DEFAULT_SLICE_SIZE));
+    // A slice size given is kept, one rail or not.
+    assert_eq!(run(1, Some(4096)), (4096, MIB / 4096));
 }
 
 #[test]
@@ -252,7 +288,7 @@ fn unregister_is_refused_while_in_use_and_handles_go_stale() {
 fn notifications_count_once_per_request_after_the_data() {
     let c = Cluster::new();
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 64;
+    cfg.slice_size = Some(64);
     let sim = SimConfig {
         rails: 2,
         ..SimConfig::default()
@@ -343,7 +379,7 @@ fn dead_peer_yields_unresp_remote_and_no_hang() {
 fn tiny_queues_backpressure_without_loss() {
     let c = Cluster::new();
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 16;
+    cfg.slice_size = Some(16);
     let sim = SimConfig {
         queue_depth: 2,
         rails: 2,

@@ -303,7 +303,7 @@ impl Drop for Reserved {
 fn requests_with_too_many_slices_are_refused() {
     let c = Cluster::new();
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 1;
+    cfg.slice_size = Some(1);
     let (a, _) = c.engine_with(cfg, SimConfig::default());
     let (b, _) = c.engine("b", SimConfig::default());
     let len = 1u64 << 32;

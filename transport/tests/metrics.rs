@@ -19,7 +19,7 @@ fn metrics_count_ops_bytes_rails_peers_and_latency() {
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 4096;
+    cfg.slice_size = Some(4096);
     let (a, _) = c.engine_with(cfg, sim.clone());
     let (b, _) = c.engine("b", sim);
     let src = owned(&a, "a/src", 1 << 16, Access::NONE, |i| i as u8);

@@ -73,7 +73,7 @@ fn world(peers: usize, rails: u16, slice: u64, seed: u64, faults: SimFaults) -> 
         ..SimConfig::default()
     };
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = slice;
+    cfg.slice_size = Some(slice);
     let (a, _) = c.engine_with(cfg, sim.clone());
     let local = owned(&a, "a/local", SEG as usize, Access::NONE, pattern(seed));
     let peers = (0..peers)

@@ -22,7 +22,7 @@ fn multi_fabric_submit_and_complete_allocate_nothing() {
     let tcp = || TcpFabric::new(TcpConfig::default()).unwrap();
     let sim = || SimFabric::new(&net, SimConfig::default()).unwrap();
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = 16 << 10;
+    cfg.slice_size = Some(16 << 10);
     let a = Engine::new(
         cfg,
         MultiFabric::new(vec![sim(), tcp()]).unwrap(),

@@ -25,7 +25,7 @@ fn engine_on_rail1(c: &Cluster, name: &str, local: bool) -> Engine {
     let mut cfg = EngineConfig::new(name);
     cfg.rail_policy = Arc::new(AffinityTable::new().with(Location::Cpu(0), &[1]));
     cfg.register_policy_rails_only = local;
-    cfg.slice_size = 4096;
+    cfg.slice_size = Some(4096);
     c.engine_with(cfg, two_rails()).0
 }
 
@@ -34,7 +34,7 @@ fn memory_is_registered_on_its_policy_rails_only_and_peers_reach_it_there() {
     let c = Cluster::new();
     let b = engine_on_rail1(&c, "b", true);
     let mut acfg = EngineConfig::new("a");
-    acfg.slice_size = 4096;
+    acfg.slice_size = Some(4096);
     let (a, _) = c.engine_with(acfg, two_rails());
     let kv = owned(&b, "b/kv", 1 << 16, Access::REMOTE_READ_WRITE, |_| 0);
     let report = b.segment_info(kv).unwrap().registration;

@@ -33,7 +33,7 @@ fn pair(c: &Cluster, rails: u16, retry: RetryPolicy) -> Pair {
 
 fn pair_on(c: &Cluster, sim: SimConfig, retry: RetryPolicy) -> Pair {
     let mut cfg = EngineConfig::new("a");
-    cfg.slice_size = SLICE;
+    cfg.slice_size = Some(SLICE);
     cfg.retry = retry;
     let (a, a_fabric) = c.engine_with(cfg, sim.clone());
     let (b, _) = c.engine("b", sim);

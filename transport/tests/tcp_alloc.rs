@@ -24,7 +24,7 @@ fn tcp_steady_state_submit_and_complete_allocate_nothing() {
         let m = PeerMetadata::bind(DiscoveryConfig::new(name)).unwrap();
         m.attach_fabric(f.clone());
         let mut cfg = EngineConfig::new(name);
-        cfg.slice_size = 16 << 10;
+        cfg.slice_size = Some(16 << 10);
         (Engine::new(cfg, f, m.clone()).unwrap(), m)
     };
     let (a, _ma) = node("a");

@@ -43,7 +43,7 @@ fn pair(slice: u64) -> (Engine, Engine) {
     let meta = Arc::new(LocalRegistry::new());
     let mk = |name: &str| {
         let mut c = EngineConfig::new(name);
-        c.slice_size = slice;
+        c.slice_size = Some(slice);
         Engine::new(c, VerbsFabric::new(config()).unwrap(), meta.clone()).unwrap()
     };
     (mk("a"), mk("b"))

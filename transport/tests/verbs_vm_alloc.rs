@@ -19,7 +19,7 @@ fn vm_verbs_steady_state_allocates_nothing() {
     let meta = Arc::new(LocalRegistry::new());
     let mk = |name: &str| {
         let mut c = EngineConfig::new(name);
-        c.slice_size = 4096;
+        c.slice_size = Some(4096);
         Engine::new(
             c,
             VerbsFabric::new(VerbsConfig::default()).unwrap(),

@@ -470,7 +470,7 @@ fn local_segments(engine: &Engine) -> (SegmentId, SegmentId) {
 fn engine_config(name: &str) -> EngineConfig {
     let mut c = EngineConfig::new(name);
     c.notify_tags = TAGS;
-    c.slice_size = 2048;
+    c.slice_size = Some(2048);
     c
 }
 
