@@ -11,7 +11,7 @@
 # average MB/s; latency: t_typical us), their ratio (efa-perf / perftest), and each tool's CPU use:
 # the client's and the server's CPU time (user + system, from the shell's `times`) over the
 # client's wall time, in % of one core, medians. efa-perf's write and read tests run through the
-# engine (verbs fabric, one work request per message: --slice-size SIZE); send-bw and send-lat run
+# engine (verbs fabric, its defaults: one rail, so one work request per message); send-bw and send-lat run
 # on the efa crate's RC queue pairs, as perftest does. EFA_PERF names the binary (default:
 # $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_1M, LAT_ITERS, REPS
 # and PARTS ("bw lat events raw", the default, or some of them) as VM_ENV_BW_ITERS=... and so on
@@ -59,7 +59,7 @@ if [[ " $parts " == *" bw "* ]]; then
     n=$bw_iters; ((size < 1048576)) || n=$bw_iters_1m
     for t in write read; do
       point "${t}_bw" "$size" 4 "ib_${t}_bw" "${common[@]}" -n "$n" -- \
-        "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" --slice-size "$size"
+        "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n"
     done
     point send_bw "$size" 4 ib_send_bw "${common[@]}" -n "$n" -- "$bin" send-bw --fabric verbs "${common[@]}" -n "$n"
   done

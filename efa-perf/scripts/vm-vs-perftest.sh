@@ -5,7 +5,7 @@
 #   tests/vm/run --timeout 1500 --script efa-perf/scripts/vm-vs-perftest.sh
 #
 # Prints one line per test and size with both figures (bandwidth: average MB/s; latency: t_typical us).
-# efa-perf bandwidth runs use --slice-size SIZE so each message is one work request, as in perftest.
+# efa-perf bandwidth runs post each message as one work request, as perftest (the engine's default on one rail).
 # Runs inside the guest; EFA_PERF names the binary (default: $CARGO_TARGET_DIR/release/efa-perf).
 set -euo pipefail
 PORT_BASE=18515
@@ -19,7 +19,7 @@ for size in 4096 65536 1048576; do
     run_pair "pt-$t-$size" "ib_${t}_bw" -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters" -- \
       "ib_${t}_bw" -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters"
     run_pair "ep-$t-$size" "$bin" "$t-bw" --fabric verbs -d "$dev" -x "$gid" -F -- \
-      "$bin" "$t-bw" --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters" --slice-size "$size"
+      "$bin" "$t-bw" --fabric verbs -d "$dev" -x "$gid" -F -s "$size" -n "$bw_iters"
     printf '%-10s %9s %6s %12s MB/s %12s MB/s\n' "${t}_bw" "$size" "$bw_iters" \
       "$(column "$out/pt-$t-$size.client" "$size" 4)" "$(column "$out/ep-$t-$size.client" "$size" 4)"
   done

@@ -30,9 +30,9 @@ for size in ${SIZES:-4096 65536}; do
   for t in write read; do
     row "perftest-$t" "$size" "ib_${t}_bw" "${common[@]}" -n "$n"
     [[ $t == read ]] && row "perftest-$t-e" "$size" "ib_${t}_bw" -e "${common[@]}" -n "$n"
-    row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" --slice-size "$size"
-    row "engine-$t-adaptive" "$size" "$bin" "$t-bw" --fabric verbs --wait adaptive "${common[@]}" -n "$n" --slice-size "$size"
-    row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n "$n" --slice-size "$size"
+    row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n"
+    row "engine-$t-adaptive" "$size" "$bin" "$t-bw" --fabric verbs --wait adaptive "${common[@]}" -n "$n"
+    row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n "$n"
     row "raw-$t" "$size" "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n "$n"
   done
 done
