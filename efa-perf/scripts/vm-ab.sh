@@ -10,30 +10,36 @@
 #   tests/vm/run --share /tmp/ab --env EFA_PERF_A=/tmp/ab/efa-perf.a --timeout 2400 \
 #     --script efa-perf/scripts/vm-ab.sh
 #
-# Prints one row per point: perftest's, A's and B's medians with their spreads (t_typical, us),
-# A and B over perftest, and B against A run by run (B ran right after A in each round): the
-# median of B / A and the rounds where B was faster. Then every run's value, in order. TESTS (default "write_lat read_lat") and SIZES (default "2 4096")
-# choose the points; LAT_ITERS (default 1000) the iterations; pass them with --env.
+# Prints one row per point: perftest's, A's and B's medians with their spreads (latency:
+# t_typical, us; bandwidth: average MB/s), A and B over perftest, and B against A run by run (B
+# ran right after A in each round): the median of B / A and the rounds where B was faster. Then
+# every run's value, in order. TESTS (default "write_lat read_lat"; bandwidth tests such as
+# write_bw too) and SIZES (default "2 4096") choose the points; LAT_ITERS (default 1000) and
+# BW_ITERS (default 5000) the iterations; pass them with --env.
 set -uo pipefail
 PORT_BASE=19100
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 a=${EFA_PERF_A:?EFA_PERF_A names the base build (see the header)}
 [[ -x $a ]] || { echo "EFA_PERF_A=$a is not an executable" >&2; exit 2; }
 reps=${REPS:-5}
-iters=${LAT_ITERS:-1000}
+lat_iters=${LAT_ITERS:-1000}
+bw_iters=${BW_ITERS:-5000}
 common=(-d "$dev" -x "$gid" -F)
 
-echo "reps $reps, $iters iterations; t_typical in us, median (min-max)"
+echo "reps $reps, $lat_iters latency and $bw_iters bandwidth iterations; t_typical in us or MB/s, median (min-max)"
 echo "| test | bytes | perftest | A | B | A / perftest | B / perftest | B / A by round | B faster |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 log=()
 for test in ${TESTS:-write_lat read_lat}; do
+  # Latency: t_typical (column 5), lower is faster; bandwidth: average MB/s (column 4), higher.
+  col=5 iters=$lat_iters better=lower
+  [[ $test == *_bw ]] && col=4 iters=$bw_iters better=higher
   for size in ${SIZES:-2 4096}; do
     p=() x=() y=()
     for ((r = 0; r < reps; r++)); do
-      sample "pt-$test-$size-$r" "$size" 5 "ib_$test" "${common[@]}" -n "$iters"; p+=("$got")
-      sample "a-$test-$size-$r" "$size" 5 "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x+=("$got")
-      sample "b-$test-$size-$r" "$size" 5 "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y+=("$got")
+      sample "pt-$test-$size-$r" "$size" $col "ib_$test" "${common[@]}" -n "$iters"; p+=("$got")
+      sample "a-$test-$size-$r" "$size" $col "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x+=("$got")
+      sample "b-$test-$size-$r" "$size" $col "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y+=("$got")
     done
     pm=$(median "${p[@]}")
     # Rounds where both builds ran: B / A, and whether B was faster.
@@ -42,7 +48,8 @@ for test in ${TESTS:-write_lat read_lat}; do
       [[ -n ${x[r]} && -n ${y[r]} ]] || continue
       pairs+=("$(ratio "${y[r]}" "${x[r]}")")
       both=$((both + 1))
-      awk -v a="${x[r]}" -v b="${y[r]}" 'BEGIN { exit !(b < a) }' && faster=$((faster + 1))
+      awk -v a="${x[r]}" -v b="${y[r]}" -v hi="$better" 'BEGIN { exit !(hi == "higher" ? b > a : b < a) }' &&
+        faster=$((faster + 1))
     done
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s of %s |\n' "$test" "$size" "$(stats "${p[@]}")" \
       "$(stats "${x[@]}")" "$(stats "${y[@]}")" "$(ratio "$(median "${x[@]}")" "$pm")" \

@@ -335,6 +335,98 @@ fn vm_verbs_fabric_reports_bad_keys_and_ranges_by_name() {
     assert_eq!(then, ok(78));
 }
 
+/// Polls `ep` until `n` completions came (bounded by [`WAIT`]); returns them in order.
+fn poll_n(ep: &mut Box<dyn transport::fabric::Endpoint>, n: usize) -> Vec<Completion> {
+    let mut got = Vec::new();
+    let mut out = [Completion::default(); 4];
+    let t = Instant::now();
+    while got.len() < n {
+        let k = ep.poll(&mut out);
+        got.extend_from_slice(&out[..k]);
+        assert!(
+            t.elapsed() < WAIT,
+            "{} of {n} completions: {got:?}",
+            got.len()
+        );
+        if k == 0 {
+            std::thread::yield_now();
+        }
+    }
+    got
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_one_run_completes_each_request_once_and_flushes_after_an_error() {
+    // One post of one queue's requests (one doorbell): each completes once, in order. An error
+    // in the middle fails that request, flushes the ones after it, and the next post connects
+    // anew.
+    let a = VerbsFabric::new(config()).unwrap();
+    let b = VerbsFabric::new(config()).unwrap();
+    let mut src = pattern(4096, 9);
+    let mut dst = vec![0u8; 4096];
+    let region = |v: &mut Vec<u8>, access| MemoryRegion {
+        addr: v.as_mut_ptr() as u64,
+        len: v.len() as u64,
+        access,
+    };
+    // SAFETY: both vectors outlive the registrations (deregistered below, before they drop).
+    let (ra, rb) = unsafe {
+        (
+            a.register(region(&mut src, Access::NONE)).unwrap(),
+            b.register(region(&mut dst, Access::REMOTE_READ_WRITE))
+                .unwrap(),
+        )
+    };
+    let peer = a.connect(&b.local_addresses()).unwrap();
+    let write = |token: u64, slot: u64| WorkRequest {
+        token,
+        op: WorkOp::Write,
+        rail: 0,
+        peer,
+        remote_rail: 0,
+        local_addr: src.as_ptr() as u64 + slot * 256,
+        local_key: ra.local_keys[0],
+        remote_addr: dst.as_ptr() as u64 + slot * 256,
+        remote_key: a.decode_remote_key(0, &rb.remote_keys[0]).unwrap(),
+        len: 256,
+    };
+    let mut ep = a.endpoint().unwrap();
+    let run: Vec<_> = (0..16).map(|i| write(100 + i, i)).collect();
+    assert_eq!(ep.post(&run), 16);
+    let got = poll_n(&mut ep, 16);
+    let mut tokens: Vec<_> = got.iter().map(|c| c.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, (100..116).collect::<Vec<_>>(), "each once");
+    assert!(got.iter().all(|c| c.error.is_none()), "{got:?}");
+    assert_eq!(ep.poll(&mut [Completion::default(); 4]), 0, "nothing more");
+    assert_eq!(ep.outstanding(), 0);
+    assert!(dst == src, "every WRITE landed");
+
+    // The third of eight goes past the region's end.
+    let mut run: Vec<_> = (0..8).map(|i| write(200 + i, i)).collect();
+    run[2].remote_addr += 4096;
+    assert_eq!(ep.post(&run), 8);
+    let got = poll_n(&mut ep, 8);
+    let f = Some(FailReason::Flushed);
+    let want: Vec<_> = (0..8)
+        .map(|i| match i {
+            0 | 1 => (200 + i, None),
+            2 => (202, Some(FailReason::RemoteBadAddress)),
+            _ => (200 + i, f),
+        })
+        .collect();
+    let got_pairs: Vec<_> = got.iter().map(|c| (c.token, c.error)).collect();
+    assert_eq!(got_pairs, want);
+    assert_eq!(ep.outstanding(), 0);
+    // A new connection serves the next run.
+    assert_eq!(ep.post(&[write(300, 0), write(301, 1)]), 2);
+    let got = poll_n(&mut ep, 2);
+    assert!(got.iter().all(|c| c.error.is_none()), "{got:?}");
+    a.deregister(&ra).unwrap();
+    b.deregister(&rb).unwrap();
+}
+
 /// One fabric's side of [`vm_verbs_one_connection_serves_both_directions`]: a fabric, its
 /// notification counts, and 4 KiB registered for remote READ and WRITE.
 struct Side {
