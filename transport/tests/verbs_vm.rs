@@ -235,6 +235,15 @@ fn vm_verbs_bad_remote_range_fails_typed() {
     );
 }
 
+/// `v` as a region to register with `access`.
+fn region(v: &mut [u8], access: Access) -> MemoryRegion {
+    MemoryRegion {
+        addr: v.as_mut_ptr() as u64,
+        len: v.len() as u64,
+        access,
+    }
+}
+
 /// Posts one work request and returns its completion.
 fn post_one(ep: &mut Box<dyn transport::fabric::Endpoint>, wr: WorkRequest) -> Completion {
     assert_eq!(ep.post(&[wr]), 1);
@@ -264,11 +273,6 @@ fn fabric_case(
     let b = VerbsFabric::new(config()).unwrap();
     let mut src = vec![1u8; 4096];
     let mut dst = vec![2u8; 4096];
-    let region = |v: &mut Vec<u8>, access| MemoryRegion {
-        addr: v.as_mut_ptr() as u64,
-        len: v.len() as u64,
-        access,
-    };
     // SAFETY: both vectors outlive the registrations (deregistered below, before they drop).
     let (ra, rb) = unsafe {
         (
@@ -365,11 +369,6 @@ fn vm_verbs_one_run_completes_each_request_once_and_flushes_after_an_error() {
     let b = VerbsFabric::new(config()).unwrap();
     let mut src = pattern(4096, 9);
     let mut dst = vec![0u8; 4096];
-    let region = |v: &mut Vec<u8>, access| MemoryRegion {
-        addr: v.as_mut_ptr() as u64,
-        len: v.len() as u64,
-        access,
-    };
     // SAFETY: both vectors outlive the registrations (deregistered below, before they drop).
     let (ra, rb) = unsafe {
         (
