@@ -64,7 +64,7 @@ fn requests_are_sliced_to_stripe_over_rails_only() {
         let mut cfg = EngineConfig::new("a");
         cfg.slice_size = slice_size;
         let (a, _) = c.engine_with(cfg, sim.clone());
-        let (b, _) = c.engine("b", sim.clone());
+        let (b, _) = c.engine("b", sim);
         let src = owned(&a, "a/src", MIB as usize, Access::NONE, |i| (i % 251) as u8);
         let dst = owned(&b, "b/dst", MIB as usize, Access::REMOTE_READ_WRITE, |_| 0);
         let r = a.open_segment("b/dst").unwrap();

@@ -247,17 +247,29 @@ fn region(v: &mut [u8], access: Access) -> MemoryRegion {
 /// Posts one work request and returns its completion.
 fn post_one(ep: &mut Box<dyn transport::fabric::Endpoint>, wr: WorkRequest) -> Completion {
     assert_eq!(ep.post(&[wr]), 1);
+    let got = poll_n(ep, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    got[0]
+}
+
+/// Polls `ep` until `n` completions came (bounded by [`WAIT`]); returns them in order.
+fn poll_n(ep: &mut Box<dyn transport::fabric::Endpoint>, n: usize) -> Vec<Completion> {
+    let mut got = Vec::new();
     let mut out = [Completion::default(); 4];
     let t = Instant::now();
-    loop {
-        let n = ep.poll(&mut out);
-        if n > 0 {
-            assert_eq!(n, 1, "{:?}", &out[..n]);
-            return out[0];
+    while got.len() < n {
+        let k = ep.poll(&mut out);
+        got.extend_from_slice(&out[..k]);
+        assert!(
+            t.elapsed() < WAIT,
+            "{} of {n} completions: {got:?}",
+            got.len()
+        );
+        if k == 0 {
+            std::thread::yield_now();
         }
-        assert!(t.elapsed() < WAIT, "no completion");
-        std::thread::yield_now();
     }
+    got
 }
 
 /// Registers 4 KiB on two fresh fabrics (the target's with `access`), connects them, and
@@ -337,26 +349,6 @@ fn vm_verbs_fabric_reports_bad_keys_and_ranges_by_name() {
     let (c, then, _) = fabric_case(WorkOp::Read, 0, Access::REMOTE_READ, true);
     assert_eq!(c.error, Some(FailReason::InvalidAh), "{c:?}");
     assert_eq!(then, ok(78));
-}
-
-/// Polls `ep` until `n` completions came (bounded by [`WAIT`]); returns them in order.
-fn poll_n(ep: &mut Box<dyn transport::fabric::Endpoint>, n: usize) -> Vec<Completion> {
-    let mut got = Vec::new();
-    let mut out = [Completion::default(); 4];
-    let t = Instant::now();
-    while got.len() < n {
-        let k = ep.poll(&mut out);
-        got.extend_from_slice(&out[..k]);
-        assert!(
-            t.elapsed() < WAIT,
-            "{} of {n} completions: {got:?}",
-            got.len()
-        );
-        if k == 0 {
-            std::thread::yield_now();
-        }
-    }
-    got
 }
 
 #[test]
