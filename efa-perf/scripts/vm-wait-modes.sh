@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# efa-perf's WRITE and READ bandwidth through the engine in each worker wait mode (efa-perf's
-# default --wait busy, as perftest polls; the engine's own default --wait adaptive; -e), and with
+# efa-perf's WRITE and READ bandwidth through the engine in each worker wait mode (--wait busy, as
+# perftest polls; --wait adaptive, the engine's own default and efa-perf's for bandwidth; -e), and with
 # --raw, beside perftest polling and, for READ, perftest -e (events; ib_write_bw refuses -e:
 # "Events feature not available on WRITE verb"), at 4 KiB and 64 KiB: REPS runs
 # per row (default 3), medians with the spread. Made for two 1-vCPU guests, where a polling thread
@@ -30,7 +30,7 @@ for size in ${SIZES:-4096 65536}; do
   for t in write read; do
     row "perftest-$t" "$size" "ib_${t}_bw" "${common[@]}" -n "$n"
     [[ $t == read ]] && row "perftest-$t-e" "$size" "ib_${t}_bw" -e "${common[@]}" -n "$n"
-    row "engine-$t" "$size" "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n"
+    row "engine-$t-busy" "$size" "$bin" "$t-bw" --fabric verbs --wait busy "${common[@]}" -n "$n"
     row "engine-$t-adaptive" "$size" "$bin" "$t-bw" --fabric verbs --wait adaptive "${common[@]}" -n "$n"
     row "engine-$t-e" "$size" "$bin" "$t-bw" --fabric verbs -e "${common[@]}" -n "$n"
     row "raw-$t" "$size" "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n "$n"

@@ -54,6 +54,9 @@ pub struct Plan {
     pub use_event: bool,
     /// The cpus the process is pinned to (`--cpu`), for the banner and the document.
     pub cpu_set: Option<String>,
+    /// How the engine's workers wait (`--wait`, `-e`), for the banner and the document; `None`
+    /// where no engine runs the test (`--raw`).
+    pub wait: Option<transport::WaitMode>,
 }
 
 /// Sizes of perftest's -a: 2 bytes to 8 MiB, powers of two.
@@ -137,7 +140,17 @@ fn run_info(setup: Setup, plan: &Plan) -> RunInfo {
         bw_unit: plan.unit,
         use_event: plan.use_event,
         cpu_set: plan.cpu_set.clone(),
+        worker_wait: plan.wait.filter(|_| !setup.raw).map(wait_name),
         raw: setup.raw,
+    }
+}
+
+/// A wait mode as the banner and the document name it (`--wait`'s words).
+fn wait_name(mode: transport::WaitMode) -> String {
+    match mode {
+        transport::WaitMode::Busy => "busy".into(),
+        transport::WaitMode::Adaptive { spin } => format!("adaptive (spin {spin})"),
+        transport::WaitMode::Block => "block".into(),
     }
 }
 

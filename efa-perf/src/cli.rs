@@ -228,9 +228,12 @@ pub struct TestArgs {
     /// How the engine's workers wait for completions: poll without pause (as perftest does), spin then
     /// yield then pause (the engine's default), or pause at once (least CPU). A pause blocks on the
     /// endpoint's completion channels where the efa fabric has them (wakes on the completion), else sleeps
-    /// (a completion noticed up to 2 ms late, or 1/32 of the time waited in a longer wait).
-    #[arg(long = "wait", value_enum, default_value_t = WaitChoice::Busy)]
-    pub wait: WaitChoice,
+    /// (a completion noticed up to 2 ms late, or 1/32 of the time waited in a longer wait). Default: busy
+    /// for latency tests, as perftest polls; adaptive for bandwidth tests, the engine's own default (a
+    /// worker with a full queue finds completions at every poll and keeps spinning; it stops spinning
+    /// only where completions come slower than its spin, as on a software device sharing the CPUs).
+    #[arg(long = "wait", value_enum)]
+    pub wait: Option<WaitChoice>,
 
     /// Wait for completions instead of busy polling (perftest -e). send-bw and send-lat over efa or verbs,
     /// and the --raw tests (the efa crate's queue pairs, as perftest): both CQs are created on a completion channel, and a side
@@ -275,6 +278,21 @@ pub enum WaitChoice {
     Adaptive,
     /// Pause from the first empty poll.
     Block,
+}
+
+impl TestArgs {
+    /// The engine workers' wait mode for a test of `metric`: `-e` blocks; else `--wait`, by default
+    /// busy for latency and the engine's default for bandwidth (see `--wait`).
+    pub fn wait_mode(&self, metric: Metric) -> transport::WaitMode {
+        if self.use_event {
+            return transport::WaitMode::Block;
+        }
+        match (self.wait, metric) {
+            (Some(w), _) => w.into(),
+            (None, Metric::Lat) => transport::WaitMode::Busy,
+            (None, Metric::Bw) => transport::WaitMode::default(),
+        }
+    }
 }
 
 impl From<WaitChoice> for transport::WaitMode {
@@ -583,7 +601,7 @@ pub fn loopback_args() -> TestArgs {
         two_sided: TwoSidedChoice::Fallback,
         idle_wait: IdleWaitChoice::Events,
         completion_counters: false,
-        wait: WaitChoice::Busy,
+        wait: None,
         use_event: false,
         cpu: None,
         raw: false,
@@ -633,6 +651,28 @@ mod tests {
         assert!(parse(&["efa-perf", "write-bw", "--use_event", "--wait", "busy"]).is_err());
         assert!(parse(&["efa-perf", "write-bw", "-e", "--idle-wait", "sleep"]).is_err());
         assert!(parse(&["efa-perf", "write-bw", "--use-event", "--cpu", "0"]).is_ok());
+    }
+
+    #[test]
+    fn workers_poll_for_latency_and_wait_adaptively_for_bandwidth_unless_told() {
+        use transport::WaitMode;
+        let args = |argv: &[&str]| match Cli::try_parse_from(argv.iter().copied()).unwrap().command
+        {
+            Command::WriteBw(a) | Command::WriteLat(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let plain = args(&["efa-perf", "write-bw"]);
+        assert_eq!(plain.wait_mode(Metric::Lat), WaitMode::Busy);
+        assert_eq!(plain.wait_mode(Metric::Bw), WaitMode::default());
+        assert_ne!(WaitMode::default(), WaitMode::Busy);
+        let busy = args(&["efa-perf", "write-bw", "--wait", "busy"]);
+        assert_eq!(busy.wait_mode(Metric::Bw), WaitMode::Busy);
+        let adaptive = args(&["efa-perf", "write-lat", "--wait", "adaptive"]);
+        assert_eq!(adaptive.wait_mode(Metric::Lat), WaitMode::default());
+        let events = args(&["efa-perf", "write-lat", "-e"]);
+        for metric in [Metric::Lat, Metric::Bw] {
+            assert_eq!(events.wait_mode(metric), WaitMode::Block);
+        }
     }
 
     #[test]

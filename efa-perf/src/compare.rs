@@ -94,6 +94,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     }
     let tcp = select::select(FabricChoice::Tcp, None, true, None, &env)?;
     let test_args = crate::cli::loopback_args();
+    let plan = Plan {
+        wait: Some(test_args.wait_mode(plan.metric)),
+        ..plan
+    };
     eprintln!(
         "efa-perf: compare {} on {} ({}) and tcp",
         plan.test_name(),
@@ -172,6 +176,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
         plot: None,
         use_event: false,
         cpu_set: None,
+        wait: None,
     })
 }
 
@@ -246,6 +251,7 @@ mod tests {
             bw_unit: BwUnit::MebibytesPerSec,
             use_event: false,
             cpu_set: None,
+            worker_wait: None,
             raw: false,
         }
     }

@@ -36,7 +36,13 @@ pub fn run_selected(
     };
     let stripe = measure::stripe_len(max_size, depth, plan.streams);
     if selection.loopback {
-        let p = crate::fabrics::params(selection, args, plan.streams, IpAddr::from([127, 0, 0, 1]));
+        let p = crate::fabrics::params(
+            selection,
+            args,
+            plan.metric,
+            plan.streams,
+            IpAddr::from([127, 0, 0, 1]),
+        );
         let (server, client, setup) = crate::fabrics::pair(selection, &p)?;
         let mut runner = Loopback::new(server, client, setup, stripe, plan.streams, timeout, &p)?;
         return observed(&mut runner, plan, selection, args);

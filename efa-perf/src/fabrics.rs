@@ -1,6 +1,6 @@
 //! Creating fabric instances from the command line's choices.
 
-use crate::cli::{IdleWaitChoice, TestArgs, TwoSidedChoice};
+use crate::cli::{IdleWaitChoice, Metric, TestArgs, TwoSidedChoice};
 use crate::runner::Setup;
 use crate::select::{FabricKind, Selection};
 use anyhow::{bail, Context};
@@ -15,7 +15,13 @@ use transport::fabric::verbs::{VerbsConfig, VerbsFabric};
 use transport::fabric::Fabric;
 
 /// Fabric parameters from the selection and the command line.
-pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpAddr) -> Params {
+pub fn params(
+    selection: &Selection,
+    args: &TestArgs,
+    metric: Metric,
+    workers: u32,
+    bind_ip: IpAddr,
+) -> Params {
     Params {
         device: selection.device.clone().or_else(|| args.device.clone()),
         ib_port: args.ib_port,
@@ -33,11 +39,7 @@ pub fn params(selection: &Selection, args: &TestArgs, workers: u32, bind_ip: IpA
         // targets sleep on events; clap keeps it apart from an explicit --wait or --idle-wait.
         cq_events: args.use_event || args.idle_wait == IdleWaitChoice::Events,
         completion_counters: args.completion_counters,
-        wait: if args.use_event {
-            transport::WaitMode::Block
-        } else {
-            args.wait.into()
-        },
+        wait: args.wait_mode(metric),
         affinity: args.cpu.map_or(Affinity::default(), Affinity::Cpus),
     }
 }

@@ -162,6 +162,7 @@ fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
         plot: a.plot.clone(),
         use_event: a.use_event,
         cpu_set: a.cpu.map(|c| c.to_string()),
+        wait: Some(a.wait_mode(metric)),
     };
     let choice = a.connection.unwrap_or(a.fabric);
     let env = info::environment();

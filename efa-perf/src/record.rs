@@ -46,6 +46,10 @@ pub struct RunInfo {
     /// The cpus this process was pinned to (`--cpu`), as a Linux cpu list; null when not pinned.
     #[serde(default)]
     pub cpu_set: Option<String>,
+    /// How the engine's workers waited for completions (`busy`, `adaptive (spin N)`, `block`); null
+    /// where no engine ran the test (`--raw`).
+    #[serde(default)]
+    pub worker_wait: Option<String>,
     /// The test ran straight on the efa crate's queue pairs (`--raw`, and SEND tests on efa and
     /// verbs devices), as perftest measures, rather than through the transport engine.
     #[serde(default)]
@@ -251,6 +255,7 @@ mod tests {
             bw_unit: BwUnit::GigabitsPerSec,
             use_event: false,
             cpu_set: None,
+            worker_wait: None,
             raw: false,
         }
     }

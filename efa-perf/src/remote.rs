@@ -136,7 +136,13 @@ impl Client {
     ) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(args.timeout);
         let mut control = dial(args)?;
-        let params = crate::fabrics::params(selection, args, plan.streams, control.local.ip());
+        let params = crate::fabrics::params(
+            selection,
+            args,
+            plan.metric,
+            plan.streams,
+            control.local.ip(),
+        );
         let node = make_node(
             selection.fabric,
             &params,
@@ -357,7 +363,7 @@ fn serve_one(
     if raw {
         return crate::raw::serve(control, &hello, selection, args, verb, metric);
     }
-    let params = crate::fabrics::params(selection, args, hello.streams, control.local.ip());
+    let params = crate::fabrics::params(selection, args, metric, hello.streams, control.local.ip());
     let node = make_node(
         kind,
         &params,

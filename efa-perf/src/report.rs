@@ -57,6 +57,9 @@ pub fn banner(info: &RunInfo) -> String {
         if info.use_event { "ON" } else { "OFF" },
         info.cpu_set.as_deref().unwrap_or("not pinned")
     ));
+    if let Some(wait) = &info.worker_wait {
+        s.push_str(&format!(" Worker wait     : {wait}\n"));
+    }
     s.push_str(RESULT_LINE);
     s.push('\n');
     s

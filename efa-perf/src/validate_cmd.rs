@@ -1,7 +1,7 @@
 //! The `validate` subcommand: options checked, fabrics created, the run reported.
 
 use crate::cli::loopback_args;
-use crate::cli::{FabricChoice, ValidateArgs};
+use crate::cli::{FabricChoice, Metric, ValidateArgs};
 use crate::fabrics::params;
 use crate::observe::{Observer, Wanted};
 use crate::select::{self, FabricKind};
@@ -92,7 +92,14 @@ fn fabrics(kind: FabricKind, a: &ValidateArgs) -> anyhow::Result<Vec<Arc<dyn Fab
         loopback: true,
         reason: String::new(),
     };
-    let p = params(&selection, &args, 1, IpAddr::from([127, 0, 0, 1]));
+    // One batch at a time, each waited for: workers poll as in a latency test.
+    let p = params(
+        &selection,
+        &args,
+        Metric::Lat,
+        1,
+        IpAddr::from([127, 0, 0, 1]),
+    );
     let net = (kind == FabricKind::Sim).then(SimNetwork::new);
     (0..=a.peers)
         .map(|i| {

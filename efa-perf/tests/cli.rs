@@ -677,6 +677,8 @@ fn vm_raw(test: &str, extra: &[&str]) -> serde_json::Value {
             .contains("raw: efa crate RC queue pairs, no engine"),
         "{v}"
     );
+    // No engine, so no worker wait mode to report.
+    assert!(v["worker_wait"].is_null(), "{v}");
     v
 }
 
@@ -1076,6 +1078,30 @@ fn use_event_through_the_engine_runs_and_is_reported() {
     // -e chooses the wait modes itself.
     let out = run(&["write-bw", "-e", "--wait", "busy"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_workers_wait_mode_is_reported_per_test() {
+    // Bandwidth runs the engine's default wait, latency polls as perftest does, --wait and -e
+    // override both (--raw runs no engine and reports none: see `vm_raw`).
+    let wait_of = |args: &[&str]| {
+        let mut argv = vec!["--loopback", "--fabric", "sim", "-n", "20", "--json"];
+        argv.splice(0..0, args.iter().copied());
+        let out = run(&argv);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let wait = v["worker_wait"].clone();
+        if let Some(w) = wait.as_str() {
+            let line = format!("Worker wait     : {w}");
+            assert!(text(&out.stderr).contains(&line), "{}", text(&out.stderr));
+        }
+        wait
+    };
+    assert_eq!(wait_of(&["write-bw"]), "adaptive (spin 1024)");
+    assert_eq!(wait_of(&["write-lat"]), "busy");
+    assert_eq!(wait_of(&["write-bw", "--wait", "busy"]), "busy");
+    assert_eq!(wait_of(&["read-lat", "--wait", "block"]), "block");
+    assert_eq!(wait_of(&["write-lat", "-e"]), "block");
 }
 
 /// The data rows of `efa-perf reg`'s table (those starting with the size).

@@ -306,6 +306,7 @@ mod tests {
             plot: None,
             use_event: false,
             cpu_set: None,
+            wait: None,
         }
     }
 
