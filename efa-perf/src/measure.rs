@@ -551,6 +551,8 @@ pub fn latency_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use transport::fabric::sim::{SimConfig, SimFabric, SimFaults, SimNetwork};
+    use transport::EngineConfig;
 
     #[test]
     fn stream_batches_keep_most_of_the_depth_in_flight() {
@@ -564,5 +566,92 @@ mod tests {
         assert_eq!(stream_batches(128), (8, 16));
         assert_eq!(stream_batches(2), (2, 1));
         assert_eq!(stream_batches(0), (1, 1));
+    }
+
+    /// A client and a server link on one simulated network, the client's fabric with `faults`.
+    fn sim_links(client_faults: SimFaults) -> (Link, Link) {
+        let net = SimNetwork::new();
+        let registry = std::sync::Arc::new(transport::LocalRegistry::new());
+        let engine = |name: &str, faults: SimFaults| {
+            let config = SimConfig {
+                faults,
+                ..SimConfig::default()
+            };
+            let fabric = SimFabric::new(&net, config).unwrap();
+            Engine::new(EngineConfig::new(name), fabric, registry.clone()).unwrap()
+        };
+        let (client, server) = (
+            engine("client", client_faults),
+            engine("server", SimFaults::default()),
+        );
+        let stripe = 1 << 16;
+        let cseg = crate::loopback::register(&client, "client", stripe).unwrap();
+        let sseg = crate::loopback::register(&server, "server", stripe).unwrap();
+        let link = |engine: &Engine, local, peer| Link {
+            engine: engine.clone(),
+            local,
+            remote: engine.open_segment(peer).unwrap(),
+            stripe,
+        };
+        (link(&client, cseg, "server"), link(&server, sseg, "client"))
+    }
+
+    /// A ping-pong of `n` `op` messages of `size` bytes over `links`: the client's samples (or its
+    /// error) and the pings the server answered.
+    fn ping_pong(
+        (client, server): &(Link, Link),
+        op: StreamOp,
+        size: u64,
+        n: u64,
+    ) -> (anyhow::Result<Vec<f64>>, u64) {
+        let timeout = Duration::from_secs(30);
+        if op == StreamOp::Write {
+            client.reset_rx(size).unwrap();
+            server.reset_rx(size).unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let answered = s.spawn(|| latency_server(server, op, size, &stop, timeout));
+            let samples = latency_client(client, op, size, Amount::Iterations(n), timeout);
+            stop.store(true, Ordering::Release);
+            let (answered, _) = answered.join().unwrap().unwrap();
+            (samples.map(|(samples, _)| samples), answered)
+        })
+    }
+
+    #[test]
+    fn a_ping_pong_answers_every_ping_while_completions_lag() {
+        // Completions held back up to 20 polls: each side waits out its own message's before the
+        // next, and no ping may be lost, answered twice or mistaken for another.
+        let faults = SimFaults {
+            max_delay_steps: 20,
+            ..SimFaults::default()
+        };
+        let links = sim_links(faults);
+        for op in [StreamOp::Write, StreamOp::Send] {
+            for size in [2, 4096] {
+                let (samples, answered) = ping_pong(&links, op, size, 300);
+                let samples = samples.unwrap();
+                assert_eq!(samples.len(), 300, "{op:?} {size}");
+                assert_eq!(answered, 300, "{op:?} {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_ping_ends_the_run_with_its_cause() {
+        let faults = SimFaults {
+            error_rate: 1.0,
+            ..SimFaults::default()
+        };
+        let links = sim_links(faults);
+        for op in [StreamOp::Write, StreamOp::Send] {
+            let (samples, answered) = ping_pong(&links, op, 2, 100);
+            let err = format!("{:#}", samples.unwrap_err());
+            // The completion's failure and its reason, not a wait's timeout.
+            assert!(err.contains("did not complete"), "{op:?}: {err}");
+            assert!(err.contains("RemoteAbort"), "{op:?}: {err}");
+            assert_eq!(answered, 0, "{op:?}");
+        }
     }
 }
