@@ -43,6 +43,45 @@ pub fn register(engine: &Engine, name: &str, len: u64) -> anyhow::Result<transpo
         .with_context(|| format!("registering segment {name} ({len} bytes)"))
 }
 
+/// Engines on two fabric instances that reach each other, each with a segment of `len` bytes (its
+/// stripes) that the other has opened: the client's link and the server's.
+pub fn link_pair(
+    server_fabric: Arc<dyn Fabric>,
+    client_fabric: Arc<dyn Fabric>,
+    server_config: transport::EngineConfig,
+    client_config: transport::EngineConfig,
+    stripe: u64,
+    len: u64,
+) -> anyhow::Result<(Link, Link)> {
+    let registry = Arc::new(LocalRegistry::new());
+    let server = Engine::new(server_config, server_fabric, registry.clone())
+        .context("creating the server engine")?;
+    let client = Engine::new(client_config, client_fabric, registry)
+        .context("creating the client engine")?;
+    let sseg = register(&server, SERVER_SEGMENT, len)?;
+    let cseg = register(&client, CLIENT_SEGMENT, len)?;
+    let to_server = client
+        .open_segment(SERVER_SEGMENT)
+        .context("client opening the server's segment")?;
+    let to_client = server
+        .open_segment(CLIENT_SEGMENT)
+        .context("server opening the client's segment")?;
+    Ok((
+        Link {
+            engine: client,
+            local: cseg,
+            remote: to_server,
+            stripe,
+        },
+        Link {
+            engine: server,
+            local: sseg,
+            remote: to_client,
+            stripe,
+        },
+    ))
+}
+
 impl Loopback {
     /// Builds engines on the two fabric instances (which must reach each other) and opens each side's
     /// segment from the other.
@@ -55,41 +94,17 @@ impl Loopback {
         timeout: Duration,
         params: &crate::fabrics::Params,
     ) -> anyhow::Result<Self> {
-        let registry = Arc::new(LocalRegistry::new());
-        let server = Engine::new(
-            crate::fabrics::engine_config("efa-perf-server", params),
+        let (client, server) = link_pair(
             server_fabric,
-            registry.clone(),
-        )
-        .context("creating the server engine")?;
-        let client = Engine::new(
-            crate::fabrics::engine_config("efa-perf-client", params),
             client_fabric,
-            registry,
-        )
-        .context("creating the client engine")?;
-        let len = stripe * streams as u64;
-        let sseg = register(&server, SERVER_SEGMENT, len)?;
-        let cseg = register(&client, CLIENT_SEGMENT, len)?;
-        let to_server = client
-            .open_segment(SERVER_SEGMENT)
-            .context("client opening the server's segment")?;
-        let to_client = server
-            .open_segment(CLIENT_SEGMENT)
-            .context("server opening the client's segment")?;
+            crate::fabrics::engine_config("efa-perf-server", params),
+            crate::fabrics::engine_config("efa-perf-client", params),
+            stripe,
+            stripe * streams as u64,
+        )?;
         Ok(Self {
-            client: Link {
-                engine: client,
-                local: cseg,
-                remote: to_server,
-                stripe,
-            },
-            server: Link {
-                engine: server,
-                local: sseg,
-                remote: to_client,
-                stripe,
-            },
+            client,
+            server,
             setup,
             timeout,
         })

@@ -571,29 +571,22 @@ mod tests {
     /// A client and a server link on one simulated network, the client's fabric with `faults`.
     fn sim_links(client_faults: SimFaults) -> (Link, Link) {
         let net = SimNetwork::new();
-        let registry = std::sync::Arc::new(transport::LocalRegistry::new());
-        let engine = |name: &str, faults: SimFaults| {
+        let fabric = |faults| {
             let config = SimConfig {
                 faults,
                 ..SimConfig::default()
             };
-            let fabric = SimFabric::new(&net, config).unwrap();
-            Engine::new(EngineConfig::new(name), fabric, registry.clone()).unwrap()
+            SimFabric::new(&net, config).unwrap()
         };
-        let (client, server) = (
-            engine("client", client_faults),
-            engine("server", SimFaults::default()),
-        );
-        let stripe = 1 << 16;
-        let cseg = crate::loopback::register(&client, "client", stripe).unwrap();
-        let sseg = crate::loopback::register(&server, "server", stripe).unwrap();
-        let link = |engine: &Engine, local, peer| Link {
-            engine: engine.clone(),
-            local,
-            remote: engine.open_segment(peer).unwrap(),
-            stripe,
-        };
-        (link(&client, cseg, "server"), link(&server, sseg, "client"))
+        crate::loopback::link_pair(
+            fabric(SimFaults::default()),
+            fabric(client_faults),
+            EngineConfig::new("server"),
+            EngineConfig::new("client"),
+            1 << 16,
+            1 << 16,
+        )
+        .unwrap()
     }
 
     /// A ping-pong of `n` `op` messages of `size` bytes over `links`: the client's samples (or its
