@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Summarises the ftrace timelines of vm-trace.sh, one file per tool run.
+
+For each trace: the share of the traced time each thread ran on each CPU; on which CPU and in which
+thread rxe's entry points ran; for each side (a thread that rang a doorbell), the time from its
+doorbell to the other side's (the half round trip, as the kernel saw it) and from its switch-in to its
+next doorbell (user space after the scheduler gave it the CPU back).
+
+    python3 efa-perf/scripts/trace-summary.py /tmp/tr/*.trace
+"""
+import collections
+import re
+import statistics
+import sys
+
+LINE = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>[\d.]+):\s+(?P<what>.*)$")
+SWITCH = re.compile(r"prev_comm=(.+?) prev_pid=(\d+) .*==> next_comm=(.+?) next_pid=(\d+)")
+DOORBELL = "ib_uverbs_write"
+
+
+def events(path):
+    for line in open(path, errors="replace"):
+        if line.startswith("#"):
+            continue
+        m = LINE.match(line)
+        if m:
+            yield m["comm"], m["pid"], int(m["cpu"]), float(m["ts"]), m["what"]
+
+
+def kind(comm):
+    """Groups the kernel's workers: their thread ids change from run to run."""
+    for k in ("kworker", "ksoftirqd", "swapper", "<idle>"):
+        if comm.startswith(k):
+            return k
+    return None
+
+
+def spread(us):
+    us = sorted(us)
+    if not us:
+        return "none"
+    q = lambda f: us[min(len(us) - 1, int(f * len(us)))]
+    return "median %.0f us (p25 %.0f, p75 %.0f, n=%d)" % (statistics.median(us), q(0.25), q(0.75), len(us))
+
+
+def summarise(path):
+    ran = collections.defaultdict(float)  # (thread, cpu) -> seconds
+    work = collections.Counter()  # (function, cpu, thread) -> calls
+    on_cpu_since = {}  # cpu -> time of its last switch
+    switched_in = {}  # pid -> time it last got a CPU
+    doorbells = []  # (time, pid)
+    to_doorbell = collections.defaultdict(list)  # pid -> us from switch-in to doorbell
+    names = {}
+    first = last = None
+    for comm, pid, cpu, ts, what in events(path):
+        first = ts if first is None else first
+        last = ts
+        if what.startswith("sched_switch:"):
+            m = SWITCH.search(what)
+            if not m:
+                continue
+            prev = kind(m[1]) or "%s-%s" % (m[1], m[2])
+            if cpu in on_cpu_since:
+                ran[(prev, cpu)] += ts - on_cpu_since[cpu]
+            on_cpu_since[cpu] = ts
+            switched_in[m[4]] = ts
+        elif what.startswith(DOORBELL):
+            names[pid] = comm
+            doorbells.append((ts, pid))
+            if pid in switched_in:
+                to_doorbell[pid].append((ts - switched_in.pop(pid)) * 1e6)
+        elif not what.startswith("sched_"):
+            fn = what.split()[0]
+            work[(fn, cpu, kind(comm) or "%s-%s" % (comm, pid))] += 1
+    if first is None:
+        print("== %s: no events" % path)
+        return
+    span = last - first
+    print("== %s: %.3f s traced" % (path, span))
+    print("  who ran (share of the traced time):")
+    for (who, cpu), t in sorted(ran.items(), key=lambda x: -x[1])[:10]:
+        print("    cpu%d %-28s %5.1f%%" % (cpu, who, 100 * t / span))
+    print("  rxe's work by CPU (calls):")
+    for fn in ("rxe_requester", "rxe_receiver", "rxe_responder", "rxe_completer", "rxe_cq_post"):
+        per = collections.Counter()
+        for (f, cpu, who), n in work.items():
+            if f == fn:
+                per["cpu%d %s" % (cpu, who)] += n
+        if per:
+            print("    %-14s %s" % (fn, ", ".join("%s %d" % kv for kv in sorted(per.items()))))
+    halves = collections.defaultdict(list)
+    for (t0, a), (t1, b) in zip(doorbells, doorbells[1:]):
+        if a != b:
+            halves[a].append((t1 - t0) * 1e6)
+    for pid in sorted(halves):
+        print("  %s-%s: doorbell to the peer's doorbell %s" % (names[pid], pid, spread(halves[pid])))
+        print("  %s-%s: switch-in to its doorbell      %s" % (names[pid], pid, spread(to_doorbell[pid])))
+
+
+for p in sys.argv[1:]:
+    summarise(p)
