@@ -24,16 +24,22 @@ now_ns() { date +%s%N; }
 # cpu_of FILE: children's user + system seconds from a `times` output.
 cpu_of() { awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] } print t }' "$1"; }
 
+# split_cmds SERVER_CMD... -- CLIENT_CMD...: sets the caller's `server` and `client` arrays.
+split_cmds() {
+  server=() client=()
+  while [[ $1 != -- ]]; do server+=("$1"); shift; done
+  shift
+  client=("$@")
+}
+
 # run_pair NAME SERVER_CMD... -- CLIENT_CMD...: server in the background, client once it
 # listens (each gets -p PORT, the client the address too); leaves NAME.client, NAME.server and
 # NAME.cpu ("client_cpu server_cpu wall_ms": CPU seconds of each process, the client's wall time).
 run_pair() {
   local name=$1
   shift
-  local server=() client=()
-  while [[ $1 != -- ]]; do server+=("$1"); shift; done
-  shift
-  client=("$@")
+  local server client
+  split_cmds "$@"
   port=$((port + 1))
   if ((two_vms)); then
     run_split "$name"

@@ -39,10 +39,8 @@ echo "kernel $(uname -r), $(nproc) CPUs, $iters iterations of $size B"
 trace_run() {
   local name=$1
   shift
-  local server=() client=()
-  while [[ $1 != -- ]]; do server+=("$1"); shift; done
-  shift
-  client=("$@")
+  local server client
+  split_cmds "$@"
   port=$((port + 1))
   echo 0 >$T/tracing_on
   : >$T/trace
