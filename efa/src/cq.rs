@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::caps::EfaCaps;
@@ -24,9 +25,12 @@ const WC_FLAGS: u64 = (efa_sys::IBV_WC_EX_WITH_BYTE_LEN
 pub(crate) struct CqInner {
     ctx: Arc<Context>,
     raw: NonNull<efa_sys::ibv_cq_ex>,
-    _td: Option<Arc<ThreadDomain>>,
+    td: Option<Arc<ThreadDomain>>,
     /// The completion channel, destroyed after the CQ (field drops follow `Drop::drop`).
     channel: Option<Arc<ChannelInner>>,
+    /// Whether a QP whose open batches hold a send-queue lock sends into this CQ
+    /// ([`held`](crate::qp::held)): only then can a poll of it deadlock.
+    locking_sends: AtomicBool,
 }
 
 // SAFETY: CqInner is only a keep-alive handle for QPs (which read the pointer at creation);
@@ -38,6 +42,21 @@ unsafe impl Sync for CqInner {}
 impl CqInner {
     pub(crate) fn as_cq(&self) -> *mut efa_sys::ibv_cq {
         efa_sys::ibv_cq_ex_to_cq(self.raw.as_ptr())
+    }
+
+    /// The CQ's address, as [`held`](crate::qp::held) records it.
+    pub(crate) fn raw_addr(&self) -> usize {
+        self.raw.as_ptr() as usize
+    }
+
+    /// The thread domain the CQ was created on.
+    pub(crate) fn td(&self) -> Option<&Arc<ThreadDomain>> {
+        self.td.as_ref()
+    }
+
+    /// Records that a QP whose batches hold a send-queue lock sends into this CQ.
+    pub(crate) fn mark_locking_sends(&self) {
+        self.locking_sends.store(true, Relaxed);
     }
 }
 
@@ -210,8 +229,9 @@ impl<'c> CqBuilder<'c> {
             inner: Arc::new(CqInner {
                 ctx: Arc::clone(ctx),
                 raw,
-                _td: self.td,
+                td: self.td,
                 channel: self.channel.map(|(ch, _)| ch),
+                locking_sends: AtomicBool::new(false),
             }),
         })
     }
@@ -454,6 +474,7 @@ impl Cq {
     ///
     /// The returned [`Poll`] lends one [`Completion`] at a time and ends the pass on drop.
     pub fn poll(&mut self) -> Result<Option<Poll<'_>>> {
+        self.unheld()?;
         self.core.poll()
     }
 
@@ -465,6 +486,7 @@ impl Cq {
     /// [`Error::Verbs`] when the provider fails to poll; completions consumed before the failure
     /// are returned first and the error is reported by the next call.
     pub fn poll_into(&mut self, out: &mut [WorkCompletion]) -> Result<usize> {
+        self.unheld()?;
         self.core.poll_into(out)
     }
 
@@ -478,7 +500,21 @@ impl Cq {
     /// # Errors
     /// As [`poll_into`](Self::poll_into).
     pub fn poll_with<F: FnMut(&Completion<'_>)>(&mut self, max: usize, f: F) -> Result<usize> {
+        self.unheld()?;
         self.core.poll_with(max, f)
+    }
+
+    /// [`Error::PollInBatch`] when this thread has a batch open whose send-queue lock a poll of
+    /// this CQ would wait for ([`held`](crate::qp::held)).
+    #[inline]
+    fn unheld(&self) -> Result<()> {
+        if !self.inner.locking_sends.load(Relaxed) {
+            return Ok(());
+        }
+        match crate::qp::held::blocking(self.inner.raw_addr()) {
+            Some(qpn) => Err(Error::PollInBatch { qpn }),
+            None => Ok(()),
+        }
     }
 
     /// Poll until `want` completions arrived or `timeout` passed (`Duration::MAX`: no

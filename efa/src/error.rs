@@ -125,6 +125,20 @@ pub enum Error {
         /// The state the queue pair is in.
         state: QpState,
     },
+    /// A poll of a CQ on a thread that has a batch open on a QP completing its sends into that
+    /// CQ. rdma-core's EFA provider holds the QP's send-queue lock from `ibv_wr_start` to
+    /// `ibv_wr_complete` and takes it again to retire the QP's send completions, so the poll would
+    /// wait for ever (QPs and CQs on one [`ThreadDomain`](crate::ThreadDomain) take no lock).
+    #[error(
+        "polling this CQ would deadlock: this thread has a batch open on QP {}, whose send \
+         completions it holds (commit or abort the batch first)",
+        QpText(*qpn)
+    )]
+    PollInBatch {
+        /// The QP whose batch is open; `u32::MAX` when more batches were open on the thread than
+        /// are told apart.
+        qpn: u32,
+    },
     /// No verbs device has this name.
     #[error("no verbs device named {name:?}")]
     NoSuchDevice {
@@ -168,6 +182,18 @@ impl fmt::Display for ArgText {
         match self.0 {
             Some((name, value)) => write!(f, " with {name} = {value}"),
             None => Ok(()),
+        }
+    }
+}
+
+/// The QP of [`Error::PollInBatch`]: its number, or that several batches were open.
+struct QpText(u32);
+
+impl fmt::Display for QpText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            u32::MAX => f.write_str("(one of several)"),
+            qpn => write!(f, "{qpn:#x}"),
         }
     }
 }

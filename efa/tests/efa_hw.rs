@@ -208,6 +208,59 @@ fn efa_hw_thread_domain_of_another_pd_is_refused() {
     assert_eq!(efa::teardown_errors(), 0);
 }
 
+/// rdma-core's EFA provider holds a QP's send-queue lock while a batch is open and takes it again
+/// to retire the QP's send completions, so a poll of its send CQ from the same thread is refused
+/// rather than left to spin for ever. Another CQ, the same CQ once the batch is closed, and a QP
+/// and CQ that share a thread domain (no lock) poll as usual.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_polling_the_send_cq_inside_an_open_batch_is_refused() {
+    let ctx = device();
+    let pd = Pd::new(&ctx).unwrap();
+    let (mut send_cq, mut recv_cq) = (Cq::new(&ctx, 16).unwrap(), Cq::new(&ctx, 16).unwrap());
+    let mut qp: SrdQp = QpBuilder::new(&pd, &send_cq, &recv_cq).build_srd().unwrap();
+    let mr = Mr::alloc(&pd, 4096, Access::LOCAL_WRITE).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+    let qpn = qp.qp_num();
+    let to_self = Dest::new(&ah, qpn, qp.qkey());
+    let mut out = [WorkCompletion::default(); 2];
+    for round in 0..2u64 {
+        qp.post_recv(round, &[mr.sge(2048, 64).unwrap()]).unwrap();
+        let mut batch = qp.batch().unwrap();
+        batch
+            .send(round, &to_self, &[mr.sge(0, 64).unwrap()])
+            .unwrap();
+        let e = send_cq.poll_into(&mut out).unwrap_err();
+        assert_eq!(e, Error::PollInBatch { qpn }, "{e}");
+        assert_eq!(recv_cq.poll_into(&mut out), Ok(0), "nothing sent yet");
+        if round == 0 {
+            batch.commit().unwrap();
+            assert_eq!(wait(&mut send_cq, 1)[0].wr_id, 0);
+            assert_eq!(wait(&mut recv_cq, 1)[0].wr_id, 0);
+        } else {
+            drop(batch);
+            assert_eq!(send_cq.poll_into(&mut out), Ok(0), "aborted: nothing sent");
+        }
+    }
+
+    let td = efa::ThreadDomain::new(&pd).unwrap();
+    // SAFETY: the CQ and the QP are used on this thread only.
+    let mut td_cq = unsafe { Cq::builder(&ctx, 16).thread_domain(&td) }
+        .build()
+        .unwrap();
+    // SAFETY: as above.
+    let mut td_qp: SrdQp = unsafe { QpBuilder::new(&pd, &td_cq, &recv_cq).thread_domain(&td) }
+        .build_srd()
+        .unwrap();
+    let batch = td_qp.batch().unwrap();
+    assert_eq!(
+        td_cq.poll_into(&mut out),
+        Ok(0),
+        "one thread domain: no lock"
+    );
+    drop(batch);
+}
+
 /// rdma-core 63/64 features: true queue depths, inline RDMA WRITE and processing hints; each
 /// works where device and library have it and is refused by name where they do not.
 #[test]

@@ -1,5 +1,6 @@
 //! Queue pairs typed by transport: [`SrdQp`], [`UdQp`], [`RcQp`].
 
+pub(crate) mod held;
 mod post;
 
 use std::marker::PhantomData;
@@ -773,6 +774,22 @@ impl<'a> QpBuilder<'a> {
     }
 }
 
+/// The send-queue lock a batch on this QP holds while it is open ([`held`]): on EFA unless
+/// the QP and its send CQ share a thread domain (rdma-core's `efa_check_cq_on_same_pd_td`).
+fn send_lock(b: &QpBuilder<'_>, raw: NonNull<efa_sys::ibv_qp>) -> Option<held::SendLock> {
+    let cq = b.send_cq.inner();
+    let shared_td = matches!((&b.td, cq.td()), (Some(q), Some(c)) if Arc::ptr_eq(q, c));
+    if !b.pd.context().is_efa() || shared_td {
+        return None;
+    }
+    cq.mark_locking_sends();
+    Some(held::SendLock {
+        cq: cq.raw_addr(),
+        // SAFETY: the QP was just created and is live.
+        qpn: unsafe { (*raw.as_ptr()).qp_num },
+    })
+}
+
 /// A queue pair of transport `T`, destroyed on drop (outstanding work is discarded; its CQs,
 /// PD and thread domain stay alive until then).
 pub struct Qp<T: Transport> {
@@ -831,6 +848,7 @@ impl<T: Transport> Qp<T> {
             unsafe { (ctx.verbs().ibv_destroy_qp)(raw.as_ptr()) };
             return Err(e);
         }
+        let lock = send_lock(&b, raw);
         let counters = b.counters;
         let mut qp = Qp {
             core: SendCore {
@@ -838,6 +856,7 @@ impl<T: Transport> Qp<T> {
                 kind: T::KIND,
                 limits,
                 efadv_qp: None,
+                lock,
             },
             raw,
             pd: Arc::clone(b.pd),

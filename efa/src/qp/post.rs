@@ -6,6 +6,7 @@ use std::ptr::NonNull;
 use crate::ah::Ah;
 use crate::error::{Error, Limit, Result};
 use crate::mr::{sge_total, Sge};
+use crate::qp::held::{self, SendLock};
 use crate::qp::{Rc, Srd, TransportKind};
 
 /// A send-queue operation, for limit checks.
@@ -215,6 +216,8 @@ pub(crate) struct SendCore {
     pub(crate) limits: SendLimits,
     /// The efadv view of an SRD QP created with processing hints (rdma-core 64).
     pub(crate) efadv_qp: Option<NonNull<efa_sys::efadv_qp>>,
+    /// The send-queue lock an open batch holds, where the provider takes one ([`held`]).
+    pub(crate) lock: Option<SendLock>,
 }
 
 impl SendCore {
@@ -294,6 +297,11 @@ impl SendCore {
 /// next post to the QP, from any thread, would wait for ever. Forgetting is safe Rust, so this
 /// is not undefined behaviour, but it loses the QP.
 ///
+/// For the same reason, while a batch is open on an EFA QP without a thread domain, polling the
+/// QP's send CQ from the same thread fails with [`Error::PollInBatch`]: the provider retires
+/// each send completion under that lock, so the poll would spin for ever. Commit or abort
+/// first, or create the QP and its send CQ on one [`ThreadDomain`](crate::ThreadDomain).
+///
 /// ```compile_fail
 /// # fn f(qp: &mut efa::RcQp) {
 /// let a = qp.batch().unwrap();
@@ -327,6 +335,9 @@ impl<'q, T> Batch<'q, T> {
     pub(crate) unsafe fn start(core: &'q mut SendCore) -> Self {
         // SAFETY: forwarded from the caller; every QP of this crate sets wr_start.
         unsafe { efa_sys::ibv_wr_start(core.qpx) };
+        if let Some(lock) = core.lock {
+            held::enter(lock);
+        }
         Batch {
             core,
             count: 0,
@@ -393,6 +404,7 @@ impl<'q, T> Batch<'q, T> {
         self.open = false;
         // SAFETY: the batch is open on a live QP; closed exactly once.
         let rc = unsafe { efa_sys::ibv_wr_complete(self.core.qpx) };
+        self.release();
         if rc != 0 {
             return Err(Error::verbs_arg(
                 "ibv_wr_complete",
@@ -406,6 +418,13 @@ impl<'q, T> Batch<'q, T> {
 
     /// Drop every work request added; same as dropping the batch.
     pub fn abort(self) {}
+
+    /// Records that the provider released the send-queue lock ([`held`]).
+    fn release(&self) {
+        if let Some(lock) = self.core.lock {
+            held::leave(lock);
+        }
+    }
 }
 
 impl<T> Drop for Batch<'_, T> {
@@ -413,6 +432,7 @@ impl<T> Drop for Batch<'_, T> {
         if self.open {
             // SAFETY: the batch is open on a live QP; closed exactly once.
             unsafe { efa_sys::ibv_wr_abort(self.core.qpx) };
+            self.release();
         }
     }
 }

@@ -153,6 +153,7 @@ fn core(q: &mut efa_sys::ibv_qp_ex, kind: TransportKind, limits: SendLimits) -> 
         qpx: q,
         kind,
         limits,
+        lock: None,
     }
 }
 
@@ -373,6 +374,45 @@ fn batch_length_and_complete_errors_are_typed() {
     );
     assert_eq!(log.last(), Some(&Ev::Complete));
     assert!(!log.contains(&Ev::Abort));
+}
+
+#[test]
+fn an_open_batch_holds_the_send_lock_until_committed_aborted_or_dropped() {
+    use crate::qp::held::{blocking, SendLock};
+    fn start(c: &mut SendCore) -> Batch<'_, Srd> {
+        // SAFETY: the fake QP lives for the whole test.
+        unsafe { Batch::<Srd>::start(c) }
+    }
+    let mut q = fake_qpx();
+    let mut c = core(&mut q, TransportKind::Srd, srd_limits());
+    c.lock = Some(SendLock {
+        cq: 0x5000,
+        qpn: 33,
+    });
+    let dest = Dest::fake(0xd0, 1, 2);
+    let mut b = start(&mut c);
+    assert_eq!(blocking(0x5000), Some(33));
+    b.send(1, &dest, &[Sge::new(0, 8, 1)]).unwrap();
+    b.commit().unwrap();
+    assert_eq!(blocking(0x5000), None, "released by commit");
+    // A failed commit has still closed the provider's session.
+    let b = start(&mut c);
+    COMPLETE_RC.with(|r| *r.borrow_mut() = libc::EINVAL);
+    assert!(b.commit().is_err());
+    COMPLETE_RC.with(|r| *r.borrow_mut() = 0);
+    assert_eq!(blocking(0x5000), None, "released by a failed commit");
+    start(&mut c).abort();
+    assert_eq!(blocking(0x5000), None, "released by abort");
+    {
+        let _b = start(&mut c);
+        assert_eq!(blocking(0x5000), Some(33));
+    }
+    assert_eq!(blocking(0x5000), None, "released by drop");
+    // Without a lock (a thread domain, or not EFA) nothing is recorded.
+    c.lock = None;
+    let _b = start(&mut c);
+    assert_eq!(blocking(0x5000), None);
+    take_log();
 }
 
 #[test]
