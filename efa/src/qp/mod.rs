@@ -857,6 +857,7 @@ impl<T: Transport> Qp<T> {
                 limits,
                 efadv_qp: None,
                 lock,
+                in_session: false,
             },
             raw,
             pd: Arc::clone(b.pd),
@@ -1241,8 +1242,11 @@ pub(crate) fn recv_wr(wr_id: u64, sges: &[Sge]) -> efa_sys::ibv_recv_wr {
 
 impl<T: Transport> Drop for Qp<T> {
     fn drop(&mut self) {
-        // SAFETY: created once, destroyed once; no batch can be open (it would borrow self).
-        // The CQs outlive this call through the Arcs held until after it.
+        // SAFETY: the QP is live; no batch can be open (it would borrow self), only a forgotten
+        // one's session.
+        unsafe { self.core.abort_forgotten() };
+        // SAFETY: created once, destroyed once. The CQs outlive this call through the Arcs held
+        // until after it.
         let rc = unsafe { (self.pd.context().verbs().ibv_destroy_qp)(self.raw.as_ptr()) };
         crate::teardown::check("ibv_destroy_qp", rc);
     }

@@ -218,9 +218,33 @@ pub(crate) struct SendCore {
     pub(crate) efadv_qp: Option<NonNull<efa_sys::efadv_qp>>,
     /// The send-queue lock an open batch holds, where the provider takes one ([`held`]).
     pub(crate) lock: Option<SendLock>,
+    /// Whether a provider session (`ibv_wr_start`) is open: a batch is alive, or was forgotten
+    /// (`mem::forget`) before it could close the session.
+    pub(crate) in_session: bool,
 }
 
 impl SendCore {
+    /// Closes a session a forgotten batch left open (`ibv_wr_abort`: its work requests were
+    /// never rung), which would otherwise hold the provider's send-queue lock for ever.
+    ///
+    /// # Safety
+    /// `self.qpx` must be live.
+    pub(crate) unsafe fn abort_forgotten(&mut self) {
+        if self.in_session {
+            // SAFETY: the QP is live (caller) and its session is open.
+            unsafe { efa_sys::ibv_wr_abort(self.qpx) };
+            self.end_session();
+        }
+    }
+
+    /// Records that the provider's session closed and released its send-queue lock.
+    fn end_session(&mut self) {
+        self.in_session = false;
+        if let Some(lock) = self.lock {
+            held::leave(lock);
+        }
+    }
+
     /// Append one WR to the open batch. Nothing reaches the QP unless every check passes, so a
     /// refused WR leaves the batch as it was.
     ///
@@ -293,9 +317,9 @@ impl SendCore {
 /// `ibv_wr_abort` and posts nothing.
 ///
 /// Do not `mem::forget` a batch: `ibv_wr_start` takes the provider's send-queue lock (EFA's QPs
-/// without a thread domain) and only `ibv_wr_complete` or `ibv_wr_abort` release it, so the
-/// next post to the QP, from any thread, would wait for ever. Forgetting is safe Rust, so this
-/// is not undefined behaviour, but it loses the QP.
+/// without a thread domain) and only `ibv_wr_complete` or `ibv_wr_abort` release it. A
+/// forgotten batch's work requests are never posted: the QP's next batch, or its drop, aborts
+/// them first, so nothing waits for the lock.
 ///
 /// For the same reason, while a batch is open on an EFA QP without a thread domain, polling the
 /// QP's send CQ from the same thread fails with [`Error::PollInBatch`]: the provider retires
@@ -333,8 +357,11 @@ impl<'q, T> Batch<'q, T> {
     /// # Safety
     /// `core.qpx` must be a live extended QP in RTS.
     pub(crate) unsafe fn start(core: &'q mut SendCore) -> Self {
+        // SAFETY: forwarded from the caller.
+        unsafe { core.abort_forgotten() };
         // SAFETY: forwarded from the caller; every QP of this crate sets wr_start.
         unsafe { efa_sys::ibv_wr_start(core.qpx) };
+        core.in_session = true;
         if let Some(lock) = core.lock {
             held::enter(lock);
         }
@@ -404,7 +431,7 @@ impl<'q, T> Batch<'q, T> {
         self.open = false;
         // SAFETY: the batch is open on a live QP; closed exactly once.
         let rc = unsafe { efa_sys::ibv_wr_complete(self.core.qpx) };
-        self.release();
+        self.core.end_session();
         if rc != 0 {
             return Err(Error::verbs_arg(
                 "ibv_wr_complete",
@@ -418,13 +445,6 @@ impl<'q, T> Batch<'q, T> {
 
     /// Drop every work request added; same as dropping the batch.
     pub fn abort(self) {}
-
-    /// Records that the provider released the send-queue lock ([`held`]).
-    fn release(&self) {
-        if let Some(lock) = self.core.lock {
-            held::leave(lock);
-        }
-    }
 }
 
 impl<T> Drop for Batch<'_, T> {
@@ -432,7 +452,7 @@ impl<T> Drop for Batch<'_, T> {
         if self.open {
             // SAFETY: the batch is open on a live QP; closed exactly once.
             unsafe { efa_sys::ibv_wr_abort(self.core.qpx) };
-            self.release();
+            self.core.end_session();
         }
     }
 }

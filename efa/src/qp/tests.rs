@@ -154,6 +154,7 @@ fn core(q: &mut efa_sys::ibv_qp_ex, kind: TransportKind, limits: SendLimits) -> 
         kind,
         limits,
         lock: None,
+        in_session: false,
     }
 }
 
@@ -408,6 +409,19 @@ fn an_open_batch_holds_the_send_lock_until_committed_aborted_or_dropped() {
         assert_eq!(blocking(0x5000), Some(33));
     }
     assert_eq!(blocking(0x5000), None, "released by drop");
+    // A forgotten batch leaves its session open: the next batch aborts it before it starts.
+    let mut forgotten = start(&mut c);
+    forgotten.send(2, &dest, &[Sge::new(0, 8, 1)]).unwrap();
+    std::mem::forget(forgotten);
+    assert_eq!(blocking(0x5000), Some(33), "held while forgotten");
+    take_log();
+    start(&mut c).commit().unwrap();
+    assert_eq!(take_log(), vec![Ev::Abort, Ev::Start, Ev::Complete]);
+    assert_eq!(
+        blocking(0x5000),
+        None,
+        "released with the forgotten session"
+    );
     // Without a lock (a thread domain, or not EFA) nothing is recorded.
     c.lock = None;
     let _b = start(&mut c);
