@@ -12,6 +12,7 @@ use crate::context::Context;
 use crate::device::DeviceKind;
 use crate::error::{Error, Limit, Result};
 use crate::gid::Gid;
+use crate::held;
 use crate::pd::ThreadDomain;
 use crate::status::{EfaStatus, WcOpcode, WcStatus};
 
@@ -29,7 +30,7 @@ pub(crate) struct CqInner {
     /// The completion channel, destroyed after the CQ (field drops follow `Drop::drop`).
     channel: Option<Arc<ChannelInner>>,
     /// Whether a QP whose open batches hold a send-queue lock sends into this CQ
-    /// ([`held`](crate::qp::held)): only then can a poll of it deadlock.
+    /// ([`held`](crate::held)): only then can a poll of it deadlock.
     locking_sends: AtomicBool,
 }
 
@@ -44,7 +45,7 @@ impl CqInner {
         efa_sys::ibv_cq_ex_to_cq(self.raw.as_ptr())
     }
 
-    /// The CQ's address, as [`held`](crate::qp::held) records it.
+    /// The CQ's address, as [`held`](crate::held) records it.
     pub(crate) fn raw_addr(&self) -> usize {
         self.raw.as_ptr() as usize
     }
@@ -181,7 +182,7 @@ impl<'c> CqBuilder<'c> {
         }
         let channel = self.channel.as_ref().map(|(ch, t)| (ch.as_raw(), *t));
         let single_threaded = self.single_threaded && self.td.is_none();
-        let made = match create(
+        let (made, single_threaded) = match create(
             ctx,
             self.cqe,
             single_threaded,
@@ -192,9 +193,9 @@ impl<'c> CqBuilder<'c> {
             Err(Error::Verbs { errno, .. })
                 if single_threaded && (errno == libc::EOPNOTSUPP || errno == libc::EINVAL) =>
             {
-                create(ctx, self.cqe, false, efa_wc, None, channel)
+                (create(ctx, self.cqe, false, efa_wc, None, channel), false)
             }
-            r => r,
+            r => (r, single_threaded),
         };
         let raw = match made {
             Err(Error::Verbs { errno, .. }) if channel.is_some() && errno == libc::EOPNOTSUPP => {
@@ -225,6 +226,8 @@ impl<'c> CqBuilder<'c> {
                 is_efa: ctx.is_efa(),
                 one_per_pass: ctx.info().kind == DeviceKind::SoftRoce,
                 deferred: None,
+                locked_passes: !single_threaded,
+                in_pass: false,
             },
             inner: Arc::new(CqInner {
                 ctx: Arc::clone(ctx),
@@ -330,6 +333,12 @@ unsafe impl Sync for EfaCq {}
 ///
 /// Polling takes `&mut self`: one poller at a time, so the provider's CQ lock is not needed.
 /// QPs keep the underlying CQ alive, so dropping a `Cq` before its QPs is safe.
+///
+/// A pass ([`Poll`], and each pass of [`poll_with`](Self::poll_with)) over a CQ that is not
+/// single-threaded holds the provider's CQ lock, and destroying a QP takes the locks of its CQs
+/// (EFA, mlx5): a QP dropped on this thread inside a pass over one of its CQs is destroyed when
+/// the pass ends. A forgotten ([`mem::forget`](std::mem::forget)) pass is ended before the next
+/// one starts.
 pub struct Cq {
     // Polling state lives in the provider's CQ: never Sync, whatever the fields below are.
     _not_sync: PhantomData<Cell<()>>,
@@ -352,6 +361,12 @@ pub(crate) struct PollCore {
     one_per_pass: bool,
     /// An `ibv_next_poll` error held back because the call that met it returned completions.
     deferred: Option<i32>,
+    /// Whether the provider holds the CQ's lock through a pass (a CQ that is not
+    /// single-threaded), which [`held`] records.
+    locked_passes: bool,
+    /// Whether a pass is open: a [`Poll`] is alive, or was forgotten (`mem::forget`) with the
+    /// provider's pass (and lock) still open.
+    in_pass: bool,
 }
 
 impl std::fmt::Debug for Cq {
@@ -505,13 +520,13 @@ impl Cq {
     }
 
     /// [`Error::PollInBatch`] when this thread has a batch open whose send-queue lock a poll of
-    /// this CQ would wait for ([`held`](crate::qp::held)).
+    /// this CQ would wait for ([`held`](crate::held)).
     #[inline]
     fn unheld(&self) -> Result<()> {
         if !self.inner.locking_sends.load(Relaxed) {
             return Ok(());
         }
-        match crate::qp::held::blocking(self.inner.raw_addr()) {
+        match held::batch_blocking(self.inner.raw_addr()) {
             Some(qpn) => Err(Error::PollInBatch { qpn }),
             None => Ok(()),
         }
@@ -549,9 +564,19 @@ impl PollCore {
     }
 
     fn poll(&mut self) -> Result<Option<Poll<'_>>> {
+        if self.in_pass {
+            // A forgotten pass still holds the provider's CQ lock: end it first.
+            self.end_pass();
+        }
         let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
         // SAFETY: the CQ is live and this is its only poller (&mut self).
         let rc = unsafe { efa_sys::ibv_start_poll(self.as_raw(), &mut attr) };
+        if rc == 0 {
+            self.in_pass = true;
+            if self.locked_passes {
+                held::enter_pass(self.as_raw() as usize);
+            }
+        }
         match rc {
             0 => Ok(Some(Poll {
                 _not_send: PhantomData,
@@ -561,6 +586,16 @@ impl PollCore {
             })),
             libc::ENOENT => Ok(None),
             e => Err(Error::verbs("ibv_start_poll", e)),
+        }
+    }
+
+    /// Ends the open pass (`ibv_end_poll`), then destroys the QPs dropped inside it ([`held`]).
+    fn end_pass(&mut self) {
+        // SAFETY: a pass started by a successful ibv_start_poll is open; ended once.
+        unsafe { efa_sys::ibv_end_poll(self.as_raw()) };
+        self.in_pass = false;
+        if self.locked_passes {
+            held::leave_pass(self.as_raw() as usize);
         }
     }
 
@@ -669,8 +704,7 @@ impl Poll<'_> {
 
 impl Drop for Poll<'_> {
     fn drop(&mut self) {
-        // SAFETY: the pass was started by a successful ibv_start_poll and is ended once.
-        unsafe { efa_sys::ibv_end_poll(self.cq.as_raw()) };
+        self.cq.end_pass();
     }
 }
 

@@ -154,6 +154,8 @@ fn core(f: &mut FakeCq, is_efa: bool) -> PollCore {
         is_efa,
         one_per_pass: false,
         deferred: None,
+        locked_passes: true,
+        in_pass: false,
     }
 }
 
@@ -375,4 +377,49 @@ fn completions_on_demand_read_only_what_is_asked() {
         "provider calls per CQE: whole copy {send_whole:.2} (send) {recv_whole:.2} (receive), \
          on demand {send_summary:.2}"
     );
+}
+
+#[test]
+fn a_qp_dropped_inside_a_pass_is_destroyed_after_the_pass_ends() {
+    let mut f = fake_cq(vec![entry(1), entry(2)]);
+    let mut c = core(&mut f, true);
+    let addr = c.as_raw() as usize;
+    let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let log = std::rc::Rc::clone(&events);
+    let n = c
+        .poll_with(8, |_| {
+            // What `Qp::drop` does inside a pass over its CQ.
+            if held::in_pass([addr, addr]) && log.borrow().is_empty() {
+                let later = std::rc::Rc::clone(&log);
+                held::defer(held::Deferred {
+                    cqs: [addr, addr],
+                    destroy: Box::new(move || later.borrow_mut().push("destroy")),
+                });
+                log.borrow_mut().push("dropped");
+            }
+        })
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(*events.borrow(), ["dropped", "destroy"]);
+    assert_eq!((f.starts, f.ends), (1, 1));
+    assert!(!held::in_pass([addr, addr]));
+}
+
+#[test]
+fn a_forgotten_pass_is_ended_before_the_next_one_starts() {
+    let mut f = fake_cq(vec![entry(1), entry(2)]);
+    let mut c = core(&mut f, true);
+    let addr = c.as_raw() as usize;
+    let p = c.poll().unwrap().unwrap();
+    std::mem::forget(p);
+    assert!(
+        held::in_pass([addr, addr]),
+        "the forgotten pass holds the lock"
+    );
+    // The fake asserts that no pass starts inside another.
+    let mut p = c.poll().unwrap().unwrap();
+    assert_eq!(p.next().unwrap().unwrap().wr_id(), 2);
+    drop(p);
+    assert_eq!((f.starts, f.ends), (2, 2));
+    assert!(!held::in_pass([addr, addr]));
 }

@@ -28,6 +28,7 @@ mod cq;
 mod device;
 mod error;
 mod gid;
+mod held;
 mod mr;
 mod pd;
 mod qp;

@@ -261,6 +261,41 @@ fn efa_hw_polling_the_send_cq_inside_an_open_batch_is_refused() {
     drop(batch);
 }
 
+/// Destroying a QP takes its CQs' locks, which a poll pass over a CQ that is not
+/// single-threaded holds: a QP dropped inside the pass (here in a `poll_with` closure) is
+/// destroyed when the pass ends, rather than spinning on the lock.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_a_qp_dropped_inside_a_poll_pass_is_destroyed_after_it() {
+    let ctx = device();
+    let pd = Pd::new(&ctx).unwrap();
+    let mut cq = Cq::new(&ctx, 16).unwrap();
+    let mut qp: SrdQp = QpBuilder::new(&pd, &cq, &cq).build_srd().unwrap();
+    let mr = Mr::alloc(&pd, 4096, Access::LOCAL_WRITE).unwrap();
+    let ah = Ah::new(&pd, AhAttr::new(qp.endpoint().gid, 0)).unwrap();
+    let to_self = Dest::new(&ah, qp.qp_num(), qp.qkey());
+    qp.post_recv(1, &[mr.sge(2048, 64).unwrap()]).unwrap();
+    let mut batch = qp.batch().unwrap();
+    batch.send(2, &to_self, &[mr.sge(0, 64).unwrap()]).unwrap();
+    batch.commit().unwrap();
+    let mut qp = Some(qp);
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ids.len() < 2 && std::time::Instant::now() < deadline {
+        cq.poll_with(2, |c| {
+            ids.push(c.wr_id());
+            drop(qp.take());
+        })
+        .unwrap();
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+    assert!(qp.is_none());
+    // Destroyed once the pass ended: the CQ can go now, and nothing failed to tear down.
+    drop(cq);
+    assert_eq!(efa::teardown_errors(), 0);
+}
+
 /// rdma-core 63/64 features: true queue depths, inline RDMA WRITE and processing hints; each
 /// works where device and library have it and is refused by name where they do not.
 #[test]

@@ -1,6 +1,5 @@
 //! Queue pairs typed by transport: [`SrdQp`], [`UdQp`], [`RcQp`].
 
-pub(crate) mod held;
 mod post;
 
 use std::marker::PhantomData;
@@ -16,6 +15,7 @@ use crate::caps::EfaCaps;
 use crate::cq::{Cq, CqInner};
 use crate::error::{Error, Limit, Result};
 use crate::gid::{Gid, GidEntry};
+use crate::held::{self, SendLock};
 use crate::mr::Sge;
 use crate::pd::{Pd, ThreadDomain};
 use crate::status::QpState;
@@ -776,14 +776,14 @@ impl<'a> QpBuilder<'a> {
 
 /// The send-queue lock a batch on this QP holds while it is open ([`held`]): on EFA unless
 /// the QP and its send CQ share a thread domain (rdma-core's `efa_check_cq_on_same_pd_td`).
-fn send_lock(b: &QpBuilder<'_>, raw: NonNull<efa_sys::ibv_qp>) -> Option<held::SendLock> {
+fn send_lock(b: &QpBuilder<'_>, raw: NonNull<efa_sys::ibv_qp>) -> Option<SendLock> {
     let cq = b.send_cq.inner();
     let shared_td = matches!((&b.td, cq.td()), (Some(q), Some(c)) if Arc::ptr_eq(q, c));
     if !b.pd.context().is_efa() || shared_td {
         return None;
     }
     cq.mark_locking_sends();
-    Some(held::SendLock {
+    Some(SendLock {
         cq: cq.raw_addr(),
         // SAFETY: the QP was just created and is live.
         qpn: unsafe { (*raw.as_ptr()).qp_num },
@@ -1240,15 +1240,41 @@ pub(crate) fn recv_wr(wr_id: u64, sges: &[Sge]) -> efa_sys::ibv_recv_wr {
     }
 }
 
+/// `ibv_destroy_qp` of a QP whose CQs, SRQ, counters and thread domain the caller keeps alive
+/// until after the call.
+fn destroy_qp(pd: &Pd, raw: NonNull<efa_sys::ibv_qp>) {
+    // SAFETY: the QP was created once and is destroyed once, here.
+    let rc = unsafe { (pd.context().verbs().ibv_destroy_qp)(raw.as_ptr()) };
+    crate::teardown::check("ibv_destroy_qp", rc);
+}
+
 impl<T: Transport> Drop for Qp<T> {
     fn drop(&mut self) {
         // SAFETY: the QP is live; no batch can be open (it would borrow self), only a forgotten
         // one's session.
         unsafe { self.core.abort_forgotten() };
-        // SAFETY: created once, destroyed once. The CQs outlive this call through the Arcs held
-        // until after it.
-        let rc = unsafe { (self.pd.context().verbs().ibv_destroy_qp)(self.raw.as_ptr()) };
-        crate::teardown::check("ibv_destroy_qp", rc);
+        let cqs = [self._send_cq.raw_addr(), self._recv_cq.raw_addr()];
+        if held::in_pass(cqs) {
+            // Destroying takes the CQs' locks, which this thread's pass holds: wait for the
+            // pass to end, keeping alive what the QP needs until then.
+            let (raw, pd) = (self.raw, Arc::clone(&self.pd));
+            let keep = (
+                Arc::clone(&self._send_cq),
+                Arc::clone(&self._recv_cq),
+                self._td.clone(),
+                self._srq.clone(),
+                self.counters.clone(),
+            );
+            held::defer(held::Deferred {
+                cqs,
+                destroy: Box::new(move || {
+                    destroy_qp(&pd, raw);
+                    drop(keep);
+                }),
+            });
+            return;
+        }
+        destroy_qp(&self.pd, self.raw);
     }
 }
 

@@ -5,8 +5,8 @@ use std::ptr::NonNull;
 
 use crate::ah::Ah;
 use crate::error::{Error, Limit, Result};
+use crate::held::{self, SendLock};
 use crate::mr::{sge_total, Sge};
-use crate::qp::held::{self, SendLock};
 use crate::qp::{Rc, Srd, TransportKind};
 
 /// A send-queue operation, for limit checks.
@@ -241,7 +241,7 @@ impl SendCore {
     fn end_session(&mut self) {
         self.in_session = false;
         if let Some(lock) = self.lock {
-            held::leave(lock);
+            held::leave_batch(lock);
         }
     }
 
@@ -363,7 +363,7 @@ impl<'q, T> Batch<'q, T> {
         unsafe { efa_sys::ibv_wr_start(core.qpx) };
         core.in_session = true;
         if let Some(lock) = core.lock {
-            held::enter(lock);
+            held::enter_batch(lock);
         }
         Batch {
             core,

@@ -379,7 +379,7 @@ fn batch_length_and_complete_errors_are_typed() {
 
 #[test]
 fn an_open_batch_holds_the_send_lock_until_committed_aborted_or_dropped() {
-    use crate::qp::held::{blocking, SendLock};
+    use crate::held::{batch_blocking as blocking, SendLock};
     fn start(c: &mut SendCore) -> Batch<'_, Srd> {
         // SAFETY: the fake QP lives for the whole test.
         unsafe { Batch::<Srd>::start(c) }
