@@ -338,7 +338,6 @@ pub struct Batch<'q, T> {
     core: &'q mut SendCore,
     count: u32,
     signaled: bool,
-    open: bool,
     _t: PhantomData<T>,
 }
 
@@ -369,7 +368,6 @@ impl<'q, T> Batch<'q, T> {
             core,
             count: 0,
             signaled: true,
-            open: true,
             _t: PhantomData,
         }
     }
@@ -427,8 +425,7 @@ impl<'q, T> Batch<'q, T> {
     }
 
     /// Post the batch: one doorbell for every work request added.
-    pub fn commit(mut self) -> Result<()> {
-        self.open = false;
+    pub fn commit(self) -> Result<()> {
         // SAFETY: the batch is open on a live QP; closed exactly once.
         let rc = unsafe { efa_sys::ibv_wr_complete(self.core.qpx) };
         self.core.end_session();
@@ -449,8 +446,8 @@ impl<'q, T> Batch<'q, T> {
 
 impl<T> Drop for Batch<'_, T> {
     fn drop(&mut self) {
-        if self.open {
-            // SAFETY: the batch is open on a live QP; closed exactly once.
+        if self.core.in_session {
+            // SAFETY: the batch is open on a live QP (not committed); closed exactly once.
             unsafe { efa_sys::ibv_wr_abort(self.core.qpx) };
             self.core.end_session();
         }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use efa_sys::*;
 
+use crate::locks::Holder;
 use crate::status;
 
 /// Send and receive queue slots in use by one QP. A slot is taken when a work request is posted
@@ -19,6 +20,11 @@ pub struct QpSlots {
     pub sq: AtomicU32,
     /// Receive queue slots in use.
     pub rq: AtomicU32,
+    /// Who holds the send-queue lock of a QP that takes it (`ibv_wr_start` to
+    /// `ibv_wr_complete`), which retiring the QP's send completions takes again.
+    pub sq_lock: Holder,
+    /// The QP's number, for the deadlock message.
+    pub qpn: AtomicU32,
 }
 
 /// Which queue slot a completion gives back when polled.
@@ -243,6 +249,12 @@ pub struct SoftCq {
     pub shared: Arc<CqShared>,
     /// `wc_flags` the CQ was created with.
     pub wc_flags: u64,
+    /// The parent domain the CQ was created on (`IBV_CQ_INIT_ATTR_MASK_PD`), else null.
+    pub parent_domain: *mut ibv_pd,
+    /// Whether a poll pass holds the CQ's lock (neither single-threaded nor on a thread domain).
+    pub locked_passes: bool,
+    /// Who holds the CQ's lock through a pass, which `ibv_destroy_qp` takes.
+    pub pass: Holder,
     cur: Cqe,
 }
 
@@ -261,6 +273,9 @@ impl SoftCq {
             dv: unsafe { std::mem::zeroed() },
             shared,
             wc_flags,
+            parent_domain: std::ptr::null_mut(),
+            locked_passes: true,
+            pass: Holder::default(),
             cur: Cqe::default(),
         });
         cq.ex.context = ctx;
@@ -319,6 +334,15 @@ impl SoftCq {
         let popped = self.shared.pop();
         match popped {
             Some(c) => {
+                if let Slot::Sq(slots) = &c.slot {
+                    if slots.sq_lock.mine() {
+                        crate::locks::deadlock(format_args!(
+                            "retiring a send completion of QP {:#x}, whose send-queue lock this \
+                             thread holds (ibv_wr_start without ibv_wr_complete or ibv_wr_abort)",
+                            slots.qpn.load(Ordering::Relaxed)
+                        ));
+                    }
+                }
                 self.ex.wr_id = c.wr_id;
                 self.ex.status = status::to_ibv(c.status);
                 self.cur = c;
@@ -369,14 +393,22 @@ unsafe extern "C" fn start_poll(cq: *mut ibv_cq_ex, attr: *mut ibv_poll_cq_attr)
     if !attr.is_null() && (*attr).comp_mask != 0 {
         return libc::EINVAL;
     }
-    SoftCq::from_ex(cq).load()
+    let c = SoftCq::from_ex(cq);
+    let rc = c.load();
+    // As the provider: the lock stays held only when a completion was found.
+    if rc == 0 && c.locked_passes {
+        c.pass.take();
+    }
+    rc
 }
 
 unsafe extern "C" fn next_poll(cq: *mut ibv_cq_ex) -> c_int {
     SoftCq::from_ex(cq).load()
 }
 
-unsafe extern "C" fn end_poll(_cq: *mut ibv_cq_ex) {}
+unsafe extern "C" fn end_poll(cq: *mut ibv_cq_ex) {
+    SoftCq::from_ex(cq).pass.release();
+}
 
 unsafe extern "C" fn read_opcode(cq: *mut ibv_cq_ex) -> ibv_wc_opcode {
     SoftCq::from_ex(cq).cur.opcode

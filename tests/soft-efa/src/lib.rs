@@ -16,6 +16,7 @@ pub mod cq;
 pub mod device;
 pub mod efadv;
 pub mod gid;
+pub mod locks;
 pub mod profile;
 pub mod qp;
 pub mod status;

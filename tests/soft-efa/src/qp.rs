@@ -55,6 +55,9 @@ pub struct SoftQp {
     slots: Arc<QpSlots>,
     session: Mutex<Session>,
     flags: EfaQpFlags,
+    /// Whether `ibv_wr_start` takes the send-queue lock: the QP and its send CQ do not share a
+    /// parent domain with a thread domain (the provider's `efa_check_cq_on_same_pd_td`).
+    need_lock: bool,
 }
 
 /// The efadv options of an SRD QP.
@@ -163,7 +166,12 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
         Err(e) => return fail(e),
     };
     let slots = Arc::new(QpSlots::default());
-    let send_cq = SoftCq::from_ex(r.send_cq.cast()).shared.clone();
+    let soft_send_cq = SoftCq::from_ex(r.send_cq.cast());
+    let need_lock = {
+        let p = verbs::pd(r.pd);
+        p.td.is_null() || soft_send_cq.parent_domain != r.pd
+    };
+    let send_cq = soft_send_cq.shared.clone();
     let recv_cq = SoftCq::from_ex(r.recv_cq.cast()).shared.clone();
     let pd_id = verbs::pd(r.pd).id;
     let qpn = {
@@ -173,6 +181,7 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
         }
         st.next_qpn += 1;
         let qpn = st.next_qpn;
+        slots.qpn.store(qpn, Ordering::Relaxed);
         st.qps.insert(
             qpn,
             QpEntry {
@@ -206,6 +215,7 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
         sq_sig_all: r.sq_sig_all,
         slots,
         session: Mutex::new(Session::default()),
+        need_lock,
     });
     let b = &mut q.qpx.qp_base;
     b.context = context;
@@ -318,6 +328,16 @@ pub unsafe extern "C" fn qp_to_qp_ex(qp: *mut ibv_qp) -> *mut ibv_qp_ex {
 
 /// `ibv_destroy_qp`: outstanding work is dropped without completions, as the device forgets it.
 pub unsafe extern "C" fn destroy_qp(qp: *mut ibv_qp) -> c_int {
+    // As the provider's `efa_lock_cqs`: destroying takes the QP's CQ locks.
+    for cq in [(*qp).send_cq, (*qp).recv_cq] {
+        if SoftCq::from_ex(cq.cast()).pass.mine() {
+            crate::locks::deadlock(format_args!(
+                "ibv_destroy_qp of QP {:#x} takes the lock of its CQ, which this thread holds in \
+                 a poll pass (ibv_start_poll without ibv_end_poll)",
+                (*qp).qp_num
+            ));
+        }
+    }
     let q = qp.cast::<SoftQp>();
     {
         let dev = &(*q).dev;
@@ -695,7 +715,11 @@ unsafe fn with_last(x: *mut ibv_qp_ex, f: impl FnOnce(&mut Staged)) {
 }
 
 unsafe extern "C" fn wr_start(x: *mut ibv_qp_ex) {
-    let mut s = from_ex(x).session.lock().unwrap();
+    let q = from_ex(x);
+    if q.need_lock {
+        q.slots.sq_lock.take();
+    }
+    let mut s = q.session.lock().unwrap();
     s.wrs.clear();
     s.err = 0;
 }
@@ -706,6 +730,7 @@ unsafe extern "C" fn wr_complete(x: *mut ibv_qp_ex) -> c_int {
         let mut s = q.session.lock().unwrap();
         (std::mem::take(&mut s.wrs), std::mem::replace(&mut s.err, 0))
     };
+    q.slots.sq_lock.release();
     if err != 0 {
         return err;
     }
@@ -713,9 +738,11 @@ unsafe extern "C" fn wr_complete(x: *mut ibv_qp_ex) -> c_int {
 }
 
 unsafe extern "C" fn wr_abort(x: *mut ibv_qp_ex) {
-    let mut s = from_ex(x).session.lock().unwrap();
+    let q = from_ex(x);
+    let mut s = q.session.lock().unwrap();
     s.wrs.clear();
     s.err = 0;
+    q.slots.sq_lock.release();
 }
 
 unsafe extern "C" fn wr_send(x: *mut ibv_qp_ex) {

@@ -828,6 +828,13 @@ pub unsafe fn create_cq_checked(
     match new_cq(c, a.cqe as c_int, a.channel, a.wc_flags | dv_flags) {
         Ok(cq) => {
             (*cq).ex.cq_context = a.cq_context;
+            let on_td = a.comp_mask & IBV_CQ_INIT_ATTR_MASK_PD != 0 && {
+                (*cq).parent_domain = a.parent_domain;
+                !pd(a.parent_domain).td.is_null()
+            };
+            let single = a.comp_mask & IBV_CQ_INIT_ATTR_MASK_FLAGS != 0
+                && a.flags & IBV_CREATE_CQ_ATTR_SINGLE_THREADED != 0;
+            (*cq).locked_passes = !(single || on_td);
             cq.cast()
         }
         Err(e) => fail(e),

@@ -67,8 +67,13 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("--peer") {
         return peer();
     }
+    if args.first().map(String::as_str) == Some("--deadlock") {
+        deadlock(args.get(1).map_or("", String::as_str));
+        // Reaching here means soft-efa let the call through.
+        return ExitCode::SUCCESS;
+    }
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let cases: [(&str, fn()); 8] = [
+    let cases: [(&str, fn()); 9] = [
         (
             "loads_soft_efa_with_the_profile_attributes",
             loads_soft_efa_with_the_profile_attributes,
@@ -100,6 +105,10 @@ fn main() -> ExitCode {
         (
             "lossy_reordered_srd_delivers_every_wr_once_between_processes",
             lossy_srd_between_processes,
+        ),
+        (
+            "same_thread_provider_deadlocks_abort_with_their_cause",
+            same_thread_provider_deadlocks_abort_with_their_cause,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -257,6 +266,82 @@ fn raw_srd_qp(a: &Side) -> *mut efa_sys::ibv_qp {
         let m = efa_sys::IBV_QP_STATE | efa_sys::IBV_QP_SQ_PSN;
         assert_eq!((v.ibv_modify_qp)(qp, &mut attr, m as i32), 0);
         qp
+    }
+}
+
+/// The raw calls the `efa` crate never makes, on which rdma-core's provider would spin for ever
+/// on a lock the calling thread holds: each ends the process with a message naming the lock.
+fn same_thread_provider_deadlocks_abort_with_their_cause() {
+    use std::os::unix::process::ExitStatusExt;
+    for (mode, cause) in [
+        ("poll-in-batch", "whose send-queue lock this thread holds"),
+        ("destroy-in-pass", "which this thread holds in a poll pass"),
+    ] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--deadlock", mode])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{mode}: {err}");
+        assert!(
+            err.contains("soft-efa: deadlock: ") && err.contains(cause),
+            "{mode}: {err}"
+        );
+    }
+}
+
+/// One side with a send to itself completed (or on its way) into its CQ, unpolled.
+fn side_with_a_send_to_itself() -> Side {
+    let mut a = side("softefa0", 4096, Access::LOCAL_WRITE);
+    let ah = ah_to(&a, a.qp.endpoint().gid);
+    a.qp.post_recv(1, &[a.mr.sge(2048, 64).unwrap()]).unwrap();
+    let dest = Dest::new(&ah, a.qp.qp_num(), a.qp.qkey());
+    let mut b = a.qp.batch().unwrap();
+    b.send(2, &dest, &[a.mr.sge(0, 64).unwrap()]).unwrap();
+    b.commit().unwrap();
+    a
+}
+
+/// `--deadlock MODE`: the child side of [`same_thread_provider_deadlocks_abort_with_their_cause`].
+fn deadlock(mode: &str) {
+    let a = side_with_a_send_to_itself();
+    let cq = a.cq.as_raw();
+    let deadline = Instant::now() + WAIT;
+    match mode {
+        // Poll the send CQ, the QP's send-queue lock held by an open `ibv_wr_*` session, until
+        // the send completion comes up.
+        "poll-in-batch" => {
+            let x = qpx(&a.qp);
+            // SAFETY: a live extended QP in RTS; the session is never closed (the process
+            // ends in the poll).
+            unsafe { efa_sys::ibv_wr_start(x) };
+            while Instant::now() < deadline {
+                let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
+                // SAFETY: a live CQ polled by this thread only; each pass is ended.
+                unsafe {
+                    while efa_sys::ibv_start_poll(cq, &mut attr) == 0 {
+                        efa_sys::ibv_end_poll(cq);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Destroy the QP inside a pass over its CQ (a completion holds the pass open).
+        "destroy-in-pass" => {
+            let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
+            // SAFETY: a live CQ polled by this thread only.
+            while unsafe { efa_sys::ibv_start_poll(cq, &mut attr) } != 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let v = efa_sys::verbs().unwrap();
+            // SAFETY: the QP is live; the `efa` crate's handle never runs again (the process
+            // ends here, or leaks the handle below).
+            unsafe { (v.ibv_destroy_qp)(a.qp.as_raw()) };
+            std::mem::forget(a);
+        }
+        other => panic!("unknown --deadlock mode {other:?}"),
     }
 }
 
