@@ -369,6 +369,12 @@ pub(crate) struct PollCore {
     in_pass: bool,
 }
 
+impl Drop for Cq {
+    fn drop(&mut self) {
+        self.core.end_forgotten();
+    }
+}
+
 impl std::fmt::Debug for Cq {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cq")
@@ -564,10 +570,7 @@ impl PollCore {
     }
 
     fn poll(&mut self) -> Result<Option<Poll<'_>>> {
-        if self.in_pass {
-            // A forgotten pass still holds the provider's CQ lock: end it first.
-            self.end_pass();
-        }
+        self.end_forgotten();
         let mut attr = efa_sys::ibv_poll_cq_attr { comp_mask: 0 };
         // SAFETY: the CQ is live and this is its only poller (&mut self).
         let rc = unsafe { efa_sys::ibv_start_poll(self.as_raw(), &mut attr) };
@@ -586,6 +589,14 @@ impl PollCore {
             })),
             libc::ENOENT => Ok(None),
             e => Err(Error::verbs("ibv_start_poll", e)),
+        }
+    }
+
+    /// Ends a pass a forgotten ([`mem::forget`](std::mem::forget)) [`Poll`] left open, which
+    /// still holds the provider's CQ lock and this thread's record of it.
+    fn end_forgotten(&mut self) {
+        if self.in_pass {
+            self.end_pass();
         }
     }
 

@@ -407,7 +407,7 @@ fn a_qp_dropped_inside_a_pass_is_destroyed_after_the_pass_ends() {
 
 #[test]
 fn a_forgotten_pass_is_ended_before_the_next_one_starts() {
-    let mut f = fake_cq(vec![entry(1), entry(2)]);
+    let mut f = fake_cq(vec![entry(1), entry(2), entry(3)]);
     let mut c = core(&mut f, true);
     let addr = c.as_raw() as usize;
     let p = c.poll().unwrap().unwrap();
@@ -421,5 +421,11 @@ fn a_forgotten_pass_is_ended_before_the_next_one_starts() {
     assert_eq!(p.next().unwrap().unwrap().wr_id(), 2);
     drop(p);
     assert_eq!((f.starts, f.ends), (2, 2));
+    assert!(!held::in_pass([addr, addr]));
+    // Forgotten again, the pass is ended by the CQ's drop (`end_forgotten`), once.
+    std::mem::forget(c.poll().unwrap().unwrap());
+    c.end_forgotten();
+    c.end_forgotten();
+    assert_eq!((f.starts, f.ends), (3, 3));
     assert!(!held::in_pass([addr, addr]));
 }

@@ -141,7 +141,9 @@ pub(crate) struct Deferred {
 
 /// Holds `d` back until the passes over its CQs on this thread have ended.
 pub(crate) fn defer(d: Deferred) {
-    DEFERRED.with(|list| list.borrow_mut().push(d));
+    // While the thread exits, past the list's destruction, no pass can end any more: `d` is
+    // dropped unrun, and the QP leaks rather than spin on its CQ's lock.
+    let _ = DEFERRED.try_with(|list| list.borrow_mut().push(d));
     ANY_DEFERRED.with(|a| a.set(true));
 }
 
