@@ -3,7 +3,6 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::caps::EfaCaps;
@@ -29,9 +28,6 @@ pub(crate) struct CqInner {
     td: Option<Arc<ThreadDomain>>,
     /// The completion channel, destroyed after the CQ (field drops follow `Drop::drop`).
     channel: Option<Arc<ChannelInner>>,
-    /// Whether a QP whose open batches hold a send-queue lock sends into this CQ
-    /// ([`held`](crate::held)): only then can a poll of it deadlock.
-    locking_sends: AtomicBool,
 }
 
 // SAFETY: CqInner is only a keep-alive handle for QPs (which read the pointer at creation);
@@ -53,11 +49,6 @@ impl CqInner {
     /// The thread domain the CQ was created on.
     pub(crate) fn td(&self) -> Option<&Arc<ThreadDomain>> {
         self.td.as_ref()
-    }
-
-    /// Records that a QP whose batches hold a send-queue lock sends into this CQ.
-    pub(crate) fn mark_locking_sends(&self) {
-        self.locking_sends.store(true, Relaxed);
     }
 }
 
@@ -234,7 +225,6 @@ impl<'c> CqBuilder<'c> {
                 raw,
                 td: self.td,
                 channel: self.channel.map(|(ch, _)| ch),
-                locking_sends: AtomicBool::new(false),
             }),
         })
     }
@@ -529,10 +519,7 @@ impl Cq {
     /// this CQ would wait for ([`held`](crate::held)).
     #[inline]
     fn unheld(&self) -> Result<()> {
-        if !self.inner.locking_sends.load(Relaxed) {
-            return Ok(());
-        }
-        match held::batch_blocking(self.inner.raw_addr()) {
+        match held::batch_blocking(self.core.as_raw() as usize) {
             Some(qpn) => Err(Error::PollInBatch { qpn }),
             None => Ok(()),
         }

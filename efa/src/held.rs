@@ -68,6 +68,8 @@ impl Open {
 thread_local! {
     /// Open batches on QPs whose provider holds the send-queue lock, by send CQ.
     static BATCHES: Cell<Open> = const { Cell::new(Open::NONE) };
+    /// How many there are: the one read a poll makes while this thread holds none.
+    static BATCH_COUNT: Cell<u32> = const { Cell::new(0) };
     /// Open poll passes on CQs whose provider holds the CQ lock through the pass.
     static PASSES: Cell<Open> = const { Cell::new(Open::NONE) };
     /// QPs dropped inside a pass over one of their CQs, destroyed when it ends.
@@ -96,17 +98,22 @@ pub(crate) struct SendLock {
 /// Records that this thread opened a batch holding `lock`.
 pub(crate) fn enter_batch(lock: SendLock) {
     update(&BATCHES, |o| o.enter(lock.cq, lock.qpn));
+    BATCH_COUNT.with(|n| n.set(n.get() + 1));
 }
 
 /// Records that this thread closed the batch that held `lock`.
 pub(crate) fn leave_batch(lock: SendLock) {
     update(&BATCHES, |o| o.leave(lock.cq, lock.qpn));
+    BATCH_COUNT.with(|n| n.set(n.get().saturating_sub(1)));
 }
 
 /// The QP whose open batch on this thread makes polling `cq` deadlock, if any (`u32::MAX` when
 /// more batches are open than are told apart).
 #[inline]
 pub(crate) fn batch_blocking(cq: usize) -> Option<u32> {
+    if BATCH_COUNT.with(Cell::get) == 0 {
+        return None;
+    }
     BATCHES.with(|o| o.get().on(cq))
 }
 

@@ -782,7 +782,6 @@ fn send_lock(b: &QpBuilder<'_>, raw: NonNull<efa_sys::ibv_qp>) -> Option<SendLoc
     if !b.pd.context().is_efa() || shared_td {
         return None;
     }
-    cq.mark_locking_sends();
     Some(SendLock {
         cq: cq.raw_addr(),
         // SAFETY: the QP was just created and is live.
