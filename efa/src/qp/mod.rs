@@ -1251,7 +1251,7 @@ impl<T: Transport> Drop for Qp<T> {
     fn drop(&mut self) {
         // SAFETY: the QP is live; no batch can be open (it would borrow self), only a forgotten
         // one's session.
-        unsafe { self.core.abort_forgotten() };
+        unsafe { self.core.abort_session() };
         let cqs = [self._send_cq.raw_addr(), self._recv_cq.raw_addr()];
         if held::in_pass(cqs) {
             // Destroying takes the CQs' locks, which this thread's pass holds: wait for the

@@ -224,12 +224,13 @@ pub(crate) struct SendCore {
 }
 
 impl SendCore {
-    /// Closes a session a forgotten batch left open (`ibv_wr_abort`: its work requests were
-    /// never rung), which would otherwise hold the provider's send-queue lock for ever.
+    /// Aborts the open provider session, if any (`ibv_wr_abort`: its work requests are never
+    /// rung): a dropped batch's, or one a forgotten batch left holding the provider's send-queue
+    /// lock.
     ///
     /// # Safety
     /// `self.qpx` must be live.
-    pub(crate) unsafe fn abort_forgotten(&mut self) {
+    pub(crate) unsafe fn abort_session(&mut self) {
         if self.in_session {
             // SAFETY: the QP is live (caller) and its session is open.
             unsafe { efa_sys::ibv_wr_abort(self.qpx) };
@@ -356,8 +357,8 @@ impl<'q, T> Batch<'q, T> {
     /// # Safety
     /// `core.qpx` must be a live extended QP in RTS.
     pub(crate) unsafe fn start(core: &'q mut SendCore) -> Self {
-        // SAFETY: forwarded from the caller.
-        unsafe { core.abort_forgotten() };
+        // SAFETY: forwarded from the caller. A session still open was left by a forgotten batch.
+        unsafe { core.abort_session() };
         // SAFETY: forwarded from the caller; every QP of this crate sets wr_start.
         unsafe { efa_sys::ibv_wr_start(core.qpx) };
         core.in_session = true;
@@ -446,11 +447,8 @@ impl<'q, T> Batch<'q, T> {
 
 impl<T> Drop for Batch<'_, T> {
     fn drop(&mut self) {
-        if self.core.in_session {
-            // SAFETY: the batch is open on a live QP (not committed); closed exactly once.
-            unsafe { efa_sys::ibv_wr_abort(self.core.qpx) };
-            self.core.end_session();
-        }
+        // SAFETY: the batch borrows a live QP; a committed one has no session left to abort.
+        unsafe { self.core.abort_session() };
     }
 }
 
