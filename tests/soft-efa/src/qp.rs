@@ -166,14 +166,12 @@ unsafe fn create(r: Request) -> *mut ibv_qp {
         Err(e) => return fail(e),
     };
     let slots = Arc::new(QpSlots::default());
+    let pd = verbs::pd(r.pd);
     let soft_send_cq = SoftCq::from_ex(r.send_cq.cast());
-    let need_lock = {
-        let p = verbs::pd(r.pd);
-        p.td.is_null() || soft_send_cq.parent_domain != r.pd
-    };
+    let need_lock = pd.td.is_null() || soft_send_cq.parent_domain != r.pd;
     let send_cq = soft_send_cq.shared.clone();
     let recv_cq = SoftCq::from_ex(r.recv_cq.cast()).shared.clone();
-    let pd_id = verbs::pd(r.pd).id;
+    let pd_id = pd.id;
     let qpn = {
         let mut st = dev.lock();
         if st.qps.len() >= dev.profile.max_qp as usize {
