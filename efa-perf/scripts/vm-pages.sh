@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The pages a write_lat ping-pong touches, tool by tool: perftest, efa-perf --raw and efa-perf
+# through the engine run on rxe0 one after the other; in the middle of each run the script clears
+# both processes' referenced bits (/proc/PID/clear_refs), waits WINDOW seconds (default 0.05, a
+# few hundred round trips), and prints each process's private mappings with the kB referenced
+# since (/proc/PID/smaps). Shared libraries are left out: their pages count as referenced when any
+# process touches them.
+#
+#   tests/vm/run --timeout 900 --script efa-perf/scripts/vm-pages.sh
+#
+# Under the software CPU a page touched after the kernel's work on a CPU costs a walk of the page
+# tables again (BENCHMARKS.md, "pages, not instructions"), so the count of pages a message touches
+# weighs on latency there. The window spans many messages: a ring that moves on by one slot per
+# message (the send queue, the CQ) shows more pages than one message touches.
+#
+# SIZE (default 2), WINDOW and TOOLS (default "pt raw eng") choose what runs; pass them with --env.
+set -uo pipefail
+PORT_BASE=25900
+source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
+size=${SIZE:-2}
+window=${WINDOW:-0.05}
+# Enough iterations to outlast the setup and the window on the software CPU; the runs are killed.
+long=(-d "$dev" -x "$gid" -F -s "$size" -n 3000000)
+
+# private PID: "kB mapping" per private mapping with pages referenced, largest first, and a total.
+private() {
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { name = $6; if (name == "") name = "[anon]" }
+       /^Referenced:/ { if ($2 > 0 && name !~ /\.so/) r[name] += $2 }
+       END { for (n in r) { printf "%6d kB %s\n", r[n], n; t += r[n] } printf "%6d kB in all (%d pages)\n", t, t / 4 }' \
+    "/proc/$1/smaps" | sort -rn
+}
+
+# probe NAME CMD...: CMD as server and client (-p, the client also the address), both measured.
+probe() {
+  local name=$1
+  shift
+  port=$((port + 1))
+  "$@" -p "$port" >"$out/$name.server" 2>&1 &
+  local spid=$!
+  vm-wait-listen "$port" 120 || { echo "$name: server did not listen" >&2; kill $spid; return 1; }
+  "$@" -p "$port" "$ip" >"$out/$name.client" 2>&1 &
+  local cpid=$!
+  # Setup (registration, connection) takes seconds on the software CPU.
+  sleep "${SETTLE:-12}"
+  echo 1 >"/proc/$cpid/clear_refs"
+  echo 1 >"/proc/$spid/clear_refs"
+  sleep "$window"
+  echo "== $name client"
+  private $cpid
+  echo "== $name server"
+  private $spid
+  kill $cpid $spid 2>/dev/null
+  wait 2>/dev/null
+}
+
+echo "pages referenced in ${window} s of a ${size} B write_lat ping-pong, private mappings"
+for tool in ${TOOLS:-pt raw eng}; do
+  case $tool in
+    pt) probe perftest ib_write_lat "${long[@]}" ;;
+    raw) probe raw "$bin" write-lat --fabric verbs --raw "${long[@]}" ;;
+    eng) probe engine "$bin" write-lat --fabric verbs "${long[@]}" ;;
+  esac
+done
