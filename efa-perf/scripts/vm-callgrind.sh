@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Both sides of an engine write_lat on rxe0 under callgrind, with the host's valgrind: the
-# guest has none, so share /usr/libexec/valgrind and a directory VG holding a copy of
-# /usr/bin/valgrind.bin, and OUT, where the two profiles go (callgrind.server, callgrind.client):
+# Both sides of an engine write_lat on rxe0 under callgrind (or with TOOL=dhat, DHAT: which heap
+# blocks each side reads and writes how much), with the host's valgrind: the guest has none, so
+# share /usr/libexec/valgrind and a directory VG holding a copy of /usr/bin/valgrind.bin, and OUT,
+# where the two profiles go (TOOL.server, TOOL.client):
 #
 #   mkdir -p /tmp/vg /tmp/cg && cp /usr/bin/valgrind.bin /tmp/vg/
 #   tests/vm/run --share /tmp/vg --share /tmp/cg --share /usr/libexec/valgrind --env VG=/tmp/vg \
@@ -15,7 +16,13 @@ vg=${VG:?VG names a --share directory holding a copy of valgrind.bin (see the he
 dest=${OUT:?OUT names a --share directory for the profiles (see the header)}
 export VALGRIND_LIB=/usr/libexec/valgrind
 port=$((port + 1))
-grind() { "$vg/valgrind.bin" --tool=callgrind --demangle=no --fair-sched=yes --callgrind-out-file="$dest/callgrind.$1" "${@:2}"; }
+tool=${TOOL:-callgrind}
+case $tool in
+  callgrind) opts=(--tool=callgrind --demangle=no) ;;
+  dhat) opts=(--tool=dhat) ;;
+  *) echo "TOOL must be callgrind or dhat, got '$tool'" >&2; exit 2 ;;
+esac
+grind() { "$vg/valgrind.bin" "${opts[@]}" --fair-sched=yes "--$tool-out-file=$dest/$tool.$1" "${@:2}"; }
 args=(write-lat --fabric verbs -d "$dev" -x "$gid" -F -s "${SIZE:-2}" -n "${ITERS:-300}" --timeout 600 -p "$port")
 grind server "$bin" "${args[@]}" >"$dest/server.log" 2>&1 &
 spid=$!
