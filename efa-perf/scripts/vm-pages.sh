@@ -9,7 +9,7 @@
 #   tests/vm/run --timeout 900 --script efa-perf/scripts/vm-pages.sh
 #
 # Under the software CPU a page touched after the kernel's work on a CPU costs a walk of the page
-# tables again (BENCHMARKS.md, "pages, not instructions"), so the count of pages a message touches
+# tables again (BENCHMARKS.md, "its CPU and its pages per message"), so the count of pages a message touches
 # weighs on latency there. The window spans many messages: a ring that moves on by one slot per
 # message (the send queue, the CQ) shows more pages than one message touches.
 #
