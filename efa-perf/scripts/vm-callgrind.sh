@@ -27,7 +27,7 @@ args=(write-lat --fabric verbs -d "$dev" -x "$gid" -F -s "${SIZE:-2}" -n "${ITER
 grind server "$bin" "${args[@]}" >"$dest/server.log" 2>&1 &
 spid=$!
 # The server listens once valgrind has started it, seconds on the software CPU.
-vm-wait-listen "$port" 300 || { echo "the server did not listen" >&2; cat "$dest/server.log" >&2; exit 1; }
+vm-wait-listen "$port" 300 || { echo "the server did not listen" >&2; cat "$dest/server.log" >&2; kill $spid; exit 1; }
 grind client "$bin" "${args[@]}" "$ip" >"$dest/client.log" 2>&1
 rc=$?
 wait $spid || rc=1

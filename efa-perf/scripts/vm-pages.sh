@@ -13,7 +13,9 @@
 # weighs on latency there. The window spans many messages: a ring that moves on by one slot per
 # message (the send queue, the CQ) shows more pages than one message touches.
 #
-# SIZE (default 2), WINDOW and TOOLS (default "pt raw eng") choose what runs; pass them with --env.
+# SIZE (default 2), WINDOW, TOOLS (default "pt raw eng") and SETTLE (seconds from the client's start to
+# the clearing, default 12: setup takes seconds on the software CPU) choose what runs; pass them
+# with --env.
 set -uo pipefail
 PORT_BASE=25900
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
