@@ -41,6 +41,7 @@ pub fn params(
         completion_counters: args.completion_counters,
         wait: args.wait_mode(metric),
         affinity: args.cpu.map_or(Affinity::default(), Affinity::Cpus),
+        metrics: args.observe.stats || args.observe.prometheus.is_some(),
     }
 }
 
@@ -77,6 +78,9 @@ pub struct Params {
     pub wait: transport::WaitMode,
     /// Where the fabric's own threads run (`--cpu`, else its device's NUMA node).
     pub affinity: Affinity,
+    /// Whether the engines count their operations ([`transport::EngineConfig::metrics`]): only
+    /// when `--stats` or `--prometheus` reports them, as perftest counts nothing in its loops.
+    pub metrics: bool,
 }
 
 /// Engine settings for an engine called `name`.
@@ -84,6 +88,7 @@ pub fn engine_config(name: &str, p: &Params) -> transport::EngineConfig {
     let mut c = transport::EngineConfig::new(name);
     c.slice_size = p.slice_size;
     c.wait = p.wait;
+    c.metrics = p.metrics;
     c
 }
 

@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use transport::{
-    BatchId, Engine, Opcode, RemoteSegment, Request, RequestStatus, SegmentId, TransportError,
-    Worker,
+    BatchId, Engine, Opcode, OwnedView, RemoteSegment, Request, RequestStatus, SegmentId,
+    TransportError, Worker,
 };
 
 /// Notification tag of SEND bandwidth messages.
@@ -64,24 +64,22 @@ fn seq(i: u64) -> u8 {
     (i % 255) as u8 + 1
 }
 
-/// Polls this side's own memory until the last byte of the receive slot reads `want` (perftest's
-/// write_lat detects arrival the same way); `Ok(false)` when `stop` is set first. A pure spin, as
-/// perftest's and the `--raw` loops spin: the WRITE lands without any thread of this process, and
-/// a PAUSE or a yield per pass would only see it later.
+/// Polls this side's own memory (through `view`, pinned once) until the byte at `at` reads `want`
+/// (perftest's write_lat detects arrival the same way, at the receive slot's last byte);
+/// `Ok(false)` when `stop` is set first. A pure spin, as perftest's and the `--raw` loops spin:
+/// the WRITE lands without any thread of this process, and a PAUSE or a yield per pass would only
+/// see it later.
 fn await_byte(
-    link: &Link,
-    size: u64,
+    view: &OwnedView<'_>,
+    at: u64,
     want: u8,
     timeout: Duration,
     stop: Option<&AtomicBool>,
 ) -> anyhow::Result<bool> {
-    let at = link.rx_offset() + size - 1;
     let mut patience = Patience::default();
-    let mut b = [0u8];
     let mut spins = 0u32;
     loop {
-        link.engine.read_owned(link.local, at, &mut b)?;
-        if b[0] == want {
+        if view.load(at)? == want {
             return Ok(true);
         }
         spins = spins.wrapping_add(1);
@@ -389,16 +387,26 @@ fn complete_one(
     Ok(())
 }
 
+/// Requests a ping-pong side's batch holds: it is recycled once per this many messages, not after
+/// each (a message waits for its own request; the batch's earlier ones are done by then).
+const PING_BATCH: u32 = 64;
+
 /// A ping-pong side's next message, prepared while the peer's is on its way: its sequence byte
 /// written, the request validated, pinned and turned into work requests
 /// ([`Worker::submit_deferred`]), so only the doorbell stands between an arrival and the answer. perftest
 /// builds its work request before its loop and stores the sequence byte just before each post; the
 /// engine's own share of a message then sits off the round trip, as perftest's does. A message of more
 /// work requests than a worker defers (large messages in small slices) is submitted when due.
+///
+/// The side's segment is held open ([`Engine::owned_view`]) for the sequence bytes it writes and
+/// the arrivals it polls for, as perftest reads and writes its own buffer.
 struct Pinger<'a> {
     link: &'a Link,
+    view: OwnedView<'a>,
     worker: Worker,
     batch: BatchId,
+    /// Requests submitted into `batch` so far (it is recycled at [`PING_BATCH`]).
+    used: u32,
     op: Opcode,
     size: u64,
     timeout: Duration,
@@ -411,8 +419,10 @@ impl<'a> Pinger<'a> {
     fn new(link: &'a Link, op: Opcode, size: u64, timeout: Duration) -> anyhow::Result<Self> {
         let mut p = Pinger {
             link,
+            view: link.engine.owned_view(link.local)?,
             worker: link.engine.worker()?,
-            batch: link.engine.allocate_batch(1)?,
+            batch: link.engine.allocate_batch(PING_BATCH as usize)?,
+            used: 0,
             op,
             size,
             timeout,
@@ -422,12 +432,15 @@ impl<'a> Pinger<'a> {
         Ok(p)
     }
 
-    /// Prepares message `i` (deferred until [`send`](Self::send)).
+    /// Prepares message `i` (deferred until [`send`](Self::send)), first recycling the batch
+    /// when it is full.
     fn prepare(&mut self, i: u64) -> anyhow::Result<()> {
+        if self.used == PING_BATCH {
+            self.batch = self.link.engine.recycle_batch(self.batch)?;
+            self.used = 0;
+        }
         if self.op == Opcode::Write {
-            self.link
-                .engine
-                .write_owned(self.link.local, self.size - 1, &[seq(i)])?;
+            self.view.write(self.size - 1, &[seq(i)])?;
         }
         let r = request(self.link, self.op, self.size);
         self.deferred = match self.worker.submit_deferred(self.batch, &[r]) {
@@ -447,8 +460,21 @@ impl<'a> Pinger<'a> {
             let r = request(self.link, self.op, self.size);
             self.worker.submit(self.batch, &[r]).context("submitting")?;
         }
-        complete_one(self.link, &mut self.worker, &mut self.batch, self.timeout)?;
+        self.used += 1;
+        check_batch(
+            &self.link.engine,
+            &mut self.worker,
+            self.batch,
+            self.timeout,
+        )?;
         self.prepare(i + 1)
+    }
+
+    /// Waits until the peer's WRITE of message `i` has landed (its sequence byte, the last of the
+    /// receive slot, reads `seq(i)`); `Ok(false)` when `stop` is set first.
+    fn await_write(&self, i: u64, stop: Option<&AtomicBool>) -> anyhow::Result<bool> {
+        let at = self.link.rx_offset() + self.size - 1;
+        await_byte(&self.view, at, seq(i), self.timeout, stop)
     }
 
     /// Takes back the message prepared last (never sent) and frees the batch.
@@ -489,7 +515,7 @@ pub fn latency_client(
         let i = run.stamps.len() as u64;
         ping.send(i)?;
         if op == StreamOp::Write {
-            await_byte(link, size, seq(i), timeout, None).map(drop)
+            ping.await_write(i, None).map(drop)
         } else {
             await_tag(&link.engine, TAG_PONG, i + 1, timeout)
         }
@@ -531,7 +557,7 @@ pub fn latency_server(
     let mut i = 0u64;
     loop {
         let arrived = if op == StreamOp::Write {
-            await_byte(link, size, seq(i), timeout, Some(stop))
+            pong.await_write(i, Some(stop))
         } else {
             await_tag_or_stop(&link.engine, TAG_PING, i + 1, timeout, Some(stop))
         };

@@ -220,6 +220,7 @@ pub fn run(a: &RegArgs) -> anyhow::Result<()> {
         completion_counters: false,
         wait: transport::WaitMode::default(),
         affinity: Default::default(),
+        metrics: true,
     };
     let net = (selection.fabric == FabricKind::Sim).then(SimNetwork::new);
     let (fabric, setup) = fabrics::create(selection.fabric, &params, net.as_ref())?;

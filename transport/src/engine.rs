@@ -14,6 +14,7 @@ use crate::fabric::{
 };
 use crate::metadata::{Metadata, MetadataError, OnGone, WatchGuard};
 use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
+use crate::owned_view::{owned_range, OwnedView};
 use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::Slab;
 use crate::slice::SlicePlan;
@@ -931,17 +932,25 @@ impl Engine {
             .owned
             .as_ref()
             .ok_or_else(|| TransportError::NotOwned(segment))?;
-        let end = offset.checked_add(len as u64);
-        if end.map_or(true, |end| end > e.len) {
-            return Err(TransportError::OwnedOutOfRange {
-                segment,
-                offset,
-                len: len as u64,
-                seg_len: e.len,
-            });
-        }
-        // `offset < len` of the allocation, checked above.
-        Ok(owned.as_mut_ptr().wrapping_add(offset as usize))
+        owned_range(segment, owned.as_mut_ptr(), e.len, offset, len)
+    }
+
+    /// Holds an engine-owned segment open for reads and writes without a lookup per access
+    /// (see [`OwnedView`]): for polling a flag a peer's WRITE sets, or a header written before
+    /// every send.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::UnknownSegment`] for a stale or foreign handle and
+    /// [`TransportError::NotOwned`] when the application registered the memory itself.
+    pub fn owned_view(&self, segment: SegmentId) -> Result<OwnedView<'_>, TransportError> {
+        self.inner.check_segment(segment)?;
+        let pin = self
+            .inner
+            .segments
+            .pin(segment.index, segment.generation)
+            .ok_or(TransportError::UnknownSegment(segment))?;
+        OwnedView::new(pin, segment)
     }
 
     /// Copies bytes out of an engine-owned segment. Bytes that a transfer in flight is changing

@@ -62,6 +62,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A thread that polls for bytes a peer writes (a flag at the end of each message, as
+//! perftest's `write_lat` polls its buffer's last byte) holds the segment open with
+//! [`Engine::owned_view`]: each [`OwnedView::load`] is then a volatile read and a bounds check,
+//! with no lookup of the segment.
+//!
 //! # Clusters (etcd)
 //!
 //! Peer-to-peer discovery ([`PeerMetadata`], segments opened as `host:port/name`) needs no
@@ -110,6 +115,7 @@ pub mod metadata;
 pub mod metrics;
 mod notify;
 mod os_error;
+mod owned_view;
 pub mod pages;
 mod peer_gone;
 mod request;
@@ -140,6 +146,7 @@ pub use metadata::{LocalRegistry, Metadata, MetadataError};
 pub use metrics::MetricsSnapshot;
 pub use notify::Notifications;
 pub use os_error::OsError;
+pub use owned_view::OwnedView;
 pub use pages::{page_info, Backing, HugeAllocError, HugePages, PageInfo, PageInfoError};
 pub use request::{LocalAddr, Opcode, Request};
 pub use retry::RetryPolicy;

@@ -43,7 +43,13 @@ fn steady_state_submit_and_complete_allocate_nothing() {
             },
         })
         .collect();
+    // A flag byte past every request's bytes, written and polled through a view.
+    let view = a.owned_view(src).unwrap();
+    let flag = (1 << 20) - 1;
     let round = |w: &mut Worker, batch: &mut BatchId| {
+        let seq = view.load(flag).unwrap().wrapping_add(1);
+        view.write(flag, &[seq]).unwrap();
+        assert_eq!(view.load(flag).unwrap(), seq);
         *batch = a.recycle_batch(*batch).unwrap();
         w.submit(*batch, &reqs).unwrap();
         let st = w.wait(*batch, Duration::from_secs(5)).unwrap();

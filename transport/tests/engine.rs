@@ -546,3 +546,94 @@ fn dropping_the_engine_withdraws_its_segments_even_if_the_fabric_lives_on() {
     );
     assert!(b_fabric.capabilities().rails >= 1);
 }
+
+#[test]
+fn an_owned_view_polls_a_peer_write_and_holds_its_segment() {
+    let c = Cluster::new();
+    let (a, _) = c.engine("a", SimConfig::default());
+    let (b, _) = c.engine("b", SimConfig::default());
+    let src = owned(&a, "a/src", 64, Access::NONE, |i| i as u8 + 1);
+    let dst = owned(&b, "b/dst", 64, Access::REMOTE_READ_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    let view = b.owned_view(dst).unwrap();
+    assert_eq!((view.segment(), view.len()), (dst, 64));
+    // The peer's WRITE lands while this thread polls the last byte, as a ping-pong does.
+    let writer = std::thread::spawn(move || {
+        let mut w = a.worker().unwrap();
+        let batch = a.allocate_batch(1).unwrap();
+        w.submit(batch, &[Request::write(src, 0, r, 0, 64)])
+            .unwrap();
+        assert!(w.wait(batch, WAIT).unwrap().all_completed());
+        a
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while view.load(63).unwrap() != 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WRITE never showed"
+        );
+        std::hint::spin_loop();
+    }
+    let a = writer.join().unwrap();
+    let mut got = [0u8; 64];
+    view.read(0, &mut got).unwrap();
+    assert_eq!(got.to_vec(), (1..=64).collect::<Vec<u8>>());
+    // What the view writes is what the engine reads back.
+    view.write(8, &[0xAB; 4]).unwrap();
+    assert_eq!(&read_all(&b, dst)[8..12], &[0xAB; 4]);
+    // Accesses past the end are refused with what they asked for.
+    assert!(matches!(
+        view.load(64),
+        Err(TransportError::OwnedOutOfRange {
+            offset: 64,
+            len: 1,
+            seg_len: 64,
+            ..
+        })
+    ));
+    assert!(matches!(
+        view.read(60, &mut got[..8]),
+        Err(TransportError::OwnedOutOfRange {
+            offset: 60,
+            len: 8,
+            ..
+        })
+    ));
+    assert!(matches!(
+        view.write(u64::MAX, &[1]),
+        Err(TransportError::OwnedOutOfRange {
+            offset: u64::MAX,
+            ..
+        })
+    ));
+    // The view holds the segment registered; once it is gone, so is the segment.
+    assert!(matches!(
+        b.unregister(dst),
+        Err(TransportError::SegmentBusy { in_flight: 1, .. })
+    ));
+    drop(view);
+    assert!(b.unregister(dst).unwrap().is_some());
+    assert!(matches!(
+        b.owned_view(dst),
+        Err(TransportError::UnknownSegment(s)) if s == dst
+    ));
+    // Another engine's handle, and memory the application registered itself, have no view.
+    assert!(matches!(
+        b.owned_view(src),
+        Err(TransportError::ForeignHandle { .. })
+    ));
+    let mut buf = vec![0u8; 64];
+    // SAFETY: `buf` outlives the registration (unregistered below before it drops).
+    let mine = unsafe {
+        a.register_memory(
+            "a/mine",
+            buf.as_mut_ptr(),
+            buf.len(),
+            Location::Cpu(0),
+            Access::NONE,
+        )
+    }
+    .unwrap();
+    assert!(matches!(a.owned_view(mine), Err(TransportError::NotOwned(s)) if s == mine));
+    assert!(a.unregister(mine).unwrap().is_none());
+}
