@@ -18,6 +18,8 @@ else
 fi
 out=$(mktemp -d)
 port=${PORT_BASE:-18600}
+# Seconds a client may run before it counts as failed (a caller may lower it for short runs).
+client_bound=${CLIENT_BOUND:-300}
 
 # now_ns: the wall clock in nanoseconds.
 now_ns() { date +%s%N; }
@@ -55,7 +57,7 @@ run_pair() {
   fi
   local t0 t1
   t0=$(now_ns)
-  if ! ( timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ); then
+  if ! ( timeout "$client_bound" "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ); then
     echo "$name: client failed:" >&2
     cat "$out/$name.client" "$out/$name.server" >&2
     kill "$pid" 2>/dev/null || true
@@ -91,7 +93,7 @@ run_split() {
   fi
   local t0 t1
   t0=$(now_ns)
-  ( timeout 300 "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ) || rc=$?
+  ( timeout "$client_bound" "${client[@]}" -p "$port" "$ip" >"$out/$name.client" 2>&1; rc=$?; times >"$out/$name.ctimes"; exit $rc ) || rc=$?
   t1=$(now_ns)
   vm-signal "done-$name"
   if ((rc)); then

@@ -13,9 +13,9 @@
 # client's wall time, in % of one core, medians. efa-perf's write and read tests run through the
 # engine (verbs fabric, its defaults: one rail, so one work request per message); send-bw and send-lat run
 # on the efa crate's RC queue pairs, as perftest does. EFA_PERF names the binary (default:
-# $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_1M, LAT_ITERS, REPS
-# and PARTS ("bw lat events raw", the default, or some of them) as VM_ENV_BW_ITERS=... and so on
-# (tests/vm/README.md).
+# $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_1M, LAT_ITERS, REPS,
+# LAT_BOUND (seconds a latency run may take, default 120) and PARTS ("bw lat events raw", the
+# default, or some of them) as VM_ENV_BW_ITERS=... and so on (tests/vm/README.md).
 set -euo pipefail
 PORT_BASE=18700
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
@@ -64,6 +64,9 @@ if [[ " $parts " == *" bw "* ]]; then
     point send_bw "$size" 4 ib_send_bw "${common[@]}" -n "$n" -- "$bin" send-bw --fabric verbs "${common[@]}" -n "$n"
   done
 fi
+# Every run from here takes seconds (latency, and --raw bandwidth of BW_ITERS); one that hangs
+# (ib_send_lat -e on a full CQ, see BENCHMARKS.md) fails after LAT_BOUND seconds, not 300.
+client_bound=${LAT_BOUND:-120}
 if [[ " $parts " == *" lat "* ]]; then
   for size in 2 4096; do
     point write_lat "$size" 5 ib_write_lat "${common[@]}" -n "$lat_iters" -- \
