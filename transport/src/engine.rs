@@ -941,15 +941,16 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`TransportError::UnknownSegment`] for a stale or foreign handle and
-    /// [`TransportError::NotOwned`] when the application registered the memory itself.
+    /// [`TransportError::ForeignHandle`] for another engine's handle,
+    /// [`TransportError::UnknownSegment`] for a stale one and [`TransportError::NotOwned`] when
+    /// the application registered the memory itself.
     pub fn owned_view(&self, segment: SegmentId) -> Result<OwnedView<'_>, TransportError> {
         self.inner.check_segment(segment)?;
         let pin = self
             .inner
             .segments
             .pin(segment.index, segment.generation)
-            .ok_or(TransportError::UnknownSegment(segment))?;
+            .ok_or_else(|| TransportError::UnknownSegment(segment))?;
         OwnedView::new(pin, segment)
     }
 

@@ -71,7 +71,7 @@ impl<'a> OwnedView<'a> {
         let base = pin
             .owned
             .as_ref()
-            .ok_or(TransportError::NotOwned(segment))?
+            .ok_or_else(|| TransportError::NotOwned(segment))?
             .as_mut_ptr();
         Ok(OwnedView { pin, segment, base })
     }
