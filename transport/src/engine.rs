@@ -16,7 +16,7 @@ use crate::metadata::{Metadata, MetadataError, OnGone, WatchGuard};
 use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
 use crate::owned_view::{owned_range, OwnedView};
 use crate::retry::{RetryPolicy, MAX_RETRIES};
-use crate::slab::Slab;
+use crate::slab::{Pin, Slab};
 use crate::slice::SlicePlan;
 use crate::topology::{effective_rails, AllRails, RailPolicy, RailSet};
 use crate::wait::WaitMode;
@@ -863,19 +863,23 @@ impl Engine {
         Ok(entry.owned)
     }
 
+    /// A local segment's entry, pinned until the guard drops.
+    fn pin_segment(&self, segment: SegmentId) -> Result<Pin<'_, LocalEntry>, TransportError> {
+        self.inner.check_segment(segment)?;
+        self.inner
+            .segments
+            .pin(segment.index, segment.generation)
+            // Lazily: `ok_or` builds the error and runs its drop glue on every call, which
+            // showed in the per-op profile (`BENCHMARKS.md`); so throughout the hot path.
+            .ok_or_else(|| TransportError::UnknownSegment(segment))
+    }
+
     fn with_segment<R>(
         &self,
         segment: SegmentId,
         f: impl FnOnce(&LocalEntry) -> R,
     ) -> Result<R, TransportError> {
-        self.inner.check_segment(segment)?;
-        let e = self
-            .inner
-            .segments
-            .pin(segment.index, segment.generation)
-            // Lazily: `ok_or` builds the error and runs its drop glue on every call, which
-            // showed in the per-op profile (`BENCHMARKS.md`); so throughout the hot path.
-            .ok_or_else(|| TransportError::UnknownSegment(segment))?;
+        let e = self.pin_segment(segment)?;
         Ok(f(&e))
     }
 
@@ -945,13 +949,7 @@ impl Engine {
     /// [`TransportError::UnknownSegment`] for a stale one and [`TransportError::NotOwned`] when
     /// the application registered the memory itself.
     pub fn owned_view(&self, segment: SegmentId) -> Result<OwnedView<'_>, TransportError> {
-        self.inner.check_segment(segment)?;
-        let pin = self
-            .inner
-            .segments
-            .pin(segment.index, segment.generation)
-            .ok_or_else(|| TransportError::UnknownSegment(segment))?;
-        OwnedView::new(pin, segment)
+        OwnedView::new(self.pin_segment(segment)?, segment)
     }
 
     /// Copies bytes out of an engine-owned segment. Bytes that a transfer in flight is changing
