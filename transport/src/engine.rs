@@ -14,7 +14,7 @@ use crate::fabric::{
 };
 use crate::metadata::{Metadata, MetadataError, OnGone, WatchGuard};
 use crate::metrics::{MetricsSnapshot, Registry as MetricsRegistry};
-use crate::owned_view::{owned_range, OwnedView};
+use crate::owned_view::OwnedView;
 use crate::retry::{RetryPolicy, MAX_RETRIES};
 use crate::slab::{Pin, Slab};
 use crate::slice::SlicePlan;
@@ -926,19 +926,6 @@ impl Engine {
         crate::page_info(base).map_err(|source| TransportError::Pages { segment, source })
     }
 
-    fn owned_range(
-        e: &LocalEntry,
-        segment: SegmentId,
-        offset: u64,
-        len: usize,
-    ) -> Result<*mut u8, TransportError> {
-        let owned = e
-            .owned
-            .as_ref()
-            .ok_or_else(|| TransportError::NotOwned(segment))?;
-        owned_range(segment, owned.as_mut_ptr(), e.len, offset, len)
-    }
-
     /// Holds an engine-owned segment open for reads and writes without a lookup per access
     /// (see [`OwnedView`]): for polling a flag a peer's WRITE sets, or a header written before
     /// every send.
@@ -960,13 +947,7 @@ impl Engine {
         offset: u64,
         out: &mut [u8],
     ) -> Result<(), TransportError> {
-        self.with_segment(segment, |e| {
-            let src = Self::owned_range(e, segment, offset, out.len())?;
-            // SAFETY: `src..src+out.len()` lies inside the owned allocation (checked), which the
-            // pin keeps alive; `out` is a distinct Rust buffer.
-            unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
-            Ok(())
-        })?
+        self.owned_view(segment)?.read(offset, out)
     }
 
     /// Copies bytes into an engine-owned segment.
@@ -976,12 +957,7 @@ impl Engine {
         offset: u64,
         data: &[u8],
     ) -> Result<(), TransportError> {
-        self.with_segment(segment, |e| {
-            let dst = Self::owned_range(e, segment, offset, data.len())?;
-            // SAFETY: as in `read_owned`, with the roles swapped.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-            Ok(())
-        })?
+        self.owned_view(segment)?.write(offset, data)
     }
 
     /// Opens the segment published as `name`: looks up its descriptor, asks the metadata

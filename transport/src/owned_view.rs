@@ -4,38 +4,12 @@ use crate::engine::LocalEntry;
 use crate::slab::Pin;
 use crate::{SegmentId, TransportError};
 
-/// The address of `len` bytes at `offset` in an owned segment of `seg_len` bytes at `base`.
-///
-/// # Errors
-///
-/// [`TransportError::OwnedOutOfRange`] when the bytes do not lie inside the segment.
-#[inline]
-pub(crate) fn owned_range(
-    segment: SegmentId,
-    base: *mut u8,
-    seg_len: u64,
-    offset: u64,
-    len: usize,
-) -> Result<*mut u8, TransportError> {
-    let end = offset.checked_add(len as u64);
-    if end.map_or(true, |end| end > seg_len) {
-        return Err(TransportError::OwnedOutOfRange {
-            segment,
-            offset,
-            len: len as u64,
-            seg_len,
-        });
-    }
-    // `offset + len <= seg_len`, the allocation's length: in bounds.
-    Ok(base.wrapping_add(offset as usize))
-}
-
 /// An engine-owned segment held open for direct access, from
 /// [`Engine::owned_view`](crate::Engine::owned_view).
 ///
 /// [`Engine::read_owned`](crate::Engine::read_owned) and
-/// [`Engine::write_owned`](crate::Engine::write_owned) look the segment up and pin it on every
-/// call. A view pins it once: each access is a bounds check and the copy, as a C program
+/// [`Engine::write_owned`](crate::Engine::write_owned) open a view for each call. A view held
+/// open pins the segment once: each access is a bounds check and the copy, as a C program
 /// reading its own registered buffer. [`OwnedView::load`] is the one to poll with for a flag a
 /// peer's WRITE sets (as perftest's `write_lat` polls its buffer's last byte): a volatile read,
 /// which the compiler never folds out of a loop.
@@ -91,9 +65,27 @@ impl<'a> OwnedView<'a> {
         self.pin.len == 0
     }
 
+    /// The address of `len` bytes at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::OwnedOutOfRange`] when the bytes do not lie inside the segment.
     #[inline]
     fn range(&self, offset: u64, len: usize) -> Result<*mut u8, TransportError> {
-        owned_range(self.segment, self.base, self.pin.len, offset, len)
+        let seg_len = self.pin.len;
+        if offset
+            .checked_add(len as u64)
+            .map_or(true, |end| end > seg_len)
+        {
+            return Err(TransportError::OwnedOutOfRange {
+                segment: self.segment,
+                offset,
+                len: len as u64,
+                seg_len,
+            });
+        }
+        // `offset + len <= seg_len`, the allocation's length: in bounds.
+        Ok(self.base.wrapping_add(offset as usize))
     }
 
     /// The byte at `offset`, read afresh from memory on every call (a volatile read).
