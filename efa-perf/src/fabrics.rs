@@ -38,6 +38,9 @@ pub fn params(
         // -e: workers block on their endpoints' completion channels where the fabric has them,
         // targets sleep on events; clap keeps it apart from an explicit --wait or --idle-wait.
         cq_events: args.use_event || args.idle_wait == IdleWaitChoice::Events,
+        // -e: and they block as soon as they find nothing, as perftest's -e thread does; the
+        // application's waits sleep too, so the whole round trip is woken by events.
+        idle_spin: args.use_event.then_some(Duration::ZERO),
         completion_counters: args.completion_counters,
         wait: args.wait_mode(metric),
         affinity: args.cpu.map_or(Affinity::default(), Affinity::Cpus),
@@ -71,6 +74,9 @@ pub struct Params {
     pub two_sided: TwoSided,
     /// Whether idle target threads block on completion channels (`--idle-wait events`).
     pub cq_events: bool,
+    /// How long target threads poll after their last completion before they block (`-e`:
+    /// zero); `None` keeps the fabric's default.
+    pub idle_spin: Option<Duration>,
     /// Whether the efa fabric polls its CQs behind completion counters
     /// (`--completion-counters`).
     pub completion_counters: bool,
@@ -130,7 +136,7 @@ pub fn create(
             let workers = u16::try_from(p.workers.saturating_add(1))
                 .unwrap_or(64)
                 .min(64);
-            let config = VerbsConfig {
+            let mut config = VerbsConfig {
                 devices: p.device.iter().cloned().collect(),
                 port: p.ib_port,
                 gid_index: p.gid_index,
@@ -140,6 +146,7 @@ pub fn create(
                 affinity: p.affinity,
                 ..VerbsConfig::default()
             };
+            config.idle_spin = p.idle_spin.unwrap_or(config.idle_spin);
             let f = VerbsFabric::new(config).context("creating the verbs fabric")?;
             let device = p
                 .device
@@ -154,7 +161,7 @@ pub fn create(
                     p.gid_index.unwrap_or(0)
                 );
             }
-            let config = EfaConfig {
+            let mut config = EfaConfig {
                 devices: p.device.iter().cloned().collect(),
                 two_sided: p.two_sided,
                 cq_events: p.cq_events,
@@ -162,6 +169,7 @@ pub fn create(
                 affinity: p.affinity,
                 ..EfaConfig::default()
             };
+            config.idle_spin = p.idle_spin.unwrap_or(config.idle_spin);
             let f = EfaFabric::new(config).context("creating the efa fabric")?;
             let device = p
                 .device

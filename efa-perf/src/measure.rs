@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use transport::{
-    BatchId, Engine, Opcode, OwnedView, RemoteSegment, Request, RequestStatus, SegmentId,
-    TransportError, Worker,
+    BatchId, Engine, Notifications, Opcode, OwnedView, RemoteSegment, Request, RequestStatus,
+    SegmentId, TransportError, WaitMode, Worker,
 };
 
 /// Notification tag of SEND bandwidth messages.
@@ -312,22 +312,28 @@ pub fn stream(
 /// Spins until `tag` on `engine` has at least `n` arrivals, yielding now and then so a peer thread on the
 /// same core can run; fails after `timeout`.
 pub fn await_tag(engine: &Engine, tag: u32, n: u64, timeout: Duration) -> anyhow::Result<()> {
-    if await_tag_or_stop(engine, tag, n, timeout, None)? {
+    if await_tag_or_stop(engine, tag, n, timeout, None, false)? {
         Ok(())
     } else {
         bail!("stopped while waiting for tag {tag}")
     }
 }
 
-/// Like [`await_tag`], but returns `Ok(false)` as soon as `stop` is set and the count is still short.
+/// Like [`await_tag`], but returns `Ok(false)` as soon as `stop` is set and the count is still
+/// short; with `sleep`, the wait sleeps until the arrival ([`Notifications::wait_for`], for `-e`)
+/// instead of spinning.
 pub fn await_tag_or_stop(
     engine: &Engine,
     tag: u32,
     n: u64,
     timeout: Duration,
     stop: Option<&AtomicBool>,
+    sleep: bool,
 ) -> anyhow::Result<bool> {
     let notes = engine.notifications();
+    if sleep {
+        return sleep_for_tag(notes, tag, n, timeout, stop);
+    }
     let mut patience = Patience::default();
     let mut spins = 0u32;
     loop {
@@ -341,11 +347,43 @@ pub fn await_tag_or_stop(
                 return Ok(false);
             }
             if patience.exhausted(timeout) {
-                bail!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}");
+                return Err(short_of(c, n, tag, timeout));
             }
         }
         relax(spins);
     }
+}
+
+/// Longest sleep of a notification wait between two looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+/// [`await_tag_or_stop`] asleep: the engine's target thread wakes the wait at the arrival.
+fn sleep_for_tag(
+    notes: &Notifications,
+    tag: u32,
+    n: u64,
+    timeout: Duration,
+    stop: Option<&AtomicBool>,
+) -> anyhow::Result<bool> {
+    let start = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        let c = notes.wait_for(tag, n, left.min(STOP_CHECK))?;
+        if c >= n {
+            return Ok(true);
+        }
+        if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+            return Ok(false);
+        }
+        if left <= STOP_CHECK {
+            return Err(short_of(c, n, tag, timeout));
+        }
+    }
+}
+
+/// A notification wait's timeout, with what had come.
+fn short_of(c: u64, n: u64, tag: u32, timeout: Duration) -> anyhow::Error {
+    anyhow::anyhow!("peer sent {c} of {n} messages (tag {tag}) within {timeout:?}")
 }
 
 /// The request of a latency test's side: `size` bytes from local offset 0. WRITE pings land in the
@@ -477,6 +515,13 @@ impl<'a> Pinger<'a> {
         await_byte(&self.view, at, seq(i), self.timeout, stop)
     }
 
+    /// Waits until the peer's notifications of `tag` number `n`; `Ok(false)` when `stop` is set
+    /// first. Asleep when this side's worker blocks (`-e`): the whole round trip then sleeps.
+    fn await_tag(&self, tag: u32, n: u64, stop: Option<&AtomicBool>) -> anyhow::Result<bool> {
+        let sleep = self.worker.wait_mode() == WaitMode::Block;
+        await_tag_or_stop(&self.link.engine, tag, n, self.timeout, stop, sleep)
+    }
+
     /// Takes back the message prepared last (never sent) and frees the batch.
     fn finish(mut self) {
         self.worker.discard_deferred();
@@ -514,12 +559,12 @@ pub fn latency_client(
     while run.goes_on() {
         let i = run.stamps.len() as u64;
         ping.send(i)?;
-        if op == StreamOp::Write {
-            ping.await_write(i, None).map(drop)
+        let arrived = if op == StreamOp::Write {
+            ping.await_write(i, None)
         } else {
-            await_tag(&link.engine, TAG_PONG, i + 1, timeout)
-        }
-        .context("waiting for the pong")?;
+            ping.await_tag(TAG_PONG, i + 1, None)
+        };
+        arrived.context("waiting for the pong")?;
         run.lap();
     }
     ping.finish();
@@ -559,7 +604,7 @@ pub fn latency_server(
         let arrived = if op == StreamOp::Write {
             pong.await_write(i, Some(stop))
         } else {
-            await_tag_or_stop(&link.engine, TAG_PING, i + 1, timeout, Some(stop))
+            pong.await_tag(TAG_PING, i + 1, Some(stop))
         };
         if !arrived.context("waiting for the ping")? {
             break;
@@ -596,6 +641,16 @@ mod tests {
 
     /// A client and a server link on one simulated network, the client's fabric with `faults`.
     fn sim_links(client_faults: SimFaults) -> (Link, Link) {
+        sim_links_waiting(client_faults, WaitMode::default())
+    }
+
+    /// As [`sim_links`], both engines' workers waiting in `wait`.
+    fn sim_links_waiting(client_faults: SimFaults, wait: WaitMode) -> (Link, Link) {
+        let config = |name| {
+            let mut c = EngineConfig::new(name);
+            c.wait = wait;
+            c
+        };
         let net = SimNetwork::new();
         let fabric = |faults| {
             let config = SimConfig {
@@ -607,8 +662,8 @@ mod tests {
         crate::loopback::link_pair(
             fabric(SimFaults::default()),
             fabric(client_faults),
-            EngineConfig::new("server"),
-            EngineConfig::new("client"),
+            config("server"),
+            config("client"),
             1 << 16,
             1 << 16,
         )
@@ -655,6 +710,16 @@ mod tests {
                 assert_eq!(answered, 300, "{op:?} {size}");
             }
         }
+    }
+
+    #[test]
+    fn a_ping_pong_of_sleeping_sides_answers_every_ping_and_stops() {
+        // Workers that block (-e): each side sleeps in its notification waits until the peer's
+        // message wakes it, and the server's wait ends when the client stops it.
+        let links = sim_links_waiting(SimFaults::default(), WaitMode::Block);
+        let (samples, answered) = ping_pong(&links, StreamOp::Send, 64, 100);
+        assert_eq!(samples.unwrap().len(), 100);
+        assert_eq!(answered, 100);
     }
 
     #[test]

@@ -217,6 +217,7 @@ pub fn run(a: &RegArgs) -> anyhow::Result<()> {
         slice_size: None,
         two_sided: transport::fabric::efa::TwoSided::Fallback,
         cq_events: false,
+        idle_spin: None,
         completion_counters: false,
         wait: transport::WaitMode::default(),
         affinity: Default::default(),

@@ -410,7 +410,8 @@ impl PyEngine {
     }
 
     /// Waits (GIL released, Ctrl-C interrupts) until `tag` counted `count` arrivals or
-    /// `timeout` seconds passed (None: no limit); returns the count seen last.
+    /// `timeout` seconds passed (None: no limit); returns the count seen last. The thread
+    /// sleeps until an arrival wakes it.
     #[pyo3(signature = (tag, count=1, timeout=None))]
     fn wait_notify(
         &self,

@@ -202,6 +202,33 @@ def test_threads_share_an_engine(pair):
     assert all(target[k * 4096:(k + 1) * 4096] == bytes([k + 1]) * 4096 for k in range(8))
 
 
+def test_wait_notify_sleeps_until_the_arrival(pair):
+    import threading
+    import time
+
+    a, b = pair
+    b.register("kv", bytearray(4096))
+    remote = a.open_segment(f"{b.address}/kv")
+    src = a.register("src", bytearray(4096))
+    seen = {}
+
+    def wait():
+        # The thread's own CPU time: a bound on what the wait cost, not a timing measure.
+        t0, cpu0 = time.monotonic(), time.thread_time()
+        seen["count"] = b.wait_notify(5, 1, timeout=30)
+        seen["wall"], seen["cpu"] = time.monotonic() - t0, time.thread_time() - cpu0
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(1.0)
+    assert a.write(src, 0, remote, 0, 64, notify=5).ok
+    waiter.join(30)
+    assert seen["count"] == 1
+    assert seen["wall"] >= 1.0, seen
+    # Asleep until the arrival woke it: under 5% of a core over the second.
+    assert seen["cpu"] < 0.05, seen
+
+
 def test_an_engine_on_two_fabrics_reaches_each_peer_over_one_both_speak():
     both = et.Engine("mx-a", "sim+tcp")
     mixed = et.Engine("mx-b", "sim+tcp")

@@ -104,9 +104,7 @@ fn batch_memory_follows_use_and_is_given_back() {
     let c = Cluster::new();
     let (a, _) = c.engine("a", SimConfig::default());
     let (b, _) = c.engine("b", SimConfig::default());
-    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
-    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
-    let r = a.open_segment("b/dst").unwrap();
+    let (src, r) = write_path(&a, &b);
     let mut w = a.worker().unwrap();
     let req = Request::write(src, 0, r, 0, 64);
     // Warm the worker's buffers so they do not count below.

@@ -21,9 +21,7 @@ fn concurrent_failed_submits_leave_no_ghost_requests() {
     let c = Cluster::new();
     let (a, _) = c.engine("a", SimConfig::default());
     let (b, _) = c.engine("b", SimConfig::default());
-    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
-    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
-    let r = a.open_segment("b/dst").unwrap();
+    let (src, r) = write_path(&a, &b);
     let batch = a.allocate_batch(A_SUBMITS).unwrap();
     let good = Request::write(src, 0, r, 0, 64);
     let mut bad: Vec<Request> = vec![good; 201];
@@ -219,9 +217,7 @@ fn dropped_worker_in_flight_requests_are_reaped_by_the_engine() {
     };
     let (a, _) = c.engine("a", dead_peer_timeout);
     let (b, b_fabric) = c.engine("b", SimConfig::default());
-    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
-    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
-    let r = a.open_segment("b/dst").unwrap();
+    let (src, r) = write_path(&a, &b);
     let batch = a.allocate_batch(8).unwrap();
     let other = a.allocate_batch(8).unwrap();
     b_fabric.set_alive(false);

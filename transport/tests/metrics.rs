@@ -111,9 +111,7 @@ fn metrics_off_counts_no_requests() {
     cfg.metrics = false;
     let (a, _) = c.engine_with(cfg, SimConfig::default());
     let (b, _) = c.engine("b", SimConfig::default());
-    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
-    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
-    let r = a.open_segment("b/dst").unwrap();
+    let (src, r) = write_path(&a, &b);
     let mut w = a.worker().unwrap();
     let batch = a.allocate_batch(1).unwrap();
     w.submit(batch, &[Request::write(src, 0, r, 0, 64)])

@@ -1,6 +1,7 @@
-//! A waiting worker gives its core back: a `Worker::wait` on a batch that does not complete for
-//! 2 s uses under 2% of a core in the adaptive (default) and block modes, measured as the
-//! thread's CPU time (a bound, not a timing assertion).
+//! A waiting thread gives its core back: a `Worker::wait` on a batch that does not complete for
+//! 2 s uses under 2% of a core in the adaptive (default) and block modes, and so does a thread
+//! waiting 2 s for a notification; measured as the thread's CPU time (a bound, not a timing
+//! assertion).
 
 mod common;
 
@@ -34,9 +35,7 @@ fn cpu_of_a_wait(mode: WaitMode, window: Duration) -> Duration {
     };
     let (a, _) = c.engine("a", sim.clone());
     let (b, b_fabric) = c.engine("b", sim);
-    let src = owned(&a, "a/src", 4096, Access::NONE, |_| 1);
-    owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
-    let remote = a.open_segment("b/dst").unwrap();
+    let (src, remote) = write_path(&a, &b);
     b_fabric.set_alive(false);
     let mut w = a.worker().unwrap();
     w.set_wait_mode(mode);
@@ -71,4 +70,36 @@ fn engine_config_sets_the_mode_of_new_workers() {
     assert_eq!(a.worker().unwrap().wait_mode(), WaitMode::Busy);
     let (b, _) = c.engine("b", SimConfig::default());
     assert_eq!(b.worker().unwrap().wait_mode(), WaitMode::default());
+}
+
+/// A thread waiting for a notification that comes 2 s later sleeps meanwhile: under 2% of a
+/// core (getrusage, a bound), and its wait ends with the arrival.
+#[test]
+fn a_notification_wait_sleeps_until_the_arrival() {
+    let window = Duration::from_secs(2);
+    let c = Cluster::new();
+    let (a, _) = c.engine("a", SimConfig::default());
+    let (b, _) = c.engine("b", SimConfig::default());
+    let (src, remote) = write_path(&a, &b);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let (t0, cpu0) = (Instant::now(), thread_cpu());
+            let seen = b.notifications().wait_for(3, 1, Duration::from_secs(60));
+            (seen, t0.elapsed(), thread_cpu() - cpu0)
+        });
+        std::thread::sleep(window);
+        let mut w = a.worker().unwrap();
+        let batch = a.allocate_batch(1).unwrap();
+        let write = Request::write(src, 0, remote, 0, 64).with_op(Opcode::WriteWithNotify(3));
+        w.submit(batch, &[write]).unwrap();
+        assert_eq!(w.wait(batch, Duration::from_secs(10)).unwrap().completed, 1);
+        let (seen, elapsed, cpu) = waiter.join().unwrap();
+        println!("notification wait: {cpu:?} of CPU over {elapsed:?}");
+        assert_eq!(seen.unwrap(), 1);
+        assert!(
+            elapsed >= window,
+            "returned after {elapsed:?}, before the arrival"
+        );
+        assert!(cpu < window / 50, "used {cpu:?} over {elapsed:?}");
+    });
 }

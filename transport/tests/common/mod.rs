@@ -51,6 +51,14 @@ pub fn owned(
         .unwrap()
 }
 
+/// The usual WRITE path between two engines: `a/src` on `a` (4 KiB of 1s) and `b/dst` on `b`
+/// (4 KiB of zeros, remote-writable), opened from `a`; returns the source and the open target.
+pub fn write_path(a: &Engine, b: &Engine) -> (SegmentId, RemoteSegment) {
+    let src = owned(a, "a/src", 4096, Access::NONE, |_| 1);
+    owned(b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
+    (src, a.open_segment("b/dst").unwrap())
+}
+
 pub fn read_all(engine: &Engine, seg: SegmentId) -> Vec<u8> {
     let len = engine.segment_info(seg).unwrap().len as usize;
     let mut v = vec![0; len];
