@@ -927,23 +927,39 @@ fn efa_pair(profile: &str, test: &str, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-#[ignore = "needs an EFA device: runs on soft-efa in tests/soft-efa/stage"]
-fn efa_hw_send_tests_with_use_event_wait_on_completion_channels() {
-    // A ping-pong between two processes, each side sleeping on its completion channel.
-    let v = efa_pair("newest", "send-lat", &["-e", "-s", "64", "-n", "300"]);
+/// A latency run of `test` with `-e`: every one of `iterations` ping-pongs timed, in order.
+fn assert_event_latency(v: &serde_json::Value, test: &str, iterations: u64) {
     assert_eq!(
         (v["test"].as_str(), v["use_event"].as_bool()),
-        (Some("send_lat"), Some(true))
+        (Some(test), Some(true))
     );
     let r = &v["results"][0];
-    assert_eq!(r["iterations"], 300, "{r}");
+    assert_eq!(r["iterations"], iterations, "{r}");
     let t = |k: &str| r[k].as_f64().unwrap();
     assert!(t("t_min_us") > 0.0, "{r}");
     assert!(
         t("t_min_us") <= t("t_typical_us") && t("t_typical_us") <= t("t_max_us"),
         "{r}"
     );
+}
+
+#[test]
+#[ignore = "needs an EFA device: runs on soft-efa in tests/soft-efa/stage"]
+fn efa_hw_notify_lat_with_use_event_sleeps_through_the_round_trip() {
+    // Through the engine between two processes: workers block on their completion channels,
+    // target threads block as soon as their CQs are empty, and each side's wait for the peer's
+    // notification sleeps until its target thread records it. Every ping is answered.
+    let v = efa_pair("newest", "notify-lat", &["-e", "-s", "64", "-n", "300"]);
+    assert_event_latency(&v, "notify_lat", 300);
+    assert_eq!(v["worker_wait"], "block", "{v}");
+}
+
+#[test]
+#[ignore = "needs an EFA device: runs on soft-efa in tests/soft-efa/stage"]
+fn efa_hw_send_tests_with_use_event_wait_on_completion_channels() {
+    // A ping-pong between two processes, each side sleeping on its completion channel.
+    let v = efa_pair("newest", "send-lat", &["-e", "-s", "64", "-n", "300"]);
+    assert_event_latency(&v, "send_lat", 300);
 
     // Bandwidth both ways on two queue pairs: every message counted.
     let v = efa_pair(
