@@ -1,26 +1,18 @@
 //! A waiting thread gives its core back: a `Worker::wait` on a batch that does not complete for
 //! 2 s uses under 2% of a core in the adaptive (default) and block modes, and so does a thread
-//! waiting 2 s for a notification; measured as the thread's CPU time (a bound, not a timing
-//! assertion).
+//! waiting 2 s for a notification; measured as the thread's CPU time from `getrusage` (a bound,
+//! not a timing assertion).
 
 mod common;
+#[path = "common/usage.rs"]
+mod usage;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use transport::fabric::sim::{SimConfig, SimFaults};
 use transport::*;
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0);
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+use usage::thread_usage;
 
 /// Waits `window` in `mode` on a WRITE to a dead peer (which would fail only after a minute);
 /// returns the CPU time the waiting thread used.
@@ -43,9 +35,9 @@ fn cpu_of_a_wait(mode: WaitMode, window: Duration) -> Duration {
     let batch = a.allocate_batch(1).unwrap();
     w.submit(batch, &[Request::write(src, 0, remote, 0, 4096)])
         .unwrap();
-    let (t0, cpu0) = (Instant::now(), thread_cpu());
+    let (t0, cpu0) = (Instant::now(), thread_usage().0);
     let st = w.wait(batch, window).unwrap();
-    let (elapsed, cpu) = (t0.elapsed(), thread_cpu() - cpu0);
+    let (elapsed, cpu) = (t0.elapsed(), thread_usage().0 - cpu0);
     assert_eq!(st.timed_out, 1, "{st:?}");
     assert!(elapsed >= window, "returned after {elapsed:?}");
     println!("{mode:?}: {cpu:?} of CPU over {elapsed:?}");
@@ -73,7 +65,7 @@ fn engine_config_sets_the_mode_of_new_workers() {
 }
 
 /// A thread waiting for a notification that comes 2 s later sleeps meanwhile: under 2% of a
-/// core (getrusage, a bound), and its wait ends with the arrival.
+/// core (its thread's CPU time from getrusage, a bound), and its wait ends with the arrival.
 #[test]
 fn a_notification_wait_sleeps_until_the_arrival() {
     let window = Duration::from_secs(2);
@@ -83,9 +75,9 @@ fn a_notification_wait_sleeps_until_the_arrival() {
     let (src, remote) = write_path(&a, &b);
     std::thread::scope(|s| {
         let waiter = s.spawn(|| {
-            let (t0, cpu0) = (Instant::now(), thread_cpu());
+            let (t0, cpu0) = (Instant::now(), thread_usage().0);
             let seen = b.notifications().wait_for(3, 1, Duration::from_secs(60));
-            (seen, t0.elapsed(), thread_cpu() - cpu0)
+            (seen, t0.elapsed(), thread_usage().0 - cpu0)
         });
         std::thread::sleep(window);
         let mut w = a.worker().unwrap();
