@@ -84,7 +84,8 @@ pub(crate) struct RequestSlot {
     pub error: AtomicU32,
     /// Local segment slot pinned for the request.
     pub segment: AtomicU32,
-    /// Notification tag + 1, or 0.
+    /// Notification tag + 1, or 0; bit 31 set when the tag travels with the request's one
+    /// WRITE (see `FUSED` in the worker).
     pub notify: AtomicU32,
     /// Peer and remote rail for the notification.
     pub peer: AtomicU32,

@@ -10,7 +10,10 @@ pub enum Opcode {
     /// Copy from local memory into the remote segment.
     Write,
     /// Write, then count one arrival of the tag at the target once all bytes are placed
-    /// (see [`Notifications`](crate::Notifications)).
+    /// (see [`Notifications`](crate::Notifications)). On a fabric that carries the tag with
+    /// the bytes ([`Capabilities::supports_write_notify`](crate::fabric::Capabilities): `verbs`,
+    /// `sim`), a request of one slice is one work request (RDMA WRITE with immediate); otherwise,
+    /// and for several slices, the notification goes out once every slice has completed.
     WriteWithNotify(u32),
 }
 

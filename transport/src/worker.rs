@@ -432,17 +432,33 @@ impl Core {
                 inner.remotes.get_pinned(res.remote_index),
             )
         };
+        // One slice on a fabric that carries the tag with the bytes: one work request, where
+        // the notification otherwise waits for the WRITE's completion (a round trip).
+        let fused = res.notify != 0
+            && res.slices == 1
+            && op == WorkOp::Write
+            && inner.caps.supports_write_notify;
+        let (notify, op) = match fused {
+            true => (
+                res.notify | FUSED,
+                WorkOp::WriteNotify {
+                    tag: res.notify - 1,
+                },
+            ),
+            false => (res.notify, op),
+        };
         req.segment.store(res.local_index, Relaxed);
-        req.notify.store(res.notify, Relaxed);
+        req.notify.store(notify, Relaxed);
         req.peer.store(remote.peer, Relaxed);
         req.remote.store(res.remote_index, Relaxed);
         req.remote_generation.store(res.remote_generation, Relaxed);
-        ctx.slot.start(req, res.slices + (res.notify != 0) as u32);
+        ctx.slot
+            .start(req, res.slices + (res.notify != 0 && !fused) as u32);
         if inner.retry.max_retries != 0 {
             remember(req, res, op);
         }
         if let Some(m) = ctx.metrics {
-            let row = op_row(matches!(op, WorkOp::Read), res.notify != 0);
+            let row = op_row(op == WorkOp::Read, res.notify != 0);
             req.started.store(ctx.now << 2 | row as u64, Relaxed);
             counts.request(m, row, res.len, remote.peer);
         }
@@ -1179,7 +1195,7 @@ fn apply(
         1 => true,
         2 => {
             let tag1 = req.notify.load(Relaxed);
-            if tag1 == 0 {
+            if tag1 == 0 || tag1 & FUSED != 0 {
                 false
             } else {
                 // All data is placed; now (and only now) tell the target.
@@ -1253,13 +1269,18 @@ fn apply(
 /// Marks a WRITE in [`RequestSlot::retries`].
 const WRITE_BIT: u32 = 1 << 31;
 
+/// Marks, in [`RequestSlot::notify`], a notification that travels with the request's one WRITE
+/// ([`WorkOp::WriteNotify`]) rather than after it: tags stay below
+/// [`MAX_NOTIFY_TAGS`](crate::engine::MAX_NOTIFY_TAGS), so the bit is free.
+const FUSED: u32 = 1 << 31;
+
 /// Keeps in the request slot what [`retry`] needs to rebuild one of its slices.
 #[inline]
 fn remember(req: &RequestSlot, res: &Resolved, op: WorkOp) {
     req.local_addr.store(res.local_addr, Relaxed);
     req.remote_addr.store(res.remote_addr, Relaxed);
     req.len.store(res.len, Relaxed);
-    let write = if op == WorkOp::Write { WRITE_BIT } else { 0 };
+    let write = if op == WorkOp::Read { 0 } else { WRITE_BIT };
     req.retries.store(write, Relaxed);
 }
 
@@ -1329,14 +1350,21 @@ fn rebuild(
     let plane_rail = rail - remote.rail_base;
     let remote_rail = remote.rail_map[plane_rail as usize % MAX_RAILS];
     let tag1 = req.notify.load(Relaxed);
-    // With a notification, the last work request in flight is the notification itself.
-    let notify = tag1 != 0 && req.remaining.load(Acquire) == 1;
+    let fused = tag1 & FUSED != 0;
+    // With a notification of its own, the last work request in flight is the notification.
+    let notify = tag1 != 0 && !fused && req.remaining.load(Acquire) == 1;
     let s = token::slice(token);
     let (op, (off, len)) = if notify {
         (WorkOp::Notify { tag: tag1 - 1 }, (0, 0))
     } else if s < n {
         let write = req.retries.load(Relaxed) & WRITE_BIT != 0;
-        let op = if write { WorkOp::Write } else { WorkOp::Read };
+        let op = match (write, fused) {
+            (true, true) => WorkOp::WriteNotify {
+                tag: (tag1 & !FUSED) - 1,
+            },
+            (true, false) => WorkOp::Write,
+            (false, _) => WorkOp::Read,
+        };
         (op, inner.plan.slice(req.len.load(Relaxed), s, n))
     } else {
         return None;

@@ -314,6 +314,57 @@ fn notifications_count_once_per_request_after_the_data() {
 }
 
 #[test]
+fn a_one_slice_write_with_notification_is_one_work_request_and_waits_for_no_completion() {
+    // The sim places a WRITE when it is posted and completes it at the initiator's next poll.
+    // A one-slice WRITE with notification is one work request carrying the tag: the target
+    // counts it at once, with the bytes placed. A request of several slices tells the target
+    // only once its WRITEs completed, which the initiator sees at its next poll.
+    let c = Cluster::new();
+    let mut cfg = EngineConfig::new("a");
+    cfg.slice_size = Some(1024);
+    let (a, _) = c.engine_with(cfg, SimConfig::default());
+    let (b, _) = c.engine("b", SimConfig::default());
+    let src = owned(&a, "a/src", 4096, Access::NONE, |i| (i % 251) as u8 + 1);
+    let dst = owned(&b, "b/dst", 4096, Access::REMOTE_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    assert!(a.capabilities().supports_write_notify);
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(2).unwrap();
+    let one = Request::write(src, 0, r, 0, 1024).with_op(Opcode::WriteWithNotify(3));
+    w.submit(batch, &[one]).unwrap();
+    assert_eq!(b.notifications().count(3).unwrap(), 1);
+    assert_eq!(read_all(&b, dst)[..1024], read_all(&a, src)[..1024]);
+    let two = Request::write(src, 1024, r, 1024, 2048).with_op(Opcode::WriteWithNotify(4));
+    w.submit(batch, &[two]).unwrap();
+    assert_eq!(b.notifications().count(4).unwrap(), 0);
+    assert!(w.wait(batch, WAIT).unwrap().all_completed());
+    assert_eq!(b.notifications().count(3).unwrap(), 1);
+    assert_eq!(b.notifications().count(4).unwrap(), 1);
+    assert_eq!(read_all(&b, dst)[..3072], read_all(&a, src)[..3072]);
+}
+
+#[test]
+fn a_one_slice_write_with_notification_to_a_tag_outside_the_target_fails_unplaced() {
+    // As RDMA WRITE with immediate: the target has no counter to take the tag (its table is
+    // smaller than the initiator's), so nothing is placed and the request fails.
+    let c = Cluster::new();
+    let (a, _) = c.engine("a", SimConfig::default());
+    let mut cfg = EngineConfig::new("b");
+    cfg.notify_tags = 4;
+    let (b, _) = c.engine_with(cfg, SimConfig::default());
+    let src = owned(&a, "a/src", 64, Access::NONE, |_| 9);
+    let dst = owned(&b, "b/dst", 64, Access::REMOTE_WRITE, |_| 0);
+    let r = a.open_segment("b/dst").unwrap();
+    let mut w = a.worker().unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    let req = Request::write(src, 0, r, 0, 64).with_op(Opcode::WriteWithNotify(10));
+    w.submit(batch, &[req]).unwrap();
+    let st = w.wait(batch, WAIT).unwrap();
+    assert!(!st.all_completed(), "{st:?}");
+    assert_eq!(read_all(&b, dst), vec![0; 64]);
+}
+
+#[test]
 fn unknown_peer_when_target_skipped_its_ah() {
     let c = Cluster::new();
     let (a, fa) = c.engine(

@@ -132,6 +132,31 @@ fn a_notification_waits_for_room_a_retry_took() {
 }
 
 #[test]
+fn a_one_slice_write_with_notification_retried_on_the_other_rail_counts_once() {
+    // One slice each: the tag travels with the WRITE (one work request). Those posted on the
+    // failing rail are posted again on the other, with their tag.
+    let c = Cluster::new();
+    let p = pair(&c, 2, RetryPolicy::default());
+    p.a_fabric
+        .set_rail_fault(1, Some(FailReason::UnreachableRemote));
+    let reqs: Vec<Request> = (0..REQUESTS)
+        .map(|i| {
+            let off = i * SLICE;
+            Request::write(p.src, off, p.remote, off, SLICE).with_op(Opcode::WriteWithNotify(7))
+        })
+        .collect();
+    let mut w = p.a.worker().unwrap();
+    let batch = p.a.allocate_batch(reqs.len()).unwrap();
+    w.submit(batch, &reqs).unwrap();
+    let st = w.wait(batch, Duration::from_secs(10)).unwrap();
+    assert!(st.all_completed(), "{st:?}");
+    let len = (REQUESTS * SLICE) as usize;
+    assert_eq!(read_all(&p.b, p.dst)[..len], read_all(&p.a, p.src)[..len]);
+    assert_eq!(p.b.notifications().count(7).unwrap(), REQUESTS);
+    assert_eq!(p.a.retries(), REQUESTS / 2);
+}
+
+#[test]
 fn permanent_failures_are_not_retried() {
     let c = Cluster::new();
     let p = pair(&c, 2, RetryPolicy::default());

@@ -168,6 +168,46 @@ fn vm_verbs_many_requests_per_batch() {
     assert!(contents(&a, sink, 0, n * chunk) == dst_bytes);
 }
 
+/// A port counter of every verbs device (`hw_counters/NAME` of port 1), summed.
+fn device_counter(name: &str) -> u64 {
+    let devices = std::fs::read_dir("/sys/class/infiniband").expect("no verbs devices in sysfs");
+    devices
+        .flatten()
+        .map(|d| d.path().join("ports/1/hw_counters").join(name))
+        .map(|p| {
+            let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            s.trim().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+#[test]
+#[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
+fn vm_verbs_one_slice_write_with_notify_is_one_write_with_immediate() {
+    // A one-slice WRITE with notification is one RDMA WRITE with immediate: one packet and its
+    // ACK, where a WRITE and then a SEND with immediate take two and two. Both engines sit on
+    // the same device, so its `sent_pkts` counts the requests and the ACKs. One request at a
+    // time, so no ACK covers two.
+    const N: u64 = 16;
+    let (a, b) = pair(64 << 10);
+    let src = owned(&a, "a/src", pattern(N as usize * 64, 2), Access::NONE);
+    let target = owned(&b, "b/kv", vec![0; N as usize * 64], Access::REMOTE_WRITE);
+    let remote = a.open_segment("b/kv").unwrap();
+    let mut w = a.worker().unwrap();
+    let mut batch = a.allocate_batch(1).unwrap();
+    let sent = device_counter("sent_pkts");
+    for i in 0..N {
+        let r = Request::write(src, i * 64, remote, i * 64, 64).with_op(Opcode::WriteWithNotify(3));
+        w.submit(batch, &[r]).unwrap();
+        let s = w.wait(batch, WAIT).unwrap();
+        assert!(s.all_completed(), "request {i}: {s:?}");
+        batch = a.recycle_batch(batch).unwrap();
+    }
+    assert_eq!(device_counter("sent_pkts") - sent, 2 * N);
+    assert_eq!(b.notifications().wait_for(3, N, WAIT).unwrap(), N);
+    assert!(contents(&b, target, 0, N as usize * 64) == contents(&a, src, 0, N as usize * 64));
+}
+
 #[test]
 #[ignore = "needs a verbs device: runs in the VM stage (tests/vm)"]
 fn vm_verbs_write_with_notify_counts_tags() {
@@ -177,8 +217,8 @@ fn vm_verbs_write_with_notify_counts_tags() {
     let remote = a.open_segment("b/kv").unwrap();
     let mut w = a.worker().unwrap();
     let batch = a.allocate_batch(64).unwrap();
-    // 40 writes of 20 KiB with tag 5 (one slices into several WRs: the notification follows
-    // the last slice), 8 with tag 6.
+    // 40 writes of 20 KiB with tag 5 (one slice each: the tag travels with the WRITE), 8 of
+    // 100 bytes with tag 6.
     let mut reqs: Vec<_> = (0..40u64)
         .map(|i| {
             Request::write(src, i * 20_000, remote, i * 20_000, 20_000)

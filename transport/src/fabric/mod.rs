@@ -151,6 +151,12 @@ pub struct Capabilities {
     pub supports_write: bool,
     /// [`WorkOp::Notify`] is available (write-with-immediate or SEND with immediate).
     pub supports_notify: bool,
+    /// [`WorkOp::WriteNotify`] is available: a WRITE that also delivers a notification, in one
+    /// work request whose bytes are placed before the target counts the tag (RC's RDMA WRITE
+    /// with immediate). The engine then sends a one-slice WRITE with notification as one work
+    /// request, where it otherwise waits for the WRITE's completion before it posts the
+    /// notification (a round trip more).
+    pub supports_write_notify: bool,
 }
 
 /// A memory range to register.
@@ -185,6 +191,14 @@ pub enum WorkOp {
     /// Deliver `tag` to the target's notification counters (zero-length write-with-immediate or
     /// SEND with immediate). `len` is at most `max_message_size` and is 0 when the engine posts it.
     Notify {
+        /// The tag the target counts.
+        tag: u32,
+    },
+    /// A [`Write`](WorkOp::Write) whose target counts `tag` once the bytes are placed, as one
+    /// work request (RDMA WRITE with immediate). Posted only to fabrics whose
+    /// [`Capabilities::supports_write_notify`] is set; its completion means what a WRITE's and a
+    /// [`Notify`](WorkOp::Notify)'s both mean.
+    WriteNotify {
         /// The tag the target counts.
         tag: u32,
     },

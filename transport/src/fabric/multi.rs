@@ -147,6 +147,7 @@ fn combined(members: &[Arc<dyn Fabric>], rails: u16) -> Capabilities {
         supports_read: caps.iter().all(|c| c.supports_read),
         supports_write: caps.iter().all(|c| c.supports_write),
         supports_notify: caps.iter().all(|c| c.supports_notify),
+        supports_write_notify: caps.iter().all(|c| c.supports_write_notify),
     }
 }
 

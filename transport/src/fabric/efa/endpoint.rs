@@ -240,6 +240,9 @@ fn two_sided_kind(
         WorkOp::Write => (true, Kind::Write),
         WorkOp::Notify { tag } if !local.rnr_retry => return Some(Kind::Notify(tag)),
         WorkOp::Notify { .. } => return None,
+        // The fabric does not offer it (`supports_write_notify`); posted anyway, it needs the
+        // hardware path, and a device without RDMA WRITE fails it.
+        WorkOp::WriteNotify { .. } => return None,
     };
     let remote = route.rdma(wr.remote_rail);
     (path(write, local.rdma, remote, mode) == Path::TwoSided).then_some(kind)
@@ -265,6 +268,9 @@ fn push_srd(
         // A 0-byte SEND with immediate, posted inline with no buffer, as libfabric posts
         // 0-byte sends on EFA.
         WorkOp::Notify { tag } => batch.send_inline(w.token, d, &[], Some(tag)),
+        WorkOp::WriteNotify { tag } => {
+            batch.write_imm(w.token, d, &[wr::local_sge(w)?], wr::remote(w), tag)
+        }
     }
 }
 

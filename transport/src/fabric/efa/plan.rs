@@ -172,6 +172,11 @@ pub fn decide(
         supports_write: hw_write || two_sided,
         // A zero-length SEND with immediate: needs no RDMA capability.
         supports_notify: true,
+        // SRD places the bytes of one WRITE with immediate before its receive completes, but
+        // not every EFA device or peer takes one-sided WRITEs: a WRITE that travels over the
+        // two-sided protocol has no immediate to carry the tag. The engine keeps WRITE, then
+        // notification.
+        supports_write_notify: false,
     })
 }
 

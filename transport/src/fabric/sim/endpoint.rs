@@ -101,6 +101,16 @@ impl SimEndpoint {
             }
             WorkOp::Read => (false, Access::REMOTE_READ),
             WorkOp::Write => (true, Access::REMOTE_WRITE),
+            WorkOp::WriteNotify { tag } => {
+                // As a WRITE with immediate: no receive to take (no counters, a tag outside
+                // them), and nothing is placed.
+                match target.notifications.get() {
+                    Some(n) if tag < n.tags() => {}
+                    Some(_) => return Outcome::Done(Some(FailReason::RemoteAbort)),
+                    None => return Outcome::Done(Some(FailReason::RemoteRnr)),
+                }
+                (true, Access::REMOTE_WRITE)
+            }
         };
         if wr.len > sh.config.max_rdma_size || wr.len == 0 {
             return Outcome::Done(Some(FailReason::BadLength));
@@ -142,6 +152,10 @@ impl SimEndpoint {
         // `unsafe` promise that the memory stays valid while registered. `copy` tolerates
         // overlap (loopback between two segments of one process may alias).
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, wr.len as usize) };
+        if let (WorkOp::WriteNotify { tag }, Some(n)) = (wr.op, target.notifications.get()) {
+            // The bytes are placed: now the tag counts.
+            n.record(tag);
+        }
         Outcome::Done(None)
     }
 }

@@ -334,6 +334,7 @@ impl Fabric for SimFabric {
             supports_read: true,
             supports_write: true,
             supports_notify: true,
+            supports_write_notify: true,
         }
     }
 

@@ -452,6 +452,8 @@ impl TcpEndpoint {
     fn check(&self, wr: &WorkRequest) -> Option<FailReason> {
         match wr.op {
             WorkOp::Notify { .. } => (wr.len != 0).then_some(FailReason::BadLength),
+            // Not offered (`supports_write_notify`): the engine sends WRITE, then notification.
+            WorkOp::WriteNotify { .. } => Some(FailReason::FeatureMismatch),
             WorkOp::Read | WorkOp::Write => {
                 if wr.len == 0 || wr.len > self.shared.config.max_transfer_size {
                     Some(FailReason::BadLength)
@@ -604,6 +606,8 @@ impl Endpoint for TcpEndpoint {
                 WorkOp::Read => (Op::Read, 0),
                 WorkOp::Write => (Op::Write, 0),
                 WorkOp::Notify { tag } => (Op::Notify, tag),
+                // Refused by `check` above.
+                WorkOp::WriteNotify { tag } => (Op::Notify, tag),
             };
             let at = (st.tail % st.cap()) as usize;
             let slot = &mut st.ring[at];

@@ -443,6 +443,7 @@ impl Fabric for TcpFabric {
             supports_read: true,
             supports_write: true,
             supports_notify: true,
+            supports_write_notify: false,
         }
     }
 

@@ -161,6 +161,9 @@ fn push_rc(
         // A zero-length SEND with the tag as immediate: it needs no remote key, and the
         // target's receive completion carries the tag.
         WorkOp::Notify { tag } => batch.send_imm(w.token, &[], tag),
+        WorkOp::WriteNotify { tag } => {
+            batch.write_imm(w.token, &[wr::local_sge(w)?], wr::remote(w), tag)
+        }
     }
 }
 

@@ -554,6 +554,9 @@ impl Fabric for VerbsFabric {
             supports_read: true,
             supports_write: true,
             supports_notify: true,
+            // RC: a WRITE with immediate places its bytes before it consumes the receive that
+            // carries the tag.
+            supports_write_notify: true,
         }
     }
 
