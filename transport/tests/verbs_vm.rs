@@ -168,17 +168,28 @@ fn vm_verbs_many_requests_per_batch() {
     assert!(contents(&a, sink, 0, n * chunk) == dst_bytes);
 }
 
-/// A port counter of every verbs device (`hw_counters/NAME` of port 1), summed.
+/// A port counter of every verbs device (`hw_counters/NAME` of port 1), summed. The kernel keeps
+/// a read of these counters for `hw_counters/lifespan` milliseconds and answers the next reads from
+/// it, so each read first waits that long: it then counts everything before it.
 fn device_counter(name: &str) -> u64 {
-    let devices = std::fs::read_dir("/sys/class/infiniband").expect("no verbs devices in sysfs");
-    devices
+    let ports: Vec<PathBuf> = std::fs::read_dir("/sys/class/infiniband")
+        .expect("no verbs devices in sysfs")
         .flatten()
-        .map(|d| d.path().join("ports/1/hw_counters").join(name))
-        .map(|p| {
-            let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            s.trim().parse::<u64>().unwrap()
-        })
-        .sum()
+        .map(|d| d.path().join("ports/1/hw_counters"))
+        .collect();
+    let read = |p: PathBuf| {
+        let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        s.trim().parse::<u64>().unwrap()
+    };
+    let lifespan = ports
+        .iter()
+        .map(|p| p.join("lifespan"))
+        .filter(|p| p.exists())
+        .map(read)
+        .max()
+        .unwrap_or(10);
+    std::thread::sleep(Duration::from_millis(lifespan + 20));
+    ports.into_iter().map(|p| read(p.join(name))).sum()
 }
 
 #[test]
