@@ -59,9 +59,15 @@ fn write_all(p: &Pair) -> BatchStatus {
 
 /// [`write_all`] with a notification on every `every`-th request.
 fn write_all_notifying(p: &Pair, every: u64) -> BatchStatus {
+    write_requests(p, SLICES, every)
+}
+
+/// `REQUESTS` WRITEs of `slices` slices each from the start of the source, a notification (tag
+/// 7) on every `every`-th; returns the batch status.
+fn write_requests(p: &Pair, slices: u64, every: u64) -> BatchStatus {
     let reqs: Vec<Request> = (0..REQUESTS)
         .map(|i| {
-            let (off, len) = (i * SLICES * SLICE, SLICES * SLICE);
+            let (off, len) = (i * slices * SLICE, slices * SLICE);
             let r = Request::write(p.src, off, p.remote, off, len);
             if i % every == 0 {
                 r.with_op(Opcode::WriteWithNotify(7))
@@ -139,16 +145,7 @@ fn a_one_slice_write_with_notification_retried_on_the_other_rail_counts_once() {
     let p = pair(&c, 2, RetryPolicy::default());
     p.a_fabric
         .set_rail_fault(1, Some(FailReason::UnreachableRemote));
-    let reqs: Vec<Request> = (0..REQUESTS)
-        .map(|i| {
-            let off = i * SLICE;
-            Request::write(p.src, off, p.remote, off, SLICE).with_op(Opcode::WriteWithNotify(7))
-        })
-        .collect();
-    let mut w = p.a.worker().unwrap();
-    let batch = p.a.allocate_batch(reqs.len()).unwrap();
-    w.submit(batch, &reqs).unwrap();
-    let st = w.wait(batch, Duration::from_secs(10)).unwrap();
+    let st = write_requests(&p, 1, 1);
     assert!(st.all_completed(), "{st:?}");
     let len = (REQUESTS * SLICE) as usize;
     assert_eq!(read_all(&p.b, p.dst)[..len], read_all(&p.a, p.src)[..len]);
