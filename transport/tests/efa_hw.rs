@@ -44,12 +44,17 @@ fn pair() -> (Engine, Engine) {
 
 /// As [`pair`], both engines' fabrics configured as `config`.
 fn pair_with(config: EfaConfig) -> (Engine, Engine) {
+    pair_sliced(config, 1 << 20)
+}
+
+/// As [`pair_with`], the engines cutting requests into slices of `slice_size` bytes.
+fn pair_sliced(config: EfaConfig, slice_size: u64) -> (Engine, Engine) {
     let meta = Arc::new(LocalRegistry::new());
     let mk = |name: &str| {
         let f = EfaFabric::new(config.clone()).expect("an EFA device");
         println!("{name}: {f:?}");
         let mut c = EngineConfig::new(name);
-        c.slice_size = Some(1 << 20);
+        c.slice_size = Some(slice_size);
         Engine::new(c, f, meta.clone()).unwrap()
     };
     let (a, b) = (mk("a"), mk("b"));
@@ -328,13 +333,15 @@ fn efa_hw_a_peer_restarting_2000_times_keeps_its_slot() {
 #[ignore = "needs EFA hardware: see README"]
 fn efa_hw_notifications_are_inline_zero_byte_sends() {
     let probe = EfaFabric::new(EfaConfig::default()).unwrap();
-    // The target answers each two-sided WRITE with an inline zero-byte reply too.
+    // The target answers each two-sided WRITE slice with an inline zero-byte reply too.
     let replies = match probe.path(true) {
-        Some(transport::fabric::efa::Path::TwoSided) => 4,
+        Some(transport::fabric::efa::Path::TwoSided) => 8,
         _ => 0,
     };
     drop(probe);
-    let (a, b) = pair();
+    // Two slices per request: its notification is a work request of its own (one slice would
+    // carry it in the WRITE's immediate data).
+    let (a, b) = pair_sliced(EfaConfig::default(), 2048);
     let dev = efa::efa_devices().unwrap().remove(0);
     let inline = || dev.hw_counters().unwrap().get("inline_wrs");
     let settle = |want: Option<u64>| {
@@ -367,7 +374,7 @@ fn efa_hw_notifications_are_inline_zero_byte_sends() {
     let before = settle(None);
     let mut w = a.worker().unwrap();
     let batch = a.allocate_batch(4).unwrap();
-    // 4 KiB writes are too big to go inline: only the notifications can.
+    // 2 KiB slices are too big to go inline: only the notifications can.
     let reqs: Vec<Request> = (0..4)
         .map(|i| {
             Request::write(src, i * 4096, remote, i * 4096, 4096)
@@ -384,6 +391,80 @@ fn efa_hw_notifications_are_inline_zero_byte_sends() {
             4 + replies,
             "each notification is one inline work request ({replies} two-sided replies)"
         );
+    }
+}
+
+/// A one-slice WRITE with notification is one work request where both devices take RDMA WRITE:
+/// a WRITE with immediate, whose receive completes at the target once the bytes are placed.
+/// Over the two-sided protocol it is the WRITE's message, the target's reply, then the
+/// notification. Either way the notification is counted only once the bytes are there.
+#[test]
+#[ignore = "needs EFA hardware: see README"]
+fn efa_hw_a_one_slice_write_with_notification_is_one_work_request() {
+    for mode in [TwoSided::Fallback, TwoSided::Always] {
+        let config = EfaConfig {
+            two_sided: mode,
+            ..EfaConfig::default()
+        };
+        let probe = EfaFabric::new(config.clone()).unwrap();
+        let hardware = probe.path(true) == Some(Path::Hardware);
+        drop(probe);
+        let (a, b) = pair_with(config);
+        assert!(a.capabilities().supports_write_notify, "{mode:?}");
+        const N: u64 = 16;
+        const LEN: u64 = 4096;
+        let src = owned(
+            &a,
+            "a/src",
+            OwnedMemory::from_vec(pattern((N * LEN) as usize, 5)).unwrap(),
+            Access::NONE,
+        );
+        let dst = owned(
+            &b,
+            "b/dst",
+            OwnedMemory::zeroed((N * LEN) as usize, 4096).unwrap(),
+            Access::REMOTE_READ_WRITE,
+        );
+        let remote = a.open_segment("b/dst").unwrap();
+        let counters = || settled_counter("send_wrs").zip(settled_counter("rdma_write_wrs"));
+        let before = counters();
+        let mut w = a.worker().unwrap();
+        let batch = a.allocate_batch(N as usize).unwrap();
+        // One at a time, each checked at the target as soon as its notification counts (the
+        // initiator's worker progressing meanwhile: the two-sided protocol sends the
+        // notification once the WRITE's reply is in).
+        for i in 0..N {
+            let r = Request::write(src, i * LEN, remote, i * LEN, LEN)
+                .with_op(Opcode::WriteWithNotify(3));
+            w.submit(batch, &[r]).unwrap();
+            let t0 = std::time::Instant::now();
+            while b.notifications().count(3).unwrap() <= i {
+                assert!(t0.elapsed() < WAIT, "{mode:?}: request {i}'s notification");
+                w.progress();
+            }
+            let at = (i * LEN) as usize;
+            assert!(
+                contents(&b, dst, i * LEN, LEN as usize)
+                    == pattern((N * LEN) as usize, 5)[at..at + LEN as usize],
+                "{mode:?}: request {i}'s bytes are placed when its notification counts"
+            );
+        }
+        assert!(w.wait(batch, WAIT).unwrap().all_completed(), "{mode:?}");
+        let (Some((s0, w0)), Some((s1, w1))) = (before, counters()) else {
+            continue;
+        };
+        let (sends, writes) = (s1 - s0, w1 - w0);
+        println!("{mode:?}: {N} requests, {sends} SENDs and {writes} RDMA WRITEs (hardware path: {hardware})");
+        if hardware {
+            assert_eq!(
+                (sends, writes),
+                (0, N),
+                "{mode:?}: one WRITE with immediate each"
+            );
+        } else {
+            // The WRITE's message, the target's reply and the notification.
+            assert_eq!((sends, writes), (3 * N, 0), "{mode:?}: three messages each");
+        }
     }
 }
 

@@ -152,8 +152,9 @@ pub struct Capabilities {
     /// [`WorkOp::Notify`] is available (write-with-immediate or SEND with immediate).
     pub supports_notify: bool,
     /// [`WorkOp::WriteNotify`] is available: a WRITE that also delivers a notification, in one
-    /// work request whose bytes are placed before the target counts the tag (RC's RDMA WRITE
-    /// with immediate). The engine then sends a one-slice WRITE with notification as one work
+    /// work request whose bytes are placed before the target counts the tag (an RDMA WRITE
+    /// with immediate, or a fabric's own protocol that sends the notification once the bytes
+    /// are acknowledged). The engine then sends a one-slice WRITE with notification as one work
     /// request, where it otherwise waits for the WRITE's completion before it posts the
     /// notification (a round trip more).
     pub supports_write_notify: bool,

@@ -240,9 +240,13 @@ fn two_sided_kind(
         WorkOp::Write => (true, Kind::Write),
         WorkOp::Notify { tag } if !local.rnr_retry => return Some(Kind::Notify(tag)),
         WorkOp::Notify { .. } => return None,
-        // The fabric does not offer it (`supports_write_notify`); posted anyway, it needs the
-        // hardware path, and a device without RDMA WRITE fails it.
-        WorkOp::WriteNotify { .. } => return None,
+        // A WRITE with immediate consumes one of the target's receives, as a notification's
+        // SEND does: without the device's RNR retries, the protocol sends the WRITE and then
+        // the notification, whose receiver-not-ready answers it retries in software.
+        WorkOp::WriteNotify { tag } if !local.rnr_retry => {
+            return Some(Kind::WriteNotify(tag));
+        }
+        WorkOp::WriteNotify { tag } => (true, Kind::WriteNotify(tag)),
     };
     let remote = route.rdma(wr.remote_rail);
     (path(write, local.rdma, remote, mode) == Path::TwoSided).then_some(kind)

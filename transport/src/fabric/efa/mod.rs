@@ -21,7 +21,11 @@
 //!   [`TwoSided`], [`WritePolicy`] and [`RailCaps::path_to_full_peer`]).
 //!   [`EfaFabric::protocols`] tells which.
 //! - **Notifications** are zero-length SENDs with the tag as immediate data (needing no RDMA
-//!   capability), counted by the target thread.
+//!   capability), counted by the target thread. A WRITE with notification of one slice is one
+//!   RDMA WRITE with immediate where both rails take RDMA WRITE and the local device retries
+//!   receiver-not-ready answers (it consumes one of the target's receives, as a SEND does);
+//!   elsewhere the two-sided protocol sends the WRITE and, once it is acknowledged, the
+//!   notification.
 //! - **Failures** come back as the EFA vendor error by name (`REMOTE_BAD_ADDRESS`,
 //!   `UNKNOWN_PEER`, `UNRESP_REMOTE`, ...).
 //!

@@ -172,11 +172,11 @@ pub fn decide(
         supports_write: hw_write || two_sided,
         // A zero-length SEND with immediate: needs no RDMA capability.
         supports_notify: true,
-        // SRD places the bytes of one WRITE with immediate before its receive completes, but
-        // not every EFA device or peer takes one-sided WRITEs: a WRITE that travels over the
-        // two-sided protocol has no immediate to carry the tag. The engine keeps WRITE, then
-        // notification.
-        supports_write_notify: false,
+        // One WRITE with immediate where both rails take RDMA WRITE (the target's receive
+        // completes once the bytes are placed); elsewhere the two-sided protocol sends the
+        // WRITE, then the notification once every chunk is acknowledged
+        // (`twosided::Kind::WriteNotify`). Either way, one work request to the engine.
+        supports_write_notify: hw_write || two_sided,
     })
 }
 

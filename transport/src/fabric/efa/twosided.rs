@@ -51,6 +51,17 @@ pub(crate) enum Kind {
     /// A notification (a zero-byte SEND with the tag as immediate data, no reply), sent here on
     /// devices without RNR_RETRY so that a receiver-not-ready answer is retried in software.
     Notify(u32),
+    /// A WRITE, then its notification: once every chunk of the WRITE has been acknowledged
+    /// (its bytes placed), the operation goes on as [`Kind::Notify`] and completes when that
+    /// has been sent. A failed chunk ends it without a notification.
+    WriteNotify(u32),
+}
+
+impl Kind {
+    /// Whether the operation carries bytes to the target.
+    fn writes(self) -> bool {
+        matches!(self, Kind::Write | Kind::WriteNotify(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -198,7 +209,7 @@ impl TwoSided {
         let notify = matches!(kind, Kind::Notify(_));
         let error = (!notify && wr.len == 0).then_some(FailReason::BadLength);
         let pull = pull
-            && kind == Kind::Write
+            && kind.writes()
             && shared.config.rendezvous_min > 0
             && wr.len >= shared.config.rendezvous_min;
         self.ops[usize::from(i)] = Some(Op {
@@ -282,7 +293,7 @@ impl TwoSided {
         let dest = Dest::new(ah, qpn, qkey);
         let reason = |e: ::efa::Error| post_reason(&e);
         let (proto_op, data) = match op.kind {
-            Kind::Write if op.pull => (ProtoOp::Pull, None),
+            Kind::Write | Kind::WriteNotify(_) if op.pull => (ProtoOp::Pull, None),
             Kind::Notify(tag) => {
                 let mut batch = self.qp.batch().map_err(reason)?;
                 batch
@@ -293,7 +304,7 @@ impl TwoSided {
                 return Ok(());
             }
             Kind::Read => (ProtoOp::Read, None),
-            Kind::Write => (
+            Kind::Write | Kind::WriteNotify(_) => (
                 ProtoOp::Write,
                 Some(Sge::new(op.local + c.offset, c.len, op.lkey)),
             ),
@@ -352,13 +363,26 @@ impl TwoSided {
         }
     }
 
-    /// Completes operation `i` if nothing of it is in flight and nothing more will be posted.
+    /// Completes operation `i` if nothing of it is in flight and nothing more will be posted; a
+    /// WRITE with notification whose bytes are all placed goes on as its notification instead.
     fn finish_if_done(&mut self, i: u16) {
         let Some(op) = self.ops[usize::from(i)] else {
             return;
         };
         let all_posted = op.error.is_some() || op.posted == op.len;
         if !all_posted || op.live_chunks > 0 || self.pending.contains(&i) {
+            return;
+        }
+        if let (Kind::WriteNotify(tag), None) = (op.kind, op.error) {
+            self.ops[usize::from(i)] = Some(Op {
+                kind: Kind::Notify(tag),
+                pull: false,
+                // A notification is one chunk that carries nothing.
+                len: 1,
+                posted: 0,
+                ..op
+            });
+            self.pending.push_back(i);
             return;
         }
         self.ops[usize::from(i)] = None;
