@@ -12,9 +12,10 @@ pub enum Opcode {
     /// Write, then count one arrival of the tag at the target once all bytes are placed
     /// (see [`Notifications`](crate::Notifications)). On a fabric that carries the tag with
     /// the bytes ([`Capabilities::supports_write_notify`](crate::fabric::Capabilities): `verbs`,
-    /// `efa`, `sim`), a request of one slice is one work request (RDMA WRITE with immediate; on
-    /// `efa` between devices without RDMA WRITE, the fabric's two-sided protocol sends the bytes,
-    /// then the notification); otherwise, and for several slices, the notification goes out once
+    /// `efa`, `tcp`, `sim`), a request of one slice is one work request (RDMA WRITE with
+    /// immediate; on `efa` between devices without RDMA WRITE, the fabric's two-sided protocol
+    /// sends the bytes, then the notification; on `tcp` one request whose target counts the tag
+    /// once the payload is placed); otherwise, and for several slices, the notification goes out once
     /// every slice has completed.
     WriteWithNotify(u32),
 }

@@ -124,6 +124,90 @@ fn tcp_write_read_notify_across_engines_by_discovery_name() {
     a.engine.free_batch(batch).unwrap();
 }
 
+/// A one-slice WRITE with notification is one request on the wire: the target places the
+/// payload, counts the tag, then answers (served once per message, not twice), so the tag counts
+/// only once the bytes are there. A tag the target cannot count fails the request unplaced.
+#[test]
+fn tcp_a_one_slice_write_with_notification_is_one_request() {
+    let a = node("a5", TcpConfig::default());
+    assert!(a.engine.capabilities().supports_write_notify);
+    let fabric = TcpFabric::new(TcpConfig::default()).unwrap();
+    let meta = PeerMetadata::bind(DiscoveryConfig::new("b5")).unwrap();
+    meta.attach_fabric(fabric.clone());
+    let mut bcfg = EngineConfig::new("b5");
+    bcfg.notify_tags = 4;
+    let b = Node {
+        engine: Engine::new(bcfg, fabric.clone(), meta.clone()).unwrap(),
+        fabric,
+        meta,
+    };
+    const N: u64 = 32;
+    const LEN: u64 = 4096;
+    let src = owned(&a, "a5/s", pattern(5, (N * LEN) as usize), Access::NONE);
+    let dst = owned(
+        &b,
+        "b5/d",
+        vec![0; (N * LEN) as usize],
+        Access::REMOTE_WRITE,
+    );
+    let remote = a
+        .engine
+        .open_segment(&format!("{}/b5/d", b.meta.local_addr()))
+        .unwrap();
+    let mut w = a.engine.worker().unwrap();
+    let mut batch = a.engine.allocate_batch(1).unwrap();
+    let served0 = b.fabric.stats().served;
+    let want = pattern(5, (N * LEN) as usize);
+    for i in 0..N {
+        batch = a.engine.recycle_batch(batch).unwrap();
+        let r =
+            Request::write(src, i * LEN, remote, i * LEN, LEN).with_op(Opcode::WriteWithNotify(3));
+        w.submit(batch, &[r]).unwrap();
+        let t0 = std::time::Instant::now();
+        while b.engine.notifications().count(3).unwrap() <= i {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "request {i}'s notification"
+            );
+            w.progress();
+        }
+        let at = (i * LEN) as usize;
+        let mut got = vec![0; LEN as usize];
+        b.engine.read_owned(dst, i * LEN, &mut got).unwrap();
+        assert!(
+            got == want[at..at + LEN as usize],
+            "request {i}: bytes placed when the tag counts"
+        );
+        assert!(w
+            .wait(batch, Duration::from_secs(10))
+            .unwrap()
+            .all_completed());
+    }
+    assert_eq!(
+        b.fabric.stats().served - served0,
+        N,
+        "one request served per message"
+    );
+    batch = a.engine.recycle_batch(batch).unwrap();
+    // Tag 10 is within the initiator's table (1024) but not the target's (4): request 1's
+    // bytes sent over request 0's stay unplaced.
+    let r = Request::write(src, LEN, remote, 0, LEN).with_op(Opcode::WriteWithNotify(10));
+    w.submit(batch, &[r]).unwrap();
+    let st = w.wait(batch, Duration::from_secs(10)).unwrap();
+    assert_eq!(st.failed, 1, "{st:?}");
+    assert_eq!(
+        a.engine.request_status(batch, 0).unwrap(),
+        RequestStatus::Failed(FailReason::RemoteAbort)
+    );
+    let mut got = vec![0; LEN as usize];
+    b.engine.read_owned(dst, 0, &mut got).unwrap();
+    assert!(
+        got == want[..LEN as usize],
+        "nothing placed for a tag the target lacks"
+    );
+    a.engine.free_batch(batch).unwrap();
+}
+
 #[test]
 fn tcp_open_by_peer_list_and_unknown_names() {
     let (a, b) = (
@@ -261,7 +345,7 @@ fn tcp_target_checks_key_bounds_and_rights() {
 fn hello_ok(sock: &mut TcpStream, instance: u64) {
     let mut h = [0u8; 24];
     h[..4].copy_from_slice(b"ETCH");
-    h[4] = 1;
+    h[4] = 2;
     h[8..16].copy_from_slice(&instance.to_le_bytes());
     sock.write_all(&h).unwrap();
     let mut r = [0u8; 16];
@@ -299,7 +383,7 @@ fn tcp_malformed_frames_close_only_their_connection() {
     let addr = b.fabric.local_addr();
     let inst = b.fabric.instance();
     let rejected0 = b.fabric.stats().rejected;
-    // Bad hello magic, a wrong instance, then garbage after a good hello, an unknown opcode,
+    // Bad hello magic, a wrong instance, an old version, then garbage after a good hello, an unknown opcode,
     // and an oversized WRITE.
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&[0xFF; 24]).unwrap();
@@ -307,12 +391,18 @@ fn tcp_malformed_frames_close_only_their_connection() {
     let mut s = TcpStream::connect(addr).unwrap();
     let mut h = [0u8; 24];
     h[..4].copy_from_slice(b"ETCH");
-    h[4] = 1;
+    h[4] = 2;
     h[8..16].copy_from_slice(&(inst ^ 1).to_le_bytes());
     s.write_all(&h).unwrap();
     let mut r = [0u8; 16];
     s.read_exact(&mut r).unwrap();
     assert_eq!(r[5], 1, "wrong instance refused");
+    assert!(closed(&mut s));
+    // A version-1 hello (a peer from before WRITE_NOTIFY).
+    let mut s = TcpStream::connect(addr).unwrap();
+    h[4] = 1;
+    h[8..16].copy_from_slice(&inst.to_le_bytes());
+    s.write_all(&h).unwrap();
     assert!(closed(&mut s));
     let mut s = TcpStream::connect(addr).unwrap();
     hello_ok(&mut s, inst);
@@ -322,7 +412,7 @@ fn tcp_malformed_frames_close_only_their_connection() {
     hello_ok(&mut s, inst);
     let mut f = [0u8; 48];
     f[..2].copy_from_slice(b"TQ");
-    f[2] = 1;
+    f[2] = 2;
     f[3] = 77;
     s.write_all(&f).unwrap();
     assert!(closed(&mut s));
@@ -332,7 +422,7 @@ fn tcp_malformed_frames_close_only_their_connection() {
     f[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
     s.write_all(&f).unwrap();
     assert!(closed(&mut s));
-    assert_eq!(b.fabric.stats().rejected - rejected0, 5);
+    assert_eq!(b.fabric.stats().rejected - rejected0, 6);
 
     // The engine's own connection was not disturbed.
     let batch = a.engine.recycle_batch(batch).unwrap();

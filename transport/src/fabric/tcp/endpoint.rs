@@ -44,7 +44,7 @@ impl Slot {
     fn frame_len(&self) -> usize {
         REQ_LEN
             + match self.wr.op {
-                WorkOp::Write => self.wr.len as usize,
+                WorkOp::Write | WorkOp::WriteNotify { .. } => self.wr.len as usize,
                 _ => 0,
             }
     }
@@ -162,7 +162,7 @@ impl Stream {
                     };
                     n += 1;
                 }
-                if let WorkOp::Write = s.wr.op {
+                if let WorkOp::Write | WorkOp::WriteNotify { .. } = s.wr.op {
                     let done = off.saturating_sub(REQ_LEN);
                     pieces[n] = Piece {
                         ptr: (s.wr.local_addr as *mut u8).wrapping_add(done),
@@ -452,9 +452,7 @@ impl TcpEndpoint {
     fn check(&self, wr: &WorkRequest) -> Option<FailReason> {
         match wr.op {
             WorkOp::Notify { .. } => (wr.len != 0).then_some(FailReason::BadLength),
-            // Not offered (`supports_write_notify`): the engine sends WRITE, then notification.
-            WorkOp::WriteNotify { .. } => Some(FailReason::FeatureMismatch),
-            WorkOp::Read | WorkOp::Write => {
+            WorkOp::Read | WorkOp::Write | WorkOp::WriteNotify { .. } => {
                 if wr.len == 0 || wr.len > self.shared.config.max_transfer_size {
                     Some(FailReason::BadLength)
                 } else if !self
@@ -606,8 +604,7 @@ impl Endpoint for TcpEndpoint {
                 WorkOp::Read => (Op::Read, 0),
                 WorkOp::Write => (Op::Write, 0),
                 WorkOp::Notify { tag } => (Op::Notify, tag),
-                // Refused by `check` above.
-                WorkOp::WriteNotify { tag } => (Op::Notify, tag),
+                WorkOp::WriteNotify { tag } => (Op::WriteNotify, tag),
             };
             let at = (st.tail % st.cap()) as usize;
             let slot = &mut st.ring[at];

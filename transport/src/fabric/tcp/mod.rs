@@ -443,7 +443,8 @@ impl Fabric for TcpFabric {
             supports_read: true,
             supports_write: true,
             supports_notify: true,
-            supports_write_notify: false,
+            // The target places a WRITE_NOTIFY's payload, counts its tag, then responds.
+            supports_write_notify: true,
         }
     }
 

@@ -419,8 +419,8 @@ impl Conn {
                 });
             }
             match req.op {
-                Op::Write | Op::Read if req.len > max => self.over_limit(&req)?,
-                Op::Write => self.write(&shared, &req)?,
+                Op::Write | Op::WriteNotify | Op::Read if req.len > max => self.over_limit(&req)?,
+                Op::Write | Op::WriteNotify => self.write(&shared, &req)?,
                 Op::Read => self.read(&shared, &req)?,
                 Op::Notify => {
                     if req.len != 0 {
@@ -455,7 +455,7 @@ impl Conn {
     /// Answers a request larger than this fabric's `max_transfer_size` (a WRITE's payload is
     /// read and dropped), keeping the stream in step.
     fn over_limit(&mut self, req: &Request) -> Result<(), ConnError> {
-        if req.op == Op::Write {
+        if req.op.has_payload() {
             self.take_payload(std::ptr::null_mut(), req.len)?;
         }
         let status = Err(FailReason::ExceedsPeerLimit);
@@ -463,13 +463,30 @@ impl Conn {
         self.respond(req.token, status)
     }
 
+    /// A WRITE's payload placed; a WRITE_NOTIFY's tag then counted, and refused (nothing
+    /// placed) when this engine cannot count it.
     fn write(&mut self, shared: &Shared, req: &Request) -> Result<(), ConnError> {
-        let checked = shared
-            .regions
-            .acquire(req.key, req.addr, req.len, Access::REMOTE_WRITE);
+        let notifications = match req.op {
+            Op::WriteNotify => shared
+                .notifications
+                .get()
+                .filter(|n| req.tag < n.tags())
+                .ok_or(FailReason::RemoteAbort)
+                .map(Some),
+            _ => Ok(None),
+        };
+        let checked = notifications.and_then(|n| {
+            shared
+                .regions
+                .acquire(req.key, req.addr, req.len, Access::REMOTE_WRITE)
+                .map(|guard| (guard, n))
+        });
         let status = match checked {
-            Ok(_guard) => {
+            Ok((_guard, notifications)) => {
                 self.take_payload(req.addr as *mut u8, req.len)?;
+                if let Some(n) = notifications {
+                    n.record(req.tag);
+                }
                 Ok(())
             }
             Err(reason) => {

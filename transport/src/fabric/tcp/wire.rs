@@ -1,6 +1,6 @@
 //! Frames of the tcp fabric's data connections.
 //!
-//! # Wire format (version 1)
+//! # Wire format (version 2)
 //!
 //! All integers little-endian. A data connection starts with a hello from the initiator and a
 //! hello reply from the target, then carries request frames one way and response frames the
@@ -11,10 +11,14 @@
 //! reply     magic "ETCA" | version u8 | status u8 | 0 u16 | instance u64             (16 bytes)
 //! request   magic "TQ" | version u8 | op u8 | tag u32 | token u64 | addr u64 | key u64
 //!           | len u64 | 0 u64                                                       (48 bytes)
-//!           WRITE: followed by `len` payload bytes
+//!           WRITE, WRITE_NOTIFY: followed by `len` payload bytes
 //! response  magic "TR" | version u8 | status u8 | 0 u32 | token u64 | len u64       (24 bytes)
 //!           READ with status 0: followed by `len` data bytes
 //! ```
+//!
+//! Ops: 1 READ, 2 WRITE, 3 NOTIFY (`tag` counted, no payload), 4 WRITE_NOTIFY (the payload
+//! placed, then `tag` counted, then the response; version 2 added it, so a version-1 peer refuses
+//! the hello rather than a request).
 //!
 //! `instance` is the target's random incarnation number, published in its addresses: a hello
 //! that names another instance (a stale descriptor of a restarted peer that reuses the port)
@@ -32,7 +36,7 @@ pub(crate) const HELLO_LEN: usize = 24;
 /// Bytes of a hello reply.
 pub(crate) const HELLO_REPLY_LEN: usize = 16;
 /// Protocol version written and accepted.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 
 const REQ_MAGIC: [u8; 2] = *b"TQ";
 const RESP_MAGIC: [u8; 2] = *b"TR";
@@ -69,6 +73,15 @@ pub(crate) enum Op {
     Read = 1,
     Write = 2,
     Notify = 3,
+    /// A WRITE whose target counts the tag once the payload is placed, before it responds.
+    WriteNotify = 4,
+}
+
+impl Op {
+    /// Whether the request carries a payload (`len` bytes after the header).
+    pub(crate) fn has_payload(self) -> bool {
+        matches!(self, Op::Write | Op::WriteNotify)
+    }
 }
 
 /// A decoded request header.
@@ -141,6 +154,7 @@ impl Request {
             1 => Op::Read,
             2 => Op::Write,
             3 => Op::Notify,
+            4 => Op::WriteNotify,
             other => return Err(WireError::Op(other)),
         };
         if u64_at(b, 40) != 0 {
@@ -272,8 +286,11 @@ mod tests {
         bad[0] = b'X';
         assert!(matches!(Request::decode(&bad), Err(WireError::BadMagic(_))));
         let mut bad = b;
-        bad[2] = 2;
-        assert_eq!(Request::decode(&bad), Err(WireError::Version(2)));
+        bad[2] = 1;
+        assert_eq!(Request::decode(&bad), Err(WireError::Version(1)));
+        let mut wn = b;
+        wn[3] = 4;
+        assert_eq!(Request::decode(&wn).map(|r| r.op), Ok(Op::WriteNotify));
         let mut bad = b;
         bad[3] = 9;
         assert_eq!(Request::decode(&bad), Err(WireError::Op(9)));
