@@ -15,8 +15,8 @@ pub enum Opcode {
     /// `efa`, `tcp`, `sim`), a request of one slice is one work request (RDMA WRITE with
     /// immediate; on `efa` between devices without RDMA WRITE, the fabric's two-sided protocol
     /// sends the bytes, then the notification; on `tcp` one request whose target counts the tag
-    /// once the payload is placed); otherwise, and for several slices, the notification goes out once
-    /// every slice has completed.
+    /// once the payload is placed); otherwise, and for several slices, the notification goes out
+    /// once every slice has completed.
     WriteWithNotify(u32),
 }
 

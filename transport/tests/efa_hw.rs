@@ -426,6 +426,7 @@ fn efa_hw_a_one_slice_write_with_notification_is_one_work_request() {
             Access::REMOTE_READ_WRITE,
         );
         let remote = a.open_segment("b/dst").unwrap();
+        let want = pattern((N * LEN) as usize, 5);
         let counters = || settled_counter("send_wrs").zip(settled_counter("rdma_write_wrs"));
         let before = counters();
         let mut w = a.worker().unwrap();
@@ -444,8 +445,7 @@ fn efa_hw_a_one_slice_write_with_notification_is_one_work_request() {
             }
             let at = (i * LEN) as usize;
             assert!(
-                contents(&b, dst, i * LEN, LEN as usize)
-                    == pattern((N * LEN) as usize, 5)[at..at + LEN as usize],
+                contents(&b, dst, i * LEN, LEN as usize) == want[at..at + LEN as usize],
                 "{mode:?}: request {i}'s bytes are placed when its notification counts"
             );
         }
@@ -454,7 +454,10 @@ fn efa_hw_a_one_slice_write_with_notification_is_one_work_request() {
             continue;
         };
         let (sends, writes) = (s1 - s0, w1 - w0);
-        println!("{mode:?}: {N} requests, {sends} SENDs and {writes} RDMA WRITEs (hardware path: {hardware})");
+        println!(
+            "{mode:?}: {N} requests, {sends} SENDs and {writes} RDMA WRITEs \
+             (hardware path: {hardware})"
+        );
         if hardware {
             assert_eq!(
                 (sends, writes),

@@ -26,10 +26,15 @@ impl Drop for Node {
 }
 
 fn node(name: &str, cfg: TcpConfig) -> Node {
+    node_with(EngineConfig::new(name), cfg)
+}
+
+/// As [`node`], the engine configured as `engine` (named by it).
+fn node_with(engine: EngineConfig, cfg: TcpConfig) -> Node {
     let fabric = TcpFabric::new(cfg).unwrap();
-    let meta = PeerMetadata::bind(DiscoveryConfig::new(name)).unwrap();
+    let meta = PeerMetadata::bind(DiscoveryConfig::new(&engine.name)).unwrap();
     meta.attach_fabric(fabric.clone());
-    let engine = Engine::new(EngineConfig::new(name), fabric.clone(), meta.clone()).unwrap();
+    let engine = Engine::new(engine, fabric.clone(), meta.clone()).unwrap();
     Node {
         engine,
         fabric,
@@ -131,16 +136,9 @@ fn tcp_write_read_notify_across_engines_by_discovery_name() {
 fn tcp_a_one_slice_write_with_notification_is_one_request() {
     let a = node("a5", TcpConfig::default());
     assert!(a.engine.capabilities().supports_write_notify);
-    let fabric = TcpFabric::new(TcpConfig::default()).unwrap();
-    let meta = PeerMetadata::bind(DiscoveryConfig::new("b5")).unwrap();
-    meta.attach_fabric(fabric.clone());
     let mut bcfg = EngineConfig::new("b5");
     bcfg.notify_tags = 4;
-    let b = Node {
-        engine: Engine::new(bcfg, fabric.clone(), meta.clone()).unwrap(),
-        fabric,
-        meta,
-    };
+    let b = node_with(bcfg, TcpConfig::default());
     const N: u64 = 32;
     const LEN: u64 = 4096;
     let src = owned(&a, "a5/s", pattern(5, (N * LEN) as usize), Access::NONE);
@@ -383,8 +381,8 @@ fn tcp_malformed_frames_close_only_their_connection() {
     let addr = b.fabric.local_addr();
     let inst = b.fabric.instance();
     let rejected0 = b.fabric.stats().rejected;
-    // Bad hello magic, a wrong instance, an old version, then garbage after a good hello, an unknown opcode,
-    // and an oversized WRITE.
+    // Bad hello magic, a wrong instance, an old version, then garbage after a good hello, an
+    // unknown opcode, and an oversized WRITE.
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&[0xFF; 24]).unwrap();
     assert!(closed(&mut s));

@@ -205,6 +205,13 @@ pub enum WorkOp {
     },
 }
 
+impl WorkOp {
+    /// Whether the operation carries `len` bytes from the local range to the remote one.
+    pub fn writes(self) -> bool {
+        matches!(self, WorkOp::Write | WorkOp::WriteNotify { .. })
+    }
+}
+
 /// One work request, a plain `Copy` value (no allocation, no references).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkRequest {

@@ -293,7 +293,7 @@ impl TwoSided {
         let dest = Dest::new(ah, qpn, qkey);
         let reason = |e: ::efa::Error| post_reason(&e);
         let (proto_op, data) = match op.kind {
-            Kind::Write | Kind::WriteNotify(_) if op.pull => (ProtoOp::Pull, None),
+            kind if kind.writes() && op.pull => (ProtoOp::Pull, None),
             Kind::Notify(tag) => {
                 let mut batch = self.qp.batch().map_err(reason)?;
                 batch

@@ -42,11 +42,12 @@ struct Slot {
 
 impl Slot {
     fn frame_len(&self) -> usize {
-        REQ_LEN
-            + match self.wr.op {
-                WorkOp::Write | WorkOp::WriteNotify { .. } => self.wr.len as usize,
-                _ => 0,
-            }
+        let payload = if self.wr.op.writes() {
+            self.wr.len as usize
+        } else {
+            0
+        };
+        REQ_LEN + payload
     }
 }
 
@@ -162,7 +163,7 @@ impl Stream {
                     };
                     n += 1;
                 }
-                if let WorkOp::Write | WorkOp::WriteNotify { .. } = s.wr.op {
+                if s.wr.op.writes() {
                     let done = off.saturating_sub(REQ_LEN);
                     pieces[n] = Piece {
                         ptr: (s.wr.local_addr as *mut u8).wrapping_add(done),
