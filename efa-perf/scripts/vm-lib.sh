@@ -20,6 +20,10 @@ out=$(mktemp -d)
 port=${PORT_BASE:-18600}
 # Seconds a client may run before it counts as failed (a caller may lower it for short runs).
 client_bound=${CLIENT_BOUND:-300}
+# PIN_SERVER and PIN_CLIENT (Linux cpu lists, for instance 0 and 1): every server and every client,
+# of every tool alike, runs under `taskset -c LIST`, as perftest is pinned from outside.
+pin_server=${PIN_SERVER:-}
+pin_client=${PIN_CLIENT:-}
 
 # now_ns: the wall clock in nanoseconds.
 now_ns() { date +%s%N; }
@@ -42,6 +46,8 @@ run_pair() {
   shift
   local server client
   split_cmds "$@"
+  [[ -z $pin_server ]] || server=(taskset -c "$pin_server" "${server[@]}")
+  [[ -z $pin_client ]] || client=(taskset -c "$pin_client" "${client[@]}")
   port=$((port + 1))
   if ((two_vms)); then
     run_split "$name"

@@ -14,8 +14,9 @@
 # engine (verbs fabric, its defaults: one rail, so one work request per message); send-bw and send-lat run
 # on the efa crate's RC queue pairs, as perftest does. EFA_PERF names the binary (default:
 # $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_1M, LAT_ITERS, REPS,
-# LAT_BOUND (seconds a latency run may take, default 120) and PARTS ("bw lat events raw", the
-# default, or some of them) as VM_ENV_BW_ITERS=... and so on (tests/vm/README.md).
+# LAT_BOUND (seconds a latency run may take, default 120), PARTS ("bw lat events raw", the
+# default, or some of them) and PIN_SERVER / PIN_CLIENT (cpu lists: every server and client of both
+# tools under `taskset -c`) as VM_ENV_BW_ITERS=... and so on (tests/vm/README.md).
 set -euo pipefail
 PORT_BASE=18700
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"

@@ -278,11 +278,18 @@ impl Layout {
         }
     }
 
-    /// The layout of an RDMA test, the same on both sides: `depth` slots each way per queue
-    /// pair for bandwidth, one for latency (perftest's single buffer).
-    pub fn rdma(qps: u32, slot: u64, depth: u32, lat: bool) -> Self {
-        let n = if lat { 1 } else { depth };
-        Self::new(qps, slot, n, n)
+    /// The layout of an RDMA bandwidth test, the same on both sides: `depth` slots each way per
+    /// queue pair.
+    pub fn rdma(qps: u32, slot: u64, depth: u32) -> Self {
+        Self::new(qps, slot, depth, depth)
+    }
+
+    /// The layout of a latency test, RDMA or SEND: one slot each way per queue pair, which every
+    /// message uses, as perftest's latency tests use one buffer. A ping-pong has one message in
+    /// flight each way, so a receive slot is free again before the next message can land; a
+    /// message touches the same pages as the one before.
+    pub fn latency(qps: u32, slot: u64) -> Self {
+        Self::new(qps, slot, 1, 1)
     }
 
     fn per_qp(&self) -> u64 {
@@ -493,14 +500,17 @@ mod tests {
     }
 
     #[test]
-    fn rdma_layouts_agree_and_latency_uses_one_slot() {
-        let bw = Layout::rdma(2, 4096, 128, false);
+    fn rdma_layouts_agree_and_latency_uses_one_slot_each_way() {
+        let bw = Layout::rdma(2, 4096, 128);
         assert_eq!((bw.send_slots, bw.recv_slots), (128, 128));
-        assert_eq!(bw, Layout::rdma(2, 4096, 128, false));
-        let lat = Layout::rdma(1, 64, 16, true);
+        assert_eq!(bw, Layout::rdma(2, 4096, 128));
+        let lat = Layout::latency(2, 64);
         assert_eq!((lat.send_slots, lat.recv_slots), (1, 1));
         assert_eq!(lat.recv_offset(0, 7), lat.recv_offset(0, 0));
-        assert_eq!(lat.len(), 128);
+        assert_eq!(lat.send_offset(1, 9), lat.send_offset(1, 0));
+        assert!(lat.send_offset(0, 0) + 64 <= lat.recv_offset(0, 0));
+        assert!(lat.recv_offset(0, 0) + 64 <= lat.send_offset(1, 0));
+        assert_eq!(lat.len(), 256);
     }
 
     #[test]

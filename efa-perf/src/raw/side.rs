@@ -25,7 +25,7 @@ pub struct Options {
     pub device: String,
     /// What the side posts.
     pub op: Op,
-    /// A latency test (one operation at a time; RDMA tests then use one slot each way).
+    /// A latency test (one operation at a time, in one slot each way: [`Layout::latency`]).
     pub lat: bool,
     /// Port (1 on EFA).
     pub port: u8,
@@ -181,9 +181,10 @@ impl Side {
         let scq = cq(o.tx_depth.saturating_mul(o.qps).min(attr.max_cqe), 0)
             .map_err(verbs("creating the send CQ", dev))?;
         let rcq = cq(rx.saturating_mul(o.qps), 1).map_err(verbs("creating the receive CQ", dev))?;
-        let layout = match o.op.two_sided() {
-            true => Layout::new(o.qps, o.slot, o.tx_depth, rx),
-            false => Layout::rdma(o.qps, o.slot, o.tx_depth, o.lat),
+        let layout = match (o.lat, o.op.two_sided()) {
+            (true, _) => Layout::latency(o.qps, o.slot),
+            (false, true) => Layout::new(o.qps, o.slot, o.tx_depth, rx),
+            (false, false) => Layout::rdma(o.qps, o.slot, o.tx_depth),
         };
         let len = usize::try_from(layout.len()).unwrap_or(usize::MAX);
         let mr =
