@@ -394,11 +394,12 @@ impl Side {
     }
 
     /// Makes this run's SENDs (a latency run of `amount`) ask for a completion only every
-    /// [`plan::LAT_CQ_MOD`]th and at the run's last, on RC, as perftest's `send_lat` signals
-    /// every `cq_mod`th: every completion is work for the device and a CQE to poll, and on a
-    /// software device a round trip's worth of it. A run of a time (its last SEND not known in
-    /// advance) and the other operations keep one completion per operation (a WRITE ping-pong
-    /// signals each, as perftest's `write_lat` does).
+    /// [`plan::LAT_CQ_MOD`]th and at the run's last, on RC: every completion is work for the
+    /// device and a CQE to poll. perftest's `send_lat` signals every SEND and waits for its
+    /// completion before it polls for the peer's (its latency send queue is one deep, which
+    /// caps `cq_mod` at 1); done so, SEND latency on rxe measured level with this (`BENCHMARKS.md`).
+    /// A run of a time (its last SEND not known in advance) and the other operations keep one
+    /// completion per operation (a WRITE ping-pong signals each, as perftest's `write_lat` does).
     pub fn moderate_latency_sends(&mut self, amount: Amount) {
         self.run_sends = match (self.op, amount) {
             (Op::Send, Amount::Iterations(n)) => Some(n),
