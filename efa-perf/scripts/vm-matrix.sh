@@ -12,19 +12,28 @@
 # the client's and the server's CPU time (user + system, from the shell's `times`) over the
 # client's wall time, in % of one core, medians. efa-perf's write and read tests run through the
 # engine (verbs fabric, its defaults: one rail, so one work request per message); send-bw and send-lat run
-# on the efa crate's RC queue pairs, as perftest does. EFA_PERF names the binary (default:
-# $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_1M, LAT_ITERS, REPS,
+# on the efa crate's RC queue pairs, as perftest does. efa-perf's bandwidth tests touch the memory
+# perftest's touch: --cycle-buffer of one page, perftest's cycle buffer (CYCLE=default gives
+# efa-perf's own footprint, a place per message in flight). EFA_PERF names the binary (default:
+# $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_4K (4 KiB runs: a
+# run of 5000 lasts half a second under emulation, where both tools still speed up as the emulator
+# translates their code; 50000 lasts seconds, as the larger sizes do), BW_ITERS_1M, LAT_ITERS, REPS,
 # LAT_BOUND (seconds a latency run may take, default 120), PARTS ("bw lat events raw", the
-# default, or some of them) and PIN_SERVER / PIN_CLIENT (cpu lists: every server and client of both
-# tools under `taskset -c`) as VM_ENV_BW_ITERS=... and so on (tests/vm/README.md).
+# default, or some of them), CYCLE (bytes, or default) and PIN_SERVER / PIN_CLIENT (cpu lists:
+# every server and client of both tools under `taskset -c`) as VM_ENV_BW_ITERS=... and so on
+# (tests/vm/README.md).
 set -euo pipefail
 PORT_BASE=18700
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 bw_iters=${BW_ITERS:-1000}
+bw_iters_4k=${BW_ITERS_4K:-$bw_iters}
 bw_iters_1m=${BW_ITERS_1M:-200}
 lat_iters=${LAT_ITERS:-1000}
 reps=${REPS:-3}
 parts=${PARTS:-bw lat events raw}
+cycle=${CYCLE:-$(getconf PAGESIZE)}
+footprint=()
+[[ $cycle == default ]] || footprint=(--cycle-buffer "$cycle")
 
 # point TEST SIZE COL PT_CMD... -- EP_CMD...: REPS alternating runs of both tools (each command
 # runs as both server and client, with -s SIZE); prints one table row.
@@ -52,17 +61,22 @@ point() {
 }
 
 common=(-d "$dev" -x "$gid" -F)
-echo "reps $reps, bandwidth $bw_iters iterations ($bw_iters_1m at 1 MiB), latency $lat_iters"
+# bw_iters_of SIZE: the bandwidth iterations of a message size.
+bw_iters_of() {
+  case $1 in 4096) echo "$bw_iters_4k" ;; 1048576) echo "$bw_iters_1m" ;; *) echo "$bw_iters" ;; esac
+}
+echo "reps $reps, bandwidth $bw_iters iterations ($bw_iters_4k at 4 KiB, $bw_iters_1m at 1 MiB), latency $lat_iters, efa-perf cycle buffer $cycle"
 echo "| test | bytes | perftest | efa-perf | ratio | perftest CPU % client/server | efa-perf CPU % client/server |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 if [[ " $parts " == *" bw "* ]]; then
   for size in 4096 65536 1048576; do
-    n=$bw_iters; ((size < 1048576)) || n=$bw_iters_1m
+    n=$(bw_iters_of "$size")
     for t in write read; do
       point "${t}_bw" "$size" 4 "ib_${t}_bw" "${common[@]}" -n "$n" -- \
-        "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n"
+        "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" "${footprint[@]}"
     done
-    point send_bw "$size" 4 ib_send_bw "${common[@]}" -n "$n" -- "$bin" send-bw --fabric verbs "${common[@]}" -n "$n"
+    point send_bw "$size" 4 ib_send_bw "${common[@]}" -n "$n" -- \
+      "$bin" send-bw --fabric verbs "${common[@]}" -n "$n" "${footprint[@]}"
   done
 fi
 # Every run from here takes seconds (latency, and --raw bandwidth of BW_ITERS); one that hangs
@@ -89,10 +103,10 @@ fi
 # --raw: efa-perf's WRITE and READ straight on the efa crate's RC queue pairs, as perftest posts them.
 if [[ " $parts " == *" raw "* ]]; then
   for size in 4096 65536 1048576; do
-    n=$bw_iters; ((size < 1048576)) || n=$bw_iters_1m
+    n=$(bw_iters_of "$size")
     for t in write read; do
       point "${t}_bw --raw" "$size" 4 "ib_${t}_bw" "${common[@]}" -n "$n" -- \
-        "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n "$n"
+        "$bin" "$t-bw" --raw --fabric verbs "${common[@]}" -n "$n" "${footprint[@]}"
     done
   done
   for size in 2 4096; do

@@ -40,6 +40,9 @@ pub struct Plan {
     pub streams: u32,
     /// In flight per stream.
     pub depth: u32,
+    /// Bytes a stream cycles its bandwidth messages through (`--cycle-buffer`,
+    /// [`cycle_slots`](crate::runner::cycle_slots)); `None`: a place per message in flight.
+    pub cycle_buffer: Option<u64>,
     /// Both directions.
     pub bidirectional: bool,
     /// Measure CPU use.
@@ -136,6 +139,7 @@ fn run_info(setup: Setup, plan: &Plan) -> RunInfo {
         fabric_reason: setup.reason,
         queue_pairs: plan.streams,
         tx_depth: plan.depth,
+        cycle_buffer: plan.cycle_buffer,
         bidirectional: plan.bidirectional,
         bw_unit: plan.unit,
         use_event: plan.use_event,
@@ -178,6 +182,7 @@ fn measure_point(
         amount: plan.amount,
         streams: plan.streams,
         depth: plan.depth,
+        cycle_buffer: plan.cycle_buffer,
         bidirectional: plan.bidirectional,
         cpu: plan.cpu,
     };

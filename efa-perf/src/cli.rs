@@ -165,6 +165,15 @@ pub struct TestArgs {
     #[arg(short = 't', long = "tx-depth", value_name = "DEPTH", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub tx_depth: Option<u32>,
 
+    /// Bytes each queue pair cycles its bandwidth messages through, as perftest's cycle buffer (one page in
+    /// perftest): messages of at most half of it take its cache-line-aligned places in turn, larger ones all
+    /// take the same place, so a run touches the memory perftest's touches. Default: one place per message in
+    /// flight (-t places of -s bytes, at most 256 MiB a side, 16 MiB a queue pair with --raw), the footprint
+    /// of real transfers; on a device that copies in software (Soft-RoCE) a footprint larger than the
+    /// caches lowers the figure. Given by the client; the server follows it.
+    #[arg(long = "cycle-buffer", alias = "cycle_buffer", value_name = "BYTES", value_parser = parse_size)]
+    pub cycle_buffer: Option<u64>,
+
     /// Report bandwidth in Gb/sec (10^9 bits) instead of MB/sec (2^20 bytes), as perftest's --report_gbits.
     #[arg(long = "report_gbits", alias = "report-gbits")]
     pub report_gbits: bool,
@@ -589,6 +598,7 @@ pub fn loopback_args() -> TestArgs {
         qps: 1,
         bidirectional: false,
         tx_depth: None,
+        cycle_buffer: None,
         report_gbits: false,
         cpu_freq: false,
         rdma_cm: false,

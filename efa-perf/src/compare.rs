@@ -165,6 +165,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
             Metric::Bw => 128,
             Metric::Lat => 1,
         }),
+        cycle_buffer: None,
         bidirectional: false,
         cpu: false,
         unit: if args.report_gbits {
@@ -247,6 +248,7 @@ mod tests {
             fabric_reason: String::new(),
             queue_pairs: 1,
             tx_depth: 1,
+            cycle_buffer: None,
             bidirectional: false,
             bw_unit: BwUnit::MebibytesPerSec,
             use_event: false,

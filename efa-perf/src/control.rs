@@ -83,6 +83,10 @@ pub enum Msg {
         /// the engine. Absent from older clients: false.
         #[serde(default)]
         raw: bool,
+        /// Bytes each stream cycles its messages through (`--cycle-buffer`); absent: a place
+        /// per message in flight.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cycle_buffer: Option<u64>,
     },
     /// Server: its engine is up.
     Ready {
@@ -325,6 +329,8 @@ pub struct Hello {
     pub stripe: u64,
     /// The client runs the test straight on the efa crate (`--raw`).
     pub raw: bool,
+    /// Bytes each stream cycles its messages through (`--cycle-buffer`).
+    pub cycle_buffer: Option<u64>,
 }
 
 /// Checks the first message of a client against the server's test.
@@ -339,6 +345,7 @@ pub fn check_hello(msg: Msg, verb: Verb, metric: Metric) -> Result<Hello, Contro
         bidirectional,
         stripe,
         raw,
+        cycle_buffer,
     } = msg
     else {
         return Err(ControlError::OutOfTurn(
@@ -369,6 +376,7 @@ pub fn check_hello(msg: Msg, verb: Verb, metric: Metric) -> Result<Hello, Contro
         bidirectional,
         stripe,
         raw,
+        cycle_buffer,
     })
 }
 
@@ -432,6 +440,7 @@ mod tests {
             bidirectional: false,
             stripe,
             raw: false,
+            cycle_buffer: Some(4096),
         })
         .unwrap()
     }
@@ -453,13 +462,13 @@ mod tests {
         let h = check_hello(parse(&hello(4096, 2)).unwrap(), Verb::Write, Metric::Bw).unwrap();
         assert_eq!((h.stripe, h.streams, h.fabric.as_str()), (4096, 2, "tcp"));
         assert!(!h.raw);
-        // A hello without `raw` (an older client) runs through the engine; `raw` is carried.
+        assert_eq!(h.cycle_buffer, Some(4096));
+        // A hello without `raw` (an older client) runs through the engine, without `cycle_buffer`
+        // a place per message in flight; both are carried.
         let old = r#"{"msg":"hello","protocol":1,"fabric":"efa","verb":"read","metric":"lat","streams":1,"depth":1,"bidirectional":false,"stripe":64}"#;
-        assert!(
-            !check_hello(parse(old).unwrap(), Verb::Read, Metric::Lat)
-                .unwrap()
-                .raw
-        );
+        let h = check_hello(parse(old).unwrap(), Verb::Read, Metric::Lat).unwrap();
+        assert!(!h.raw);
+        assert_eq!(h.cycle_buffer, None);
         let raw = old.replace("\"stripe\":64", "\"stripe\":64,\"raw\":true");
         assert!(
             check_hello(parse(&raw).unwrap(), Verb::Read, Metric::Lat)

@@ -151,9 +151,7 @@ impl Runner for Loopback {
         let (client_results, server_results) = std::thread::scope(|s| {
             let spawn = |link: &Link, i: u32| {
                 let link = link.clone();
-                s.spawn(move || {
-                    measure::stream(&link, i, op, p.size, p.amount, p.depth, start, timeout)
-                })
+                s.spawn(move || measure::stream(&link, i, op, p, start, timeout))
             };
             let c: Vec<_> = (0..p.streams).map(|i| spawn(&self.client, i)).collect();
             let sv: Vec<_> = if p.bidirectional {

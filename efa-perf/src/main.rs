@@ -151,6 +151,7 @@ fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
         amount,
         streams: a.qps,
         depth,
+        cycle_buffer: a.cycle_buffer,
         bidirectional: a.bidirectional,
         cpu: a.cpu_util,
         unit: if a.report_gbits {

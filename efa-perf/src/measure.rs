@@ -5,7 +5,7 @@
 //! notification (write-with-immediate on verbs and EFA): the target learns of each message by its tag count.
 
 use crate::cpu;
-use crate::runner::Amount;
+use crate::runner::{cycle_slots, Amount, Point};
 use crate::stamp::Run;
 use crate::stats::Event;
 use anyhow::{bail, Context};
@@ -215,26 +215,25 @@ fn stream_batches(depth: u32) -> (u32, u32) {
     (depth / per, per)
 }
 
-/// Runs one bandwidth stream: keeps up to `depth` requests of `size` bytes in flight (in
-/// [`stream_batches`], refilled as each completes, so the queue never drains) until `amount` is done.
-#[allow(clippy::too_many_arguments)] // One stream's whole setting, as each thread receives it.
+/// Runs bandwidth stream `index` of point `p`: keeps up to `p.depth` requests of `p.size` bytes in
+/// flight (in [`stream_batches`], refilled as each completes, so the queue never drains) until
+/// `p.amount` is done, cycling through the places of its stripe that `p.cycle_buffer` allows.
 pub fn stream(
     link: &Link,
     index: u32,
     op: StreamOp,
-    size: u64,
-    amount: Amount,
-    depth: u32,
+    p: &Point,
     start: Instant,
     timeout: Duration,
 ) -> anyhow::Result<StreamResult> {
+    let (size, amount) = (p.size, p.amount);
     let cpu0 = cpu::thread_cpu();
     let engine = &link.engine;
     let mut worker = engine.worker().context("creating a worker")?;
-    let (nbatches, per) = stream_batches(depth);
+    let (nbatches, per) = stream_batches(p.depth);
     let per = per as usize;
     let base = index as u64 * link.stripe;
-    let slots = (link.stripe / size).max(1);
+    let slots = cycle_slots(size, p.cycle_buffer, link.stripe / size);
     let mut slot = 0u64;
     let mut issued = 0u64;
     let deadline = match amount {

@@ -35,6 +35,10 @@ pub struct RunInfo {
     pub queue_pairs: u32,
     /// Operations in flight per stream (perftest -t).
     pub tx_depth: u32,
+    /// Bytes each stream cycled its bandwidth messages through (`--cycle-buffer`); null: a place
+    /// per message in flight.
+    #[serde(default)]
+    pub cycle_buffer: Option<u64>,
     /// Both directions measured and summed (perftest -b).
     pub bidirectional: bool,
     /// Unit of the bandwidth figures.
@@ -251,6 +255,7 @@ mod tests {
             fabric_reason: "test".into(),
             queue_pairs: 2,
             tx_depth: 64,
+            cycle_buffer: None,
             bidirectional: false,
             bw_unit: BwUnit::GigabitsPerSec,
             use_event: false,

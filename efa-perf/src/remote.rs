@@ -28,7 +28,7 @@ use crate::select::{FabricKind, Selection};
 use crate::session::{dial, Control};
 use crate::stats::Event;
 use anyhow::{anyhow, bail, Context};
-use efa_perf::control::{self, Msg, StreamSummary, SERVER_MAX_LINE};
+use efa_perf::control::{self, Hello, Msg, StreamSummary, SERVER_MAX_LINE};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -225,9 +225,7 @@ impl Runner for Client {
             let hs: Vec<_> = (0..p.streams)
                 .map(|i| {
                     let link = self.link.clone();
-                    s.spawn(move || {
-                        measure::stream(&link, i, op, p.size, p.amount, p.depth, start, timeout)
-                    })
+                    s.spawn(move || measure::stream(&link, i, op, p, start, timeout))
                 })
                 .collect();
             hs.into_iter()
@@ -373,11 +371,9 @@ fn serve_one(
     )?;
     let side = ServerSide {
         link: link_with_client(control, &node, hello.stripe, hello.streams)?,
-        op: stream_op(verb),
+        verb,
         metric,
-        bidirectional: hello.bidirectional,
-        streams: hello.streams,
-        depth: hello.depth,
+        hello: hello.clone(),
         timeout: Duration::from_secs(args.timeout),
     };
     let engines = [node.engine.clone()];
@@ -386,7 +382,7 @@ fn serve_one(
     let mut observer = Observer::start(wanted);
     observer.serve(&engines)?;
     while let Some((size, amount)) = control.next_run(hello.stripe)? {
-        if metric == Metric::Lat && side.op == StreamOp::Write {
+        if metric == Metric::Lat && stream_op(verb) == StreamOp::Write {
             side.link.reset_rx(size)?;
         }
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
@@ -434,11 +430,10 @@ fn link_with_client(
 /// The server's half of every point of a run.
 struct ServerSide {
     link: Link,
-    op: StreamOp,
+    verb: Verb,
     metric: Metric,
-    bidirectional: bool,
-    streams: u32,
-    depth: u32,
+    /// The client's hello: the shape of every point.
+    hello: Hello,
     timeout: Duration,
 }
 
@@ -452,17 +447,16 @@ impl ServerSide {
         size: u64,
         amount: Amount,
     ) -> anyhow::Result<Vec<StreamResult>> {
-        let (link, op, timeout) = (&self.link, self.op, self.timeout);
+        let (link, op, timeout) = (&self.link, stream_op(self.verb), self.timeout);
+        let point = crate::session::point(&self.hello, self.verb, size, amount);
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             let mut hs = Vec::new();
-            if self.metric == Metric::Bw && self.bidirectional {
+            if self.metric == Metric::Bw && point.bidirectional {
                 let start = Instant::now();
-                for i in 0..self.streams {
-                    let (link, depth) = (link.clone(), self.depth);
-                    hs.push(s.spawn(move || {
-                        measure::stream(&link, i, op, size, amount, depth, start, timeout)
-                    }));
+                for i in 0..point.streams {
+                    let (link, point) = (link.clone(), &point);
+                    hs.push(s.spawn(move || measure::stream(&link, i, op, point, start, timeout)));
                 }
             }
             let stop = &stop;

@@ -38,7 +38,14 @@ pub fn banner(info: &RunInfo) -> String {
         " Connection type : {}\t\tUsing SRQ      : OFF\n",
         info.connection_type
     ));
-    s.push_str(&format!(" TX depth        : {}\n", info.tx_depth));
+    let cycle = match info.cycle_buffer {
+        Some(bytes) => format!("{bytes} bytes"),
+        None => "a place per message".into(),
+    };
+    s.push_str(&format!(
+        " TX depth        : {}\t\tCycle buffer   : {cycle}\n",
+        info.tx_depth
+    ));
     s.push_str(&format!(
         " Fabric          : {}\t\tMode           : {}\n",
         info.fabric, info.mode

@@ -29,10 +29,33 @@ pub struct Point {
     pub streams: u32,
     /// Operations in flight per stream.
     pub depth: u32,
+    /// Bytes a stream cycles its messages through ([`cycle_slots`]); `None`: a place per
+    /// message in flight.
+    pub cycle_buffer: Option<u64>,
     /// Both directions at once (bandwidth only).
     pub bidirectional: bool,
     /// Measure CPU use of each side.
     pub cpu: bool,
+}
+
+/// Alignment of the places in a cycle buffer (perftest aligns them to the cache line).
+const CACHE_LINE: u64 = 64;
+
+/// Slots a stream cycles its `size`-byte messages through, out of the `room` it has: all of them
+/// without a cycle buffer; with one of `cycle` bytes (`--cycle-buffer`), perftest's rule: messages of
+/// at most half of it take its cache-line-aligned places in turn, larger ones all take the same
+/// one. Always at least 1.
+pub fn cycle_slots(size: u64, cycle: Option<u64>, room: u64) -> u64 {
+    let room = room.max(1);
+    let Some(cycle) = cycle else {
+        return room;
+    };
+    let fit = if size.saturating_mul(2) <= cycle {
+        cycle / size.max(1).next_multiple_of(CACHE_LINE)
+    } else {
+        1
+    };
+    fit.clamp(1, room)
 }
 
 /// What a bandwidth point measured.
@@ -91,5 +114,31 @@ pub trait Runner {
     /// verbs directly).
     fn engines(&self) -> Vec<transport::Engine> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cycle_slots;
+
+    #[test]
+    fn without_a_cycle_buffer_every_slot_is_used() {
+        assert_eq!(cycle_slots(4096, None, 128), 128);
+        assert_eq!(cycle_slots(1 << 20, None, 0), 1);
+    }
+
+    #[test]
+    fn a_page_cycle_buffer_follows_perftest() {
+        // Half a page or more: one place, whatever the room.
+        assert_eq!(cycle_slots(4096, Some(4096), 128), 1);
+        assert_eq!(cycle_slots(2048, Some(4096), 128), 2);
+        assert_eq!(cycle_slots(2049, Some(4096), 128), 1);
+        assert_eq!(cycle_slots(1 << 20, Some(4096), 128), 1);
+        // Small messages take cache-line-aligned places: 100 bytes take 128.
+        assert_eq!(cycle_slots(100, Some(4096), 128), 32);
+        assert_eq!(cycle_slots(2, Some(4096), 128), 64);
+        // Never more than the stream's room.
+        assert_eq!(cycle_slots(2, Some(4096), 16), 16);
+        assert_eq!(cycle_slots(64 << 10, Some(1 << 20), 128), 16);
     }
 }

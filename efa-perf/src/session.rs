@@ -2,7 +2,7 @@
 //! (the exchange is drawn in [`remote`](crate::remote)), with a read deadline and a bound on line
 //! length. Shared by the engine tests and the SEND tests.
 
-use crate::cli::TestArgs;
+use crate::cli::{TestArgs, Verb};
 use crate::runner::{Amount, Point};
 use anyhow::{anyhow, bail, Context};
 use efa_perf::control::{self, LineError, Msg, RunAmount, Step, CLIENT_MAX_LINE};
@@ -38,6 +38,22 @@ pub(crate) fn hello(
         bidirectional: plan.bidirectional,
         stripe,
         raw,
+        cycle_buffer: plan.cycle_buffer,
+    }
+}
+
+/// The point a server serves: the shape its client's `hello` gave, one run of `size` and `amount`
+/// of `verb`.
+pub(crate) fn point(hello: &control::Hello, verb: Verb, size: u64, amount: Amount) -> Point {
+    Point {
+        verb,
+        size,
+        amount,
+        streams: hello.streams,
+        depth: hello.depth,
+        cycle_buffer: hello.cycle_buffer,
+        bidirectional: hello.bidirectional,
+        cpu: true,
     }
 }
 

@@ -537,14 +537,26 @@ fn cpu_util_lists_every_core_over_a_long_point() {
 
 #[test]
 fn client_and_server_processes_over_tcp() {
+    // The server's streams of -b follow the client's --cycle-buffer, carried in its hello.
     let out = client_server(
         "write-bw",
-        &["-n", "200", "-s", "16K", "--json", "--cpu-util", "-b"],
+        &[
+            "-n",
+            "200",
+            "-s",
+            "16K",
+            "--json",
+            "--cpu-util",
+            "-b",
+            "--cycle-buffer",
+            "4K",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["mode"], "client");
     assert_eq!(v["fabric"], "tcp");
+    assert_eq!(v["cycle_buffer"], 4096, "{v}");
     let r = &v["results"][0];
     assert_eq!(r["iterations"], 400, "both directions counted: {r}");
     assert!(r["bw_average"].as_f64().unwrap() > 0.0);
@@ -696,6 +708,12 @@ fn vm_raw_rdma_tests_on_rc_queue_pairs() {
     let v = vm_raw("read-bw", &["-s", "4K", "-n", "200", "-e"]);
     assert_eq!(v["use_event"], true);
     assert_eq!(v["results"][0]["iterations"], 200);
+    // perftest's footprint: sends, receives and RDMA targets in one page per queue pair.
+    for test in ["write-bw", "send-bw"] {
+        let v = vm_raw(test, &["-s", "2K", "-n", "300", "--cycle-buffer", "4K"]);
+        assert_eq!(v["cycle_buffer"], 4096, "{test}: {v}");
+        assert_eq!(v["results"][0]["iterations"], 300, "{test}: {v}");
+    }
     // Latency: the WRITE ping-pong (each side polls its memory for the peer's last byte) over a
     // sweep whose earlier sizes leave bytes behind, and one READ at a time.
     for test in ["write-lat", "read-lat"] {

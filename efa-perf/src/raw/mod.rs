@@ -153,6 +153,8 @@ fn options(
         rx_depth,
         inline,
         events: args.use_event,
+        // The client's plan decides it, for both sides: see `run` and `server::serve`.
+        cycle_buffer: None,
     })
 }
 
@@ -234,7 +236,11 @@ pub fn run(selection: &Selection, args: &TestArgs, plan: &Plan) -> anyhow::Resul
     let (max, efa) = side::max_size(&device, args.ib_port, &probe)?;
     let plan = fit(plan, max, &device, op, efa)?;
     let slot = plan.sizes.iter().copied().max().unwrap_or(1);
-    let o = Options { slot, ..probe };
+    let o = Options {
+        slot,
+        cycle_buffer: plan.cycle_buffer,
+        ..probe
+    };
     let timeout = Duration::from_secs(args.timeout);
     if selection.loopback {
         let mut runner = local::Loopback::new(selection, &o, timeout)?;
@@ -299,6 +305,7 @@ mod tests {
             amount: Amount::Iterations(10),
             streams: 1,
             depth: 8,
+            cycle_buffer: None,
             bidirectional: false,
             cpu: false,
             unit: BwUnit::MebibytesPerSec,

@@ -2,7 +2,7 @@
 
 use super::plan::Op;
 use super::pump::{self, Meet, UNKNOWN};
-use super::side::Side;
+use super::side::{Options, Side};
 use super::{bw_run, options};
 use crate::cli::{Metric, TestArgs, Verb};
 use crate::cpu;
@@ -26,15 +26,18 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     super::plan::check_shape(hello.streams, hello.depth)?;
     let op = Op::of(verb).ok_or_else(|| anyhow!("{} has no raw test", verb.perftest_name()))?;
-    let o = options(
-        selection,
-        args,
-        op,
-        hello.streams,
-        hello.stripe,
-        hello.depth,
-        metric,
-    )?;
+    let o = Options {
+        cycle_buffer: hello.cycle_buffer,
+        ..options(
+            selection,
+            args,
+            op,
+            hello.streams,
+            hello.stripe,
+            hello.depth,
+            metric,
+        )?
+    };
     let mut side = Side::open(&o)?;
     control.send(&Msg::Qps {
         max_msg_sz: side.max_msg_sz,
@@ -49,15 +52,7 @@ pub fn serve(
         let Some((size, amount)) = control.next_run(hello.stripe)? else {
             return Ok(());
         };
-        let point = Point {
-            verb,
-            size,
-            amount,
-            streams: hello.streams,
-            depth: hello.depth,
-            bidirectional: hello.bidirectional,
-            cpu: true,
-        };
+        let point = crate::session::point(hello, verb, size, amount);
         side.begin_run();
         let (wall0, cpu0) = (Instant::now(), cpu::process_cpu());
         let streams = match metric {

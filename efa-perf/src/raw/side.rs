@@ -6,7 +6,7 @@
 
 use super::error::{verbs, RawError};
 use super::plan::{self, Layout, Op};
-use crate::runner::Amount;
+use crate::runner::{cycle_slots, Amount};
 use efa::{
     Ah, AhAttr, CompChannel, Context, Cq, Dest, Gid, Mr, Pd, QpBuilder, RcOptions, RcQp,
     RemoteAddr, RemoteMr, SrdQp, WcOpcode, WcStatus, WorkCompletion,
@@ -37,6 +37,9 @@ pub struct Options {
     pub slot: u64,
     /// Send-queue depth per queue pair.
     pub tx_depth: u32,
+    /// Bytes each queue pair cycles its messages through, sends and receives (`--cycle-buffer`,
+    /// [`cycle_slots`]); `None`: every slot of the [`Layout`].
+    pub cycle_buffer: Option<u64>,
     /// Receives to keep posted per queue pair (bounded by the device; SEND tests only).
     pub rx_depth: u32,
     /// Inline bytes to ask for (bounded by the device; 0: none).
@@ -92,6 +95,8 @@ pub struct Side {
     ping: [u8; plan::INLINE_LAT as usize],
     pd: Arc<Pd>,
     layout: Layout,
+    /// Bytes each queue pair cycles its messages through ([`Options::cycle_buffer`]).
+    cycle_buffer: Option<u64>,
     refill: u32,
     /// Sends completed this run.
     completed: u64,
@@ -250,6 +255,7 @@ impl Side {
             run_sends: None,
             pd,
             layout,
+            cycle_buffer: o.cycle_buffer,
             refill: plan::refill_batch(rx),
             completed: 0,
             received: 0,
@@ -435,7 +441,7 @@ impl Side {
 
     /// Posts `count` operations (the side's [`Op`]) of `size` bytes on queue pair `i` as one
     /// batch (one doorbell). Operation `n` takes send slot `n`; an RDMA one reaches the peer's
-    /// receive slot `n` (see [`Layout`]).
+    /// receive slot `n` (see [`Layout`]); both wrap within the cycle buffer.
     pub fn post_ops(&mut self, i: usize, count: u32, size: u32) -> Result<(), RawError> {
         let op = self.op;
         let inline = match op {
@@ -448,6 +454,7 @@ impl Side {
             mr,
             remote,
             layout,
+            cycle_buffer,
             device,
             run_sends,
             ..
@@ -456,14 +463,15 @@ impl Side {
         let qp_index = i as u32;
         let dev = device.as_str();
         let (_, posting) = op_words(op);
+        let cycle = cycle_slots(size.into(), *cycle_buffer, layout.send_slots);
         let sge = |n: u64| {
-            mr.sge(layout.send_offset(qp_index, n) as usize, size)
+            mr.sge(layout.send_offset(qp_index, n % cycle) as usize, size)
                 .map_err(verbs("slicing a send buffer", dev))
         };
         let target = |n: u64| {
             let r = remote.as_ref().ok_or(RawError::NoRegion(op.name()))?;
             let addr = r
-                .at(layout.recv_offset(qp_index, n), size.into())
+                .at(layout.recv_offset(qp_index, n % cycle), size.into())
                 .map_err(verbs("addressing the peer's region", dev))?;
             Ok::<_, RawError>(RemoteAddr { addr, rkey: r.rkey })
         };
@@ -514,18 +522,20 @@ impl Side {
     }
 
     /// Posts `count` receives of a whole slot each on queue pair `i`, chained
-    /// ([`efa::RECV_CHAIN`] per provider call).
+    /// ([`efa::RECV_CHAIN`] per provider call), in turn within the cycle buffer.
     fn post_recvs(&mut self, i: usize, count: u32) -> Result<(), RawError> {
         let Self {
             lanes,
             mr,
             layout,
+            cycle_buffer,
             device,
             ..
         } = self;
         let lane = &mut lanes[i];
         let dev = device.as_str();
         let len = u32::try_from(layout.slot).unwrap_or(u32::MAX);
+        let cycle = cycle_slots(layout.slot, *cycle_buffer, layout.recv_slots);
         let mut chain = [(0u64, efa::Sge::new(0, 0, 0)); efa::RECV_CHAIN];
         let mut left = count as usize;
         while left > 0 {
@@ -533,7 +543,7 @@ impl Side {
             for (j, wr) in chain[..k].iter_mut().enumerate() {
                 let n = lane.recv_posted + j as u64;
                 let sge = mr
-                    .sge(layout.recv_offset(i as u32, n) as usize, len)
+                    .sge(layout.recv_offset(i as u32, n % cycle) as usize, len)
                     .map_err(verbs("slicing a receive buffer", dev))?;
                 *wr = (plan::wr_id(i as u32, n), sge);
             }
