@@ -168,10 +168,10 @@ pub struct TestArgs {
     /// Bytes each queue pair cycles its bandwidth messages through, as perftest's cycle buffer (one page in
     /// perftest): messages of at most half of it take as many places in turn as fit in it at perftest's
     /// cache-line alignment, larger ones all take the same place, so a run touches the memory perftest's
-    /// touches. Default: one place per message in
-    /// flight (-t places of -s bytes, at most 256 MiB a side, 16 MiB a queue pair with --raw), the footprint
-    /// of real transfers; on a device that copies in software (Soft-RoCE) a footprint larger than the
-    /// caches lowers the figure. Given by the client; the server follows it.
+    /// touches. Default: one place per message in flight (-t places of -s bytes, at most 256 MiB a side,
+    /// 16 MiB a queue pair with --raw), the footprint of real transfers; on a device that copies in software
+    /// (Soft-RoCE) a footprint larger than the caches lowers the figure. Given by the client; the server
+    /// follows it.
     #[arg(long = "cycle-buffer", alias = "cycle_buffer", value_name = "BYTES", value_parser = parse_size)]
     pub cycle_buffer: Option<u64>,
 

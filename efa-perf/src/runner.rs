@@ -43,8 +43,8 @@ const CACHE_LINE: u64 = 64;
 
 /// Slots a stream cycles its `size`-byte messages through, out of the `room` it has: all of them
 /// without a cycle buffer; with one of `cycle` bytes (`--cycle-buffer`), perftest's rule: messages of
-/// at most half of it take its cache-line-aligned places in turn, larger ones all take the same
-/// one. Always at least 1.
+/// at most half of it take as many slots in turn as fit in it at cache-line alignment, larger ones
+/// all take the same one. Always at least 1.
 pub fn cycle_slots(size: u64, cycle: Option<u64>, room: u64) -> u64 {
     let room = room.max(1);
     let Some(cycle) = cycle else {
