@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Both sides of an engine write_lat on rxe0 under callgrind (or with TOOL=dhat, DHAT: which heap
+# Both sides of a latency test on rxe0 (the engine's write_lat unless TEST says otherwise) under callgrind (or with TOOL=dhat, DHAT: which heap
 # blocks each side reads and writes how much), with the host's valgrind: the guest has none, so
 # share /usr/libexec/valgrind and a directory VG holding a copy of /usr/bin/valgrind.bin, and OUT,
 # where the two profiles go (TOOL.server, TOOL.client):
@@ -8,8 +8,9 @@
 #   tests/vm/run --share /tmp/vg --share /tmp/cg --share /usr/libexec/valgrind --env VG=/tmp/vg \
 #     --env OUT=/tmp/cg --timeout 1200 --script efa-perf/scripts/vm-callgrind.sh
 #
-# Symbols stay mangled (--demangle=no), so a profile's names can feed the linker. ITERS (default
-# 300) and SIZE (default 2) choose the run; pass them with --env.
+# Symbols stay mangled (--demangle=no), so a profile's names can feed the linker. TEST (default
+# write-lat; send-lat runs on the efa crate, as `write-lat --raw` does: give RAW=1 for that),
+# ITERS (default 300) and SIZE (default 2) choose the run; pass them with --env.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 vg=${VG:?VG names a --share directory holding a copy of valgrind.bin (see the header)}
@@ -23,7 +24,9 @@ case $tool in
   *) echo "TOOL must be callgrind or dhat, got '$tool'" >&2; exit 2 ;;
 esac
 grind() { "$vg/valgrind.bin" "${opts[@]}" --fair-sched=yes "--$tool-out-file=$dest/$tool.$1" "${@:2}"; }
-args=(write-lat --fabric verbs -d "$dev" -x "$gid" -F -s "${SIZE:-2}" -n "${ITERS:-300}" --timeout 600 -p "$port")
+raw=()
+[[ ${RAW:-} == 1 ]] && raw=(--raw)
+args=("${TEST:-write-lat}" "${raw[@]}" --fabric verbs -d "$dev" -x "$gid" -F -s "${SIZE:-2}" -n "${ITERS:-300}" --timeout 600 -p "$port")
 grind server "$bin" "${args[@]}" >"$dest/server.log" 2>&1 &
 spid=$!
 # The server listens once valgrind has started it, seconds on the software CPU.

@@ -60,6 +60,8 @@ pub struct Plan {
     /// How the engine's workers wait (`--wait`, `-e`), for the banner and the document; `None`
     /// where no engine runs the test (`--raw`).
     pub wait: Option<transport::WaitMode>,
+    /// The latency samples listed after each size's figures (`-H`, `-U`).
+    pub samples: report::SampleLists,
 }
 
 /// Sizes of perftest's -a: 2 bytes to 8 MiB, powers of two.
@@ -245,10 +247,18 @@ fn measure_point(
                 cpu_util_client: m.cpu_client,
                 cpu_util_server: m.cpu_server,
                 cores_busy: None,
+                samples_us: None,
             };
-            let (line, busy) = cores(report::lat_row(&row, plan.cpu));
+            let (mut line, busy) = cores(report::lat_row(&row, plan.cpu));
+            if plan.samples.any() {
+                // As perftest: the lists, then the column header again above the row.
+                let lists = report::sample_lists(&m.samples_us, plan.samples);
+                let head = report::header(plan.metric, plan.unit, plan.cpu);
+                line = format!("{lists}{head}\n{line}");
+            }
             lat_rows.push(LatRow {
                 cores_busy: busy,
+                samples_us: plan.samples.any().then_some(m.samples_us),
                 ..row
             });
             Ok(line)

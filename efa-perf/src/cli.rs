@@ -180,7 +180,8 @@ pub struct TestArgs {
     pub report_gbits: bool,
 
     /// Accepted for perftest compatibility: perftest's -F silences its warning about CPU frequency scaling. This
-    /// tool times with a monotonic clock, not CPU cycles, so there is no such check and the flag changes nothing.
+    /// tool turns its cycle-counter stamps into time by the run's own wall time, not by the CPU frequency
+    /// /proc/cpuinfo reports, so there is no such check and the flag changes nothing.
     #[arg(short = 'F', long = "CPU-freq")]
     pub cpu_freq: bool,
 
@@ -189,6 +190,16 @@ pub struct TestArgs {
     /// RDMA-CM does not apply. Giving it is an error.
     #[arg(short = 'R', long = "rdma_cm")]
     pub rdma_cm: bool,
+
+    /// List every latency sample after each size's figures, sorted, with perftest's tail of the two
+    /// largest left out (perftest -H); JSON carries them as samples_us, in the order measured.
+    #[arg(short = 'H', long = "report-histogram", alias = "report_histogram")]
+    pub report_histogram: bool,
+
+    /// List every latency sample in the order measured, then sorted (perftest -U, which implies -H):
+    /// how the latency moved over the run.
+    #[arg(short = 'U', long = "report-unsorted", alias = "report_unsorted")]
+    pub report_unsorted: bool,
 
     /// Report CPU utilisation of each side (user+system CPU time over wall time, from getrusage).
     #[arg(long = "cpu-util", alias = "cpu_util")]
@@ -603,6 +614,8 @@ pub fn loopback_args() -> TestArgs {
         report_gbits: false,
         cpu_freq: false,
         rdma_cm: false,
+        report_histogram: false,
+        report_unsorted: false,
         cpu_util: false,
         csv: false,
         json: false,

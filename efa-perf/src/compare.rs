@@ -178,6 +178,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
         use_event: false,
         cpu_set: None,
         wait: None,
+        samples: Default::default(),
     })
 }
 
@@ -302,6 +303,7 @@ mod tests {
             cpu_util_client: None,
             cpu_util_server: None,
             cores_busy: None,
+            samples_us: None,
         };
         let f = Document::new(info(Metric::Lat), Rows::Lat(vec![lat(2.0)]));
         let t = Document::new(info(Metric::Lat), Rows::Lat(vec![lat(20.0)]));

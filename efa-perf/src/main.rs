@@ -91,6 +91,13 @@ fn validate(verb: Verb, metric: Metric, a: &TestArgs) {
             "give either -c/--connection or --fabric, not both".into(),
         );
     }
+    if metric == Metric::Bw && (a.report_histogram || a.report_unsorted) {
+        usage_error(
+            ErrorKind::ArgumentConflict,
+            "-H/--report-histogram and -U/--report-unsorted list latency samples: give them to a latency test"
+                .into(),
+        );
+    }
     if metric == Metric::Lat && a.bidirectional {
         usage_error(
             ErrorKind::ArgumentConflict,
@@ -164,6 +171,10 @@ fn test(verb: Verb, metric: Metric, a: TestArgs) -> anyhow::Result<()> {
         use_event: a.use_event,
         cpu_set: a.cpu.map(|c| c.to_string()),
         wait: Some(a.wait_mode(metric)),
+        samples: report::SampleLists {
+            unsorted: a.report_unsorted,
+            sorted: a.report_histogram || a.report_unsorted,
+        },
     };
     let choice = a.connection.unwrap_or(a.fabric);
     let env = info::environment();

@@ -123,6 +123,9 @@ pub struct LatRow {
     /// point are left out, so a point shorter than a tick has none); absent without --cpu-util.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores_busy: Option<Vec<CoreBusy>>,
+    /// Every sample in the order measured (perftest's tail included), present with -H or -U.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_us: Option<Vec<f64>>,
 }
 
 /// Results of a run, bandwidth or latency.

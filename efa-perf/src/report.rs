@@ -5,7 +5,7 @@
 
 use crate::cli::Metric;
 use crate::record::{BwRow, LatRow, RunInfo};
-use crate::stats::BwUnit;
+use crate::stats::{BwUnit, LAT_MEASURE_TAIL};
 
 /// perftest's separator line.
 pub const RESULT_LINE: &str =
@@ -107,6 +107,70 @@ pub fn bw_row(r: &BwRow, cpu: bool) -> String {
     s
 }
 
+/// Which latency samples a run lists after each size's figures, as perftest's `-H` and `-U` do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleLists {
+    /// In the order measured (perftest's `-U`).
+    pub unsorted: bool,
+    /// Sorted, perftest's tail left out (perftest's `-H`, which `-U` implies).
+    pub sorted: bool,
+}
+
+impl SampleLists {
+    /// Whether any list is asked for.
+    pub fn any(self) -> bool {
+        self.unsorted || self.sorted
+    }
+}
+
+/// The lists `lists` asks for, as perftest prints them: a `#, usec` line, then `index, value` per
+/// sample from 1, values as C's `%g`; the order measured first, then sorted without the
+/// [`LAT_MEASURE_TAIL`] largest.
+pub fn sample_lists(samples_us: &[f64], lists: SampleLists) -> String {
+    let mut s = String::new();
+    let mut list = |values: &mut dyn Iterator<Item = f64>| {
+        s.push_str("#, usec\n");
+        for (i, v) in values.enumerate() {
+            s.push_str(&format!("{}, {}\n", i + 1, fmt_g(v)));
+        }
+    };
+    if lists.unsorted {
+        list(&mut samples_us.iter().copied());
+    }
+    if lists.sorted {
+        let mut sorted = samples_us.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let kept = sorted.len().saturating_sub(LAT_MEASURE_TAIL);
+        list(&mut sorted[..kept].iter().copied());
+    }
+    s
+}
+
+/// `v` as C's `%g`: six significant digits, trailing zeros dropped, an exponent outside 1e-4..1e6.
+fn fmt_g(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let exp = v.abs().log10().floor() as i32;
+    if !(-4..6).contains(&exp) {
+        let s = format!("{v:.5e}");
+        let (mantissa, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let e: i32 = e.parse().unwrap_or(0);
+        let sign = if e < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim_zeros(mantissa), e.abs());
+    }
+    trim_zeros(&format!("{v:.*}", (5 - exp) as usize)).to_string()
+}
+
+/// A decimal without its trailing zeros (and without a trailing point).
+fn trim_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}
+
 /// One latency row, laid out as perftest's `REPORT_FMT_LAT`.
 pub fn lat_row(r: &LatRow, cpu: bool) -> String {
     let mut s = format!(
@@ -130,6 +194,41 @@ pub fn lat_row(r: &LatRow, cpu: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_lists_are_perftests_unsorted_then_sorted_without_the_tail() {
+        let samples = [3.5, 1.25, 2.0, 10.0, 5.0];
+        let both = SampleLists {
+            unsorted: true,
+            sorted: true,
+        };
+        assert_eq!(
+            sample_lists(&samples, both),
+            "#, usec\n1, 3.5\n2, 1.25\n3, 2\n4, 10\n5, 5\n#, usec\n1, 1.25\n2, 2\n3, 3.5\n"
+        );
+        let sorted = SampleLists {
+            unsorted: false,
+            sorted: true,
+        };
+        assert_eq!(sample_lists(&[7.0], sorted), "#, usec\n");
+        assert!(!SampleLists::default().any());
+        assert_eq!(sample_lists(&samples, SampleLists::default()), "");
+    }
+
+    #[test]
+    fn values_print_as_c_percent_g() {
+        for (v, g) in [
+            (37.412345678, "37.4123"),
+            (0.5, "0.5"),
+            (120.0, "120"),
+            (999_999.0, "999999"),
+            (1_234_567.0, "1.23457e+06"),
+            (0.000_012_345_67, "1.23457e-05"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(fmt_g(v), g, "{v}");
+        }
+    }
 
     #[test]
     fn headers_match_perftest_and_switch_units() {
@@ -175,6 +274,7 @@ mod tests {
             cpu_util_client: Some(99.0),
             cpu_util_server: None,
             cores_busy: None,
+            samples_us: None,
         };
         let line = lat_row(&l, true);
         let fields: Vec<&str> = line.split_whitespace().collect();

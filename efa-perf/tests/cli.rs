@@ -73,6 +73,8 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (&["write-bw", "-c", "UD"], "--fabric"),
         (&["write-bw", "-R"], "RDMA-CM"),
         (&["write-lat", "-b"], "bandwidth tests only"),
+        (&["write-bw", "-U"], "latency test"),
+        (&["read-bw", "-H"], "latency test"),
         (&["write-bw", "-a", "-s", "64"], "cannot be used with"),
         (&["write-bw", "--csv", "--json"], "cannot be used with"),
         (&["frobnicate"], "frobnicate"),
@@ -352,6 +354,74 @@ fn json_schema_for_latency_sweep() {
         }
         assert!(r["t_min_us"].as_f64() <= r["t_typical_us"].as_f64());
     }
+}
+
+/// The `index, value` lines of each `#, usec` list in `stdout`, as perftest's -U and -H print them.
+fn sample_lists(stdout: &str) -> Vec<Vec<f64>> {
+    let mut lists: Vec<Vec<f64>> = Vec::new();
+    for line in stdout.lines() {
+        if line == "#, usec" {
+            lists.push(Vec::new());
+        } else if let (Some(list), Some((i, v))) = (lists.last_mut(), line.split_once(", ")) {
+            if let (Ok(i), Ok(v)) = (i.parse::<usize>(), v.parse::<f64>()) {
+                assert_eq!(i, list.len() + 1, "indices count from 1: {line}");
+                list.push(v);
+            }
+        }
+    }
+    lists
+}
+
+#[test]
+fn report_unsorted_lists_every_sample_in_order_then_sorted() {
+    let sim_lat =
+        |extra: &[&str]| run(&[&["write-lat", "--fabric", "sim", "-s", "64"], extra].concat());
+    let out = sim_lat(&["-n", "200", "-U"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lists = sample_lists(&stdout);
+    assert_eq!(
+        lists.len(),
+        2,
+        "-U lists the order measured, then sorted: {stdout}"
+    );
+    let (measured, sorted) = (&lists[0], &lists[1]);
+    assert_eq!(measured.len(), 200);
+    // perftest's -H leaves its tail of the two largest out.
+    assert_eq!(sorted.len(), 198);
+    assert!(
+        sorted.windows(2).all(|w| w[0] <= w[1]),
+        "sorted: {sorted:?}"
+    );
+    let mut expect = measured.clone();
+    expect.sort_by(f64::total_cmp);
+    // %g keeps six significant digits: the sorted list is the measured one, sorted.
+    for (a, b) in sorted.iter().zip(&expect) {
+        assert!((a - b).abs() <= b.abs() * 1e-5, "{a} against {b}");
+    }
+    // The row follows under the column header again, and its median is the list's.
+    let rows = table_rows(&stdout);
+    let typical: f64 = rows.last().unwrap()[4].parse().unwrap();
+    let median = (sorted[98] + sorted[99]) / 2.0;
+    assert!(
+        (typical - median).abs() <= 0.01 + median * 1e-4,
+        "{typical} against {median}"
+    );
+
+    // -H alone: the sorted list only; JSON carries the samples in the order measured.
+    let out = sim_lat(&["-n", "50", "-H", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = v["results"][0]["samples_us"].as_array().unwrap();
+    assert_eq!(samples.len(), 50);
+    assert!(samples.iter().all(|s| s.as_f64().is_some_and(|x| x > 0.0)));
+    let lists = sample_lists(&text(&out.stderr));
+    assert_eq!(lists.len(), 1, "-H lists the sorted samples only");
+    assert_eq!(lists[0].len(), 48);
+    // Without either flag, no list and no samples.
+    let out = sim_lat(&["-n", "50", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["results"][0].get("samples_us").is_none());
 }
 
 #[test]

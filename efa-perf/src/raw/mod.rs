@@ -314,6 +314,7 @@ mod tests {
             use_event: false,
             cpu_set: None,
             wait: None,
+            samples: Default::default(),
         }
     }
 

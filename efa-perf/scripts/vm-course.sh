@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# How each tool's latency moves over a run: perftest's and efa-perf's ping-pongs on rxe0, each
+# client with -U (every sample in the order measured, perftest's format in both tools), the run
+# cut into BLOCKS blocks (default 20) of consecutive round trips and each block's median printed,
+# then the run's t_typical. A tool whose median is high because it keeps falling into a slow mode
+# shows blocks at the other tool's level between slow ones; one that is slow throughout does not.
+#
+#   tests/vm/run --pin-vcpus --timeout 1500 --script efa-perf/scripts/vm-course.sh
+#
+# TESTS (default "write_lat send_lat"; write_lat_raw runs efa-perf's write-lat --raw), SIZE
+# (default 2), ITERS (default 20000), ROUNDS (default 3) and BLOCKS choose the runs; the server
+# runs on cpu0 and the client on cpu1 (PIN_SERVER / PIN_CLIENT change them). Pass them with --env.
+set -uo pipefail
+PORT_BASE=27900
+source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
+size=${SIZE:-2}
+iters=${ITERS:-20000}
+blocks=${BLOCKS:-20}
+pin_server=${PIN_SERVER:-0}
+pin_client=${PIN_CLIENT:-1}
+
+# course FILE: the medians of the first -U list's blocks, then the row's t_typical (plain awk,
+# sort and sed: the guest's awk is mawk).
+course() {
+  local values=/tmp/course-values n per b line out=""
+  awk -F', ' '$0 == "#, usec" { lists++; next } lists == 1 && NF == 2 { print $2 }' "$1" >"$values"
+  n=$(wc -l <"$values")
+  per=$((n / blocks))
+  ((per > 0)) || { echo "no samples"; return; }
+  for ((b = 0; b < blocks; b++)); do
+    line=$(sed -n "$((b * per + 1)),$(((b + 1) * per))p" "$values" | sort -g | sed -n "$(((per + 1) / 2))p")
+    out+="$(printf '%.1f' "$line") "
+  done
+  echo "$out| $(awk -v size="$size" '$1 == size && NF >= 5 { t = $5 } END { print t }' "$1")"
+}
+
+echo "samples ${size} B, ${iters} iterations, medians of ${blocks} blocks in order | t_typical (us)"
+for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
+  for test in ${TESTS:-write_lat send_lat}; do
+    for tool in perftest efa-perf; do
+      port=$((port + 1))
+      common=(-d "$dev" -x "$gid" -F -s "$size" -n "$iters" -p "$port")
+      case $tool/$test in
+        perftest/write_lat*) cmd=(ib_write_lat "${common[@]}") ;;
+        perftest/send_lat) cmd=(ib_send_lat "${common[@]}") ;;
+        efa-perf/write_lat) cmd=("$bin" write-lat "${common[@]}") ;;
+        efa-perf/write_lat_raw) cmd=("$bin" write-lat --raw "${common[@]}") ;;
+        efa-perf/send_lat) cmd=("$bin" send-lat "${common[@]}") ;;
+        *) echo "unknown test $test" >&2; exit 2 ;;
+      esac
+      taskset -c "$pin_server" "${cmd[@]}" >"/tmp/course-server" 2>&1 &
+      spid=$!
+      vm-wait-listen "$port" 60 || { cat /tmp/course-server >&2; exit 1; }
+      taskset -c "$pin_client" "${cmd[@]}" -U "$ip" >"/tmp/course-client" 2>&1
+      rc=$?
+      wait $spid
+      if ((rc != 0)); then echo "$tool $test failed:" >&2; tail -5 /tmp/course-client >&2; continue; fi
+      echo "round $r $test $tool: $(course /tmp/course-client)"
+    done
+  done
+done
