@@ -7,6 +7,13 @@ doorbell to the other side's (the half round trip, as the kernel saw it) and fro
 next doorbell (user space after the scheduler gave it the CPU back).
 
     python3 efa-perf/scripts/trace-summary.py /tmp/tr/*.trace
+
+With --windows MS, each trace is also cut into windows of MS milliseconds: per window the half round
+trips (doorbell to the peer's doorbell), the share of rxe's work (requester, receiver, completer) that
+ran on the CPU of the doorbell before it (the poster's), and the scheduler's wake-ups that crossed
+CPUs per doorbell; then the faster and the slower half of the windows side by side.
+
+    python3 efa-perf/scripts/trace-summary.py --windows 50 /tmp/tr/*.trace
 """
 import collections
 import re
@@ -97,5 +104,56 @@ def summarise(path):
         print("  %s-%s: switch-in to its doorbell      %s" % (names[pid], pid, spread(to_doorbell[pid])))
 
 
-for p in sys.argv[1:]:
+RXE_WORK = ("rxe_requester", "rxe_receiver", "rxe_responder", "rxe_completer")
+WAKE_CPU = re.compile(r"target_cpu=(\d+)")
+# Windows with fewer half round trips than this are left out (a trace's last, cut-off window).
+MIN_HALVES = 10
+
+
+def windows(path, ms):
+    """Per window of `ms` milliseconds: half round trips, where rxe's work ran, and the wake-ups that
+    crossed CPUs (see the header)."""
+    wins = collections.defaultdict(lambda: {"halves": [], "local": 0, "work": 0, "bells": 0, "cross": 0})
+    last_bell = None  # (time, pid, cpu) of the latest doorbell
+    first = None
+    for comm, pid, cpu, ts, what in events(path):
+        first = ts if first is None else first
+        w = wins[int((ts - first) * 1000 // ms)]
+        if what.startswith(DOORBELL):
+            w["bells"] += 1
+            if last_bell and last_bell[1] != pid:
+                w["halves"].append((ts - last_bell[0]) * 1e6)
+            last_bell = (ts, pid, cpu)
+        elif what.startswith("sched_wakeup:"):
+            m = WAKE_CPU.search(what)
+            w["cross"] += bool(m) and int(m[1]) != cpu
+        elif last_bell and what.split()[0] in RXE_WORK:
+            w["work"] += 1
+            w["local"] += cpu == last_bell[2]
+    rows = []
+    print("== %s: windows of %g ms" % (path, ms))
+    for k in sorted(wins):
+        w = wins[k]
+        if len(w["halves"]) < MIN_HALVES or not w["work"]:
+            continue
+        row = (statistics.median(w["halves"]), 100.0 * w["local"] / w["work"], w["cross"] / w["bells"])
+        rows.append(row)
+        print("  %7.3f s  %5d halves  median %6.1f us  rxe's work on the poster's cpu %5.1f%%"
+              "  cross-cpu wake-ups per doorbell %.2f" % ((k * ms / 1000, len(w["halves"])) + row))
+    if len(rows) >= 2:
+        rows.sort()
+        for name, part in (("faster", rows[: len(rows) // 2]), ("slower", rows[len(rows) // 2 :])):
+            print("  %s half of the windows: median %.1f us, rxe's work on the poster's cpu %.1f%%,"
+                  " cross-cpu wake-ups per doorbell %.2f"
+                  % (name, statistics.median(r[0] for r in part), statistics.mean(r[1] for r in part),
+                     statistics.mean(r[2] for r in part)))
+
+args = sys.argv[1:]
+win_ms = None
+if args[:1] == ["--windows"]:
+    win_ms = float(args[1])
+    args = args[2:]
+for p in args:
     summarise(p)
+    if win_ms:
+        windows(p, win_ms)

@@ -12,7 +12,10 @@
 #   python3 efa-perf/scripts/trace-summary.py /tmp/tr/*.trace
 #
 # ITERS (default 30000; each run must outlast DELAY, default 5 s, plus the trace), SIZE (default
-# 2), TOOLS (default "pt raw eng") and ROUNDS (default 1) choose what runs; pass them with --env.
+# 2), TOOLS (default "pt raw eng") and ROUNDS (default 1) choose what runs, BUFFER_KB (default
+# 16384 per CPU) the trace buffer for longer traces, and PIN_SERVER / PIN_CLIENT pin the sides as
+# the other scripts do; pass them with --env. `trace-summary.py --windows MS` cuts a trace into
+# windows: how a run's latency and the CPU doing rxe's work move together.
 # The function tracer slows the kernel's work: compare tools within one run, not with untraced
 # figures.
 set -uo pipefail
@@ -24,7 +27,7 @@ dest=${OUT:?OUT names a --share directory for the traces (see the header)}
 common=(-d "$dev" -x "$gid" -F)
 T=/sys/kernel/tracing
 mountpoint -q $T || mount -t tracefs nodev $T
-echo 16384 >$T/buffer_size_kb
+echo "${BUFFER_KB:-16384}" >$T/buffer_size_kb
 echo nop >$T/current_tracer
 : >$T/set_ftrace_filter
 # rxe's task entry points on 6.12 (other kernels name some differently: those are skipped).
@@ -41,6 +44,8 @@ trace_run() {
   shift
   local server client
   split_cmds "$@"
+  [[ -z $pin_server ]] || server=(taskset -c "$pin_server" "${server[@]}")
+  [[ -z $pin_client ]] || client=(taskset -c "$pin_client" "${client[@]}")
   port=$((port + 1))
   echo 0 >$T/tracing_on
   : >$T/trace
