@@ -5,7 +5,7 @@
 
 use crate::cli::Metric;
 use crate::record::{BwRow, LatRow, RunInfo};
-use crate::stats::{BwUnit, LAT_MEASURE_TAIL};
+use crate::stats::{lat_kept, BwUnit};
 
 /// perftest's separator line.
 pub const RESULT_LINE: &str =
@@ -124,8 +124,8 @@ impl SampleLists {
 }
 
 /// The lists `lists` asks for, as perftest prints them: a `#, usec` line, then `index, value` per
-/// sample from 1, values as C's `%g`; the order measured first, then sorted without the
-/// [`LAT_MEASURE_TAIL`] largest.
+/// sample from 1, values as C's `%g`; the order measured first, then sorted, of them the ones the
+/// figures use ([`lat_kept`]: perftest's tail of the largest left out).
 pub fn sample_lists(samples_us: &[f64], lists: SampleLists) -> String {
     let mut s = String::new();
     let mut list = |values: &mut dyn Iterator<Item = f64>| {
@@ -140,8 +140,7 @@ pub fn sample_lists(samples_us: &[f64], lists: SampleLists) -> String {
     if lists.sorted {
         let mut sorted = samples_us.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let kept = sorted.len().saturating_sub(LAT_MEASURE_TAIL);
-        list(&mut sorted[..kept].iter().copied());
+        list(&mut sorted[..lat_kept(sorted.len())].iter().copied());
     }
     s
 }
@@ -210,7 +209,8 @@ mod tests {
             unsorted: false,
             sorted: true,
         };
-        assert_eq!(sample_lists(&[7.0], sorted), "#, usec\n");
+        // As the figures: a run too short for the tail rule keeps every sample.
+        assert_eq!(sample_lists(&[7.0], sorted), "#, usec\n1, 7\n");
         assert!(!SampleLists::default().any());
         assert_eq!(sample_lists(&samples, SampleLists::default()), "");
     }

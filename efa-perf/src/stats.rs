@@ -13,6 +13,16 @@ use std::time::Duration;
 /// Samples perftest drops from the top of the sorted latencies before computing the figures.
 pub const LAT_MEASURE_TAIL: usize = 2;
 
+/// How many of `len` sorted latency samples perftest's figures use: all but the
+/// [`LAT_MEASURE_TAIL`] largest, or all when nothing would be left.
+pub fn lat_kept(len: usize) -> usize {
+    if len > LAT_MEASURE_TAIL {
+        len - LAT_MEASURE_TAIL
+    } else {
+        len
+    }
+}
+
 /// Latency figures in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LatencyStats {
@@ -61,12 +71,7 @@ impl LatencyStats {
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
         let len = sorted.len();
-        // Keep perftest's tail rule only when something is left after it.
-        let kept = if len > LAT_MEASURE_TAIL {
-            len - LAT_MEASURE_TAIL
-        } else {
-            len
-        };
+        let kept = lat_kept(len);
         let at = |i: usize| sorted[i.min(len - 1)];
         let typical = if kept % 2 == 0 {
             (sorted[kept / 2] + sorted[kept / 2 - 1]) / 2.0
