@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Both sides of a latency test on rxe0 (the engine's write_lat unless TEST says otherwise) under callgrind (or with TOOL=dhat, DHAT: which heap
-# blocks each side reads and writes how much), with the host's valgrind: the guest has none, so
-# share /usr/libexec/valgrind and a directory VG holding a copy of /usr/bin/valgrind.bin, and OUT,
-# where the two profiles go (TOOL.server, TOOL.client):
+# Both sides of a latency test on rxe0 (the engine's write_lat unless TEST says otherwise) under
+# callgrind (or with TOOL=dhat, DHAT: which heap blocks each side reads and writes how much), with
+# the host's valgrind: the guest has none, so share /usr/libexec/valgrind and a directory VG holding
+# a copy of /usr/bin/valgrind.bin, and OUT, where the two profiles go (TOOL.server, TOOL.client):
 #
 #   mkdir -p /tmp/vg /tmp/cg && cp /usr/bin/valgrind.bin /tmp/vg/
 #   tests/vm/run --share /tmp/vg --share /tmp/cg --share /usr/libexec/valgrind --env VG=/tmp/vg \
 #     --env OUT=/tmp/cg --timeout 1200 --script efa-perf/scripts/vm-callgrind.sh
 #
 # Symbols stay mangled (--demangle=no), so a profile's names can feed the linker. TEST (default
-# write-lat; send-lat runs on the efa crate, as `write-lat --raw` does: give RAW=1 for that),
-# ITERS (default 300) and SIZE (default 2) choose the run; pass them with --env.
+# write-lat; send-lat, which runs on the efa crate), RAW=1 (the test with --raw: write-lat on the
+# efa crate too), ITERS (default 300) and SIZE (default 2) choose the run; pass them with --env.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 vg=${VG:?VG names a --share directory holding a copy of valgrind.bin (see the header)}

@@ -15,7 +15,8 @@
 # 2), TOOLS (default "pt raw eng") and ROUNDS (default 1) choose what runs, BUFFER_KB (default
 # 16384 per CPU) the trace buffer for longer traces, and PIN_SERVER / PIN_CLIENT pin the sides as
 # the other scripts do; pass them with --env. `trace-summary.py --windows MS` cuts a trace into
-# windows: how a run's latency and the CPU doing rxe's work move together.
+# windows: how a run's latency, the CPU doing rxe's work and the wake-ups across CPUs move
+# together.
 # The function tracer slows the kernel's work: compare tools within one run, not with untraced
 # figures.
 set -uo pipefail
