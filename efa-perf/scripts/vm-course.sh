@@ -16,30 +16,30 @@ source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 size=${SIZE:-2}
 iters=${ITERS:-20000}
 blocks=${BLOCKS:-20}
+# vm-lib's run_pair pins the sides with these; here they are pinned unless told otherwise.
 pin_server=${PIN_SERVER:-0}
 pin_client=${PIN_CLIENT:-1}
 
 # course FILE: the medians of the first -U list's blocks, then the row's t_typical (plain awk,
 # sort and sed: the guest's awk is mawk).
 course() {
-  local values=/tmp/course-values n per b line out=""
+  local values=$out/course-values n per b line blocks_out=""
   awk -F', ' '$0 == "#, usec" { lists++; next } lists == 1 && NF == 2 { print $2 }' "$1" >"$values"
   n=$(wc -l <"$values")
   per=$((n / blocks))
   ((per > 0)) || { echo "no samples"; return; }
   for ((b = 0; b < blocks; b++)); do
     line=$(sed -n "$((b * per + 1)),$(((b + 1) * per))p" "$values" | sort -g | sed -n "$(((per + 1) / 2))p")
-    out+="$(printf '%.1f' "$line") "
+    blocks_out+="$(printf '%.1f' "$line") "
   done
-  echo "$out| $(awk -v size="$size" '$1 == size && NF >= 5 { t = $5 } END { print t }' "$1")"
+  echo "$blocks_out| $(awk -v size="$size" '$1 == size && NF >= 5 { t = $5 } END { print t }' "$1")"
 }
 
 echo "samples ${size} B, ${iters} iterations, medians of ${blocks} blocks in order | t_typical (us)"
 for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
   for test in ${TESTS:-write_lat send_lat}; do
     for tool in perftest efa-perf; do
-      port=$((port + 1))
-      common=(-d "$dev" -x "$gid" -F -s "$size" -n "$iters" -p "$port")
+      common=(-d "$dev" -x "$gid" -F -s "$size" -n "$iters")
       case $tool/$test in
         perftest/write_lat*) cmd=(ib_write_lat "${common[@]}") ;;
         perftest/send_lat) cmd=(ib_send_lat "${common[@]}") ;;
@@ -48,14 +48,9 @@ for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
         efa-perf/send_lat) cmd=("$bin" send-lat "${common[@]}") ;;
         *) echo "unknown test $test" >&2; exit 2 ;;
       esac
-      taskset -c "$pin_server" "${cmd[@]}" >"/tmp/course-server" 2>&1 &
-      spid=$!
-      vm-wait-listen "$port" 60 || { cat /tmp/course-server >&2; exit 1; }
-      taskset -c "$pin_client" "${cmd[@]}" -U "$ip" >"/tmp/course-client" 2>&1
-      rc=$?
-      wait $spid
-      if ((rc != 0)); then echo "$tool $test failed:" >&2; tail -5 /tmp/course-client >&2; continue; fi
-      echo "round $r $test $tool: $(course /tmp/course-client)"
+      name="$tool-$test-$r"
+      run_pair "$name" "${cmd[@]}" -- "${cmd[@]}" -U || continue
+      echo "round $r $test $tool: $(course "$out/$name.client")"
     done
   done
 done

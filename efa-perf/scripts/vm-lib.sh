@@ -38,6 +38,13 @@ split_cmds() {
   client=("$@")
 }
 
+# pin_cmds: puts the caller's `server` and `client` arrays under `taskset -c` (PIN_SERVER,
+# PIN_CLIENT), where given.
+pin_cmds() {
+  [[ -z $pin_server ]] || server=(taskset -c "$pin_server" "${server[@]}")
+  [[ -z $pin_client ]] || client=(taskset -c "$pin_client" "${client[@]}")
+}
+
 # run_pair NAME SERVER_CMD... -- CLIENT_CMD...: server in the background, client once it
 # listens (each gets -p PORT, the client the address too); leaves NAME.client, NAME.server and
 # NAME.cpu ("client_cpu server_cpu wall_ms": CPU seconds of each process, the client's wall time).
@@ -46,8 +53,7 @@ run_pair() {
   shift
   local server client
   split_cmds "$@"
-  [[ -z $pin_server ]] || server=(taskset -c "$pin_server" "${server[@]}")
-  [[ -z $pin_client ]] || client=(taskset -c "$pin_client" "${client[@]}")
+  pin_cmds
   port=$((port + 1))
   if ((two_vms)); then
     run_split "$name"

@@ -45,8 +45,7 @@ trace_run() {
   shift
   local server client
   split_cmds "$@"
-  [[ -z $pin_server ]] || server=(taskset -c "$pin_server" "${server[@]}")
-  [[ -z $pin_client ]] || client=(taskset -c "$pin_client" "${client[@]}")
+  pin_cmds
   port=$((port + 1))
   echo 0 >$T/tracing_on
   : >$T/trace
