@@ -67,9 +67,15 @@ trace_run() {
 
 tools=${TOOLS:-pt raw eng}
 for ((r = 1; r <= ${ROUNDS:-1}; r++)); do
-  [[ $tools == *pt* ]] && trace_run "pt$r" ib_write_lat "${common[@]}" -n "$iters" -- ib_write_lat "${common[@]}" -n "$iters"
-  [[ $tools == *raw* ]] && trace_run "raw$r" "$bin" write-lat --raw --fabric verbs "${common[@]}" -n "$iters" -- \
-    "$bin" write-lat --raw --fabric verbs "${common[@]}" -n "$iters"
-  [[ $tools == *eng* ]] && trace_run "eng$r" "$bin" write-lat --fabric verbs "${common[@]}" -n "$iters" -- \
-    "$bin" write-lat --fabric verbs "${common[@]}" -n "$iters"
+  if [[ $tools == *pt* ]]; then
+    trace_run "pt$r" ib_write_lat "${common[@]}" -n "$iters" -- ib_write_lat "${common[@]}" -n "$iters"
+  fi
+  if [[ $tools == *raw* ]]; then
+    trace_run "raw$r" "$bin" write-lat --raw --fabric verbs "${common[@]}" -n "$iters" -- \
+      "$bin" write-lat --raw --fabric verbs "${common[@]}" -n "$iters"
+  fi
+  if [[ $tools == *eng* ]]; then
+    trace_run "eng$r" "$bin" write-lat --fabric verbs "${common[@]}" -n "$iters" -- \
+      "$bin" write-lat --fabric verbs "${common[@]}" -n "$iters"
+  fi
 done
