@@ -151,9 +151,9 @@ pub struct Document {
 }
 
 /// CSV header of bandwidth results.
-pub const BW_CSV_HEADER: &str = "test,fabric,device,mode,bytes,iterations,bw_peak,bw_average,msg_rate_mpps,bw_unit,queue_pairs,tx_depth,bidirectional,cpu_util_client,cpu_util_server";
+pub const BW_CSV_HEADER: &str = "test,fabric,device,mode,bytes,iterations,bw_peak,bw_average,msg_rate_mpps,bw_unit,queue_pairs,tx_depth,bidirectional,cpu_util_client,cpu_util_server,cycle_buffer,use_event,raw,worker_wait,cpu_set";
 /// CSV header of latency results.
-pub const LAT_CSV_HEADER: &str = "test,fabric,device,mode,bytes,iterations,t_min_us,t_max_us,t_typical_us,t_avg_us,t_stdev_us,p99_us,p99_9_us,queue_pairs,cpu_util_client,cpu_util_server";
+pub const LAT_CSV_HEADER: &str = "test,fabric,device,mode,bytes,iterations,t_min_us,t_max_us,t_typical_us,t_avg_us,t_stdev_us,p99_us,p99_9_us,queue_pairs,cpu_util_client,cpu_util_server,use_event,raw,worker_wait,cpu_set";
 
 /// Quotes a CSV field when it needs it.
 pub fn csv_field(text: &str) -> String {
@@ -166,6 +166,17 @@ pub fn csv_field(text: &str) -> String {
 
 fn opt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or_default()
+}
+
+/// The setup columns that end every row: what changes a figure beyond size and depth.
+fn setup_tail(i: &RunInfo) -> String {
+    format!(
+        "{},{},{},{}",
+        i.use_event,
+        i.raw,
+        csv_field(i.worker_wait.as_deref().unwrap_or_default()),
+        csv_field(i.cpu_set.as_deref().unwrap_or_default())
+    )
 }
 
 impl Document {
@@ -193,6 +204,7 @@ impl Document {
             csv_field(&i.device),
             csv_field(&i.mode)
         );
+        let tail = setup_tail(i);
         let mut out = String::new();
         match &self.results {
             Rows::Bw(rows) => {
@@ -200,7 +212,7 @@ impl Document {
                 out.push('\n');
                 for r in rows {
                     out.push_str(&format!(
-                        "{lead},{},{},{:.6},{:.6},{:.6},{},{},{},{},{},{}\n",
+                        "{lead},{},{},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{tail}\n",
                         r.bytes,
                         r.iterations,
                         r.bw_peak,
@@ -211,7 +223,8 @@ impl Document {
                         i.tx_depth,
                         i.bidirectional,
                         opt(r.cpu_util_client),
-                        opt(r.cpu_util_server)
+                        opt(r.cpu_util_server),
+                        i.cycle_buffer.map(|b| b.to_string()).unwrap_or_default()
                     ));
                 }
             }
@@ -220,7 +233,7 @@ impl Document {
                 out.push('\n');
                 for r in rows {
                     out.push_str(&format!(
-                        "{lead},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{}\n",
+                        "{lead},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{tail}\n",
                         r.bytes,
                         r.iterations,
                         r.t_min_us,
@@ -317,7 +330,67 @@ mod tests {
             row.starts_with("write_bw,sim,\"dev,1\",loopback,2,5,"),
             "{row}"
         );
-        assert!(row.ends_with(",Gb/sec,2,64,false,50.00,"), "{row}");
+        assert!(
+            row.ends_with(",Gb/sec,2,64,false,50.00,,,false,false,,"),
+            "{row}"
+        );
         assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn csv_rows_end_with_the_setup_that_moves_a_figure() {
+        let setup = RunInfo {
+            cycle_buffer: Some(4096),
+            use_event: true,
+            worker_wait: Some("adaptive (spin 64)".into()),
+            cpu_set: Some("0,2-3".into()),
+            ..info()
+        };
+        let bw = BwRow {
+            bytes: 4096,
+            iterations: 5,
+            bw_peak: 1.0,
+            bw_average: 1.0,
+            msg_rate_mpps: 1.0,
+            cpu_util_client: None,
+            cpu_util_server: None,
+            cores_busy: None,
+        };
+        let csv = Document::new(setup.clone(), Rows::Bw(vec![bw])).to_csv();
+        let row = csv.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with(",,,4096,true,false,adaptive (spin 64),\"0,2-3\""),
+            "{row}"
+        );
+
+        let lat = LatRow {
+            bytes: 2,
+            iterations: 100,
+            t_min_us: 1.0,
+            t_max_us: 3.0,
+            t_typical_us: 2.0,
+            t_avg_us: 2.0,
+            t_stdev_us: 0.5,
+            p99_us: 3.0,
+            p99_9_us: 3.0,
+            cpu_util_client: Some(99.0),
+            cpu_util_server: None,
+            cores_busy: None,
+            samples_us: None,
+        };
+        let raw = RunInfo {
+            raw: true,
+            worker_wait: None,
+            ..setup
+        };
+        let csv = Document::new(raw, Rows::Lat(vec![lat])).to_csv();
+        let mut lines = csv.lines();
+        let header = lines.next().unwrap();
+        let row = lines.next().unwrap();
+        assert!(
+            header.ends_with(",use_event,raw,worker_wait,cpu_set"),
+            "{header}"
+        );
+        assert!(row.ends_with(",99.00,,true,true,,\"0,2-3\""), "{row}");
     }
 }

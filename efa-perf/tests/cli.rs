@@ -243,7 +243,16 @@ fn report_gbits_switches_units() {
 #[test]
 fn csv_schema_for_bandwidth_and_latency() {
     let out = run(&[
-        "read-bw", "--fabric", "sim", "-n", "100", "--csv", "-s", "1024",
+        "read-bw",
+        "--fabric",
+        "sim",
+        "-n",
+        "100",
+        "--csv",
+        "-s",
+        "1024",
+        "--cycle-buffer",
+        "4096",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
@@ -266,7 +275,12 @@ fn csv_schema_for_bandwidth_and_latency() {
             "tx_depth",
             "bidirectional",
             "cpu_util_client",
-            "cpu_util_server"
+            "cpu_util_server",
+            "cycle_buffer",
+            "use_event",
+            "raw",
+            "worker_wait",
+            "cpu_set"
         ]
     );
     let row: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -276,6 +290,10 @@ fn csv_schema_for_bandwidth_and_latency() {
         ("read_bw", "sim", "loopback", "1024")
     );
     assert!(row[7].parse::<f64>().unwrap() > 0.0);
+    // The setup: the cycle buffer given, polled, through the engine (its workers' wait), not pinned.
+    assert_eq!((row[15], row[16], row[17]), ("4096", "false", "false"));
+    assert!(!row[18].is_empty(), "the engine's wait mode: {row:?}");
+    assert_eq!(row[19], "");
 
     let out = run(&[
         "send-lat",
@@ -308,7 +326,11 @@ fn csv_schema_for_bandwidth_and_latency() {
             "p99_9_us",
             "queue_pairs",
             "cpu_util_client",
-            "cpu_util_server"
+            "cpu_util_server",
+            "use_event",
+            "raw",
+            "worker_wait",
+            "cpu_set"
         ]
     );
     let row: Vec<&str> = lines.next().unwrap().split(',').collect();
