@@ -10,8 +10,10 @@ next doorbell (user space after the scheduler gave it the CPU back).
 
 With --windows MS, each trace is also cut into windows of MS milliseconds: per window the half round
 trips (doorbell to the peer's doorbell), the share of rxe's work (requester, receiver, completer) that
-ran on the CPU of the doorbell before it (the poster's), and the scheduler's wake-ups that crossed
-CPUs per doorbell; then the faster and the slower half of the windows side by side.
+ran on the CPU of the doorbell before it (the poster's), the scheduler's wake-ups that crossed
+CPUs per doorbell, and the time from a doorbell's system call to rxe_post_send (the same kernel code
+for every tool: how fast the CPU runs it); then the faster and the slower half of the windows side by
+side.
 
     python3 efa-perf/scripts/trace-summary.py --windows 50 /tmp/tr/*.trace
 """
@@ -113,8 +115,10 @@ MIN_HALVES = 10
 def windows(path, ms):
     """Per window of `ms` milliseconds: half round trips, where rxe's work ran, and the wake-ups that
     crossed CPUs (see the header)."""
-    wins = collections.defaultdict(lambda: {"halves": [], "local": 0, "work": 0, "bells": 0, "cross": 0})
+    wins = collections.defaultdict(
+        lambda: {"halves": [], "local": 0, "work": 0, "bells": 0, "cross": 0, "steps": []})
     last_bell = None  # (time, pid, cpu) of the latest doorbell
+    ringing = {}  # pid -> time of its doorbell not yet in rxe_post_send
     first = None
     for comm, pid, cpu, ts, what in events(path):
         first = ts if first is None else first
@@ -124,6 +128,9 @@ def windows(path, ms):
             if last_bell and last_bell[1] != pid:
                 w["halves"].append((ts - last_bell[0]) * 1e6)
             last_bell = (ts, pid, cpu)
+            ringing[pid] = ts
+        elif what.startswith("rxe_post_send") and pid in ringing:
+            w["steps"].append((ts - ringing.pop(pid)) * 1e6)
         elif what.startswith("sched_wakeup:"):
             m = WAKE_CPU.search(what)
             w["cross"] += bool(m) and int(m[1]) != cpu
@@ -136,17 +143,19 @@ def windows(path, ms):
         w = wins[k]
         if len(w["halves"]) < MIN_HALVES or not w["work"]:
             continue
-        row = (statistics.median(w["halves"]), 100.0 * w["local"] / w["work"], w["cross"] / w["bells"])
+        step = statistics.median(w["steps"]) if w["steps"] else float("nan")
+        row = (statistics.median(w["halves"]), 100.0 * w["local"] / w["work"], w["cross"] / w["bells"], step)
         rows.append(row)
         print("  %7.3f s  %5d halves  median %6.1f us  rxe's work on the poster's cpu %5.1f%%"
-              "  cross-cpu wake-ups per doorbell %.2f" % ((k * ms / 1000, len(w["halves"])) + row))
+              "  cross-cpu wake-ups per doorbell %.2f  doorbell to rxe_post_send %.1f us"
+              % ((k * ms / 1000, len(w["halves"])) + row))
     if len(rows) >= 2:
         rows.sort()
         for name, part in (("faster", rows[: len(rows) // 2]), ("slower", rows[len(rows) // 2 :])):
             print("  %s half of the windows: median %.1f us, rxe's work on the poster's cpu %.1f%%,"
-                  " cross-cpu wake-ups per doorbell %.2f"
+                  " cross-cpu wake-ups per doorbell %.2f, doorbell to rxe_post_send %.1f us"
                   % (name, statistics.median(r[0] for r in part), statistics.mean(r[1] for r in part),
-                     statistics.mean(r[2] for r in part)))
+                     statistics.mean(r[2] for r in part), statistics.median(r[3] for r in part)))
 
 args = sys.argv[1:]
 win_ms = None

@@ -11,8 +11,9 @@
 #     --script efa-perf/scripts/vm-ab.sh
 #
 # Prints one row per point: perftest's, A's and B's medians with their spreads (latency:
-# t_typical, us; bandwidth: average MB/s), A and B over perftest, and B against A run by run (B
-# ran right after A in each round): the median of B / A and the rounds where B was faster. Then
+# t_typical, us; bandwidth: average MB/s), A and B over perftest, and B against A run by run (A
+# and B ran next to each other in each round, perftest first in even rounds and last in odd ones,
+# B then first): the median of B / A and the rounds where B was faster. Then
 # every run's value, in order. TESTS (default "write_lat read_lat"; bandwidth tests such as
 # write_bw too) and SIZES (default "2 4096") choose the points; LAT_ITERS (default 1000) and
 # BW_ITERS (default 5000) the iterations; pass them with --env.
@@ -37,9 +38,16 @@ for test in ${TESTS:-write_lat read_lat}; do
   for size in ${SIZES:-2 4096}; do
     p=() x=() y=()
     for ((r = 0; r < reps; r++)); do
-      sample "pt-$test-$size-$r" "$size" $col "ib_$test" "${common[@]}" -n "$iters"; p+=("$got")
-      sample "a-$test-$size-$r" "$size" $col "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x+=("$got")
-      sample "b-$test-$size-$r" "$size" $col "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y+=("$got")
+      # perftest, A, B in even rounds, the reverse in odd ones: no run is always another's follower.
+      order="pt a b"
+      ((r % 2 == 0)) || order="b a pt"
+      for run in $order; do
+        case $run in
+          pt) sample "pt-$test-$size-$r" "$size" $col "ib_$test" "${common[@]}" -n "$iters"; p[r]=$got ;;
+          a) sample "a-$test-$size-$r" "$size" $col "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x[r]=$got ;;
+          b) sample "b-$test-$size-$r" "$size" $col "$bin" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; y[r]=$got ;;
+        esac
+      done
     done
     pm=$(median "${p[@]}")
     # Rounds where both builds ran: B / A, and whether B was faster.

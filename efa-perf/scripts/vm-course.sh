@@ -8,8 +8,10 @@
 #   tests/vm/run --pin-vcpus --timeout 1500 --script efa-perf/scripts/vm-course.sh
 #
 # TESTS (default "write_lat send_lat"; write_lat_raw runs efa-perf's write-lat --raw), SIZE
-# (default 2), ITERS (default 20000), ROUNDS (default 3) and BLOCKS choose the runs; the server
-# runs on cpu0 and the client on cpu1 (PIN_SERVER / PIN_CLIENT change them). Pass them with --env.
+# (default 2), ITERS (default 20000), ROUNDS (default 3) and BLOCKS choose the runs; perftest goes
+# first in odd rounds, efa-perf in even ones (ORDER, "efa-perf perftest" say, fixes one order); the
+# server runs on cpu0 and the client on cpu1 (PIN_SERVER / PIN_CLIENT change them). Pass them with
+# --env.
 set -uo pipefail
 PORT_BASE=27900
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
@@ -37,8 +39,11 @@ course() {
 
 echo "samples ${size} B, ${iters} iterations, medians of ${blocks} blocks in order | t_typical (us)"
 for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
+  # The tools take turns to go first, round by round (ORDER fixes one order).
+  order=${ORDER:-perftest efa-perf}
+  [[ -n ${ORDER:-} ]] || ((r % 2)) || order="efa-perf perftest"
   for test in ${TESTS:-write_lat send_lat}; do
-    for tool in perftest efa-perf; do
+    for tool in $order; do
       common=(-d "$dev" -x "$gid" -F -s "$size" -n "$iters")
       case $tool/$test in
         perftest/write_lat*) cmd=(ib_write_lat "${common[@]}") ;;

@@ -24,6 +24,12 @@ client_bound=${CLIENT_BOUND:-300}
 # of every tool alike, runs under `taskset -c LIST`, as perftest is pinned from outside.
 pin_server=${PIN_SERVER:-}
 pin_client=${PIN_CLIENT:-}
+# WQ_SCOPE (cpu, smt, cache, numa or system): the guest kernel's default affinity scope of unbound
+# workqueues, rxe's among them, set before any run; where a message's rxe work may run.
+if [[ -n ${WQ_SCOPE:-} ]]; then
+  echo "$WQ_SCOPE" >/sys/module/workqueue/parameters/default_affinity_scope
+  echo "workqueue default_affinity_scope: $(cat /sys/module/workqueue/parameters/default_affinity_scope)" >&2
+fi
 
 # now_ns: the wall clock in nanoseconds.
 now_ns() { date +%s%N; }

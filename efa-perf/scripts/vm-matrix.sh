@@ -3,7 +3,8 @@
 # write, read and send bandwidth at 4 KiB, 64 KiB and 1 MiB, write and send latency at 2 B and
 # 4 KiB, the latency tests again with -e (perftest's ib_write_lat has no -e), and efa-perf's
 # WRITE and READ tests again with --raw (on the efa crate, no engine), with read latency. Each run
-# is a server and a client process on rxe0; perftest's and efa-perf's runs alternate.
+# is a server and a client process on rxe0; perftest's and efa-perf's runs alternate, each tool
+# going first in every other round.
 #
 #   tests/vm/run --timeout 3600 --script efa-perf/scripts/vm-matrix.sh
 #
@@ -35,8 +36,23 @@ cycle=${CYCLE:-$(getconf PAGESIZE)}
 footprint=()
 [[ $cycle == default ]] || footprint=(--cycle-buffer "$cycle")
 
-# point TEST SIZE COL PT_CMD... -- EP_CMD...: REPS alternating runs of both tools (each command
-# runs as both server and client, with -s SIZE); prints one table row.
+# take NAME SIZE COL VALUES CLIENT_CPUS SERVER_CPUS CMD...: one run of CMD as both server and client
+# (sample), its figure appended to the array named VALUES and its CPU use to the other two.
+take() {
+  local name=$1 size=$2 col=$3
+  local -n values=$4 client_cpus=$5 server_cpus=$6
+  shift 6
+  sample "$name" "$size" "$col" "$@" || return 0
+  values+=("$got")
+  local use
+  use=($(cpu_pct "$name"))
+  client_cpus+=("${use[0]:-}")
+  server_cpus+=("${use[1]:-}")
+}
+
+# point TEST SIZE COL PT_CMD... -- EP_CMD...: REPS runs of each tool (each command runs as both
+# server and client, with -s SIZE), the tools taking turns to go first (a run can find the guest
+# slower than the run before it found it: BENCHMARKS.md); prints one table row.
 point() {
   local test=$1 size=$2 col=$3
   shift 3
@@ -44,16 +60,16 @@ point() {
   while [[ $1 != -- ]]; do pt+=("$1"); shift; done
   shift
   ep=("$@")
-  local p=() e=() pc=() ps=() ec=() es=() r c
+  local p=() e=() pc=() ps=() ec=() es=() r tool order
   for ((r = 0; r < reps; r++)); do
-    if sample "pt-$test-$size-$r" "$size" "$col" "${pt[@]}"; then
-      p+=("$got")
-      c=($(cpu_pct "pt-$test-$size-$r")); pc+=("${c[0]:-}"); ps+=("${c[1]:-}")
-    fi
-    if sample "ep-$test-$size-$r" "$size" "$col" "${ep[@]}"; then
-      e+=("$got")
-      c=($(cpu_pct "ep-$test-$size-$r")); ec+=("${c[0]:-}"); es+=("${c[1]:-}")
-    fi
+    order="pt ep"
+    ((r % 2 == 0)) || order="ep pt"
+    for tool in $order; do
+      case $tool in
+        pt) take "pt-$test-$size-$r" "$size" "$col" p pc ps "${pt[@]}" ;;
+        ep) take "ep-$test-$size-$r" "$size" "$col" e ec es "${ep[@]}" ;;
+      esac
+    done
   done
   printf '| %s | %s | %s | %s | %s | %s/%s | %s/%s |\n' "$test" "$size" "$(stats "${p[@]}")" "$(stats "${e[@]}")" \
     "$(ratio "$(median "${e[@]}")" "$(median "${p[@]}")")" \
