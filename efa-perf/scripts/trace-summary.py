@@ -3,17 +3,20 @@
 
 For each trace: the share of the traced time each thread ran on each CPU; on which CPU and in which
 thread rxe's entry points ran; for each side (a thread that rang a doorbell), the time from its
-doorbell to the other side's (the half round trip, as the kernel saw it) and from its switch-in to its
-next doorbell (user space after the scheduler gave it the CPU back).
+doorbell to the other side's (the half round trip, as the kernel saw it), from its switch-in to its
+next doorbell (user space after the scheduler gave it the CPU back) and from its doorbell to its
+switch-out (how long the kworker its doorbell woke waited for its CPU), with the share of those
+wake-ups that told it to reschedule at once.
 
     python3 efa-perf/scripts/trace-summary.py /tmp/tr/*.trace
 
 With --windows MS, each trace is also cut into windows of MS milliseconds: per window the half round
 trips (doorbell to the peer's doorbell), the share of rxe's work (requester, receiver, completer) that
 ran on the CPU of the doorbell before it (the poster's), the scheduler's wake-ups that crossed
-CPUs per doorbell, and the time from a doorbell's system call to rxe_post_send (the same kernel code
-for every tool: how fast the CPU runs it); then the faster and the slower half of the windows side by
-side.
+CPUs per doorbell, and the time from a doorbell's system call to rxe_post_send (a step: the same
+kernel code for every tool, so how fast the emulated CPU runs) with the half round trip in steps;
+then the faster and the slower half of the windows side by side, and the run's half round trip in
+steps (its latency with the CPU's speed taken out).
 
     python3 efa-perf/scripts/trace-summary.py --windows 50 /tmp/tr/*.trace
 """
@@ -22,7 +25,7 @@ import re
 import statistics
 import sys
 
-LINE = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>[\d.]+):\s+(?P<what>.*)$")
+LINE = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<flags>\S+)\s+(?P<ts>[\d.]+):\s+(?P<what>.*)$")
 SWITCH = re.compile(r"prev_comm=(.+?) prev_pid=(\d+) .*==> next_comm=(.+?) next_pid=(\d+)")
 DOORBELL = "ib_uverbs_write"
 
@@ -33,7 +36,7 @@ def events(path):
             continue
         m = LINE.match(line)
         if m:
-            yield m["comm"], m["pid"], int(m["cpu"]), float(m["ts"]), m["what"]
+            yield m["comm"], m["pid"], int(m["cpu"]), float(m["ts"]), m["what"], m["flags"]
 
 
 def kind(comm):
@@ -59,9 +62,12 @@ def summarise(path):
     switched_in = {}  # pid -> time it last got a CPU
     doorbells = []  # (time, pid)
     to_doorbell = collections.defaultdict(list)  # pid -> us from switch-in to doorbell
+    rang = {}  # pid -> time of its doorbell, until it is switched out
+    to_out = collections.defaultdict(list)  # pid -> us from doorbell to switched out
+    wakes = collections.Counter()  # (pid, whether the wake-up asked it to reschedule) -> count
     names = {}
     first = last = None
-    for comm, pid, cpu, ts, what in events(path):
+    for comm, pid, cpu, ts, what, flags in events(path):
         first = ts if first is None else first
         last = ts
         if what.startswith("sched_switch:"):
@@ -73,9 +79,16 @@ def summarise(path):
                 ran[(prev, cpu)] += ts - on_cpu_since[cpu]
             on_cpu_since[cpu] = ts
             switched_in[m[4]] = ts
+            if m[2] in rang:
+                to_out[m[2]].append((ts - rang.pop(m[2])) * 1e6)
+        elif what.startswith("sched_wakeup:") and pid in rang:
+            # A wake-up in the poster's doorbell (rxe's kworker): "N" in the flags, it was told to
+            # give the CPU up at once.
+            wakes[(pid, "N" in flags)] += 1
         elif what.startswith(DOORBELL):
             names[pid] = comm
             doorbells.append((ts, pid))
+            rang[pid] = ts
             if pid in switched_in:
                 to_doorbell[pid].append((ts - switched_in.pop(pid)) * 1e6)
         elif not what.startswith("sched_"):
@@ -104,6 +117,9 @@ def summarise(path):
     for pid in sorted(halves):
         print("  %s-%s: doorbell to the peer's doorbell %s" % (names[pid], pid, spread(halves[pid])))
         print("  %s-%s: switch-in to its doorbell      %s" % (names[pid], pid, spread(to_doorbell[pid])))
+        told = wakes[(pid, True)] + wakes[(pid, False)]
+        print("  %s-%s: doorbell to switched out      %s; wake-ups it made told it to reschedule: %.0f%% of %d"
+              % (names[pid], pid, spread(to_out[pid]), 100.0 * wakes[(pid, True)] / max(told, 1), told))
 
 
 RXE_WORK = ("rxe_requester", "rxe_receiver", "rxe_responder", "rxe_completer")
@@ -120,7 +136,7 @@ def windows(path, ms):
     last_bell = None  # (time, pid, cpu) of the latest doorbell
     ringing = {}  # pid -> time of its doorbell not yet in rxe_post_send
     first = None
-    for comm, pid, cpu, ts, what in events(path):
+    for comm, pid, cpu, ts, what, _ in events(path):
         first = ts if first is None else first
         w = wins[int((ts - first) * 1000 // ms)]
         if what.startswith(DOORBELL):
@@ -143,11 +159,15 @@ def windows(path, ms):
         w = wins[k]
         if len(w["halves"]) < MIN_HALVES or not w["work"]:
             continue
-        step = statistics.median(w["steps"]) if w["steps"] else float("nan")
-        row = (statistics.median(w["halves"]), 100.0 * w["local"] / w["work"], w["cross"] / w["bells"], step)
+        if not w["steps"]:
+            continue
+        # A mean: the timestamps have a resolution of 1 us, about a quarter of a step.
+        step = statistics.mean(w["steps"])
+        half = statistics.median(w["halves"])
+        row = (half, 100.0 * w["local"] / w["work"], w["cross"] / w["bells"], step, half / step)
         rows.append(row)
         print("  %7.3f s  %5d halves  median %6.1f us  rxe's work on the poster's cpu %5.1f%%"
-              "  cross-cpu wake-ups per doorbell %.2f  doorbell to rxe_post_send %.1f us"
+              "  cross-cpu wake-ups per doorbell %.2f  doorbell to rxe_post_send %.1f us (%.1f steps a half)"
               % ((k * ms / 1000, len(w["halves"])) + row))
     if len(rows) >= 2:
         rows.sort()
@@ -156,6 +176,9 @@ def windows(path, ms):
                   " cross-cpu wake-ups per doorbell %.2f, doorbell to rxe_post_send %.1f us"
                   % (name, statistics.median(r[0] for r in part), statistics.mean(r[1] for r in part),
                      statistics.mean(r[2] for r in part), statistics.median(r[3] for r in part)))
+        steps = sorted(r[4] for r in rows)
+        print("  the half round trip in steps (doorbell to rxe_post_send), by window: median %.1f (%.1f-%.1f)"
+              % (statistics.median(steps), steps[0], steps[-1]))
 
 args = sys.argv[1:]
 win_ms = None
