@@ -157,9 +157,7 @@ def windows(path, ms):
     print("== %s: windows of %g ms" % (path, ms))
     for k in sorted(wins):
         w = wins[k]
-        if len(w["halves"]) < MIN_HALVES or not w["work"]:
-            continue
-        if not w["steps"]:
+        if len(w["halves"]) < MIN_HALVES or not w["work"] or not w["steps"]:
             continue
         # A mean: the timestamps have a resolution of 1 us, about a quarter of a step.
         step = statistics.mean(w["steps"])
