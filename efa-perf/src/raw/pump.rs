@@ -1,8 +1,8 @@
 //! The loops of a raw test on one side: a bandwidth pump (operations kept `-t` deep on every
 //! queue pair; in SEND tests receives kept posted, both at once with `-b`), the two ends of a
-//! ping-pong (SEND, or perftest's RDMA WRITE ping-pong that polls memory) and the READ latency
-//! loop (one READ at a time). They poll the CQs from the calling thread, as perftest does, and
-//! allocate nothing per message.
+//! ping-pong (SEND, or perftest's RDMA WRITE ping-pong: each side's WRITE completed, then the
+//! peer's polled for in memory) and the READ latency loop (one READ at a time). They poll the CQs
+//! from the calling thread, as perftest does, and allocate nothing per message.
 //!
 //! In RDMA tests the target posts nothing and learns of nothing: its pump (with `-b`, its own
 //! WRITEs or READs) ends when its operations complete, and the run ends when the initiator's
@@ -436,6 +436,15 @@ fn await_ping(
     }
 }
 
+/// A WRITE ping-pong's wait for its WRITE's completion before it polls its memory for the
+/// peer's, as perftest's `write_lat` polls its send CQ after each post.
+fn await_write_done(side: &mut Side, timeout: Duration) -> Result<(), RawError> {
+    match side.op() {
+        Op::Write => drain_sends(side, timeout),
+        _ => Ok(()),
+    }
+}
+
 /// Posts this side's message `i` of a ping-pong (a WRITE first gets its sequence byte).
 fn post_ping(side: &mut Side, i: u64, size: u64, timeout: Duration) -> Result<(), RawError> {
     if side.op() == Op::Write {
@@ -466,8 +475,8 @@ fn reads(
     ))
 }
 
-/// The client's end of a latency run. A ping-pong: one SEND (or WRITE), then the peer's back,
-/// timed; half the round trip per sample, as perftest reports it; stops early when `abort` is
+/// The client's end of a latency run. A ping-pong: one SEND (or WRITE, awaiting its own
+/// completion first), then the peer's back, timed; half the round trip per sample, as perftest reports it; stops early when `abort` is
 /// set. A READ test: each READ's own time ([`reads`]).
 pub fn ping(
     side: &mut Side,
@@ -487,6 +496,7 @@ pub fn ping(
     while run.goes_on() {
         let i = run.stamps.len() as u64;
         post_ping(side, i, size, timeout)?;
+        await_write_done(side, timeout)?;
         if !await_ping(side, i, size, timeout, abort)? {
             return Err(RawError::Aborted);
         }
@@ -514,6 +524,7 @@ pub fn pong(
     // stall; `stop` ends it.
     while await_ping(side, answered, size, Duration::MAX, stop)? {
         post_ping(side, answered, size, timeout)?;
+        await_write_done(side, timeout)?;
         answered += 1;
     }
     drain_sends(side, timeout)?;
