@@ -144,6 +144,8 @@ stats() {
 }
 # median VALUES...: the median of the numeric values, "-" without any.
 median() { stats "$@" | awk '{print $1}'; }
+# whole_median VALUES...: the median rounded to a whole number (CPU percentages), "-" without any.
+whole_median() { median "$@" | awk '$1 == "-" { print; next } { printf "%.0f\n", $1 }'; }
 # ratio A B: A / B to two places, "-" when B is not positive.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 # cpu_pct NAME: "client% server%" of one run, in % of one core over the client's wall time.

@@ -73,7 +73,7 @@ point() {
   done
   printf '| %s | %s | %s | %s | %s | %s/%s | %s/%s |\n' "$test" "$size" "$(stats "${p[@]}")" "$(stats "${e[@]}")" \
     "$(ratio "$(median "${e[@]}")" "$(median "${p[@]}")")" \
-    "$(median "${pc[@]}")" "$(median "${ps[@]}")" "$(median "${ec[@]}")" "$(median "${es[@]}")"
+    "$(whole_median "${pc[@]}")" "$(whole_median "${ps[@]}")" "$(whole_median "${ec[@]}")" "$(whole_median "${es[@]}")"
 }
 
 common=(-d "$dev" -x "$gid" -F)
