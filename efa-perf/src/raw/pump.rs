@@ -476,8 +476,8 @@ fn reads(
 }
 
 /// The client's end of a latency run. A ping-pong: one SEND (or WRITE, awaiting its own
-/// completion first), then the peer's back, timed; half the round trip per sample, as perftest reports it; stops early when `abort` is
-/// set. A READ test: each READ's own time ([`reads`]).
+/// completion first), then the peer's back, timed; half the round trip per sample, as perftest
+/// reports it; stops early when `abort` is set. A READ test: each READ's own time ([`reads`]).
 pub fn ping(
     side: &mut Side,
     size: u64,
