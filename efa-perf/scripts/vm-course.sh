@@ -10,7 +10,8 @@
 # TESTS (default "write_lat send_lat"; write_lat_raw runs efa-perf's write-lat --raw), SIZE
 # (default 2), ITERS (default 20000), ROUNDS (default 3) and BLOCKS choose the runs; perftest goes
 # first in odd rounds, efa-perf in even ones (ORDER, "efa-perf perftest" say, fixes one order); the
-# server runs on cpu0 and the client on cpu1 (PIN_SERVER / PIN_CLIENT change them). Pass them with
+# server runs on cpu0 and the client on cpu1 (PIN_SERVER / PIN_CLIENT change them). MARKS=1 marks
+# each run on the console for vm-profile.py (where the emulator spends the time). Pass them with
 # --env.
 set -uo pipefail
 PORT_BASE=27900
@@ -37,6 +38,13 @@ course() {
   echo "$blocks_out| $(awk -v size="$size" '$1 == size && NF >= 5 { t = $5 } END { print t }' "$1")"
 }
 
+# mark_end NAME FILE: the console line vm-profile.py cuts its samples by: the run's round trips
+# and its loop's length in seconds (the -U list holds half round trips).
+mark_end() {
+  awk -v name="$1" -F', ' '$0 == "#, usec" { lists++; next }
+    lists == 1 && NF == 2 { n++; s += $2 } END { printf "MARK end %s %d %.3f\n", name, n, 2 * s / 1e6 }' "$2"
+}
+
 echo "samples ${size} B, ${iters} iterations, medians of ${blocks} blocks in order | t_typical (us)"
 for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
   # The tools take turns to go first, round by round (ORDER fixes one order).
@@ -54,7 +62,9 @@ for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
         *) echo "unknown test $test" >&2; exit 2 ;;
       esac
       name="$tool-$test-$r"
+      ((${MARKS:-0})) && echo "MARK start $name"
       run_pair "$name" "${cmd[@]}" -- "${cmd[@]}" -U || continue
+      ((${MARKS:-0})) && mark_end "$name" "$out/$name.client"
       echo "round $r $test $tool: $(course "$out/$name.client")"
     done
   done
