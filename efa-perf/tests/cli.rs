@@ -1451,4 +1451,24 @@ fn efa_hw_raw_rdma_tests_on_srd_queue_pairs() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("max_rdma_size"), "{err}");
+
+    // A failed completion: the loops read only wr_id and status of a good one, but every field
+    // of a failure, so the error names EFA's status and the vendor error the device gave.
+    for test in ["write-bw", "send-bw"] {
+        let out = bin()
+            .env("SOFT_EFA_PROFILE", "newest")
+            .env("SOFT_EFA_FAULTS", "err=1,seed=7")
+            .args([test, "--raw", "--fabric", "efa", "--loopback"])
+            .args(["--timeout", "30", "-s", "4096", "-n", "20"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{test}: {err}");
+        assert!(
+            err.contains("completed with")
+                && err.contains("EFA status Some(RemoteAbort)")
+                && err.contains("vendor_err 8"),
+            "{test}: {err}"
+        );
+    }
 }
