@@ -2,7 +2,7 @@
 """Where the emulator spends a guest's time: runs tests/vm/run with the given arguments while `perf`
 samples the qemu threads that run the guest CPUs ("CPU n/TCG"), then cuts the samples by the phases
 the guest script marks on its console and prints, per phase, the host CPU time per round trip of
-the busiest qemu functions.
+the busiest qemu functions (with --hosts 2, host 0's VM).
 
     python3 efa-perf/scripts/vm-profile.py --out /tmp/prof -- --pin-vcpus --env MARKS=1 \\
         --env TESTS="send_lat write_lat" --timeout 1500 --script efa-perf/scripts/vm-course.sh
@@ -33,7 +33,7 @@ import threading
 import time
 
 QEMU = "/usr/bin/qemu-system-x86_64"
-SAMPLE = re.compile(r"^\s*(\d+)\s+([\d.]+):\s+([0-9a-f]+)\s+(.*)\((.*)\)\s*$")
+SAMPLE = re.compile(r"^\s*(\d+)\s+([\d.]+):\s+(\d+)\s+([0-9a-f]+)\s+(.*)\((.*)\)\s*$")
 MMAP = re.compile(r"\[(0x[0-9a-f]+)\((0x[0-9a-f]+)\) @ (0x[0-9a-f]+) .*\]: r-xp " + re.escape(QEMU) + "$")
 
 
@@ -133,22 +133,22 @@ def labeller(out):
 
 def report(out, top):
     label = labeller(out)
-    text = subprocess.run(["perf", "script", "-i", os.path.join(out, "perf.data"), "-F", "tid,time,ip,sym,dso"], capture_output=True, text=True).stdout
+    text = subprocess.run(["perf", "script", "-i", os.path.join(out, "perf.data"), "-F", "tid,time,period,ip,sym,dso"], capture_output=True, text=True).stdout
     samples = []
     for line in text.splitlines():
         m = SAMPLE.match(line)
         if m:
-            samples.append((float(m.group(2)), label(int(m.group(3), 16), m.group(4).strip(), m.group(5))))
+            # cpu-clock's period is in nanoseconds of the thread's CPU time.
+            samples.append((float(m.group(2)), int(m.group(3)) / 1e3, label(int(m.group(4), 16), m.group(5).strip(), m.group(6))))
     samples.sort()
-    times = [t for t, _ in samples]
-    period_us = 1e6 / 999
+    times = [t for t, _, _ in samples]
     per = collections.defaultdict(collections.Counter)
     runs = collections.Counter()
     for name, a, b, trips in phases(out):
         key = re.sub(r"-\d+$", "", name)
         runs[key] += 1
-        for _, what in samples[bisect.bisect_left(times, a):bisect.bisect_right(times, b)]:
-            per[key][what] += period_us / trips
+        for _, us, what in samples[bisect.bisect_left(times, a):bisect.bisect_right(times, b)]:
+            per[key][what] += us / trips
     if not per:
         print("no marked phases with samples (MARKS=1 in the guest script?)")
         return
