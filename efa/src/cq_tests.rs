@@ -366,6 +366,23 @@ fn completions_on_demand_read_only_what_is_asked() {
         calls_per_cqe(sends.clone(), whole),
         calls_per_cqe(recvs, whole),
     );
+    // Copied out by the caller's reader: wr_id and status only, as a hot loop reads a success.
+    let lean = |c: &mut PollCore| {
+        let mut out = [WorkCompletion::default(); 64];
+        let n = c
+            .poll_into_with(&mut out, |wc| WorkCompletion {
+                wr_id: wc.wr_id(),
+                status: wc.status(),
+                ..WorkCompletion::default()
+            })
+            .unwrap();
+        assert!(out
+            .iter()
+            .zip(1..=64)
+            .all(|(w, i)| w.wr_id == i && w.is_success()));
+        n
+    };
+    let send_lean = calls_per_cqe(sends.clone(), lean);
     let send_summary = calls_per_cqe(sends, summary);
     // Copied whole: vendor_err, qp_num, opcode (+ byte_len, wc_flags, imm, src_qp on receives),
     // plus next_poll for all but the first.
@@ -373,6 +390,8 @@ fn completions_on_demand_read_only_what_is_asked() {
     assert_eq!((recv_whole * 64.0) as u32, 7 * 64 + 63, "{recv_whole}");
     // On demand: vendor_err alone (wr_id and status are fields), plus next_poll.
     assert_eq!((send_summary * 64.0) as u32, 64 + 63, "{send_summary}");
+    // Into a slice by the caller's reader: no field reader at all, only next_poll.
+    assert_eq!((send_lean * 64.0) as u32, 63, "{send_lean}");
     println!(
         "provider calls per CQE: whole copy {send_whole:.2} (send) {recv_whole:.2} (receive), \
          on demand {send_summary:.2}"

@@ -412,12 +412,9 @@ impl TwoSided {
     /// Progress: reads the protocol CQ, posts waiting chunks, fails chunks whose reply is
     /// overdue, and moves finished operations to `out`. Returns how many it wrote.
     pub(crate) fn poll(&mut self, shared: &Shared, out: &mut [Completion]) -> Result<usize, ()> {
-        let (scratch, mut got) = (&mut self.scratch, 0);
-        self.cq
-            .poll_with(scratch.len(), |c| {
-                scratch[got] = reaped(c);
-                got += 1;
-            })
+        let got = self
+            .cq
+            .poll_into_with(&mut self.scratch, reaped)
             .map_err(|_| ())?;
         for k in 0..got {
             let wc = self.scratch[k];

@@ -487,16 +487,11 @@ impl TargetThread {
     }
 
     fn poll_chunk(&mut self, rail: usize, want: usize) -> usize {
-        let (scratch, mut n) = (&mut self.scratch[..want], 0);
-        // An error comes back only when no completion was consumed (the efa crate reports a
-        // failure after some on the next call).
-        let polled = self.target.cqs[rail].poll_with(want, |c| {
-            scratch[n] = notification(c);
-            n += 1;
-        });
-        if polled.is_err() {
-            return 0;
-        }
+        let n = match self.target.cqs[rail].poll_into_with(&mut self.scratch[..want], notification)
+        {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
         let srq = &self.target.srqs[rail];
         for wc in &self.scratch[..n] {
             // Every completion took one receive from the SRQ, a flushed one (its QP failed)
@@ -516,7 +511,7 @@ impl TargetThread {
 
 /// What the service reads of a completion on its receive CQ: `wr_id` and status (fields of the
 /// CQ), and of a successful one its opcode and immediate, the notification's tag: three provider
-/// calls where the whole copy ([`Completion::to_owned`]) makes ten.
+/// calls where the whole copy ([`Completion::to_owned`]) makes seven.
 fn notification(c: &Completion<'_>) -> WorkCompletion {
     let mut wc = WorkCompletion {
         wr_id: c.wr_id(),
