@@ -1361,20 +1361,22 @@ fn raw_is_refused_without_a_verbs_device_and_recorded_otherwise() {
 
 /// Runs `test --raw` in loopback on soft-efa profile `profile`.
 fn efa_raw_loopback(profile: &str, test: &str, extra: &[&str]) -> Output {
-    bin()
-        .env("SOFT_EFA_PROFILE", profile)
-        .args([
-            test,
-            "--raw",
-            "--fabric",
-            "efa",
-            "--loopback",
-            "--timeout",
-            "30",
-        ])
-        .args(extra)
-        .output()
-        .unwrap()
+    efa_raw_command(profile, test).args(extra).output().unwrap()
+}
+
+/// `test --raw` on soft-efa's `profile` device, both sides in this process.
+fn efa_raw_command(profile: &str, test: &str) -> Command {
+    let mut c = bin();
+    c.env("SOFT_EFA_PROFILE", profile).args([
+        test,
+        "--raw",
+        "--fabric",
+        "efa",
+        "--loopback",
+        "--timeout",
+        "30",
+    ]);
+    c
 }
 
 #[test]
@@ -1455,11 +1457,9 @@ fn efa_hw_raw_rdma_tests_on_srd_queue_pairs() {
     // A failed completion: the loops read only wr_id and status of a good one, but every field
     // of a failure, so the error names EFA's status and the vendor error the device gave.
     for test in ["write-bw", "send-bw"] {
-        let out = bin()
-            .env("SOFT_EFA_PROFILE", "newest")
+        let out = efa_raw_command("newest", test)
             .env("SOFT_EFA_FAULTS", "err=1,seed=7")
-            .args([test, "--raw", "--fabric", "efa", "--loopback"])
-            .args(["--timeout", "30", "-s", "4096", "-n", "20"])
+            .args(["-s", "4096", "-n", "20"])
             .output()
             .unwrap();
         let err = text(&out.stderr);
