@@ -39,9 +39,7 @@ for test in ${TESTS:-write_lat read_lat}; do
     p=() x=() y=()
     for ((r = 0; r < reps; r++)); do
       # perftest, A, B in even rounds, the reverse in odd ones: no run is always another's follower.
-      order="pt a b"
-      ((r % 2 == 0)) || order="b a pt"
-      for run in $order; do
+      for run in $(in_turn "$r" pt a b); do
         case $run in
           pt) sample "pt-$test-$size-$r" "$size" $col "ib_$test" "${common[@]}" -n "$iters"; p[r]=$got ;;
           a) sample "a-$test-$size-$r" "$size" $col "$a" "${test/_/-}" --fabric verbs "${common[@]}" -n "$iters"; x[r]=$got ;;

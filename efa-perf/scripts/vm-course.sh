@@ -23,11 +23,14 @@ blocks=${BLOCKS:-20}
 pin_server=${PIN_SERVER:-0}
 pin_client=${PIN_CLIENT:-1}
 
+# samples FILE: the first -U list of a client's output, one sample (us) a line, in order.
+samples() { awk -F', ' '$0 == "#, usec" { lists++; next } lists == 1 && NF == 2 { print $2 }' "$1"; }
+
 # course FILE: the medians of the first -U list's blocks, then the row's t_typical (plain awk,
 # sort and sed: the guest's awk is mawk).
 course() {
   local values=$out/course-values n per b line blocks_out=""
-  awk -F', ' '$0 == "#, usec" { lists++; next } lists == 1 && NF == 2 { print $2 }' "$1" >"$values"
+  samples "$1" >"$values"
   n=$(wc -l <"$values")
   per=$((n / blocks))
   ((per > 0)) || { echo "no samples"; return; }
@@ -41,15 +44,13 @@ course() {
 # mark_end NAME FILE: the console line vm-profile.py cuts its samples by: the run's round trips
 # and its loop's length in seconds (the -U list holds half round trips).
 mark_end() {
-  awk -v name="$1" -F', ' '$0 == "#, usec" { lists++; next }
-    lists == 1 && NF == 2 { n++; s += $2 } END { printf "MARK end %s %d %.3f\n", name, n, 2 * s / 1e6 }' "$2"
+  samples "$2" | awk -v name="$1" '{ n++; s += $1 } END { printf "MARK end %s %d %.3f\n", name, n, 2 * s / 1e6 }'
 }
 
 echo "samples ${size} B, ${iters} iterations, medians of ${blocks} blocks in order | t_typical (us)"
 for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
   # The tools take turns to go first, round by round (ORDER fixes one order).
-  order=${ORDER:-perftest efa-perf}
-  [[ -n ${ORDER:-} ]] || ((r % 2)) || order="efa-perf perftest"
+  order=${ORDER:-$(in_turn $((r - 1)) perftest efa-perf)}
   for test in ${TESTS:-write_lat send_lat}; do
     for tool in $order; do
       common=(-d "$dev" -x "$gid" -F -s "$size" -n "$iters")

@@ -146,6 +146,14 @@ stats() {
 median() { stats "$@" | awk '{print $1}'; }
 # whole_median VALUES...: the median rounded to a whole number (CPU percentages), "-" without any.
 whole_median() { median "$@" | awk '$1 == "-" { print; next } { printf "%.0f\n", $1 }'; }
+# in_turn R ITEMS...: the items in order for round R even, reversed for R odd: the tools of a
+# comparison take turns to go first (a run can find the guest slower than the run before it).
+in_turn() {
+  local r=$1 i out=()
+  shift
+  if ((r % 2 == 0)); then out=("$@"); else for ((i = $#; i >= 1; i--)); do out+=("${!i}"); done; fi
+  echo "${out[*]}"
+}
 # ratio A B: A / B to two places, "-" when B is not positive.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 # cpu_pct NAME: "client% server%" of one run, in % of one core over the client's wall time.

@@ -60,11 +60,9 @@ point() {
   while [[ $1 != -- ]]; do pt+=("$1"); shift; done
   shift
   ep=("$@")
-  local p=() e=() pc=() ps=() ec=() es=() r tool order
+  local p=() e=() pc=() ps=() ec=() es=() r tool
   for ((r = 0; r < reps; r++)); do
-    order="pt ep"
-    ((r % 2 == 0)) || order="ep pt"
-    for tool in $order; do
+    for tool in $(in_turn "$r" pt ep); do
       case $tool in
         pt) take "pt-$test-$size-$r" "$size" "$col" p pc ps "${pt[@]}" ;;
         ep) take "ep-$test-$size-$r" "$size" "$col" e ec es "${ep[@]}" ;;
