@@ -99,15 +99,9 @@ def phases(out):
     return found
 
 
-def labeller(out):
-    """Names a sampled address: qemu's nearest exported symbol below it, or the sample's own."""
-    maps = subprocess.run(["perf", "script", "-i", os.path.join(out, "perf.data"), "--show-mmap-events"], capture_output=True, text=True).stdout
-    base = None
-    for line in maps.splitlines():
-        m = MMAP.search(line)
-        if m and "PERF_RECORD_MMAP" in line:
-            base = int(m.group(1), 16) - int(m.group(3), 16)
-            break
+def labeller(base):
+    """Names a sampled address: qemu's nearest exported symbol below it (qemu's text mapped at
+    `base`), or the sample's own."""
     syms = []
     for line in subprocess.run(["nm", "-D", "--defined-only", QEMU], capture_output=True, text=True).stdout.splitlines():
         p = line.split()
@@ -132,15 +126,20 @@ def labeller(out):
 
 
 def report(out, top):
-    label = labeller(out)
-    text = subprocess.run(["perf", "script", "-i", os.path.join(out, "perf.data"), "-F", "tid,time,period,ip,sym,dso"], capture_output=True, text=True).stdout
-    samples = []
+    # One pass over the recording: the samples, and the mapping of qemu's text among its events.
+    text = subprocess.run(["perf", "script", "-i", os.path.join(out, "perf.data"), "--show-mmap-events", "-F", "tid,time,period,ip,sym,dso"], capture_output=True, text=True).stdout
+    base, raw = None, []
     for line in text.splitlines():
         m = SAMPLE.match(line)
         if m:
-            # cpu-clock's period is in nanoseconds of the thread's CPU time.
-            samples.append((float(m.group(2)), int(m.group(3)) / 1e3, label(int(m.group(4), 16), m.group(5).strip(), m.group(6))))
-    samples.sort()
+            raw.append(m.groups())
+            continue
+        m = MMAP.search(line)
+        if m and base is None and "PERF_RECORD_MMAP" in line:
+            base = int(m.group(1), 16) - int(m.group(3), 16)
+    label = labeller(base)
+    # cpu-clock's period is in nanoseconds of the thread's CPU time.
+    samples = sorted((float(t), int(ns) / 1e3, label(int(ip, 16), sym.strip(), dso)) for _, t, ns, ip, sym, dso in raw)
     times = [t for t, _, _ in samples]
     per = collections.defaultdict(collections.Counter)
     runs = collections.Counter()
