@@ -55,7 +55,7 @@ def spread(us):
     return "median %.0f us (p25 %.0f, p75 %.0f, n=%d)" % (statistics.median(us), q(0.25), q(0.75), len(us))
 
 
-def summarise(path):
+def summarise(path, evs):
     ran = collections.defaultdict(float)  # (thread, cpu) -> seconds
     work = collections.Counter()  # (function, cpu, thread) -> calls
     on_cpu_since = {}  # cpu -> time of its last switch
@@ -67,7 +67,7 @@ def summarise(path):
     wakes = collections.Counter()  # (pid, whether the wake-up asked it to reschedule) -> count
     names = {}
     first = last = None
-    for comm, pid, cpu, ts, what, flags in events(path):
+    for comm, pid, cpu, ts, what, flags in evs:
         first = ts if first is None else first
         last = ts
         if what.startswith("sched_switch:"):
@@ -128,7 +128,7 @@ WAKE_CPU = re.compile(r"target_cpu=(\d+)")
 MIN_HALVES = 10
 
 
-def windows(path, ms):
+def windows(path, evs, ms):
     """Per window of `ms` milliseconds: half round trips, where rxe's work ran, and the wake-ups that
     crossed CPUs (see the header)."""
     wins = collections.defaultdict(
@@ -136,7 +136,7 @@ def windows(path, ms):
     last_bell = None  # (time, pid, cpu) of the latest doorbell
     ringing = {}  # pid -> time of its doorbell not yet in rxe_post_send
     first = None
-    for comm, pid, cpu, ts, what, _ in events(path):
+    for comm, pid, cpu, ts, what, _ in evs:
         first = ts if first is None else first
         w = wins[int((ts - first) * 1000 // ms)]
         if what.startswith(DOORBELL):
@@ -184,6 +184,8 @@ if args[:1] == ["--windows"]:
     win_ms = float(args[1])
     args = args[2:]
 for p in args:
-    summarise(p)
+    # Read once; kept in memory only when the windows pass needs it too.
+    evs = list(events(p)) if win_ms else events(p)
+    summarise(p, evs)
     if win_ms:
-        windows(p, win_ms)
+        windows(p, evs, win_ms)
