@@ -97,6 +97,8 @@ pub struct Side {
     layout: Layout,
     /// Bytes each queue pair cycles its messages through ([`Options::cycle_buffer`]).
     cycle_buffer: Option<u64>,
+    /// Receive slots each queue pair cycles its receives through (fixed at opening).
+    recv_cycle: u64,
     refill: u32,
     /// Sends completed this run.
     completed: u64,
@@ -256,6 +258,7 @@ impl Side {
             pd,
             layout,
             cycle_buffer: o.cycle_buffer,
+            recv_cycle: cycle_slots(layout.slot, o.cycle_buffer, layout.recv_slots),
             refill: plan::refill_batch(rx),
             completed: 0,
             received: 0,
@@ -528,14 +531,13 @@ impl Side {
             lanes,
             mr,
             layout,
-            cycle_buffer,
+            recv_cycle: cycle,
             device,
             ..
         } = self;
         let lane = &mut lanes[i];
         let dev = device.as_str();
         let len = u32::try_from(layout.slot).unwrap_or(u32::MAX);
-        let cycle = cycle_slots(layout.slot, *cycle_buffer, layout.recv_slots);
         let mut chain = [(0u64, efa::Sge::new(0, 0, 0)); efa::RECV_CHAIN];
         let mut left = count as usize;
         while left > 0 {
@@ -543,7 +545,7 @@ impl Side {
             for (j, wr) in chain[..k].iter_mut().enumerate() {
                 let n = lane.recv_posted + j as u64;
                 let sge = mr
-                    .sge(layout.recv_offset(i as u32, n % cycle) as usize, len)
+                    .sge(layout.recv_offset(i as u32, n % *cycle) as usize, len)
                     .map_err(verbs("slicing a receive buffer", dev))?;
                 *wr = (plan::wr_id(i as u32, n), sge);
             }
