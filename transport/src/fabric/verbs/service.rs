@@ -487,6 +487,8 @@ impl TargetThread {
     }
 
     fn poll_chunk(&mut self, rail: usize, want: usize) -> usize {
+        // An error comes back only when no completion was consumed (the efa crate reports a
+        // failure after some on the next call).
         let n = match self.target.cqs[rail].poll_into_with(&mut self.scratch[..want], notification)
         {
             Ok(n) => n,
