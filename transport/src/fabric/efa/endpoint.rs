@@ -17,7 +17,7 @@ use super::{io, Shared};
 use crate::fabric::rdma::endpoint::{Failed, RdmaEndpoint, RdmaPoster, Route, SendQueue};
 use crate::fabric::rdma::events::{self, Events};
 use crate::fabric::rdma::gate::CounterGate;
-use crate::fabric::rdma::status::{efa_reason, post_reason};
+use crate::fabric::rdma::status::{efa_failure, post_reason};
 use crate::fabric::rdma::wr;
 use crate::fabric::{Completion, WorkOp, WorkRequest};
 use crate::{FabricError, FailReason};
@@ -194,10 +194,7 @@ impl EfaPoster {
         let due = r.sq.in_flight() > 0 && r.gate.as_mut().map_or(true, CounterGate::open);
         let mut n = match due {
             false => 0,
-            true => match r
-                .sq
-                .drain(&mut r.cq, out, |c| efa_reason(c.status(), c.efa_status()))
-            {
+            true => match r.sq.drain(&mut r.cq, out, efa_failure) {
                 Ok(n) => n,
                 Err(_) => {
                     // The CQ can no longer be trusted: flush the rail's outstanding work (each

@@ -44,6 +44,15 @@ pub(crate) fn efa_reason(status: WcStatus, vendor: Option<EfaStatus>) -> Option<
     }
 }
 
+/// The reason EFA completion `c` failed (`None` on success). Its vendor error is read only then:
+/// a successful completion costs no provider call beyond the poll's.
+pub(crate) fn efa_failure(c: &::efa::Completion<'_>) -> Option<FailReason> {
+    if c.is_success() {
+        return None;
+    }
+    efa_reason(c.status(), c.efa_status())
+}
+
 /// The reason for a work request the `efa` crate refused before the device saw it.
 pub(crate) fn post_reason(e: &::efa::Error) -> FailReason {
     match e {
