@@ -503,8 +503,8 @@ impl Cq {
     /// Poll up to `out.len()` completions into `out`, each made by `read` from the lent
     /// [`Completion`]: what `read` asks of it is all the provider is asked (see
     /// [`poll_with`](Self::poll_with)); returns how many were written. A hot loop that needs a
-    /// few fields of a success and every field of a failure reads `c.to_owned()` only when
-    /// `!c.is_success()`.
+    /// few fields of a success and every field of a failure starts from [`Completion::brief`]
+    /// and adds the success fields it uses.
     ///
     /// # Errors
     /// As [`poll_into`](Self::poll_into).
@@ -835,6 +835,22 @@ impl Completion<'_> {
             // SAFETY: current completion of a CQ created with EFADV_WC_EX_WITH_IS_UNSOLICITED.
             Some(c) => unsafe { efa_sys::efadv_wc_is_unsolicited(c.0.as_ptr()) },
             None => false,
+        }
+    }
+
+    /// What a hot loop starts from: of a success `wr_id` and status only (fields of the CQ, no
+    /// provider call), of a failure every field [`to_owned`](Self::to_owned) reads (the vendor
+    /// error and QP number among them). A reader for [`Cq::poll_into_with`] adds the fields of a
+    /// success it uses.
+    pub fn brief(&self) -> WorkCompletion {
+        let status = self.status();
+        if !status.is_success() {
+            return self.to_owned();
+        }
+        WorkCompletion {
+            wr_id: self.wr_id(),
+            status,
+            ..WorkCompletion::default()
         }
     }
 

@@ -2,11 +2,11 @@
 //!
 //! Device: `$EFA_TEST_DEVICE`, else the first EFA device.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use efa::{
-    Access, Ah, AhAttr, Context, Cq, Dest, EfaCaps, Error, Limit, Mr, Pd, QpBuilder, RemoteAddr,
-    SrdQp, WcOpcode, WorkCompletion,
+    Access, Ah, AhAttr, Completion, Context, Cq, Dest, EfaCaps, Error, Limit, Mr, Pd, QpBuilder,
+    RemoteAddr, SrdQp, WcOpcode, WcStatus, WorkCompletion,
 };
 
 /// `$EFA_TEST_DEVICE`, else the first EFA device.
@@ -20,6 +20,21 @@ fn device() -> std::sync::Arc<Context> {
 fn wait(cq: &mut Cq, n: usize) -> Vec<WorkCompletion> {
     let mut out = vec![WorkCompletion::default(); n];
     let got = cq.wait_into(&mut out, n, Duration::from_secs(10)).unwrap();
+    assert_eq!(got, n, "{:?}", &out[..got]);
+    out
+}
+
+/// As `wait`, each completion read by `read` (`Cq::poll_into_with`), for at most 10 s.
+fn wait_with(
+    cq: &mut Cq,
+    n: usize,
+    mut read: impl FnMut(&Completion<'_>) -> WorkCompletion,
+) -> Vec<WorkCompletion> {
+    let mut out = vec![WorkCompletion::default(); n];
+    let (start, mut got) = (Instant::now(), 0);
+    while got < n && start.elapsed() < Duration::from_secs(10) {
+        got += cq.poll_into_with(&mut out[got..], &mut read).unwrap();
+    }
     assert_eq!(got, n, "{:?}", &out[..got]);
     out
 }
@@ -99,8 +114,16 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
     let mut batch = a.batch().unwrap();
     batch.send(12, &to_b, &[mr_a.sge(0, 100).unwrap()]).unwrap();
     batch.commit().unwrap();
-    let c = wait(&mut cq_a, 1)[0];
-    assert!(c.is_success(), "{c:?}");
+    // `brief` reads nothing of a success beyond its id and status.
+    let c = wait_with(&mut cq_a, 1, |c| c.brief())[0];
+    assert_eq!(
+        c,
+        WorkCompletion {
+            wr_id: 12,
+            status: WcStatus::Success,
+            ..WorkCompletion::default()
+        }
+    );
     let r = wait(&mut cq_b, 1)[0];
     assert_eq!(
         (r.wr_id, r.byte_len, r.status.is_success()),
@@ -178,10 +201,12 @@ fn efa_hw_srd_send_rdma_read_write_between_two_qps() {
             )
             .unwrap();
         batch.commit().unwrap();
-        let w = wait(&mut cq_a, 1)[0];
+        // `brief` reads every field of a failure.
+        let w = wait_with(&mut cq_a, 1, |c| c.brief())[0];
         assert!(!w.is_success());
         println!("bad rkey: {:?} / {:?}", w.status, w.efa_status);
         assert_eq!(w.efa_status, Some(efa::EfaStatus::RemoteBadAddress));
+        assert_eq!((w.wr_id, w.qp_num), (40, a.qp_num()));
     }
 }
 

@@ -666,21 +666,14 @@ impl Side {
     }
 }
 
-/// What a test reads of completion `c`: `wr_id` and status (fields of the CQ, no provider
-/// call), of a successful receive its opcode and length (a call each), of a failure every field
-/// for the error. perftest's `ibv_poll_cq` is one call per poll; the whole copy
+/// What a test reads of completion `c`: [`Completion::brief`] (`wr_id` and status, no provider
+/// call; every field of a failure for the error), and of a successful receive its opcode and
+/// length (a call each). perftest's `ibv_poll_cq` is one call per poll; the whole copy
 /// ([`Completion::to_owned`](efa::Completion::to_owned)) makes three per send and six or seven
 /// per receive (up to nine on EFA).
 fn reaped(c: &Completion<'_>, recv: bool) -> WorkCompletion {
-    if !c.is_success() {
-        return c.to_owned();
-    }
-    let mut wc = WorkCompletion {
-        wr_id: c.wr_id(),
-        status: c.status(),
-        ..WorkCompletion::default()
-    };
-    if recv {
+    let mut wc = c.brief();
+    if recv && wc.is_success() {
         wc.opcode = Some(c.opcode());
         wc.byte_len = c.byte_len();
     }

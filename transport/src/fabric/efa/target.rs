@@ -226,18 +226,14 @@ fn pass(
     busy
 }
 
-/// What the service reads of completion `c`: `wr_id` and status (fields of the CQ, no provider
-/// call); of a successful receive its immediate, and of a request (no immediate) the length and
-/// the source QP its reply goes to. Every other field, the vendor error and EFA's source GID and
-/// unsolicited flag among them, goes unread: the service never looks at them. A request and its
-/// reply's send completion cost three provider calls here, where the whole copy of both
-/// ([`Completion::to_owned`]) makes ten on EFA.
+/// What the service reads of completion `c`: [`Completion::brief`] (`wr_id` and status, no
+/// provider call; every field of a failure); of a successful receive its immediate, and of a
+/// request (no immediate) the length and the source QP its reply goes to. No other field of a
+/// success, EFA's source GID and unsolicited flag among them, is read: the service never looks
+/// at them. A request and its reply's send completion cost three provider calls here, where the
+/// whole copy of both ([`Completion::to_owned`]) makes ten on EFA.
 fn served(c: &Completion<'_>) -> WorkCompletion {
-    let mut wc = WorkCompletion {
-        wr_id: c.wr_id(),
-        status: c.status(),
-        ..WorkCompletion::default()
-    };
+    let mut wc = c.brief();
     // Only receives are posted with a bare slot number as their `wr_id`.
     if wc.wr_id & (REPLY | PULL) == 0 && wc.status.is_success() {
         wc.imm = c.imm();

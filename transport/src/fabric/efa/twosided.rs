@@ -546,19 +546,13 @@ impl std::fmt::Debug for TwoSided {
     }
 }
 
-/// What the protocol reads of a completion (completions on demand): request id and status of
-/// each (fields of the CQ, no provider call), the vendor error of failures only, immediate data
-/// and length of successful receives only (the receive fields of a send completion alias its
-/// request id on EFA).
+/// What the protocol reads of a completion (completions on demand): [`::efa::Completion::brief`]
+/// (request id and status, no provider call; every field of a failure, its vendor error among
+/// them), and immediate data and length of successful receives only (the receive fields of a
+/// send completion alias its request id on EFA).
 fn reaped(c: &::efa::Completion<'_>) -> WorkCompletion {
-    let mut wc = WorkCompletion {
-        wr_id: c.wr_id(),
-        status: c.status(),
-        ..WorkCompletion::default()
-    };
-    if !wc.status.is_success() {
-        wc.efa_status = c.efa_status();
-    } else if wc.wr_id & RECV != 0 {
+    let mut wc = c.brief();
+    if wc.wr_id & RECV != 0 && wc.status.is_success() {
         wc.imm = c.imm();
         wc.byte_len = c.byte_len();
     }

@@ -511,15 +511,12 @@ impl TargetThread {
     }
 }
 
-/// What the service reads of a completion on its receive CQ: `wr_id` and status (fields of the
-/// CQ), and of a successful one its opcode and immediate, the notification's tag: three provider
-/// calls where the whole copy ([`Completion::to_owned`]) makes seven.
+/// What the service reads of a completion on its receive CQ: [`Completion::brief`] (`wr_id` and
+/// status, fields of the CQ; every field of a failure), and of a successful one its opcode and
+/// immediate, the notification's tag: three provider calls where the whole copy
+/// ([`Completion::to_owned`]) makes seven.
 fn notification(c: &Completion<'_>) -> WorkCompletion {
-    let mut wc = WorkCompletion {
-        wr_id: c.wr_id(),
-        status: c.status(),
-        ..WorkCompletion::default()
-    };
+    let mut wc = c.brief();
     if wc.status.is_success() {
         let opcode = c.opcode();
         wc.opcode = Some(opcode);
