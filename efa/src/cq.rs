@@ -549,12 +549,30 @@ impl Cq {
         want: usize,
         timeout: std::time::Duration,
     ) -> Result<usize> {
+        self.wait_into_with(out, want, timeout, |c| c.to_owned())
+    }
+
+    /// [`wait_into`](Self::wait_into), each completion made by `read` from the lent
+    /// [`Completion`], as in [`poll_into_with`](Self::poll_into_with).
+    ///
+    /// # Errors
+    /// As [`poll_into`](Self::poll_into).
+    pub fn wait_into_with<F>(
+        &mut self,
+        out: &mut [WorkCompletion],
+        want: usize,
+        timeout: std::time::Duration,
+        mut read: F,
+    ) -> Result<usize>
+    where
+        F: FnMut(&Completion<'_>) -> WorkCompletion,
+    {
         let want = want.min(out.len());
         // `elapsed` rather than a deadline sum: `Duration::MAX` waits for ever.
         let start = std::time::Instant::now();
         let mut got = 0;
         while got < want {
-            got += self.poll_into(&mut out[got..want])?;
+            got += self.poll_into_with(&mut out[got..want], &mut read)?;
             if got < want && start.elapsed() >= timeout {
                 break;
             }

@@ -2,7 +2,7 @@
 //!
 //! Device: `$EFA_TEST_DEVICE`, else the first EFA device.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use efa::{
     Access, Ah, AhAttr, Completion, Context, Cq, Dest, EfaCaps, Error, Limit, Mr, Pd, QpBuilder,
@@ -24,17 +24,16 @@ fn wait(cq: &mut Cq, n: usize) -> Vec<WorkCompletion> {
     out
 }
 
-/// As `wait`, each completion read by `read` (`Cq::poll_into_with`), for at most 10 s.
+/// As `wait`, each completion read by `read` (`Cq::wait_into_with`).
 fn wait_with(
     cq: &mut Cq,
     n: usize,
-    mut read: impl FnMut(&Completion<'_>) -> WorkCompletion,
+    read: impl FnMut(&Completion<'_>) -> WorkCompletion,
 ) -> Vec<WorkCompletion> {
     let mut out = vec![WorkCompletion::default(); n];
-    let (start, mut got) = (Instant::now(), 0);
-    while got < n && start.elapsed() < Duration::from_secs(10) {
-        got += cq.poll_into_with(&mut out[got..], &mut read).unwrap();
-    }
+    let got = cq
+        .wait_into_with(&mut out, n, Duration::from_secs(10), read)
+        .unwrap();
     assert_eq!(got, n, "{:?}", &out[..got]);
     out
 }
