@@ -122,6 +122,29 @@ run_split() {
   echo "$(cpu_of "$out/$name.ctimes") - $(((t1 - t0) / 1000000))" >"$out/$name.cpu"
 }
 
+# start_pair NAME CMD...: CMD as server and client in the background, for a probe that kills them
+# (each gets -p PORT, the client the address too; pinned as PIN_SERVER and PIN_CLIENT say); sets
+# `spid` and `cpid` and returns once the client has run SETTLE seconds (default 12: setup takes
+# seconds on the software CPU).
+start_pair() {
+  local name=$1
+  shift
+  port=$((port + 1))
+  local server client
+  split_cmds "$@" -p "$port" -- "$@" -p "$port" "$ip"
+  pin_cmds
+  "${server[@]}" >"$out/$name.server" 2>&1 &
+  spid=$!
+  vm-wait-listen "$port" 120 || { echo "$name: server did not listen" >&2; kill $spid; return 1; }
+  "${client[@]}" >"$out/$name.client" 2>&1 &
+  cpid=$!
+  sleep "${SETTLE:-12}"
+}
+
+# long_run SIZE: a latency run's arguments for SIZE-byte messages, with iterations enough to
+# outlast any probe on the software CPU (the probe kills it).
+long_run() { echo -d "$dev" -x "$gid" -F -s "$1" -n 3000000; }
+
 # sample NAME SIZE COL CMD...: one run of CMD as both server and client with -s SIZE (not in a
 # subshell, so each run takes the next port); sets `got` to field COL of the client's row for
 # SIZE, empty when the run failed.

@@ -21,8 +21,7 @@ PORT_BASE=25900
 source "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
 size=${SIZE:-2}
 window=${WINDOW:-0.05}
-# Enough iterations to outlast the setup and the window on the software CPU; the runs are killed.
-long=(-d "$dev" -x "$gid" -F -s "$size" -n 3000000)
+read -ra long <<<"$(long_run "$size")"
 
 # private PID: "kB mapping" per private mapping with pages referenced, largest first, and a total.
 private() {
@@ -34,16 +33,9 @@ private() {
 
 # probe NAME CMD...: CMD as server and client (-p, the client also the address), both measured.
 probe() {
-  local name=$1
+  local name=$1 spid cpid
   shift
-  port=$((port + 1))
-  "$@" -p "$port" >"$out/$name.server" 2>&1 &
-  local spid=$!
-  vm-wait-listen "$port" 120 || { echo "$name: server did not listen" >&2; kill $spid; return 1; }
-  "$@" -p "$port" "$ip" >"$out/$name.client" 2>&1 &
-  local cpid=$!
-  # Setup (registration, connection) takes seconds on the software CPU.
-  sleep "${SETTLE:-12}"
+  start_pair "$name" "$@" || return 1
   echo 1 >"/proc/$cpid/clear_refs"
   echo 1 >"/proc/$spid/clear_refs"
   sleep "$window"

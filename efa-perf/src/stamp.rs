@@ -4,9 +4,10 @@
 //! A sample is the time between two stamps, so a latency loop stamps once per iteration; the
 //! stamp must cost next to nothing. `Instant::now` does on a machine whose clock source the vDSO
 //! reads (the TSC of any EC2 instance), but not in a guest whose clock source is an emulated
-//! timer: the TCG guest of `tests/vm` reads the HPET, about 1.3 µs a read, which alone put 1.3 µs
-//! on every round trip and about 2.5 µs on a 2 B WRITE ping-pong's half round trip there
-//! (`BENCHMARKS.md`). The cycle counter costs a few nanoseconds everywhere.
+//! timer: the TCG guest of `tests/vm`, on the boots whose clock source is the HPET (some are
+//! on the TSC), pays about 1.3 µs a read, which alone put 1.3 µs on every round trip and about
+//! 2.5 µs on a 2 B WRITE ping-pong's half round trip there (`BENCHMARKS.md`). The cycle counter
+//! costs a few nanoseconds everywhere.
 //!
 //! Ticks become microseconds at the rate the run itself shows: the ticks and the wall time
 //! (`Instant`) between the run's first stamp and its end. The samples then add up to the run's
