@@ -25,6 +25,8 @@ size=${SIZE:-2}
 window=${WINDOW:-2}
 read -ra long <<<"$(long_run "$size")"
 pkts=/sys/class/infiniband/$dev/ports/1/hw_counters/sent_pkts
+# Packets a round trip sends: two WRITEs and their two ACKs.
+per_trip=4
 
 # snap PID...: one line per counter, "name value", read by one process (each process the guest
 # starts takes a CPU from the tools for a while under the software CPU).
@@ -50,8 +52,8 @@ snap() {
 # per_rt BEFORE AFTER: every counter's growth per round trip (threads: the ticks themselves for
 # CPU time; a thread's counters that did not grow are left out), the round trips first.
 per_rt() {
-  awk 'NR == FNR { a[$1] = $2; next }
-       $1 == "pkts" { rt = ($2 - a[$1]) / 4; next }
+  awk -v per_trip=$per_trip 'NR == FNR { a[$1] = $2; next }
+       $1 == "pkts" { rt = ($2 - a[$1]) / per_trip; next }
        $1 == "uptime" { w = $2 - a[$1]; next }
        { d[$1] = $2 - a[$1]; if (d[$1] != 0 || $1 !~ /:/) order[++n] = $1 }
        END { printf "%d round trips in %.2f s (%.1f us each)\n", rt, w, (rt > 0 ? w * 1e6 / rt : 0)
@@ -76,7 +78,7 @@ probe() {
     timeout -s INT "${STRACE:-1}" strace -c -f -p $spid -o "$out/$name.strace" 2>/dev/null
     p1=$(cat "$pkts")
     echo "  server's system calls per round trip, traced:"
-    awk -v rt=$(((p1 - p0) / 4)) '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && rt > 0 { printf "    %-20s %8.3f\n", $NF, $4 / rt }' \
+    awk -v rt=$(((p1 - p0) / per_trip)) '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" && rt > 0 { printf "    %-20s %8.3f\n", $NF, $4 / rt }' \
       "$out/$name.strace"
   fi
   kill $cpid $spid 2>/dev/null
