@@ -15,13 +15,16 @@
 # engine (verbs fabric, its defaults: one rail, so one work request per message); send-bw and send-lat run
 # on the efa crate's RC queue pairs, as perftest does. efa-perf's bandwidth tests touch the memory
 # perftest's touch: --cycle-buffer of one page, perftest's cycle buffer (CYCLE=default gives
-# efa-perf's own footprint, a place per message in flight). EFA_PERF names the binary (default:
+# efa-perf's own footprint, a place per message in flight), and poll as perftest polls: --wait
+# busy (BW_WAIT=adaptive gives efa-perf's own default for bandwidth, the engine's, which sleeps
+# when completions come slower than its spin). EFA_PERF names the binary (default:
 # $CARGO_TARGET_DIR/release/efa-perf); from the host pass BW_ITERS, BW_ITERS_4K (4 KiB runs: a
 # run of 5000 lasts half a second under emulation, where both tools still speed up as the emulator
 # translates their code; 50000 lasts seconds, as the larger sizes do), BW_ITERS_1M, LAT_ITERS, REPS,
 # LAT_BOUND (seconds a latency run may take, default 120), PARTS ("bw lat events raw", the
-# default, or some of them), CYCLE (bytes, or default) and PIN_SERVER / PIN_CLIENT (cpu lists:
-# every server and client of both tools under `taskset -c`) as VM_ENV_BW_ITERS=... and so on
+# default, or some of them), CYCLE (bytes, or default), BW_WAIT (busy, adaptive or block) and
+# PIN_SERVER / PIN_CLIENT (cpu lists: every server and client of both tools under `taskset -c`)
+# as VM_ENV_BW_ITERS=... and so on
 # (tests/vm/README.md).
 set -euo pipefail
 PORT_BASE=18700
@@ -35,6 +38,7 @@ parts=${PARTS:-bw lat events raw}
 cycle=${CYCLE:-$(getconf PAGESIZE)}
 footprint=()
 [[ $cycle == default ]] || footprint=(--cycle-buffer "$cycle")
+bw_wait=${BW_WAIT:-busy}
 
 # take NAME SIZE COL VALUES CLIENT_CPUS SERVER_CPUS CMD...: one run of CMD as both server and client
 # (sample), its figure appended to the array named VALUES and its CPU use to the other two.
@@ -79,7 +83,7 @@ common=(-d "$dev" -x "$gid" -F)
 bw_iters_of() {
   case $1 in 4096) echo "$bw_iters_4k" ;; 1048576) echo "$bw_iters_1m" ;; *) echo "$bw_iters" ;; esac
 }
-echo "reps $reps, bandwidth $bw_iters iterations ($bw_iters_4k at 4 KiB, $bw_iters_1m at 1 MiB), latency $lat_iters, efa-perf cycle buffer $cycle"
+echo "reps $reps, bandwidth $bw_iters iterations ($bw_iters_4k at 4 KiB, $bw_iters_1m at 1 MiB), latency $lat_iters, efa-perf cycle buffer $cycle, engine bandwidth --wait $bw_wait"
 echo "| test | bytes | perftest | efa-perf | ratio | perftest CPU % client/server | efa-perf CPU % client/server |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 if [[ " $parts " == *" bw "* ]]; then
@@ -87,7 +91,7 @@ if [[ " $parts " == *" bw "* ]]; then
     n=$(bw_iters_of "$size")
     for t in write read; do
       point "${t}_bw" "$size" 4 "ib_${t}_bw" "${common[@]}" -n "$n" -- \
-        "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" "${footprint[@]}"
+        "$bin" "$t-bw" --fabric verbs "${common[@]}" -n "$n" "${footprint[@]}" --wait "$bw_wait"
     done
     point send_bw "$size" 4 ib_send_bw "${common[@]}" -n "$n" -- \
       "$bin" send-bw --fabric verbs "${common[@]}" -n "$n" "${footprint[@]}"
