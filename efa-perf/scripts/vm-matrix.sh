@@ -39,6 +39,10 @@ cycle=${CYCLE:-$(getconf PAGESIZE)}
 footprint=()
 [[ $cycle == default ]] || footprint=(--cycle-buffer "$cycle")
 bw_wait=${BW_WAIT:-busy}
+case $bw_wait in
+  busy | adaptive | block) ;;
+  *) echo "vm-matrix: BW_WAIT is busy, adaptive or block, not $bw_wait" >&2; exit 2 ;;
+esac
 
 # take NAME SIZE COL VALUES CLIENT_CPUS SERVER_CPUS CMD...: one run of CMD as both server and client
 # (sample), its figure appended to the array named VALUES and its CPU use to the other two.
